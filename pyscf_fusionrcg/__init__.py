@@ -1,0 +1,30 @@
+"""FusionRCG: electron repulsion integrals as recurrence computation graphs, on the GPU.
+
+Use it as a PySCF plugin::
+
+    from pyscf import gto, scf
+    from pyscf_fusionrcg import fusionrcg
+    mf = scf.RHF(mol).apply(fusionrcg)          # backend='auto' | 'gpu' | 'cpu'
+
+The pipeline has one module per stage: ``graph`` (recurrence graph), ``schedule``
+(liveness-aware orchestration), ``spherical`` (stepwise Cartesian-to-spherical
+fusion), ``tiers`` (register / shared / global storage), ``codegen`` (CUDA
+emission), ``launch`` (kernel launch), ``jk`` and ``gpu_jk`` (J/K digestion),
+``scf`` (the plugin), ``host`` (the CPU path) and ``report``.
+"""
+__version__ = "0.1.0"
+
+__all__ = ["fusionrcg", "get_jk", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so that `import pyscf_fusionrcg` stays light and never needs a GPU.
+    if name == "fusionrcg":
+        from pyscf_fusionrcg.scf import fusionrcg
+
+        return fusionrcg
+    if name == "get_jk":
+        from pyscf_fusionrcg.jk import get_jk
+
+        return get_jk
+    raise AttributeError(f"module 'pyscf_fusionrcg' has no attribute {name!r}")

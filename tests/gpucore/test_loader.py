@@ -1,0 +1,99 @@
+"""The shared CUDA core: CPU-side behaviour everywhere, compile/launch/cache on a GPU."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpucore
+from gpucore import loader
+
+
+def test_csrc_ships_with_the_package():
+    assert (gpucore.csrc_root() / "common" / "selftest.cu").is_file()
+    assert "axpy_f64" in gpucore.read_source("common/selftest.cu")
+
+
+def test_missing_source_is_named():
+    with pytest.raises(FileNotFoundError, match="nope.cu"):
+        gpucore.read_source("nope.cu")
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "k"))
+    assert gpucore.cache_dir() == tmp_path / "k"
+    assert (tmp_path / "k").is_dir()
+
+
+def test_without_gpu_the_error_says_why():
+    if gpucore.gpu_available():
+        pytest.skip("this machine has a GPU")
+    assert gpucore.unavailable_reason()
+    with pytest.raises(gpucore.GPUUnavailableError, match="needs a CUDA GPU"):
+        gpucore.compile_file("common/selftest.cu")
+
+
+def test_doctor_runs_without_traceback():
+    out = subprocess.run(
+        [sys.executable, "-m", "pyscf_fusionrcg.doctor"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "FusionRCG CPU host path      available" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.gpu
+def test_compile_launch_cupy_and_torch_then_cache(tmp_path, monkeypatch):
+    import cupy
+    import torch
+
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path))
+    loader.clear_memory_cache()
+    first = gpucore.compile_file("common/selftest.cu")
+    assert not first.from_cache
+    assert len(list(tmp_path.glob("selftest-*.cubin"))) == 1
+    kernel = first.get_kernel("axpy_f64")
+    n = 1000
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal(n), rng.standard_normal(n)
+
+    cx, cy = cupy.asarray(x), cupy.asarray(y)
+    kernel(((n + 127) // 128,), (128,), (cx, cy, np.float64(3.0), np.int32(n)))
+    np.testing.assert_allclose(cupy.asnumpy(cy), 3.0 * x + y, rtol=0, atol=1e-14)
+
+    tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # launches follow torch's current stream
+        kernel(((n + 127) // 128,), (128,), (tx, ty, np.float64(-2.0), np.int32(n)))
+    side.synchronize()
+    np.testing.assert_allclose(ty.cpu().numpy(), -2.0 * x + y, rtol=0, atol=1e-14)
+
+    loader.clear_memory_cache()  # a new process would find only the disk cache
+    second = gpucore.compile_file("common/selftest.cu")
+    assert second.from_cache and second.cubin == first.cubin
+    print(f"compiled once, second load from cache {sorted(p.name for p in tmp_path.iterdir())}")
+    attrs = second.get_kernel("axpy_f64").attributes()
+    assert attrs["num_regs"] > 0 and attrs["local_size_bytes"] == 0
+
+
+@pytest.mark.gpu
+def test_launch_rejects_untyped_scalars():
+    import cupy
+
+    kernel = gpucore.compile_file("common/selftest.cu").get_kernel("axpy_f64")
+    x = cupy.zeros(4)
+    with pytest.raises(TypeError, match="NumPy scalars"):
+        kernel((1,), (32,), (x, x, 1.0, 4))
+
+
+def test_installed_distribution_carries_the_cuda_sources():
+    from importlib import metadata
+
+    try:
+        files = metadata.files("fusion-chem-gpu") or []
+    except metadata.PackageNotFoundError:
+        pytest.skip("project not installed")
+    names = {str(f).replace("\\", "/") for f in files}
+    if not any(n.startswith("gpucore/") for n in names):
+        pytest.skip("editable install: sources are read from the checkout")
+    assert "gpucore/csrc/common/selftest.cu" in names
