@@ -17,6 +17,7 @@ import hashlib
 import os
 import pathlib
 import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -215,9 +216,13 @@ _streams: dict[int, object] = {}
 
 
 def _external_stream(cupy, ptr: int):
+    """A CuPy handle on a stream owned by someone else (PyTorch, or CuPy itself)."""
     stream = _streams.get(ptr)
     if stream is None:
-        stream = _streams[ptr] = cupy.cuda.ExternalStream(ptr)
+        with warnings.catch_warnings():
+            # CuPy 14 prefers Stream.from_external; ExternalStream works from CuPy 9 on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            stream = _streams[ptr] = cupy.cuda.ExternalStream(ptr)
     return stream
 
 
