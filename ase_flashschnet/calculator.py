@@ -1,0 +1,247 @@
+"""ASE calculator for FlashSchNet models, and the force engine shared with ``md.py``.
+
+Units: the model's energies are taken as eV and lengths as Angstrom, so the
+calculator reports eV, eV/A and (Voigt xx, yy, zz, yz, xz, xy) eV/A^3, with
+stress = (1/V) dE/d(strain) as ASE defines it.
+
+Why a separate :class:`ForceEngine`: the choice between the fused CUDA kernels
+and the plain PyTorch reference (by device and precision), and the checks that
+turn bad input into clear errors, must be the same for one structure in ASE
+and for a batch of MD replicas.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.cell import Cell
+from ase.stress import full_3x3_to_voigt_6_stress
+
+import gpucore
+
+from . import shipped
+from .model import load_model
+from .neighbors import VerletNeighborList
+
+__all__ = ["FlashSchNetCalculator", "ForceEngine", "resolve_model", "resolve_device",
+           "check_finite_positions", "check_periodic_cell", "PRECISIONS"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16", "fp64")
+_HALF = ("fp16", "bf16")
+
+
+def resolve_model(model):
+    """A model object is returned as is; a string is a saved model file or the name
+    of a shipped model (``ase_flashschnet.shipped``)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    if os.path.exists(model):
+        return load_model(model)
+    try:
+        return shipped.get(str(model))
+    except KeyError:
+        raise FileNotFoundError(f"model {str(model)!r} is neither a model file nor a shipped model name "
+                                f"(shipped: {', '.join(shipped.names())})") from None
+
+
+def resolve_device(device="auto", precision="fp32") -> torch.device:
+    """'auto' is CUDA when both the CUDA core and PyTorch see a GPU, else the CPU.
+
+    fp16/bf16 run only in the fused GPU kernels, so asking for them without a
+    GPU is an error rather than a silent fall back to fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device is None or str(device) == "auto":
+        use_cuda = gpucore.gpu_available() and torch.cuda.is_available()
+        dev = torch.device("cuda" if use_cuda else "cpu")
+        if not use_cuda:
+            log.info("FlashSchNet: no usable GPU (%s); running the reference model on the CPU",
+                     gpucore.unavailable_reason() or "PyTorch sees no CUDA device")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise gpucore.GPUUnavailableError(f"device={str(device)!r} but PyTorch sees no CUDA GPU "
+                                              f"(PyTorch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    if precision in _HALF and dev.type != "cuda":
+        why = gpucore.unavailable_reason() or "no CUDA device was selected"
+        raise gpucore.GPUUnavailableError(
+            f"precision={precision!r} runs only in the fused CUDA kernels and needs a GPU ({why}); "
+            "on the CPU use precision='fp32' or 'fp64'")
+    return dev
+
+
+def check_finite_positions(positions: np.ndarray) -> None:
+    """Raise ValueError naming the atoms whose positions are NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        more = f" (and {bad.size - 20} more)" if bad.size > 20 else ""
+        raise ValueError(f"non-finite (NaN/inf) positions for atom(s) {bad[:20].tolist()}{more}")
+
+
+def check_periodic_cell(cell, pbc, cutoff: float) -> None:
+    """Raise ValueError if a periodic direction is narrower than twice the cutoff.
+
+    Below that an atom sees its own periodic images and the same neighbour
+    through several images, which the models were not trained for. The width
+    is the spacing of lattice planes, 1/|reciprocal vector|.
+    """
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if not pbc.any():
+        return
+    full = Cell(np.asarray(cell, dtype=float)).complete()
+    if abs(np.linalg.det(full)) < 1e-12:
+        raise ValueError(f"degenerate periodic cell {np.asarray(cell).tolist()}")
+    widths = 1.0 / np.linalg.norm(np.linalg.inv(full).T, axis=1)
+    for axis in np.flatnonzero(pbc):
+        if widths[axis] < 2.0 * cutoff:
+            raise ValueError(
+                f"periodic cell too small along axis {'abc'[axis]} (cell vector {axis}): it is "
+                f"{widths[axis]:.4g} A wide (spacing of lattice planes) but must be at least "
+                f"2 x cutoff = {2.0 * cutoff:.4g} A; enlarge the cell (e.g. atoms.repeat) or "
+                "switch off periodicity along that axis")
+
+
+class ForceEngine:
+    """A SchNet model placed on one device at one precision.
+
+    The fused kernels (``fused.FusedSchNet``) run fp32/fp16/bf16 on a GPU; the
+    plain PyTorch reference runs fp32 where they cannot (the CPU, a GPU without
+    the CUDA core, a model shape the kernels do not support) and everything in
+    fp64. ``backend``: 'auto', 'fused' or 'reference' (the latter to compare the
+    two on one GPU). The engine owns a private copy of the model, so the
+    caller's model keeps its device and dtype.
+    """
+
+    def __init__(self, model, device="auto", precision="fp32", backend="auto"):
+        if backend not in ("auto", "fused", "reference"):
+            raise ValueError(f"backend must be 'auto', 'fused' or 'reference', got {backend!r}")
+        model = resolve_model(model)
+        self.device = resolve_device(device, precision)
+        self.precision = precision
+        self.dtype = torch.float64 if precision == "fp64" else torch.float32
+        if backend == "reference" and precision in _HALF:
+            raise ValueError(f"the reference backend runs in fp32 or fp64, not {precision!r}")
+        why_not = None if backend == "reference" else self._why_not_fused(model.config)
+        if why_not is not None and (backend == "fused" or precision in _HALF):
+            error, reason = why_not
+            raise error(f"backend={backend!r}, precision={precision!r} needs the fused CUDA kernels: {reason}")
+        self.fused = backend != "reference" and why_not is None
+        if why_not is not None and self.device.type == "cuda" and precision == "fp32":
+            log.warning("FlashSchNet: using the PyTorch reference on %s (%s)", self.device, why_not[1])
+        self.reference = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        self.reference.requires_grad_(False)
+        if self.fused:
+            from .fused import FusedSchNet
+
+            self.module = FusedSchNet(self.reference, precision=precision, device=self.device)
+        else:
+            self.module = self.reference
+        self.cutoff = float(self.reference.config["cutoff"])
+
+    def _why_not_fused(self, config):
+        """(exception type, reason) when the fused kernels cannot run this, else None."""
+        if self.precision == "fp64":
+            return ValueError, "fp64 is the reference path"
+        if self.device.type != "cuda":
+            return gpucore.GPUUnavailableError, f"device is {self.device}"
+        if not gpucore.gpu_available():
+            return gpucore.GPUUnavailableError, gpucore.unavailable_reason()
+        from .fused import kernel_defines
+
+        try:
+            kernel_defines(config["num_filters"], config["num_rbf"], config["activation"], self.precision)
+        except ValueError as exc:
+            return ValueError, str(exc)
+        return None
+
+    @property
+    def name(self) -> str:
+        return f"{'fused' if self.fused else 'reference'} {self.precision} on {self.device}"
+
+    def types(self, numbers) -> torch.Tensor:
+        """Embedding types on the device (UnknownElementError names unknown elements)."""
+        return self.reference.types_from_numbers(np.asarray(numbers)).to(self.device)
+
+    def energy_and_forces(self, types, pos, graph):
+        return self.module.energy_and_forces(types, pos, graph)
+
+    def energy_forces_virial(self, types, pos, graph):
+        """Also the virial -dE/d(strain), per system (ASE stress is -virial / volume)."""
+        return self.module.energy_forces_virial(types, pos, graph)
+
+    def per_atom_energies(self, types, pos, graph):
+        return self.module.per_atom_energies(types, pos, graph.edge_src, graph.edge_dst, graph.edge_vec(pos))
+
+
+class FlashSchNetCalculator(Calculator):
+    """ASE calculator running a FlashSchNet model.
+
+    ``model``: a ``SchNet`` object, a saved model file, or a shipped model name.
+    ``device``: 'auto', 'cpu', 'cuda', 'cuda:1', ... ``precision``: 'fp32',
+    'fp16', 'bf16' (fused GPU kernels; fp32 falls back to the reference on the
+    CPU) or 'fp64' (reference in float64, for checks). ``skin`` (A): the
+    neighbour list holds pairs within cutoff + skin and is rebuilt only when
+    some atom has moved more than skin/2. ``backend``: see :class:`ForceEngine`.
+
+    Stress is available for fully periodic cells only. Positions stay in a
+    device buffer between calls and only the coordinates are copied in.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    # SchNet sees species and geometry only: charge or moment edits need no recomputation.
+    ignored_changes = {"initial_charges", "initial_magmoms"}
+
+    def __init__(self, model, device="auto", precision="fp32", skin=1.0, backend="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.engine = ForceEngine(model, device=device, precision=precision, backend=backend)
+        self.neighbors = VerletNeighborList(self.engine.cutoff, skin)
+        self._numbers = None
+        self._types = None
+        self._pos = None
+
+    def _device_state(self, atoms):
+        """Types (recomputed only when the species change) and the position buffer."""
+        numbers = atoms.numbers
+        if self._numbers is None or not np.array_equal(numbers, self._numbers):
+            self._types = self.engine.types(numbers)
+            self._numbers = numbers.copy()
+        positions = torch.from_numpy(np.ascontiguousarray(atoms.positions))
+        if self._pos is None or self._pos.shape != positions.shape:
+            self._pos = torch.empty(positions.shape, dtype=self.engine.dtype, device=self.engine.device)
+        self._pos.copy_(positions)
+        return self._types, self._pos
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        check_finite_positions(atoms.positions)
+        pbc = atoms.pbc.copy()
+        want_stress = "stress" in properties
+        if want_stress and not pbc.all():
+            raise PropertyNotImplementedError(f"stress needs a fully periodic cell; this one has pbc={pbc.tolist()}")
+        cell = None
+        if pbc.any():
+            check_periodic_cell(atoms.cell, pbc, self.engine.cutoff)
+            cell = torch.as_tensor(atoms.cell.array, dtype=self.engine.dtype, device=self.engine.device)
+        types, pos = self._device_state(atoms)
+        graph = self.neighbors(pos, cell=cell, pbc=torch.as_tensor(pbc, device=self.engine.device))
+        if want_stress:
+            energy, forces, virial = self.engine.energy_forces_virial(types, pos, graph)
+            stress = -virial[0].double().cpu().numpy() / atoms.cell.volume
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        else:
+            energy, forces = self.engine.energy_and_forces(types, pos, graph)
+        energy = float(energy.sum())
+        self.results.update(energy=energy, free_energy=energy,
+                            forces=forces.detach().double().cpu().numpy())
+        if "energies" in properties:
+            with torch.no_grad():
+                energies = self.engine.per_atom_energies(types, pos, graph)
+            self.results["energies"] = energies.detach().double().cpu().numpy()

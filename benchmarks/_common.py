@@ -1,0 +1,119 @@
+"""Shared helpers for benchmark result files.
+
+Every benchmark writes ``benchmarks/results/<name>.json`` (machine-readable, with the
+environment it ran in) and ``<name>.md`` (a table to read or paste), through
+:func:`write_results`. Timings only mean something next to the GPU, driver and
+library versions and the date they were taken on, so :func:`environment_meta`
+records those.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+_PACKAGES = ("numpy", "scipy", "torch", "cupy-cuda12x", "cupy-cuda13x", "pyscf", "gpu4pyscf-cuda12x",
+             "gpu4pyscf-cuda13x", "ase", "fusion-chem-gpu")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _gpu_meta() -> dict:
+    meta: dict = {}
+    try:
+        import torch
+    except ImportError:
+        return meta
+    meta["torch_cuda"] = torch.version.cuda
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        meta.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_capability=f"sm_{props.major}{props.minor}",
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_multiprocessors=props.multi_processor_count)
+    try:
+        import cupy
+
+        meta["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        meta["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+    except Exception:
+        pass
+    return meta
+
+
+def environment_meta() -> dict:
+    """Date (UTC), host, Python, package versions, GPU name and CUDA versions, git commit."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": _git_commit(),
+        **_gpu_meta(),
+    }
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:.4g}" if abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:.3e}"
+    return "-" if value is None else str(value)
+
+
+def markdown_table(records: list[dict], columns: list[str] | None = None) -> str:
+    """A markdown table of ``records`` (columns: given, or every key in order of appearance)."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in records for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def write_results(name: str, records: list[dict], meta: dict | None = None, *, title: str | None = None,
+                  columns: list[str] | None = None, notes: str | None = None,
+                  directory: Path | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` under ``benchmarks/results/`` (or ``directory``).
+
+    ``records``: one dict per row (numbers, strings, None). ``meta``: defaults to
+    :func:`environment_meta`. Returns the two paths.
+    """
+    meta = environment_meta() if meta is None else meta
+    directory = RESULTS_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
+    json_path.write_text(json.dumps({"name": name, "meta": meta, "records": records, "notes": notes},
+                                    indent=2, default=str) + "\n")
+    gpu = meta.get("gpu", "no GPU")
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    body = [f"# {title or name}", "",
+            f"GPU: {gpu} ({meta.get('gpu_capability', '-')}); torch CUDA {meta.get('torch_cuda', '-')}; "
+            f"date {meta.get('date', '-')}; commit {meta.get('git_commit') or '-'}",
+            f"Versions: {versions or '-'}", "", markdown_table(records, columns), ""]
+    if notes:
+        body += [notes.strip(), ""]
+    md_path.write_text("\n".join(body))
+    return json_path, md_path

@@ -1,0 +1,92 @@
+"""flashschnet-md end to end with a tiny model file, and ``python -m ase_flashschnet``."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import read
+
+import gpucore
+from ase_flashschnet.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: torch's thread pool costs more than it saves (and CI has 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def files(tmp_path, small_model):
+    model = tmp_path / "tiny.pt"
+    small_model(cutoff=3.0).float().save(model)
+    structure = tmp_path / "ethanol.xyz"
+    molecule("CH3CH2OH").write(structure)
+    return model, structure
+
+
+def run_module(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO)
+
+
+def test_cli_runs_checkpoints_and_restarts(files, tmp_path, capsys):
+    model, structure = files
+    out = tmp_path / "run"
+    common = ["--model", str(model), "--replicas", "2", "--dt", "0.5", "--temperature", "250", "350",
+              "--device", "cpu", "--out", str(out), "--traj-interval", "10", "--checkpoint-interval", "10",
+              "--seed", "4", "--no-progress"]
+    assert main([*common, "--structure", str(structure), "--steps", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "2 replica(s) x 9 atoms" in text and "ns/day" in text
+    assert (out / "checkpoint.pt").is_file()
+    assert main([*common, "--steps", "30", "--restart", str(out)]) == 0
+    frames = read(out / "replica_001.traj", ":")
+    assert [a.info["step"] for a in frames] == [0, 10, 20, 30]
+
+
+def test_cli_entry_point_as_a_process(files, tmp_path):
+    model, structure = files
+    proc = run_module("ase_flashschnet.cli", "--model", str(model), "--structure", str(structure),
+                      "--steps", "10", "--integrator", "nve", "--precision", "fp64", "--out", str(tmp_path / "o"),
+                      "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "reference fp64 on cpu" in proc.stdout
+    assert (tmp_path / "o" / "replica_000.traj").is_file()
+
+
+def test_cli_errors_are_one_line_with_status_2(files, tmp_path, capsys, small_model):
+    model, structure = files
+    assert main(["--model", str(tmp_path / "missing.pt"), "--structure", str(structure)]) == 2
+    assert "neither a model file nor a shipped model name" in capsys.readouterr().err
+    assert main(["--model", str(model)]) == 2
+    assert "--structure is needed" in capsys.readouterr().err
+    typed = tmp_path / "typed.pt"
+    small_model(cutoff=3.0, type_map={"C": 0, "O": 1}).save(typed)
+    assert main(["--model", str(typed), "--structure", str(structure), "--no-progress"]) == 2
+    assert "element(s) H not known" in capsys.readouterr().err
+    if not (gpucore.gpu_available() and torch.cuda.is_available()):
+        assert main(["--model", str(model), "--structure", str(structure), "--precision", "bf16"]) == 2
+        assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_shipped_model_brings_its_structure(capsys):
+    assert main(["--model", "cg-demo", "--steps", "0", "--device", "cpu", "--no-progress"]) == 0
+    assert "1 replica(s) x 269 atoms" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_main_job_runs_on_its_default():
+    """``python -m ase_flashschnet``: the shipped cg-demo model on its own chain."""
+    proc = run_module("ase_flashschnet", "--steps", "2", "--replicas", "1", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "269 atoms" in proc.stdout and "ns/day" in proc.stdout
