@@ -115,6 +115,8 @@ def _normalize_type_map(type_map) -> dict[int, int]:
             if key not in atomic_numbers:
                 raise ValueError(f"type_map key {key!r} is not an element symbol")
             key = atomic_numbers[key]
+        if int(key) < 0:
+            raise ValueError(f"type_map key {key} is negative")
         out[int(key)] = int(value)
     return out
 
@@ -131,16 +133,16 @@ class SchNet(nn.Module):
     atomic numbers). Without a type map, atomic numbers index the embedding
     directly (``num_types`` defaults to 100, as PyG). ``output_hidden``
     defaults to ``hidden_channels // 2``; ``output_activation`` to
-    ``activation``. ``priors``: prior modules or their
-    config dicts (``priors.py``). ``seed`` makes the initial weights
-    reproducible without touching the global RNG.
+    ``activation``. ``priors``: prior modules or their config dicts
+    (``priors.py``). ``seed`` makes the initial weights reproducible without
+    touching the global RNG.
     """
 
     def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 3,
                  num_rbf: int = 50, cutoff: float = 5.0, activation: str = "tanh", output_hidden: int | None = None,
-                 output_activation: str | None = None,
-                 num_types: int | None = None, type_map: dict | None = None, rbf_gamma: float | None = None,
-                 energy_scale: float = 1.0, energy_shift: float = 0.0, priors=(), seed: int | None = None):
+                 output_activation: str | None = None, num_types: int | None = None, type_map: dict | None = None,
+                 rbf_gamma: float | None = None, energy_scale: float = 1.0, energy_shift: float = 0.0,
+                 priors=(), seed: int | None = None):
         super().__init__()
         output_activation = activation if output_activation is None else output_activation
         for name in (activation, output_activation):
@@ -182,10 +184,10 @@ class SchNet(nn.Module):
                 raise ValueError(f"{type(prior).__name__} cutoff {prior.cutoff} exceeds the model cutoff {cutoff}: "
                                  "its pairs would be missing from the neighbour graph")
 
-        table = torch.full((max(type_map, default=0) + 1 if type_map is not None else num_types,), -1, dtype=torch.long)
         if type_map is None:
-            table[:] = torch.arange(num_types)
+            table = torch.arange(num_types)
         else:
+            table = torch.full((max(type_map, default=0) + 1,), -1, dtype=torch.long)
             for z, t in type_map.items():
                 table[z] = t
         self.register_buffer("_type_table", table, persistent=False)

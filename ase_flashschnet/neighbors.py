@@ -24,6 +24,7 @@ rebuilds only when needed.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from dataclasses import dataclass
@@ -108,22 +109,20 @@ def _prepare(pos, batch, cell, pbc, n_systems):
 def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """Replace non-periodic rows of ``cell`` by unit vectors orthogonal to the
     periodic ones, so the matrix is invertible and the plane spacing along each
-    periodic direction is the physical one. Raises if periodic rows are
-    degenerate."""
+    periodic direction is the physical one. Needs at least one periodic axis;
+    raises if the periodic rows are degenerate."""
     periodic = [cell[k] for k in range(3) if pbc[k]]
-    if len(periodic) == 0:
-        fill = [np.eye(3)[k] for k in range(3)]
-    elif len(periodic) == 1:
-        a = periodic[0]
-        e = np.eye(3)[int(np.argmin(np.abs(a)))]
-        u = np.cross(a, e)
-        v = np.cross(a, u)
-        fill = [u / np.linalg.norm(u), v / np.linalg.norm(v)]
-    elif len(periodic) == 2:
-        n = np.cross(periodic[0], periodic[1])
-        fill = [n / max(np.linalg.norm(n), 1e-300)]
-    else:
-        fill = []
+    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate input is caught below
+        if len(periodic) == 1:
+            a = periodic[0]
+            u = np.cross(a, np.eye(3)[int(np.argmin(np.abs(a)))])
+            v = np.cross(a, u)
+            fill = [u / np.linalg.norm(u), v / np.linalg.norm(v)]
+        elif len(periodic) == 2:
+            n = np.cross(periodic[0], periodic[1])
+            fill = [n / np.linalg.norm(n)]
+        else:
+            fill = []
     out = np.array(cell, dtype=np.float64)
     rows = iter(fill)
     for k in range(3):
@@ -153,11 +152,7 @@ def _finalize(src, dst, cell_shifts, batch, cell, n_systems, cutoff) -> Graph:
 
 
 def _vesin_available() -> bool:
-    try:
-        import vesin  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("vesin") is not None
 
 
 def build_cpu(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_systems=None,
@@ -176,8 +171,7 @@ def build_cpu(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_sys
         calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
 
         def pairs(p, c, periodic):
-            i, j, s = calculator.compute(p, c, periodic.tolist(), "ijS")
-            return i, j, s
+            return calculator.compute(p, c, periodic.tolist(), "ijS")
     elif library == "ase":
         from ase.neighborlist import primitive_neighbor_list
 
@@ -210,56 +204,73 @@ def build_cpu(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_sys
     return _finalize(cat(srcs, (0,)), cat(dsts, (0,)), cat(shifts, (0, 3)), batch, cell, n_systems, cutoff)
 
 
+def _images(cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """Integer lattice translations (K, 3) that can bring two atoms wrapped into
+    the cell within ``cutoff``, and the inverse of the completed cell.
+
+    A displacement y with fractional coordinate f_k along periodic axis k has
+    |y| >= |f_k| / |b_k| (b_k: reciprocal vector), so images with
+    |n_k| > ceil(cutoff |b_k|) are never needed for wrapped atoms.
+    """
+    if not pbc.any():
+        return np.zeros((1, 3), dtype=np.int64), np.eye(3)
+    inv = np.linalg.inv(_complete_cell(cell, pbc))
+    reach = [math.ceil(cutoff * np.linalg.norm(inv[:, k])) if pbc[k] else 0 for k in range(3)]
+    images = np.array(list(itertools.product(*[range(-r, r + 1) for r in reach])), dtype=np.int64)
+    return images, inv
+
+
 def build_torch(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_systems=None,
-                max_block: int = 1 << 22) -> Graph:
+                max_block: int = 1 << 21) -> Graph:
     """Full neighbour list with plain torch ops on ``pos.device``.
 
-    Brute force per system over all periodic images that can lie within the
-    cutoff (no minimum-image restriction: small cells work), in blocks of
-    destination atoms so that at most ``max_block`` candidate pairs are held
-    at once. Cost is O(n^2 * images) per system; with a Verlet skin it runs
-    only every few dozen MD steps.
+    Brute force over all periodic images that can lie within the cutoff (no
+    minimum-image restriction: small cells work). Systems with the same atom
+    count and image set (e.g. MD replicas) are processed together, in chunks
+    of at most ``max_block`` candidate pairs. Cost is O(n^2 * images) per
+    system; with a Verlet skin it runs only every few dozen MD steps.
     """
     batch, cell, pbc, n_systems = _prepare(pos, batch, cell, pbc, n_systems)
     device, dtype = pos.device, pos.dtype
     pos = pos.detach()
-    cell_cpu, pbc_cpu = cell.detach().cpu().double().numpy(), pbc.cpu().numpy()
+    cell_np, pbc_np = cell.detach().cpu().double().numpy(), pbc.cpu().numpy()
     order = torch.sort(batch, stable=True).indices
     counts = torch.bincount(batch, minlength=n_systems).tolist()
-    starts = [0] + list(itertools.accumulate(counts))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    invs = np.zeros((n_systems, 3, 3))
+    groups: dict = {}
+    for s in range(n_systems):
+        if counts[s]:
+            images, invs[s] = _images(cell_np[s], pbc_np[s], cutoff)
+            groups.setdefault((counts[s], images.tobytes()), (images, []))[1].append(s)
+    inv_t = torch.as_tensor(invs, dtype=dtype, device=device)
     cut2 = float(cutoff) ** 2
     srcs, dsts, shifts = [], [], []
-    for s in range(n_systems):
-        idx = order[starts[s]:starts[s + 1]]
-        n = idx.numel()
-        if n == 0:
-            continue
-        p = pos[idx]
-        wrap = torch.zeros(n, 3, dtype=torch.long, device=device)
-        images = np.zeros((1, 3), dtype=np.int64)
-        if pbc_cpu[s].any():
-            full = _complete_cell(cell_cpu[s], pbc_cpu[s])
-            inv = np.linalg.inv(full)
-            reach = [math.ceil(cutoff * np.linalg.norm(inv[:, k])) if pbc_cpu[s][k] else 0 for k in range(3)]
-            images = np.array(list(itertools.product(*[range(-r, r + 1) for r in reach])), dtype=np.int64)
-            mask = torch.as_tensor(pbc_cpu[s], device=device)
-            frac = p @ torch.as_tensor(inv, dtype=dtype, device=device)
-            wrap = torch.where(mask, torch.floor(frac), torch.zeros_like(frac)).long()
-            p = p - wrap.to(dtype) @ cell[s]
+    for (n, _), (images, systems) in groups.items():
         images_t = torch.as_tensor(images, device=device)
-        translations = images_t.to(dtype) @ cell[s]  # (K, 3)
+        n_images = len(images)
         zero_image = int(np.flatnonzero((images == 0).all(axis=1))[0])
-        block = max(1, max_block // (n * len(images)))
-        for b0 in range(0, n, block):
-            d_local = torch.arange(b0, min(b0 + block, n), device=device)
-            diff = p[None, None, :, :] + translations[:, None, None, :] - p[d_local][None, :, None, :]
-            close = (diff * diff).sum(-1) < cut2  # (K, B, n)
-            close[zero_image, torch.arange(d_local.numel(), device=device), d_local] = False
-            k, b, j = close.nonzero(as_tuple=True)
-            i = d_local[b]
-            srcs.append(idx[j])
-            dsts.append(idx[i])
-            shifts.append(images_t[k] - wrap[j] + wrap[i])
+        per_chunk = max(1, max_block // (n_images * n * n))
+        rows = min(n, max(1, max_block // (n_images * n)))
+        for c0 in range(0, len(systems), per_chunk):
+            chunk = systems[c0:c0 + per_chunk]
+            sys_t = torch.as_tensor(chunk, device=device)
+            idx = order[torch.as_tensor(starts[chunk], device=device)[:, None] + torch.arange(n, device=device)]
+            p = pos[idx]  # (S, n, 3)
+            frac = torch.einsum("sni,sij->snj", p, inv_t[sys_t])
+            wrap = torch.where(pbc[sys_t][:, None, :], torch.floor(frac), torch.zeros_like(frac)).long()
+            p = p - torch.einsum("sni,sij->snj", wrap.to(dtype), cell[sys_t])
+            trans = torch.einsum("ki,sij->skj", images_t.to(dtype), cell[sys_t])  # (S, K, 3)
+            for b0 in range(0, n, rows):
+                d_local = torch.arange(b0, min(b0 + rows, n), device=device)
+                diff = p[:, None, None, :, :] + trans[:, :, None, None, :] - p[:, None, d_local, None, :]
+                close = (diff * diff).sum(-1) < cut2  # (S, K, B, n)
+                close[:, zero_image, torch.arange(d_local.numel(), device=device), d_local] = False
+                s_, k, b, j = close.nonzero(as_tuple=True)
+                i = d_local[b]
+                srcs.append(idx[s_, j])
+                dsts.append(idx[s_, i])
+                shifts.append(images_t[k] - wrap[s_, j] + wrap[s_, i])
     if srcs:
         src, dst, cell_shifts = torch.cat(srcs), torch.cat(dsts), torch.cat(shifts)
     else:

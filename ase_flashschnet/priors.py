@@ -120,7 +120,8 @@ class Repulsion(nn.Module):
         super().__init__()
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         if sigma.ndim not in (0, 2):
-            raise ValueError(f"sigma must be a number or a (num_types, num_types) table, got shape {tuple(sigma.shape)}")
+            raise ValueError(f"sigma must be a number or a (num_types, num_types) table, "
+                             f"got shape {tuple(sigma.shape)}")
         exclusions = torch.as_tensor([] if exclusions is None else exclusions, dtype=torch.long).reshape(-1, 2)
         if exclusions.numel() and n_atoms is None:
             raise ValueError("exclusions need n_atoms, the size of the molecule they index")

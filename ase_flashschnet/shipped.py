@@ -52,7 +52,8 @@ def compact_chain(n_beads: int = 269, seed: int = 0, bond: float = 1.45, angle_d
         w = np.cross(u, v)
         phi = rng.uniform(0.0, 2.0 * np.pi, 64)
         tilt = theta + rng.normal(0.0, 0.05, 64)
-        dirs = (np.cos(tilt)[:, None] * u + np.sin(tilt)[:, None] * (np.cos(phi)[:, None] * v + np.sin(phi)[:, None] * w))
+        side = np.cos(phi)[:, None] * v + np.sin(phi)[:, None] * w
+        dirs = np.cos(tilt)[:, None] * u + np.sin(tilt)[:, None] * side
         cand = pos[i - 1] + bond * dirs
         ok = np.linalg.norm(cand, axis=1) < radius
         if i > 2:

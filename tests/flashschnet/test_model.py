@@ -222,3 +222,21 @@ def test_input_checks(small_model):
         SchNet(activation="relu")
     with pytest.raises(ValueError, match="type_map"):
         SchNet(type_map={"Xx": 0})
+
+
+def test_shipped_cg_demo():
+    from ase_flashschnet import shipped
+
+    assert shipped.names() == ["cg-demo"]
+    chain = shipped.default_structure("cg-demo")
+    assert len(chain) == 269 and set(chain.numbers) == {1, 2, 3, 4, 5}
+    assert chain.get_masses()[:5].tolist() == [14.007, 12.011, 12.011, 12.011, 15.999]
+    graph = build_torch(torch.tensor(chain.positions), 10.0)
+    assert 50 < graph.num_edges / 269 < 65  # protein-like packing
+    model = shipped.get("cg-demo")
+    assert (model.config["hidden_channels"], model.config["num_filters"], model.config["num_interactions"],
+            model.config["num_rbf"], model.config["cutoff"]) == (128, 128, 3, 50, 10.0)
+    assert [type(p).__name__ for p in model.priors] == ["HarmonicBonds", "HarmonicAngles", "Repulsion"]
+    assert torch.equal(shipped.get("cg-demo").embedding.weight, model.embedding.weight)  # reproducible
+    with pytest.raises(KeyError, match="cg-demo"):
+        shipped.get("no-such-model")

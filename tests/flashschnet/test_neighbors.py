@@ -1,3 +1,5 @@
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -6,12 +8,7 @@ from ase.neighborlist import neighbor_list
 
 from ase_flashschnet.neighbors import Graph, NeighborList, VerletNeighborList, build_cpu, build_torch
 
-try:
-    import vesin  # noqa: F401
-
-    LIBRARIES = ["ase", "vesin"]
-except ImportError:
-    LIBRARIES = ["ase"]
+LIBRARIES = ["ase", "vesin"] if importlib.util.find_spec("vesin") else ["ase"]
 
 TRICLINIC = np.array([[3.1, 0.0, 0.0], [0.6, 3.4, 0.0], [-0.4, 0.5, 2.9]])
 
@@ -113,11 +110,16 @@ def test_torch_and_cpu_builders_give_identical_graphs(rng):
     assert torch.allclose(a.shifts, b.shifts, rtol=0, atol=1e-12)
 
 
-def test_small_block_size_gives_same_graph(rng):
-    pos = torch.tensor(scattered(rng, 20, TRICLINIC))
-    a = build_torch(pos, 3.0, cell=TRICLINIC, pbc=True)
-    b = build_torch(pos, 3.0, cell=TRICLINIC, pbc=True, max_block=50)
-    assert torch.equal(a.edge_src, b.edge_src) and torch.equal(a.cell_shifts, b.cell_shifts)
+@pytest.mark.parametrize("pbc", [False, True])
+@pytest.mark.parametrize("max_block", [50, 2 * 27 * 8 * 8, 1 << 21])  # row blocks to whole batch
+def test_chunking_gives_same_graph(pbc, max_block, rng):
+    """Replicas of equal size are processed in chunks; the graph must not depend on it."""
+    pos = torch.tensor(np.concatenate([scattered(rng, 8, TRICLINIC) for _ in range(5)]))
+    batch = torch.arange(5).repeat_interleave(8)
+    a = build_torch(pos, 3.0, batch, cell=TRICLINIC, pbc=pbc, max_block=max_block)
+    b = build_cpu(pos, 3.0, batch, cell=TRICLINIC, pbc=pbc, library="ase")
+    for field in ("edge_src", "edge_dst", "cell_shifts", "dst_ptr"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
 
 
 def test_no_pairs_and_single_atom():
