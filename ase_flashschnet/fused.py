@@ -12,7 +12,8 @@ inference and MD on one CUDA GPU. What is fused (``csrc/flashschnet/``):
   messages of each atom. ``cfconv_backward`` recomputes the filter network (nothing
   is saved) in source order, with a forward-mode tangent d/dd through it, and
   returns dE/d(lin1(x)) and dE/dd per edge, including C'(d) and the Gaussians'
-  derivatives. No [E x F] tensor is ever written to global memory.
+  derivatives. No [E x F] tensor is ever written to global memory. The edge
+  arrays of the next tile are copied (cp.async) while a tile computes.
 * Flash aggregation: every sum over edges is a CSR segment sum taken in a fixed
   order (by destination forward, by source backward, both for the forces), never
   an atomic: forces are bitwise identical from run to run.
@@ -70,7 +71,7 @@ from gpucore import GPUUnavailableError
 
 from .model import ACTIVATIONS
 
-__all__ = ["FusedSchNet", "PRECISIONS", "quantize_per_channel", "kernel_defines", "precompile"]
+__all__ = ["FusedSchNet", "PRECISIONS", "quantize_per_channel", "kernel_defines", "cfconv_flops", "precompile"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _PREC_CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
@@ -106,6 +107,16 @@ def kernel_defines(num_filters: int, num_rbf: int, activation: str, precision: s
     if not 1 <= num_rbf <= 128:
         raise ValueError(f"the fused kernels support 1 to 128 Gaussians, got num_rbf={num_rbf}")
     return {"F": int(num_filters), "NRBF": int(num_rbf), "ACT": _ACT_CODE[activation], "PREC": _PREC_CODE[precision]}
+
+
+def cfconv_flops(n_edges: int, num_filters: int, num_rbf: int, precision: str) -> tuple[int, int]:
+    """FLOPs (2 per multiply-add) the CFConv kernels execute per interaction:
+    (forward, backward). Forward: filter1 (K x F) and filter2 (F x F) per edge, with
+    K = num_rbf (fp32) or num_rbf padded to 16 (tensor cores); the backward
+    recomputes both products and carries the tangent through them (twice that)."""
+    k = num_rbf if precision == "fp32" else -(-num_rbf // 16) * 16
+    fwd = 2 * n_edges * (k * num_filters + num_filters * num_filters)
+    return fwd, 2 * fwd
 
 
 def _check_device(device) -> torch.device:

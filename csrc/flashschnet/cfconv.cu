@@ -16,8 +16,17 @@
 // count with a binary search on the CSR pointer), so every atom's sum is taken by
 // one thread per channel in CSR order: no atomics, and results are bitwise
 // reproducible and independent of the grid size.
+//
+// Latency hiding inside a block (a tile is a chain of barrier-separated phases):
+// the next tile's edge arrays are copied to shared memory with cp.async while the
+// current tile computes (EdgeQueue), the gathered rows are loaded before the
+// second product, and the segment sum reads its messages in register chunks.
 #include "flashschnet/common.cuh"
 #include "flashschnet/tiles.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the CFConv kernels need sm_80 or newer (cp.async, bf16 mma.sync)"
+#endif
 
 namespace fs {
 
@@ -47,6 +56,86 @@ typedef MmaTile<FWD_TE, 2, 4> FwdTile;
 typedef MmaTile<BWD_TE, 2, 4> BwdTile;
 #endif
 
+// FS_PIPELINE=1 loads the next tile's edge arrays during the current tile (see
+// EdgeQueue); 0 loads them at the start of each tile. Same results either way.
+#ifndef FS_PIPELINE
+#define FS_PIPELINE 1
+#endif
+// Edges whose messages the segment sum reads into registers at once (the values
+// that compile without spills next to the 16-bit backward's 128-register budget).
+#ifndef SEG_CHUNK
+#define SEG_CHUNK (F == 64 ? 8 : 16)
+#endif
+static_assert(FWD_TE % SEG_CHUNK == 0 && BWD_TE % SEG_CHUNK == 0, "SEG_CHUNK must divide the tiles");
+
+// FS_PROFILE=1 (benchmarks/schnet_kernel_breakdown.py only): thread 0 of each block
+// adds the clock cycles of each phase of the tile loop, barrier to barrier, into
+// shared memory, and writes them per block to fs_profile at the end; the kernel
+// cfconv_profile_read copies them out. Phases: 0 setup (weights, block range),
+// 1 stage edges, 2 Gaussians, 3 gemm1 + activation, 4 gemm2, 5 epilogue +
+// message tile, 6 segment sum. The last kernel launched overwrites the table.
+#ifndef FS_PROFILE
+#define FS_PROFILE 0
+#endif
+constexpr int NPHASE = 7;
+#if FS_PROFILE
+constexpr int PROFILE_BLOCKS = 4096;
+__device__ unsigned long long fs_profile[PROFILE_BLOCKS * NPHASE];
+#define FS_MARK(k)                                                   \
+  if (tid == 0) {                                                    \
+    const unsigned int now = static_cast<unsigned int>(clock());     \
+    prof[k] += now - t_mark;                                         \
+    t_mark = now;                                                    \
+  }
+#else
+#define FS_MARK(k)
+#endif
+
+// Copy 4 bytes global -> shared without passing through registers (sm_80+). The
+// "memory" clobber keeps the compiler from moving shared-memory accesses across it.
+__device__ __forceinline__ void cp_async4(void* dst_smem, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(static_cast<u32>(__cvta_generic_to_shared(dst_smem))),
+               "l"(src)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// The edge arrays of the next tile, in flight while the current one computes
+// (FS_PIPELINE=1). cp.async lands them in shared memory, so the prefetch holds no
+// registers across the filter products. Thread tid < TE copies and later reads
+// only its own slot q[tid], so no barrier is needed: it waits for its copies,
+// reads the slot and stores what it read into the staged tile, and only then
+// issues the next copies into the same slot (the stores depend on the loads, and
+// instructions issue in order, so the copy cannot overtake the read). Position e
+// of the sorted CSR is edge order[e] backward, e forward; backward, order[] is
+// fetched one tile earlier still, so the dependent loads never wait on it. Past
+// e_end a padding edge is staged (d = cutoff: C = C' = 0).
+template <bool BWD, int TE>
+struct EdgeQueue {
+  float d[TE];
+  int seg[TE], oth[TE], eid[TE], ord[TE];  // ord: backward, order[] one tile ahead of eid
+
+  // Start the copies of position e = (tile start) + tid, whose edge is id.
+  __device__ void issue(int e, int id, int e_end, const int* __restrict__ order, const float* __restrict__ dist,
+                        const int* __restrict__ seg_g, const int* __restrict__ oth_g, float cutoff) {
+    const int t = threadIdx.x;
+    if (e < e_end) {
+      cp_async4(d + t, dist + id);
+      cp_async4(seg + t, seg_g + id);
+      cp_async4(oth + t, oth_g + id);
+      eid[t] = id;
+    } else {
+      d[t] = cutoff;
+      seg[t] = 0;
+      oth[t] = 0;
+      eid[t] = 0;
+    }
+    if (BWD && e + TE < e_end) cp_async4(ord + t, order + e + TE);
+  }
+  // The edge at position e (one tile after the slot's current edge; e < e_end).
+  __device__ int next_id(int e) const { return BWD ? ord[threadIdx.x] : e; }
+};
+
 // Parameters copied to shared memory: b1, s1, b2, s2 (F each), mu, gamma (NRBF each).
 constexpr int NPARAM = 4 * F + 2 * NRBF;
 
@@ -66,8 +155,10 @@ struct Layout {
   static constexpr int A1 = AREA, DA1 = A1 + A1B, A2 = A1 + NA * A1B, DA2 = A2 + A2B;
   static constexpr int EDGE = AREA + align16(cmax(NA * (A1B + A2B), T::TE * T::MSG_STRIDE * 4));
   static constexpr int RED = EDGE + 6 * T::TE * 4;  // d, C, C', seg, other, edge id
-  static constexpr int RANGE = RED + (BWD ? T::NCG * T::TE * 4 : 0);
-  static constexpr int TOTAL = RANGE + 16;
+  static constexpr int QUEUE = RED + (BWD ? T::NCG * T::TE * 4 : 0);
+  static constexpr int RANGE = QUEUE + (FS_PIPELINE ? align16(sizeof(EdgeQueue<BWD, T::TE>)) : 0);
+  static constexpr int PROF = RANGE + 16;
+  static constexpr int TOTAL = PROF + (FS_PROFILE ? NPHASE * 8 : 0);
   static_assert(TOTAL <= 227 * 1024, "tile too large for shared memory");
 };
 
@@ -104,38 +195,73 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
   int* range = reinterpret_cast<int*>(smem + L::RANGE);
 
   const int tid = threadIdx.x;
-  if (tid == 0) {
+#if FS_PROFILE
+  unsigned long long* prof = reinterpret_cast<unsigned long long*>(smem + L::PROF);
+  unsigned int t_mark = static_cast<unsigned int>(clock());
+  if (tid < NPHASE) prof[tid] = 0;
+#endif
+  // The two ends of the block's atom range: two binary searches of ~15 dependent
+  // loads each, run by two warps side by side while the others load the weights.
+  if (tid == 0 || tid == 32) {
     const long long n_edges = ptr[n_atoms];
-    range[0] = lower_bound(ptr, n_atoms, n_edges * blockIdx.x / gridDim.x);
-    range[1] = blockIdx.x + 1 == gridDim.x ? n_atoms
-                                            : lower_bound(ptr, n_atoms, n_edges * (blockIdx.x + 1) / gridDim.x);
+    const int b = blockIdx.x + (tid == 32);
+    range[tid == 32] = b == (int)gridDim.x ? n_atoms : lower_bound(ptr, n_atoms, n_edges * b / gridDim.x);
   }
   T::load_weights(W1s, W2s, static_cast<const E*>(w1), static_cast<const E*>(w2));
   for (int i = tid; i < NPARAM; i += T::NT) par[i] = params[i];
   __syncthreads();
+  FS_MARK(0);
 
   const T tile;
   const int a_end = range[1];
   const int e_end = ptr[a_end];
   int cur = range[0];  // the atom whose sum thread tid < F is accumulating
   float run = 0.0f;
+#if FS_PIPELINE
+  EdgeQueue<BWD, TE>& queue = *reinterpret_cast<EdgeQueue<BWD, TE>*>(smem + L::QUEUE);
+  if (tid < TE) {
+    const int e = ptr[cur] + tid;
+    queue.issue(e, BWD ? (e < e_end ? order[e] : 0) : e, e_end, order, dist, seg, other, cutoff);
+  }
+#endif
   for (int e0 = ptr[cur]; e0 < e_end; e0 += TE) {
     const int n = min(TE, e_end - e0);
     if (tid < TE) {
+#if FS_PIPELINE
+      cp_async_wait_all();
+      const int eid = queue.eid[tid];
+      const float d = queue.d[tid];
+      seg_s[tid] = queue.seg[tid];
+      oth_s[tid] = queue.oth[tid];
+#else
       const bool valid = tid < n;
       const int eid = valid ? (BWD ? order[e0 + tid] : e0 + tid) : 0;
       const float d = valid ? dist[eid] : cutoff;
+      seg_s[tid] = valid ? seg[eid] : 0;
+      oth_s[tid] = valid ? other[eid] : 0;
+#endif
+      if (BWD) {
+        // The h[src] row of the backward epilogue (a tile has mostly one or two
+        // source atoms) goes to L1 now, so its L2 latency hides behind the products.
+        const float* row = h + (long long)seg_s[tid] * F;
+#pragma unroll
+        for (int c = 0; c < F; c += 32) prefetch_l1(row + c);
+      }
       float cp;
       c_s[tid] = envelope(d, cutoff, cp);
       cp_s[tid] = cp;
       d_s[tid] = d;
-      seg_s[tid] = valid ? seg[eid] : 0;
-      oth_s[tid] = valid ? other[eid] : 0;
       eid_s[tid] = eid;
+#if FS_PIPELINE
+      const int e = e0 + TE + tid;
+      queue.issue(e, e < e_end ? queue.next_id(e) : 0, e_end, order, dist, seg, other, cutoff);
+#endif
     }
     __syncthreads();
+    FS_MARK(1);
     T::template fill_a1<BWD>(A1, dA1, d_s, mu, gam);
     __syncthreads();
+    FS_MARK(2);
 
     float acc[NR][NC], dacc[NR][NC];
 #pragma unroll
@@ -156,6 +282,7 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
     tile.store_act(A2, acc);
     if (BWD) tile.store_act(dA2, dacc);
     __syncthreads();
+    FS_MARK(3);
 
     // The gathered rows (h[src] forward, gm[dst] backward) are loaded now so that
     // their latency hides behind the second product.
@@ -168,6 +295,7 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       for (int c = 0; c < NC; ++c) acc[r][c] = dacc[r][c] = 0.0f;
     tile.template gemm2<BWD>(acc, dacc, A2, dA2, W2s);
     __syncthreads();  // the message tile overwrites the activation tiles
+    FS_MARK(4);
 
     if (!BWD) {
 #pragma unroll
@@ -203,6 +331,7 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       tile.reduce_rows(part, red);
     }
     __syncthreads();
+    FS_MARK(5);
 
     if (BWD && tid < n) {
       float s = 0.0f;
@@ -211,18 +340,33 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       grad_d[eid_s[tid]] = s;
     }
     // Segment sums in CSR order: thread tid owns channel tid of the current atom.
+    // The messages and atom ids are read SEG_CHUNK at a time into registers first,
+    // so the shared-memory latency is paid once per chunk, not once per edge (the
+    // sum itself stays one add per edge in edge order).
     if (tid < F) {
-      for (int e = 0; e < n; ++e) {
-        const int a = seg_s[e];
-        while (cur < a) {
-          out[(long long)cur * F + tid] = run;
-          run = 0.0f;
-          ++cur;
+      for (int c0 = 0; c0 < n; c0 += SEG_CHUNK) {
+        float m[SEG_CHUNK];
+        int a[SEG_CHUNK];
+#pragma unroll
+        for (int j = 0; j < SEG_CHUNK; ++j) {
+          m[j] = msg[(c0 + j) * T::MSG_STRIDE + tid];
+          a[j] = seg_s[c0 + j];
         }
-        run += msg[e * T::MSG_STRIDE + tid];
+#pragma unroll
+        for (int j = 0; j < SEG_CHUNK; ++j) {
+          if (c0 + j < n) {
+            while (cur < a[j]) {
+              out[(long long)cur * F + tid] = run;
+              run = 0.0f;
+              ++cur;
+            }
+            run += m[j];
+          }
+        }
       }
     }
     __syncthreads();  // the next tile overwrites the staged edges and the messages
+    FS_MARK(6);
   }
   if (tid < F) {
     for (; cur < a_end; ++cur) {
@@ -230,6 +374,10 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       run = 0.0f;
     }
   }
+#if FS_PROFILE
+  __syncthreads();  // thread 0's last update of prof
+  if (tid < NPHASE && blockIdx.x < PROFILE_BLOCKS) fs_profile[blockIdx.x * NPHASE + tid] = prof[tid];
+#endif
 }
 
 }  // namespace fs
@@ -254,6 +402,15 @@ extern "C" __global__ void __launch_bounds__(fs::BwdTile::NT, MIN_BLOCKS)
   fs::cfconv_body<fs::BwdTile, true>(h, gm, dist, src_ptr, src_order, src, dst, w1, w2, params, cutoff, n_atoms,
                                      grad_h, grad_d);
 }
+
+#if FS_PROFILE
+// out[b * NPHASE + k]: cycles of phase k in block b of the last CFConv launch (b < n_blocks).
+extern "C" __global__ void cfconv_profile_read(unsigned long long* out, int n_blocks) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < min(n_blocks, fs::PROFILE_BLOCKS) * fs::NPHASE;
+       i += gridDim.x * blockDim.x)
+    out[i] = fs::fs_profile[i];
+}
+#endif
 
 // Launch geometry for the host: {forward smem bytes, threads, backward smem bytes, threads}.
 extern "C" __global__ void cfconv_config(int* out) {

@@ -71,6 +71,9 @@ __device__ __forceinline__ float envelope(float d, float cutoff, float& slope) {
   return 0.5f * (c + 1.0f);
 }
 
+// Bring the 128-byte line holding p into L1 ahead of a load (holds no register).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 // First atom a in [0, n] with ptr[a] >= target (ptr is non-decreasing).
 __device__ __forceinline__ int lower_bound(const int* __restrict__ ptr, int n, long long target) {
   int lo = 0, hi = n;

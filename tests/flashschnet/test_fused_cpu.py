@@ -3,6 +3,10 @@
 CPU device, and the derivative formulas the backward kernel implements (tangent
 mode through the filter network, envelope derivative), checked against autograd."""
 import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +44,34 @@ def test_kernel_defines_checks():
         fused.kernel_defines(128, 50, "tanh", "fp8")
     with pytest.raises(ValueError, match="Gaussians"):
         fused.kernel_defines(128, 500, "tanh", "fp32")
+
+
+def test_cfconv_flops():
+    # Per edge: 2 x (K x F + F x F), K = 50 (fp32) or 64 (padded for the tensor cores).
+    assert fused.cfconv_flops(1000, 128, 50, "fp32") == (1000 * 45_568, 2 * 1000 * 45_568)
+    assert fused.cfconv_flops(1000, 128, 50, "bf16") == (1000 * 49_152, 2 * 1000 * 49_152)
+
+
+_CSRC = Path(fused.__file__).resolve().parents[1] / "csrc"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cfconv_compiles_for_sm90_without_spills(precision, tmp_path):
+    """The benchmark configuration (128 filters, 50 Gaussians, tanh) builds for sm_90
+    with no register spills, in the default build and in the previous tile loop that
+    schnet_kernel_breakdown.py times against it; its profiling build (FS_PROFILE=1)
+    builds too (a few spilled bytes are tolerated there)."""
+    defines = fused.kernel_defines(128, 50, "tanh", precision)
+    for extra in ({}, {"FS_PIPELINE": 0, "SEG_CHUNK": 1}, {"FS_PROFILE": 1}):
+        flags = [f"-D{k}={v}" for k, v in {**defines, **extra}.items()]
+        out = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-std=c++17", f"-I{_CSRC}", *flags,
+                              str(_CSRC / "flashschnet" / "cfconv.cu"), "-o", str(tmp_path / "cfconv.cubin")],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out.stderr)
+        if "FS_PROFILE" not in extra:
+            assert len(spills) == 3 and all(a == "0" and b == "0" for a, b in spills), (extra, out.stderr)
 
 
 def test_refuses_cpu_device():
