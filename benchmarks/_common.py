@@ -12,6 +12,7 @@ import datetime as _dt
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -28,7 +29,8 @@ def _git_commit() -> str | None:
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    # A copy of the tree without .git (a GPU host) names its commit through the environment.
+    return out.stdout.strip() or os.environ.get("FUSION_GIT_COMMIT") or None
 
 
 def _gpu_meta() -> dict:
@@ -116,4 +118,37 @@ def write_results(name: str, records: list[dict], meta: dict | None = None, *, t
     if notes:
         body += [notes.strip(), ""]
     md_path.write_text("\n".join(body))
+    if directory == RESULTS_DIR:
+        update_index()
     return json_path, md_path
+
+
+INDEX_HEADER = """# Benchmarks
+
+Each script here measures its own baseline side by side in one run, on one GPU, and
+writes `results/<name>.json` and `results/<name>.md`; this page is rebuilt from those
+files every time a script writes them. Run all of them on a GPU host with
+`tools/gpu_check.sh LOGDIR`.
+
+| script | what it compares |
+|---|---|
+| `schnet_throughput.py` | one FlashSchNet force evaluation, fused (fp32, bf16, fp16) vs the plain PyTorch SchNet |
+| `schnet_kernel_breakdown.py` | time per fused kernel and per torch part of one force evaluation |
+| `md_throughput.py` | batched replica MD and ASE steps/s, fused vs reference driven the same way |
+| `rcg_report_gpu.py` | FusionRCG per-class live intermediates, tier, registers and spills from the compiler |
+| `scf_vs_gpu4pyscf.py` | J/K builds and whole SCF, FusionRCG vs GPU4PySCF on the same GPU and density |
+
+Current results (newest run of each script):
+"""
+
+
+def update_index() -> Path:
+    """Rebuild ``benchmarks/README.md`` from every results/*.md, so it shows the current tables."""
+    parts = [INDEX_HEADER]
+    for md in sorted(RESULTS_DIR.glob("*.md")):
+        text = md.read_text().strip()
+        # Demote each result's title by one level under this page's own.
+        parts.append("\n".join(("#" + line) if line.startswith("#") else line for line in text.splitlines()))
+    index = RESULTS_DIR.parent / "README.md"
+    index.write_text("\n\n".join(parts) + "\n")
+    return index
