@@ -130,6 +130,11 @@ class Repulsion(nn.Module):
         self.n_atoms = None if n_atoms is None else int(n_atoms)
         self.register_buffer("sigma", sigma, persistent=False)
         self.register_buffer("exclusions", exclusions, persistent=False)
+        # Excluded (i, j) pairs as sorted keys i*n + j, both directions: a lookup by
+        # searchsorted never synchronises with the host, so MD steps can be graph-captured.
+        n = self.n_atoms or 1
+        keys = torch.cat([exclusions[:, 0] * n + exclusions[:, 1], exclusions[:, 1] * n + exclusions[:, 0]])
+        self.register_buffer("_excluded_keys", torch.sort(keys).values, persistent=False)
 
     def forward(self, types: Tensor, pos: Tensor, edge_src: Tensor, edge_dst: Tensor, edge_vec: Tensor) -> Tensor:
         r = edge_vec.norm(dim=1)
@@ -141,9 +146,10 @@ class Repulsion(nn.Module):
             if pos.shape[0] % n:
                 raise ValueError(f"repulsion exclusions are for molecules of {n} atoms, but the input has "
                                  f"{pos.shape[0]} atoms (not a whole number of replicas)")
-            keys = torch.cat([self.exclusions[:, 0] * n + self.exclusions[:, 1],
-                              self.exclusions[:, 1] * n + self.exclusions[:, 0]])
-            inside = inside & ~torch.isin((edge_src % n) * n + edge_dst % n, keys)
+            query = (edge_src % n) * n + edge_dst % n
+            keys = self._excluded_keys
+            slot = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+            inside = inside & (keys[slot] != query)
         safe_r = torch.where(inside, r, torch.full_like(r, self.cutoff))
         pair = torch.where(inside, (sigma / safe_r) ** self.exponent - (sigma / self.cutoff) ** self.exponent, 0.0)
         # Each pair appears once per direction in a full list: half to its dst atom each time.
