@@ -194,11 +194,13 @@ class _Graphed:
         self.fn = fn
         self.control = control
         self.graph = None
-        self.pool = None
         self.warm_calls = 0
 
     def reset(self) -> None:
-        self.graph = None  # frees its memory back to the pool before the next capture
+        # Drops the graph and its private memory pool. Each capture gets a fresh pool:
+        # re-capturing into the pool of a destroyed graph trips an internal assert of
+        # PyTorch's caching allocator (seen with torch 2.11 on an H200).
+        self.graph = None
         self.warm_calls = 0
 
     def __call__(self) -> None:
@@ -216,9 +218,8 @@ class _Graphed:
             current.wait_stream(control.side_stream)
         else:
             graph = torch.cuda.CUDAGraph()
-            self.pool = self.pool or torch.cuda.graph_pool_handle()
             try:
-                with torch.cuda.graph(graph, pool=self.pool):
+                with torch.cuda.graph(graph):
                     self.fn()
             except Exception as exc:  # anything not capturable: fall back, never fail the run
                 control.disable(exc)
