@@ -31,7 +31,9 @@ Primitive stage (``Program.prim_ops``), executed once per primitive quartet
   see ``spherical.angular_factor``) for the four shells, so PREF needs none.
 * ``LinComb(dst, terms, step)``: ``t[dst] = sum_k c_k * S_k * t[src_k]`` for
   ``terms = ((c_k, S_k, src_k), ...)``; ``c_k`` a float, ``S_k`` a
-  :class:`Sym` (primitive symbols only in this stage).
+  :class:`Sym` (primitive symbols only in this stage).  The VRR builds each
+  pair's angular momentum on one centre, so a program uses ``PA`` or ``PB``
+  (and ``QC`` or ``QD``), never both.
 * ``Accumulate(dst, src)``: ``t[dst] += W * t[src]`` where ``W`` is the product
   of the four contraction coefficients of the primitive quartet, exactly as
   PySCF stores them in ``mol._env`` (i.e. including ``gto_norm``), for the
@@ -40,7 +42,8 @@ Primitive stage (``Program.prim_ops``), executed once per primitive quartet
 Contracted stage (``Program.ctr_ops``), once per contracted quartet:
 
 * ``LinComb`` with contracted symbols (``AB_*``, ``CD_*``) for the horizontal
-  recurrence, ``dst = src1 + AB_i * src2`` / ``CD_i``, and with ``Sym.ONE`` and
+  recurrence, ``dst = src1 + AB_i * src2`` (or ``- AB_i`` when moving
+  momentum from b to a; ``CD_i`` likewise), and with ``Sym.ONE`` and
   constant coefficients for Cartesian->spherical transforms.
 * ``Output(src, index)``: ``block[index] = t[src]`` where ``index = (i, j, k, l)``
   indexes the array of shape ``Program.shape = (ni, nj, nk, nl)``: component
@@ -53,7 +56,14 @@ Contracted stage (``Program.ctr_ops``), once per contracted quartet:
   Every block element is written exactly once.
 
 Every op carries ``step`` (one of :data:`STEPS`) so reports can attribute the
-live intermediates to the recurrence stage that produces them.  Symbols that
+live intermediates to the recurrence stage that produces them.
+
+Storage: a Program keeps each stage as an :class:`OpTable` (struct of numpy
+arrays; what the numpy interpreter and large-class generators want, since the
+biggest classes have ~10^5 ops) and exposes the same ops as tuples of the
+frozen dataclasses below through ``Program.prim_ops`` / ``Program.ctr_ops``
+(built on first access; what a C printer wants).  Temporaries
+``0 .. n_acc-1`` are the accumulators.  Symbols that
 are per-primitive or per-quartet scalars are inputs, not temporaries, and are
 not counted as intermediates.
 """
@@ -61,7 +71,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Tuple, Union
+
+import numpy as np
 
 
 class Sym(enum.IntEnum):
@@ -94,6 +107,12 @@ class Sym(enum.IntEnum):
     CD_X = 21            # C - D   (contracted stage, per shell quartet)
     CD_Y = 22
     CD_Z = 23
+    PB_X = 24            # P - B   (VRR building on centre B)
+    PB_Y = 25
+    PB_Z = 26
+    QD_X = 27            # Q - D   (VRR building on centre D)
+    QD_Y = 28
+    QD_Z = 29
 
     @property
     def c_name(self) -> str:
@@ -101,17 +120,19 @@ class Sym(enum.IntEnum):
         return self.name.lower()
 
 
-#: Symbols usable in the primitive / contracted stage.
-PRIMITIVE_SYMS = frozenset(s for s in Sym if s <= Sym.INV_2ZETA_ETA)
-CONTRACTED_SYMS = frozenset({Sym.ONE, Sym.AB_X, Sym.AB_Y, Sym.AB_Z,
-                             Sym.CD_X, Sym.CD_Y, Sym.CD_Z})
 #: Per-direction symbol triples, indexed by Cartesian direction 0/1/2.
 PA = (Sym.PA_X, Sym.PA_Y, Sym.PA_Z)
+PB = (Sym.PB_X, Sym.PB_Y, Sym.PB_Z)
 WP = (Sym.WP_X, Sym.WP_Y, Sym.WP_Z)
 QC = (Sym.QC_X, Sym.QC_Y, Sym.QC_Z)
+QD = (Sym.QD_X, Sym.QD_Y, Sym.QD_Z)
 WQ = (Sym.WQ_X, Sym.WQ_Y, Sym.WQ_Z)
 AB = (Sym.AB_X, Sym.AB_Y, Sym.AB_Z)
 CD = (Sym.CD_X, Sym.CD_Y, Sym.CD_Z)
+
+#: Symbols usable in the primitive / contracted stage.
+CONTRACTED_SYMS = frozenset((Sym.ONE,) + AB + CD)
+PRIMITIVE_SYMS = frozenset(Sym) - CONTRACTED_SYMS | {Sym.ONE}
 
 #: Step labels, in the order the stages run.  ``sph_a`` .. ``sph_d`` transform
 #: the index of shell a .. d.
@@ -159,7 +180,43 @@ def nsph(l: int) -> int:
     return 2 * l + 1
 
 
-@dataclass(frozen=True)
+#: OpTable.kind codes.
+BOYS, LINCOMB, ACCUMULATE, OUTPUT = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, eq=False)
+class OpTable:
+    """One stage as arrays; op ``i`` (in evaluation order) is:
+
+    * ``kind[i]``: BOYS / LINCOMB / ACCUMULATE / OUTPUT;
+    * ``step[i]``: index into :data:`STEPS`;
+    * ``dst[i]``: temporary written (the accumulator for ACCUMULATE; -1 for OUTPUT);
+    * ``arg[i]``: Boys order m (BOYS), flat C-order block index (OUTPUT), else -1;
+    * ``level[i]``: wavefront level; every temporary op ``i`` reads is written
+      at a smaller level (Boys values and accumulators count as level 0), so
+      ops of one level are independent;
+    * terms ``src/coef/sym[ptr[i]:ptr[i+1]]``: LINCOMB terms; ACCUMULATE and
+      OUTPUT have one term ``(1.0, ONE, source)``; BOYS has none.
+    """
+    kind: np.ndarray
+    step: np.ndarray
+    dst: np.ndarray
+    arg: np.ndarray
+    level: np.ndarray
+    ptr: np.ndarray
+    src: np.ndarray
+    coef: np.ndarray
+    sym: np.ndarray
+
+    def __len__(self):
+        return len(self.kind)
+
+    def sources(self):
+        """(op index of each term, source temporary of each term)."""
+        return np.repeat(np.arange(len(self.kind)), np.diff(self.ptr)), self.src
+
+
+@dataclass(frozen=True, eq=False)
 class Program:
     """Straight-line code for one class; see the module docstring."""
     la: int
@@ -168,8 +225,10 @@ class Program:
     ld: int
     cart: bool
     n_temps: int
-    prim_ops: Tuple[Op, ...]
-    ctr_ops: Tuple[Op, ...]
+    n_acc: int
+    boys_const: float
+    prim: OpTable
+    ctr: OpTable
     topology: str = ''
 
     @property
@@ -188,13 +247,39 @@ class Program:
 
     @property
     def accumulators(self) -> Tuple[int, ...]:
-        """Contracted temporaries (zeroed per quartet), in first-use order."""
-        return tuple(dict.fromkeys(op.dst for op in self.prim_ops
-                                   if isinstance(op, Accumulate)))
+        """Contracted temporaries zeroed per quartet (always 0 .. n_acc-1)."""
+        return tuple(range(self.n_acc))
 
     @property
     def name(self) -> str:
         return ''.join('spdfghik'[l] for l in self.ls)
+
+    @cached_property
+    def prim_ops(self) -> Tuple[Op, ...]:
+        return self._ops(self.prim)
+
+    @cached_property
+    def ctr_ops(self) -> Tuple[Op, ...]:
+        return self._ops(self.ctr)
+
+    def _ops(self, t: OpTable):
+        shape = self.shape
+        syms = list(Sym)
+        out = []
+        for i in range(len(t)):
+            k, a, b = int(t.kind[i]), int(t.ptr[i]), int(t.ptr[i + 1])
+            if k == BOYS:
+                out.append(Boys(int(t.dst[i]), int(t.arg[i]), self.boys_const))
+            elif k == ACCUMULATE:
+                out.append(Accumulate(int(t.dst[i]), int(t.src[a])))
+            elif k == OUTPUT:
+                idx = tuple(int(v) for v in np.unravel_index(int(t.arg[i]), shape))
+                out.append(Output(int(t.src[a]), idx))
+            else:
+                terms = tuple((float(t.coef[j]), syms[t.sym[j]], int(t.src[j]))
+                              for j in range(a, b))
+                out.append(LinComb(int(t.dst[i]), terms, STEPS[t.step[i]]))
+        return tuple(out)
 
 
 def c_statement(op: Op, temp: str = 't{}',

@@ -1,0 +1,135 @@
+"""FusionRCG per-class report on a GPU: tier, compiler registers and spills, kernel time.
+
+For every canonical class (la >= lb, lc >= ld, (la,lb) >= (lc,ld)) up to
+``--lmax`` (default 4, i.e. up to (gg|gg)), spherical output:
+
+* the liveness columns of ``pyscf_fusionrcg.report`` (naive / unfused / fused
+  peak live set);
+* the routed tier and form, and what the compiler reports for that kernel
+  (``tiers.compile_stats``: NVRTC registers, local/spill bytes, shared bytes);
+* the kernel time per shell quartet on random quartets of the class drawn
+  from a real basis (water/def2-QZVP by default: s..g shells with 1-8
+  primitives), median of 3 timed launches after a warm-up (CUDA events);
+* with ``--compare-tiers``, the same timing for every tier the class fits in
+  (registers only up to ``tiers.STRAIGHT_OPS_MAX`` statements), to check the
+  routing against measurements.
+
+Writes benchmarks/results/<name>.json and .md.
+
+    python benchmarks/rcg_report_gpu.py                       # up to (gg|gg)
+    python benchmarks/rcg_report_gpu.py --lmax 2 --compare-tiers
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
+
+from _common import environment_meta, write_results  # noqa: E402
+
+from pyscf import gto  # noqa: E402
+
+from pyscf_fusionrcg import codegen, launch, report, tiers  # noqa: E402
+
+WATER = 'O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692'
+
+
+def random_quartets(mol, ls, n, rng):
+    """n quartets of class ls from the molecule's shells (one nctr shape)."""
+    bas = mol._bas
+    picks = []
+    for l in ls:
+        shells = np.nonzero((bas[:, 1] == l) & (bas[:, 3] == 1))[0]
+        picks.append(rng.choice(shells, n))
+    return np.stack(picks, axis=1).astype(np.int32)
+
+
+def time_kernel(kern, basis, quartets, repeats=3):
+    """Median milliseconds of one launch over all quartets (after a warm-up)."""
+    import cupy as cp
+    nq = len(quartets)
+    q = cp.asarray(quartets)
+    out = cp.empty((kern.nelem, nq))
+    scratch, blocks = None, None
+    if kern.variant.tier == 'global':
+        blocks = kern.global_blocks(nq * kern.variant.n_groups, launch.budget_bytes() // 2)
+        scratch = cp.empty(blocks * kern.block * kern.n_slots)
+    kern.launch(q, nq, basis, 0.0, out, scratch, blocks)
+    times = []
+    for _ in range(repeats):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        kern.launch(q, nq, basis, 0.0, out, scratch, blocks)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--lmax', type=int, default=4)
+    ap.add_argument('--class', dest='classes', action='append', default=[],
+                    help='only these classes, e.g. --class gggg (repeatable)')
+    ap.add_argument('--basis', default='def2-QZVP')
+    ap.add_argument('--mol', help='XYZ file (default: water)')
+    ap.add_argument('--quartets', type=int, default=4096, help='quartets timed per class')
+    ap.add_argument('--compare-tiers', action='store_true')
+    ap.add_argument('--name', default='rcg_report_gpu')
+    args = ap.parse_args(argv)
+
+    from gpucore import require_gpu
+    require_gpu('the GPU report')
+    mol = gto.M(atom=args.mol or WATER, basis=args.basis, verbose=0)
+    basis = launch.DeviceBasis(mol)
+    rng = np.random.default_rng(0)
+    classes = ([report.parse_class(c) for c in args.classes] if args.classes
+               else launch.canonical_classes(args.lmax))
+    records = []
+    for ls in classes:
+        row = report.class_row(ls, tiers)
+        t0 = time.perf_counter()
+        kern = launch.get_kernel(ls)
+        row['compile_s'] = round(time.perf_counter() - t0, 2)
+        row.update(tier=kern.stats['tier'], form=kern.stats['form'],
+                   shared_bytes=kern.stats['shared_bytes'], kernel=kern.name,
+                   slots=kern.n_slots)
+        present = all(((mol._bas[:, 1] == l) & (mol._bas[:, 3] == 1)).any() for l in ls)
+        if present:
+            quartets = random_quartets(mol, ls, args.quartets, rng)
+            ms = time_kernel(kern, basis, quartets)
+            row['us_per_quartet'] = 1e3 * ms / len(quartets)
+            if args.compare_tiers:
+                for tier in codegen.TIERS:
+                    row[f'us_{tier}'] = None
+                    if tier == 'register' and tiers.n_statements(kern.program) > tiers.STRAIGHT_OPS_MAX:
+                        continue                # minutes of ptxas for a kernel that spills anyway
+                    try:
+                        k = launch.get_kernel(ls, tier=tier)
+                    except ValueError:          # does not fit (shared)
+                        continue
+                    row[f'us_{tier}'] = 1e3 * time_kernel(k, basis, quartets) / len(quartets)
+                    row[f'spill_{tier}'] = k.stats['spill_bytes']
+        records.append(row)
+        print(' '.join(f'{k}={v}' for k, v in row.items() if k != 'kernel'), flush=True)
+    meta = environment_meta()
+    meta.update(basis=args.basis, molecule=args.mol or 'water', quartets_per_class=args.quartets,
+                thresholds=dict(REG_PEAK_MAX=tiers.REG_PEAK_MAX, SPILL_BYTES_MAX=tiers.SPILL_BYTES_MAX,
+                                SHARED_MIN_THREADS=tiers.SHARED_MIN_THREADS,
+                                STRAIGHT_OPS_MAX=tiers.STRAIGHT_OPS_MAX))
+    paths = write_results(args.name, records, meta, title='FusionRCG classes on the GPU',
+                          notes='us_per_quartet: kernel time per contracted shell quartet '
+                                '(random quartets of the class, median of 3 launches).')
+    print('wrote', *paths)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

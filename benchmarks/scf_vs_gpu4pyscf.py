@@ -1,0 +1,270 @@
+"""FusionRCG J/K against GPU4PySCF's, in one process on one GPU.
+
+For each case (molecule x basis): one J+K build on the guess density (the
+"warm-up": kernel compilation included, and kept out of what follows); whole
+RHF and B3LYP SCFs with GPU4PySCF's driver, J/K from FusionRCG
+(``mf.to_gpu().apply(fusionrcg)``) against stock GPU4PySCF, with the energy
+difference; then, on the same converged RHF density, one J+K build, J alone
+and K alone (median of --repeat after a warm-up call) with the largest
+difference of the matrices.  Results go to
+benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
+
+    python benchmarks/scf_vs_gpu4pyscf.py --dry-run           # list the cases
+    python benchmarks/scf_vs_gpu4pyscf.py --quick             # one small case
+    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp,tamoxifen-def2-tzvp
+
+Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NAME = "scf_vs_gpu4pyscf"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    xyz: str            # relative to the molecules directory
+    basis: str
+    baseline: bool = True   # GPU4PySCF runs l > 4 on the CPU: unusable for cc-pV5Z
+    scf: bool = True        # whole SCFs (else only the builds on a converged density)
+
+
+CASES = {c.name: c for c in (
+    Case("vitc-def2-tzvp", "organic/020_Vitamin_C.xyz", "def2-TZVP"),
+    Case("vitc-def2-qzvp", "organic/020_Vitamin_C.xyz", "def2-QZVP"),
+    Case("vitc-cc-pvqz", "organic/020_Vitamin_C.xyz", "cc-pVQZ"),
+    Case("tamoxifen-def2-tzvp", "organic/057_Tamoxifen.xyz", "def2-TZVP"),
+    Case("water10-def2-tzvp", "water_clusters/004.xyz", "def2-TZVP"),
+    Case("water20-def2-qzvp", "water_clusters/005.xyz", "def2-QZVP", scf=False),
+    Case("water10-cc-pv5z", "water_clusters/004.xyz", "cc-pV5Z", baseline=False, scf=False),
+    Case("gly30-def2-tzvp", "gly/gly30.xyz", "def2-TZVP", scf=False),
+)}
+QUICK = ("vitc-def2-tzvp",)
+
+
+def default_molecules_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FUSION_MOLECULES", REPO.parent / "shared" / "molecules"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="all",
+                   help=f"comma-separated names or 'all'; known: {', '.join(CASES)}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"only {', '.join(QUICK)} (unless --cases), 1 repeat, RHF only")
+    p.add_argument("--molecules-dir", type=pathlib.Path, default=default_molecules_dir())
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-scf", action="store_true", help="builds only")
+    p.add_argument("--tier", default=None, help="force one FusionRCG storage tier")
+    p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
+    args = p.parse_args(argv)
+    if args.cases == "all":
+        names = list(QUICK) if args.quick else list(CASES)
+    else:
+        names = [n.strip() for n in args.cases.split(",") if n.strip()]
+        unknown = [n for n in names if n not in CASES]
+        if unknown:
+            p.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    args.selected = [CASES[n] for n in names]
+    if args.quick:
+        args.repeat = 1
+    return args
+
+
+def build_mol(case, molecules_dir):
+    from pyscf import gto
+    return gto.M(atom=str(molecules_dir / case.xyz), basis=case.basis, verbose=0)
+
+
+def dry_run(args):
+    print(f"molecules: {args.molecules_dir}")
+    print(f"{'case':22s} {'basis':10s} {'atoms':>5s} {'nao':>5s} {'max l':>5s}  runs")
+    for case in args.selected:
+        path = args.molecules_dir / case.xyz
+        runs = ["J+K", "J", "K"]
+        if case.scf and not args.no_scf:
+            runs += ["RHF"] if args.quick else ["RHF", "B3LYP"]
+        runs.append("vs GPU4PySCF" if case.baseline else "FusionRCG only")
+        if not path.is_file():
+            print(f"{case.name:22s} {case.basis:10s} missing {path}")
+            continue
+        mol = build_mol(case, args.molecules_dir)
+        print(f"{case.name:22s} {case.basis:10s} {mol.natm:5d} {mol.nao:5d} "
+              f"{int(mol._bas[:, 1].max()):5d}  {', '.join(runs)}")
+
+
+def _sync():
+    import cupy
+    cupy.cuda.Device().synchronize()
+
+
+def _once(fn):
+    """(seconds, result) of one call, the GPU drained before and after."""
+    _sync()
+    t0 = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - t0, out
+
+
+def time_build(fn, repeat):
+    """Median seconds of `repeat` calls after one warm-up call, and the last result."""
+    _once(fn)
+    times, out = [], None
+    for _ in range(repeat):
+        t, out = _once(fn)
+        times.append(t)
+    return statistics.median(times), out
+
+
+def _record(common, task, ours_s, ref_s=None, **extra):
+    rec = dict(common, task=task, fusionrcg_s=ours_s, **extra)
+    if ref_s is not None:
+        rec.update(gpu4pyscf_s=ref_s, speedup=ref_s / ours_s)
+    print(_line(rec), flush=True)
+    return rec
+
+
+def _max_diff(a, b):
+    import cupy
+    return float(cupy.abs(cupy.asarray(a) - cupy.asarray(b)).max())
+
+
+def run_case(case, args):
+    """Records of one case: warm-up, whole SCFs, then builds on the converged RHF density."""
+    import cupy
+    from pyscf import dft, scf
+
+    from pyscf_fusionrcg import fusionrcg
+
+    mol = build_mol(case, args.molecules_dir)
+    common = dict(case=case.name, molecule=pathlib.Path(case.xyz).stem, basis=case.basis,
+                  natm=mol.natm, nao=mol.nao, max_l=int(mol._bas[:, 1].max()))
+
+    def ours(mf):
+        return mf.to_gpu().apply(fusionrcg, backend="gpu", tier=args.tier)
+
+    mine = ours(scf.RHF(mol))
+    stock = scf.RHF(mol).to_gpu() if case.baseline else None
+    # One build on the guess density first: kernel compilation stays out of the SCFs.
+    dm0 = mine.get_init_guess()
+    records = [_record(common, "warm-up", _once(lambda: mine.get_jk(mol, dm0))[0],
+                       None if stock is None else _once(lambda: stock.get_jk(mol, dm0))[0])]
+
+    methods = [("RHF", scf.RHF)]
+    if not (args.quick or args.no_scf or not case.scf):
+        methods.append(("B3LYP", lambda m: dft.RKS(m, xc="b3lyp")))
+    dm = None
+    for label, make in methods:
+        t, e = _once((mf := ours(make(mol))).kernel)
+        extra = dict(e_fusionrcg=float(e), cycles_fusionrcg=mf.cycles)
+        t_ref = None
+        if case.baseline:
+            t_ref, e_ref = _once((mf_ref := make(mol).to_gpu()).kernel)
+            extra.update(e_gpu4pyscf=float(e_ref), de=float(e - e_ref),
+                         cycles_gpu4pyscf=mf_ref.cycles)
+        if dm is None:   # the first method is RHF: its density is the one for the builds
+            dm = (mf_ref if case.baseline else mf).make_rdm1()
+        rec = _record(common, label, t, t_ref, **extra)
+        if case.scf and not args.no_scf:
+            records.append(rec)
+        del mf
+        cupy.get_default_memory_pool().free_all_blocks()
+
+    for task, call in (("J+K", lambda mf: mf.get_jk(mol, dm)),
+                       ("J", lambda mf: mf.get_j(mol, dm)),
+                       ("K", lambda mf: mf.get_k(mol, dm))):
+        t, out = time_build(lambda: call(mine), args.repeat)
+        t_ref, extra = None, {}
+        if stock is not None:
+            t_ref, out_ref = time_build(lambda: call(stock), args.repeat)
+            pairs = zip(out, out_ref) if task == "J+K" else [(out, out_ref)]
+            extra["max_abs_diff"] = max(_max_diff(a, b) for a, b in pairs)
+        records.append(_record(common, task, t, t_ref, **extra))
+        cupy.get_default_memory_pool().free_all_blocks()
+    return records
+
+
+def _line(rec):
+    s = f"{rec['case']:22s} {rec['task']:7s} FusionRCG {rec['fusionrcg_s']:9.3f} s"
+    if "gpu4pyscf_s" in rec:
+        s += f"   GPU4PySCF {rec['gpu4pyscf_s']:9.3f} s   x{rec['speedup']:.2f}"
+    if "de" in rec:
+        s += f"   dE {rec['de']:+.1e}"
+    if "max_abs_diff" in rec:
+        s += f"   max|dV| {rec['max_abs_diff']:.1e}"
+    return s
+
+
+COLUMNS = ["case", "nao", "max_l", "task", "fusionrcg_s", "gpu4pyscf_s", "speedup", "de",
+           "max_abs_diff", "cycles_fusionrcg", "cycles_gpu4pyscf"]
+TASKS = ("J+K", "J", "K", "RHF", "B3LYP")
+
+
+def plot_speedups(records, path):
+    """Bars of GPU4PySCF time / FusionRCG time per case and task (1 = parity)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in records if "speedup" in r))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4))
+    width = 0.8 / len(TASKS)
+    for i, task in enumerate(TASKS):
+        by_case = {r["case"]: r["speedup"] for r in records
+                   if r["task"] == task and "speedup" in r}
+        xs = [k + (i - (len(TASKS) - 1) / 2) * width for k, c in enumerate(cases) if c in by_case]
+        ax.bar(xs, [by_case[c] for c in cases if c in by_case], width, label=task)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(cases)), cases, rotation=20, ha="right")
+    ax.set_ylabel("speedup over GPU4PySCF")
+    ax.legend(ncol=len(TASKS), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dry_run:
+        dry_run(args)
+        return 0
+    from gpucore import GPUUnavailableError, require_gpu
+    try:
+        cupy = require_gpu("benchmarks/scf_vs_gpu4pyscf.py")
+        import gpu4pyscf  # noqa: F401  (fail early, before any case runs)
+    except (GPUUnavailableError, ImportError) as exc:
+        print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from _common import environment_meta, write_results
+
+    records = []
+    for case in args.selected:
+        records += run_case(case, args)
+    meta = environment_meta()
+    meta.setdefault("gpu", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
+    meta.update(repeat=args.repeat, tier=args.tier, quick=args.quick,
+                cases=[c.name for c in args.selected])
+    json_path, md_path = write_results(
+        NAME, records, meta, title="FusionRCG vs GPU4PySCF: J/K builds and SCF",
+        columns=COLUMNS, notes="Times in seconds; speedup = GPU4PySCF / FusionRCG; "
+        "builds on the converged RHF density, median of --repeat after a warm-up.")
+    png = json_path.with_suffix(".png")
+    plot_speedups(records, png)
+    print(f"wrote {json_path}, {md_path}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

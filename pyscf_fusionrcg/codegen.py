@@ -1,0 +1,723 @@
+"""Emit CUDA C++ from an orchestrated :class:`~pyscf_fusionrcg.ir.Program`.
+
+One work item = one contracted shell quartet (and, for general contraction,
+``group`` of its contracted-function tuples).  The emitted per-quartet function
+loops over the primitive quartets, computes the per-primitive symbols of
+``ir.Sym`` and the Boys values (``csrc/fusionrcg/boys.cuh``), runs the
+primitive stage, accumulates, then runs the contracted stage (HRR and the fused
+spherical transforms) and writes the finished block.  It is
+``__host__ __device__`` and takes plain pointers, so the very same text builds
+with g++ (:func:`host_source`, used by the CPU tests) and with NVRTC/nvcc
+(:func:`kernel_source`).
+
+Where the temporaries live is the *tier*:
+
+* ``register``: plain locals (SSA ``const double``), accumulators declared
+  before the primitive loops;
+* ``shared``: per-thread slices of dynamic shared memory, slot ``k`` of a
+  thread at ``smem[k*block + threadIdx.x]``;
+* ``global``: a scratch slab per block laid out ``[slot][thread]``, slot ``k``
+  at ``scratch[(blockIdx.x*n_slots + k)*block + threadIdx.x]``: a warp's
+  accesses to one slot are coalesced and all offsets are compile-time.
+
+Temporaries are mapped to *slots* by a linear scan over the emitted sequence
+(:func:`assign_slots`; a slot is reused once its value is dead), so a thread's
+memory footprint is the orchestrated peak live set, not the temporary count.
+
+How the ops are executed is the *form*:
+
+* ``straight``: one C statement per op, in the program's op order, which is
+  the RCG's liveness-orchestrated order, so the live set the compiler sees is
+  the one the scheduler minimised.  Memory slots are accessed through a
+  ``volatile`` pointer with compile-time offsets: without it ptxas hoists
+  loads far ahead and spills the registers the memory tier is meant to save.
+* ``table`` (memory tiers only): the same op sequence, with the same slots,
+  encoded as a compact op stream (:func:`encode_table`) that a small generic
+  loop interprets.  Straight-line code costs ptxas roughly 10 ms per op (a
+  (dd|dd) class has 11k ops, (gg|gg) 370k) and its machine code would not fit
+  any instruction cache, whereas an op stream is data that all warps share
+  through the data caches; the kernel text then depends only on
+  (max Boys order, contraction shape, operator, tier), so few kernels compile.
+
+Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
+the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
+full block ``(na*ni, nb*nj, nc*nk, nd*nl)`` (``na`` .. ``nd`` contracted
+functions per shell), i.e. ``[component][quartet]``: consecutive threads write
+consecutive addresses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
+
+import numpy as np
+
+from . import ir
+
+TIERS = ('register', 'shared', 'global')
+FORMS = ('straight', 'table')
+
+#: Threads per block of the register tier, and of the global tier (smaller, so
+#: that the per-block scratch slabs of the largest classes still give every SM
+#: a block within the scratch budget: (gg|gg) needs 185 KB per thread).
+BLOCK = 128
+GLOBAL_BLOCK = 64
+#: Shared tier: the largest block (threads) and the per-block budget in bytes
+#: (H100/H200 allow 227 KiB of dynamic shared memory per block).
+SHARED_BLOCK_MAX = 128
+SHARED_BYTES_MAX = 227 * 1024
+#: Accumulators one thread may hold for several contracted-function tuples
+#: (general contraction): tuples are grouped while group * n_acc <= this, and
+#: at most GROUP_MAX of them (the op stream's tuple field has 4 bits).
+GROUP_ACC_MAX = 128
+GROUP_MAX = 16
+
+# Table form: reserved slots.  Slot 0 holds 1.0, slots 1.. the ir.Sym values
+# (slot = enum value), then the contraction weights of the group, then the
+# Boys values (times the prefactor); temporaries follow.
+_SYM_SLOTS = len(ir.Sym)
+# Op stream words (uint32).  Header: kind | nterms << 2 | dst << 6; a term:
+# src | sym << 17 | coef index << 23; an output: kind | g << 2 | element << 6,
+# then the source slot.
+_SET, _ADD, _OUT = 0, 1, 2
+_SRC_BITS, _SYM_BITS, _COEF_BITS = 17, 6, 9
+
+
+def omega_kind(omega: float) -> int:
+    """0 for 1/r, 1 for erf (omega > 0), -1 for erfc (omega < 0)."""
+    return 0 if omega == 0 else (1 if omega > 0 else -1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything besides the program that changes the emitted code."""
+    tier: str = 'register'
+    omega_kind: int = 0
+    nctr: tuple = (1, 1, 1, 1)
+    group: int = 1          # contracted-function tuples per work item
+    form: str = 'straight'
+
+    def __post_init__(self):
+        if self.tier not in TIERS:
+            raise ValueError(f'tier must be one of {TIERS}, not {self.tier!r}')
+        if self.form not in FORMS or (self.tier == 'register' and self.form != 'straight'):
+            raise ValueError(f'form {self.form!r} is not available for the {self.tier} tier')
+        if prod(self.nctr) % self.group:
+            raise ValueError('group must divide the number of contraction tuples')
+
+    @property
+    def n_groups(self) -> int:
+        return prod(self.nctr) // self.group
+
+
+def tuples_per_thread(program: ir.Program, nctr) -> int:
+    """Largest divisor ``g <= GROUP_MAX`` of the tuple count with ``g * n_acc <= GROUP_ACC_MAX``.
+
+    Tuples of one work item share the primitive stage (the expensive part), so
+    grouping saves work; the cap keeps the extra accumulators affordable.
+    """
+    nt = prod(nctr)
+    n_acc = max(1, program.n_acc)
+    return max(g for g in range(1, nt + 1)
+               if nt % g == 0 and g <= GROUP_MAX and (g == 1 or g * n_acc <= GROUP_ACC_MAX))
+
+
+def make_variant(program: ir.Program, tier='register', omega=0.0, nctr=(1, 1, 1, 1),
+                 form=None) -> Variant:
+    """Variant for a class; ``form`` defaults to straight (register) / table (memory)."""
+    nctr = tuple(int(n) for n in nctr)
+    form = form or ('straight' if tier == 'register' else 'table')
+    return Variant(tier, omega_kind(omega), nctr, tuples_per_thread(program, nctr), form)
+
+
+def kernel_name(program: ir.Program, variant: Variant) -> str:
+    """Unique per emitted text: table kernels are shared by classes of one max_m."""
+    w = {0: 'c', 1: 'lr', -1: 'sr'}[variant.omega_kind]
+    n = ''.join(str(x) for x in variant.nctr)
+    tail = f'{variant.tier}_{w}_n{n}_g{variant.group}'
+    cls = f'{program.name}_{"cart" if program.cart else "sph"}'
+    if variant.form == 'table':
+        # the text depends on the class only through block offsets of tuples
+        return f'fr_eri_table_m{program.max_m}{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}'
+    return f'fr_eri_{cls}_{tail}'
+
+
+# ------------------------------------------------------------ flat sequence
+
+# statement kinds of the flat sequence
+_ZERO, _BOYS, _LIN, _ACC, _OUTPUT = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True, eq=False)
+class Sequence:
+    """The emitted statement sequence of one (program, group), as arrays.
+
+    Sections: accumulators zeroed before the loops (``_ZERO``), the
+    primitive-loop body, and the contracted stage once per tuple of the group.
+    Operand ids: temporary ``t`` of tuple ``g`` is ``g * n_temps + t``
+    (primitive temporaries only exist for ``g = 0``; they are shared).
+    ``arg``: Boys order (``_BOYS``) or flat block index (``_OUTPUT``).
+    Terms ``(coef, sym, src)`` in ``[ptr[i], ptr[i+1])``: ``_ACC`` and
+    ``_OUTPUT`` have one (the source), ``_BOYS`` and ``_ZERO`` none.
+    """
+    kind: np.ndarray
+    dst: np.ndarray
+    arg: np.ndarray
+    g: np.ndarray
+    ptr: np.ndarray
+    src: np.ndarray
+    coef: np.ndarray
+    sym: np.ndarray
+    end_body: int           # index of the last statement of the loop body
+    n_temps: int
+    n_acc: int
+    is_prim: np.ndarray     # (n_temps,) temporaries of the primitive stage
+
+
+def _terms_of(t: ir.OpTable, ops):
+    """Term arrays of the ops ``ops`` of a table, in op order, with counts."""
+    cnt = (t.ptr[1:] - t.ptr[:-1])[ops]
+    first = np.repeat(t.ptr[:-1][ops], cnt)
+    within = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    j = first + within
+    return cnt, t.src[j], t.coef[j], t.sym[j].astype(np.int64)
+
+
+@lru_cache(maxsize=4)
+def sequence(program: ir.Program, group: int = 1) -> Sequence:
+    """Flatten a program for ``group`` contraction tuples per work item."""
+    G, NT, NA = group, program.n_temps, program.n_acc
+    P, C = program.prim, program.ctr
+    # zeroing
+    z_dst = (np.arange(G)[:, None] * NT + np.arange(NA)).ravel()
+    nz = len(z_dst)
+    # body: every Accumulate once per tuple
+    pk = P.kind.astype(np.int64)
+    rep = np.where(pk == ir.ACCUMULATE, G, 1)
+    op = np.repeat(np.arange(len(pk)), rep)
+    sub = np.arange(len(op)) - np.repeat(np.cumsum(rep) - rep, rep)
+    bk = pk[op]
+    b_kind = np.select([bk == ir.BOYS, bk == ir.LINCOMB], [_BOYS, _LIN], _ACC)
+    b_dst = P.dst[op] + np.where(bk == ir.ACCUMULATE, sub * NT, 0)
+    b_cnt, b_src, b_coef, b_sym = _terms_of(P, op)
+    # contracted stage, once per tuple, ids shifted by g * n_temps
+    ck = C.kind.astype(np.int64)
+    c_kind = np.tile(np.where(ck == ir.OUTPUT, _OUTPUT, _LIN), G)
+    c_g = np.repeat(np.arange(G), len(ck))
+    c_dst = np.where(c_kind == _OUTPUT, -1, np.tile(C.dst, G) + c_g * NT)
+    cnt1, src1, coef1, sym1 = _terms_of(C, np.arange(len(ck)))
+    c_cnt = np.tile(cnt1, G)
+    shift = np.repeat(np.arange(G), len(src1)) * NT
+    kind = np.concatenate([np.full(nz, _ZERO), b_kind, c_kind])
+    g = np.concatenate([z_dst // NT, np.where(bk == ir.ACCUMULATE, sub, 0), c_g])
+    cnt = np.concatenate([np.zeros(nz, np.int64), b_cnt, c_cnt])
+    ptr = np.zeros(len(kind) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=ptr[1:])
+    is_prim = np.zeros(NT, dtype=bool)
+    is_prim[P.dst[pk != ir.ACCUMULATE]] = True
+    return Sequence(
+        kind, np.concatenate([z_dst, b_dst, c_dst]),
+        np.concatenate([np.zeros(nz, np.int64), P.arg[op], np.tile(C.arg, G)]), g, ptr,
+        np.concatenate([b_src, np.tile(src1, G) + shift]),
+        np.concatenate([b_coef, np.tile(coef1, G)]),
+        np.concatenate([b_sym, np.tile(sym1, G)]),
+        nz + len(op) - 1, NT, NA, is_prim)
+
+
+def _assign(seq: Sequence, first: int = 0):
+    """Linear-scan slots of the operands of a sequence; see :func:`assign_slots`."""
+    n = len(seq.kind)
+    term_op = np.repeat(np.arange(n), np.diff(seq.ptr))
+    acc_ops = np.nonzero(seq.kind == _ACC)[0]
+    r_op = np.concatenate([term_op, acc_ops])           # reads: terms, and += targets
+    r_id = np.concatenate([seq.src, seq.dst[acc_ops]])
+    n_ids = int(max(seq.dst.max(initial=0), r_id.max(initial=0))) + 1
+    last = np.full(n_ids, -1, dtype=np.int64)
+    np.maximum.at(last, r_id, r_op)
+    zero_ids = seq.dst[seq.kind == _ZERO]
+    last[zero_ids] = np.maximum(last[zero_ids], seq.end_body)
+    dying = np.unique(r_id[last[r_id] == r_op])
+    order = np.argsort(last[dying], kind='stable')
+    dying = dying[order]
+    dptr = np.searchsorted(last[dying], np.arange(n + 1))
+    writes = np.isin(seq.kind, (_ZERO, _BOYS, _LIN))
+    slots = np.full(n_ids, -1, dtype=np.int64)
+    free = []
+    n_slots = first
+    dst, dying_l, dptr_l, last_l = seq.dst.tolist(), dying.tolist(), dptr.tolist(), last.tolist()
+    for k in np.nonzero(writes | (dptr[1:] > dptr[:-1]))[0].tolist():
+        for r in dying_l[dptr_l[k]:dptr_l[k + 1]]:
+            free.append(int(slots[r]))
+        if not writes[k]:
+            continue
+        d = dst[k]
+        if free:
+            slots[d] = free.pop()       # LIFO: the most recently freed slot is hot in cache
+        else:
+            slots[d] = n_slots
+            n_slots += 1
+        if last_l[d] < 0:               # never read: dead at once
+            free.append(int(slots[d]))
+    return slots, n_slots
+
+
+def assign_slots(program: ir.Program, group: int = 1):
+    """Slot of every operand id of :func:`sequence` for the memory tiers.
+
+    Returns (slots indexed by operand id, n_slots).  Accumulators live from
+    the zeroing through the whole loop body (they are read on every
+    iteration) to their last contracted-stage read; primitive temporaries
+    live within one iteration.  A slot whose value is read for the last time
+    by a statement can be written by that same statement.
+    """
+    return _slots(program, group)
+
+
+@lru_cache(maxsize=4)
+def _slots(program, group):
+    return _assign(sequence(program, group))
+
+
+# ------------------------------------------------------------ table encoding
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """Op stream of one class for the table form (device arrays are made from it)."""
+    prim: np.ndarray        # uint32 words, primitive-loop body
+    ctr: np.ndarray         # uint32 words, contracted stage (all tuples)
+    coef: np.ndarray        # float64 distinct coefficients
+    n_slots: int            # slots per thread, reserved ones included
+    n_acc: int              # accumulator slots (zeroed by the kernel)
+
+
+def _reserved(program: ir.Program, group: int) -> int:
+    return _SYM_SLOTS + group + program.max_m + 1
+
+
+def encode_table(program: ir.Program, variant: Variant) -> Table:
+    """Encode the flat sequence (slots as the straight form, shifted past the
+    reserved slots) as the op stream the table form interprets."""
+    G = variant.group
+    seq = sequence(program, G)
+    base = _reserved(program, G)
+    slots, n_slots = _assign(seq, first=base)
+    n_zero = int((seq.kind == _ZERO).sum())
+    if n_zero and not np.array_equal(slots[seq.dst[:n_zero]], base + np.arange(n_zero)):
+        raise AssertionError('accumulator slots must follow the reserved slots')
+    strides = np.array(_block_strides(program, variant.nctr))
+    flat_to_block = np.array(np.unravel_index(np.arange(prod(program.shape)), program.shape)).T @ strides
+    coef_values = np.unique(np.concatenate([seq.coef, [1.0, program.boys_const]]))
+    if len(coef_values) > 1 << _COEF_BITS:
+        raise ValueError(f'{program.name}: {len(coef_values)} distinct coefficients')
+    if (n_slots > 1 << _SRC_BITS or prod(program.shape) * prod(variant.nctr) >= 1 << 26
+            or _SYM_SLOTS + G > 1 << _SYM_BITS):
+        raise ValueError(f'{program.name}: op stream field overflow')
+
+    def cidx(c):
+        return np.searchsorted(coef_values, c).astype(np.int64)
+
+    def encode(lo, hi):
+        k = seq.kind[lo:hi]
+        nt = np.diff(seq.ptr[lo:hi + 1])
+        if (nt > 15).any():
+            raise ValueError(f'{program.name}: an op with more than 15 terms')
+        nw = np.where(k == _LIN, 1 + nt, 2)
+        start = np.cumsum(nw) - nw
+        words = np.zeros(int(nw.sum()), dtype=np.int64)
+        dslot = np.where(k == _OUTPUT, 0, slots[np.maximum(seq.dst[lo:hi], 0)])
+        g = seq.g[lo:hi]
+        words[start] = np.select(
+            [k == _OUTPUT, k == _ACC],
+            [_OUT | g << 2 | flat_to_block[np.where(k == _OUTPUT, seq.arg[lo:hi], 0)] << 6,
+             _ADD | 1 << 2 | dslot << 6],
+            _SET | np.where(k == _BOYS, 1, nt) << 2 | dslot << 6)
+        # second words of Boys, Accumulate and Output statements
+        t0 = seq.ptr[lo:hi]
+        one = k != _LIN
+        src1 = slots[seq.src[np.minimum(t0, len(seq.src) - 1)]]
+        second = np.select(
+            [k == _BOYS, k == _ACC],
+            [(_SYM_SLOTS + G + seq.arg[lo:hi]) | cidx(program.boys_const) << 23,
+             src1 | (_SYM_SLOTS + g) << _SRC_BITS | cidx(1.0) << 23],
+            src1)
+        words[start[one] + 1] = second[one]
+        # LinComb terms
+        lin = np.nonzero(k == _LIN)[0]
+        cnt = nt[lin]
+        tj = np.repeat(t0[lin], cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        pos = np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))
+        words[pos] = (slots[seq.src[tj]] | seq.sym[tj] << _SRC_BITS
+                      | cidx(seq.coef[tj]) << (_SRC_BITS + _SYM_BITS))
+        return words.astype(np.uint32)
+
+    prim = encode(n_zero, seq.end_body + 1)
+    ctr = encode(seq.end_body + 1, len(seq.kind))
+    return Table(prim, ctr, coef_values, n_slots, n_zero)
+
+
+# ------------------------------------------------------------------ emitter
+
+def _num(c: float) -> str:
+    return repr(float(c))
+
+
+def _expr(terms, ref) -> str:
+    out = []
+    for c, s, src in terms:
+        neg = c < 0
+        mag = -c if neg else c
+        f = [] if mag == 1.0 else [_num(mag)]
+        if s != ir.Sym.ONE:
+            f.append(ir.Sym(s).c_name)
+        f.append(ref(src))
+        piece = ' * '.join(f)
+        if not out:
+            out.append(f'-{piece}' if neg else piece)
+        else:
+            out.append(f'{"-" if neg else "+"} {piece}')
+    return ' '.join(out)
+
+
+def _used_syms(program: ir.Program):
+    syms = set()
+    for t in (program.prim, program.ctr):
+        syms.update(int(s) for s in np.unique(t.sym))
+    syms.discard(int(ir.Sym.ONE))
+    return {ir.Sym(s) for s in syms}
+
+
+def _block_strides(program: ir.Program, nctr):
+    full = [n * c for n, c in zip(program.shape, nctr)]
+    return [prod(full[i + 1:]) for i in range(4)]
+
+
+def scratch_doubles(program: ir.Program, variant: Variant) -> int:
+    """Doubles of shared or global scratch one thread needs (0 for registers)."""
+    if variant.tier == 'register':
+        return 0
+    if variant.form == 'table':
+        return table(program, variant).n_slots
+    return assign_slots(program, variant.group)[1]
+
+
+@lru_cache(maxsize=8)
+def table(program: ir.Program, variant: Variant) -> Table:
+    """The (cached) op stream of a table-form variant."""
+    return encode_table(program, variant)
+
+
+def shared_block(program: ir.Program, variant: Variant) -> int:
+    """Threads per block of the shared tier (< 32 when one warp cannot fit)."""
+    per_thread = 8 * scratch_doubles(program, variant)
+    fit = SHARED_BYTES_MAX // max(per_thread, 1) // 32 * 32
+    return min(SHARED_BLOCK_MAX, fit)
+
+
+def block_size(program: ir.Program, variant: Variant) -> int:
+    if variant.tier == 'shared':
+        return shared_block(program, variant)
+    return GLOBAL_BLOCK if variant.tier == 'global' else BLOCK
+
+
+def shared_bytes(program: ir.Program, variant: Variant) -> int:
+    """Dynamic shared memory of a launch (the shared tier only)."""
+    if variant.tier != 'shared':
+        return 0
+    return 8 * scratch_doubles(program, variant) * shared_block(program, variant)
+
+
+#: Symbols quartet_function knows how to compute.
+_EMITTED_SYMS = set(ir.PA + ir.PB + ir.QC + ir.QD + ir.WP + ir.WQ + ir.AB + ir.CD) | {
+    ir.Sym.INV_2ZETA, ir.Sym.INV_2ETA, ir.Sym.RHO_INV_2ZETA2, ir.Sym.RHO_INV_2ETA2,
+    ir.Sym.INV_2ZETA_ETA}
+
+_SIGNATURE = """\
+    const double* __restrict__ ra, const double* __restrict__ rb,
+    const double* __restrict__ rc, const double* __restrict__ rd,
+    const double* __restrict__ ea, const double* __restrict__ eb,
+    const double* __restrict__ ec, const double* __restrict__ ed,
+    const double* __restrict__ ca, const double* __restrict__ cb,
+    const double* __restrict__ cc, const double* __restrict__ cd,
+    int npa, int npb, int npc, int npd, int t0, double omega,
+    double* __restrict__ out, long ostride, volatile double* sp"""
+
+_TABLE_SIGNATURE = """,
+    const unsigned* __restrict__ prim_code, int prim_words,
+    const unsigned* __restrict__ ctr_code, int ctr_words,
+    const double* __restrict__ coef, int n_acc"""
+
+
+def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: int) -> str:
+    """The ``__host__ __device__`` per-quartet function (see the module docstring).
+
+    Arguments: centres ``ra..rd`` (3 doubles), exponents ``ea..ed``,
+    coefficients ``ca..cd`` (``mol._env`` layout ``[nctr][nprim]``), primitive
+    counts, ``t0`` the first contraction tuple of this work item, ``omega``,
+    ``out`` (element ``e`` at ``out[e*ostride]``) and, for the memory tiers,
+    ``sp`` (slot ``k`` at ``sp[k*stride]``, ``stride`` a compile-time
+    constant).  The table form also takes the op stream (:class:`Table`).
+    """
+    G = variant.group
+    nctr = variant.nctr
+    form = variant.form
+    memory = variant.tier != 'register'
+    tab = form == 'table'
+    seq = None if tab else sequence(program, G)
+    slots = assign_slots(program, G)[0] if memory and not tab else None
+    NT, NA = program.n_temps, program.n_acc
+
+    def ref(o):
+        if memory:
+            return f'sp[{slots[o] * stride}]'
+        g, t = divmod(int(o), NT)
+        return f'a{g}_{t}' if t < NA else (f'p{t}' if seq.is_prim[t] else f'c{g}_{t}')
+
+    def statements(lo, hi, ind):
+        """Straight-form C statements of seq[lo:hi]."""
+        out = []
+        for k in range(lo, hi):
+            kind, d = seq.kind[k], seq.dst[k]
+            a, b = seq.ptr[k], seq.ptr[k + 1]
+            if kind == _ZERO:
+                out.append(f'{ind}{ref(d)} = 0.0;' if memory else f'{ind}double {ref(d)} = 0.0;')
+                continue
+            if kind == _ACC:
+                out.append(f'{ind}{ref(d)} += wt{seq.g[k]} * {ref(seq.src[a])};')
+                continue
+            if kind == _OUTPUT:
+                e = int(flat_to_block[seq.arg[k]])
+                out.append(f'{ind}out[(o{seq.g[k]} + {e}) * ostride] = {ref(seq.src[a])};')
+                continue
+            lhs = ref(d) if memory else f'const double {ref(d)}'
+            if kind == _BOYS:
+                out.append(f'{ind}{lhs} = cpref * boys[{seq.arg[k]}];')
+            else:
+                terms = zip(seq.coef[a:b], seq.sym[a:b], seq.src[a:b])
+                out.append(f'{ind}{lhs} = {_expr(terms, ref)};')
+        return out
+
+    syms = set(ir.Sym) - {ir.Sym.ONE} if tab else _used_syms(program)
+    unknown = syms - _EMITTED_SYMS
+    if unknown:
+        raise NotImplementedError(f'codegen cannot compute symbols {sorted(s.name for s in unknown)}')
+    L = []
+    add = L.append
+    add(f'FR_INLINE void {fname}(')
+    add(_SIGNATURE + (_TABLE_SIGNATURE if tab else '') + ') {')
+    add('  using namespace fusionrcg;')
+    add('  (void)omega; (void)sp;')
+    add('  const double abx = ra[0] - rb[0], aby = ra[1] - rb[1], abz = ra[2] - rb[2];')
+    add('  const double cdx = rc[0] - rd[0], cdy = rc[1] - rd[1], cdz = rc[2] - rd[2];')
+    add('  const double rab2 = abx * abx + aby * aby + abz * abz;')
+    add('  const double rcd2 = cdx * cdx + cdy * cdy + cdz * cdz;')
+    # contraction tuple (u, v, w, x) of each tuple of the group, block offsets
+    tstride = (nctr[1] * nctr[2] * nctr[3], nctr[2] * nctr[3], nctr[3], 1)
+    idx = {}
+    for g in range(G):
+        if prod(nctr) > 1:
+            add(f'  const int tg{g} = t0 + {g};')
+        for k, ch in enumerate('uvwx'):
+            idx[g, k] = None
+            if nctr[k] > 1:
+                add(f'  const int i{ch}{g} = tg{g} / {tstride[k]} % {nctr[k]};')
+                idx[g, k] = f'i{ch}{g}'
+    if prod(nctr) == 1:
+        add('  (void)t0;')
+    bstr = _block_strides(program, nctr)
+    flat_to_block = np.array(np.unravel_index(np.arange(prod(program.shape)), program.shape)).T @ bstr
+    offs = []
+    for g in range(G):
+        terms = [f'{idx[g, k]} * {program.shape[k] * bstr[k]}' for k in range(4) if idx[g, k]]
+        offs.append(' + '.join(terms) if terms else '0')
+    if tab:
+        add(f'  const long ooff[{G}] = {{{", ".join(offs)}}};')
+    else:
+        for g in range(G):
+            add(f'  const long o{g} = {offs[g]};')
+
+    def coef(k, g, p):
+        c = 'abcd'[k]
+        return f'c{c}[{idx[g, k]} * np{c} + {p}]' if idx[g, k] else f'c{c}[{p}]'
+
+    n_zero = 0 if tab else int((seq.kind == _ZERO).sum())
+    mmax = program.max_m
+    boys0 = _SYM_SLOTS + G
+    if tab:
+        add(f'  for (int k = 0; k < n_acc; ++k) sp[({_reserved(program, G)} + k) * {stride}] = 0.0;')
+        add('  sp[0] = 1.0;')
+    if not tab:
+        L.extend(statements(0, n_zero, '  '))
+    add('  for (int ia = 0; ia < npa; ++ia) {')
+    add('    const double ai = ea[ia];')
+    add('    for (int ib = 0; ib < npb; ++ib) {')
+    add('      const double bi = eb[ib];')
+    add('      const double zeta = ai + bi, izeta = 1.0 / zeta;')
+    add('      const double kab_arg = ai * bi * izeta * rab2;')
+    add('      if (kab_arg > FR_EXP_CUTOFF) continue;')
+    add('      const double kab = exp(-kab_arg);')
+    add('      const double px = (ai * ra[0] + bi * rb[0]) * izeta;')
+    add('      const double py = (ai * ra[1] + bi * rb[1]) * izeta;')
+    add('      const double pz = (ai * ra[2] + bi * rb[2]) * izeta;')
+    for g in range(G):
+        add(f'      const double cab{g} = {coef(0, g, "ia")} * {coef(1, g, "ib")};')
+    add('      for (int ic = 0; ic < npc; ++ic) {')
+    add('        const double ci = ec[ic];')
+    add('        for (int id = 0; id < npd; ++id) {')
+    add('          const double di = ed[id];')
+    add('          const double eta = ci + di, ieta = 1.0 / eta;')
+    add('          const double kcd_arg = ci * di * ieta * rcd2;')
+    add('          if (kcd_arg > FR_EXP_CUTOFF) continue;')
+    add('          const double qx = (ci * rc[0] + di * rd[0]) * ieta;')
+    add('          const double qy = (ci * rc[1] + di * rd[1]) * ieta;')
+    add('          const double qz = (ci * rc[2] + di * rd[2]) * ieta;')
+    add('          const double ize = 1.0 / (zeta + eta);')
+    add('          const double rho = zeta * eta * ize;')
+    add('          const double pqx = px - qx, pqy = py - qy, pqz = pz - qz;')
+    add('          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);')
+    add('          const double pref = kTwoPi52 * izeta * ieta * sqrt(ize) * kab * exp(-kcd_arg);')
+    add(f'          double boys[{mmax + 1}];')
+    add(f'          boys_operator<{variant.omega_kind}>({mmax}, T, rho, omega, boys);')
+    # the table form carries the constant in the op stream
+    add(f'          const double cpref = {_num(1.0 if tab else program.boys_const)} * pref;')
+    S = ir.Sym
+    for d, ax in enumerate('xyz'):
+        if ir.WP[d] in syms or ir.WQ[d] in syms:
+            add(f'          const double w{ax} = (zeta * p{ax} + eta * q{ax}) * ize;')
+        for trip, expr in ((ir.PA, f'p{ax} - ra[{d}]'), (ir.PB, f'p{ax} - rb[{d}]'),
+                           (ir.QC, f'q{ax} - rc[{d}]'), (ir.QD, f'q{ax} - rd[{d}]'),
+                           (ir.WP, f'w{ax} - p{ax}'), (ir.WQ, f'w{ax} - q{ax}')):
+            if trip[d] in syms:
+                add(f'          const double {trip[d].c_name} = {expr};')
+    if S.INV_2ZETA in syms or S.RHO_INV_2ZETA2 in syms:
+        add('          const double inv_2zeta = 0.5 * izeta;')
+    if S.INV_2ETA in syms or S.RHO_INV_2ETA2 in syms:
+        add('          const double inv_2eta = 0.5 * ieta;')
+    if S.RHO_INV_2ZETA2 in syms:
+        add('          const double rho_inv_2zeta2 = rho * izeta * inv_2zeta;')
+    if S.RHO_INV_2ETA2 in syms:
+        add('          const double rho_inv_2eta2 = rho * ieta * inv_2eta;')
+    if S.INV_2ZETA_ETA in syms:
+        add('          const double inv_2zeta_eta = 0.5 * ize;')
+    for g in range(G):
+        add(f'          const double wt{g} = cab{g} * {coef(2, g, "ic")} * {coef(3, g, "id")};')
+    ind = '          '
+    if tab:
+        for s in sorted(syms):
+            if s in ir.PRIMITIVE_SYMS:
+                add(f'{ind}sp[{int(s) * stride}] = {s.c_name};')
+        for g in range(G):
+            add(f'{ind}sp[{(_SYM_SLOTS + g) * stride}] = wt{g};')
+        add(f'{ind}for (int m = 0; m <= {mmax}; ++m) sp[({boys0} + m) * {stride}] = cpref * boys[m];')
+        add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
+    else:
+        L.extend(statements(n_zero, seq.end_body + 1, ind))
+    add('        }')
+    add('      }')
+    add('    }')
+    add('  }')
+    # contracted stage
+    if tab:
+        for d, ax in enumerate('xyz'):
+            add(f'  sp[{int(ir.AB[d]) * stride}] = ab{ax};')
+            add(f'  sp[{int(ir.CD[d]) * stride}] = cd{ax};')
+        add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
+    if any(s in syms for s in ir.AB) and not tab:
+        add('  const double ab_x = abx, ab_y = aby, ab_z = abz;')
+    if any(s in syms for s in ir.CD) and not tab:
+        add('  const double cd_x = cdx, cd_y = cdy, cd_z = cdz;')
+    if not tab:
+        L.extend(statements(seq.end_body + 1, len(seq.kind), '  '))
+    add('}')
+    return '\n'.join(L) + '\n'
+
+
+_PRELUDE = '#include "fusionrcg/eri_common.cuh"\n'
+
+
+def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
+    """(CUDA source, kernel name) of the class kernel.
+
+    Arguments: ``quartets`` (nq, 4) int32 shell indices, ``nq``, ``shl``
+    (nbas, 4) int32 ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` into ``env``
+    (PySCF's ``mol._env``), ``omega``, ``out`` ([element][quartet], see the
+    module docstring), ``scratch`` (global tier: ``n_slots * block_size`` doubles
+    per block of the grid), ``n_slots``; the table form adds the op stream
+    (``prim``, ``prim_words``, ``ctr``, ``ctr_words``, ``coef``, ``n_acc``).
+    The grid strides over the ``nq * n_groups`` work items, so any grid size
+    is valid.
+    """
+    name = kernel_name(program, variant)
+    fn = f'{name}_quartet'
+    block = block_size(program, variant)
+    if block < 32:
+        raise ValueError(f'{program.name}: the shared tier cannot fit one warp')
+    tier, tab = variant.tier, variant.form == 'table'
+    L = [_PRELUDE, quartet_function(program, variant, fn, block)]
+    L.append(f'extern "C" __global__ void __launch_bounds__({block}, 1) {name}(')
+    L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
+    L.append('    const double* __restrict__ env, double omega, double* __restrict__ out,')
+    L.append('    double* __restrict__ scratch, int n_slots' + (_TABLE_SIGNATURE if tab else '') + ') {')
+    if tier == 'shared':
+        L.append('  extern __shared__ double fr_smem[];')
+        L.append('  volatile double* sp = fr_smem + threadIdx.x;')
+    elif tier == 'global':
+        L.append(f'  volatile double* sp = scratch + (long)blockIdx.x * n_slots * {block} + threadIdx.x;')
+    else:
+        L.append('  volatile double* sp = nullptr;')
+    L.append('  (void)scratch; (void)n_slots;')
+    L.append(f'  const long n_items = (long)nq * {variant.n_groups};')
+    L.append('  for (long item = (long)blockIdx.x * blockDim.x + threadIdx.x; item < n_items;')
+    L.append('       item += (long)gridDim.x * blockDim.x) {')
+    L.append('    const int q = (int)(item % nq);')
+    L.append('    const int grp = (int)(item / nq);')
+    L.append('    const int* s = quartets + 4 * (long)q;')
+    L.append('    const int* A = shl + 4 * s[0];')
+    L.append('    const int* B = shl + 4 * s[1];')
+    L.append('    const int* C = shl + 4 * s[2];')
+    L.append('    const int* D = shl + 4 * s[3];')
+    L.append(f'    {fn}(env + A[3], env + B[3], env + C[3], env + D[3],')
+    L.append('        env + A[1], env + B[1], env + C[1], env + D[1],')
+    L.append('        env + A[2], env + B[2], env + C[2], env + D[2],')
+    L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, out + q, nq, sp'
+             + (', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc' if tab else '') + ');')
+    L.append('  }')
+    L.append('}')
+    return '\n'.join(L) + '\n', name
+
+
+def host_source(items) -> str:
+    """g++-buildable source with one ``extern "C"`` entry per (program, variant).
+
+    Entry ``<kernel_name>_host(r, np, exps, coefs, omega, out, scratch[, prim,
+    prim_words, ctr, ctr_words, coef, n_acc])``: ``r`` the 12 centre
+    coordinates, ``np`` the 4 primitive counts, ``exps`` and ``coefs`` the
+    four shells' exponents and ``[nctr][nprim]`` coefficients concatenated,
+    ``out`` the C-order full block, ``scratch`` the memory-tier slots
+    (``scratch_doubles``, stride 1; may be NULL for registers).
+    """
+    L = [_PRELUDE]
+    seen = set()
+    for program, variant in items:
+        name = kernel_name(program, variant)
+        if name in seen:
+            continue
+        seen.add(name)
+        tab = variant.form == 'table'
+        L.append(quartet_function(program, variant, f'{name}_quartet', 1))
+        n = variant.nctr
+        L.append(f'extern "C" void {name}_host(const double* r, const int* np, const double* exps,')
+        L.append('    const double* coefs, double omega, double* out, double* scratch'
+                 + (_TABLE_SIGNATURE if tab else '') + ') {')
+        L.append('  const double* e[4]; const double* c[4];')
+        L.append('  long oe = 0, oc = 0;')
+        L.append(f'  const int nctr[4] = {{{n[0]}, {n[1]}, {n[2]}, {n[3]}}};')
+        L.append('  for (int i = 0; i < 4; ++i) { e[i] = exps + oe; c[i] = coefs + oc; '
+                 'oe += np[i]; oc += (long)np[i] * nctr[i]; }')
+        L.append(f'  for (int t0 = 0; t0 < {prod(n)}; t0 += {variant.group})')
+        L.append(f'    {name}_quartet(r, r + 3, r + 6, r + 9, e[0], e[1], e[2], e[3],')
+        L.append('        c[0], c[1], c[2], c[3], np[0], np[1], np[2], np[3], t0, omega,')
+        L.append('        out, 1, scratch' + (', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc'
+                                              if tab else '') + ');')
+        L.append('}')
+    return '\n'.join(L) + '\n'

@@ -1,0 +1,103 @@
+"""J and K on the GPU from the generated class kernels.
+
+Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)::
+
+    vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks,
+                        tier=None, budget=None)
+
+* ``dms``: (nset, nao, nao) NumPy or CuPy (real or complex); several sets
+  (e.g. UHF's alpha and beta) are digested together from one set of blocks.
+* ``hermi``: 1 treats the densities as hermitian (K from ``Kh + Kh^T``);
+  anything else as general (``Kh[D] + Kh[D^T]^T``).
+* ``omega``: 0 plain Coulomb, > 0 erf (long range), < 0 erfc (short range).
+* ``tasks``: :func:`pyscf_fusionrcg.screening.build_tasks` output for these
+  densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
+  convention is that module's.
+* ``tier``: force a storage tier for every class (experiments);
+  ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`).
+
+Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
+CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
+
+Each class is computed in batches (:func:`launch.class_blocks`, output laid
+out ``[element][quartet]``) and digested at once by the two kernels of
+``csrc/fusionrcg/digest.cu`` with double-precision atomics.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import launch
+
+_DIGEST_BLOCK = 128
+
+
+def _digest_kernels():
+    from gpucore import compile_file
+    module = compile_file('fusionrcg/digest.cu')
+    return module.get_kernel('fr_digest_bra'), module.get_kernel('fr_digest_ket')
+
+
+def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
+               tier=None, budget=None):
+    """J/K of ``dms`` from the screened ``tasks`` (see the module docstring)."""
+    cp = launch._cupy()
+    on_device = isinstance(dms, cp.ndarray)
+    nao = mol.nao
+    d = cp.asarray(dms).reshape(-1, nao, nao)
+    if d.dtype.kind == 'c':
+        # the integrals are real: J and K are linear in the density
+        jr, kr = get_jk_gpu(mol, d.real.copy(), 0, with_j, with_k, omega, tasks, tier, budget)
+        ji, ki = get_jk_gpu(mol, d.imag.copy(), 0, with_j, with_k, omega, tasks, tier, budget)
+        vj = jr + 1j * ji if with_j else None
+        vk = kr + 1j * ki if with_k else None
+        return _out(vj, on_device), _out(vk, on_device)
+    d = cp.ascontiguousarray(d, dtype=cp.float64)
+    nset = len(d)
+    dm_j = cp.ascontiguousarray(d + d.transpose(0, 2, 1)) if with_j else None
+    dm_k = None
+    if with_k:
+        dm_k = d if hermi == 1 else cp.ascontiguousarray(cp.concatenate([d, d.transpose(0, 2, 1)]))
+    jh = cp.zeros((nset, nao, nao)) if with_j else None
+    kh = cp.zeros(dm_k.shape) if with_k else None
+
+    if len(tasks) and (with_j or with_k):
+        basis = launch.DeviceBasis(mol)
+        ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+        bra, ket = _digest_kernels()
+        null = cp.zeros(1)
+        cart = bool(mol.cart)
+        for t in tasks:
+            kern = launch.get_kernel(t.key, cart, omega, t.nctr, tier)
+            dims = [n * c for n, c in zip(kern.program.shape, t.nctr)]
+            oriented = launch.orient(basis, t.quartets)[0]
+            order = launch.primitive_order(basis, oriented)
+            qdev = cp.ascontiguousarray(oriented[order])
+            deg = cp.ascontiguousarray(cp.asarray(t.degeneracy, dtype=cp.float64)[order])
+            for lo, hi, g in launch.class_blocks(kern, basis, qdev, omega, budget):
+                nq = hi - lo
+                common = (g, np.int32(nq), qdev[lo:hi], deg[lo:hi], ao_loc,
+                          *(np.int32(x) for x in dims), np.int32(nao))
+                n_bra = nq * dims[0] * dims[1]
+                bra(((n_bra + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
+                    common + (dm_j if with_j else null, jh if with_j else null,
+                              np.int32(nset if with_j else 0),
+                              dm_k if with_k else null, kh if with_k else null,
+                              np.int32(len(dm_k) if with_k else 0)))
+                if with_j:
+                    n_ket = nq * dims[2] * dims[3]
+                    ket(((n_ket + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
+                        common + (dm_j, jh, np.int32(nset)))
+
+    vj = vk = None
+    if with_j:
+        vj = jh + jh.transpose(0, 2, 1)
+    if with_k:
+        vk = kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:nset] + kh[nset:].transpose(0, 2, 1)
+    return _out(vj, on_device), _out(vk, on_device)
+
+
+def _out(a, on_device):
+    if a is None or on_device:
+        return a
+    return a.get()

@@ -1,0 +1,196 @@
+"""J/K digestion: screened unique shell quartets -> Coulomb and exchange matrices.
+
+Each unique quartet ``(ij|kl)`` is computed once, as a whole angular-momentum
+class at a time (``engine.quartet_blocks``), and digested for all 8 of its
+permutations with vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks,
+one ``bincount`` scatter per batch); the task lists and the digestion formulas
+are documented in :mod:`pyscf_fusionrcg.screening`.  Conventions are PySCF's::
+
+    vj[k, l] = sum_ij (ij|kl) dm[j, i]        vk[i, l] = sum_jk (ij|kl) dm[j, k]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pyscf_fusionrcg.screening import build_tasks, on_gpu, schwarz_bounds, to_host
+
+#: Doubles of integral blocks digested per batch (bounds the scratch memory).
+_BATCH_DOUBLES = 1 << 21
+
+
+class LibcintBlocks:
+    """Reference block provider on libcint (one ``intor_by_shell`` call per quartet).
+
+    Same interface and layout as ``host.HostEngine``; used to cross-check the
+    engine and the digestion independently of each other.
+    """
+
+    def __init__(self, mol, omega=0.0):
+        self.mol = mol
+        self.omega = float(omega)
+        self._intor = "int2e_cart" if mol.cart else "int2e_sph"
+
+    def quartet_blocks(self, shls):
+        shls = np.asarray(shls).reshape(-1, 4)
+        if len(shls) == 0:
+            raise ValueError("quartet_blocks needs at least one quartet")
+        with self.mol.with_range_coulomb(self.omega):
+            return np.stack([self.mol.intor_by_shell(self._intor, tuple(int(x) for x in s))
+                             for s in shls])
+
+
+def cpu_engine(mol, omega=0.0):
+    """The host path of FusionRCG (the orchestrated recurrence programs on the CPU)."""
+    from pyscf_fusionrcg.host import HostEngine
+    # HostEngine reads omega = 0 as "mol.omega": make that the operator asked for.
+    with mol.with_range_coulomb(omega):
+        return HostEngine(mol, omega=omega)
+
+
+def _gpu_get_jk():
+    from gpucore import GPUUnavailableError, gpu_available, unavailable_reason
+    if not gpu_available():
+        raise GPUUnavailableError(
+            f"FusionRCG backend='gpu' needs a CUDA GPU: {unavailable_reason()}")
+    try:
+        from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    except ImportError as exc:
+        raise GPUUnavailableError(
+            f"FusionRCG's GPU J/K (pyscf_fusionrcg.gpu_jk) cannot be loaded: {exc}") from exc
+    return get_jk_gpu
+
+
+def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu",
+           direct_scf_tol=1e-13, engine=None, q_cond=None, **gpu_options):
+    """J and K matrices like ``pyscf.scf.hf.get_jk``, computed by FusionRCG.
+
+    ``dm``: (nao, nao) or stacked (n, nao, nao) (e.g. UHF's alpha/beta).
+    ``hermi=1`` assumes hermitian densities (K from half the work); any other
+    value treats them as general.  ``omega``: None takes ``mol.omega``; > 0 the
+    long-range erf, < 0 the short-range erfc operator (PySCF's convention).
+    ``engine``: a block provider for ``backend='cpu'`` (default: the host
+    engine); ``q_cond``: cached :func:`~pyscf_fusionrcg.screening.schwarz_bounds`.
+    Returns ``(vj, vk)`` shaped like ``dm`` (NumPy or CuPy as ``dm``), None for
+    the one not asked.  ``backend='gpu'`` calls ``gpu_jk.get_jk_gpu(mol, dms,
+    hermi, with_j, with_k, omega, tasks, **gpu_options)`` with CuPy ``dms``
+    (nset, nao, nao) and the task list built with ``xp=cupy``.
+    """
+    omega = float(mol.omega if omega is None else omega)
+    if not (with_j or with_k):
+        return None, None
+    if backend == "gpu":
+        get_jk_gpu = _gpu_get_jk()
+        import cupy
+        host_in = not on_gpu(dm)
+        dms = cupy.asarray(dm)
+        shape = dms.shape
+        dms = dms.reshape(-1, shape[-2], shape[-1])
+        if q_cond is None:
+            q_cond = schwarz_bounds(mol, omega)
+        # Screened on the GPU: get_jk_gpu gets CuPy densities and CuPy task arrays.
+        tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
+        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, **gpu_options)
+        out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
+        return tuple(to_host(v) if host_in and v is not None else v for v in out)
+    if backend != "cpu":
+        raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
+
+    if on_gpu(dm):
+        import cupy
+        vs = get_jk(mol, to_host(cupy.asarray(dm)), hermi, with_j, with_k, omega, backend,
+                    direct_scf_tol, engine, q_cond)
+        return tuple(None if v is None else cupy.asarray(v) for v in vs)
+    dm = np.asarray(dm)
+    if np.iscomplexobj(dm):
+        # The integrals are real: J and K are linear in dm, so do both parts.
+        jr, kr = get_jk(mol, dm.real, 0, with_j, with_k, omega, backend,
+                        direct_scf_tol, engine, q_cond)
+        ji, ki = get_jk(mol, dm.imag, 0, with_j, with_k, omega, backend,
+                        direct_scf_tol, engine, q_cond)
+        return (jr + 1j * ji if with_j else None, kr + 1j * ki if with_k else None)
+
+    shape = dm.shape
+    dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
+    if engine is None:
+        engine = cpu_engine(mol, omega)
+    if q_cond is None:
+        q_cond = schwarz_bounds(mol, omega)
+    tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k)
+    vj, vk = digest_tasks(mol, dms, hermi, tasks, engine, with_j, with_k)
+    return (None if vj is None else vj.reshape(shape),
+            None if vk is None else vk.reshape(shape))
+
+
+def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):
+    """J and K (nset, nao, nao) of NumPy ``dms`` from a task list and a block provider.
+
+    The reference consumer of :func:`~pyscf_fusionrcg.screening.build_tasks`:
+    blocks of one class are scaled by their degeneracy and scattered for all
+    8 permutations, in batches of at most ``_BATCH_DOUBLES``.
+    """
+    dm_j = dms + dms.transpose(0, 2, 1) if with_j else None
+    # K(D) for hermitian D is Kh + Kh.T; otherwise Kh[D] + Kh[D.T].T.
+    dm_k = None
+    if with_k:
+        dm_k = dms if hermi == 1 else np.concatenate((dms, dms.transpose(0, 2, 1)))
+    jh = np.zeros(dms.shape) if with_j else None
+    kh = np.zeros(dm_k.shape) if with_k else None
+    ao_loc = mol.ao_loc
+    for t in tasks:
+        blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
+        step = max(1, _BATCH_DOUBLES // int(blk))
+        for i0 in range(0, len(t), step):
+            shls = t.quartets[i0:i0 + step]
+            g = engine.quartet_blocks(shls)
+            g *= t.degeneracy[i0:i0 + step, None, None, None, None]
+            idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
+            if with_j:
+                _digest_j(g, idx, dm_j, jh)
+            if with_k:
+                _digest_k(g, idx, dm_k, kh)
+    vj = jh + jh.transpose(0, 2, 1) if with_j else None
+    vk = None
+    if with_k:
+        nset = len(dms)
+        vk = (kh[:nset] + kh[nset:].transpose(0, 2, 1) if hermi != 1
+              else kh + kh.transpose(0, 2, 1))
+    return vj, vk
+
+
+def _gather(dm, ix, iy):
+    """Shell blocks ``dm[s, ix[n], iy[n]]`` -> (nset, n, dx, dy)."""
+    return dm[:, ix[:, :, None], iy[:, None, :]]
+
+
+def _scatter(out, pieces):
+    """``out[s, ix, iy] += v`` for every ``(ix, iy, v)``, v shaped (nset, n, dx, dy)."""
+    nset, nao, _ = out.shape
+    size = nao * nao
+    flat = np.concatenate([(ix[:, :, None] * nao + iy[:, None, :]).ravel() for ix, iy, _ in pieces])
+    sets = np.arange(nset)[:, None] * size
+    w = np.concatenate([v.reshape(nset, -1) for _, _, v in pieces], axis=1)
+    out += np.bincount((flat[None, :] + sets).ravel(), weights=w.ravel(),
+                       minlength=nset * size).reshape(out.shape)
+
+
+def _digest_j(g, idx, dm_sym, jh):
+    """Jh[ab] += g.D[cd] and Jh[cd] += g.D[ab] with D symmetrised (8-fold J)."""
+    ia, ib, ic, id_ = idx
+    n, da, db, dc, dd = g.shape
+    gm = g.reshape(n, da * db, dc * dd)
+    nset = len(dm_sym)
+    d_ab = _gather(dm_sym, ia, ib).reshape(nset, n, da * db)
+    d_cd = _gather(dm_sym, ic, id_).reshape(nset, n, dc * dd)
+    j_ab = np.einsum("npq,snq->snp", gm, d_cd).reshape(nset, n, da, db)
+    j_cd = np.einsum("npq,snp->snq", gm, d_ab).reshape(nset, n, dc, dd)
+    _scatter(jh, [(ia, ib, j_ab), (ic, id_, j_cd)])
+
+
+def _digest_k(g, idx, dm, kh):
+    """The four exchange terms of the (ij|kl) orderings with i from the bra's left."""
+    ia, ib, ic, id_ = idx
+    k_ad = np.einsum("nabcd,snbc->snad", g, _gather(dm, ib, ic))
+    k_bd = np.einsum("nabcd,snac->snbd", g, _gather(dm, ia, ic))
+    k_ac = np.einsum("nabcd,snbd->snac", g, _gather(dm, ib, id_))
+    k_bc = np.einsum("nabcd,snad->snbc", g, _gather(dm, ia, id_))
+    _scatter(kh, [(ia, id_, k_ad), (ib, id_, k_bd), (ia, ic, k_ac), (ib, ic, k_bc)])

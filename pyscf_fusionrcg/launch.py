@@ -1,0 +1,274 @@
+"""Compiled class kernels, device basis data and batched launches.
+
+* :func:`get_kernel`: the kernel of one (class, Cartesian, operator kind,
+  contraction shape, tier), routed by :mod:`pyscf_fusionrcg.tiers` and
+  compiled by gpucore (NVRTC, disk cache), kept per process.
+* :class:`DeviceBasis`: ``mol._env`` and a per-shell table
+  ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` on the device, made once per
+  molecule; the kernels read exponents, PySCF's normalised contraction
+  coefficients and centres from them exactly as the host path does.
+* :func:`class_blocks`: runs a class over any number of quartets in batches
+  whose output buffer and global-tier scratch fit a memory budget; on CuPy's
+  OutOfMemoryError the batch is halved and retried, and a clear MemoryError
+  says how much one quartet needs when even that does not fit.
+* :class:`GPUEngine`: ``quartet_blocks(shls)`` like ``host.HostEngine``.
+* :func:`precompile`: what ``fusion-warmup`` calls.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from math import prod
+
+import numpy as np
+
+from . import codegen, host, tiers
+
+ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
+PTR_COORD = 1
+
+#: Scratch budget (bytes) of one class launch sequence: $FUSIONRCG_SCRATCH_MB,
+#: else a quarter of the free device memory, at most 8 GiB.
+BUDGET_ENV = 'FUSIONRCG_SCRATCH_MB'
+BUDGET_MAX = 8 << 30
+#: Global tier: resident blocks per SM at most (the grid strides over the rest);
+#: more would only add scratch traffic, since ~160 registers allow ~6 blocks of 64.
+GLOBAL_BLOCKS_PER_SM = 6
+
+_lock = threading.Lock()
+_kernels: dict = {}
+
+
+def _cupy():
+    from gpucore import require_gpu
+    return require_gpu('FusionRCG GPU kernels')
+
+
+def canonical_classes(lmax: int):
+    """Classes (la, lb, lc, ld) with la >= lb, lc >= ld, (la, lb) >= (lc, ld)."""
+    pairs = [(a, b) for a in range(lmax + 1) for b in range(a + 1)]
+    return [p + k for p in pairs for k in pairs if p >= k]
+
+
+class ClassKernel:
+    """One compiled class kernel with its launch geometry (and op stream)."""
+
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
+        cp = _cupy()
+        self.program = host.get_program(*ls, cart=cart)
+        self.variant, self.stats = tiers.route(self.program, omega, nctr, tier)
+        self.kernel, self.from_cache = tiers.compile_variant(self.program, self.variant)
+        p, v = self.program, self.variant
+        self.block = codegen.block_size(p, v)
+        self.shared = codegen.shared_bytes(p, v)
+        if self.shared > 48 * 1024:
+            self.kernel.set_max_dynamic_shared(self.shared)
+        self.n_slots = codegen.scratch_doubles(p, v)
+        self.nelem = prod(p.shape) * prod(v.nctr)
+        self.table = None
+        if v.form == 'table':
+            t = codegen.table(p, v)
+            self.table = (cp.asarray(t.prim), np.int32(len(t.prim)), cp.asarray(t.ctr),
+                          np.int32(len(t.ctr)), cp.asarray(t.coef), np.int32(t.n_acc))
+
+    @property
+    def name(self) -> str:
+        return codegen.kernel_name(self.program, self.variant)
+
+    def global_blocks(self, n_items: int, budget: int) -> int:
+        """Resident blocks of the global tier: bounded by the SMs and the budget."""
+        cp = _cupy()
+        sms = cp.cuda.Device().attributes['MultiProcessorCount']
+        per_block = 8 * self.n_slots * self.block
+        want = min(-(-n_items // self.block), GLOBAL_BLOCKS_PER_SM * sms)
+        return max(1, min(want, budget // per_block))
+
+    def launch(self, quartets, nq, basis, omega, out, scratch=None, blocks=None):
+        """Compute the blocks of ``quartets`` (device (nq, 4) int32) into ``out``
+        (device (nelem, nq)); the global tier needs ``scratch`` for ``blocks``."""
+        cp = _cupy()
+        n_items = nq * self.variant.n_groups
+        if blocks is None:
+            blocks = -(-n_items // self.block)
+        null = cp.empty(1) if scratch is None else scratch
+        args = (quartets, np.int32(nq), basis.shl, basis.env, np.float64(omega), out, null,
+                np.int32(self.n_slots)) + (self.table or ())
+        self.kernel((blocks,), (self.block,), args, shared_mem=self.shared)
+
+
+def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassKernel:
+    """Cached :class:`ClassKernel` (the kernel depends on omega only through its sign)."""
+    key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
+           tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV))
+    with _lock:
+        k = _kernels.get(key)
+    if k is None:
+        k = ClassKernel(key[0], key[1], omega, key[3], tier)
+        with _lock:
+            _kernels[key] = k
+    return k
+
+
+class DeviceBasis:
+    """Basis data of a molecule on the device (see the module docstring)."""
+
+    def __init__(self, mol):
+        cp = _cupy()
+        bas, atm = mol._bas, mol._atm
+        shl = np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
+                        atm[bas[:, ATOM_OF], PTR_COORD]], axis=1).astype(np.int32)
+        self.shl = cp.asarray(shl)
+        # primitive-count signature of each shell, for primitive_order
+        self.nprim_key = cp.asarray(bas[:, NPRIM_OF].astype(np.int64))
+        # for orient: (l, nctr) of each shell and its smallest exponent
+        env = mol._env
+        self.l_nctr = cp.asarray(bas[:, ANG_OF].astype(np.int64) * 64 + bas[:, NCTR_OF])
+        self.min_exp = cp.asarray([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP],
+                                                                     bas[:, NPRIM_OF])])
+        self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
+
+
+def budget_bytes() -> int:
+    """Scratch budget of a class (see :data:`BUDGET_ENV`)."""
+    env = os.environ.get(BUDGET_ENV)
+    if env:
+        return int(float(env) * (1 << 20))
+    free, _ = _cupy().cuda.runtime.memGetInfo()
+    return int(min(BUDGET_MAX, free // 4))
+
+
+def orient(basis: DeviceBasis, quartets):
+    """Swap the shells of pairs with equal (l, nctr) so the tighter one (larger
+    smallest exponent) comes first, as ``host.HostEngine.orient`` does: the
+    programs build such a pair's angular momentum on its first shell, and the
+    HRR that moves it to the other loses the fewest digits from there.
+    Returns (oriented device (n, 4) int32, swap_bra, swap_ket masks).  The
+    8-fold digestion is invariant under these swaps."""
+    cp = _cupy()
+    q = cp.array(cp.asarray(quartets), dtype=cp.int32)
+    swaps = []
+    for i, j in ((0, 1), (2, 3)):
+        a, b = q[:, i].copy(), q[:, j].copy()
+        sw = (basis.l_nctr[a] == basis.l_nctr[b]) & (basis.min_exp[b] > basis.min_exp[a])
+        q[:, i] = cp.where(sw, b, a)
+        q[:, j] = cp.where(sw, a, b)
+        swaps.append(sw)
+    return q, swaps[0], swaps[1]
+
+
+def primitive_order(basis: DeviceBasis, quartets):
+    """Device permutation grouping quartets (NumPy or CuPy (n, 4)) of equal
+    primitive counts, so that the threads of a warp run the same number of
+    primitive-loop iterations."""
+    cp = _cupy()
+    npr = basis.nprim_key[cp.asarray(quartets)]
+    key = ((npr[:, 0] * 64 + npr[:, 1]) * 64 + npr[:, 2]) * 64 + npr[:, 3]
+    return cp.argsort(key)
+
+
+def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):
+    """Yield ``(lo, hi, out)`` over batches of ``quartets`` ((n, 4), NumPy or CuPy):
+    ``out`` the CuPy ``(nelem, hi - lo)`` blocks ([element][quartet]); valid
+    until the next batch is requested (the buffer is reused)."""
+    cp = _cupy()
+    n = len(quartets)
+    if n == 0:
+        return
+    budget = budget_bytes() if budget is None else int(budget)
+    per_quartet = 8 * kern.nelem
+    scratch, blocks = None, None
+    if kern.variant.tier == 'global':
+        per_block = 8 * kern.n_slots * kern.block
+        if per_block + per_quartet > budget:
+            raise MemoryError(
+                f'FusionRCG {kern.program.name}: one block of the global tier needs '
+                f'{(per_block + per_quartet) / 2**20:.1f} MiB of scratch, the budget is '
+                f'{budget / 2**20:.1f} MiB (raise ${BUDGET_ENV})')
+        blocks = kern.global_blocks(n * kern.variant.n_groups, budget // 2)
+    step = max(1, min(n, (budget - 8 * kern.n_slots * kern.block * (blocks or 0)) // per_quartet))
+    qdev = cp.ascontiguousarray(cp.asarray(quartets), dtype=cp.int32)
+    while True:
+        try:
+            if blocks is not None and scratch is None:
+                scratch = cp.empty(blocks * kern.block * kern.n_slots)
+            out = cp.empty(kern.nelem * step)
+            break
+        except cp.cuda.memory.OutOfMemoryError:
+            cp.get_default_memory_pool().free_all_blocks()
+            if blocks is not None and blocks > 1 and scratch is None:
+                blocks //= 2
+                continue
+            if step == 1:
+                need = per_quartet + (0 if scratch is None else scratch.nbytes)
+                raise MemoryError(
+                    f'FusionRCG {kern.program.name}: not even one quartet fits on the device '
+                    f'(needs {need / 2**20:.1f} MiB)') from None
+            step = max(1, step // 2)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        nq = hi - lo
+        buf = out[:kern.nelem * nq].reshape(kern.nelem, nq)
+        g_blocks = None if blocks is None else min(blocks, -(-nq * kern.variant.n_groups // kern.block))
+        kern.launch(qdev[lo:hi], nq, basis, omega, buf, scratch, g_blocks)
+        yield lo, hi, buf
+
+
+def _class_of(mol, shls):
+    bas = mol._bas
+    ls = bas[shls, ANG_OF]
+    if not (ls == ls[0]).all():
+        raise ValueError('quartet_blocks: all quartets must share one class')
+    nctr = bas[shls, NCTR_OF]
+    if not (nctr == nctr[0]).all():
+        raise ValueError('quartet_blocks: shells of one index differ in nctr')
+    return tuple(int(x) for x in ls[0]), tuple(int(x) for x in nctr[0])
+
+
+class GPUEngine:
+    """Contracted ERI blocks of shell quartets on the GPU (interface of HostEngine).
+
+    ``omega``: as PySCF's ``mol.omega`` (> 0: erf, < 0: erfc); 0 means use
+    ``mol.omega``.  ``tier`` forces a storage tier (experiments).
+    """
+
+    def __init__(self, mol, omega=0.0, tier=None):
+        self.mol = mol
+        self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
+        self.cart = bool(mol.cart)
+        self.tier = tier
+        self.basis = DeviceBasis(mol)
+
+    def quartet_blocks(self, shls, as_cupy=False, budget=None):
+        """(n, di, dj, dk, dl) integrals of n shell quartets of one class."""
+        cp = _cupy()
+        shls = np.asarray(shls.get() if hasattr(shls, 'get') else shls, dtype=np.int32).reshape(-1, 4)
+        if len(shls) == 0:
+            raise ValueError('quartet_blocks needs at least one quartet')
+        ls, nctr = _class_of(self.mol, shls)
+        kern = get_kernel(ls, self.cart, self.omega, nctr, self.tier)
+        dims = tuple(n * c for n, c in zip(kern.program.shape, nctr))
+        oriented, swap_bra, swap_ket = orient(self.basis, shls)
+        pos = primitive_order(self.basis, oriented)
+        res = cp.empty((len(shls),) + dims)
+        for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget):
+            res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
+        # equal (l, nctr) pairs are square in their two indices
+        if bool(swap_bra.any()):
+            res[swap_bra] = res[swap_bra].transpose(0, 2, 1, 3, 4)
+        if bool(swap_ket.any()):
+            res[swap_ket] = res[swap_ket].transpose(0, 1, 2, 4, 3)
+        return res if as_cupy else res.get()
+
+
+def precompile(lmax: int = 4, cart: bool = False) -> list[str]:
+    """Compile (or load from the cache) every canonical class up to ``lmax``;
+    one line per class: compiled/cached, tier, form, registers, spill bytes."""
+    lines = []
+    for ls in canonical_classes(lmax):
+        k = get_kernel(ls, cart)
+        s = k.stats
+        lines.append(f'({"spdfghik"[ls[0]]}{"spdfghik"[ls[1]]}|{"spdfghik"[ls[2]]}{"spdfghik"[ls[3]]}) '
+                     f'{"cached" if k.from_cache else "compiled"} tier={s["tier"]} form={s["form"]} '
+                     f'registers={s["registers"]} spill_bytes={s["spill_bytes"]} '
+                     f'shared_bytes={s["shared_bytes"]} kernel={k.name}')
+    return lines

@@ -1,0 +1,209 @@
+"""The PySCF plugin: an SCF object whose J and K come from FusionRCG.
+
+``mf = fusionrcg(mf)`` (or ``mf.apply(fusionrcg, backend=...)``) follows PySCF's
+mixin convention (as ``density_fit``): the object's class becomes
+``(_FusionRCGMixin, type(mf))``, which overrides ``get_jk``, ``get_j`` and
+``get_k`` and nothing else, so every driver (RHF, UHF, ROHF, RKS/UKS with hybrid
+and range-separated functionals, scanners) keeps working unchanged.
+``mf.undo_fusionrcg()`` gives back the plain class.  The same works on
+GPU4PySCF objects (``mf.to_gpu().apply(fusionrcg)``), whose arrays are CuPy.
+"""
+from __future__ import annotations
+
+from pyscf import gto, lib
+from pyscf.lib import logger
+
+from pyscf_fusionrcg import jk as _jk
+from pyscf_fusionrcg.screening import schwarz_bounds
+
+BACKENDS = ("auto", "gpu", "cpu")
+#: Mean-field families whose J/K have PySCF's (nao, nao) shapes.
+_SUPPORTED = ("RHF", "UHF", "ROHF")
+_DEFAULT_MAX_L = 6
+
+
+def max_l():
+    """Highest angular momentum the engine supports (``host.MAX_L``)."""
+    try:
+        from pyscf_fusionrcg import host
+    except ImportError:
+        return _DEFAULT_MAX_L
+    return getattr(host, "MAX_L", _DEFAULT_MAX_L)
+
+
+def _check_mean_field(mf):
+    """Refuse what these J/K cannot serve: clear errors rather than wrong numbers."""
+    names = {c.__name__ for c in type(mf).__mro__}
+    if hasattr(mf, "cell"):
+        raise ValueError("fusionrcg supports molecules only; periodic (pbc) SCF objects "
+                         "are not supported.")
+    if getattr(mf, "with_df", None):
+        raise ValueError(
+            "fusionrcg computes exact four-centre J/K, but this SCF object uses density "
+            "fitting (mf.with_df is set). Drop density_fit first (mf.undo_df(), or build "
+            "the object without .density_fit()) and then apply fusionrcg.")
+    if not names.intersection(_SUPPORTED):
+        raise ValueError(f"fusionrcg supports RHF/UHF/ROHF and their Kohn-Sham versions, "
+                         f"not {type(mf).__name__} (GHF/DHF need spinor J/K).")
+
+
+def _check_mol(mol):
+    lmax = int(mol._bas[:, gto.ANG_OF].max()) if mol.nbas else 0
+    if lmax > max_l():
+        raise ValueError(f"fusionrcg supports shells up to l = {max_l()}; the basis of this "
+                         f"molecule has l = {lmax}.")
+
+
+def _resolve_backend(mf, backend):
+    """'gpu', 'cpu' or 'native' (the object's own J/K, when 'auto' finds no GPU)."""
+    from gpucore import GPUUnavailableError, gpu_available, unavailable_reason
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "cpu":
+        return "cpu"
+    if gpu_available():
+        return "gpu"
+    if backend == "gpu":
+        raise GPUUnavailableError(
+            f"fusionrcg(backend='gpu') needs a CUDA GPU: {unavailable_reason()}. "
+            "Use backend='cpu' for the host path, or 'auto' to fall back to PySCF.")
+    logger.warn(mf, "fusionrcg: no usable GPU (%s); J/K fall back to %s's own "
+                "implementation. Use backend='cpu' for FusionRCG's host path.",
+                unavailable_reason(), type(mf).__name__)
+    return "native"
+
+
+def fusionrcg(mf, backend="auto", direct_scf_tol=None, tier=None):
+    """Serve ``mf``'s J and K with FusionRCG; returns the (re-classed) SCF object.
+
+    backend: 'auto' (GPU when available, else the object's own J/K with a
+    warning), 'gpu' (GPUUnavailableError without a GPU) or 'cpu' (the engine's
+    host path).  direct_scf_tol: screening threshold (None: ``mf.direct_scf_tol``
+    at call time).  tier: force one storage tier of the GPU kernels (passed
+    to the GPU engine; None lets it choose).
+    """
+    _check_mean_field(mf)
+    _check_mol(mf.mol)
+    path = _resolve_backend(mf, backend)
+    if isinstance(mf, _FusionRCGMixin):
+        mf = mf.copy()
+        mf._fusionrcg_configure(backend, direct_scf_tol, tier, path)
+        return mf
+    obj = _FusionRCGMixin(mf, backend, direct_scf_tol, tier, path)
+    return lib.set_class(obj, (_FusionRCGMixin, mf.__class__))
+
+
+class _FusionRCGMixin:
+    """J/K from FusionRCG; everything else from the wrapped SCF class."""
+
+    __name_mixin__ = "FusionRCG"
+    _keys = {"fusionrcg_backend", "fusionrcg_direct_scf_tol", "fusionrcg_tier"}
+
+    def __init__(self, mf, backend, direct_scf_tol, tier, path):
+        self.__dict__.update(mf.__dict__)
+        self._eri = None    # with an in-core ERI, get_veff would not build incrementally
+        self._fusionrcg_configure(backend, direct_scf_tol, tier, path)
+
+    def _fusionrcg_configure(self, backend, direct_scf_tol, tier, path):
+        self.fusionrcg_backend = backend
+        self.fusionrcg_direct_scf_tol = direct_scf_tol
+        self.fusionrcg_tier = tier
+        self._fusionrcg_path = path
+        # (mol fingerprint, omega) -> (engine or None, Schwarz bounds)
+        self._fusionrcg_cache = {}
+
+    def undo_fusionrcg(self):
+        """The same object with its original class and PySCF's own J/K."""
+        obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGMixin))
+        for key in ("fusionrcg_backend", "fusionrcg_direct_scf_tol", "fusionrcg_tier",
+                    "_fusionrcg_path", "_fusionrcg_cache"):
+            obj.__dict__.pop(key, None)
+        return obj
+
+    def reset(self, mol=None):
+        self._fusionrcg_cache = {}
+        return super().reset(mol)
+
+    def to_gpu(self):
+        """GPU4PySCF twin, with the plugin re-applied with the same settings."""
+        return fusionrcg(self.undo_fusionrcg().to_gpu(), self.fusionrcg_backend,
+                         self.fusionrcg_direct_scf_tol, self.fusionrcg_tier)
+
+    def dump_flags(self, verbose=None):
+        super().dump_flags(verbose)
+        log = logger.new_logger(self, verbose)
+        log.info("******** FusionRCG J/K ********")
+        log.info("backend = %s (requested %s)", self._fusionrcg_path, self.fusionrcg_backend)
+        log.info("direct_scf_tol = %g", self._fusionrcg_tol())
+        log.info("tier = %s", self.fusionrcg_tier or "automatic")
+        if self.mol.has_ecp():
+            log.info("ECP: enters the one-electron Hamiltonian only; J/K are unaffected")
+        return self
+
+    def _fusionrcg_tol(self):
+        tol = self.fusionrcg_direct_scf_tol
+        return self.direct_scf_tol if tol is None else tol
+
+    def _fusionrcg_setup(self, mol, omega):
+        """Cached (engine, Schwarz bounds) for this geometry and operator."""
+        fp = (mol._atm.tobytes(), mol._bas.tobytes(),
+              mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart))
+        key = (hash(fp), omega)
+        if key not in self._fusionrcg_cache:
+            _check_mol(mol)
+            engine = _jk.cpu_engine(mol, omega) if self._fusionrcg_path == "cpu" else None
+            self._fusionrcg_cache[key] = (engine, schwarz_bounds(mol, omega))
+        return self._fusionrcg_cache[key]
+
+    def _fusionrcg_jk(self, mol, dm, hermi, with_j, with_k, omega):
+        """One FusionRCG build for one operator (NumPy or CuPy in and out, as dm)."""
+        engine, q_cond = self._fusionrcg_setup(mol, omega)
+        backend = self._fusionrcg_path
+        opts = {"tier": self.fusionrcg_tier} if backend == "gpu" and self.fusionrcg_tier else {}
+        return _jk.get_jk(mol, dm, hermi, with_j, with_k, omega, backend,
+                          self._fusionrcg_tol(), engine, q_cond, **opts)
+
+    def get_jk(self, mol=None, dm=None, hermi=1, with_j=True, with_k=True, omega=None,
+               lr_factor=None, sr_factor=None):
+        """J and K as PySCF's ``get_jk``; with GPU4PySCF's ``lr_factor``/``sr_factor``
+        K is ``lr_factor K[erf] + sr_factor K[erfc]`` and J the plain Coulomb one.
+        """
+        if mol is None:
+            mol = self.mol
+        if dm is None:
+            dm = self.make_rdm1()
+        if self._fusionrcg_path == "native":
+            # Only without a GPU, hence never a GPU4PySCF object (no rsh factors).
+            return super().get_jk(mol, dm, hermi, with_j, with_k, omega)
+        t0 = (logger.process_clock(), logger.perf_counter())
+        if lr_factor is None and sr_factor is None:
+            omega = float(mol.omega if omega is None else omega)
+            vj, vk = self._fusionrcg_jk(mol, dm, hermi, with_j, with_k, omega)
+        else:
+            vj = self._fusionrcg_jk(mol, dm, hermi, True, False, 0.0)[0] if with_j else None
+            vk = self._scaled_k(mol, dm, hermi, omega, lr_factor, sr_factor) if with_k else None
+        logger.timer(self, "vj and vk (FusionRCG %s)" % self._fusionrcg_path, *t0)
+        return vj, vk
+
+    def _scaled_k(self, mol, dm, hermi, omega, lr_factor, sr_factor):
+        """``lr_factor K[erf(|w| r)/r] + sr_factor K[erfc(|w| r)/r]`` (a factor None is 0)."""
+        w = abs(float(mol.omega if omega is None else omega))
+        lr = 0.0 if lr_factor is None else float(lr_factor)
+        sr = 0.0 if sr_factor is None else float(sr_factor)
+        if w == 0 or lr == sr:
+            # erf + erfc = 1: one plain-Coulomb build (omega = 0 needs lr == sr).
+            if w == 0 and lr_factor is not None and sr_factor is not None and lr != sr:
+                raise ValueError("omega = 0 needs lr_factor == sr_factor")
+            terms = [(0.0, lr if lr_factor is not None else sr)]
+        else:
+            terms = [(om, f) for om, f in ((w, lr), (-w, sr)) if f != 0]
+        vk = 0
+        for om, f in terms:
+            vk = vk + self._fusionrcg_jk(mol, dm, hermi, False, True, om)[1] * f
+        return vk
+
+    def get_j(self, mol=None, dm=None, hermi=1, omega=None):
+        return self.get_jk(mol, dm, hermi, True, False, omega)[0]
+
+    def get_k(self, mol=None, dm=None, hermi=1, omega=None, lr_factor=None, sr_factor=None):
+        return self.get_jk(mol, dm, hermi, False, True, omega, lr_factor, sr_factor)[1]

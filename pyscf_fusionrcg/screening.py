@@ -1,0 +1,216 @@
+"""Schwarz and density screening, and the per-class task lists that J/K engines consume.
+
+Task-list convention (shared by the CPU digestion in :mod:`pyscf_fusionrcg.jk`
+and the GPU path in :mod:`pyscf_fusionrcg.gpu_jk`)
+-------------------------------------------------------------------------------
+
+:func:`build_tasks` returns a list of :class:`ClassTasks`.  Every unique shell
+quartet ``(ij|kl)`` that survives screening appears exactly once, in exactly
+one ``ClassTasks``, as a row ``(a, b, c, d)`` of ``quartets`` which is one of
+its 8 equivalent orderings, chosen so that
+
+* ``l_a >= l_b`` and ``l_c >= l_d``; for equal ``l`` the larger shell index
+  comes first (``a >= b``, ``c >= d``);
+* ``(l_a, l_b) >= (l_c, l_d)`` lexicographically; when the two pairs have the
+  same ``(l, l)`` class the bra pair is the later one in the canonical pair
+  order (pairs ordered by ``(a, b)``, i.e. ``a*nbas + b`` ascending).
+
+All rows of one ``ClassTasks`` have the same ``key = (l_a, l_b, l_c, l_d)`` and
+the same ``nctr`` (number of contracted functions of each shell, as PySCF's
+general contraction), hence the same block shape
+``((2l_a+1)*n_a, ...)`` (Cartesian: ``(l+1)(l+2)/2`` per function).  Several
+``ClassTasks`` may share one ``key`` when their ``nctr`` differ.
+
+``degeneracy[n] = 1/2^k`` where ``k`` counts which of ``a == b``, ``c == d``,
+``(a, b) == (c, d)`` hold.  A digestion multiplies the integral block
+``g[p, q, r, s] = (pq|rs)`` (AO indices ``p in a, q in b, r in c, s in d``) by
+``degeneracy`` and then scatters all 8 permutations unconditionally; this is
+the same as summing each distinct ordering once.  With a density ``D``
+(PySCF's ``vj[r,s] = sum (pq|rs) D[q,p]``, ``vk[p,s] = sum (pq|rs) D[q,r]``)::
+
+    Jh[p,q] += deg * sum_rs g (D[r,s] + D[s,r])
+    Jh[r,s] += deg * sum_pq g (D[p,q] + D[q,p])          vj = Jh + Jh.T
+    Kh[p,s] += deg * sum_qr g D[q,r]      Kh[q,s] += deg * sum_pr g D[p,r]
+    Kh[p,r] += deg * sum_qs g D[q,s]      Kh[q,r] += deg * sum_ps g D[p,s]
+    vk = Kh[D] + Kh[D].T  (hermitian D)     vk = Kh[D] + Kh[D.T].T  (any D)
+
+Screening: a quartet is kept when ``q_ij q_kl d_max >= direct_scf_tol`` with
+``q`` from :func:`schwarz_bounds` and ``d_max`` the largest ``|D|`` (over all
+density matrices, both orientations) of the shell blocks the quartet reads:
+``ij, kl`` for J and ``ik, il, jk, jl`` for K (evaluated in float32, as the
+bound needs no more).  Rows come grouped by bra pair, bra pairs by descending
+``q``.  ``build_tasks(..., xp=cupy)`` screens on the GPU and returns CuPy arrays
+(the task list of a large molecule has 1e8 quartets and more).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyscf import gto
+from pyscf.scf import _vhf
+
+#: Candidate quartets screened per tile (NumPy / CuPy).
+_TILE = {"numpy": 1 << 22, "cupy": 1 << 26}
+
+
+@dataclass
+class ClassTasks:
+    """Screened unique shell quartets of one class and one contraction shape."""
+    key: tuple          # (la, lb, lc, ld)
+    nctr: tuple         # contracted functions per shell (na, nb, nc, nd)
+    quartets: np.ndarray    # int32 (n, 4) shell indices (a, b, c, d); CuPy if xp=cupy
+    degeneracy: np.ndarray  # float64 (n,), see the module docstring; CuPy if xp=cupy
+
+    def __len__(self):
+        return len(self.quartets)
+
+
+def on_gpu(a):
+    """True for CuPy (CUDA-array) inputs, or a sequence of them."""
+    if isinstance(a, (list, tuple)) and a:
+        a = a[0]
+    return hasattr(a, "__cuda_array_interface__")
+
+
+def to_host(a):
+    """The NumPy array of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def schwarz_bounds(mol, omega=0.0):
+    """``q[i, j] = sqrt(max |(ij|ij)|)`` for the operator of ``omega``, (nbas, nbas).
+
+    O(nbas^2) diagonal integrals through libcint (PySCF's threaded C driver);
+    callers cache the result per molecule and omega.  The Cauchy-Schwarz bound
+    holds for the erf and erfc kernels too (both are positive definite).
+    """
+    with mol.with_range_coulomb(omega):
+        # A tiny tolerance: the bound must not be cut by libcint's own screening.
+        opt = _vhf._VHFOpt(mol, "int2e", "CVHFnoscreen", "CVHFnr_int2e_q_cond",
+                           None, 1e-18)
+    return np.asarray(opt.q_cond)
+
+
+def shell_density_max(mol, dms):
+    """Largest ``|D|`` of each shell block over all matrices and both orientations."""
+    d = np.abs(to_host(dms)).reshape(-1, mol.nao, mol.nao).max(axis=0)
+    loc = mol.ao_loc[:-1]
+    d = np.maximum.reduceat(np.maximum.reduceat(d, loc, axis=0), loc, axis=1)
+    return np.maximum(d, d.T)
+
+
+@dataclass
+class _Pairs:
+    """Canonical shell pairs of one (l_a, l_b, n_a, n_b) sub-class, by descending q."""
+    n: tuple            # (n_a, n_b)
+    a: np.ndarray
+    b: np.ndarray
+    q: np.ndarray
+    rank: np.ndarray    # position in the canonical pair order
+
+    def to(self, xp):
+        return _Pairs(self.n, *(xp.asarray(x) for x in
+                                         (self.a, self.b, self.q.astype(np.float32), self.rank)))
+
+
+def _pair_classes(ls, nctr, q, keep):
+    """Canonical pairs (l_a > l_b, or l_a == l_b and a >= b) grouped per l-class, then nctr."""
+    a, b = np.nonzero(keep)
+    sel = (ls[a] > ls[b]) | ((ls[a] == ls[b]) & (a >= b))
+    a, b = a[sel], b[sel]
+    order = np.lexsort((b, a))          # canonical pair order: (a, b) ascending
+    a, b = a[order], b[order]
+    rank = np.arange(len(a))
+    groups = {}
+    sub = np.stack((ls[a], ls[b], nctr[a], nctr[b]), axis=1)
+    for key in np.unique(sub, axis=0):
+        idx = np.nonzero((sub == key).all(axis=1))[0]
+        idx = idx[np.argsort(-q[a[idx], b[idx]], kind="stable")]
+        l, n = tuple(int(x) for x in key[:2]), tuple(int(x) for x in key[2:])
+        groups.setdefault(l, []).append(
+            _Pairs(n, a[idx].astype(np.int32), b[idx].astype(np.int32),
+                   q[a[idx], b[idx]], rank[idx].astype(np.int32)))
+    return groups
+
+
+def build_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
+                with_j=True, with_k=True, xp=np):
+    """Screened unique shell quartets grouped per class (see the module docstring).
+
+    ``dms``: (nao, nao) or (nset, nao, nao), NumPy or CuPy.  ``q_cond``: the
+    cached :func:`schwarz_bounds` for ``omega`` (computed when None).
+    ``with_j``/``with_k`` narrow the density screening to the blocks read.
+    ``xp``: ``numpy`` (default) or ``cupy``: where the quartets are screened
+    and where the returned arrays live.
+    """
+    if q_cond is None:
+        q_cond = schwarz_bounds(mol, omega)
+    q_cond = to_host(q_cond)
+    dcond = shell_density_max(mol, dms)
+    dmax = float(dcond.max()) if dcond.size else 0.0
+    if dmax == 0.0 or not (with_j or with_k):
+        return []
+    ls = mol._bas[:, gto.ANG_OF].astype(np.int64)
+    nctr = mol._bas[:, gto.NCTR_OF].astype(np.int64)
+    groups = _pair_classes(ls, nctr, q_cond,
+                           q_cond * (float(q_cond.max()) * dmax) >= direct_scf_tol)
+    dev = {key: [p.to(xp) for p in subs] for key, subs in groups.items()}
+    d32 = xp.asarray(dcond.astype(np.float32))
+    tile = _TILE.get(xp.__name__, _TILE["numpy"])
+    lkeys = sorted(groups, reverse=True)
+    tasks = []
+    for ib, lb in enumerate(lkeys):
+        for lk in lkeys[ib:]:
+            for bra_h, bra in zip(groups[lb], dev[lb]):
+                for ket_h, ket in zip(groups[lk], dev[lk]):
+                    q = _screen(bra_h, ket_h, bra, ket, lb == lk, d32, dmax, direct_scf_tol,
+                                with_j, with_k, tile, xp)
+                    if len(q):
+                        tasks.append(ClassTasks(lb + lk, bra.n + ket.n, q, _degeneracy(q, xp)))
+    return tasks
+
+
+def _screen(bra_h, ket_h, bra, ket, same_lclass, d32, dmax, tol, with_j, with_k, tile, xp):
+    """Quartets (bra pair x ket pair) passing ``q_ij q_kl d_max >= tol``, as (n, 4) int32.
+
+    Pairs come by descending q, so the Schwarz survivors (with the global
+    density maximum) of each bra pair are a prefix of the kets, and shrink
+    from one bra pair to the next: the candidates are screened in rectangular
+    tiles of (bra rows) x (longest prefix among them).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = tol / (bra_h.q * dmax)
+    counts = np.searchsorted(-ket_h.q, -limit, side="right")
+    out = []
+    start = 0
+    while start < len(counts) and counts[start] > 0:
+        ncol = int(counts[start])
+        stop = min(len(counts), start + max(1, tile // max(ncol, len(d32))))
+        rows = slice(start, stop)
+        a, b, c, d = bra.a[rows], bra.b[rows], ket.a[:ncol], ket.b[:ncol]
+        dm = None
+        if with_j:
+            dm = xp.maximum(d32[a, b][:, None], d32[c, d][None, :])
+        if with_k:
+            row = xp.maximum(d32[a], d32[b])            # max over {a, b} x all shells
+            dk = xp.maximum(xp.take(row, c, axis=1), xp.take(row, d, axis=1))
+            dm = dk if dm is None else xp.maximum(dm, dk)
+        dm *= ket.q[None, :ncol]
+        dm *= bra.q[rows, None]
+        keep = dm >= tol
+        if same_lclass:
+            keep &= ket.rank[None, :ncol] <= bra.rank[rows, None]
+        r, col = xp.nonzero(keep)
+        out.append(xp.stack((a[r], b[r], c[col], d[col]), axis=1))
+        start = stop
+    if not out:
+        return xp.empty((0, 4), np.int32)
+    return xp.ascontiguousarray(xp.concatenate(out).astype(np.int32, copy=False))
+
+
+def _degeneracy(q, xp):
+    """1/2 for each of a == b, c == d, (a, b) == (c, d) (see the module docstring)."""
+    a, b, c, d = q.T
+    k = (a == b).astype(np.int32) + (c == d) + ((a == c) & (b == d))
+    return xp.ldexp(xp.ones(len(q)), -k)

@@ -1,0 +1,235 @@
+"""Route each ERI class to a storage tier (register / shared / global memory).
+
+Static choice (:func:`choose_tier`) from the orchestrated peak live set
+``schedule.peak_live`` (doubles per shell quartet, accumulators included):
+
+* ``register`` when ``peak <= REG_PEAK_MAX`` (64 doubles = 128 of the 255
+  registers a thread can have; the rest goes to the per-primitive symbols,
+  Boys values, addresses and loop state -- measured with ptxas on sm_90:
+  (pp|ps) with a peak of 38 needs 228 registers, (dp|ps) at 65 already
+  spills 56 bytes, (pp|pp) at 104 spills 392 bytes);
+* ``shared`` when a block of ``SHARED_MIN_THREADS`` (128) threads still fits
+  its slots into the 227 KiB of shared memory a block may have:
+  ``8 * slots * 128 <= 227 KiB``, about 225 doubles per thread (4 warps);
+* ``global`` otherwise (scratch laid out ``[slot][thread]`` per block).
+
+Measured routing (:func:`route`): the register variant is compiled and kept
+only if ptxas spills at most ``SPILL_BYTES_MAX`` bytes per thread; otherwise
+the class moves to shared memory, and from there to global memory when the
+shared variant does not fit or spills.  Decisions are cached in memory and on
+disk (next to gpucore's kernel cache) per (class, Cartesian, operator,
+contraction shape, architecture, code version).  ``tier=`` overrides the
+choice for experiments, as does ``$FUSIONRCG_TIER``.  Measuring needs the GPU
+(NVRTC for its architecture and the driver's attributes); :func:`nvcc_stats`
+gives ptxas's report for sm_90 without one.
+
+Form (:func:`variant_for`): memory tiers run straight-line code for programs
+up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter beyond
+(see :mod:`pyscf_fusionrcg.codegen` for why).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from . import codegen, ir
+from .schedule import peak_live
+
+REG_PEAK_MAX = 64
+SHARED_MIN_THREADS = 128
+SPILL_BYTES_MAX = 256
+STRAIGHT_OPS_MAX = 1500
+TIER_ENV = 'FUSIONRCG_TIER'
+
+_lock = threading.Lock()
+_decisions: dict = {}
+
+
+def choose_tier(program: ir.Program) -> str:
+    """Static tier from the orchestrated peak live set (thresholds above)."""
+    peak = peak_live(program)
+    if peak <= REG_PEAK_MAX:
+        return 'register'
+    if 8 * peak * SHARED_MIN_THREADS <= codegen.SHARED_BYTES_MAX:
+        return 'shared'
+    return 'global'
+
+
+def n_statements(program: ir.Program) -> int:
+    return len(program.prim) + len(program.ctr)
+
+
+def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
+    """The variant of a tier, with the form chosen by program size."""
+    form = 'straight' if tier == 'register' or n_statements(program) <= STRAIGHT_OPS_MAX else 'table'
+    return codegen.make_variant(program, tier, omega, nctr, form)
+
+
+def _fits(program, variant) -> bool:
+    return variant.tier != 'shared' or codegen.shared_block(program, variant) >= 32
+
+
+# ----------------------------------------------------------------- measuring
+
+def compile_variant(program: ir.Program, variant: codegen.Variant):
+    """Compile a variant with NVRTC (gpucore): (kernel, from_cache)."""
+    from gpucore import compile_source
+    source, name = codegen.kernel_source(program, variant)
+    module = compile_source(source, name=name)
+    return module.get_kernel(name), module.from_cache
+
+
+def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> dict:
+    """Registers / spill bytes / shared bytes of a variant from ``nvcc -arch=sm_90
+    -Xptxas -v``: the compiler's report without a GPU (CI, offline checks).
+    ``tier`` defaults to :func:`choose_tier` (no measured re-routing)."""
+    variant = variant_for(program, tier or choose_tier(program), omega, nctr)
+    stats = _nvcc_stats(*codegen.kernel_source(program, variant))
+    stats['shared_bytes'] += codegen.shared_bytes(program, variant)
+    return dict(stats, tier=variant.tier, form=variant.form,
+                kernel=codegen.kernel_name(program, variant))
+
+
+def _nvcc_stats(source: str, name: str) -> dict:
+    nvcc = shutil.which('nvcc') or '/usr/local/cuda/bin/nvcc'
+    csrc = Path(__file__).resolve().parent.parent / 'csrc'
+    with tempfile.TemporaryDirectory() as tmp:
+        cu = Path(tmp) / f'{name}.cu'
+        cu.write_text(source)
+        res = subprocess.run([nvcc, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{csrc}',
+                              str(cu), '-o', str(Path(tmp) / 'k.cubin')],
+                             capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f'nvcc could not compile {name}:\n{res.stderr}')
+    log = res.stderr
+    regs = re.search(r'Used (\d+) registers', log)
+    spill = re.search(r'(\d+) bytes spill stores', log)
+    smem = re.search(r'(\d+) bytes smem', log)
+    return {'registers': int(regs.group(1)) if regs else 0,
+            'spill_bytes': int(spill.group(1)) if spill else 0,
+            'shared_bytes': int(smem.group(1)) if smem else 0,
+            'compiler': 'nvcc sm_90'}
+
+
+def measure(program: ir.Program, variant: codegen.Variant) -> dict:
+    """Compiler-reported registers, spill (local) bytes and shared bytes of a variant.
+
+    NVRTC for the GPU present and the driver's function attributes
+    (``local_size_bytes`` is the spill/stack space); ``shared_bytes`` adds the
+    dynamic shared memory of the shared tier.  Raises GPUUnavailableError
+    without a GPU (see :func:`nvcc_stats` for an offline report).
+    """
+    kernel, _ = compile_variant(program, variant)
+    att = kernel.attributes()
+    return {'registers': att['num_regs'], 'spill_bytes': att['local_size_bytes'],
+            'shared_bytes': att['shared_size_bytes'] + codegen.shared_bytes(program, variant),
+            'compiler': 'nvrtc'}
+
+
+# ------------------------------------------------------------------- routing
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Digest of the generator sources: a routing decision is only valid for them."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in ('ir.py', 'graph.py', 'schedule.py', 'spherical.py', 'codegen.py', 'tiers.py'):
+        h.update((here / name).read_bytes())
+    for path in sorted((here.parent / 'csrc' / 'fusionrcg').glob('*.cuh')):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _arch() -> str:
+    from gpucore import gpu_available, require_gpu
+    if gpu_available():
+        return f'sm_{require_gpu().cuda.Device().compute_capability}'
+    return 'none'
+
+
+def _disk_path() -> Path | None:
+    try:
+        from gpucore import cache_dir
+        return cache_dir() / f'fusionrcg-tiers-{_code_version()}.json'
+    except Exception:       # an unwritable cache only costs re-measuring
+        return None
+
+
+def _load_disk() -> dict:
+    path = _disk_path()
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_disk(key: str, value: dict) -> None:
+    path = _disk_path()
+    if path is None:
+        return
+    data = _load_disk()
+    data[key] = value
+    tmp = path.with_suffix(f'.tmp{os.getpid()}')
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
+    """(variant, stats) of the tier a class runs in, measured and cached.
+
+    ``tier`` (or ``$FUSIONRCG_TIER``) forces a tier; otherwise start from
+    :func:`choose_tier` and move down while the compiler reports more than
+    ``SPILL_BYTES_MAX`` spill bytes or the shared variant does not fit.
+    """
+    tier = tier or os.environ.get(TIER_ENV) or None
+    nctr = tuple(int(n) for n in nctr)
+    key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'
+           f'{"".join(map(str, nctr))}|{tier or "auto"}|{_arch()}')
+    with _lock:
+        hit = _decisions.get(key)
+        if hit is None:
+            hit = _load_disk().get(key)
+            if hit is not None:
+                _decisions[key] = hit
+    if hit is not None:
+        return variant_for(program, hit['tier'], omega, nctr), hit
+    if tier:
+        variant = variant_for(program, tier, omega, nctr)
+        if not _fits(program, variant):
+            raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
+        stats = measure(program, variant)
+    else:
+        order = codegen.TIERS[codegen.TIERS.index(choose_tier(program)):]
+        for t in order:
+            variant = variant_for(program, t, omega, nctr)
+            if not _fits(program, variant):
+                continue
+            stats = measure(program, variant)
+            if t == 'global' or stats['spill_bytes'] <= SPILL_BYTES_MAX:
+                break
+    stats = dict(stats, tier=variant.tier, form=variant.form,
+                 kernel=codegen.kernel_name(program, variant))
+    with _lock:
+        _decisions[key] = stats
+    _save_disk(key, stats)
+    return variant, stats
+
+
+def compile_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> dict:
+    """``dict(registers=, spill_bytes=, shared_bytes=, tier=, form=, kernel=, compiler=)``
+    of the kernel the class runs with on this GPU (see :func:`route`); raises
+    GPUUnavailableError without one."""
+    return dict(route(program, omega, nctr, tier)[1])

@@ -1,0 +1,357 @@
+"""The emitted CUDA C++, checked on the CPU: the per-quartet functions are
+``__host__ __device__``, so g++ builds them into a shared library (ctypes) and
+their blocks are compared with libcint.  Also: the device Boys function, and
+(when nvcc is installed) that the kernels compile for sm_90.
+
+g++ runs at -O0: the test is about what the emitter writes, and -O1 spends
+minutes on a (dd|dd) function of 11k statements.
+"""
+import ctypes
+import itertools
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from pyscf_fusionrcg import codegen, host, launch, tiers
+
+CSRC = pathlib.Path(__file__).resolve().parents[2] / 'csrc'
+GXX = shutil.which('g++')
+NVCC = shutil.which('nvcc') or (shutil.which('/usr/local/cuda/bin/nvcc'))
+
+needs_gxx = pytest.mark.skipif(GXX is None, reason='g++ is not installed')
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason='nvcc is not installed')
+
+
+def _build_many(sources, tmp):
+    """Compile several C++ sources into shared libraries concurrently."""
+    procs = []
+    for k, src in enumerate(sources):
+        cpp = tmp / f'lib{k}.cpp'
+        cpp.write_text(src)
+        so = tmp / f'lib{k}.so'
+        procs.append((so, subprocess.Popen(
+            [GXX, '-O0', '-std=c++17', '-shared', '-fPIC', f'-I{CSRC}', str(cpp), '-o', str(so)],
+            stderr=subprocess.PIPE, text=True)))
+    libs = []
+    for so, p in procs:
+        err = p.communicate()[1]
+        assert p.returncode == 0, err[-4000:]
+        libs.append(ctypes.CDLL(str(so)))
+    return libs
+
+
+# (class, cart, tier, form, omega): every class with l <= 2 in registers and
+# in the table form, the memory tiers' straight form on a few, and a sample up
+# to l = 4 (Cartesian and spherical, both range-separated operators).
+L2 = launch.canonical_classes(2)
+CASES = (
+    [(ls, False, 'register', 'straight', 0.0) for ls in L2]
+    + [(ls, False, 'global', 'table', 0.0) for ls in L2]
+    + [(ls, True, 'shared', 'table', 0.0) for ls in L2]
+    + [((1, 1, 0, 0), False, 'shared', 'straight', 0.0),
+       ((2, 1, 2, 1), False, 'global', 'straight', 0.0),
+       ((2, 2, 1, 0), True, 'shared', 'straight', 0.0),
+       ((1, 1, 1, 0), False, 'register', 'straight', 0.35),
+       ((1, 1, 1, 0), True, 'register', 'straight', -0.35),
+       ((2, 2, 1, 1), False, 'global', 'table', 0.35),
+       ((2, 2, 1, 1), True, 'global', 'table', -0.35),
+       ((3, 0, 0, 0), False, 'register', 'straight', 0.0),
+       ((4, 0, 0, 0), True, 'register', 'straight', 0.0),
+       ((3, 1, 2, 0), False, 'global', 'table', 0.0),
+       ((3, 3, 0, 0), True, 'shared', 'table', 0.0),
+       ((4, 1, 1, 0), False, 'global', 'table', -0.2),
+       ((4, 2, 3, 1), False, 'global', 'table', 0.0),
+       ((3, 3, 3, 3), True, 'global', 'table', 0.0),
+       ((4, 4, 4, 4), False, 'global', 'table', 0.0),
+       ((4, 3, 4, 2), True, 'global', 'table', 0.5)]
+)
+
+
+class HostLibs:
+    """All CASES built into a few libraries; ``blocks`` runs one case."""
+
+    def __init__(self, synth, tmp):
+        self.synth = synth
+        self.entries = {}
+        chunks = [[] for _ in range(4)]
+        for n, (ls, cart, tier, form, omega) in enumerate(CASES):
+            mol = synth.mol(cart)
+            prog = host.get_program(*ls, cart=cart)
+            nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
+            var = codegen.make_variant(prog, tier, omega, nctr, form)
+            self.entries[n] = (prog, var)
+            chunks[n % len(chunks)].append((prog, var))
+        libs = _build_many([codegen.host_source(c) for c in chunks], tmp)
+        self.lib = {n: libs[n % len(chunks)] for n in self.entries}
+
+    def blocks(self, n):
+        ls, cart, tier, form, omega = CASES[n]
+        prog, var = self.entries[n]
+        mol = self.synth.mol(cart)
+        fn = getattr(self.lib[n], codegen.kernel_name(prog, var) + '_host')
+        bas, env = mol._bas, mol._env
+        P = ctypes.c_void_p
+        scratch = np.zeros(max(1, codegen.scratch_doubles(prog, var)))
+        extra = []
+        if form == 'table':
+            t = codegen.table(prog, var)
+            extra = [P(t.prim.ctypes.data), ctypes.c_int(len(t.prim)), P(t.ctr.ctypes.data),
+                     ctypes.c_int(len(t.ctr)), P(t.coef.ctypes.data), ctypes.c_int(t.n_acc)]
+        # equal-l pairs in the orientation production uses (host.HostEngine.orient)
+        quartets, swap_bra, swap_ket = host.HostEngine(mol).orient(self.synth.quartets(ls))
+        out = []
+        for shls in quartets:
+            r = np.concatenate([mol.atom_coord(bas[s, 0]) for s in shls])
+            npr = np.array([bas[s, 2] for s in shls], dtype=np.int32)
+            exps = np.concatenate([mol.bas_exp(s) for s in shls])
+            coefs = np.concatenate([env[bas[s, 6]:bas[s, 6] + bas[s, 2] * bas[s, 3]] for s in shls])
+            blk = np.zeros([n * c for n, c in zip(prog.shape, var.nctr)])
+            fn(P(r.ctypes.data), P(npr.ctypes.data), P(exps.ctypes.data), P(coefs.ctypes.data),
+               ctypes.c_double(omega), P(blk.ctypes.data), P(scratch.ctypes.data), *extra)
+            out.append(blk)
+        out = np.array(out)
+        if swap_bra.any():
+            out[swap_bra] = out[swap_bra].transpose(0, 2, 1, 3, 4)
+        if swap_ket.any():
+            out[swap_ket] = out[swap_ket].transpose(0, 1, 2, 4, 3)
+        return out
+
+
+@pytest.fixture(scope='module')
+def host_libs(synth):
+    if GXX is None:
+        pytest.skip('g++ is not installed')
+    with tempfile.TemporaryDirectory() as tmp:
+        yield HostLibs(synth, pathlib.Path(tmp))
+
+
+def _case_id(case):
+    ls, cart, tier, form, omega = case
+    name = ''.join('spdfg'[l] for l in ls)
+    return f'{name}-{"cart" if cart else "sph"}-{tier}-{form}-w{omega:g}'
+
+
+@needs_gxx
+@pytest.mark.parametrize('n', range(len(CASES)), ids=[_case_id(c) for c in CASES])
+def test_emitted_code_matches_libcint(host_libs, synth, n):
+    ls, cart, _, _, omega = CASES[n]
+    mol = synth.mol(cart)
+    got = synth.assemble(host_libs.blocks(n))
+    ref = synth.reference(mol, ls, omega)
+    # HRR cancellation at high l costs digits relative to the largest element
+    # (the host path shows the same: 7e-12 on (gg|gg))
+    assert synth.rel_err(got, ref) < (1e-12 if sum(ls) <= 8 else 1e-10)
+
+
+# ----------------------------------------------------------------- Boys
+
+_BOYS_WRAPPER = r'''
+#include "fusionrcg/boys.cuh"
+extern "C" void boys_many(int mmax, const double* t, int n, double* out) {
+  for (int i = 0; i < n; ++i) fusionrcg::boys(mmax, t[i], out + (long)i * (mmax + 1));
+}
+'''
+
+
+@needs_gxx
+def test_device_boys_matches_boys_py():
+    from pyscf_fusionrcg.boys import boys
+    with tempfile.TemporaryDirectory() as tmp:
+        src = pathlib.Path(tmp) / 'boys.cpp'
+        src.write_text(_BOYS_WRAPPER)
+        so = pathlib.Path(tmp) / 'boys.so'
+        subprocess.run([GXX, '-O2', '-shared', '-fPIC', f'-I{CSRC}', str(src), '-o', str(so)],
+                       check=True)
+        lib = ctypes.CDLL(str(so))
+    t = np.concatenate([[0.0, 1e-14, 1e-8, 1e-3], np.linspace(0.01, 60, 1201),
+                        [75.0, 100.0, 1e3, 1e5, 1e8]])
+    for mmax in (0, 1, 4, 8, 16, 24, 25, 28):
+        out = np.empty((len(t), mmax + 1))
+        lib.boys_many(ctypes.c_int(mmax), ctypes.c_void_p(t.ctypes.data), ctypes.c_int(len(t)),
+                      ctypes.c_void_p(out.ctypes.data))
+        ref = boys(mmax, t).T
+        assert np.all(np.abs(out - ref) <= 5e-14 * np.abs(ref) + 1e-300), mmax
+    try:
+        import mpmath
+    except ImportError:
+        return
+    mpmath.mp.dps = 40
+    for mmax, tv in itertools.product((4, 24), (0.7, 13.0, 25.4, 26.1, 40.0)):
+        out = np.empty(mmax + 1)
+        arr = np.array([tv])
+        lib_out = out.ctypes.data
+        lib.boys_many(ctypes.c_int(mmax), ctypes.c_void_p(arr.ctypes.data), ctypes.c_int(1),
+                      ctypes.c_void_p(lib_out))
+        for m in range(mmax + 1):
+            exact = mpmath.gammainc(m + 0.5, 0, tv) / (2 * mpmath.mpf(tv) ** (m + 0.5))
+            assert abs(out[m] - float(exact)) <= 5e-15 * float(exact), (mmax, tv, m)
+
+
+# ----------------------------------------------------------- slots / tables
+
+def test_slots_never_exceed_peak_live():
+    """The linear scan reuses slots: the footprint is the orchestrated peak."""
+    from pyscf_fusionrcg.schedule import peak_live
+    for ls in [(1, 1, 1, 1), (2, 1, 2, 0), (2, 2, 2, 2)]:
+        prog = host.get_program(*ls)
+        assert codegen.assign_slots(prog)[1] <= peak_live(prog)
+
+
+def test_table_kernels_are_shared_between_classes():
+    """The table form's text depends only on (max_m, operator, tier) for nctr = 1."""
+    a, b = host.get_program(2, 2, 0, 0), host.get_program(1, 1, 1, 1)
+    va, vb = (codegen.make_variant(p, 'global', form='table') for p in (a, b))
+    assert codegen.kernel_source(a, va) == codegen.kernel_source(b, vb)
+    big = host.get_program(2, 2, 2, 2)
+    assert tiers.variant_for(big, 'global').form == 'table'
+
+
+# ----------------------------------------------------------------- nvcc
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize('ls,tier', [((0, 0, 0, 0), 'register'), ((1, 1, 0, 0), 'register'),
+                                     ((1, 1, 1, 1), 'shared'), ((2, 2, 2, 2), 'global')])
+def test_kernels_compile_with_nvcc(ls, tier):
+    prog = host.get_program(*ls)
+    stats = tiers.nvcc_stats(prog, tier)
+    assert 0 < stats['registers'] <= 255
+    if tier != 'register':
+        assert stats['spill_bytes'] == 0
+
+
+@needs_nvcc
+def test_digest_compiles_with_nvcc():
+    src = CSRC / 'fusionrcg' / 'digest.cu'
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([NVCC, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{CSRC}', str(src),
+                              '-o', str(pathlib.Path(tmp) / 'd.cubin')], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert 'spill stores' in res.stderr and ' 0 bytes spill stores' in res.stderr
+
+
+# ------------------------------------------------- kernels emulated on the CPU
+#
+# The __global__ kernels themselves (argument unpacking, the grid-stride loop,
+# the [element][quartet] output, the shared and global scratch addressing,
+# digestion) are built with g++ under a few macros and run thread by thread.
+
+_EMULATION = r'''
+#include <cmath>
+struct FrDim { unsigned x = 1, y = 1, z = 1; };
+static FrDim blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __shared__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+double fr_smem[1 << 21];
+inline double atomicAdd(double* a, double v) { double o = *a; *a += v; return o; }
+template <class F, class... A>
+void fr_launch(F f, int grid, int block, A... a) {
+  gridDim.x = grid; blockDim.x = block;
+  for (int b = 0; b < grid; ++b)
+    for (int t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; f(a...); }
+}
+'''
+
+
+def _emulated(src_and_entries, tmp):
+    source = _EMULATION + ''.join(src_and_entries)
+    return _build_many([source], tmp)[0]
+
+
+@needs_gxx
+@pytest.mark.parametrize('ls,tier,form,cart,omega', [
+    ((1, 1, 1, 0), 'register', 'straight', False, 0.0),
+    ((1, 1, 0, 0), 'shared', 'straight', True, 0.3),
+    ((2, 1, 1, 0), 'global', 'straight', False, -0.3),
+    ((2, 2, 1, 1), 'shared', 'table', False, 0.0),
+    ((3, 2, 2, 1), 'global', 'table', True, 0.0)])
+def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
+    mol = synth.mol(cart)
+    prog = host.get_program(*ls, cart=cart)
+    nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
+    var = codegen.make_variant(prog, tier, omega, nctr, form)
+    src, name = codegen.kernel_source(prog, var)
+    tab = form == 'table'
+    targs = ', const unsigned* p, int pw, const unsigned* c, int cw, const double* co, int na' if tab else ''
+    tpass = ', p, pw, c, cw, co, na' if tab else ''
+    entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
+             f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
+             f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n')
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = _emulated([src, entry], pathlib.Path(tmp))
+    quartets = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
+    bas = mol._bas
+    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
+                                        axis=1), dtype=np.int32)
+    env = np.ascontiguousarray(mol._env)
+    # memory tiers address slots with the compiled block size; the register
+    # tier runs fewer threads than work items so that the grid strides
+    block = 8 if tier == 'register' else codegen.block_size(prog, var)
+    grid = 2
+    n_slots = codegen.scratch_doubles(prog, var)
+    nelem = int(np.prod(prog.shape)) * int(np.prod(nctr))
+    out = np.full((nelem, len(quartets)), np.nan)
+    scratch = np.zeros(max(1, grid * block * n_slots)) if tier == 'global' else np.zeros(1)
+    P = ctypes.c_void_p
+    args = [ctypes.c_int(grid), ctypes.c_int(block), P(quartets.ctypes.data),
+            ctypes.c_int(len(quartets)), P(shl.ctypes.data), P(env.ctypes.data),
+            ctypes.c_double(omega), P(out.ctypes.data), P(scratch.ctypes.data), ctypes.c_int(n_slots)]
+    if tab:
+        t = codegen.table(prog, var)
+        args += [P(t.prim.ctypes.data), ctypes.c_int(len(t.prim)), P(t.ctr.ctypes.data),
+                 ctypes.c_int(len(t.ctr)), P(t.coef.ctypes.data), ctypes.c_int(t.n_acc)]
+    lib.run(*args)
+    dims = [n * c for n, c in zip(prog.shape, nctr)]
+    got = synth.assemble(out.T.reshape([len(quartets)] + dims))
+    assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
+
+
+@needs_gxx
+@pytest.mark.parametrize('hermi', [1, 0])
+def test_digest_emulated_on_cpu(hermi):
+    """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule."""
+    from pyscf import gto
+    from pyscf.scf import hf
+    from pyscf_fusionrcg.screening import build_tasks
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis='6-31g*',
+                verbose=0)
+    nao = mol.nao
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(2, nao, nao))
+    d = d + d.transpose(0, 2, 1) if hermi == 1 else d
+    entry = ('extern "C" void run(int nb, int nk, const double* g, int nq, const int* q, '
+             'const double* deg, const int* ao, int di, int dj, int dk, int dl, int nao, '
+             'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk2) {\n'
+             '  fr_launch(fr_digest_bra, nb, 1, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
+             'dmk, kh, nk2);\n'
+             '  fr_launch(fr_digest_ket, nk, 1, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj);\n}\n')
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = _emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
+    dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
+    dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
+    jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)
+    ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
+    P = ctypes.c_void_p
+    for t in build_tasks(mol, d, 0.0, 1e-14):
+        q = np.ascontiguousarray(t.quartets, dtype=np.int32)
+        blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
+        dims = blocks.shape[1:]
+        g = np.ascontiguousarray(blocks.reshape(len(q), -1).T)      # [element][quartet]
+        deg = np.ascontiguousarray(t.degeneracy, dtype=np.float64)
+        lib.run(ctypes.c_int(len(q) * dims[0] * dims[1]), ctypes.c_int(len(q) * dims[2] * dims[3]),
+                P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data), P(deg.ctypes.data),
+                P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
+                P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
+                P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
+    vj = jh + jh.transpose(0, 2, 1)
+    vk = kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:2] + kh[2:].transpose(0, 2, 1)
+    ref_j, ref_k = hf.get_jk(mol, d, hermi=hermi)
+    assert np.abs(vj - ref_j).max() < 1e-11
+    assert np.abs(vk - ref_k).max() < 1e-11

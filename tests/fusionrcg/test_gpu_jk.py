@@ -1,0 +1,134 @@
+"""GPU path: generated kernels against libcint, and J/K against PySCF's CPU get_jk.
+
+Skipped cleanly without a GPU (the ``gpu`` marker).  References are computed
+fresh on the CPU each run; densities are minao guesses, which keeps PySCF's
+reference quick on the large bases.
+"""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from pyscf import gto, scf
+
+from pyscf_fusionrcg import launch
+from pyscf_fusionrcg.jk import get_jk
+
+pytestmark = pytest.mark.gpu
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TOL = 1e-9
+
+
+def molecules_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get('FUSION_MOLECULES', REPO.parent / 'shared' / 'molecules'))
+
+
+def vitamin_c(basis):
+    path = molecules_dir() / 'organic' / '020_Vitamin_C.xyz'
+    if not path.is_file():
+        pytest.skip(f'{path} not found (set FUSION_MOLECULES)')
+    return gto.M(atom=str(path), basis=basis, verbose=0)
+
+
+def minao_dm(mol):
+    return scf.RHF(mol).get_init_guess(key='minao')
+
+
+def reference_jk(mol, dm, hermi=1, omega=0.0):
+    """PySCF's CPU J/K through an SCF object: its direct-SCF screening keeps
+    the (VitC/QZVP) reference to a minute on 16 cores."""
+    return scf.RHF(mol).get_jk(mol, dm, hermi=hermi, omega=omega or None)
+
+
+def _check(mol, dm, hermi=1, omega=0.0):
+    ref_j, ref_k = reference_jk(mol, dm, hermi, omega)
+    vj, vk = get_jk(mol, dm, hermi=hermi, omega=omega, backend='gpu')
+    assert np.abs(vj - ref_j).max() < TOL
+    assert np.abs(vk - ref_k).max() < TOL
+
+
+# -------------------------------------------------------------- blocks
+
+SAMPLE = launch.canonical_classes(2) + [
+    (3, 0, 0, 0), (3, 1, 2, 0), (3, 3, 1, 1), (3, 3, 3, 3), (4, 0, 0, 0), (4, 2, 3, 1),
+    (4, 4, 2, 2), (4, 3, 4, 2), (4, 4, 4, 4), (5, 0, 0, 0), (5, 3, 2, 1), (5, 5, 5, 5)]
+
+
+@pytest.mark.parametrize('cart', [False, True])
+@pytest.mark.parametrize('omega', [0.0, 0.4, -0.4])
+def test_engine_blocks_match_libcint(synth, cart, omega):
+    from pyscf_fusionrcg.launch import GPUEngine
+    mol = synth.mol(cart)
+    eng = GPUEngine(mol, omega)
+    classes = SAMPLE if omega == 0.0 else SAMPLE[::3]
+    for ls in classes:
+        got = synth.assemble(eng.quartet_blocks(synth.quartets(ls)))
+        err = synth.rel_err(got, synth.reference(mol, ls, omega))
+        assert err < (1e-12 if sum(ls) <= 8 else 1e-10), (ls, cart, omega, err)
+
+
+@pytest.mark.parametrize('tier', ['register', 'shared', 'global'])
+def test_every_tier_computes_the_same_blocks(synth, tier):
+    from pyscf_fusionrcg.launch import GPUEngine
+    mol = synth.mol(False)
+    eng = GPUEngine(mol, tier=tier)
+    for ls in [(0, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 0), (2, 1, 1, 0)]:
+        got = synth.assemble(eng.quartet_blocks(synth.quartets(ls)))
+        assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, (ls, tier)
+
+
+def test_small_budget_splits_batches(synth):
+    from pyscf_fusionrcg.launch import GPUEngine
+    mol = synth.mol(False)
+    ls = (2, 2, 2, 2)
+    eng = GPUEngine(mol)
+    full = eng.quartet_blocks(synth.quartets(ls))
+    kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1))
+    tiny = 8 * kern.nelem * 3 + 8 * kern.n_slots * kern.block   # three quartets a batch
+    assert np.array_equal(eng.quartet_blocks(synth.quartets(ls), budget=tiny), full)
+    with pytest.raises(MemoryError):
+        eng.quartet_blocks(synth.quartets(ls), budget=1024)
+
+
+# -------------------------------------------------------------- J and K
+
+@pytest.mark.parametrize('basis', ['def2-TZVP', 'def2-QZVP', 'cc-pVQZ'])
+def test_vitamin_c_jk(basis):
+    mol = vitamin_c(basis)
+    _check(mol, minao_dm(mol))
+
+
+def test_cc_pv5z_small_molecule():
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='cc-pV5Z', verbose=0)
+    _check(mol, minao_dm(mol))
+
+
+def test_uhf_stacked_and_general_densities():
+    mol = vitamin_c('def2-TZVP')
+    dm = minao_dm(mol)
+    rng = np.random.default_rng(3)
+    noise = rng.normal(scale=1e-2, size=dm.shape)
+    dms = np.stack([dm, dm + noise + noise.T])           # alpha, beta
+    _check(mol, dms, hermi=1)
+    _check(mol, dm + noise, hermi=0)                     # non-hermitian
+
+
+@pytest.mark.parametrize('omega', [0.3, -0.3])
+def test_range_separated_jk(omega):
+    mol = vitamin_c('def2-TZVP')
+    _check(mol, minao_dm(mol), omega=omega)
+
+
+def test_j_only_k_only_and_cupy_in_cupy_out():
+    import cupy as cp
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-SVP', verbose=0)
+    dm = minao_dm(mol)
+    ref_j, ref_k = reference_jk(mol, dm)
+    vj, vk = get_jk(mol, cp.asarray(dm), with_k=False, backend='gpu')
+    assert isinstance(vj, cp.ndarray) and vk is None
+    assert float(abs(vj.get() - ref_j).max()) < TOL
+    vj, vk = get_jk(mol, dm, with_j=False, backend='gpu')
+    assert vj is None and np.abs(vk - ref_k).max() < TOL

@@ -1,0 +1,143 @@
+"""FusionRCG J/K against PySCF's direct J/K (1e-9), with the host engine and libcint blocks."""
+import numpy as np
+import pytest
+from pyscf import gto, scf
+
+from pyscf_fusionrcg.jk import LibcintBlocks, cpu_engine, get_jk
+from pyscf_fusionrcg.screening import schwarz_bounds, to_host
+
+H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
+NH3 = "N 0 0 0.116; H 0 0.939 -0.271; H 0.813 -0.470 -0.271; H -0.813 -0.470 -0.271"
+ATOL = 1e-9
+
+MOLS = {
+    "h2o-sto3g": dict(atom=H2O, basis="sto-3g"),
+    "nh3-631gs": dict(atom=NH3, basis="6-31g*"),
+    "h2o-def2svp": dict(atom=H2O, basis="def2-svp"),
+    "n2-ccpvtz": dict(atom="N 0 0 0; N 0 0 1.1", basis="cc-pvtz"),   # f, nctr = 2
+    "h2o-631gs-cart": dict(atom=H2O, basis="6-31g*", cart=True),
+    "h2o-ghosts": dict(atom=H2O + "; ghost-O 0 0 2.6; X-H 0 0.8 3.1", basis="6-31g"),
+}
+ENGINES = {"libcint": LibcintBlocks, "host": cpu_engine}
+
+
+def _mol(name):
+    return gto.M(verbose=0, **MOLS[name])
+
+
+def _dms(mol, nset, hermi, seed=7):
+    rng = np.random.default_rng(seed)
+    dm = rng.standard_normal((nset, mol.nao, mol.nao)) * 0.3
+    if hermi == 1:
+        dm = dm + dm.transpose(0, 2, 1)
+    return dm[0] if nset == 1 else dm
+
+
+def _check(mol, dm, hermi=1, omega=None, engine="host", with_j=True, with_k=True):
+    om = mol.omega if omega is None else omega
+    eng = ENGINES[engine](mol, om)
+    vj, vk = get_jk(mol, dm, hermi, with_j, with_k, omega, engine=eng)
+    rj, rk = scf.hf.get_jk(mol, dm, hermi, omega=omega)
+    if with_j:
+        assert vj.shape == np.shape(dm)
+        np.testing.assert_allclose(vj, rj, atol=ATOL, rtol=0)
+    else:
+        assert vj is None
+    if with_k:
+        assert vk.shape == np.shape(dm)
+        np.testing.assert_allclose(vk, rk, atol=ATOL, rtol=0)
+    else:
+        assert vk is None
+
+
+# The host engine's first f-shell build compiles every class up to (ff|ff): slow.
+@pytest.mark.parametrize("name,engine", [
+    pytest.param(n, e, marks=pytest.mark.slow if (n, e) == ("n2-ccpvtz", "host") else ())
+    for n in MOLS for e in ENGINES])
+def test_jk_matches_pyscf(name, engine):
+    mol = _mol(name)
+    _check(mol, _dms(mol, 1, 1), engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stacked_uhf_densities(engine):
+    mol = _mol("nh3-631gs")
+    _check(mol, _dms(mol, 2, 1), engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("nset", [1, 3])
+def test_non_hermitian_densities(nset, engine):
+    mol = _mol("h2o-def2svp")
+    _check(mol, _dms(mol, nset, 0), hermi=0, engine=engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("omega", [0.4, -0.4])
+@pytest.mark.parametrize("name", ["h2o-def2svp", "h2o-631gs-cart"])
+def test_range_separated(name, omega, engine):
+    mol = _mol(name)
+    _check(mol, _dms(mol, 2, 1), omega=omega, engine=engine)
+
+
+def test_mol_omega_is_the_default_operator():
+    mol = _mol("h2o-sto3g")
+    mol.omega = 0.5
+    _check(mol, _dms(mol, 1, 1))
+
+
+@pytest.mark.parametrize("hermi", [1, 0])
+@pytest.mark.parametrize("only", ["j", "k"])
+def test_j_only_and_k_only(only, hermi):
+    mol = _mol("nh3-631gs")
+    _check(mol, _dms(mol, 2, hermi), hermi=hermi, with_j=only == "j", with_k=only == "k")
+
+
+def test_complex_density_is_linear_in_real_and_imaginary_parts():
+    mol = _mol("h2o-sto3g")
+    re, im = _dms(mol, 1, 0, 1), _dms(mol, 1, 0, 2)
+    vj, vk = get_jk(mol, re + 1j * im, hermi=0)
+    for v, r, i in zip((vj, vk), scf.hf.get_jk(mol, re, 0), scf.hf.get_jk(mol, im, 0)):
+        np.testing.assert_allclose(v, r + 1j * i, atol=ATOL)
+
+
+def test_cached_schwarz_bounds_are_reused():
+    mol = _mol("h2o-def2svp")
+    dm = _dms(mol, 1, 1)
+    q = schwarz_bounds(mol)
+    np.testing.assert_allclose(get_jk(mol, dm, q_cond=q)[1], get_jk(mol, dm)[1], atol=1e-14)
+
+
+def test_scf_density_matches_mf_get_jk():
+    mol = _mol("h2o-def2svp")
+    mf = scf.RHF(mol).run()
+    dm = mf.make_rdm1()
+    for got, ref in zip(get_jk(mol, dm), mf.get_jk(mol, dm)):
+        np.testing.assert_allclose(got, ref, atol=ATOL)
+
+
+def test_unknown_backend_is_refused():
+    mol = _mol("h2o-sto3g")
+    with pytest.raises(ValueError, match="backend"):
+        get_jk(mol, _dms(mol, 1, 1), backend="tpu")
+
+
+def test_gpu_backend_without_gpu_raises():
+    from gpucore import GPUUnavailableError, gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    mol = _mol("h2o-sto3g")
+    with pytest.raises(GPUUnavailableError, match="GPU"):
+        get_jk(mol, _dms(mol, 1, 1), backend="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hermi", [1, 0])
+@pytest.mark.parametrize("omega", [0.0, 0.3, -0.3])
+def test_gpu_backend_matches_pyscf(omega, hermi):
+    mol = _mol("n2-ccpvtz")
+    dm = _dms(mol, 2, hermi)
+    vj, vk = get_jk(mol, dm, hermi, omega=omega, backend="gpu")
+    rj, rk = scf.hf.get_jk(mol, dm, hermi, omega=omega)
+    np.testing.assert_allclose(to_host(vj), rj, atol=ATOL)
+    np.testing.assert_allclose(to_host(vk), rk, atol=ATOL)

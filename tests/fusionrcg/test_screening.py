@@ -1,0 +1,109 @@
+"""Task lists: canonical unique quartets, degeneracies, Schwarz and density screening."""
+import numpy as np
+import pytest
+from pyscf import gto
+
+from pyscf_fusionrcg.jk import LibcintBlocks, get_jk
+from pyscf_fusionrcg.screening import (build_tasks, schwarz_bounds,
+                                       shell_density_max)
+
+WATER = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
+
+
+@pytest.fixture(scope="module")
+def water_ccpvdz():
+    # cc-pVDZ has generally contracted shells (nctr = 2): several shapes per class.
+    return gto.M(atom=WATER, basis="cc-pvdz", verbose=0)
+
+
+def _rand_dm(mol, seed=0, sym=True):
+    rng = np.random.default_rng(seed)
+    dm = rng.standard_normal((mol.nao, mol.nao))
+    return dm + dm.T if sym else dm
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.3, -0.3])
+@pytest.mark.parametrize("cart", [False, True])
+def test_schwarz_bounds_match_diagonal_integrals(omega, cart):
+    mol = gto.M(atom=WATER, basis="6-31g*", cart=cart, verbose=0)
+    intor = "int2e_cart" if cart else "int2e_sph"
+    ref = np.empty((mol.nbas, mol.nbas))
+    with mol.with_range_coulomb(omega):
+        for i in range(mol.nbas):
+            for j in range(mol.nbas):
+                ref[i, j] = np.sqrt(abs(mol.intor_by_shell(intor, (i, j, i, j))).max())
+    np.testing.assert_allclose(schwarz_bounds(mol, omega), ref, rtol=1e-12, atol=1e-14)
+
+
+def test_shell_density_max_covers_both_orientations(water_ccpvdz):
+    mol = water_ccpvdz
+    dm = np.zeros((2, mol.nao, mol.nao))
+    dm[1, 0, mol.nao - 1] = -3.0
+    d = shell_density_max(mol, dm)
+    assert d[0, mol.nbas - 1] == d[mol.nbas - 1, 0] == 3.0
+    assert d.sum() == 6.0
+
+
+def test_unscreened_tasks_enumerate_each_unique_quartet_once(water_ccpvdz):
+    mol = water_ccpvdz
+    tasks = build_tasks(mol, _rand_dm(mol), direct_scf_tol=0.0)
+    ls = mol._bas[:, gto.ANG_OF]
+    nctr = mol._bas[:, gto.NCTR_OF]
+    seen = set()
+    for t in tasks:
+        q = t.quartets
+        assert q.dtype == np.int32 and q.shape[1] == 4
+        assert t.degeneracy.dtype == np.float64 and t.degeneracy.shape == (len(q),)
+        assert (ls[q] == t.key).all() and (nctr[q] == t.nctr).all()
+        la, lb, lc, ld = t.key
+        assert la >= lb and lc >= ld and (la, lb) >= (lc, ld)
+        a, b, c, d = q.T
+        assert ((ls[a] > ls[b]) | (a >= b)).all() and ((ls[c] > ls[d]) | (c >= d)).all()
+        if (la, lb) == (lc, ld):
+            assert ((a > c) | ((a == c) & (b >= d))).all()
+        expect = 0.5 ** ((a == b).astype(int) + (c == d) + ((a == c) & (b == d)))
+        np.testing.assert_array_equal(t.degeneracy, expect)
+        for row in q:
+            i, j, k, l = (int(x) for x in row)
+            ij, kl = (max(i, j), min(i, j)), (max(k, l), min(k, l))
+            key = (max(ij, kl), min(ij, kl))
+            assert key not in seen
+            seen.add(key)
+    npair = mol.nbas * (mol.nbas + 1) // 2
+    assert len(seen) == npair * (npair + 1) // 2
+
+
+def test_degeneracy_times_8_covers_every_ao_quartet(water_ccpvdz):
+    mol = water_ccpvdz
+    dims = np.diff(mol.ao_loc)
+    total = sum(8 * (t.degeneracy * dims[t.quartets].prod(axis=1)).sum()
+                for t in build_tasks(mol, _rand_dm(mol), direct_scf_tol=0.0))
+    assert total == pytest.approx(mol.nao ** 4, rel=1e-14)
+
+
+def test_zero_density_or_nothing_asked_gives_no_tasks(water_ccpvdz):
+    mol = water_ccpvdz
+    assert build_tasks(mol, np.zeros((mol.nao, mol.nao))) == []
+    assert build_tasks(mol, _rand_dm(mol), with_j=False, with_k=False) == []
+
+
+def test_density_screening_drops_far_blocks_and_keeps_accuracy():
+    """Two waters 30 A apart with a block-diagonal density: K couples nothing across."""
+    far = WATER + "; " + "; ".join(
+        f"{s} {x} {y} {z + 30.0}" for s, x, y, z in
+        (("O", 0, 0, 0.117), ("H", 0, 0.757, -0.469), ("H", 0, -0.757, -0.469)))
+    mol = gto.M(atom=far, basis="6-31g", verbose=0)
+    half = mol.nao // 2
+    dm = np.zeros((mol.nao, mol.nao))
+    dm[:half, :half] = dm[half:, half:] = _rand_dm(gto.M(atom=WATER, basis="6-31g"), 1)
+    q = schwarz_bounds(mol)
+    n_all = sum(len(t) for t in build_tasks(mol, dm, direct_scf_tol=0.0, q_cond=q))
+    n_jk = sum(len(t) for t in build_tasks(mol, dm, q_cond=q))
+    n_k = sum(len(t) for t in build_tasks(mol, dm, q_cond=q, with_j=False))
+    n_j = sum(len(t) for t in build_tasks(mol, dm, q_cond=q, with_k=False))
+    # K needs all four shells on one water; J also couples the two waters.
+    assert n_k < n_j == n_jk < n_all
+    ref = get_jk(mol, dm, direct_scf_tol=0.0, engine=LibcintBlocks(mol), q_cond=q)
+    got = get_jk(mol, dm, direct_scf_tol=1e-13, engine=LibcintBlocks(mol), q_cond=q)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, atol=1e-11)

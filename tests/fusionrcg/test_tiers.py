@@ -1,0 +1,122 @@
+"""Tier routing: the static choice from the peak live set, and the measured
+re-routing on spills (with a fake compiler on the CPU, the real one on a GPU)."""
+import shutil
+
+import pytest
+
+from pyscf_fusionrcg import codegen, host, launch, tiers
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path):
+    """Routing decisions in a private file, none in memory."""
+    monkeypatch.setattr(tiers, '_decisions', {})
+    monkeypatch.setattr(tiers, '_disk_path', lambda: tmp_path / 'tiers.json')
+    monkeypatch.delenv(tiers.TIER_ENV, raising=False)
+    return tmp_path / 'tiers.json'
+
+
+def test_static_choice_follows_peak_live(monkeypatch):
+    assert tiers.choose_tier(host.get_program(0, 0, 0, 0)) == 'register'
+    assert tiers.choose_tier(host.get_program(1, 1, 1, 1)) == 'shared'      # peak 104
+    assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'global'      # peak 1127
+    prog = host.get_program(1, 0, 0, 0)
+    shared_max = codegen.SHARED_BYTES_MAX // (8 * tiers.SHARED_MIN_THREADS)
+    for peak, tier in ((tiers.REG_PEAK_MAX, 'register'), (tiers.REG_PEAK_MAX + 1, 'shared'),
+                       (shared_max, 'shared'), (shared_max + 1, 'global')):
+        monkeypatch.setattr(tiers, 'peak_live', lambda p, v=peak: v)
+        assert tiers.choose_tier(prog) == tier
+
+
+def test_form_follows_program_size():
+    small, big = host.get_program(1, 1, 0, 0), host.get_program(2, 2, 2, 2)
+    assert tiers.variant_for(small, 'shared').form == 'straight'
+    assert tiers.variant_for(big, 'global').form == 'table'
+    assert tiers.variant_for(small, 'register').form == 'straight'
+
+
+def _fake_measure(spills, calls):
+    def measure(program, variant):
+        calls.append(variant.tier)
+        return {'registers': 255, 'spill_bytes': spills[variant.tier], 'shared_bytes': 0,
+                'compiler': 'fake'}
+    return measure
+
+
+def test_spilling_register_variant_moves_to_shared_then_global(monkeypatch, fresh_cache):
+    prog = host.get_program(1, 0, 0, 0)
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure(
+        {'register': tiers.SPILL_BYTES_MAX + 8, 'shared': 0, 'global': 0}, calls))
+    variant, stats = tiers.route(prog)
+    assert variant.tier == stats['tier'] == 'shared' and calls == ['register', 'shared']
+
+    prog2 = host.get_program(1, 1, 0, 0)
+    calls.clear()
+    monkeypatch.setattr(tiers, 'measure', _fake_measure(
+        {'register': 4096, 'shared': 4096, 'global': 4096}, calls))
+    variant, stats = tiers.route(prog2)
+    assert variant.tier == 'global' and calls == ['register', 'shared', 'global']
+
+
+def test_decisions_are_cached_in_memory_and_on_disk(monkeypatch, fresh_cache):
+    prog = host.get_program(1, 0, 0, 0)
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, calls))
+    first = tiers.compile_stats(prog)
+    assert first['tier'] == 'register' and calls == ['register']
+    assert tiers.compile_stats(prog) == first and calls == ['register']
+    assert fresh_cache.is_file()
+    monkeypatch.setattr(tiers, '_decisions', {})
+    assert tiers.compile_stats(prog) == first and calls == ['register']   # from disk
+
+
+def test_override_forces_the_tier(monkeypatch, fresh_cache):
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'global': 0, 'shared': 0}, calls))
+    prog = host.get_program(0, 0, 0, 0)
+    assert tiers.route(prog, tier='global')[0].tier == 'global'
+    monkeypatch.setenv(tiers.TIER_ENV, 'shared')
+    assert tiers.route(prog)[0].tier == 'shared'
+
+
+def test_shared_tier_that_cannot_fit_is_skipped(monkeypatch, fresh_cache):
+    prog = host.get_program(2, 2, 2, 2)          # 1127 slots: no warp fits 227 KiB
+    monkeypatch.setattr(tiers, 'choose_tier', lambda p: 'shared')
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'global': 0}, calls))
+    assert tiers.route(prog)[0].tier == 'global' and calls == ['global']
+    with pytest.raises(ValueError):
+        tiers.route(prog, tier='shared')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='nvcc is not installed')
+def test_nvcc_reports_registers_without_gpu():
+    stats = tiers.nvcc_stats(host.get_program(0, 0, 0, 0))
+    assert stats['tier'] == 'register' and stats['compiler'].startswith('nvcc')
+    assert 0 < stats['registers'] <= 255 and stats['spill_bytes'] == 0
+
+
+def test_compile_stats_needs_a_gpu(fresh_cache):
+    from gpucore import GPUUnavailableError, gpu_available
+    if gpu_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(GPUUnavailableError):
+        tiers.compile_stats(host.get_program(0, 0, 0, 0))
+
+
+@pytest.mark.gpu
+def test_measured_routing_on_gpu(fresh_cache):
+    """NVRTC + driver attributes; the chosen tier never spills beyond the limit."""
+    for ls in [(0, 0, 0, 0), (1, 1, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (4, 4, 4, 4)]:
+        stats = tiers.compile_stats(host.get_program(*ls))
+        assert stats['compiler'] == 'nvrtc' and 0 < stats['registers'] <= 255
+        assert stats['tier'] == 'global' or stats['spill_bytes'] <= tiers.SPILL_BYTES_MAX
+
+
+@pytest.mark.gpu
+def test_precompile_lists_every_class():
+    lines = launch.precompile(lmax=2)
+    assert len(lines) == len(launch.canonical_classes(2)) == 21
+    assert all('tier=' in line and 'registers=' in line for line in lines)
