@@ -5,6 +5,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: torch's thread pool costs more than it saves (and CI has 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

@@ -15,15 +15,6 @@ from ase_flashschnet.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: torch's thread pool costs more than it saves (and CI has 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def files(tmp_path, small_model):
     model = tmp_path / "tiny.pt"

@@ -18,15 +18,6 @@ from ase_flashschnet.model import SchNet, UnknownElementError
 NVE_DRIFT_BOUND_EV = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: torch's thread pool costs more than it saves (and CI has 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def model(small_model):
     return small_model(cutoff=3.0)
