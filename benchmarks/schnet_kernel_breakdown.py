@@ -51,27 +51,11 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
 from _common import environment_meta, write_results  # noqa: E402
-from schnet_throughput import build_case  # noqa: E402
+from schnet_throughput import build_case, median_ms  # noqa: E402
 
 from ase_flashschnet import fused as fz  # noqa: E402
 
 DEFAULT_VARIANTS = ["FS_PIPELINE=0,SEG_CHUNK=1", "FS_PIPELINE=0", "FS_PROFILE=1"]
-
-
-def cuda_ms(fn, warmup: int, reps: int) -> float:
-    """Median CUDA-event time of ``fn`` in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def host_ms(fn, reps: int) -> float:
@@ -166,7 +150,7 @@ def run_precision(model, types, pos, graph, precision, variants, warmup, reps, d
     cfg = model.config
     flop_f, flop_b = fz.cfconv_flops(csr.n_edges, cfg["num_filters"], cfg["num_rbf"], precision)
     n_int = len(mf._blocks)
-    t = lambda fn: cuda_ms(fn, warmup, reps)  # noqa: E731
+    t = lambda fn: median_ms(fn, warmup, reps)  # noqa: E731
 
     def cf_rows(kern, variant: str, ref=None):
         fwd = sum(t(lambda i=i: kern.cfconv_forward(hs[i], d, csr, mf._blocks[i])) for i in range(n_int))
