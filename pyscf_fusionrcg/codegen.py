@@ -16,6 +16,11 @@ Where the temporaries live is the *tier*:
   before the primitive loops;
 * ``shared``: per-thread slices of dynamic shared memory, slot ``k`` of a
   thread at ``smem[k*block + threadIdx.x]``;
+* ``warp``: one *warp* per work item, its slots in shared memory
+  (``n_slots`` doubles per warp, slot ``k`` at ``smem[warp*n_slots + k]``):
+  the lanes split the work of the class between them, so a class whose live
+  set is far too large for one thread's share of shared memory still runs
+  from shared memory (a (dd|dd) quartet needs 10 KB per warp, not per thread);
 * ``global``: a scratch slab per block laid out ``[slot][thread]``, slot ``k``
   at ``scratch[(blockIdx.x*n_slots + k)*block + threadIdx.x]``: a warp's
   accesses to one slot are coalesced and all offsets are compile-time.
@@ -55,8 +60,8 @@ import numpy as np
 
 from . import ir
 
-TIERS = ('register', 'shared', 'global')
-FORMS = ('straight', 'table')
+TIERS = ('register', 'shared', 'warp', 'global')
+FORMS = ('straight', 'table', 'levels')
 
 #: Threads per block of the register tier, and of the global tier (smaller, so
 #: that the per-block scratch slabs of the largest classes still give every SM
@@ -67,6 +72,12 @@ GLOBAL_BLOCK = 64
 #: (H100/H200 allow 227 KiB of dynamic shared memory per block).
 SHARED_BLOCK_MAX = 128
 SHARED_BYTES_MAX = 227 * 1024
+SM_SHARED_BYTES = 228 * 1024
+#: Warp tier: warps per block (fewer when a warp's slots are large), and the
+#: most ops of one level (two per lane: enough to fill the warp, few enough to
+#: keep the live set near the orchestrated peak).
+WARP_BLOCK_WARPS = 4
+LEVEL_WIDTH = 64
 #: Accumulators one thread may hold for several contracted-function tuples
 #: (general contraction): tuples are grouped while group * n_acc <= this, and
 #: at most GROUP_MAX of them (the op stream's tuple field has 4 bits).
@@ -101,7 +112,8 @@ class Variant:
     def __post_init__(self):
         if self.tier not in TIERS:
             raise ValueError(f'tier must be one of {TIERS}, not {self.tier!r}')
-        if self.form not in FORMS or (self.tier == 'register' and self.form != 'straight'):
+        if (self.form not in FORMS or (self.tier == 'register' and self.form != 'straight')
+                or (self.tier == 'warp') != (self.form == 'levels')):
             raise ValueError(f'form {self.form!r} is not available for the {self.tier} tier')
         if prod(self.nctr) % self.group:
             raise ValueError('group must divide the number of contraction tuples')
@@ -125,9 +137,10 @@ def tuples_per_thread(program: ir.Program, nctr) -> int:
 
 def make_variant(program: ir.Program, tier='register', omega=0.0, nctr=(1, 1, 1, 1),
                  form=None) -> Variant:
-    """Variant for a class; ``form`` defaults to straight (register) / table (memory)."""
+    """Variant for a class; ``form`` defaults to straight (register) / levels
+    (warp) / table (shared, global)."""
     nctr = tuple(int(n) for n in nctr)
-    form = form or ('straight' if tier == 'register' else 'table')
+    form = form or {'register': 'straight', 'warp': 'levels'}.get(tier, 'table')
     return Variant(tier, omega_kind(omega), nctr, tuples_per_thread(program, nctr), form)
 
 
@@ -137,9 +150,9 @@ def kernel_name(program: ir.Program, variant: Variant) -> str:
     n = ''.join(str(x) for x in variant.nctr)
     tail = f'{variant.tier}_{w}_n{n}_g{variant.group}'
     cls = f'{program.name}_{"cart" if program.cart else "sph"}'
-    if variant.form == 'table':
+    if variant.form in ('table', 'levels'):
         # the text depends on the class only through block offsets of tuples
-        return f'fr_eri_table_m{program.max_m}{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}'
+        return f'fr_eri_{variant.form}_m{program.max_m}{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}'
     return f'fr_eri_{cls}_{tail}'
 
 
@@ -225,41 +238,102 @@ def sequence(program: ir.Program, group: int = 1) -> Sequence:
         nz + len(op) - 1, NT, NA, is_prim)
 
 
-def _assign(seq: Sequence, first: int = 0):
-    """Linear-scan slots of the operands of a sequence; see :func:`assign_slots`."""
+def _assign(seq: Sequence, first: int = 0, level=None):
+    """Linear-scan slots of the operands of a sequence; see :func:`assign_slots`.
+
+    ``level`` (one per statement, non-decreasing; default: the statement
+    index) groups statements that run side by side: a slot freed by a read in
+    a level is only reused by a later level.  Without levels a statement may
+    overwrite a slot that it reads for the last time.
+    """
     n = len(seq.kind)
+    inplace = level is None
+    level = np.arange(n) if inplace else np.asarray(level, dtype=np.int64)
     term_op = np.repeat(np.arange(n), np.diff(seq.ptr))
     acc_ops = np.nonzero(seq.kind == _ACC)[0]
     r_op = np.concatenate([term_op, acc_ops])           # reads: terms, and += targets
     r_id = np.concatenate([seq.src, seq.dst[acc_ops]])
     n_ids = int(max(seq.dst.max(initial=0), r_id.max(initial=0))) + 1
-    last = np.full(n_ids, -1, dtype=np.int64)
-    np.maximum.at(last, r_id, r_op)
+    last = np.full(n_ids, -1, dtype=np.int64)           # level of the last read
+    np.maximum.at(last, r_id, level[r_op])
     zero_ids = seq.dst[seq.kind == _ZERO]
-    last[zero_ids] = np.maximum(last[zero_ids], seq.end_body)
-    dying = np.unique(r_id[last[r_id] == r_op])
-    order = np.argsort(last[dying], kind='stable')
-    dying = dying[order]
-    dptr = np.searchsorted(last[dying], np.arange(n + 1))
+    last[zero_ids] = np.maximum(last[zero_ids], level[seq.end_body])
+    dying = np.unique(r_id[last[r_id] == level[r_op]])
+    dying = dying[np.argsort(last[dying], kind='stable')]
+    n_lev = int(level[-1]) + 1 if n else 0
+    dptr = np.searchsorted(last[dying], np.arange(n_lev + 1))
     writes = np.isin(seq.kind, (_ZERO, _BOYS, _LIN))
+    wptr = np.searchsorted(level, np.arange(n_lev + 1))
     slots = np.full(n_ids, -1, dtype=np.int64)
     free = []
     n_slots = first
     dst, dying_l, dptr_l, last_l = seq.dst.tolist(), dying.tolist(), dptr.tolist(), last.tolist()
-    for k in np.nonzero(writes | (dptr[1:] > dptr[:-1]))[0].tolist():
-        for r in dying_l[dptr_l[k]:dptr_l[k + 1]]:
+    writes_l = writes.tolist()
+
+    def release(lv):
+        for r in dying_l[dptr_l[lv]:dptr_l[lv + 1]]:
             free.append(int(slots[r]))
-        if not writes[k]:
-            continue
-        d = dst[k]
-        if free:
-            slots[d] = free.pop()       # LIFO: the most recently freed slot is hot in cache
-        else:
-            slots[d] = n_slots
-            n_slots += 1
-        if last_l[d] < 0:               # never read: dead at once
-            free.append(int(slots[d]))
+
+    for lv in np.nonzero((wptr[1:] > wptr[:-1]) | (dptr[1:] > dptr[:-1]))[0].tolist():
+        if inplace:
+            release(lv)
+        unread = []
+        for k in range(wptr[lv], wptr[lv + 1]):
+            if not writes_l[k]:
+                continue
+            d = dst[k]
+            if free:
+                slots[d] = free.pop()   # LIFO: the most recently freed slot is hot in cache
+            else:
+                slots[d] = n_slots
+                n_slots += 1
+            if last_l[d] < 0:           # never read: dead at once
+                (free if inplace else unread).append(int(slots[d]))
+        if not inplace:
+            release(lv)
+            free.extend(unread)
     return slots, n_slots
+
+
+def level_schedule(seq: Sequence, lo: int, hi: int, width: int = LEVEL_WIDTH) -> np.ndarray:
+    """Level of each statement of ``seq[lo:hi]`` for lanes that run side by side.
+
+    List scheduling: a statement is ready once every value it reads (written
+    in this range) was written in an earlier level; each level takes at most
+    ``width`` ready statements, lowest orchestrated index first, so the order
+    stays close to the orchestrated one and so does the live set.
+    """
+    import heapq
+    n = hi - lo
+    term_op = np.repeat(np.arange(lo, hi), np.diff(seq.ptr[lo:hi + 1])) - lo
+    srcs = seq.src[seq.ptr[lo]:seq.ptr[hi]]
+    writer = {}
+    for k, (kind, d) in enumerate(zip(seq.kind[lo:hi].tolist(), seq.dst[lo:hi].tolist())):
+        if kind in (_BOYS, _LIN):
+            writer[d] = k
+    users = [[] for _ in range(n)]
+    waiting = [0] * n
+    seen = set()
+    for k, src in zip(term_op.tolist(), srcs.tolist()):
+        w = writer.get(src)
+        if w is not None and (w, k) not in seen:
+            seen.add((w, k))
+            users[w].append(k)
+            waiting[k] += 1
+    ready = [k for k in range(n) if waiting[k] == 0]
+    heapq.heapify(ready)
+    level = np.zeros(n, dtype=np.int64)
+    lv = 0
+    while ready:
+        take = [heapq.heappop(ready) for _ in range(min(width, len(ready)))]
+        level[take] = lv
+        for k in take:
+            for u in users[k]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    heapq.heappush(ready, u)
+        lv += 1
+    return level
 
 
 def assign_slots(program: ir.Program, group: int = 1):
@@ -283,25 +357,73 @@ def _slots(program, group):
 
 @dataclass(frozen=True, eq=False)
 class Table:
-    """Op stream of one class for the table form (device arrays are made from it)."""
+    """Op stream of one class for the table and levels forms (device arrays are
+    made from it).  The levels form adds, per stage, the word offset of every
+    op and the first op of every level (``levels[-1]`` = number of ops)."""
     prim: np.ndarray        # uint32 words, primitive-loop body
     ctr: np.ndarray         # uint32 words, contracted stage (all tuples)
     coef: np.ndarray        # float64 distinct coefficients
-    n_slots: int            # slots per thread, reserved ones included
+    n_slots: int            # slots per thread (per warp for levels), reserved ones included
     n_acc: int              # accumulator slots (zeroed by the kernel)
+    prim_ops: np.ndarray = None     # levels form: int32 word offset of each op
+    prim_levels: np.ndarray = None  # levels form: int32 first op of each level
+    ctr_ops: np.ndarray = None
+    ctr_levels: np.ndarray = None
+
+    def stream_args(self) -> tuple:
+        """The kernel's op-stream arguments in order (arrays and ints, see
+        :func:`_stream_signature`)."""
+        if self.prim_ops is None:
+            return (self.prim, len(self.prim), self.ctr, len(self.ctr), self.coef, self.n_acc)
+        return (self.prim, self.prim_ops, self.prim_levels, len(self.prim_levels) - 1, self.ctr,
+                self.ctr_ops, self.ctr_levels, len(self.ctr_levels) - 1, self.coef, self.n_acc)
 
 
 def _reserved(program: ir.Program, group: int) -> int:
     return _SYM_SLOTS + group + program.max_m + 1
 
 
+def _permuted(seq: Sequence, order: np.ndarray, end_body: int) -> Sequence:
+    """``seq`` with its statements in ``order`` (terms follow their statement)."""
+    cnt = np.diff(seq.ptr)[order]
+    ptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=ptr[1:])
+    j = np.repeat(seq.ptr[:-1][order], cnt) + (np.arange(ptr[-1]) - np.repeat(ptr[:-1], cnt))
+    return Sequence(seq.kind[order], seq.dst[order], seq.arg[order], seq.g[order], ptr,
+                    seq.src[j], seq.coef[j], seq.sym[j], end_body, seq.n_temps, seq.n_acc,
+                    seq.is_prim)
+
+
+@lru_cache(maxsize=4)
+def level_sequence(program: ir.Program, group: int = 1):
+    """(sequence in level order, level of each statement, number of body levels).
+
+    Level 0 is the zeroing; the body and the contracted stage are each cut by
+    :func:`level_schedule`; statements are stably sorted by level.
+    """
+    seq = sequence(program, group)
+    n_zero = int((seq.kind == _ZERO).sum())
+    body = level_schedule(seq, n_zero, seq.end_body + 1)
+    ctr = level_schedule(seq, seq.end_body + 1, len(seq.kind))
+    n_body = int(body.max(initial=-1)) + 1
+    level = np.concatenate([np.zeros(n_zero, np.int64), 1 + body, 1 + n_body + ctr])
+    order = np.argsort(level, kind='stable')
+    return _permuted(seq, order, seq.end_body), level[order], n_body
+
+
 def encode_table(program: ir.Program, variant: Variant) -> Table:
     """Encode the flat sequence (slots as the straight form, shifted past the
-    reserved slots) as the op stream the table form interprets."""
+    reserved slots) as the op stream the table form interprets; for the levels
+    form, in level order with level-granular slots, plus the op and level
+    offsets."""
     G = variant.group
-    seq = sequence(program, G)
     base = _reserved(program, G)
-    slots, n_slots = _assign(seq, first=base)
+    if variant.form == 'levels':
+        seq, level, n_body = level_sequence(program, G)
+        slots, n_slots = _assign(seq, first=base, level=level)
+    else:
+        seq = sequence(program, G)
+        slots, n_slots = _assign(seq, first=base)
     n_zero = int((seq.kind == _ZERO).sum())
     if n_zero and not np.array_equal(slots[seq.dst[:n_zero]], base + np.arange(n_zero)):
         raise AssertionError('accumulator slots must follow the reserved slots')
@@ -318,6 +440,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         return np.searchsorted(coef_values, c).astype(np.int64)
 
     def encode(lo, hi):
+        """(words, word offset of each op) of seq[lo:hi]."""
         k = seq.kind[lo:hi]
         nt = np.diff(seq.ptr[lo:hi + 1])
         if (nt > 15).any():
@@ -349,11 +472,19 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         pos = np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))
         words[pos] = (slots[seq.src[tj]] | seq.sym[tj] << _SRC_BITS
                       | cidx(seq.coef[tj]) << (_SRC_BITS + _SYM_BITS))
-        return words.astype(np.uint32)
+        return words.astype(np.uint32), start.astype(np.int32)
 
-    prim = encode(n_zero, seq.end_body + 1)
-    ctr = encode(seq.end_body + 1, len(seq.kind))
-    return Table(prim, ctr, coef_values, n_slots, n_zero)
+    (prim, prim_ops), (ctr, ctr_ops) = encode(n_zero, seq.end_body + 1), encode(seq.end_body + 1, len(seq.kind))
+    if variant.form != 'levels':
+        return Table(prim, ctr, coef_values, n_slots, n_zero)
+
+    def level_starts(lo, hi, first, count):
+        return np.searchsorted(level[lo:hi], np.arange(first, first + count + 1)).astype(np.int32)
+
+    n_ctr = int(level[-1]) - n_body if len(level) > seq.end_body + 1 else 0
+    return Table(prim, ctr, coef_values, n_slots, n_zero,
+                 prim_ops, level_starts(n_zero, seq.end_body + 1, 1, n_body),
+                 ctr_ops, level_starts(seq.end_body + 1, len(seq.kind), 1 + n_body, n_ctr))
 
 
 # ------------------------------------------------------------------ emitter
@@ -396,14 +527,14 @@ def scratch_doubles(program: ir.Program, variant: Variant) -> int:
     """Doubles of shared or global scratch one thread needs (0 for registers)."""
     if variant.tier == 'register':
         return 0
-    if variant.form == 'table':
+    if variant.form in ('table', 'levels'):
         return table(program, variant).n_slots
     return assign_slots(program, variant.group)[1]
 
 
 @lru_cache(maxsize=8)
 def table(program: ir.Program, variant: Variant) -> Table:
-    """The (cached) op stream of a table-form variant."""
+    """The (cached) op stream of a table- or levels-form variant."""
     return encode_table(program, variant)
 
 
@@ -414,17 +545,40 @@ def shared_block(program: ir.Program, variant: Variant) -> int:
     return min(SHARED_BLOCK_MAX, fit)
 
 
+def warp_block(program: ir.Program, variant: Variant) -> int:
+    """Threads per block of the warp tier (0 when one warp's slots do not fit)."""
+    per_warp = 8 * scratch_doubles(program, variant)
+    return 32 * min(WARP_BLOCK_WARPS, SHARED_BYTES_MAX // max(per_warp, 1))
+
+
 def block_size(program: ir.Program, variant: Variant) -> int:
     if variant.tier == 'shared':
         return shared_block(program, variant)
+    if variant.tier == 'warp':
+        return warp_block(program, variant)
     return GLOBAL_BLOCK if variant.tier == 'global' else BLOCK
 
 
+def min_blocks(program: ir.Program, variant: Variant) -> int:
+    """Blocks per SM the compiler must leave registers for (``__launch_bounds__``).
+
+    The warp tier asks for as many blocks as its shared memory lets reside, at
+    most 3 (170 registers a thread; at 4, i.e. 128, nvcc spills ~140 bytes of
+    the per-primitive prologue): lanes waiting on shared memory need other
+    warps to hide behind.
+    """
+    if variant.tier != 'warp':
+        return 1
+    return max(1, min(3, SM_SHARED_BYTES // (shared_bytes(program, variant) + 1024)))
+
+
 def shared_bytes(program: ir.Program, variant: Variant) -> int:
-    """Dynamic shared memory of a launch (the shared tier only)."""
-    if variant.tier != 'shared':
-        return 0
-    return 8 * scratch_doubles(program, variant) * shared_block(program, variant)
+    """Dynamic shared memory of a launch (the shared and warp tiers)."""
+    if variant.tier == 'shared':
+        return 8 * scratch_doubles(program, variant) * shared_block(program, variant)
+    if variant.tier == 'warp':
+        return 8 * scratch_doubles(program, variant) * (warp_block(program, variant) // 32)
+    return 0
 
 
 #: Symbols quartet_function knows how to compute.
@@ -446,6 +600,22 @@ _TABLE_SIGNATURE = """,
     const unsigned* __restrict__ prim_code, int prim_words,
     const unsigned* __restrict__ ctr_code, int ctr_words,
     const double* __restrict__ coef, int n_acc"""
+_TABLE_ARGS = ', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc'
+
+_LEVELS_SIGNATURE = """,
+    const unsigned* __restrict__ prim_code, const int* __restrict__ prim_ops,
+    const int* __restrict__ prim_levels, int n_prim_levels,
+    const unsigned* __restrict__ ctr_code, const int* __restrict__ ctr_ops,
+    const int* __restrict__ ctr_levels, int n_ctr_levels,
+    const double* __restrict__ coef, int n_acc"""
+_LEVELS_ARGS = (', prim_code, prim_ops, prim_levels, n_prim_levels, ctr_code, ctr_ops, ctr_levels, '
+                'n_ctr_levels, coef, n_acc')
+
+
+def _stream_signature(form: str) -> tuple[str, str]:
+    """(extra parameters, extra arguments) of the op-stream forms."""
+    return {'table': (_TABLE_SIGNATURE, _TABLE_ARGS),
+            'levels': (_LEVELS_SIGNATURE, _LEVELS_ARGS)}.get(form, ('', ''))
 
 
 def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: int) -> str:
@@ -456,13 +626,16 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     counts, ``t0`` the first contraction tuple of this work item, ``omega``,
     ``out`` (element ``e`` at ``out[e*ostride]``) and, for the memory tiers,
     ``sp`` (slot ``k`` at ``sp[k*stride]``, ``stride`` a compile-time
-    constant).  The table form also takes the op stream (:class:`Table`).
+    constant).  The table and levels forms also take the op stream
+    (:class:`Table`); the levels form runs on all lanes of a warp (``lane``),
+    lane 0 writing the reserved slots.
     """
     G = variant.group
     nctr = variant.nctr
     form = variant.form
     memory = variant.tier != 'register'
-    tab = form == 'table'
+    tab = form in ('table', 'levels')
+    lev = form == 'levels'
     seq = None if tab else sequence(program, G)
     slots = assign_slots(program, G)[0] if memory and not tab else None
     NT, NA = program.n_temps, program.n_acc
@@ -504,7 +677,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     L = []
     add = L.append
     add(f'FR_INLINE void {fname}(')
-    add(_SIGNATURE + (_TABLE_SIGNATURE if tab else '') + ') {')
+    add(_SIGNATURE + _stream_signature(form)[0] + (', int lane' if lev else '') + ') {')
     add('  using namespace fusionrcg;')
     add('  (void)omega; (void)sp;')
     add('  const double abx = ra[0] - rb[0], aby = ra[1] - rb[1], abz = ra[2] - rb[2];')
@@ -543,7 +716,10 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     n_zero = 0 if tab else int((seq.kind == _ZERO).sum())
     mmax = program.max_m
     boys0 = _SYM_SLOTS + G
-    if tab:
+    if lev:
+        add(f'  for (int k = lane; k < n_acc; k += FR_LANES) sp[{_reserved(program, G)} + k] = 0.0;')
+        add('  if (lane == 0) sp[0] = 1.0;')
+    elif tab:
         add(f'  for (int k = 0; k < n_acc; ++k) sp[({_reserved(program, G)} + k) * {stride}] = 0.0;')
         add('  sp[0] = 1.0;')
     if not tab:
@@ -603,13 +779,22 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         add(f'          const double wt{g} = cab{g} * {coef(2, g, "ic")} * {coef(3, g, "id")};')
     ind = '          '
     if tab:
+        if lev:
+            add(f'{ind}fr_syncwarp();  // the previous primitive is done with the reserved slots')
+            add(f'{ind}if (lane == 0) {{')
         for s in sorted(syms):
             if s in ir.PRIMITIVE_SYMS:
                 add(f'{ind}sp[{int(s) * stride}] = {s.c_name};')
         for g in range(G):
             add(f'{ind}sp[{(_SYM_SLOTS + g) * stride}] = wt{g};')
         add(f'{ind}for (int m = 0; m <= {mmax}; ++m) sp[({boys0} + m) * {stride}] = cpref * boys[m];')
-        add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
+        if lev:
+            add(f'{ind}}}')
+            add(f'{ind}fr_syncwarp();')
+            add(f'{ind}run_levels(prim_code, prim_ops, prim_levels, n_prim_levels, coef, sp, out, ostride, '
+                'ooff, lane);')
+        else:
+            add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
     else:
         L.extend(statements(n_zero, seq.end_body + 1, ind))
     add('        }')
@@ -618,10 +803,18 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('  }')
     # contracted stage
     if tab:
+        if lev:
+            add('  fr_syncwarp();')
+            add('  if (lane == 0) {')
         for d, ax in enumerate('xyz'):
             add(f'  sp[{int(ir.AB[d]) * stride}] = ab{ax};')
             add(f'  sp[{int(ir.CD[d]) * stride}] = cd{ax};')
-        add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
+        if lev:
+            add('  }')
+            add('  fr_syncwarp();')
+            add('  run_levels(ctr_code, ctr_ops, ctr_levels, n_ctr_levels, coef, sp, out, ostride, ooff, lane);')
+        else:
+            add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
     if any(s in syms for s in ir.AB) and not tab:
         add('  const double ab_x = abx, ab_y = aby, ab_z = abz;')
     if any(s in syms for s in ir.CD) and not tab:
@@ -642,33 +835,42 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     (nbas, 4) int32 ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` into ``env``
     (PySCF's ``mol._env``), ``omega``, ``out`` ([element][quartet], see the
     module docstring), ``scratch`` (global tier: ``n_slots * block_size`` doubles
-    per block of the grid), ``n_slots``; the table form adds the op stream
-    (``prim``, ``prim_words``, ``ctr``, ``ctr_words``, ``coef``, ``n_acc``).
-    The grid strides over the ``nq * n_groups`` work items, so any grid size
-    is valid.
+    per block of the grid), ``n_slots``; the table and levels forms add the op
+    stream (:func:`_stream_signature`).  The grid strides over the
+    ``nq * n_groups`` work items (one per thread, one per warp in the warp
+    tier), so any grid size is valid.
     """
     name = kernel_name(program, variant)
     fn = f'{name}_quartet'
     block = block_size(program, variant)
     if block < 32:
-        raise ValueError(f'{program.name}: the shared tier cannot fit one warp')
-    tier, tab = variant.tier, variant.form == 'table'
-    L = [_PRELUDE, quartet_function(program, variant, fn, block)]
-    L.append(f'extern "C" __global__ void __launch_bounds__({block}, 1) {name}(')
+        raise ValueError(f'{program.name}: the {variant.tier} tier cannot fit one warp')
+    tier = variant.tier
+    sig, args = _stream_signature(variant.form)
+    warp = tier == 'warp'
+    L = [_PRELUDE, quartet_function(program, variant, fn, 1 if warp else block)]
+    L.append(f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}(')
     L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
     L.append('    const double* __restrict__ env, double omega, double* __restrict__ out,')
-    L.append('    double* __restrict__ scratch, int n_slots' + (_TABLE_SIGNATURE if tab else '') + ') {')
-    if tier == 'shared':
+    L.append('    double* __restrict__ scratch, int n_slots' + sig + ') {')
+    if tier in ('shared', 'warp'):
         L.append('  extern __shared__ double fr_smem[];')
-        L.append('  volatile double* sp = fr_smem + threadIdx.x;')
-    elif tier == 'global':
-        L.append(f'  volatile double* sp = scratch + (long)blockIdx.x * n_slots * {block} + threadIdx.x;')
+    if warp:
+        L.append('  const int lane = threadIdx.x % 32, per_block = blockDim.x / 32;')
+        L.append('  if (lane >= FR_LANES) return;  // on the host one thread runs all lanes')
+        L.append('  volatile double* sp = fr_smem + (long)(threadIdx.x / 32) * n_slots;')
+        first, step = '(long)blockIdx.x * per_block + threadIdx.x / 32', '(long)gridDim.x * per_block'
     else:
-        L.append('  volatile double* sp = nullptr;')
+        if tier == 'shared':
+            L.append('  volatile double* sp = fr_smem + threadIdx.x;')
+        elif tier == 'global':
+            L.append(f'  volatile double* sp = scratch + (long)blockIdx.x * n_slots * {block} + threadIdx.x;')
+        else:
+            L.append('  volatile double* sp = nullptr;')
+        first, step = '(long)blockIdx.x * blockDim.x + threadIdx.x', '(long)gridDim.x * blockDim.x'
     L.append('  (void)scratch; (void)n_slots;')
     L.append(f'  const long n_items = (long)nq * {variant.n_groups};')
-    L.append('  for (long item = (long)blockIdx.x * blockDim.x + threadIdx.x; item < n_items;')
-    L.append('       item += (long)gridDim.x * blockDim.x) {')
+    L.append(f'  for (long item = {first}; item < n_items; item += {step}) {{')
     L.append('    const int q = (int)(item % nq);')
     L.append('    const int grp = (int)(item / nq);')
     L.append('    const int* s = quartets + 4 * (long)q;')
@@ -680,7 +882,7 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     L.append('        env + A[1], env + B[1], env + C[1], env + D[1],')
     L.append('        env + A[2], env + B[2], env + C[2], env + D[2],')
     L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, out + q, nq, sp'
-             + (', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc' if tab else '') + ');')
+             + args + (', lane' if warp else '') + ');')
     L.append('  }')
     L.append('}')
     return '\n'.join(L) + '\n', name
@@ -689,8 +891,8 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
 def host_source(items) -> str:
     """g++-buildable source with one ``extern "C"`` entry per (program, variant).
 
-    Entry ``<kernel_name>_host(r, np, exps, coefs, omega, out, scratch[, prim,
-    prim_words, ctr, ctr_words, coef, n_acc])``: ``r`` the 12 centre
+    Entry ``<kernel_name>_host(r, np, exps, coefs, omega, out, scratch[, op
+    stream as the kernel's])``: ``r`` the 12 centre
     coordinates, ``np`` the 4 primitive counts, ``exps`` and ``coefs`` the
     four shells' exponents and ``[nctr][nprim]`` coefficients concatenated,
     ``out`` the C-order full block, ``scratch`` the memory-tier slots
@@ -703,12 +905,11 @@ def host_source(items) -> str:
         if name in seen:
             continue
         seen.add(name)
-        tab = variant.form == 'table'
+        sig, args = _stream_signature(variant.form)
         L.append(quartet_function(program, variant, f'{name}_quartet', 1))
         n = variant.nctr
         L.append(f'extern "C" void {name}_host(const double* r, const int* np, const double* exps,')
-        L.append('    const double* coefs, double omega, double* out, double* scratch'
-                 + (_TABLE_SIGNATURE if tab else '') + ') {')
+        L.append('    const double* coefs, double omega, double* out, double* scratch' + sig + ') {')
         L.append('  const double* e[4]; const double* c[4];')
         L.append('  long oe = 0, oc = 0;')
         L.append(f'  const int nctr[4] = {{{n[0]}, {n[1]}, {n[2]}, {n[3]}}};')
@@ -717,7 +918,6 @@ def host_source(items) -> str:
         L.append(f'  for (int t0 = 0; t0 < {prod(n)}; t0 += {variant.group})')
         L.append(f'    {name}_quartet(r, r + 3, r + 6, r + 9, e[0], e[1], e[2], e[3],')
         L.append('        c[0], c[1], c[2], c[3], np[0], np[1], np[2], np[3], t0, omega,')
-        L.append('        out, 1, scratch' + (', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc'
-                                              if tab else '') + ');')
+        L.append('        out, 1, scratch' + args + (', 0' if variant.form == 'levels' else '') + ');')
         L.append('}')
     return '\n'.join(L) + '\n'

@@ -66,10 +66,11 @@ class ClassKernel:
         self.n_slots = codegen.scratch_doubles(p, v)
         self.nelem = prod(p.shape) * prod(v.nctr)
         self.table = None
-        if v.form == 'table':
-            t = codegen.table(p, v)
-            self.table = (cp.asarray(t.prim), np.int32(len(t.prim)), cp.asarray(t.ctr),
-                          np.int32(len(t.ctr)), cp.asarray(t.coef), np.int32(t.n_acc))
+        if v.form in ('table', 'levels'):
+            self.table = tuple(cp.asarray(a) if isinstance(a, np.ndarray) else np.int32(a)
+                               for a in codegen.table(p, v).stream_args())
+        # work items per block: one per thread, one per warp in the warp tier
+        self.items_per_block = self.block // 32 if v.tier == 'warp' else self.block
 
     @property
     def name(self) -> str:
@@ -89,7 +90,7 @@ class ClassKernel:
         cp = _cupy()
         n_items = nq * self.variant.n_groups
         if blocks is None:
-            blocks = -(-n_items // self.block)
+            blocks = -(-n_items // self.items_per_block)
         null = cp.empty(1) if scratch is None else scratch
         args = (quartets, np.int32(nq), basis.shl, basis.env, np.float64(omega), out, null,
                 np.int32(self.n_slots)) + (self.table or ())
@@ -177,6 +178,10 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
     budget = budget_bytes() if budget is None else int(budget)
     per_quartet = 8 * kern.nelem
     scratch, blocks = None, None
+    if per_quartet > budget:
+        raise MemoryError(
+            f'FusionRCG {kern.program.name}: one quartet needs {per_quartet / 2**20:.2f} MiB of output, '
+            f'the budget is {budget / 2**20:.2f} MiB (raise ${BUDGET_ENV})')
     if kern.variant.tier == 'global':
         per_block = 8 * kern.n_slots * kern.block
         if per_block + per_quartet > budget:

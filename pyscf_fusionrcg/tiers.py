@@ -11,6 +11,9 @@ Static choice (:func:`choose_tier`) from the orchestrated peak live set
 * ``shared`` when a block of ``SHARED_MIN_THREADS`` (128) threads still fits
   its slots into the 227 KiB of shared memory a block may have:
   ``8 * slots * 128 <= 227 KiB``, about 225 doubles per thread (4 warps);
+* ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
+  (the levels form), fit a block: about 29 000 doubles, every class up to
+  (gg|gg);
 * ``global`` otherwise (scratch laid out ``[slot][thread]`` per block).
 
 Measured routing (:func:`route`): the register variant is compiled and kept
@@ -23,9 +26,10 @@ choice for experiments, as does ``$FUSIONRCG_TIER``.  Measuring needs the GPU
 (NVRTC for its architecture and the driver's attributes); :func:`nvcc_stats`
 gives ptxas's report for sm_90 without one.
 
-Form (:func:`variant_for`): memory tiers run straight-line code for programs
-up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter beyond
-(see :mod:`pyscf_fusionrcg.codegen` for why).
+Form (:func:`variant_for`): the shared and global tiers run straight-line
+code for programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream
+interpreter beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp tier
+runs the levels form.
 """
 from __future__ import annotations
 
@@ -60,6 +64,8 @@ def choose_tier(program: ir.Program) -> str:
         return 'register'
     if 8 * peak * SHARED_MIN_THREADS <= codegen.SHARED_BYTES_MAX:
         return 'shared'
+    if _fits(program, variant_for(program, 'warp')):
+        return 'warp'
     return 'global'
 
 
@@ -69,12 +75,21 @@ def n_statements(program: ir.Program) -> int:
 
 def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
     """The variant of a tier, with the form chosen by program size."""
-    form = 'straight' if tier == 'register' or n_statements(program) <= STRAIGHT_OPS_MAX else 'table'
+    if tier == 'warp':
+        form = 'levels'
+    elif tier == 'register' or n_statements(program) <= STRAIGHT_OPS_MAX:
+        form = 'straight'
+    else:
+        form = 'table'
     return codegen.make_variant(program, tier, omega, nctr, form)
 
 
 def _fits(program, variant) -> bool:
-    return variant.tier != 'shared' or codegen.shared_block(program, variant) >= 32
+    if variant.tier == 'shared':
+        return codegen.shared_block(program, variant) >= 32
+    if variant.tier == 'warp':
+        return codegen.warp_block(program, variant) >= 32
+    return True
 
 
 # ----------------------------------------------------------------- measuring
@@ -192,7 +207,9 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
 
     ``tier`` (or ``$FUSIONRCG_TIER``) forces a tier; otherwise start from
     :func:`choose_tier` and move down while the compiler reports more than
-    ``SPILL_BYTES_MAX`` spill bytes or the shared variant does not fit.
+    ``SPILL_BYTES_MAX`` spill bytes or the variant does not fit (the warp
+    tier's interpreter does not spill the slots, so it ends the search when
+    it fits).
     """
     tier = tier or os.environ.get(TIER_ENV) or None
     nctr = tuple(int(n) for n in nctr)
@@ -218,7 +235,7 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
             if not _fits(program, variant):
                 continue
             stats = measure(program, variant)
-            if t == 'global' or stats['spill_bytes'] <= SPILL_BYTES_MAX:
+            if t in ('warp', 'global') or stats['spill_bytes'] <= SPILL_BYTES_MAX:
                 break
     stats = dict(stats, tier=variant.tier, form=variant.form,
                  kernel=codegen.kernel_name(program, variant))

@@ -68,7 +68,21 @@ CASES = (
        ((3, 3, 3, 3), True, 'global', 'table', 0.0),
        ((4, 4, 4, 4), False, 'global', 'table', 0.0),
        ((4, 3, 4, 2), True, 'global', 'table', 0.5)]
+    + [(ls, False, 'warp', 'levels', 0.0) for ls in L2]
+    + [((2, 2, 1, 1), True, 'warp', 'levels', 0.35),
+       ((3, 1, 2, 0), False, 'warp', 'levels', -0.2),
+       ((3, 3, 3, 3), True, 'warp', 'levels', 0.0),
+       ((4, 2, 3, 1), False, 'warp', 'levels', 0.0),
+       ((4, 4, 4, 4), False, 'warp', 'levels', 0.0)]
 )
+
+
+def _stream_ctypes(prog, var):
+    """The op-stream arguments of a table or levels variant as ctypes values."""
+    if var.form not in ('table', 'levels'):
+        return []
+    return [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(a)
+            for a in codegen.table(prog, var).stream_args()]
 
 
 class HostLibs:
@@ -96,11 +110,7 @@ class HostLibs:
         bas, env = mol._bas, mol._env
         P = ctypes.c_void_p
         scratch = np.zeros(max(1, codegen.scratch_doubles(prog, var)))
-        extra = []
-        if form == 'table':
-            t = codegen.table(prog, var)
-            extra = [P(t.prim.ctypes.data), ctypes.c_int(len(t.prim)), P(t.ctr.ctypes.data),
-                     ctypes.c_int(len(t.ctr)), P(t.coef.ctypes.data), ctypes.c_int(t.n_acc)]
+        extra = _stream_ctypes(prog, var)
         # equal-l pairs in the orientation production uses (host.HostEngine.orient)
         quartets, swap_bra, swap_ket = host.HostEngine(mol).orient(self.synth.quartets(ls))
         out = []
@@ -210,12 +220,46 @@ def test_table_kernels_are_shared_between_classes():
     assert tiers.variant_for(big, 'global').form == 'table'
 
 
+@pytest.mark.parametrize('ls,group', [((2, 1, 2, 1), 1), ((3, 2, 2, 2), 1), ((2, 1, 1, 0), 3)])
+def test_levels_are_free_of_hazards(ls, group):
+    """The lanes of a warp run a level's ops in any order: within a level no op
+    writes a slot that another op of the level reads or writes, a level has at
+    most LEVEL_WIDTH ops, and every value is written in an earlier level than
+    its readers (the levels form's CPU runs go backwards through a level too)."""
+    prog = host.get_program(*ls)
+    seq, level, _ = codegen.level_sequence(prog, group)
+    slots, n_slots = codegen._assign(seq, first=0, level=level)
+    assert np.all(np.diff(level) >= 0)
+    assert np.bincount(level)[1:].max() <= codegen.LEVEL_WIDTH
+    written_at = {}
+    for k in range(len(seq.kind)):
+        if seq.kind[k] in (codegen._BOYS, codegen._LIN, codegen._ZERO):
+            written_at[int(seq.dst[k])] = level[k]
+    for lv in np.unique(level):
+        ks = np.nonzero(level == lv)[0]
+        writes, reads = {}, {}
+        for k in ks:
+            srcs = seq.src[seq.ptr[k]:seq.ptr[k + 1]]
+            for s_ in srcs:
+                assert written_at.get(int(s_), -1) < lv or seq.kind[k] == codegen._ZERO
+                reads.setdefault(int(slots[s_]), set()).add(k)
+            if seq.kind[k] != codegen._OUTPUT:
+                w = int(slots[seq.dst[k]])
+                assert w not in writes, f'level {lv}: slot {w} written twice'
+                writes[w] = k
+        for w, k in writes.items():
+            assert reads.get(w, set()) <= {k}, f'level {lv}: slot {w} written and read by another op'
+    # the level-granular slots stay near the orchestrated footprint
+    assert n_slots <= 1.5 * codegen.assign_slots(prog, group)[1] + 2 * codegen.LEVEL_WIDTH
+
+
 # ----------------------------------------------------------------- nvcc
 
 @needs_nvcc
 @pytest.mark.slow
 @pytest.mark.parametrize('ls,tier', [((0, 0, 0, 0), 'register'), ((1, 1, 0, 0), 'register'),
-                                     ((1, 1, 1, 1), 'shared'), ((2, 2, 2, 2), 'global')])
+                                     ((1, 1, 1, 1), 'shared'), ((2, 2, 2, 2), 'global'),
+                                     ((2, 2, 2, 2), 'warp')])
 def test_kernels_compile_with_nvcc(ls, tier):
     prog = host.get_program(*ls)
     stats = tiers.nvcc_stats(prog, tier)
@@ -271,16 +315,16 @@ def _emulated(src_and_entries, tmp):
     ((1, 1, 0, 0), 'shared', 'straight', True, 0.3),
     ((2, 1, 1, 0), 'global', 'straight', False, -0.3),
     ((2, 2, 1, 1), 'shared', 'table', False, 0.0),
-    ((3, 2, 2, 1), 'global', 'table', True, 0.0)])
+    ((3, 2, 2, 1), 'global', 'table', True, 0.0),
+    ((2, 1, 2, 1), 'warp', 'levels', False, 0.0),
+    ((3, 2, 1, 1), 'warp', 'levels', True, -0.3)])
 def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     mol = synth.mol(cart)
     prog = host.get_program(*ls, cart=cart)
     nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
     var = codegen.make_variant(prog, tier, omega, nctr, form)
     src, name = codegen.kernel_source(prog, var)
-    tab = form == 'table'
-    targs = ', const unsigned* p, int pw, const unsigned* c, int cw, const double* co, int na' if tab else ''
-    tpass = ', p, pw, c, cw, co, na' if tab else ''
+    targs, tpass = codegen._stream_signature(form)
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
              f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n')
@@ -303,10 +347,7 @@ def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     args = [ctypes.c_int(grid), ctypes.c_int(block), P(quartets.ctypes.data),
             ctypes.c_int(len(quartets)), P(shl.ctypes.data), P(env.ctypes.data),
             ctypes.c_double(omega), P(out.ctypes.data), P(scratch.ctypes.data), ctypes.c_int(n_slots)]
-    if tab:
-        t = codegen.table(prog, var)
-        args += [P(t.prim.ctypes.data), ctypes.c_int(len(t.prim)), P(t.ctr.ctypes.data),
-                 ctypes.c_int(len(t.ctr)), P(t.coef.ctypes.data), ctypes.c_int(t.n_acc)]
+    args += _stream_ctypes(prog, var)
     lib.run(*args)
     dims = [n * c for n, c in zip(prog.shape, nctr)]
     got = synth.assemble(out.T.reshape([len(quartets)] + dims))

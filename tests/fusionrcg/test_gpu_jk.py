@@ -68,7 +68,7 @@ def test_engine_blocks_match_libcint(synth, cart, omega):
         assert err < (1e-12 if sum(ls) <= 8 else 1e-10), (ls, cart, omega, err)
 
 
-@pytest.mark.parametrize('tier', ['register', 'shared', 'global'])
+@pytest.mark.parametrize('tier', ['register', 'shared', 'warp', 'global'])
 def test_every_tier_computes_the_same_blocks(synth, tier):
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)

@@ -19,13 +19,16 @@ def fresh_cache(monkeypatch, tmp_path):
 def test_static_choice_follows_peak_live(monkeypatch):
     assert tiers.choose_tier(host.get_program(0, 0, 0, 0)) == 'register'
     assert tiers.choose_tier(host.get_program(1, 1, 1, 1)) == 'shared'      # peak 104
-    assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'global'      # peak 1127
+    assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'warp'        # peak 1127
+    assert tiers.choose_tier(host.get_program(4, 4, 4, 4)) == 'warp'        # 23274 slots per warp
     prog = host.get_program(1, 0, 0, 0)
     shared_max = codegen.SHARED_BYTES_MAX // (8 * tiers.SHARED_MIN_THREADS)
     for peak, tier in ((tiers.REG_PEAK_MAX, 'register'), (tiers.REG_PEAK_MAX + 1, 'shared'),
-                       (shared_max, 'shared'), (shared_max + 1, 'global')):
+                       (shared_max, 'shared'), (shared_max + 1, 'warp')):
         monkeypatch.setattr(tiers, 'peak_live', lambda p, v=peak: v)
         assert tiers.choose_tier(prog) == tier
+    monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)   # one warp's slots do not fit
+    assert tiers.choose_tier(prog) == 'global'
 
 
 def test_form_follows_program_size():
@@ -33,6 +36,7 @@ def test_form_follows_program_size():
     assert tiers.variant_for(small, 'shared').form == 'straight'
     assert tiers.variant_for(big, 'global').form == 'table'
     assert tiers.variant_for(small, 'register').form == 'straight'
+    assert tiers.variant_for(small, 'warp').form == tiers.variant_for(big, 'warp').form == 'levels'
 
 
 def _fake_measure(spills, calls):
@@ -43,7 +47,7 @@ def _fake_measure(spills, calls):
     return measure
 
 
-def test_spilling_register_variant_moves_to_shared_then_global(monkeypatch, fresh_cache):
+def test_spilling_register_variant_moves_to_shared_then_warp(monkeypatch, fresh_cache):
     prog = host.get_program(1, 0, 0, 0)
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
@@ -54,7 +58,14 @@ def test_spilling_register_variant_moves_to_shared_then_global(monkeypatch, fres
     prog2 = host.get_program(1, 1, 0, 0)
     calls.clear()
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
-        {'register': 4096, 'shared': 4096, 'global': 4096}, calls))
+        {'register': 4096, 'shared': 4096, 'warp': 4096, 'global': 4096}, calls))
+    variant, stats = tiers.route(prog2)
+    assert variant.tier == 'warp' and calls == ['register', 'shared', 'warp']
+
+    calls.clear()
+    monkeypatch.setattr(tiers, '_decisions', {})
+    fresh_cache.unlink()
+    monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)
     variant, stats = tiers.route(prog2)
     assert variant.tier == 'global' and calls == ['register', 'shared', 'global']
 
@@ -84,8 +95,8 @@ def test_shared_tier_that_cannot_fit_is_skipped(monkeypatch, fresh_cache):
     prog = host.get_program(2, 2, 2, 2)          # 1127 slots: no warp fits 227 KiB
     monkeypatch.setattr(tiers, 'choose_tier', lambda p: 'shared')
     calls = []
-    monkeypatch.setattr(tiers, 'measure', _fake_measure({'global': 0}, calls))
-    assert tiers.route(prog)[0].tier == 'global' and calls == ['global']
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'warp': 0}, calls))
+    assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
     with pytest.raises(ValueError):
         tiers.route(prog, tier='shared')
 
@@ -112,7 +123,7 @@ def test_measured_routing_on_gpu(fresh_cache):
     for ls in [(0, 0, 0, 0), (1, 1, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (4, 4, 4, 4)]:
         stats = tiers.compile_stats(host.get_program(*ls))
         assert stats['compiler'] == 'nvrtc' and 0 < stats['registers'] <= 255
-        assert stats['tier'] == 'global' or stats['spill_bytes'] <= tiers.SPILL_BYTES_MAX
+        assert stats['tier'] in ('warp', 'global') or stats['spill_bytes'] <= tiers.SPILL_BYTES_MAX
 
 
 @pytest.mark.gpu
