@@ -192,11 +192,16 @@ class Kernel:
             return {k: cupy.cuda.driver.funcGetAttribute(v, fn.ptr) for k, v in _ATTRIBUTES.items()}
 
     def set_max_dynamic_shared(self, nbytes: int, device_id: int | None = None) -> None:
-        """Allow more than 48 KiB of dynamic shared memory for this kernel."""
+        """Allow at least ``nbytes`` (more than 48 KiB) of dynamic shared memory for
+        this kernel.  Only ever raises the limit: one compiled function may serve
+        callers with different needs (FusionRCG's op-stream kernels are shared
+        between classes), and lowering it would break the larger launches."""
         cupy = require_gpu("kernel attributes")
         device_id = cupy.cuda.Device().id if device_id is None else device_id
         with cupy.cuda.Device(device_id):
-            cupy.cuda.driver.funcSetAttribute(self._function(device_id).ptr, _MAX_DYNAMIC_SHARED, int(nbytes))
+            ptr = self._function(device_id).ptr
+            if int(nbytes) > cupy.cuda.driver.funcGetAttribute(_MAX_DYNAMIC_SHARED, ptr):
+                cupy.cuda.driver.funcSetAttribute(ptr, _MAX_DYNAMIC_SHARED, int(nbytes))
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
         cupy = require_gpu(f"kernel {self.name}")

@@ -78,6 +78,22 @@ def test_every_tier_computes_the_same_blocks(synth, tier):
         assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, (ls, tier)
 
 
+def test_classes_sharing_a_warp_kernel_keep_their_shared_memory(synth):
+    """(gd|gd) and (gg|gs) run the same levels kernel (max_m 12) with 160 and 91
+    KB of shared memory: setting up the smaller one must not lower the
+    kernel's limit below what the larger one launches with."""
+    from pyscf_fusionrcg.launch import GPUEngine
+    mol = synth.mol(False)
+    eng = GPUEngine(mol)
+    big, small = (4, 2, 4, 2), (4, 4, 4, 0)
+    kb, ks = (launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1)) for ls in (big, small))
+    assert kb.variant.tier == ks.variant.tier == 'warp' and kb.name == ks.name
+    assert kb.shared > ks.shared > 48 * 1024
+    for ls in (big, small, big):
+        got = synth.assemble(eng.quartet_blocks(synth.quartets(ls)))
+        assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, ls
+
+
 def test_small_budget_splits_batches(synth):
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
