@@ -1,25 +1,27 @@
-"""Route each ERI class to a storage tier (register / shared / global memory).
+"""Route each ERI class to a storage tier (register / shared / warp / global memory).
 
 Static choice (:func:`choose_tier`) from the orchestrated peak live set
 ``schedule.peak_live`` (doubles per shell quartet, accumulators included):
 
-* ``register`` when ``peak <= REG_PEAK_MAX`` (64 doubles = 128 of the 255
-  registers a thread can have; the rest goes to the per-primitive symbols,
-  Boys values, addresses and loop state -- measured with ptxas on sm_90:
-  (pp|ps) with a peak of 38 needs 228 registers, (dp|ps) at 65 already
-  spills 56 bytes, (pp|pp) at 104 spills 392 bytes);
-* ``shared`` when a block of ``SHARED_MIN_THREADS`` (128) threads still fits
-  its slots into the 227 KiB of shared memory a block may have:
-  ``8 * slots * 128 <= 227 KiB``, about 225 doubles per thread (4 warps);
+* ``register`` when ``peak <= REG_PEAK_MAX`` (180 doubles): one thread per
+  quartet, plain locals; beyond ~64 doubles ptxas spills, but spilling a few
+  hundred bytes to L1-cached local memory still beats every memory tier
+  (H100, 2048 quartets: (pp|pp) 0.29 us register (248 B spilled) / 0.55
+  shared / 0.46 warp; (dp|pp) 0.33 (1088 B) / 0.85 / 0.60; (fs|fs) 0.21
+  (744 B) / 0.61 / 0.38 -- ``benchmarks/rcg_report_gpu.py --compare-tiers``);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
-  (gg|gg);
+  (gg|gg) (there it was 4-20x faster than the global tier);
 * ``global`` otherwise (scratch laid out ``[slot][thread]`` per block).
+
+The ``shared`` tier (one thread per quartet, its slots in shared memory, a
+block of at most 128 threads) is slower than the warp tier wherever both
+were measured, so only an explicit ``tier='shared'`` selects it.
 
 Measured routing (:func:`route`): the register variant is compiled and kept
 only if ptxas spills at most ``SPILL_BYTES_MAX`` bytes per thread; otherwise
-the class moves to shared memory, and from there to global memory when the
-shared variant does not fit or spills.  Decisions are cached in memory and on
+the class moves to the warp tier, and to the global tier when one warp's
+slots do not fit.  Decisions are cached in memory and on
 disk (next to gpucore's kernel cache) per (class, Cartesian, operator,
 contraction shape, architecture, code version).  ``tier=`` overrides the
 choice for experiments, as does ``$FUSIONRCG_TIER``.  Measuring needs the GPU
@@ -47,9 +49,8 @@ from pathlib import Path
 from . import codegen, ir
 from .schedule import peak_live
 
-REG_PEAK_MAX = 64
-SHARED_MIN_THREADS = 128
-SPILL_BYTES_MAX = 256
+REG_PEAK_MAX = 180
+SPILL_BYTES_MAX = 1152
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 
@@ -62,8 +63,6 @@ def choose_tier(program: ir.Program) -> str:
     peak = peak_live(program)
     if peak <= REG_PEAK_MAX:
         return 'register'
-    if 8 * peak * SHARED_MIN_THREADS <= codegen.SHARED_BYTES_MAX:
-        return 'shared'
     if _fits(program, variant_for(program, 'warp')):
         return 'warp'
     return 'global'
@@ -229,7 +228,8 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
             raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
         stats = measure(program, variant)
     else:
-        order = codegen.TIERS[codegen.TIERS.index(choose_tier(program)):]
+        start = choose_tier(program)
+        order = [t for t in codegen.TIERS[codegen.TIERS.index(start):] if t != 'shared' or t == start]
         for t in order:
             variant = variant_for(program, t, omega, nctr)
             if not _fits(program, variant):

@@ -18,13 +18,11 @@ def fresh_cache(monkeypatch, tmp_path):
 
 def test_static_choice_follows_peak_live(monkeypatch):
     assert tiers.choose_tier(host.get_program(0, 0, 0, 0)) == 'register'
-    assert tiers.choose_tier(host.get_program(1, 1, 1, 1)) == 'shared'      # peak 104
+    assert tiers.choose_tier(host.get_program(1, 1, 1, 1)) == 'register'    # peak 104
     assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'warp'        # peak 1127
     assert tiers.choose_tier(host.get_program(4, 4, 4, 4)) == 'warp'        # 23274 slots per warp
     prog = host.get_program(1, 0, 0, 0)
-    shared_max = codegen.SHARED_BYTES_MAX // (8 * tiers.SHARED_MIN_THREADS)
-    for peak, tier in ((tiers.REG_PEAK_MAX, 'register'), (tiers.REG_PEAK_MAX + 1, 'shared'),
-                       (shared_max, 'shared'), (shared_max + 1, 'warp')):
+    for peak, tier in ((tiers.REG_PEAK_MAX, 'register'), (tiers.REG_PEAK_MAX + 1, 'warp')):
         monkeypatch.setattr(tiers, 'peak_live', lambda p, v=peak: v)
         assert tiers.choose_tier(prog) == tier
     monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)   # one warp's slots do not fit
@@ -47,27 +45,27 @@ def _fake_measure(spills, calls):
     return measure
 
 
-def test_spilling_register_variant_moves_to_shared_then_warp(monkeypatch, fresh_cache):
+def test_spilling_register_variant_moves_to_warp_then_global(monkeypatch, fresh_cache):
     prog = host.get_program(1, 0, 0, 0)
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
-        {'register': tiers.SPILL_BYTES_MAX + 8, 'shared': 0, 'global': 0}, calls))
+        {'register': tiers.SPILL_BYTES_MAX + 8, 'warp': 0, 'global': 0}, calls))
     variant, stats = tiers.route(prog)
-    assert variant.tier == stats['tier'] == 'shared' and calls == ['register', 'shared']
+    assert variant.tier == stats['tier'] == 'warp' and calls == ['register', 'warp']
 
     prog2 = host.get_program(1, 1, 0, 0)
     calls.clear()
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
         {'register': 4096, 'shared': 4096, 'warp': 4096, 'global': 4096}, calls))
     variant, stats = tiers.route(prog2)
-    assert variant.tier == 'warp' and calls == ['register', 'shared', 'warp']
+    assert variant.tier == 'warp' and calls == ['register', 'warp']
 
     calls.clear()
     monkeypatch.setattr(tiers, '_decisions', {})
     fresh_cache.unlink()
     monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)
     variant, stats = tiers.route(prog2)
-    assert variant.tier == 'global' and calls == ['register', 'shared', 'global']
+    assert variant.tier == 'global' and calls == ['register', 'global']
 
 
 def test_decisions_are_cached_in_memory_and_on_disk(monkeypatch, fresh_cache):
