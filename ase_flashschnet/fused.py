@@ -27,9 +27,15 @@ inference and MD on one CUDA GPU. What is fused (``csrc/flashschnet/``):
   ``precision='fp32'`` uses FFMA with register tiling and keeps fp32 accuracy.
 
 The per-atom dense parts (embedding, lin1, lin2, lin, output MLP, priors) run in
-torch; the CFConv is a ``torch.autograd.Function``, and forces are obtained as
-``dE/dd`` per edge by ``torch.autograd.grad`` followed by one CSR kernel that
-multiplies by the unit vectors and sums per atom. Only first derivatives with
+torch. For forces (``energy_and_forces``, ``energy_forces_virial``) the backward
+of the dense part is written out (``FusedSchNet._energy_grad_d``: no autograd
+graph, one cuBLAS call per product, lin biases folded so each residual update is
+one addmm) and gives ``dE/dd`` per edge; one CSR kernel then multiplies by the
+unit vectors and sums per atom. The whole evaluation has no host synchronisation
+once the neighbour graph's CSR is cached, so it can be captured in a CUDA graph
+(``benchmarks/schnet_throughput.py --cuda-graph``). ``energy`` and
+``per_atom_energies`` go through autograd instead (the CFConv is a
+``torch.autograd.Function``), so they stay differentiable. Only first derivatives with
 respect to positions (and strain) are provided: no weight gradients and no
 double backward, so this module cannot train; train the reference model and
 build a new :class:`FusedSchNet` (or call :meth:`FusedSchNet.refresh`).
@@ -78,6 +84,29 @@ _PREC_CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
 _ACT_CODE = {"tanh": 0, "ssp": 1, "silu": 2}
 _QDTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _DEFAULT = dict(num_filters=128, num_rbf=50, activation="tanh")
+_LOG2 = 0.6931471805599453
+
+
+# Activations of the hand-written force path (FusedSchNet._energy_grad_d): forward
+# (value, what the backward needs) and backward (dE/dz from dE/dy), one kernel each
+# (two for ssp's forward), with the formulas of torch autograd.
+def _tanh_fwd(z):
+    y = torch.tanh(z)
+    return y, y
+
+
+def _ssp_fwd(z):
+    return F.softplus(z).sub_(_LOG2), z
+
+
+def _silu_fwd(z):
+    return F.silu(z), z
+
+
+_ACT_FWD = {"tanh": _tanh_fwd, "ssp": _ssp_fwd, "silu": _silu_fwd}
+_ACT_BWD = {"tanh": lambda g, y: torch.ops.aten.tanh_backward(g, y),
+            "ssp": lambda g, z: torch.ops.aten.softplus_backward(g, z, 1.0, 20.0),
+            "silu": lambda g, z: torch.ops.aten.silu_backward(g, z)}
 
 
 def quantize_per_channel(weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -169,19 +198,22 @@ class _Kernels:
         # Small graphs get about one block per 64 edges instead of a full GPU's worth.
         return max(1, min(resident, -(-n_edges // 64)))
 
-    def cfconv_forward(self, h: Tensor, d: Tensor, csr: "_Csr", blk: "_Block") -> Tensor:
+    def cfconv_forward(self, h: Tensor, d: Tensor, csr: "_Csr", blk: "_Block", grid: int | None = None) -> Tensor:
+        """``grid``: number of blocks (default: as many as are resident); the result
+        does not depend on it, bit for bit."""
         out = torch.empty_like(h)
         resident, threads, smem = self.fwd_launch
-        self.fwd((self._grid(resident, csr.n_edges),), (threads,),
+        self.fwd((grid or self._grid(resident, csr.n_edges),), (threads,),
                  (h, d, csr.dst_ptr, csr.dst, csr.src, blk.w1, blk.w2, blk.params, np.float32(blk.cutoff),
                   np.int32(csr.n_atoms), out), shared_mem=smem)
         return out
 
-    def cfconv_backward(self, h: Tensor, gm: Tensor, d: Tensor, csr: "_Csr", blk: "_Block") -> tuple[Tensor, Tensor]:
+    def cfconv_backward(self, h: Tensor, gm: Tensor, d: Tensor, csr: "_Csr", blk: "_Block",
+                        grid: int | None = None) -> tuple[Tensor, Tensor]:
         grad_h = torch.empty_like(h)
         grad_d = torch.empty_like(d)
         resident, threads, smem = self.bwd_launch
-        self.bwd((self._grid(resident, csr.n_edges),), (threads,),
+        self.bwd((grid or self._grid(resident, csr.n_edges),), (threads,),
                  (h, gm, d, csr.src_ptr, csr.src_order, csr.src, csr.dst, blk.w1, blk.w2, blk.params,
                   np.float32(blk.cutoff), np.int32(csr.n_atoms), grad_h, grad_d), shared_mem=smem)
         return grad_h, grad_d
@@ -291,6 +323,7 @@ class _Block:
     lin2_b: Tensor
     lin_w: Tensor
     lin_b: Tensor
+    lin1_b: Tensor | None = None  # force path: lin1.weight @ (sum of the earlier blocks' lin biases)
 
 
 class _CFConv(torch.autograd.Function):
@@ -350,7 +383,10 @@ class FusedSchNet(nn.Module):
         self._defines = kernel_defines(config["num_filters"], config["num_rbf"], config["activation"], precision)
         self.device = _check_device(device)
         self.precision = precision
-        self.act = ACTIVATIONS[config["activation"]]
+        self._act_name = config["activation"]
+        self._out_act_name = config.get("output_activation") or config["activation"]
+        self.act = ACTIVATIONS[self._act_name]
+        self.out_act = ACTIVATIONS[self._out_act_name]
         super().train(False)
         self.refresh(model)
 
@@ -363,6 +399,12 @@ class FusedSchNet(nn.Module):
     @torch.no_grad()
     def refresh(self, model) -> None:
         """Copy (and for 16-bit, quantise) the weights of ``model`` again."""
+        self._load_weights(model)
+        self._kernels = _kernels(tuple(sorted(self._defines.items())), self.device)
+        self._graph_cache = None
+
+    @torch.no_grad()
+    def _load_weights(self, model) -> None:
         dev, f32 = self.device, torch.float32
 
         def t(x):
@@ -393,8 +435,19 @@ class FusedSchNet(nn.Module):
         self._atomref = t(model.atomref)
         self._scale, self._shift = float(model.energy_scale), float(model.energy_shift)
         self._priors = copy.deepcopy(model.priors).to(device=dev, dtype=f32)
-        self._kernels = _kernels(tuple(sorted(self._defines.items())), dev)
-        self._graph_cache = None
+        # The force path keeps x' = x - c_k, where c_k is the sum of the lin biases of
+        # the blocks before block k: the residual update is then one addmm, and c_k
+        # enters as a bias of lin1 (W1 c_k) and of output1 (W_o1 c + b_o1). The
+        # energy scale and shift are folded into output2. Same function; fp32
+        # rounding differs from the unfolded order by ~1 ulp.
+        c = torch.zeros_like(self._embedding[0])
+        for i, blk in enumerate(blocks):
+            blk.lin1_b = None if i == 0 else (blk.lin1 @ c).contiguous()
+            c = c + blk.lin_b
+        o1w, o1b, o2w, o2b = self._out
+        self._out_folded = (o1w, (o1w @ c + o1b).contiguous(), (self._scale * o2w).contiguous(),
+                            (self._scale * o2b + self._shift).contiguous())
+        self._atomref_zero = not bool(self._atomref.any())
 
     def _csr_of(self, graph, n_atoms: int) -> _Csr:
         cached = self._graph_cache
@@ -410,8 +463,41 @@ class FusedSchNet(nn.Module):
             m = _CFConv.apply(h, d, self._kernels, blk, csr)
             x = x + F.linear(self.act(F.linear(m, blk.lin2_w, blk.lin2_b)), blk.lin_w, blk.lin_b)
         o1w, o1b, o2w, o2b = self._out
-        out = F.linear(self.act(F.linear(x, o1w, o1b)), o2w, o2b).squeeze(-1)
+        out = F.linear(self.out_act(F.linear(x, o1w, o1b)), o2w, o2b).squeeze(-1)
         return self._scale * out + self._shift + self._atomref[types]
+
+    def _energy_grad_d(self, types: Tensor, d: Tensor, csr: _Csr) -> tuple[Tensor, Tensor]:
+        """Per-atom SchNet energies (no priors) and dE/dd per edge (dE = sum of the
+        per-atom energies), with the backward written out instead of taken by autograd:
+        no graph is recorded, every product is one cuBLAS call (residual updates and
+        lin1's gradient accumulate with addmm), each activation derivative one kernel
+        from the saved activation, and the dE/dd of the blocks accumulate in place.
+        Same formulas as ``_schnet_atoms`` + ``torch.autograd.grad``."""
+        kernels, act_fwd, act_bwd = self._kernels, _ACT_FWD[self._act_name], _ACT_BWD[self._act_name]
+        x = F.embedding(types, self._embedding)
+        saved = []
+        for blk in self._blocks:
+            h = F.linear(x, blk.lin1, blk.lin1_b)
+            m = kernels.cfconv_forward(h, d, csr, blk)
+            a, keep = act_fwd(F.linear(m, blk.lin2_w, blk.lin2_b))
+            x = torch.addmm(x, a, blk.lin_w.t())
+            saved.append((h, keep))
+        o1w, o1b, o2w, o2b = self._out_folded
+        y, keep_y = _ACT_FWD[self._out_act_name](F.linear(x, o1w, o1b))
+        energy = F.linear(y, o2w, o2b).squeeze(-1)
+        if not self._atomref_zero:
+            energy = energy + self._atomref[types]
+        # dE/dy is the same row (scale * output2.weight) for every atom.
+        gx = _ACT_BWD[self._out_act_name](o2w.expand_as(y), keep_y) @ o1w
+        grad_d = None
+        for i in range(len(self._blocks) - 1, -1, -1):
+            blk, (h, keep) = self._blocks[i], saved[i]
+            gm = act_bwd(gx @ blk.lin_w, keep) @ blk.lin2_w
+            gh, gd = kernels.cfconv_backward(h, gm, d, csr, blk)
+            grad_d = gd if grad_d is None else grad_d.add_(gd)
+            if i:
+                gx = torch.addmm(gx, gh, blk.lin1)
+        return energy, (torch.zeros_like(d) if grad_d is None else grad_d)
 
     def _types(self, types) -> Tensor:
         return torch.as_tensor(types, device=self.device).long().reshape(-1)
@@ -465,14 +551,9 @@ class FusedSchNet(nn.Module):
         csr = self._csr_of(graph, pos32.shape[0])
         kernels = self._kernels
         d = kernels.edge_lengths(pos32, csr)
-        with torch.enable_grad():
-            d.requires_grad_(True)
-            per_atom = self._schnet_atoms(types, d, csr)
-            (grad_d,) = torch.autograd.grad(per_atom.sum(), d, allow_unused=True)
-        if grad_d is None:
-            grad_d = torch.zeros_like(d)
-        forces, atom_virial = kernels.edge_forces(grad_d.contiguous(), pos32, csr, virial)
-        per_atom = per_atom.detach()
+        with torch.no_grad():
+            per_atom, grad_d = self._energy_grad_d(types, d, csr)
+        forces, atom_virial = kernels.edge_forces(grad_d, pos32, csr, virial)
         system_virial = None
         if virial:
             system_virial = kernels.segment_sum(atom_virial, csr.sys_order, csr.sys_ptr, csr.n_systems)

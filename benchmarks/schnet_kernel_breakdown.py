@@ -8,9 +8,10 @@ events (median of --reps after --warmup):
 
 * edge_lengths, cfconv_forward (x3), cfconv_backward (x3), edge_forces,
   segment_sum (per-system energies): the fused kernels;
-* torch dense: the per-atom torch part (embedding, lin1/lin2/lin, activations,
-  output MLP, and their autograd backward) with the CFConv replaced by a
-  pass-through of the same shape;
+* torch dense: the per-atom torch part of the force path
+  (``FusedSchNet._energy_grad_d``: embedding, lin1/lin2/lin, activations, output
+  MLP and their hand-written backward) with the CFConv kernels replaced by
+  pass-throughs of the same shapes;
 * full: ``energy_and_forces`` as the throughput benchmark times it; ``rest`` =
   full - the sum of the pieces (launch gaps, autograd bookkeeping, small ops);
 * host enqueue: CPU wall time of one call without synchronising; when it
@@ -21,14 +22,16 @@ FLOPs the kernels execute; the 16-bit path pads 50 Gaussians to 64).
 
 Kernel variants (``--variants``, compile-time defines of csrc/flashschnet/cfconv.cu)
 are timed side by side on the same inputs, and their outputs are compared bit for
-bit with the default build, so one GPU run decides between them:
-``FS_PIPELINE=0,SEG_CHUNK=1`` is the previous tile loop (edge arrays loaded at the
-start of each tile, segment sum reading one edge at a time), ``FS_PIPELINE=0`` the
-chunked segment sum alone. Each CFConv row also gives the registers, spill bytes,
+bit with the default build (and by the largest relative difference), so one GPU
+run decides between them: ``FS_SEGSUM=0`` is the previous segment sum (F threads
+walking the tile's edges one by one; it adds in another order, so it differs in the
+last bits), ``FS_PIPELINE=0`` loads the edge arrays at the start of each tile
+instead of one tile ahead. Each CFConv row also gives the registers, spill bytes,
 resident blocks per SM, threads and shared memory of its kernel. ``FS_PROFILE=1``
 is the default build with clock() marks at each barrier of the tile loop: it adds
 rows with the cycles per block spent in each phase (setup, staging, Gaussians,
-gemm1 + activation, gemm2, epilogue, segment sum) of one forward and one backward
+gemm1 + activation, gemm2, epilogue, segment sum; the default build's carries of
+the segment sum are combined during "stage edges") of one forward and one backward
 launch, i.e. where inside the kernels the time goes (its own timings are slightly
 slower than the default's).
 
@@ -55,7 +58,7 @@ from schnet_throughput import build_case, median_ms  # noqa: E402
 
 from ase_flashschnet import fused as fz  # noqa: E402
 
-DEFAULT_VARIANTS = ["FS_PIPELINE=0,SEG_CHUNK=1", "FS_PIPELINE=0", "FS_PROFILE=1"]
+DEFAULT_VARIANTS = ["FS_SEGSUM=0", "FS_PIPELINE=0", "FS_PROFILE=1", "FS_SEGSUM=0,FS_PROFILE=1"]
 
 
 def host_ms(fn, reps: int) -> float:
@@ -93,29 +96,40 @@ def capture(model_f: fz.FusedSchNet, types, pos32, csr):
             ms.append(m)
             x = x + F.linear(model_f.act(F.linear(m, blk.lin2_w, blk.lin2_b)), blk.lin_w, blk.lin_b)
         o1w, o1b, o2w, o2b = model_f._out
-        out = F.linear(model_f.act(F.linear(x, o1w, o1b)), o2w, o2b).squeeze(-1)
+        out = F.linear(model_f.out_act(F.linear(x, o1w, o1b)), o2w, o2b).squeeze(-1)
         per_atom = model_f._scale * out + model_f._shift + model_f._atomref[types]
         grad_d, *gms = torch.autograd.grad(per_atom.sum(), [d, *ms])
     gms = [g.contiguous() for g in gms]
     return d.detach(), hs, gms, grad_d.contiguous(), per_atom.detach()
 
 
-def dense_part(model_f: fz.FusedSchNet, types):
-    """The torch per-atom part (forward + autograd backward) with each CFConv a
-    pass-through, so it is timed without the fused kernels."""
-    emb = F.embedding(types, model_f._embedding).detach()
+class _PassThrough:
+    """Stands in for the CFConv kernels: m = h forward, (gm, zeros) backward."""
+
+    def __init__(self, n_edges: int, device):
+        self.grad_d = torch.zeros(n_edges, device=device)
+
+    def cfconv_forward(self, h, d, csr, blk):
+        return h
+
+    def cfconv_backward(self, h, gm, d, csr, blk):
+        return gm, self.grad_d.clone()
+
+
+def dense_part(model_f: fz.FusedSchNet, types, d, csr):
+    """The torch per-atom part of the force path (FusedSchNet._energy_grad_d, forward
+    and hand-written backward) with each CFConv a pass-through, so it is timed
+    without the fused kernels."""
+    stand_in = _PassThrough(csr.n_edges, d.device)
 
     def run():
-        with torch.enable_grad():
-            x0 = emb.clone().requires_grad_(True)
-            x = x0
-            for blk in model_f._blocks:
-                m = F.linear(x, blk.lin1)
-                x = x + F.linear(model_f.act(F.linear(m, blk.lin2_w, blk.lin2_b)), blk.lin_w, blk.lin_b)
-            o1w, o1b, o2w, o2b = model_f._out
-            out = F.linear(model_f.act(F.linear(x, o1w, o1b)), o2w, o2b).squeeze(-1)
-            e = model_f._scale * out + model_f._shift + model_f._atomref[types]
-            torch.autograd.grad(e.sum(), x0)
+        real = model_f._kernels
+        model_f._kernels = stand_in
+        try:
+            with torch.no_grad():
+                model_f._energy_grad_d(types, d, csr)
+        finally:
+            model_f._kernels = real
     return run
 
 
@@ -158,6 +172,8 @@ def run_precision(model, types, pos, graph, precision, variants, warmup, reps, d
         outs = [(kern.cfconv_forward(hs[i], d, csr, mf._blocks[i]),
                  *kern.cfconv_backward(hs[i], gms[i], d, csr, mf._blocks[i])) for i in range(n_int)]
         same = None if ref is None else all(bool(torch.equal(a, b)) for o, r in zip(outs, ref) for a, b in zip(o, r))
+        diff = None if ref is None else max(float((a.double() - b.double()).abs().max() / b.double().abs().max())
+                                            for o, r in zip(outs, ref) for a, b in zip(o, r))
         rows = [dict(part="cfconv_forward", calls=n_int, ms=fwd, tflops=n_int * flop_f / fwd * 1e-9),
                 dict(part="cfconv_backward", calls=n_int, ms=bwd, tflops=n_int * flop_b / bwd * 1e-9)]
         for r, fn, (grid, threads, smem) in zip(rows, (kern.fwd, kern.bwd), (kern.fwd_launch, kern.bwd_launch)):
@@ -167,6 +183,7 @@ def run_precision(model, types, pos, graph, precision, variants, warmup, reps, d
                      threads=threads, smem_kb=round(smem / 1024, 1))
             if same is not None:
                 r["bitwise_same_as_default"] = same
+                r["max_rel_diff_to_default"] = diff
         return rows, outs
 
     rows, ref_outs = cf_rows(k, "default")
@@ -174,7 +191,7 @@ def run_precision(model, types, pos, graph, precision, variants, warmup, reps, d
              dict(part="edge_forces", calls=1, ms=t(lambda: k.edge_forces(grad_d, pos32, csr, False))),
              dict(part="segment_sum", calls=1,
                   ms=t(lambda: k.segment_sum(per_atom, csr.sys_order, csr.sys_ptr, csr.n_systems))),
-             dict(part="torch dense (fwd+bwd)", calls=1, ms=t(dense_part(mf, types)))]
+             dict(part="torch dense (fwd+bwd)", calls=1, ms=t(dense_part(mf, types, d, csr)))]
     for r in rows[2:]:
         r["variant"] = "default"
     full_fn = lambda: mf.energy_and_forces(types, pos, graph)  # noqa: E731
@@ -212,14 +229,15 @@ full call spends outside the timed pieces (launch gaps, autograd, small torch op
 `host enqueue` is the CPU time to issue one call - if it is close to `full`, the
 evaluation is launch-bound. Variants are other compile-time defines of cfconv.cu,
 timed on the same inputs; bitwise_same_as_default compares their outputs with the
-default build's. Phase rows (FS_PROFILE=1): kcycles_per_block = thousands of
+default build's (max_rel_diff_to_default: max |difference| / max |default| over all
+outputs). Phase rows (FS_PROFILE=1): kcycles_per_block = thousands of
 cycles thread 0 of a block spent in that phase (barrier to barrier, so waiting on the
 slowest warp counts), averaged over blocks; share_of_kernel = fraction of the sum.
 """
 
 COLUMNS = ["precision", "variant", "part", "calls", "ms", "share_of_full", "tflops", "regs", "spill_bytes",
-           "blocks_per_sm", "threads", "smem_kb", "bitwise_same_as_default", "kcycles_per_block", "share_of_kernel",
-           "note"]
+           "blocks_per_sm", "threads", "smem_kb", "bitwise_same_as_default", "max_rel_diff_to_default",
+           "kcycles_per_block", "share_of_kernel", "note"]
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,18 @@ ns/day at a 4 fs step, and the force error against the reference, for the
 reference (``SchNet.energy_and_forces``, autograd, float32) and FusedSchNet in
 fp32 / bf16 / fp16. Results go to benchmarks/results/ (JSON + markdown).
 
-    python benchmarks/schnet_throughput.py            # 64 and 128 replicas
-    python benchmarks/schnet_throughput.py --quick    # smoke run
+With ``--cuda-graph`` each method is also timed as a replay of one force
+evaluation captured in a CUDA graph (``torch.cuda.CUDAGraph``: static inputs, the
+same neighbour graph, so no launch or Python overhead), in rows labelled
+``... (CUDA graph)``: ``speedup`` is still against the eager reference, and
+``speedup_vs_graph_ref`` against the reference replayed the same way. The replay's
+forces are compared with the eager call's (``graph_vs_eager_max_rel``; the fused
+path is deterministic, so 0 is expected there). A method that cannot be captured
+gets a row with the reason in ``note``.
+
+    python benchmarks/schnet_throughput.py                 # 64 and 128 replicas
+    python benchmarks/schnet_throughput.py --cuda-graph    # + CUDA-graph rows
+    python benchmarks/schnet_throughput.py --quick         # smoke run
 """
 from __future__ import annotations
 
@@ -114,11 +124,42 @@ def peak_bytes(fn) -> int:
     return torch.cuda.max_memory_allocated()
 
 
+def capture_graph(fn):
+    """Capture one call of ``fn`` (returning a tuple of tensors) in a CUDA graph, after
+    warm-up calls on a side stream as torch.cuda.graph requires; returns
+    (replay, graph), replay() replaying it and returning the graph's static outputs."""
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = fn()
+    torch.cuda.synchronize()
+
+    def replay():
+        graph.replay()
+        return static
+
+    return replay, graph
+
+
 def ns_per_day(ms: float, replicas: int) -> float:
     return replicas * (86400e3 / ms) * TIMESTEP_FS * 1e-6
 
 
-def run_case(n_replicas: int, precisions, warmup: int, reps: int, device) -> list[dict]:
+def _errors(energy, forces, ref) -> dict:
+    df = forces.double() - ref["forces"]
+    return dict(force_max_rel=float(df.abs().max() / ref["forces"].abs().max()),
+                force_rms_rel=float(df.norm() / ref["forces"].norm()),
+                energy_max_rel=float((energy.double() - ref["energy"]).abs().max() / ref["energy"].abs().max()))
+
+
+def run_case(n_replicas: int, precisions, warmup: int, reps: int, device, cuda_graph: bool = False) -> list[dict]:
     model, types, pos, graph = build_case(n_replicas, device)
     n_edges = graph.num_edges
     common = dict(replicas=n_replicas, beads=n_replicas * N_BEADS, edges=n_edges,
@@ -127,38 +168,75 @@ def run_case(n_replicas: int, precisions, warmup: int, reps: int, device) -> lis
     for precision in precisions:
         fused = FusedSchNet(model, precision=precision, device=device)
         variants.append((f"fused {precision}", lambda f=fused: f.energy_and_forces(types, pos, graph)))
-    records, ref = [], None
+    records, ref, ref_graph_ms = [], None, None
+
+    def emit(row):
+        records.append(row)
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
     for name, fn in variants:
         try:
             energy, forces = fn()
             ms = median_ms(fn, warmup, reps)
             peak = peak_bytes(fn)
         except torch.cuda.OutOfMemoryError:
-            records.append(dict(common, method=name, ms_per_eval=None, note="out of GPU memory"))
+            emit(dict(common, method=name, ms_per_eval=None, note="out of GPU memory"))
             torch.cuda.empty_cache()
             continue
         row = dict(common, method=name, ms_per_eval=round(ms, 3), ns_per_day=round(ns_per_day(ms, n_replicas), 1),
                    peak_gb=round(peak / 1e9, 3))
-        if ref is None:
+        if ref is None and name.startswith("reference"):
             ref = dict(ms=ms, peak=peak, energy=energy.double(), forces=forces.double())
             row.update(speedup=1.0, memory_ratio=1.0)
-        else:
-            df = forces.double() - ref["forces"]
+        elif ref is not None:
             row.update(speedup=round(ref["ms"] / ms, 2), memory_ratio=round(peak / ref["peak"], 3),
-                       force_max_rel=float(df.abs().max() / ref["forces"].abs().max()),
-                       force_rms_rel=float(df.norm() / ref["forces"].norm()),
-                       energy_max_rel=float((energy.double() - ref["energy"]).abs().max()
-                                            / ref["energy"].abs().max()))
-        records.append(row)
-        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+                       **_errors(energy, forces, ref))
+        emit(row)
+        if not cuda_graph:
+            continue
+        gname = f"{name} (CUDA graph)"
+        replay = captured = None
+        try:
+            replay, captured = capture_graph(fn)
+            g_energy, g_forces = (t.clone() for t in replay())
+            g_ms = median_ms(replay, warmup, reps)
+        except torch.cuda.OutOfMemoryError:
+            emit(dict(common, method=gname, ms_per_eval=None, note="out of GPU memory"))
+            continue
+        except Exception as exc:  # a path that cannot be captured is reported, not hidden
+            emit(dict(common, method=gname, ms_per_eval=None,
+                      note=f"capture failed: {type(exc).__name__}: {exc}"[:300]))
+            continue
+        finally:
+            del replay, captured
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        grow = dict(common, method=gname, ms_per_eval=round(g_ms, 3),
+                    ns_per_day=round(ns_per_day(g_ms, n_replicas), 1),
+                    graph_vs_eager_max_rel=float((g_forces.double() - forces.double()).abs().max()
+                                                 / forces.double().abs().max()),
+                    note="replay of one captured evaluation (static inputs and neighbour graph)")
+        if name.startswith("reference"):
+            ref_graph_ms = g_ms
+        if ref is not None:
+            grow["speedup"] = round(ref["ms"] / g_ms, 2)
+            if ref_graph_ms is not None:
+                grow["speedup_vs_graph_ref"] = round(ref_graph_ms / g_ms, 2)
+            if not name.startswith("reference"):
+                grow.update(_errors(g_energy, g_forces, ref))
+        emit(grow)
     return records
 
 
 NOTES = """\
-speedup = reference ms / ms; memory_ratio = peak / reference peak (peaks include the
-inputs, neighbour graph and weights). ns_per_day = replicas x steps per day x 4 fs.
-Errors are against the reference's float32 forces (max |dF| / max |F_ref|, and the
-RMS ratio). Timings are medians of CUDA-event timed force evaluations after warm-up.
+speedup = reference ms / ms (the eager reference, for every row); memory_ratio = peak /
+reference peak (peaks include the inputs, neighbour graph and weights). ns_per_day =
+replicas x steps per day x 4 fs. Errors are against the reference's float32 forces
+(max |dF| / max |F_ref|, and the RMS ratio). Timings are medians of CUDA-event timed
+force evaluations after warm-up. Rows "(CUDA graph)" (--cuda-graph) time the replay
+of one captured evaluation with static inputs and neighbour graph;
+speedup_vs_graph_ref compares with the reference replayed the same way, and
+graph_vs_eager_max_rel is max |F_replay - F_eager| / max |F_eager| of the same method.
 """
 
 
@@ -170,6 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 replicas, 3 repetitions")
     parser.add_argument("--name", default=None, help="results file stem (default schnet_throughput[_quick])")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time each method replayed from a captured CUDA graph")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("schnet_throughput needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -179,7 +259,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     records = []
     for n in args.replicas:
-        records += run_case(n, args.precisions, args.warmup, args.reps, device)
+        records += run_case(n, args.precisions, args.warmup, args.reps, device, cuda_graph=args.cuda_graph)
     name = args.name or ("schnet_throughput_quick" if args.quick else "schnet_throughput")
     paths = write_results(name, records, environment_meta(), title="FlashSchNet force-evaluation throughput",
                           notes=NOTES)

@@ -12,15 +12,23 @@
 // Nothing of size [E x F] or [E x NRBF] reaches global memory: a block stages TE
 // edges, builds their Gaussians in shared memory, runs the two filter products on
 // the tile, multiplies by the gathered rows, and reduces the messages of each atom
-// in edge order. Each block owns a contiguous range of atoms (balanced by edge
-// count with a binary search on the CSR pointer), so every atom's sum is taken by
-// one thread per channel in CSR order: no atomics, and results are bitwise
-// reproducible and independent of the grid size.
+// in a fixed order. Each block owns a contiguous range of atoms (balanced by edge
+// count with a binary search on the CSR pointer), so every atom's sum is taken
+// inside one block: no atomics, and results are bitwise reproducible.
+//
+// Segment sum (FS_SEGSUM=1, see seg_parts / seg_combine): the CSR is cut into
+// parts of PL consecutive edges aligned to multiples of PL in the global CSR
+// order (a block starts its first tile at its first edge rounded down to a
+// multiple of PL, the edges before it being padding). Each part is summed by
+// all NT threads at once (F/2 threads per part, two channels each), edge after
+// edge; an atom's sum is then the left-to-right sum of its per-part partial sums.
+// That order depends on the CSR only, not on the grid, the tile size or the GPU.
 //
 // Latency hiding inside a block (a tile is a chain of barrier-separated phases):
 // the next tile's edge arrays are copied to shared memory with cp.async while the
 // current tile computes (EdgeQueue), the gathered rows are loaded before the
-// second product, and the segment sum reads its messages in register chunks.
+// second product, and the carries of the segment sum are combined by the last
+// warps while the first ones stage the next tile.
 #include "flashschnet/common.cuh"
 #include "flashschnet/tiles.cuh"
 
@@ -61,8 +69,14 @@ typedef MmaTile<BWD_TE, 2, 4> BwdTile;
 #ifndef FS_PIPELINE
 #define FS_PIPELINE 1
 #endif
-// Edges whose messages the segment sum reads into registers at once (the values
-// that compile without spills next to the 16-bit backward's 128-register budget).
+// FS_SEGSUM=1: the parallel segment sum (all threads, parts of PL edges, see
+// seg_parts); 0: the previous one (F threads walk the tile's edges one by one,
+// reading SEG_CHUNK messages into registers at a time), kept for A/B timing in
+// benchmarks/schnet_kernel_breakdown.py. They add in different orders, so their
+// results differ in the last bits.
+#ifndef FS_SEGSUM
+#define FS_SEGSUM 1
+#endif
 #ifndef SEG_CHUNK
 #define SEG_CHUNK (F == 64 ? 8 : 16)
 #endif
@@ -108,18 +122,20 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // issues the next copies into the same slot (the stores depend on the loads, and
 // instructions issue in order, so the copy cannot overtake the read). Position e
 // of the sorted CSR is edge order[e] backward, e forward; backward, order[] is
-// fetched one tile earlier still, so the dependent loads never wait on it. Past
-// e_end a padding edge is staged (d = cutoff: C = C' = 0).
+// fetched one tile earlier still, so the dependent loads never wait on it. Outside
+// [e_first, e_end) (before the block's first edge, in its first tile, and past its
+// last) a padding edge is staged (d = cutoff: C = C' = 0).
 template <bool BWD, int TE>
 struct EdgeQueue {
   float d[TE];
   int seg[TE], oth[TE], eid[TE], ord[TE];  // ord: backward, order[] one tile ahead of eid
 
   // Start the copies of position e = (tile start) + tid, whose edge is id.
-  __device__ void issue(int e, int id, int e_end, const int* __restrict__ order, const float* __restrict__ dist,
-                        const int* __restrict__ seg_g, const int* __restrict__ oth_g, float cutoff) {
+  __device__ void issue(int e, int id, int e_first, int e_end, const int* __restrict__ order,
+                        const float* __restrict__ dist, const int* __restrict__ seg_g,
+                        const int* __restrict__ oth_g, float cutoff) {
     const int t = threadIdx.x;
-    if (e < e_end) {
+    if (e >= e_first && e < e_end) {
       cp_async4(d + t, dist + id);
       cp_async4(seg + t, seg_g + id);
       cp_async4(oth + t, oth_g + id);
@@ -139,6 +155,17 @@ struct EdgeQueue {
 // Parameters copied to shared memory: b1, s1, b2, s2 (F each), mu, gamma (NRBF each).
 constexpr int NPARAM = 4 * F + 2 * NRBF;
 
+// The split of the parallel segment sum (FS_SEGSUM=1): thread tid sums channels
+// 2q, 2q+1 (q = tid % NPAIR) of the PL edges of part p = tid / NPAIR of the tile;
+// a warp covers one part, so its branches on atom ids are uniform. The last NPAIR
+// threads of the block carry the running sums from part to part (seg_combine).
+template <class T>
+struct SegSplit {
+  static constexpr int NPAIR = F / 2, NPART = T::NT / NPAIR, PL = T::TE / NPART, MS2 = T::MSG_STRIDE / 2;
+  static_assert(T::NT % NPAIR == 0 && NPAIR % 32 == 0 && T::TE % NPART == 0, "parts must tile the block");
+  static_assert(PL >= 2 && T::MSG_STRIDE % 2 == 0, "a part keeps two partial sums in its rows, read as float2");
+};
+
 __host__ __device__ constexpr int align16(int x) { return (x + 15) & ~15; }
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
@@ -157,10 +184,132 @@ struct Layout {
   static constexpr int RED = EDGE + 6 * T::TE * 4;  // d, C, C', seg, other, edge id
   static constexpr int QUEUE = RED + (BWD ? T::NCG * T::TE * 4 : 0);
   static constexpr int RANGE = QUEUE + (FS_PIPELINE ? align16(sizeof(EdgeQueue<BWD, T::TE>)) : 0);
-  static constexpr int PROF = RANGE + 16;
+  // Segment-sum carries (FS_SEGSUM=1): head/tail atom of each part, then per
+  // combining thread its open atom (~atom while none is open) and float2 sum.
+  static constexpr int SEGC = RANGE + 16;
+  static constexpr int SEGR = SEGC + (FS_SEGSUM ? align16(2 * SegSplit<T>::NPART * 4 + SegSplit<T>::NPAIR * 4) : 0);
+  static constexpr int PROF = SEGR + (FS_SEGSUM ? SegSplit<T>::NPAIR * 8 : 0);
   static constexpr int TOTAL = PROF + (FS_PROFILE ? NPHASE * 8 : 0);
   static_assert(TOTAL <= 227 * 1024, "tile too large for shared memory");
 };
+
+__device__ __forceinline__ void store2(float* __restrict__ out, int atom, int q, float2 v) {
+  reinterpret_cast<float2*>(out + (long long)atom * F)[q] = v;
+}
+__device__ __forceinline__ void add2(float2& a, float2 b) {
+  a.x += b.x;
+  a.y += b.y;
+}
+
+// Parallel segment sum, step 1 (all threads, after the message tile is complete).
+// Thread (part p, pair q) sums its channels over the valid edges [jlo, jhi) of
+// part p, in edge order, starting from 0 at the part's first edge and at each new
+// atom. Atoms that start and end inside the part are complete: their sums are
+// written to out here, with zero rows for atoms without edges between them. The
+// part's first atom h (its "head", which may have edges in earlier parts) and last
+// atom t (its "tail", which may go on in later parts) are left for seg_combine:
+// the head sum goes to message row lo, the tail sum to row lo + 1 (rows only this
+// thread reads, and it has read them already), h and t to bnd[2p], bnd[2p + 1]
+// (bnd[2p] = -1 for a part with no valid edge).
+template <class T>
+__device__ __forceinline__ void seg_parts(float* msg, const int* seg_s, int* bnd, float* __restrict__ out, int jb,
+                                          int n) {
+  typedef SegSplit<T> S;
+  constexpr int PL = S::PL;
+  const int q = threadIdx.x % S::NPAIR, p = threadIdx.x / S::NPAIR, lo = p * PL;
+  const int jlo = max(lo, jb), jhi = min(lo + PL, n);
+  if (jlo >= jhi) {
+    if (q == 0) bnd[2 * p] = -1;
+    return;
+  }
+  float2* m2 = reinterpret_cast<float2*>(msg) + lo * S::MS2 + q;
+  float2 m[PL];
+#pragma unroll
+  for (int j = 0; j < PL; ++j) m[j] = m2[j * S::MS2];
+  const int h = seg_s[jlo], t = seg_s[jhi - 1];
+  float2 head = make_float2(0.0f, 0.0f), run = head;
+  if (h == t) {  // the usual case: the whole part belongs to one atom
+#pragma unroll
+    for (int j = 0; j < PL; ++j)
+      if (lo + j >= jlo && lo + j < jhi) add2(run, m[j]);
+    head = run;
+  } else {
+    int c = h;
+#pragma unroll
+    for (int j = 0; j < PL; ++j) {
+      if (lo + j >= jlo && lo + j < jhi) {
+        const int a = seg_s[lo + j];
+        if (a != c) {  // atom c ends at edge j
+          if (c == h) head = run; else store2(out, c, q, run);
+          for (int x = c + 1; x < a; ++x) store2(out, x, q, make_float2(0.0f, 0.0f));
+          c = a;
+          run = make_float2(0.0f, 0.0f);
+        }
+        add2(run, m[j]);
+      }
+    }
+  }
+  m2[0] = head;
+  m2[S::MS2] = run;  // the tail's sum (unused when h == t)
+  if (q == 0) {
+    bnd[2 * p] = h;
+    bnd[2 * p + 1] = t;
+  }
+}
+
+// Parallel segment sum, step 2 (the last NPAIR threads, for pair q of channels),
+// run while the first warps stage the next tile (the message rows and bnd it reads
+// are not overwritten before the next tile's Gaussians), and once after the last
+// tile. It walks the parts in order with the block's open atom c and its running
+// sum (kept in shared memory, cur_s / run_s, so no register is held across the
+// filter products): a part whose head is c adds its head sum; a part with a new
+// head first completes c (writes it) and writes zero rows up to the head; a part
+// whose tail differs from its head completes the head and opens the tail with the
+// tail sum. cur_s[q] = ~c (negative) until the block's first edge. With last, the
+// open atom and the atoms without edges after it up to a_end are written too.
+template <class T>
+__device__ __forceinline__ void seg_combine(const float* msg, const int* bnd, int* cur_s, float2* run_s,
+                                            float* __restrict__ out, bool last, int a_end) {
+  typedef SegSplit<T> S;
+  const int q = threadIdx.x - (T::NT - S::NPAIR);
+  if (q < 0) return;
+  int c = cur_s[q];
+  bool open = c >= 0;
+  if (!open) c = ~c;
+  float2 run = run_s[q];  // 0 while not open
+  const float2* m2 = reinterpret_cast<const float2*>(msg) + q;
+#pragma unroll
+  for (int p = 0; p < S::NPART; ++p) {
+    const int h = bnd[2 * p], t = bnd[2 * p + 1];
+    if (h >= 0) {
+      const float2 head = m2[p * S::PL * S::MS2];
+      if (open && c == h) {
+        add2(run, head);
+      } else {
+        for (; c < h; ++c) {
+          store2(out, c, q, run);
+          run = make_float2(0.0f, 0.0f);
+        }
+        run = head;
+        open = true;
+      }
+      if (t != h) {
+        store2(out, c, q, run);
+        c = t;
+        run = m2[(p * S::PL + 1) * S::MS2];
+      }
+    }
+  }
+  if (last) {
+    for (; c < a_end; ++c) {
+      store2(out, c, q, run);
+      run = make_float2(0.0f, 0.0f);
+    }
+  } else {
+    cur_s[q] = open ? c : ~c;
+    run_s[q] = run;
+  }
+}
 
 template <class T, bool BWD>
 __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const float* __restrict__ gm,
@@ -193,6 +342,10 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
   int* eid_s = oth_s + TE;
   float* red = reinterpret_cast<float*>(smem + L::RED);
   int* range = reinterpret_cast<int*>(smem + L::RANGE);
+  typedef SegSplit<T> S;
+  int* bnd = reinterpret_cast<int*>(smem + L::SEGC);  // [2 * NPART] head, tail atom per part
+  int* cur_s = bnd + 2 * S::NPART;                     // [NPAIR]
+  float2* run_s = reinterpret_cast<float2*>(smem + L::SEGR);  // [NPAIR]
 
   const int tid = threadIdx.x;
 #if FS_PROFILE
@@ -209,23 +362,44 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
   }
   T::load_weights(W1s, W2s, static_cast<const E*>(w1), static_cast<const E*>(w2));
   for (int i = tid; i < NPARAM; i += T::NT) par[i] = params[i];
+#if FS_SEGSUM
+  if (tid < S::NPART) bnd[2 * tid] = -1;  // no parts pending
+#endif
   __syncthreads();
   FS_MARK(0);
 
   const T tile;
   const int a_end = range[1];
-  const int e_end = ptr[a_end];
+  int e_first = ptr[range[0]], e_end = ptr[a_end];
+  // Tiles start at the block's first edge rounded down to a multiple of the part
+  // length (FS_SEGSUM=1), so parts are aligned in the global CSR order; the jb
+  // edges of the first tile before e_first are padding. e_first and e_end are read
+  // back from shared memory (range[2], range[3]) where needed after a barrier
+  // rather than held in registers across the filter products.
+  const int e_start = e_first < e_end ? (FS_SEGSUM ? e_first & ~(S::PL - 1) : e_first) : e_end;
+  if (tid == 0) {  // read after the first tile's barriers
+    range[2] = e_first;
+    range[3] = e_end;
+  }
+#if FS_SEGSUM
+  if (tid >= T::NT - S::NPAIR) {  // the combining threads' state (each reads only its own)
+    cur_s[tid - (T::NT - S::NPAIR)] = ~range[0];
+    run_s[tid - (T::NT - S::NPAIR)] = make_float2(0.0f, 0.0f);
+  }
+#else
   int cur = range[0];  // the atom whose sum thread tid < F is accumulating
   float run = 0.0f;
+#endif
 #if FS_PIPELINE
   EdgeQueue<BWD, TE>& queue = *reinterpret_cast<EdgeQueue<BWD, TE>*>(smem + L::QUEUE);
   if (tid < TE) {
-    const int e = ptr[cur] + tid;
-    queue.issue(e, BWD ? (e < e_end ? order[e] : 0) : e, e_end, order, dist, seg, other, cutoff);
+    const int e = e_start + tid;
+    queue.issue(e, BWD ? (e >= e_first && e < e_end ? order[e] : 0) : e, e_first, e_end, order, dist, seg, other,
+                cutoff);
   }
 #endif
-  for (int e0 = ptr[cur]; e0 < e_end; e0 += TE) {
-    const int n = min(TE, e_end - e0);
+  for (int e0 = e_start; e0 < e_end; e0 += TE) {
+    int n = min(TE, e_end - e0), jb = max(e_first - e0, 0);  // valid edges: [jb, n)
     if (tid < TE) {
 #if FS_PIPELINE
       cp_async_wait_all();
@@ -234,7 +408,7 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       seg_s[tid] = queue.seg[tid];
       oth_s[tid] = queue.oth[tid];
 #else
-      const bool valid = tid < n;
+      const bool valid = tid >= jb && tid < n;
       const int eid = valid ? (BWD ? order[e0 + tid] : e0 + tid) : 0;
       const float d = valid ? dist[eid] : cutoff;
       seg_s[tid] = valid ? seg[eid] : 0;
@@ -254,9 +428,12 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
       eid_s[tid] = eid;
 #if FS_PIPELINE
       const int e = e0 + TE + tid;
-      queue.issue(e, e < e_end ? queue.next_id(e) : 0, e_end, order, dist, seg, other, cutoff);
+      queue.issue(e, e < e_end ? queue.next_id(e) : 0, e_first, e_end, order, dist, seg, other, cutoff);
 #endif
     }
+#if FS_SEGSUM
+    seg_combine<T>(msg, bnd, cur_s, run_s, out, false, 0);  // the previous tile's parts
+#endif
     __syncthreads();
     FS_MARK(1);
     T::template fill_a1<BWD>(A1, dA1, d_s, mu, gam);
@@ -333,12 +510,17 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
     __syncthreads();
     FS_MARK(5);
 
-    if (BWD && tid < n) {
+    n = min(TE, range[3] - e0);
+    jb = max(range[2] - e0, 0);
+    if (BWD && tid >= jb && tid < n) {
       float s = 0.0f;
 #pragma unroll
       for (int g = 0; g < T::NCG; ++g) s += red[g * TE + tid];
       grad_d[eid_s[tid]] = s;
     }
+#if FS_SEGSUM
+    seg_parts<T>(msg, seg_s, bnd, out, jb, n);
+#else
     // Segment sums in CSR order: thread tid owns channel tid of the current atom.
     // The messages and atom ids are read SEG_CHUNK at a time into registers first,
     // so the shared-memory latency is paid once per chunk, not once per edge (the
@@ -354,7 +536,7 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
         }
 #pragma unroll
         for (int j = 0; j < SEG_CHUNK; ++j) {
-          if (c0 + j < n) {
+          if (c0 + j >= jb && c0 + j < n) {
             while (cur < a[j]) {
               out[(long long)cur * F + tid] = run;
               run = 0.0f;
@@ -365,15 +547,22 @@ __device__ __forceinline__ void cfconv_body(const float* __restrict__ h, const f
         }
       }
     }
+#endif
     __syncthreads();  // the next tile overwrites the staged edges and the messages
     FS_MARK(6);
+    e_end = range[3];
+    e_first = range[2];
   }
+#if FS_SEGSUM
+  seg_combine<T>(msg, bnd, cur_s, run_s, out, true, range[1]);
+#else
   if (tid < F) {
     for (; cur < a_end; ++cur) {
       out[(long long)cur * F + tid] = run;
       run = 0.0f;
     }
   }
+#endif
 #if FS_PROFILE
   __syncthreads();  // thread 0's last update of prof
   if (tid < NPHASE && blockIdx.x < PROFILE_BLOCKS) fs_profile[blockIdx.x * NPHASE + tid] = prof[tid];

@@ -71,6 +71,15 @@ __device__ __forceinline__ float envelope(float d, float cutoff, float& slope) {
   return 0.5f * (c + 1.0f);
 }
 
+// threadIdx.x read afresh where it is called: the compiler cannot hoist it out of
+// the tile loop, so addresses derived from it are recomputed (a few integer ops)
+// instead of being held in a register across the filter products, or spilled.
+__device__ __forceinline__ int fresh_tid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+}
+
 // Bring the 128-byte line holding p into L1 ahead of a load (holds no register).
 __device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 

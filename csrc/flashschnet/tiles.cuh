@@ -274,12 +274,16 @@ struct MmaTile {
   }
 
   __device__ void reduce_rows(float (&part)[NR], float* red) const {
+    // The target address is recomputed from a fresh threadIdx.x: held across the
+    // tile loop it spilled in the 16-bit backward (at its 128-register cap).
+    const int t = fresh_tid(), w = t >> 5;
+    float* dst = red + (w % WC) * TE + (w / WC) * WM + ((t & 31) >> 2);
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       float v = part[r];
       v += __shfl_xor_sync(0xffffffffu, v, 1);
       v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if ((lane & 3) == 0) red[wc * TE + row(r)] = v;
+      if ((t & 3) == 0) dst[(r >> 1) * 16 + 8 * (r & 1)] = v;
     }
   }
 };

@@ -1,13 +1,15 @@
 """What of the fused FlashSchNet path can be checked without a GPU: the per-channel
 16-bit quantisation, the configuration checks, the CSR preparation, refusal of a
-CPU device, and the derivative formulas the backward kernel implements (tangent
-mode through the filter network, envelope derivative), checked against autograd."""
+CPU device, the derivative formulas the backward kernel implements (tangent
+mode through the filter network, envelope derivative), checked against autograd,
+and the schedule of the kernels' parallel segment sum, replayed in Python."""
 import math
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,21 +58,22 @@ _CSRC = Path(fused.__file__).resolve().parents[1] / "csrc"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cfconv_compiles_for_sm90_without_spills(precision, tmp_path):
     """The benchmark configuration (128 filters, 50 Gaussians, tanh) builds for sm_90
-    with no register spills, in the default build and in the previous tile loop that
-    schnet_kernel_breakdown.py times against it; its profiling build (FS_PROFILE=1)
-    builds too (a few spilled bytes are tolerated there)."""
+    with no register spills in the default build; the variants that
+    schnet_kernel_breakdown.py times against it (the previous serial segment sum,
+    FS_SEGSUM=0, and the profiling build, FS_PROFILE=1) build too (a few spilled
+    bytes are tolerated there: they are not what runs)."""
     defines = fused.kernel_defines(128, 50, "tanh", precision)
-    for extra in ({}, {"FS_PIPELINE": 0, "SEG_CHUNK": 1}, {"FS_PROFILE": 1}):
+    for extra in ({}, {"FS_SEGSUM": 0}, {"FS_PROFILE": 1}):
         flags = [f"-D{k}={v}" for k, v in {**defines, **extra}.items()]
         out = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-std=c++17", f"-I{_CSRC}", *flags,
                               str(_CSRC / "flashschnet" / "cfconv.cu"), "-o", str(tmp_path / "cfconv.cubin")],
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out.stderr)
-        if "FS_PROFILE" not in extra:
+        if not extra:
             assert len(spills) == 3 and all(a == "0" and b == "0" for a, b in spills), (extra, out.stderr)
 
 
@@ -166,3 +169,165 @@ def test_backward_formulas_match_autograd(activation):
     torch.testing.assert_close(grad_d, grad_d_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_h, grad_h_ref, rtol=1e-10, atol=1e-12)
     assert grad_d[-1] == 0 and grad_d[-2] == 0
+
+
+def _segsum_schedule(ptr, values, n_blocks, te, pl):
+    """The FS_SEGSUM=1 segment sum of cfconv.cu (cfconv_body, seg_parts, seg_combine)
+    step by step in Python, float32: per block its atom range, tiles of ``te`` edges
+    from its first edge rounded down to a multiple of ``pl``, parts of ``pl`` edges,
+    carries combined part after part. Returns the sums and how often each row was written."""
+    n_atoms, n_edges = len(ptr) - 1, int(ptr[-1])
+    seg = np.repeat(np.arange(n_atoms), np.diff(ptr))
+    out = np.full((n_atoms, values.shape[1]), np.nan, dtype=np.float32)
+    writes = np.zeros(n_atoms, dtype=int)
+    n_part = te // pl
+
+    def store(a, v):
+        out[a] = v
+        writes[a] += 1
+
+    def combine(state, parts, last, a_end):
+        c, is_open, run = state
+        for h, t, head, tail in parts:
+            if h < 0:
+                continue
+            if is_open and c == h:
+                run = (run + head).astype(np.float32)
+            else:
+                while c < h:
+                    store(c, run)
+                    run = np.zeros_like(run)
+                    c += 1
+                run, is_open = head, True
+            if t != h:
+                store(c, run)
+                c, run = t, tail
+        if last:
+            while c < a_end:
+                store(c, run)
+                run = np.zeros_like(run)
+                c += 1
+        return c, is_open, run
+
+    zero = np.zeros(values.shape[1], dtype=np.float32)
+    for b in range(n_blocks):
+        a0 = int(np.searchsorted(ptr, n_edges * b // n_blocks, side="left"))
+        a1 = n_atoms if b + 1 == n_blocks else int(np.searchsorted(ptr, n_edges * (b + 1) // n_blocks, side="left"))
+        e_first, e_end = int(ptr[a0]), int(ptr[a1])
+        e_start = e_first & ~(pl - 1) if e_first < e_end else e_end
+        state, parts = (a0, False, zero), []
+        for e0 in range(e_start, e_end, te):
+            state = combine(state, parts, False, a1)
+            n, jb = min(te, e_end - e0), max(e_first - e0, 0)
+            parts = []
+            for p in range(n_part):
+                jlo, jhi = max(p * pl, jb), min(p * pl + pl, n)
+                if jlo >= jhi:
+                    parts.append((-1, -1, None, None))
+                    continue
+                h, t = seg[e0 + jlo], seg[e0 + jhi - 1]
+                c, run, head = h, zero, None
+                for j in range(jlo, jhi):
+                    a = seg[e0 + j]
+                    if a != c:
+                        if c == h:
+                            head = run
+                        else:
+                            store(c, run)
+                        for x in range(c + 1, a):
+                            store(x, zero)
+                        c, run = a, zero
+                    run = (run + values[e0 + j]).astype(np.float32)
+                parts.append((h, t, run if head is None else head, run))
+        combine(state, parts, True, a1)
+    return out, writes
+
+
+@pytest.mark.parametrize("te, pl", [(64, 16), (64, 8), (32, 8)])
+def test_parallel_segment_sum_schedule(te, pl):
+    """The parallel segment sum's schedule writes every atom exactly once (atoms
+    without edges, at block ends and between parts, included) with its sum over its
+    edges, and its rounding depends on the CSR only: bitwise the same for any grid."""
+    rng = np.random.default_rng(0)
+    counts = rng.choice([0, 0, 1, 3, 15, 16, 17, 40, 64, 65, 150], size=300)
+    counts[:5] = 0
+    counts[-7:] = 0
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    ints = rng.integers(-50, 50, size=(int(ptr[-1]), 4)).astype(np.float32)  # exact sums
+    exact = np.add.reduceat(np.vstack([ints, np.zeros((1, 4), np.float32)]), ptr[:-1], axis=0)
+    exact[counts == 0] = 0
+    values = rng.normal(size=(int(ptr[-1]), 4)).astype(np.float32)
+    first = None
+    for n_blocks in (1, 3, 7, 64, 401):
+        out, writes = _segsum_schedule(ptr, ints, n_blocks, te, pl)
+        assert (writes == 1).all(), n_blocks
+        assert np.array_equal(out, exact), n_blocks
+        got = _segsum_schedule(ptr, values, n_blocks, te, pl)[0]
+        if first is None:
+            first = got
+            np.testing.assert_allclose(got, np.add.reduceat(np.vstack([values, np.zeros((1, 4))]), ptr[:-1],
+                                                            axis=0) * (counts > 0)[:, None], rtol=1e-5, atol=1e-5)
+        assert np.array_equal(got, first), n_blocks
+
+
+class _TorchCFConv:
+    """cfconv_forward / cfconv_backward of fused._Kernels in plain torch (fp32 weight
+    layout of fused._Block), so the dense part of FusedSchNet runs on the CPU."""
+
+    def __init__(self, activation):
+        self.act = ACTIVATIONS[activation]
+
+    def _filter(self, d, blk):
+        n_f = blk.w2.shape[0]
+        b1, s1, b2, s2, rest = blk.params[:n_f], blk.params[n_f:2 * n_f], blk.params[2 * n_f:3 * n_f], \
+            blk.params[3 * n_f:4 * n_f], blk.params[4 * n_f:]
+        mu, gamma = rest[:len(rest) // 2], rest[len(rest) // 2:]
+        g = torch.exp(-gamma * (d[:, None] - mu) ** 2)
+        w = s2 * (self.act(s1 * (g @ blk.w1) + b1) @ blk.w2) + b2
+        env = torch.where(d < blk.cutoff, 0.5 * (torch.cos(math.pi * d / blk.cutoff) + 1.0), 0.0)
+        return w * env[:, None]
+
+    def cfconv_forward(self, h, d, csr, blk):
+        w = self._filter(d, blk)
+        return torch.zeros_like(h).index_add_(0, csr.dst.long(), h[csr.src.long()] * w)
+
+    def cfconv_backward(self, h, gm, d, csr, blk):
+        with torch.enable_grad():
+            h_, d_ = h.detach().requires_grad_(True), d.detach().requires_grad_(True)
+            m = self.cfconv_forward(h_, d_, csr, blk)
+            return torch.autograd.grad((m * gm).sum(), (h_, d_))
+
+
+@pytest.mark.parametrize("activation, out_activation", [("tanh", None), ("ssp", "tanh"), ("silu", "ssp")])
+def test_force_path_dense_part_matches_autograd(activation, out_activation):
+    """FusedSchNet's hand-written force path (_energy_grad_d: folded biases, manual
+    backward) against its autograd path (_schnet_atoms) and the reference SchNet,
+    with the CFConv kernels replaced by torch on the CPU."""
+    model = SchNet(hidden_channels=32, num_filters=64, num_interactions=3, num_rbf=12, cutoff=4.0,
+                   activation=activation, output_activation=out_activation, num_types=5, energy_scale=1.7,
+                   energy_shift=-0.3, seed=1)
+    with torch.no_grad():
+        model.atomref.copy_(torch.arange(5.0))
+        for block in model.interactions:
+            block.lin.bias.normal_()
+    pos, batch, graph = _random_graph(seed=4, n=30)
+    types = torch.arange(30) % 5
+    fs = fused.FusedSchNet.__new__(fused.FusedSchNet)
+    torch.nn.Module.__init__(fs)
+    fs.device, fs.precision = torch.device("cpu"), "fp32"
+    fs._act_name, fs._out_act_name = activation, out_activation or activation
+    fs.act, fs.out_act = ACTIVATIONS[fs._act_name], ACTIVATIONS[fs._out_act_name]
+    fs._load_weights(model)
+    fs._kernels = _TorchCFConv(activation)
+    csr = fused._Csr.from_graph(graph, 30, "cpu")
+    d = graph.edge_vec(pos).norm(dim=1).float()
+
+    energy, grad_d = fs._energy_grad_d(types, d, csr)
+    with torch.enable_grad():
+        d_ = d.clone().requires_grad_(True)
+        e_auto = fs._schnet_atoms(types, d_, csr)
+        (g_auto,) = torch.autograd.grad(e_auto.sum(), d_)
+    e_ref = model.double().per_atom_energies(types, pos, graph.edge_src, graph.edge_dst, graph.edge_vec(pos))
+    torch.testing.assert_close(e_auto.double(), e_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(energy, e_auto.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_d, g_auto, rtol=1e-4, atol=1e-6)

@@ -179,3 +179,58 @@ def test_inference_only():
     types, pos, graph = _batch([20], False, seed=8)
     with pytest.raises(NotImplementedError):
         fused.energy_and_forces(types, pos, graph, create_graph=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cfconv_independent_of_grid(precision):
+    """The CFConv kernels' outputs (per-atom sums, dE/dd) are bitwise the same for any
+    number of blocks: from 1 to more blocks than atoms (blocks without edges, atoms
+    split across tiles, parts starting before a block's first edge, atoms without
+    neighbours), every output row written (freed memory poisoned with NaN first)."""
+    model = _model()
+    types, pos, graph = _batch([150, 90, 37], False, seed=9)
+    fused = FusedSchNet(model, precision=precision)
+    n = pos.shape[0]
+    csr = fused._csr_of(graph, n)
+    kernels, blk = fused._kernels, fused._blocks[1]
+    d = kernels.edge_lengths(pos.float().contiguous(), csr)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(n, 128, device="cuda", generator=gen)
+    gm = torch.randn(n, 128, device="cuda", generator=gen)
+
+    def poisoned(fn):
+        junk = torch.full((4 * n * 128 + 4 * csr.n_edges,), float("nan"), device="cuda")
+        del junk
+        return fn()
+
+    ref = (kernels.cfconv_forward(h, d, csr, blk), *kernels.cfconv_backward(h, gm, d, csr, blk))
+    assert all(bool(torch.isfinite(t).all()) for t in ref)
+    for grid in (1, 2, 7, 33, csr.n_edges // 20 + 1, n + 13):
+        got = poisoned(lambda: (kernels.cfconv_forward(h, d, csr, blk, grid=grid),
+                                *kernels.cfconv_backward(h, gm, d, csr, blk, grid=grid)))
+        for name, a, b in zip(("m", "grad_h", "grad_d"), got, ref):
+            assert torch.equal(a, b), (grid, name, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replay_matches_eager(precision):
+    """One force evaluation captured in a CUDA graph (as benchmarks/schnet_throughput.py
+    --cuda-graph does) replays to the eager result, bit for bit."""
+    model = _model()
+    types, pos, graph = _batch([64, 50], True, seed=10)
+    pos = pos.float()
+    fused = FusedSchNet(model, precision=precision)
+    e_eager, f_eager = fused.energy_and_forces(types, pos, graph)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fused.energy_and_forces(types, pos, graph)
+    torch.cuda.current_stream().wait_stream(side)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        e_static, f_static = fused.energy_and_forces(types, pos, graph)
+    for _ in range(2):
+        cuda_graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(e_static, e_eager) and torch.equal(f_static, f_eager)
