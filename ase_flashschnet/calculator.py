@@ -165,6 +165,37 @@ class ForceEngine:
     def name(self) -> str:
         return f"{'fused' if self.fused else 'reference'} {self.precision} on {self.device}"
 
+    @property
+    def graph_index_dtype(self) -> torch.dtype:
+        """Index dtype of the neighbour graphs this engine reads without converting
+        them: int32 for the fused kernels, int64 for the plain torch reference."""
+        return torch.int32 if self.fused else torch.long
+
+    def reads_graph_in_place(self, graph, n_atoms: int) -> bool:
+        """Whether every force call reads ``graph``'s own tensors, so that rewriting
+        them in place (a static MD neighbour list rebuilt inside a CUDA graph) is
+        seen by the next call. The reference always indexes with them directly. The
+        fused module caches int32 CSR views per graph object; they alias the graph's
+        tensors when those already are contiguous int32 / float32 tensors on its
+        device. This checks that they do (and fills the cache, outside any capture);
+        False means: hand over a new graph object after each rebuild."""
+        if not self.fused:
+            return True
+        csr_of = getattr(self.module, "_csr_of", None)
+        if csr_of is None:
+            return False
+        try:
+            csr = csr_of(graph, n_atoms)
+        except Exception:  # noqa: BLE001 - an unexpected layout just means: no aliasing
+            return False
+        pairs = (("src", graph.edge_src), ("dst", graph.edge_dst), ("dst_ptr", graph.dst_ptr),
+                 ("src_order", graph.src_order), ("src_ptr", graph.src_ptr), ("shifts", graph.shifts))
+        for name, tensor in pairs:
+            view = getattr(csr, name, None)
+            if not isinstance(view, torch.Tensor) or view.data_ptr() != tensor.data_ptr():
+                return False
+        return True
+
     def types(self, numbers) -> torch.Tensor:
         """Embedding types on the device (UnknownElementError names unknown elements)."""
         return self.reference.types_from_numbers(np.asarray(numbers)).to(self.device)

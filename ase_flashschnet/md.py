@@ -7,25 +7,36 @@ and friction) and velocity-Verlet NVE. Units are ASE's: positions in A,
 masses in amu, velocities in A / ase-time, energies in eV; ``dt_fs`` and
 ``friction_per_fs`` are converted with ``ase.units.fs``.
 
-A step is split in two halves so that the only host synchronisation is one
-small status read between them:
+A step: B (half kick with the stored forces), A O A (BAOAB) or a full drift
+(NVE); then on the device a status update (per replica: the first step an
+atom went non-finite or moved more than ``max_displacement``; the largest
+displacement since the last neighbour-list build); a neighbour-list rebuild
+when some atom moved more than skin/2; the force call; B.
 
-* first half: B (half kick with the stored forces), A O A (BAOAB) or a full
-  drift (NVE), then a status vector: the largest displacement since the last
-  neighbour-list build and, per replica, whether a coordinate went non-finite
-  or an atom is moving more than ``max_displacement`` per step;
-* host: stop on a bad replica, rebuild the neighbour list when some atom moved
-  more than skin/2;
-* second half: force call, then B.
+On a GPU the neighbour list is a :class:`~.neighbors.StaticNeighborList`: fixed
+capacity, tensors that never move, rebuilt by kernels that read the rebuild
+flag on the device. So a whole step, rebuild included, is one captured CUDA
+graph, and steps run back to back with one host synchronisation every
+``check_interval`` steps (and at frame and checkpoint steps). The criterion is
+the exact one of a per-step check (max displacement > skin/2, evaluated every
+step on the device): no missed neighbour, no extra margin. If a rebuild finds
+more edges than fit, it leaves the old list untouched and records the step;
+the host then rolls the block back (positions, velocities, forces, RNG state),
+grows the buffers and runs the block again, so nothing computed with an
+incomplete list survives. The capacity also follows the edge count between
+blocks (grown early, shrunk when padding exceeds 2 x ``edge_margin``), which
+needs a recapture. Without the GPU kernels (CPU, or an engine that caches its
+graph), each step is split in two halves with a host decision between them.
+Both engines, fused and reference, are driven by the same code.
 
-On a GPU each half is captured as a CUDA graph and replayed; the second half
-is recaptured after each neighbour-list rebuild (its edge tensors change).
-Langevin noise is drawn outside the graphs, from a generator whose state goes
-into checkpoints, so graph and eager runs draw the same numbers.
+Langevin noise is drawn outside the graphs, one draw per step from a generator
+whose state goes into checkpoints (and is restored on a roll-back), so graph,
+eager and restarted runs draw the same numbers.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -40,7 +51,8 @@ from ase.io import Trajectory, read
 from tqdm import tqdm
 
 from .calculator import ForceEngine, check_finite_positions, check_periodic_cell
-from .neighbors import NeighborList
+from .neighbors import (STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_SIZE, STAT_STEP, STAT_TOTAL,
+                        StaticNeighborList, capacity_for, new_stat)
 
 __all__ = ["run_replicas", "ReplicaResult", "SimulationError", "CHECKPOINT_NAME"]
 
@@ -72,7 +84,11 @@ class ReplicaResult:
     ``positions`` (frames, replicas, atoms, 3); ``energies`` (potential, eV),
     ``kinetic_energies`` and ``temperatures`` (K) are (frames, replicas);
     ``steps`` and ``times_ps`` label the frames. ``ns_per_day`` is aggregate
-    over replicas, for the steps run in this call.
+    over replicas, for the steps run in this call. ``neighbor_builds`` counts
+    all builds (``neighbor_time_s``: measured for host-driven builds, estimated
+    as builds x ``neighbor_build_ms`` for those inside CUDA graphs);
+    ``neighbor_mode`` is 'in-graph' or 'host'; ``host_syncs`` the status reads;
+    ``mean_edge_padding`` the mean fraction of padding edge slots.
     """
 
     steps: np.ndarray
@@ -95,6 +111,12 @@ class ReplicaResult:
     cuda_graph: bool
     traj_files: list = field(default_factory=list)
     checkpoint_file: str | None = None
+    neighbor_mode: str = "host"
+    host_syncs: int = 0
+    edge_capacity: int = 0
+    mean_edge_padding: float = 0.0
+    neighbor_overflows: int = 0
+    neighbor_build_ms: float = float("nan")
 
     @property
     def replicas(self) -> int:
@@ -236,20 +258,24 @@ def _host(t: torch.Tensor) -> np.ndarray:
 
 
 class _Simulation:
-    """State and step halves of one batched run (see the module docstring)."""
+    """State and step of one batched run (see the module docstring)."""
 
     def __init__(self, engine: ForceEngine, atoms_list, *, dt_fs, temperature_K, friction_per_fs, integrator,
-                 skin, seed, cuda_graph, max_displacement, checkpoint):
+                 skin, seed, cuda_graph, max_displacement, checkpoint, check_interval=20, edge_margin=0.05,
+                 neighbor_backend="auto"):
         if integrator not in ("baoab", "nve"):
             raise ValueError(f"integrator must be 'baoab' or 'nve', got {integrator!r}")
         if not dt_fs > 0:
             raise ValueError(f"dt_fs must be positive, got {dt_fs}")
+        if int(check_interval) < 1:
+            raise ValueError(f"check_interval must be a positive number of steps, got {check_interval!r}")
         self.engine = engine
         self.integrator = integrator
         self.dt_fs = float(dt_fs)
         self.dt = self.dt_fs * units.fs
         self.max_displacement = float(max_displacement)
         self.skin = float(skin)
+        self.check_interval = int(check_interval)
         self.atoms_list = atoms_list
         R, N = len(atoms_list), len(atoms_list[0])
         self.R, self.N = R, N
@@ -292,14 +318,25 @@ class _Simulation:
         start = checkpoint["positions"] if checkpoint is not None else np.concatenate([a.positions for a in atoms_list])
         self.x = torch.as_tensor(start).to(device=device, dtype=dtype).reshape(R * N, 3).clone()
         self.noise = torch.zeros_like(self.x)
-        self.status = torch.zeros(1 + R, dtype=dtype, device=device)
-        self.neighbors = NeighborList(engine.cutoff, skin)
-        self.neighbor_builds, self.neighbor_time = 0, 0.0
+        # Device-side status: the STAT_* slots shared with the neighbour-list kernels
+        # (builds, edge totals, first overflowing step, current step), then per
+        # replica the first step it went bad (-1: none) and how (1 too fast, 2 non-finite).
+        self.stat = new_stat(device, 2 * R)
+        self.stat[STAT_SIZE:STAT_SIZE + R] = -1
+        self.gate = torch.zeros(1, dtype=torch.int32, device=device)  # rebuild the neighbour list in this step
+        self.rebuild_threshold = (0.5 * self.skin) ** 2
+        self.nl = StaticNeighborList(engine.cutoff, skin, self.batch, R, cell=self.cell, pbc=self.pbc, dtype=dtype,
+                                     device=device, index_dtype=engine.graph_index_dtype, margin=edge_margin,
+                                     backend=neighbor_backend)
+        self.neighbor_builds, self.neighbor_time = 0, 0.0  # host-driven builds and their time
+        self.builds_in_graph, self.build_seconds = 0, float("nan")
+        self.host_syncs, self.overflows, self.reallocations = 0, 0, 0
+        self.padding_steps, self.steps_counted = 0.0, 0
         self.x_ref = self.x.clone()
 
         if checkpoint is None:
-            self._build_neighbors()
             self.step = 0
+            self._build_now()
             velocities = np.concatenate([a.get_velocities() for a in atoms_list])
             if np.any(velocities):
                 self.v = tensor(velocities)
@@ -310,13 +347,32 @@ class _Simulation:
             self.e, self.f = energy.detach().clone(), forces.detach().clone()
         else:
             self._restore(checkpoint)
+        self.stat[STAT_STEP] = self.step
         self.control = _GraphControl(cuda_graph, device)
-        self.first_half = _Graphed(self._first_half, self.control)
-        self.second_half = _Graphed(self._second_half, self.control)
+        self.step_graph = _Graphed(self._device_step, self.control)
+        self.part1 = _Graphed(self._first_half, self.control)
+        self.part2 = _Graphed(self._second_half, self.control)
+        self.in_place = engine.reads_graph_in_place(self.graph, R * N)
+        self.device_mode = self.nl.gated and self.in_place
+        if self.nl.gated and not self.in_place:
+            log.warning("the force engine does not read the neighbour graph in place; neighbour lists are rebuilt "
+                        "from the host, with one synchronisation per step")
+        self._saved = None
+        if self.device_mode:
+            self._time_build()
 
-    # -- the two halves of a step (in-place updates only: they may be captured) --
+    @property
+    def graph(self):
+        return self.nl.graph
+
+    @property
+    def neighbor_mode(self) -> str:
+        return "in-graph" if self.device_mode else "host"
+
+    # -- one step, in pieces that only update pre-allocated tensors in place (they may be captured) --
     def _first_half(self):
-        x, v, hdt = self.x, self.v, 0.5 * self.dt
+        x, v, hdt, stat, R = self.x, self.v, 0.5 * self.dt, self.stat, self.R
+        stat[STAT_STEP:STAT_STEP + 1].add_(1)
         v.addcmul_(self.f, self.inv_m, value=hdt)
         if self.integrator == "baoab":
             x.add_(v, alpha=hdt)
@@ -325,12 +381,15 @@ class _Simulation:
         else:
             x.add_(v, alpha=self.dt)
         moved = (x - self.x_ref).square().sum(1).max()
+        self.gate.copy_(moved > self.rebuild_threshold)
         finite = torch.isfinite(x).all(1) & torch.isfinite(v).all(1)
         fast = v.square().sum(1) * self.dt ** 2 > self.max_displacement ** 2
         # per atom: 2 = non-finite, 1 = too fast, 0 = fine; per replica: the worst
-        code = torch.where(finite, fast.to(x.dtype), 2.0)
-        self.status[0] = moved
-        self.status[1:] = code.view(self.R, self.N).amax(1)
+        code = torch.where(finite, fast.to(x.dtype), 2.0).view(R, self.N).amax(1).long()
+        first, kind = stat[STAT_SIZE:STAT_SIZE + R], stat[STAT_SIZE + R:]
+        newly = (code > 0) & (first < 0)
+        first.copy_(torch.where(newly, stat[STAT_STEP], first))
+        kind.copy_(torch.where(newly, code, kind))
 
     def _second_half(self):
         energy, forces = self.engine.energy_and_forces(self.types, self.x, self.graph)
@@ -338,27 +397,174 @@ class _Simulation:
         self.f.copy_(forces)
         self.v.addcmul_(self.f, self.inv_m, value=0.5 * self.dt)
 
-    def _build_neighbors(self):
+    def _device_step(self):
+        self._first_half()
+        self.nl.build_gated(self.x, self.x_ref, self.gate, self.stat)
+        self._second_half()
+
+    # -- neighbour lists --
+    def _build_now(self) -> bool:
+        """Host-driven build at the current positions (x_ref follows); True if the buffers moved."""
         start = time.perf_counter()
-        self.graph = self.neighbors.build(self.x, batch=self.batch, cell=self.cell, pbc=self.pbc, n_systems=self.R)
-        self.x_ref.copy_(self.x)
+        grown = self.nl.rebuild(self.x, self.x_ref)
+        if self.x.is_cuda:
+            torch.cuda.synchronize(self.x.device)
         self.neighbor_builds += 1
         self.neighbor_time += time.perf_counter() - start
+        self.stat[STAT_TOTAL] = self.nl.num_edges
+        self.stat[STAT_MAX_TOTAL] = self.nl.num_edges
+        return grown
 
-    def advance(self) -> np.ndarray | None:
-        """One step; returns the per-replica status codes when a replica went bad."""
+    def _time_build(self) -> None:
+        """Seconds per in-graph rebuild, timed once on an identical rebuild from x_ref."""
+        nl = self.nl
+
+        def sync():
+            if self.x.is_cuda:
+                torch.cuda.synchronize(self.x.device)
+
+        for _ in range(2):  # the first call may still load the module
+            sync()
+            start = time.perf_counter()
+            nl.build_gated(self.x_ref, None, nl.ones, nl.stat)
+            sync()
+            self.build_seconds = time.perf_counter() - start
+
+    def _graph_changed(self) -> None:
+        """The graph buffers were reallocated: recapture, and check the engine still reads them in place."""
+        self.in_place = self.engine.reads_graph_in_place(self.graph, self.R * self.N)
+        if self.device_mode and not self.in_place:
+            log.warning("the force engine no longer reads the neighbour graph in place; switching to host-driven "
+                        "neighbour-list rebuilds")
+            self.device_mode = False
+        self.step_graph.reset()
+        self.part2.reset()
+
+    def _renew_graph(self) -> None:
+        """A new graph object over the same tensors, for engines that cache per graph object."""
+        self.nl.graph = dataclasses.replace(self.nl.graph)
+        self.part2.reset()
+
+    def _resize_if_needed(self, total: int, max_total: int) -> None:
+        """Keep the capacity within [1 + margin/2, 1 + 2 margin] x the edge count:
+        grow before a build can overflow, shrink so that padding stays cheap for
+        consumers that process every slot. The list itself is rebuilt from x_ref,
+        i.e. unchanged."""
+        cap, margin = self.nl.capacity, self.nl.margin
+        if max_total * (1.0 + 0.5 * margin) > cap:
+            new = capacity_for(max_total, margin)
+        elif total * (1.0 + 2.0 * margin) < cap:
+            new = capacity_for(total, margin)
+        else:
+            return
+        if new == cap:
+            return
+        self.reallocations += 1
+        self.nl.allocate(new)
+        self.nl.rebuild(self.x_ref)
+        self._graph_changed()
+
+    def _count_padding(self, n_steps: int, total: int) -> None:
+        self.padding_steps += n_steps * (1.0 - total / self.nl.capacity)
+        self.steps_counted += n_steps
+
+    @property
+    def mean_edge_padding(self) -> float:
+        """Mean fraction of the edge slots that were padding, over the steps run."""
+        return self.padding_steps / self.steps_counted if self.steps_counted else 0.0
+
+    # -- advancing --
+    def _bad(self, st: np.ndarray):
+        """(first bad step, per-replica codes of the replicas that went bad then) or None."""
+        first, kind = st[STAT_SIZE:STAT_SIZE + self.R], st[STAT_SIZE + self.R:]
+        if np.all(first < 0):
+            return None
+        step = int(first[first >= 0].min())
+        return step, np.where(first == step, kind, 0)
+
+    def advance(self, n_steps: int):
+        """Up to ``n_steps`` steps; returns None, or (step, codes) for the first step
+        in which a replica went bad (codes per replica: 0 fine, 1 too fast, 2
+        non-finite). ``self.step`` then stays at the last good check point."""
+        if self.device_mode:
+            return self._device_block(n_steps)
+        for _ in range(n_steps):
+            bad = self._host_step()
+            if bad is not None:
+                return bad
+        return None
+
+    def _host_step(self):
+        """One step with a host decision in the middle (no GPU kernels for the list,
+        or an engine that caches the graph)."""
         if self.integrator == "baoab":
             self.noise.normal_(generator=self.generator)
-        self.first_half()
-        status = self.status.cpu().numpy().copy()
-        if np.any(status[1:] > 0):
-            return status[1:]
-        if status[0] > (0.5 * self.skin) ** 2:
-            self._build_neighbors()
-            self.second_half.reset()
-        self.second_half()
+        self.part1()
+        st = self.stat.cpu().numpy()
+        self.host_syncs += 1
+        bad = self._bad(st)
+        if bad is not None:
+            return bad
+        if bool(self.gate.item()):
+            if self._build_now():
+                self._graph_changed()
+            elif not self.in_place:
+                self._renew_graph()
+            self._resize_if_needed(self.nl.num_edges, self.nl.num_edges)
+        self.part2()
         self.step += 1
+        self._count_padding(1, self.nl.num_edges)
         return None
+
+    def _device_block(self, n_steps: int):
+        """``n_steps`` captured steps back to back, then one status read. A rebuild
+        that did not fit the buffers is undone: back to the block's start, larger
+        buffers, the block again (same noise)."""
+        self._save_block()
+        while True:
+            for _ in range(n_steps):
+                if self.integrator == "baoab":
+                    self.noise.normal_(generator=self.generator)
+                self.step_graph()
+            st = self.stat.cpu().numpy()
+            self.host_syncs += 1
+            if st[STAT_ERROR]:
+                raise RuntimeError("neighbour-list kernels produced an asymmetric list (internal error)")
+            bad = self._bad(st)
+            overflow = int(st[STAT_OVERFLOW])
+            if overflow >= 0 and (bad is None or bad[0] >= overflow):
+                self.overflows += 1
+                need = int(st[STAT_MAX_TOTAL])
+                log.info("neighbour list outgrew its %d slots at step %d (%d edges); redoing steps %d-%d",
+                         self.nl.capacity, overflow, need, self.step + 1, self.step + n_steps)
+                self._rollback(capacity_for(need, self.nl.margin))
+                continue
+            break
+        if bad is not None:
+            return bad
+        self.step += n_steps
+        self.builds_in_graph = int(st[STAT_BUILDS])
+        total = int(st[STAT_TOTAL])
+        self._count_padding(n_steps, total)
+        self._resize_if_needed(total, int(st[STAT_MAX_TOTAL]))
+        self.stat[STAT_MAX_TOTAL] = total
+        return None
+
+    def _save_block(self) -> None:
+        if self._saved is None:
+            self._saved = {k: torch.empty_like(getattr(self, k)) for k in ("x", "v", "f", "e", "x_ref", "stat")}
+        for k, t in self._saved.items():
+            t.copy_(getattr(self, k))
+        self._saved_rng = self.generator.get_state()
+
+    def _rollback(self, capacity: int) -> None:
+        for k, t in self._saved.items():
+            getattr(self, k).copy_(t)
+        self.generator.set_state(self._saved_rng)
+        self.reallocations += 1
+        self.nl.allocate(capacity)
+        self.nl.rebuild(self.x_ref)  # the list of the block's start, in the larger buffers
+        self._graph_changed()
 
     # -- observables, checkpoints --
     def kinetic_energies(self) -> np.ndarray:
@@ -399,7 +605,7 @@ class _Simulation:
     def _restore(self, ckpt: dict) -> None:
         device, dtype = self.engine.device, self.engine.dtype
         self.step = int(ckpt["step"])
-        self._build_neighbors()
+        self._build_now()
         self.v = ckpt["velocities"].to(device=device, dtype=dtype)
         self.f = ckpt["forces"].to(device=device, dtype=dtype)
         self.e = ckpt["energies"].to(device=device, dtype=dtype)
@@ -412,7 +618,50 @@ class _Simulation:
                         self.seed, self.step)
             self.generator.manual_seed(self.seed + self.step)
 
+    # -- profiling (benchmarks/md_throughput.py --profile) --
+    def profile(self, repeats: int = 20) -> dict:
+        """Milliseconds per piece of a step, each timed on its own with CUDA events
+        (eager, synchronised), and per step of back-to-back captured steps. Advances
+        the simulation; for measurements only."""
+        if self.x.device.type != "cuda":
+            raise RuntimeError("profiling needs a CUDA device")
 
+        def timed(fn, n=repeats):
+            torch.cuda.synchronize()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return begin.elapsed_time(end) / n
+
+        def wall(fn, n=repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+            return 1e3 * (time.perf_counter() - start) / n
+
+        out = {"neighbor_mode": self.neighbor_mode, "edge_capacity": self.nl.capacity,
+               "edges": int(self.graph.dst_ptr[-1])}
+        out["noise_ms"] = timed(lambda: self.noise.normal_(generator=self.generator))
+        out["first_half_ms"] = timed(self._first_half)
+        out["force_call_ms"] = timed(self._second_half)
+        out["force_call_wall_ms"] = wall(self._second_half)
+        if self.nl.use_kernels:
+            nl = self.nl
+            out["rebuild_ms"] = timed(lambda: nl.build_gated(self.x_ref, None, nl.ones, nl.stat))
+            out["rebuild_skipped_ms"] = timed(lambda: nl.build_gated(self.x_ref, None, self.gate.mul(0), nl.stat))
+        out["status_read_ms"] = wall(lambda: self.stat.cpu())
+        if self.device_mode:
+            steps = max(1, self.check_interval)
+            out["block_steps"] = steps
+            self.advance(steps)  # warm-up and capture
+            out["step_ms_in_blocks"] = wall(lambda: self.advance(steps), n=max(1, repeats // steps)) / steps
+        out["cuda_graph"] = bool(self.control.enabled and self.control.captured)
+        return out
 class _Writers:
     """One ASE trajectory per replica; on restart, frames after the checkpoint step are dropped."""
 
@@ -444,22 +693,28 @@ class _Writers:
             traj.close()
 
 
-def _instability(sim, bad, frames, writers, max_displacement) -> SimulationError:
-    """The error for replicas flagged bad in the step being taken (see ``_first_half``)."""
-    failed = np.flatnonzero(bad).tolist()
-    what = "; ".join(f"replica {r}: " + ("non-finite coordinates or velocities" if bad[r] >= 2 else
+def _instability(bad, frames, writers, max_displacement) -> SimulationError:
+    """The error for the first step in which replicas went bad: ``bad`` is (step,
+    per-replica codes), see ``_Simulation.advance``."""
+    step, codes = bad
+    failed = np.flatnonzero(codes).tolist()
+    what = "; ".join(f"replica {r}: " + ("non-finite coordinates or velocities" if codes[r] >= 2 else
                                          f"an atom moving more than {max_displacement} A per step") for r in failed)
     paths = writers.paths if writers is not None else []
     kept = f"; frames up to step {frames[-1]['step']} are kept" if frames else ""
     files = f" in {', '.join(paths)}" if paths else ""
-    step = sim.step + 1
     return SimulationError(f"MD became unstable at step {step} ({what}){kept}{files}", step, failed, paths)
+
+
+def _next_multiple(step: int, interval: int) -> int:
+    return (step // interval + 1) * interval
 
 
 def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0, temperature_K=300.0,
                  friction_per_fs=0.01, integrator="baoab", device="auto", precision="fp32", skin=1.0,
                  traj_interval=100, out_dir=None, checkpoint_interval=None, restart=None, progress=True,
-                 seed=None, cuda_graph=True, backend="auto", max_displacement=1.0) -> ReplicaResult:
+                 seed=None, cuda_graph=True, backend="auto", max_displacement=1.0, check_interval=20,
+                 edge_margin=0.05, neighbor_backend="auto") -> ReplicaResult:
     """Run ``replicas`` copies of a structure (or one run per structure in a list)
     as one batch on one device, until step ``steps``.
 
@@ -474,6 +729,14 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
     A replica whose coordinates go non-finite, or an atom faster than
     ``max_displacement`` A per step, stops the run with :class:`SimulationError`
     naming the step and replicas, after the frames so far are written.
+
+    On a GPU the steps run in blocks of up to ``check_interval`` captured steps
+    with a single host synchronisation per block (blocks also end at frame and
+    checkpoint steps): instabilities are noticed at the end of the block but
+    reported with the step they happened in, and no frame after it is saved.
+    The neighbour list (``neighbor_backend``: 'auto', or 'torch', 'vesin', 'ase'
+    for host-driven builds) holds pairs within cutoff + ``skin`` in buffers with
+    ``edge_margin`` spare slots; see :class:`~ase_flashschnet.neighbors.StaticNeighborList`.
     """
     if traj_interval is None or int(traj_interval) < 1:
         raise ValueError(f"traj_interval must be a positive number of steps, got {traj_interval!r}")
@@ -484,7 +747,8 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
     engine = ForceEngine(model, device=device, precision=precision, backend=backend)
     sim = _Simulation(engine, atoms_list, dt_fs=dt_fs, temperature_K=temperature_K,
                       friction_per_fs=friction_per_fs, integrator=integrator, skin=skin, seed=seed,
-                      cuda_graph=cuda_graph, max_displacement=max_displacement, checkpoint=ckpt)
+                      cuda_graph=cuda_graph, max_displacement=max_displacement, checkpoint=ckpt,
+                      check_interval=check_interval, edge_margin=edge_margin, neighbor_backend=neighbor_backend)
     start_step, steps = sim.step, int(steps)
     if steps < start_step:
         raise ValueError(f"steps={steps} is before the checkpoint's step {start_step}")
@@ -512,16 +776,20 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
                 save_frame()
             t0 = time.perf_counter()
             while sim.step < steps:
-                bad = sim.advance()
+                before = sim.step
+                stops = [steps, _next_multiple(before, traj_interval), _next_multiple(before, sim.check_interval)]
+                if ckpt_path is not None and checkpoint_interval:
+                    stops.append(_next_multiple(before, int(checkpoint_interval)))
+                bad = sim.advance(min(stops) - before)
                 if bad is not None:
-                    raise _instability(sim, bad, frames, writers, max_displacement)
+                    raise _instability(bad, frames, writers, max_displacement)
                 if sim.step % traj_interval == 0:
                     snap = save_frame()
                     bar.set_postfix(T=f"{snap['temperature'].mean():.0f}K", refresh=False)
                 if ckpt_path is not None and checkpoint_interval and (
                         sim.step % checkpoint_interval == 0 or sim.step == steps):
                     sim.checkpoint(ckpt_path)
-                bar.update(1)
+                bar.update(sim.step - before)
             if on_gpu:
                 torch.cuda.synchronize(engine.device)
             wall = time.perf_counter() - t0
@@ -544,8 +812,11 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
         temperatures=stack("temperature", (0, sim.R)),
         final_positions=final["positions"], final_velocities=final["velocities"], numbers=sim.numbers,
         dt_fs=sim.dt_fs, integrator=integrator, engine=engine.name, seed=sim.seed,
-        steps_run=steps - start_step, wall_time_s=wall, neighbor_builds=sim.neighbor_builds,
-        neighbor_time_s=sim.neighbor_time, cuda_graph=sim.control.enabled and sim.control.captured,
+        steps_run=steps - start_step, wall_time_s=wall, neighbor_builds=sim.neighbor_builds + sim.builds_in_graph,
+        neighbor_time_s=sim.neighbor_time + (sim.builds_in_graph * sim.build_seconds if sim.builds_in_graph else 0.0),
+        cuda_graph=sim.control.enabled and sim.control.captured, neighbor_mode=sim.neighbor_mode,
+        host_syncs=sim.host_syncs, edge_capacity=sim.nl.capacity, mean_edge_padding=sim.mean_edge_padding,
+        neighbor_overflows=sim.overflows, neighbor_build_ms=1e3 * sim.build_seconds,
         traj_files=list(writers.paths) if writers is not None else [],
         checkpoint_file=str(ckpt_path) if ckpt_path is not None and checkpoint_interval else None,
     )

@@ -11,13 +11,17 @@ within 10 A, as the 1ENH benchmark).
   reference is driven the same way; only its force call differs (the model's
   own ``energy_and_forces``: autograd, index_add_). Reported: aggregate ns/day
   at the stated time step, ms per step, timestep-molecules/s, peak GPU memory,
-  neighbour-list builds and their time.
+  neighbour-list builds and their time, how the list was rebuilt ('in-graph':
+  gated GPU kernels inside the captured step; 'host'), host synchronisations,
+  edge slots and the mean fraction of padding slots (which the reference
+  processes like real edges and the fused kernels skip).
 * One structure through ASE: steps/s of ``VelocityVerlet`` with
   ``FlashSchNetCalculator``, fused against reference.
 
     python benchmarks/md_throughput.py                   # the full comparison (GPU)
     python benchmarks/md_throughput.py --quick           # smoke run: 1 and 2 replicas, a few steps
     python benchmarks/md_throughput.py --fused-precisions fp32 bf16
+    python benchmarks/md_throughput.py --profile --replicas 64   # where a step's time goes (GPU)
 
 Without a GPU only the reference runs (the fused rows say why they were
 skipped). Results go to benchmarks/results/md_throughput.{json,md} (a --quick
@@ -58,6 +62,13 @@ def parse_args(argv=None):
     p.add_argument("--dt", type=float, default=4.0, help="time step in fs (default 4)")
     p.add_argument("--skin", type=float, default=1.0, help="Verlet skin in A (default 1)")
     p.add_argument("--fused-precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--check-interval", type=int, default=20,
+                   help="steps per host status read (run_replicas check_interval, default 20)")
+    p.add_argument("--edge-margin", type=float, default=0.05, help="spare neighbour-list slots (default 0.05)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time the pieces of one step per engine (noise, integrator, rebuild, force call, "
+                        "captured steps) and write md_throughput_profile.*")
+    p.add_argument("--profile-only", action="store_true", help="only the --profile measurements")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     args.replicas = args.replicas or ([1, 2] if args.quick else [64, 128])
@@ -100,7 +111,8 @@ def replica_run(model, chain, label, backend, precision, replicas, args, device)
     try:
         result = run_replicas(model, chain, replicas=replicas, steps=args.steps, dt_fs=args.dt, temperature_K=300.0,
                               friction_per_fs=0.001, integrator="baoab", device=device, precision=precision,
-                              backend=backend, skin=args.skin, traj_interval=args.steps, progress=False, seed=0)
+                              backend=backend, skin=args.skin, traj_interval=args.steps, progress=False, seed=0,
+                              check_interval=args.check_interval, edge_margin=args.edge_margin)
     except torch.cuda.OutOfMemoryError as exc:
         return dict(base, status="out of memory", error=str(exc).splitlines()[0])
     end = chain.copy()
@@ -109,8 +121,28 @@ def replica_run(model, chain, label, backend, precision, replicas, args, device)
                 ms_per_step=1e3 * result.wall_time_s / result.steps_run, ns_per_day=result.ns_per_day,
                 timestep_molecules_per_s=result.steps_per_second * replicas, peak_memory_gb=peak_memory_gb(device),
                 neighbor_builds=result.neighbor_builds, neighbor_time_s=result.neighbor_time_s,
+                neighbor_mode=result.neighbor_mode, neighbor_build_ms=result.neighbor_build_ms,
+                host_syncs=result.host_syncs, edge_slots=result.edge_capacity,
+                edge_padding=result.mean_edge_padding, neighbor_overflows=result.neighbor_overflows,
                 neighbours_per_bead_end=neighbours_per_bead(end, 10.0),
                 mean_temperature_end_K=float(result.temperatures[-1].mean()))
+
+
+def profile_run(model, chain, label, backend, precision, replicas, args, device):
+    """Time the pieces of a step (see ase_flashschnet.md._Simulation.profile)."""
+    from ase_flashschnet.calculator import ForceEngine
+    from ase_flashschnet.md import _Simulation
+
+    base = dict(benchmark="profile", engine=label, precision=precision, replicas=replicas)
+    engine = ForceEngine(model, device=device, precision=precision, backend=backend)
+    sim = _Simulation(engine, [chain.copy() for _ in range(replicas)], dt_fs=args.dt, temperature_K=300.0,
+                      friction_per_fs=0.001, integrator="baoab", skin=args.skin, seed=0, cuda_graph=True,
+                      max_displacement=1.0, checkpoint=None, check_interval=args.check_interval,
+                      edge_margin=args.edge_margin)
+    with torch.cuda.device(device):
+        out = sim.profile(repeats=40)
+    out["outside_force_ms"] = out.get("step_ms_in_blocks", float("nan")) - out["force_call_ms"]
+    return dict(base, status="ok", **out)
 
 
 def ase_run(model, chain, label, backend, precision, args, device):
@@ -135,7 +167,9 @@ def line(rec) -> str:
         return f"{head}     1  {rec['steps_per_s']:8.1f} steps/s"
     mem = f"{rec['peak_memory_gb']:6.2f} GB" if rec["peak_memory_gb"] is not None else "   n/a"
     return (f"{head}  {rec['replicas']:>4}  {rec['ns_per_day']:9.1f} ns/day  {rec['ms_per_step']:8.2f} ms/step  "
-            f"{mem}  graph={rec['cuda_graph']}  nl {rec['neighbor_builds']} builds {rec['neighbor_time_s']:.2f} s")
+            f"{mem}  graph={rec['cuda_graph']}  nl {rec['neighbor_builds']} builds {rec['neighbor_time_s']:.2f} s "
+            f"({rec['neighbor_mode']}, {rec['neighbor_build_ms']:.2f} ms each, padding {rec['edge_padding']:.1%}, "
+            f"{rec['neighbor_overflows']} overflows)  {rec['host_syncs']} host syncs")
 
 
 def ratios(records) -> list[dict]:
@@ -159,7 +193,22 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"{MODEL}: {len(chain)} beads, {neighbours_per_bead(chain, 10.0):.1f} neighbours per bead within 10 A; "
           f"dt {args.dt} fs; device {gpu or device}")
-    records = []
+    records, profiles = [], []
+    if args.profile or args.profile_only:
+        for label, backend, precision in engines(args):
+            reason = skip_reason(backend, device)
+            if reason or device.type != "cuda":
+                continue
+            for replicas in args.replicas:
+                rec = profile_run(model, chain, label, backend, precision, replicas, args, device)
+                profiles.append(rec)
+                print("profile", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
+        if profiles:
+            title = f"FlashSchNet MD step profile, {len(chain)}-bead chain, dt {args.dt:g} fs, {gpu or device}"
+            print("results:", *write_results(NAME + "_profile", profiles, dict(environment_meta(), gpu=gpu),
+                                             title=title))
+        if args.profile_only:
+            return 0
     for label, backend, precision in engines(args):
         reason = skip_reason(backend, device)
         for replicas in args.replicas:
@@ -181,7 +230,8 @@ def main(argv=None) -> int:
     config = dict(model.config, priors=[p["kind"] for p in model.config["priors"]])
     meta = dict(environment_meta(), gpu=gpu, device=str(device), model=MODEL, model_config=config, beads=len(chain),
                 neighbours_per_bead_start=neighbours_per_bead(chain, 10.0), dt_fs=args.dt, skin_A=args.skin,
-                steps=args.steps, ase_steps=args.ase_steps, quick=args.quick, ratios=ratios(records))
+                steps=args.steps, ase_steps=args.ase_steps, quick=args.quick, ratios=ratios(records),
+                check_interval=args.check_interval, edge_margin=args.edge_margin)
     title = f"FlashSchNet MD throughput, {len(chain)}-bead chain, dt {args.dt:g} fs, {gpu or device}"
     paths = write_results(NAME + ("_quick" if args.quick else ""), records, meta, title=title,
                           notes="\n\n".join(notes) or None)

@@ -146,6 +146,65 @@ def test_clear_errors(model, ethanol):
         run_replicas(model, ethanol, replicas=2, temperature_K=[300, 300, 300], steps=1, progress=False)
 
 
+def test_in_graph_control_flow_matches_host_steps(model, ethanol):
+    """The GPU control flow (gated rebuilds on the device, one status read per block
+    of steps), emulated on the CPU, follows the per-step host decisions bit for bit."""
+    kwargs = dict(replicas=3, steps=60, dt_fs=0.5, temperature_K=[200, 300, 400], precision="fp64",
+                  traj_interval=20, progress=False, seed=1, skin=0.3)
+    host = run_replicas(model, ethanol, **kwargs)
+    blocks = run_replicas(model, ethanol, neighbor_backend="emulate", check_interval=7, **kwargs)
+    assert host.neighbor_mode == "host" and blocks.neighbor_mode == "in-graph"
+    assert host.host_syncs == 60 and blocks.host_syncs == 11  # blocks end at 7 14 20 21 28 35 40 42 49 56 60
+    assert blocks.neighbor_builds == host.neighbor_builds > 3
+    np.testing.assert_array_equal(blocks.positions, host.positions)
+    np.testing.assert_array_equal(blocks.final_velocities, host.final_velocities)
+
+
+def test_overflowing_rebuild_is_rolled_back(model, ethanol, monkeypatch):
+    """Buffers with no spare slot: rebuilds that find more edges overflow, the block
+    is rolled back and run again with larger buffers; the trajectory is unchanged."""
+    import ase_flashschnet.md as md
+    import ase_flashschnet.neighbors as nb
+
+    kwargs = dict(replicas=2, steps=80, dt_fs=0.5, temperature_K=600, precision="fp64", traj_interval=40,
+                  progress=False, seed=4, skin=0.2)
+    normal = run_replicas(model, ethanol, **kwargs)
+    exact = lambda n, margin: max(1, int(n))  # noqa: E731
+    monkeypatch.setattr(md, "capacity_for", exact)
+    monkeypatch.setattr(nb, "capacity_for", exact)
+    tight = run_replicas(model, ethanol, neighbor_backend="emulate", check_interval=10, **kwargs)
+    assert tight.neighbor_overflows >= 1
+    np.testing.assert_array_equal(tight.positions, normal.positions)
+    np.testing.assert_array_equal(tight.final_velocities, normal.final_velocities)
+
+
+def test_nan_guard_inside_a_block_names_the_first_bad_step(model, ethanol, tmp_path, monkeypatch):
+    """Checked every 25 steps, a replica gone bad at step 6 is still reported as
+    step 6, and no frame after it is written."""
+    count_force_calls(monkeypatch, fail_from=5, replica=2, n_atoms=len(ethanol))
+    with pytest.raises(SimulationError, match=r"step 6 \(replica 2: non-finite") as info:
+        run_replicas(model, ethanol, replicas=3, steps=50, dt_fs=0.5, traj_interval=10, out_dir=tmp_path,
+                     progress=False, seed=0, neighbor_backend="emulate", check_interval=25)
+    assert info.value.step == 6 and info.value.replicas == [2]
+    frames = read(info.value.traj_files[0], ":")
+    assert [a.info["step"] for a in frames] == [0]
+
+
+def test_checkpoint_restart_with_in_graph_control_flow(model, ethanol, tmp_path):
+    common = dict(replicas=2, dt_fs=0.5, temperature_K=300, precision="fp64", traj_interval=5, progress=False,
+                  seed=11, checkpoint_interval=10, neighbor_backend="emulate", check_interval=8, skin=0.3)
+    straight = run_replicas(model, ethanol, steps=40, out_dir=tmp_path / "straight", **common)
+    run_replicas(model, ethanol, steps=20, out_dir=tmp_path / "split", **common)
+    resumed = run_replicas(model, None, steps=40, out_dir=tmp_path / "split", restart=tmp_path / "split", **common)
+    np.testing.assert_allclose(resumed.positions, straight.positions[-4:], atol=1e-10)
+    np.testing.assert_allclose(resumed.final_velocities, straight.final_velocities, atol=1e-10)
+
+
+def test_check_interval_must_be_positive(model, ethanol):
+    with pytest.raises(ValueError, match="check_interval"):
+        run_replicas(model, ethanol, steps=1, check_interval=0, progress=False)
+
+
 # ---------------------------------------------------------------- GPU only
 
 
@@ -194,6 +253,7 @@ def test_gpu_cuda_graph_run_equals_eager_run(cg_demo):
     eager = run_replicas(model, chain, cuda_graph=False, **kwargs)
     assert graphed.cuda_graph, "CUDA graph capture fell back to eager steps (see the logged warning)"
     assert not eager.cuda_graph
+    assert graphed.neighbor_mode == eager.neighbor_mode == "in-graph"
     np.testing.assert_allclose(graphed.positions, eager.positions, atol=1e-3)
 
 
@@ -209,3 +269,86 @@ def test_gpu_64_replicas_10000_steps_lose_no_replica(cg_demo, tmp_path):
     assert np.all(np.abs(result.temperatures[-1] - 300) < 100)
     print(f"64 x {len(chain)} beads, 10k steps: {result.ns_per_day:.0f} ns/day aggregate at 4 fs, "
           f"CUDA graphs {result.cuda_graph}, {result.neighbor_builds} neighbour-list builds")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,precision", [("fused", "bf16"), ("fused", "fp32"), ("reference", "fp32")])
+def test_gpu_in_graph_rebuilds_keep_the_forces_exact(cg_demo, backend, precision):
+    """After in-graph rebuilds (kernels writing the graph in place, read by the
+    captured force call), the forces of the last step equal those of a fresh
+    engine on a freshly built list at the same positions."""
+    from ase_flashschnet.md import _Simulation
+    from ase_flashschnet.neighbors import NeighborList
+
+    model, chain = cg_demo
+    engine = ForceEngine(model, device="cuda", precision=precision, backend=backend)
+    sim = _Simulation(engine, [chain.copy() for _ in range(4)], dt_fs=4.0, temperature_K=600, friction_per_fs=0.01,
+                      integrator="baoab", skin=0.5, seed=3, cuda_graph=True, max_displacement=1.0,
+                      checkpoint=None, check_interval=10)
+    assert sim.neighbor_mode == "in-graph"
+    with torch.cuda.device(engine.device):
+        for _ in range(6):
+            assert sim.advance(10) is None
+    assert sim.builds_in_graph >= 2 and sim.control.captured
+    fresh_engine = ForceEngine(model, device="cuda", precision=precision, backend=backend)
+    graph = NeighborList(engine.cutoff, 0.5).build(sim.x.clone(), batch=sim.batch, n_systems=sim.R)
+    _, forces = fresh_engine.energy_and_forces(sim.types, sim.x.clone(), graph)
+    _, again = engine.energy_and_forces(sim.types, sim.x, sim.graph)
+    scale = forces.abs().max()
+    torch.testing.assert_close(again, forces, rtol=0, atol=1e-4 * scale)
+    # the stored forces are those of the current positions
+    torch.testing.assert_close(sim.f, again, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.gpu
+def test_gpu_overflow_rollback_changes_nothing(small_model, ethanol, monkeypatch):
+    """Buffers without spare slots on the GPU: rebuilds inside the captured steps
+    overflow whenever the edge count grows; each time the block is rolled back
+    and redone with larger buffers. The trajectory matches a normal run."""
+    import ase_flashschnet.md as md
+    import ase_flashschnet.neighbors as nb
+
+    model = small_model(cutoff=3.0, num_filters=64).float()
+    kwargs = dict(replicas=4, steps=80, dt_fs=0.5, temperature_K=600, device="cuda", precision="fp32",
+                  backend="fused", traj_interval=40, progress=False, seed=4, skin=0.2, check_interval=10)
+    normal = run_replicas(model, ethanol, **kwargs)
+    exact = lambda n, margin: max(1, int(n))  # noqa: E731
+    monkeypatch.setattr(md, "capacity_for", exact)
+    monkeypatch.setattr(nb, "capacity_for", exact)
+    tight = run_replicas(model, ethanol, **kwargs)
+    assert normal.neighbor_mode == tight.neighbor_mode == "in-graph" and tight.cuda_graph
+    assert tight.neighbor_overflows >= 1, "no overflow happened: the roll-back was not exercised"
+    np.testing.assert_allclose(tight.positions, normal.positions, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_nan_guard_in_blocks(cg_demo, monkeypatch):
+    """NaN forces for replica 1 from the captured step 2 on (the capture records the
+    injection): found at the end of a 30-step block, reported as step 3."""
+    model, chain = cg_demo
+    count_force_calls(monkeypatch, fail_from=2, replica=1, n_atoms=len(chain))
+    with pytest.raises(SimulationError, match=r"step 3 \(replica 1: non-finite") as info:
+        run_replicas(model, chain, replicas=3, steps=60, dt_fs=4.0, device="cuda", precision="bf16",
+                     traj_interval=60, progress=False, seed=0, check_interval=30)
+    assert info.value.step == 3 and info.value.replicas == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("periodic", [False, True])
+def test_gpu_in_graph_steps_follow_host_steps(model, ethanol, periodic):
+    """fp64 reference on the GPU: captured steps with in-graph rebuilds (kernels)
+    against host-driven steps (build_torch), periodic and not."""
+    if periodic:
+        atoms = Atoms("C8", scaled_positions=[[i, j, k] for i in (0, .5) for j in (0, .5) for k in (0, .5)],
+                      cell=np.diag([6.5, 6.5, 6.5]), pbc=True)
+        atoms.rattle(0.2, seed=0)
+    else:
+        atoms = ethanol
+    kwargs = dict(replicas=3, steps=60, dt_fs=0.5, temperature_K=[300, 600, 900], device="cuda", precision="fp64",
+                  traj_interval=20, progress=False, seed=3, skin=0.2, check_interval=15)
+    graphed = run_replicas(model, atoms, **kwargs)
+    host = run_replicas(model, atoms, neighbor_backend="torch", **kwargs)
+    assert graphed.neighbor_mode == "in-graph" and host.neighbor_mode == "host"
+    assert graphed.cuda_graph and graphed.neighbor_builds > 3
+    assert graphed.host_syncs == 6 and host.host_syncs == 60
+    np.testing.assert_allclose(graphed.positions, host.positions, atol=1e-8)
