@@ -450,6 +450,8 @@ class StaticNeighborList:
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # tensors report 'cuda:0', never 'cuda'
+            device = torch.device("cuda", torch.cuda.current_device())
         self.cutoff, self.skin = float(cutoff), float(skin)
         self.radius = self.cutoff + self.skin
         self.pad = 2.0 * self.radius + 1.0

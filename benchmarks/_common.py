@@ -137,6 +137,7 @@ files every time a script writes them. Run all of them on a GPU host with
 | `md_throughput.py` | batched replica MD and ASE steps/s, fused vs reference driven the same way |
 | `rcg_report_gpu.py` | FusionRCG per-class live intermediates, tier, registers and spills from the compiler |
 | `scf_vs_gpu4pyscf.py` | J/K builds and whole SCF, FusionRCG vs GPU4PySCF on the same GPU and density |
+| `rcg_jk_breakdown.py` | one FusionRCG J+K build split into screening, ERI and digestion time per class, next to GPU4PySCF's |
 
 Current results (newest run of each script):
 """

@@ -14,7 +14,10 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
   densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
   convention is that module's.
 * ``tier``: force a storage tier for every class (experiments);
-  ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`).
+  ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
+  ``profile``: a dict that receives, per class, the quartet count and the
+  GPU milliseconds of its ERI kernels and of its digestion (CUDA events; the
+  call synchronises once at the end), for ``benchmarks/rcg_jk_breakdown.py``.
 
 Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
 CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
@@ -38,8 +41,35 @@ def _digest_kernels():
     return module.get_kernel('fr_digest_bra'), module.get_kernel('fr_digest_ket')
 
 
+class _ClassTimer:
+    """CUDA-event spans per (class, stage); a no-op without a profile dict."""
+
+    def __init__(self, cp, profile):
+        self.cp, self.profile, self.spans = cp, profile, []
+
+    def mark(self):
+        if self.profile is None:
+            return None
+        ev = self.cp.cuda.Event()
+        ev.record()
+        return ev
+
+    def add(self, key, stage, start, stop, n=0):
+        if self.profile is not None:
+            self.spans.append((key, stage, start, stop, n))
+
+    def finish(self):
+        if self.profile is None or not self.spans:
+            return
+        self.spans[-1][3].synchronize()
+        for key, stage, start, stop, n in self.spans:
+            row = self.profile.setdefault(key, {'quartets': 0, 'eri_ms': 0.0, 'digest_ms': 0.0})
+            row[f'{stage}_ms'] += self.cp.cuda.get_elapsed_time(start, stop)
+            row['quartets'] += n
+
+
 def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
-               tier=None, budget=None):
+               tier=None, budget=None, profile=None):
     """J/K of ``dms`` from the screened ``tasks`` (see the module docstring)."""
     cp = launch._cupy()
     on_device = isinstance(dms, cp.ndarray)
@@ -47,8 +77,8 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     d = cp.asarray(dms).reshape(-1, nao, nao)
     if d.dtype.kind == 'c':
         # the integrals are real: J and K are linear in the density
-        jr, kr = get_jk_gpu(mol, d.real.copy(), 0, with_j, with_k, omega, tasks, tier, budget)
-        ji, ki = get_jk_gpu(mol, d.imag.copy(), 0, with_j, with_k, omega, tasks, tier, budget)
+        jr, kr = get_jk_gpu(mol, d.real.copy(), 0, with_j, with_k, omega, tasks, tier, budget, profile)
+        ji, ki = get_jk_gpu(mol, d.imag.copy(), 0, with_j, with_k, omega, tasks, tier, budget, profile)
         vj = jr + 1j * ji if with_j else None
         vk = kr + 1j * ki if with_k else None
         return _out(vj, on_device), _out(vk, on_device)
@@ -61,6 +91,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     jh = cp.zeros((nset, nao, nao)) if with_j else None
     kh = cp.zeros(dm_k.shape) if with_k else None
 
+    timer = _ClassTimer(cp, profile)
     if len(tasks) and (with_j or with_k):
         basis = launch.DeviceBasis(mol)
         ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
@@ -74,7 +105,14 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
             order = launch.primitive_order(basis, oriented)
             qdev = cp.ascontiguousarray(oriented[order])
             deg = cp.ascontiguousarray(cp.asarray(t.degeneracy, dtype=cp.float64)[order])
-            for lo, hi, g in launch.class_blocks(kern, basis, qdev, omega, budget):
+            blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
+            while True:
+                t0 = timer.mark()
+                try:
+                    lo, hi, g = next(blocks)
+                except StopIteration:
+                    break
+                t1 = timer.mark()
                 nq = hi - lo
                 common = (g, np.int32(nq), qdev[lo:hi], deg[lo:hi], ao_loc,
                           *(np.int32(x) for x in dims), np.int32(nao))
@@ -88,6 +126,10 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                     n_ket = nq * dims[2] * dims[3]
                     ket(((n_ket + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
                         common + (dm_j, jh, np.int32(nset)))
+                t2 = timer.mark()
+                timer.add(kern.program.name, 'eri', t0, t1, nq)
+                timer.add(kern.program.name, 'digest', t1, t2)
+    timer.finish()
 
     vj = vk = None
     if with_j:

@@ -148,3 +148,21 @@ def test_j_only_k_only_and_cupy_in_cupy_out():
     assert float(abs(vj.get() - ref_j).max()) < TOL
     vj, vk = get_jk(mol, dm, with_j=False, backend='gpu')
     assert vj is None and np.abs(vk - ref_k).max() < TOL
+
+
+def test_profile_accounts_for_every_quartet():
+    """get_jk_gpu(profile=) times every class's ERI and digestion kernels and
+    counts each screened quartet once; the J/K it returns are unchanged."""
+    import cupy as cp
+    from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    from pyscf_fusionrcg.screening import build_tasks
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-TZVP', verbose=0)
+    dms = cp.asarray(minao_dm(mol))[None]
+    tasks = build_tasks(mol, dms, xp=cp)
+    profile = {}
+    vj, vk = get_jk_gpu(mol, dms, tasks=tasks, profile=profile)
+    plain = get_jk_gpu(mol, dms, tasks=tasks)
+    assert float(abs(vj - plain[0]).max()) == 0.0 and float(abs(vk - plain[1]).max()) == 0.0
+    assert sum(r['quartets'] for r in profile.values()) == sum(len(t.quartets) for t in tasks)
+    assert all(r['eri_ms'] > 0 and r['digest_ms'] > 0 for r in profile.values())

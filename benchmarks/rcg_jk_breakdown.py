@@ -1,0 +1,122 @@
+"""Where one FusionRCG J+K build spends its time on a GPU, next to GPU4PySCF's build.
+
+On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
+
+* the wall time of GPU4PySCF 1.9's ``get_jk`` and of FusionRCG's, median of
+  ``--repeat`` builds after a warm-up, in one process on one GPU;
+* FusionRCG's build split into screening (``screening.build_tasks`` on the
+  GPU), the ERI kernels and the digestion kernels of every class (CUDA events,
+  ``gpu_jk.get_jk_gpu(profile=...)``) and the rest (host work between
+  launches: orientation, ordering, batching);
+* per class: quartets, tier, ERI and digestion milliseconds, microseconds per
+  quartet, and the share of the build: the classes that hold the build back.
+
+Writes benchmarks/results/rcg_jk_breakdown.json and .md.
+
+    python benchmarks/rcg_jk_breakdown.py
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
+
+from _common import environment_meta, write_results  # noqa: E402
+
+
+def _molecules_dir() -> Path:
+    return Path(os.environ.get('FUSION_MOLECULES', _HERE.parent.parent / 'shared' / 'molecules'))
+
+
+def _timed(fn, sync):
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return 1e3 * (time.perf_counter() - t0), out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
+    ap.add_argument('--basis', default='def2-TZVP')
+    ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')
+    ap.add_argument('--name', default='rcg_jk_breakdown')
+    args = ap.parse_args(argv)
+
+    import cupy
+    from pyscf import gto, scf
+
+    from gpucore import require_gpu
+    from pyscf_fusionrcg import fusionrcg, launch, tiers
+    from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds
+
+    require_gpu('the J/K breakdown')
+    sync = cupy.cuda.Device().synchronize
+    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
+    mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
+    mf.kernel()
+    dm = cupy.asarray(mf.make_rdm1())
+    dms = dm.reshape(1, mol.nao, mol.nao)
+    tol = mf.direct_scf_tol
+    q_cond = schwarz_bounds(mol, 0.0)
+    stock = scf.RHF(mol).to_gpu()
+
+    def ours():
+        tasks = build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy)
+        return get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks)
+
+    walls = {}
+    for label, fn in (('gpu4pyscf', lambda: stock.get_jk(mol, dm)), ('fusionrcg', ours)):
+        fn()
+        walls[label] = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
+
+    # one more build, split into its parts
+    screen_ms, tasks = _timed(lambda: build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy), sync)
+    profile = {}
+    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks, profile=profile), sync)
+    eri = sum(r['eri_ms'] for r in profile.values())
+    dig = sum(r['digest_ms'] for r in profile.values())
+    total = screen_ms + jk_ms
+    records = [dict(part='GPU4PySCF get_jk (wall)', ms=walls['gpu4pyscf']),
+               dict(part='FusionRCG J+K (wall)', ms=walls['fusionrcg'],
+                    share=1.0, speedup=walls['gpu4pyscf'] / walls['fusionrcg']),
+               dict(part='screening (build_tasks)', ms=screen_ms, share=screen_ms / total),
+               dict(part='ERI kernels, all classes', ms=eri, share=eri / total),
+               dict(part='digestion kernels, all classes', ms=dig, share=dig / total),
+               dict(part='rest (host work between launches)', ms=jk_ms - eri - dig,
+                    share=(jk_ms - eri - dig) / total)]
+    ranked = sorted(profile.items(), key=lambda kv: -(kv[1]['eri_ms'] + kv[1]['digest_ms']))
+    for name, row in ranked[:args.top]:
+        ls = tuple('spdfghi'.index(c) for c in name)
+        stats = tiers.compile_stats(launch.get_kernel(ls).program)
+        records.append(dict(part=f'class {name}', ms=row['eri_ms'] + row['digest_ms'],
+                            share=(row['eri_ms'] + row['digest_ms']) / total, quartets=row['quartets'],
+                            tier=stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
+                            eri_us_per_quartet=1e3 * row['eri_ms'] / max(row['quartets'], 1)))
+    for r in records:
+        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
+              flush=True)
+    meta = environment_meta()
+    meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
+                density='converged RHF (FusionRCG plugin)', direct_scf_tol=tol)
+    paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
+                          f'{args.basis}',
+                          notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
+                                'host gaps while the GPU waits included); walls: median of --repeat builds. '
+                                'The tier is the routed one for the class with one contracted function per shell.')
+    print('wrote', *paths)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
