@@ -60,7 +60,7 @@ def time_kernel(kern, basis, quartets, repeats=3):
     scratch, blocks = None, None
     if kern.variant.tier == 'global':
         blocks = kern.global_blocks(nq * kern.variant.n_groups, launch.budget_bytes() // 2)
-        scratch = cp.empty(blocks * kern.block * kern.n_slots)
+        scratch = cp.empty(blocks * kern.scratch_per_block)
     kern.launch(q, nq, basis, 0.0, out, scratch, blocks)
     times = []
     for _ in range(repeats):

@@ -21,8 +21,13 @@ Where the temporaries live is the *tier*:
   the lanes split the work of the class between them, so a class whose live
   set is far too large for one thread's share of shared memory still runs
   from shared memory (a (dd|dd) quartet needs 10 KB per warp, not per thread);
-* ``global``: a scratch slab per block laid out ``[slot][thread]``, slot ``k``
-  at ``scratch[(blockIdx.x*n_slots + k)*block + threadIdx.x]``: a warp's
+* ``global``: global scratch.  In the levels form (the default) a warp runs
+  one work item as in the warp tier, its slots at
+  ``scratch[(blockIdx.x*warps + warp)*n_slots + k]``: for the classes too
+  large for a block's shared memory ((hh|hh) and the like).  In the straight
+  and table forms (one thread per item) a slab per block laid out
+  ``[slot][thread]``, slot ``k`` at
+  ``scratch[(blockIdx.x*n_slots + k)*block + threadIdx.x]``: a warp's
   accesses to one slot are coalesced and all offsets are compile-time.
 
 Temporaries are mapped to *slots* by a linear scan over the emitted sequence
@@ -113,7 +118,8 @@ class Variant:
         if self.tier not in TIERS:
             raise ValueError(f'tier must be one of {TIERS}, not {self.tier!r}')
         if (self.form not in FORMS or (self.tier == 'register' and self.form != 'straight')
-                or (self.tier == 'warp') != (self.form == 'levels')):
+                or (self.tier == 'warp' and self.form != 'levels')
+                or (self.form == 'levels' and self.tier not in ('warp', 'global'))):
             raise ValueError(f'form {self.form!r} is not available for the {self.tier} tier')
         if prod(self.nctr) % self.group:
             raise ValueError('group must divide the number of contraction tuples')
@@ -138,9 +144,9 @@ def tuples_per_thread(program: ir.Program, nctr) -> int:
 def make_variant(program: ir.Program, tier='register', omega=0.0, nctr=(1, 1, 1, 1),
                  form=None) -> Variant:
     """Variant for a class; ``form`` defaults to straight (register) / levels
-    (warp) / table (shared, global)."""
+    (warp, global) / table (shared)."""
     nctr = tuple(int(n) for n in nctr)
-    form = form or {'register': 'straight', 'warp': 'levels'}.get(tier, 'table')
+    form = form or {'register': 'straight', 'shared': 'table'}.get(tier, 'levels')
     return Variant(tier, omega_kind(omega), nctr, tuples_per_thread(program, nctr), form)
 
 
@@ -556,18 +562,33 @@ def block_size(program: ir.Program, variant: Variant) -> int:
         return shared_block(program, variant)
     if variant.tier == 'warp':
         return warp_block(program, variant)
+    if variant.form == 'levels':
+        return 32 * WARP_BLOCK_WARPS
     return GLOBAL_BLOCK if variant.tier == 'global' else BLOCK
+
+
+def items_per_block(program: ir.Program, variant: Variant) -> int:
+    """Work items a block runs at once: one per warp in the levels form."""
+    block = block_size(program, variant)
+    return block // 32 if variant.form == 'levels' else block
+
+
+def scratch_per_block(program: ir.Program, variant: Variant) -> int:
+    """Doubles of global scratch one block needs (0 outside the global tier)."""
+    if variant.tier != 'global':
+        return 0
+    return scratch_doubles(program, variant) * items_per_block(program, variant)
 
 
 def min_blocks(program: ir.Program, variant: Variant) -> int:
     """Blocks per SM the compiler must leave registers for (``__launch_bounds__``).
 
-    The warp tier asks for as many blocks as its shared memory lets reside, at
+    The levels form asks for as many blocks as its shared memory lets reside, at
     most 3 (170 registers a thread; at 4, i.e. 128, nvcc spills ~140 bytes of
     the per-primitive prologue): lanes waiting on shared memory need other
     warps to hide behind.
     """
-    if variant.tier != 'warp':
+    if variant.form != 'levels':
         return 1
     return max(1, min(3, SM_SHARED_BYTES // (shared_bytes(program, variant) + 1024)))
 
@@ -834,8 +855,8 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     Arguments: ``quartets`` (nq, 4) int32 shell indices, ``nq``, ``shl``
     (nbas, 4) int32 ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` into ``env``
     (PySCF's ``mol._env``), ``omega``, ``out`` ([element][quartet], see the
-    module docstring), ``scratch`` (global tier: ``n_slots * block_size`` doubles
-    per block of the grid), ``n_slots``; the table and levels forms add the op
+    module docstring), ``scratch`` (global tier: :func:`scratch_per_block`
+    doubles per block of the grid), ``n_slots``; the table and levels forms add the op
     stream (:func:`_stream_signature`).  The grid strides over the
     ``nq * n_groups`` work items (one per thread, one per warp in the warp
     tier), so any grid size is valid.
@@ -847,7 +868,7 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
         raise ValueError(f'{program.name}: the {variant.tier} tier cannot fit one warp')
     tier = variant.tier
     sig, args = _stream_signature(variant.form)
-    warp = tier == 'warp'
+    warp = variant.form == 'levels'
     L = [_PRELUDE, quartet_function(program, variant, fn, 1 if warp else block)]
     L.append(f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}(')
     L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
@@ -858,7 +879,8 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     if warp:
         L.append('  const int lane = threadIdx.x % 32, per_block = blockDim.x / 32;')
         L.append('  if (lane >= FR_LANES) return;  // on the host one thread runs all lanes')
-        L.append('  volatile double* sp = fr_smem + (long)(threadIdx.x / 32) * n_slots;')
+        home = 'fr_smem' if tier == 'warp' else 'scratch + (long)blockIdx.x * per_block * n_slots'
+        L.append(f'  volatile double* sp = {home} + (long)(threadIdx.x / 32) * n_slots;')
         first, step = '(long)blockIdx.x * per_block + threadIdx.x / 32', '(long)gridDim.x * per_block'
     else:
         if tier == 'shared':

@@ -69,8 +69,8 @@ class ClassKernel:
         if v.form in ('table', 'levels'):
             self.table = tuple(cp.asarray(a) if isinstance(a, np.ndarray) else np.int32(a)
                                for a in codegen.table(p, v).stream_args())
-        # work items per block: one per thread, one per warp in the warp tier
-        self.items_per_block = self.block // 32 if v.tier == 'warp' else self.block
+        self.items_per_block = codegen.items_per_block(p, v)
+        self.scratch_per_block = codegen.scratch_per_block(p, v)
 
     @property
     def name(self) -> str:
@@ -80,8 +80,8 @@ class ClassKernel:
         """Resident blocks of the global tier: bounded by the SMs and the budget."""
         cp = _cupy()
         sms = cp.cuda.Device().attributes['MultiProcessorCount']
-        per_block = 8 * self.n_slots * self.block
-        want = min(-(-n_items // self.block), GLOBAL_BLOCKS_PER_SM * sms)
+        per_block = 8 * self.scratch_per_block
+        want = min(-(-n_items // self.items_per_block), GLOBAL_BLOCKS_PER_SM * sms)
         return max(1, min(want, budget // per_block))
 
     def launch(self, quartets, nq, basis, omega, out, scratch=None, blocks=None):
@@ -183,19 +183,19 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
             f'FusionRCG {kern.program.name}: one quartet needs {per_quartet / 2**20:.2f} MiB of output, '
             f'the budget is {budget / 2**20:.2f} MiB (raise ${BUDGET_ENV})')
     if kern.variant.tier == 'global':
-        per_block = 8 * kern.n_slots * kern.block
+        per_block = 8 * kern.scratch_per_block
         if per_block + per_quartet > budget:
             raise MemoryError(
                 f'FusionRCG {kern.program.name}: one block of the global tier needs '
                 f'{(per_block + per_quartet) / 2**20:.1f} MiB of scratch, the budget is '
                 f'{budget / 2**20:.1f} MiB (raise ${BUDGET_ENV})')
         blocks = kern.global_blocks(n * kern.variant.n_groups, budget // 2)
-    step = max(1, min(n, (budget - 8 * kern.n_slots * kern.block * (blocks or 0)) // per_quartet))
+    step = max(1, min(n, (budget - 8 * kern.scratch_per_block * (blocks or 0)) // per_quartet))
     qdev = cp.ascontiguousarray(cp.asarray(quartets), dtype=cp.int32)
     while True:
         try:
             if blocks is not None and scratch is None:
-                scratch = cp.empty(blocks * kern.block * kern.n_slots)
+                scratch = cp.empty(blocks * kern.scratch_per_block)
             out = cp.empty(kern.nelem * step)
             break
         except cp.cuda.memory.OutOfMemoryError:
@@ -213,7 +213,7 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
         hi = min(n, lo + step)
         nq = hi - lo
         buf = out[:kern.nelem * nq].reshape(kern.nelem, nq)
-        g_blocks = None if blocks is None else min(blocks, -(-nq * kern.variant.n_groups // kern.block))
+        g_blocks = None if blocks is None else min(blocks, -(-nq * kern.variant.n_groups // kern.items_per_block))
         kern.launch(qdev[lo:hi], nq, basis, omega, buf, scratch, g_blocks)
         yield lo, hi, buf
 

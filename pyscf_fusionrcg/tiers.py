@@ -12,7 +12,8 @@ Static choice (:func:`choose_tier`) from the orchestrated peak live set
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
   (gg|gg) (there it was 4-20x faster than the global tier);
-* ``global`` otherwise (scratch laid out ``[slot][thread]`` per block).
+* ``global`` otherwise: the levels form again, one warp per quartet, its
+  slots in global scratch (classes beyond (gg|gg), e.g. (hh|hh)).
 
 The ``shared`` tier (one thread per quartet, its slots in shared memory, a
 block of at most 128 threads) is slower than the warp tier wherever both
@@ -28,10 +29,10 @@ choice for experiments, as does ``$FUSIONRCG_TIER``.  Measuring needs the GPU
 (NVRTC for its architecture and the driver's attributes); :func:`nvcc_stats`
 gives ptxas's report for sm_90 without one.
 
-Form (:func:`variant_for`): the shared and global tiers run straight-line
-code for programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream
-interpreter beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp tier
-runs the levels form.
+Form (:func:`variant_for`): the shared tier runs straight-line code for
+programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
+beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
+run the levels form.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def n_statements(program: ir.Program) -> int:
 
 def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
     """The variant of a tier, with the form chosen by program size."""
-    if tier == 'warp':
+    if tier in ('warp', 'global'):
         form = 'levels'
     elif tier == 'register' or n_statements(program) <= STRAIGHT_OPS_MAX:
         form = 'straight'

@@ -73,7 +73,9 @@ CASES = (
        ((3, 1, 2, 0), False, 'warp', 'levels', -0.2),
        ((3, 3, 3, 3), True, 'warp', 'levels', 0.0),
        ((4, 2, 3, 1), False, 'warp', 'levels', 0.0),
-       ((4, 4, 4, 4), False, 'warp', 'levels', 0.0)]
+       ((4, 4, 4, 4), False, 'warp', 'levels', 0.0),
+       ((3, 2, 2, 1), True, 'global', 'levels', -0.35),
+       ((5, 3, 2, 1), False, 'global', 'levels', 0.0)]
 )
 
 
@@ -141,7 +143,7 @@ def host_libs(synth):
 
 def _case_id(case):
     ls, cart, tier, form, omega = case
-    name = ''.join('spdfg'[l] for l in ls)
+    name = ''.join('spdfghi'[l] for l in ls)
     return f'{name}-{"cart" if cart else "sph"}-{tier}-{form}-w{omega:g}'
 
 
@@ -217,7 +219,8 @@ def test_table_kernels_are_shared_between_classes():
     va, vb = (codegen.make_variant(p, 'global', form='table') for p in (a, b))
     assert codegen.kernel_source(a, va) == codegen.kernel_source(b, vb)
     big = host.get_program(2, 2, 2, 2)
-    assert tiers.variant_for(big, 'global').form == 'table'
+    assert tiers.variant_for(big, 'shared').form == 'table'
+    assert tiers.variant_for(big, 'global').form == 'levels'
 
 
 @pytest.mark.parametrize('ls,group', [((2, 1, 2, 1), 1), ((3, 2, 2, 2), 1), ((2, 1, 1, 0), 3)])
@@ -317,6 +320,7 @@ def _emulated(src_and_entries, tmp):
     ((2, 2, 1, 1), 'shared', 'table', False, 0.0),
     ((3, 2, 2, 1), 'global', 'table', True, 0.0),
     ((2, 1, 2, 1), 'warp', 'levels', False, 0.0),
+    ((2, 2, 1, 0), 'global', 'levels', False, 0.3),
     ((3, 2, 1, 1), 'warp', 'levels', True, -0.3)])
 def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     mol = synth.mol(cart)
@@ -342,7 +346,7 @@ def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     n_slots = codegen.scratch_doubles(prog, var)
     nelem = int(np.prod(prog.shape)) * int(np.prod(nctr))
     out = np.full((nelem, len(quartets)), np.nan)
-    scratch = np.zeros(max(1, grid * block * n_slots)) if tier == 'global' else np.zeros(1)
+    scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
     P = ctypes.c_void_p
     args = [ctypes.c_int(grid), ctypes.c_int(block), P(quartets.ctypes.data),
             ctypes.c_int(len(quartets)), P(shl.ctypes.data), P(env.ctypes.data),

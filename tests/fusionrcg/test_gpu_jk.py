@@ -101,7 +101,7 @@ def test_small_budget_splits_batches(synth):
     eng = GPUEngine(mol)
     full = eng.quartet_blocks(synth.quartets(ls))
     kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1))
-    tiny = 8 * kern.nelem * 3 + 8 * kern.n_slots * kern.block   # three quartets a batch
+    tiny = 8 * kern.nelem * 3 + 8 * kern.scratch_per_block   # three quartets a batch
     assert np.array_equal(eng.quartet_blocks(synth.quartets(ls), budget=tiny), full)
     with pytest.raises(MemoryError):
         eng.quartet_blocks(synth.quartets(ls), budget=1024)
@@ -163,6 +163,7 @@ def test_profile_accounts_for_every_quartet():
     profile = {}
     vj, vk = get_jk_gpu(mol, dms, tasks=tasks, profile=profile)
     plain = get_jk_gpu(mol, dms, tasks=tasks)
-    assert float(abs(vj - plain[0]).max()) == 0.0 and float(abs(vk - plain[1]).max()) == 0.0
+    # digestion adds with atomics, so the last bits follow the order of the adds
+    assert float(abs(vj - plain[0]).max()) < 1e-12 and float(abs(vk - plain[1]).max()) < 1e-12
     assert sum(r['quartets'] for r in profile.values()) == sum(len(t.quartets) for t in tasks)
     assert all(r['eri_ms'] > 0 and r['digest_ms'] > 0 for r in profile.values())

@@ -32,7 +32,8 @@ def test_static_choice_follows_peak_live(monkeypatch):
 def test_form_follows_program_size():
     small, big = host.get_program(1, 1, 0, 0), host.get_program(2, 2, 2, 2)
     assert tiers.variant_for(small, 'shared').form == 'straight'
-    assert tiers.variant_for(big, 'global').form == 'table'
+    assert tiers.variant_for(big, 'shared').form == 'table'
+    assert tiers.variant_for(big, 'global').form == 'levels'
     assert tiers.variant_for(small, 'register').form == 'straight'
     assert tiers.variant_for(small, 'warp').form == tiers.variant_for(big, 'warp').form == 'levels'
 
