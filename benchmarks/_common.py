@@ -24,13 +24,16 @@ _PACKAGES = ("numpy", "scipy", "torch", "cupy-cuda12x", "cupy-cuda13x", "pyscf",
 
 
 def _git_commit() -> str | None:
+    # A copy of the tree on a GPU host names its commit through the environment
+    # (its .git, if any, may be stale), and that name wins.
+    if os.environ.get("FUSION_GIT_COMMIT"):
+        return os.environ["FUSION_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    # A copy of the tree without .git (a GPU host) names its commit through the environment.
-    return out.stdout.strip() or os.environ.get("FUSION_GIT_COMMIT") or None
+    return out.stdout.strip() or None
 
 
 def _gpu_meta() -> dict:
