@@ -662,6 +662,8 @@ class _Simulation:
             out["step_ms_in_blocks"] = wall(lambda: self.advance(steps), n=max(1, repeats // steps)) / steps
         out["cuda_graph"] = bool(self.control.enabled and self.control.captured)
         return out
+
+
 class _Writers:
     """One ASE trajectory per replica; on restart, frames after the checkpoint step are dropped."""
 

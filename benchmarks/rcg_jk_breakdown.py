@@ -56,7 +56,7 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg import fusionrcg, launch, tiers
+    from pyscf_fusionrcg import fusionrcg, launch
     from pyscf_fusionrcg.gpu_jk import get_jk_gpu
     from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds
 
@@ -98,10 +98,9 @@ def main(argv=None):
     ranked = sorted(profile.items(), key=lambda kv: -(kv[1]['eri_ms'] + kv[1]['digest_ms']))
     for name, row in ranked[:args.top]:
         ls = tuple('spdfghi'.index(c) for c in name)
-        stats = tiers.compile_stats(launch.get_kernel(ls).program)
         records.append(dict(part=f'class {name}', ms=row['eri_ms'] + row['digest_ms'],
                             share=(row['eri_ms'] + row['digest_ms']) / total, quartets=row['quartets'],
-                            tier=stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
+                            tier=launch.get_kernel(ls).stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
                             eri_us_per_quartet=1e3 * row['eri_ms'] / max(row['quartets'], 1)))
     for r in records:
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),

@@ -57,6 +57,7 @@ consecutive addresses.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
@@ -309,7 +310,6 @@ def level_schedule(seq: Sequence, lo: int, hi: int, width: int = LEVEL_WIDTH) ->
     ``width`` ready statements, lowest orchestrated index first, so the order
     stays close to the orchestrated one and so does the live set.
     """
-    import heapq
     n = hi - lo
     term_op = np.repeat(np.arange(lo, hi), np.diff(seq.ptr[lo:hi + 1])) - lo
     srcs = seq.src[seq.ptr[lo]:seq.ptr[hi]]
