@@ -4,10 +4,13 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
 
 * the wall time of GPU4PySCF 1.9's ``get_jk`` and of FusionRCG's, median of
   ``--repeat`` builds after a warm-up, in one process on one GPU;
-* FusionRCG's build split into screening (``screening.build_tasks`` on the
-  GPU), the ERI kernels and the digestion kernels of every class (CUDA events,
-  ``gpu_jk.get_jk_gpu(profile=...)``) and the rest (host work between
-  launches: orientation, ordering, batching);
+* FusionRCG's build (the plugin's ``get_jk``, whose plan of screened and
+  ordered quartets is made once per geometry, as GPU4PySCF keeps its
+  screening per molecule) split into the ERI kernels and the digestion
+  kernels of every class (CUDA events, ``gpu_jk.get_jk_gpu(profile=...)``)
+  and the rest (host work between launches); the plan's own time and
+  quartet count, and how many quartets screening the density's own blocks
+  would keep;
 * per class: quartets, tier, ERI and digestion milliseconds, microseconds per
   quartet, and the share of the build: the classes that hold the build back.
 
@@ -57,7 +60,7 @@ def main(argv=None):
 
     from gpucore import require_gpu
     from pyscf_fusionrcg import fusionrcg, launch
-    from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
     from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds
 
     require_gpu('the J/K breakdown')
@@ -71,26 +74,25 @@ def main(argv=None):
     q_cond = schwarz_bounds(mol, 0.0)
     stock = scf.RHF(mol).to_gpu()
 
-    def ours():
-        tasks = build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy)
-        return get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks)
-
     walls = {}
-    for label, fn in (('gpu4pyscf', lambda: stock.get_jk(mol, dm)), ('fusionrcg', ours)):
+    for label, fn in (('gpu4pyscf', lambda: stock.get_jk(mol, dm)), ('fusionrcg', lambda: mf.get_jk(mol, dm))):
         fn()
         walls[label] = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
 
-    # one more build, split into its parts
-    screen_ms, tasks = _timed(lambda: build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy), sync)
+    # the plugin's build split into its parts: the plan (once per geometry), then a build from it
+    plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond), sync)
+    block_quartets = sum(len(t) for t in build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
     profile = {}
-    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks, profile=profile), sync)
+    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan, profile=profile), sync)
     eri = sum(r['eri_ms'] for r in profile.values())
     dig = sum(r['digest_ms'] for r in profile.values())
-    total = screen_ms + jk_ms
+    total = jk_ms
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=walls['gpu4pyscf']),
-               dict(part='FusionRCG J+K (wall)', ms=walls['fusionrcg'],
+               dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=walls['fusionrcg'],
                     share=1.0, speedup=walls['gpu4pyscf'] / walls['fusionrcg']),
-               dict(part='screening (build_tasks)', ms=screen_ms, share=screen_ms / total),
+               dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
+                    quartets=plan.quartets),
+               dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets),
                dict(part='ERI kernels, all classes', ms=eri, share=eri / total),
                dict(part='digestion kernels, all classes', ms=dig, share=dig / total),
                dict(part='rest (host work between launches)', ms=jk_ms - eri - dig,

@@ -11,7 +11,7 @@ For every canonical class (la >= lb, lc >= ld, (la,lb) >= (lc,ld)) up to
   from a real basis (water/def2-QZVP by default: s..g shells with 1-8
   primitives), median of 3 timed launches after a warm-up (CUDA events);
 * with ``--compare-tiers``, the same timing for every tier the class fits in
-  (registers only up to ``tiers.STRAIGHT_OPS_MAX`` statements), to check the
+  (registers only up to ``--register-ops-max`` statements), to check the
   routing against measurements.
 
 Writes benchmarks/results/<name>.json and .md.
@@ -82,6 +82,11 @@ def main(argv=None):
     ap.add_argument('--mol', help='XYZ file (default: water)')
     ap.add_argument('--quartets', type=int, default=4096, help='quartets timed per class')
     ap.add_argument('--compare-tiers', action='store_true')
+    ap.add_argument('--tiers', nargs='+', choices=codegen.TIERS, default=list(codegen.TIERS),
+                    help='the tiers --compare-tiers times (default: all)')
+    ap.add_argument('--register-ops-max', type=int, default=tiers.STRAIGHT_OPS_MAX,
+                    help='time the register tier only for classes of at most this many statements '
+                         '(default tiers.STRAIGHT_OPS_MAX; beyond it ptxas takes long)')
     ap.add_argument('--name', default='rcg_report_gpu')
     args = ap.parse_args(argv)
 
@@ -100,27 +105,30 @@ def main(argv=None):
         row['compile_s'] = round(time.perf_counter() - t0, 2)
         row.update(tier=kern.stats['tier'], form=kern.stats['form'],
                    shared_bytes=kern.stats['shared_bytes'], kernel=kern.name,
-                   slots=kern.n_slots)
+                   slots=kern.n_slots, statements=tiers.n_statements(kern.program))
         present = all(((mol._bas[:, 1] == l) & (mol._bas[:, 3] == 1)).any() for l in ls)
         if present:
             quartets = random_quartets(mol, ls, args.quartets, rng)
             ms = time_kernel(kern, basis, quartets)
             row['us_per_quartet'] = 1e3 * ms / len(quartets)
             if args.compare_tiers:
-                for tier in codegen.TIERS:
+                for tier in args.tiers:
                     row[f'us_{tier}'] = None
-                    if tier == 'register' and tiers.n_statements(kern.program) > tiers.STRAIGHT_OPS_MAX:
-                        continue                # minutes of ptxas for a kernel that spills anyway
+                    if tier == 'register' and tiers.n_statements(kern.program) > args.register_ops_max:
+                        continue                # long ptxas runs for a kernel that spills anyway
                     try:
+                        t0 = time.perf_counter()
                         k = launch.get_kernel(ls, tier=tier)
                     except ValueError:          # does not fit (shared)
                         continue
+                    row[f'compile_s_{tier}'] = round(time.perf_counter() - t0, 2)
                     row[f'us_{tier}'] = 1e3 * time_kernel(k, basis, quartets) / len(quartets)
                     row[f'spill_{tier}'] = k.stats['spill_bytes']
         records.append(row)
         print(' '.join(f'{k}={v}' for k, v in row.items() if k != 'kernel'), flush=True)
     meta = environment_meta()
     meta.update(basis=args.basis, molecule=args.mol or 'water', quartets_per_class=args.quartets,
+                register_ops_max=args.register_ops_max,
                 thresholds=dict(REG_PEAK_MAX=tiers.REG_PEAK_MAX, SPILL_BYTES_MAX=tiers.SPILL_BYTES_MAX,
                                 STRAIGHT_OPS_MAX=tiers.STRAIGHT_OPS_MAX))
     paths = write_results(args.name, records, meta, title='FusionRCG classes on the GPU',

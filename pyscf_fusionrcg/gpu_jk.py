@@ -12,8 +12,10 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
 * ``omega``: 0 plain Coulomb, > 0 erf (long range), < 0 erfc (short range).
 * ``tasks``: :func:`pyscf_fusionrcg.screening.build_tasks` output for these
   densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
-  convention is that module's.
-* ``tier``: force a storage tier for every class (experiments);
+  convention is that module's.  Or a :class:`JKPlan`: the same quartets
+  already oriented and ordered on the device, kept across builds.
+* ``tier``: force a storage tier for every class (experiments; a plan
+  carries its own);
   ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
   ``profile``: a dict that receives, per class, the quartet count and the
   GPU milliseconds of its ERI kernels and of its digestion (CUDA events; the
@@ -28,11 +30,82 @@ out ``[element][quartet]``) and digested at once by the two kernels of
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import launch
+from .screening import build_tasks
 
 _DIGEST_BLOCK = 128
+
+#: A plan screened for densities up to ``bound`` serves densities whose largest
+#: element is at least ``bound / PLAN_REUSE_RANGE``; smaller ones (the density
+#: changes of incremental SCF cycles) are screened block by block instead.
+PLAN_REUSE_RANGE = 8.0
+
+
+@dataclass
+class _ClassPlan:
+    kern: launch.ClassKernel
+    dims: tuple             # AO block dims of the class and contraction shape
+    quartets: object        # CuPy (n, 4) int32: oriented, in primitive order
+    degeneracy: object      # CuPy (n,) float64, same order
+
+
+class JKPlan:
+    """Every class's screened quartets on the device, oriented and ordered for
+    launch (``launch.orient``, ``launch.primitive_order``), with the kernels.
+
+    Screening, orienting and ordering the tens of millions of quartets of a
+    triple-zeta molecule take about a fifth of a J+K build; a plan does it once
+    per geometry and operator and is reused by every build whose density it
+    covers (:meth:`covers`).  ``bound``: the density bound the tasks were
+    screened with (``build_tasks(density_bound=)``), None for tasks screened
+    for one particular density.
+    """
+
+    def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None):
+        cp = launch._cupy()
+        self.omega, self.tier, self.bound = float(omega), tier, bound
+        self.nao = mol.nao
+        self.classes = []
+        if not len(tasks):
+            return
+        self.basis = launch.DeviceBasis(mol)
+        self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+        for t in tasks:
+            kern = launch.get_kernel(t.key, bool(mol.cart), omega, t.nctr, tier)
+            oriented = launch.orient(self.basis, t.quartets)[0]
+            order = launch.primitive_order(self.basis, oriented)
+            self.classes.append(_ClassPlan(
+                kern, tuple(n * c for n, c in zip(kern.program.shape, t.nctr)),
+                cp.ascontiguousarray(oriented[order]),
+                cp.ascontiguousarray(cp.asarray(t.degeneracy, dtype=cp.float64)[order])))
+
+    @classmethod
+    def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, tier=None):
+        """A plan for every density with ``max |D| <= density_max`` (Schwarz
+        screening with that bound on every block)."""
+        import cupy
+        tasks = build_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
+                            density_bound=density_max)
+        return cls(mol, tasks, omega, tier, float(density_max))
+
+    def covers(self, density_max: float) -> bool:
+        """True when the plan's quartets are right (every quartet that matters is
+        in) and not wasteful (bound at most PLAN_REUSE_RANGE times too large)."""
+        if self.bound is None:
+            return False
+        return self.bound / PLAN_REUSE_RANGE <= density_max <= self.bound
+
+    @property
+    def quartets(self) -> int:
+        return sum(len(c.degeneracy) for c in self.classes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.quartets.nbytes + c.degeneracy.nbytes for c in self.classes)
 
 
 def _digest_kernels():
@@ -92,19 +165,16 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     kh = cp.zeros(dm_k.shape) if with_k else None
 
     timer = _ClassTimer(cp, profile)
-    if len(tasks) and (with_j or with_k):
-        basis = launch.DeviceBasis(mol)
-        ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+    plan = tasks if isinstance(tasks, JKPlan) else JKPlan(mol, tasks, omega, tier)
+    if plan.nao != nao or plan.omega != float(omega):
+        raise ValueError(f'the J/K plan is for nao={plan.nao}, omega={plan.omega}; '
+                         f'this build has nao={nao}, omega={float(omega)}')
+    if plan.classes and (with_j or with_k):
+        basis, ao_loc = plan.basis, plan.ao_loc
         bra, ket = _digest_kernels()
         null = cp.zeros(1)
-        cart = bool(mol.cart)
-        for t in tasks:
-            kern = launch.get_kernel(t.key, cart, omega, t.nctr, tier)
-            dims = [n * c for n, c in zip(kern.program.shape, t.nctr)]
-            oriented = launch.orient(basis, t.quartets)[0]
-            order = launch.primitive_order(basis, oriented)
-            qdev = cp.ascontiguousarray(oriented[order])
-            deg = cp.ascontiguousarray(cp.asarray(t.degeneracy, dtype=cp.float64)[order])
+        for c in plan.classes:
+            kern, dims, qdev, deg = c.kern, c.dims, c.quartets, c.degeneracy
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
             while True:
                 t0 = timer.mark()

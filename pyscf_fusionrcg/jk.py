@@ -61,7 +61,7 @@ def _gpu_get_jk():
 
 
 def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu",
-           direct_scf_tol=1e-13, engine=None, q_cond=None, **gpu_options):
+           direct_scf_tol=1e-13, engine=None, q_cond=None, plans=None, **gpu_options):
     """J and K matrices like ``pyscf.scf.hf.get_jk``, computed by FusionRCG.
 
     ``dm``: (nao, nao) or stacked (n, nao, nao) (e.g. UHF's alpha/beta).
@@ -73,7 +73,11 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
     Returns ``(vj, vk)`` shaped like ``dm`` (NumPy or CuPy as ``dm``), None for
     the one not asked.  ``backend='gpu'`` calls ``gpu_jk.get_jk_gpu(mol, dms,
     hermi, with_j, with_k, omega, tasks, **gpu_options)`` with CuPy ``dms``
-    (nset, nao, nao) and the task list built with ``xp=cupy``.
+    (nset, nao, nao) and the task list built with ``xp=cupy``; ``plans``: a
+    dict the caller keeps for this geometry and operator, in which the GPU
+    path keeps a :class:`~pyscf_fusionrcg.gpu_jk.JKPlan` screened with the
+    density's largest element and reuses it while it covers the density
+    (SCF cycles); without it every build screens its own density's blocks.
     """
     omega = float(mol.omega if omega is None else omega)
     if not (with_j or with_k):
@@ -87,8 +91,12 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
         dms = dms.reshape(-1, shape[-2], shape[-1])
         if q_cond is None:
             q_cond = schwarz_bounds(mol, omega)
-        # Screened on the GPU: get_jk_gpu gets CuPy densities and CuPy task arrays.
-        tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
+        tasks = None
+        if plans is not None:
+            tasks = _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, gpu_options.get("tier"))
+        if tasks is None:
+            # Screened on the GPU: get_jk_gpu gets CuPy densities and CuPy task arrays.
+            tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
         vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, **gpu_options)
         out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
@@ -119,6 +127,27 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
     vj, vk = digest_tasks(mol, dms, hermi, tasks, engine, with_j, with_k)
     return (None if vj is None else vj.reshape(shape),
             None if vk is None else vk.reshape(shape))
+
+
+def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
+    """The plan in ``plans`` if it covers ``dms``; None for a density far smaller
+    than the plan's bound (an SCF's density change: screening its own blocks
+    keeps far fewer quartets); else a new plan, kept in ``plans`` while it takes
+    at most a quarter of the free GPU memory."""
+    import cupy
+    from pyscf_fusionrcg.gpu_jk import JKPlan
+    dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
+    plan = plans.get("plan")
+    if plan is not None and plan.tier == tier:
+        if plan.covers(dmax):
+            return plan
+        if dmax < plan.bound:
+            return None
+    plans.pop("plan", None)     # free the old plan's arrays before screening again
+    plan = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier)
+    if plan.nbytes <= cupy.cuda.runtime.memGetInfo()[0] // 4:
+        plans["plan"] = plan
+    return plan
 
 
 def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):

@@ -109,7 +109,8 @@ class _FusionRCGMixin:
         self.fusionrcg_direct_scf_tol = direct_scf_tol
         self.fusionrcg_tier = tier
         self._fusionrcg_path = path
-        # (mol fingerprint, omega) -> (engine or None, Schwarz bounds)
+        # (mol fingerprint, omega) -> (engine or None, Schwarz bounds, GPU plans);
+        # only the current geometry's entries are kept
         self._fusionrcg_cache = {}
 
     def undo_fusionrcg(self):
@@ -145,23 +146,26 @@ class _FusionRCGMixin:
         return self.direct_scf_tol if tol is None else tol
 
     def _fusionrcg_setup(self, mol, omega):
-        """Cached (engine, Schwarz bounds) for this geometry and operator."""
-        fp = (mol._atm.tobytes(), mol._bas.tobytes(),
-              mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart))
-        key = (hash(fp), omega)
-        if key not in self._fusionrcg_cache:
+        """Cached (engine, Schwarz bounds, GPU plans) for this geometry and operator;
+        a new geometry (a scanner, an optimiser) drops the others' entries."""
+        fp = hash((mol._atm.tobytes(), mol._bas.tobytes(),
+                   mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
+        cache = self._fusionrcg_cache
+        if (fp, omega) not in cache:
             _check_mol(mol)
+            for key in [k for k in cache if k[0] != fp]:
+                del cache[key]
             engine = _jk.cpu_engine(mol, omega) if self._fusionrcg_path == "cpu" else None
-            self._fusionrcg_cache[key] = (engine, schwarz_bounds(mol, omega))
-        return self._fusionrcg_cache[key]
+            cache[fp, omega] = (engine, schwarz_bounds(mol, omega), {})
+        return cache[fp, omega]
 
     def _fusionrcg_jk(self, mol, dm, hermi, with_j, with_k, omega):
         """One FusionRCG build for one operator (NumPy or CuPy in and out, as dm)."""
-        engine, q_cond = self._fusionrcg_setup(mol, omega)
+        engine, q_cond, plans = self._fusionrcg_setup(mol, omega)
         backend = self._fusionrcg_path
         opts = {"tier": self.fusionrcg_tier} if backend == "gpu" and self.fusionrcg_tier else {}
-        return _jk.get_jk(mol, dm, hermi, with_j, with_k, omega, backend,
-                          self._fusionrcg_tol(), engine, q_cond, **opts)
+        return _jk.get_jk(mol, dm, hermi, with_j, with_k, omega, backend, self._fusionrcg_tol(),
+                          engine, q_cond, plans if backend == "gpu" else None, **opts)
 
     def get_jk(self, mol=None, dm=None, hermi=1, with_j=True, with_k=True, omega=None,
                lr_factor=None, sr_factor=None):

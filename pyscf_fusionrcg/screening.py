@@ -135,19 +135,24 @@ def _pair_classes(ls, nctr, q, keep):
 
 
 def build_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
-                with_j=True, with_k=True, xp=np):
+                with_j=True, with_k=True, xp=np, density_bound=None):
     """Screened unique shell quartets grouped per class (see the module docstring).
 
     ``dms``: (nao, nao) or (nset, nao, nao), NumPy or CuPy.  ``q_cond``: the
     cached :func:`schwarz_bounds` for ``omega`` (computed when None).
     ``with_j``/``with_k`` narrow the density screening to the blocks read.
     ``xp``: ``numpy`` (default) or ``cupy``: where the quartets are screened
-    and where the returned arrays live.
+    and where the returned arrays live.  ``density_bound``: a number that
+    replaces every block's ``|D|`` maximum (``dms`` is then not read): the
+    tasks then hold for every density whose elements stay within it.
     """
     if q_cond is None:
         q_cond = schwarz_bounds(mol, omega)
     q_cond = to_host(q_cond)
-    dcond = shell_density_max(mol, dms)
+    if density_bound is None:
+        dcond = shell_density_max(mol, dms)
+    else:
+        dcond = np.full((mol.nbas, mol.nbas), float(density_bound))
     dmax = float(dcond.max()) if dcond.size else 0.0
     if dmax == 0.0 or not (with_j or with_k):
         return []

@@ -167,3 +167,28 @@ def test_profile_accounts_for_every_quartet():
     assert float(abs(vj - plain[0]).max()) < 1e-12 and float(abs(vk - plain[1]).max()) < 1e-12
     assert sum(r['quartets'] for r in profile.values()) == sum(len(t.quartets) for t in tasks)
     assert all(r['eri_ms'] > 0 and r['digest_ms'] > 0 for r in profile.values())
+
+
+def test_plans_are_reused_within_their_density_range():
+    """jk.get_jk(plans=) screens one plan for the density's largest element,
+    reuses it for densities it covers, screens a much smaller density change
+    block by block, and gives the J/K of a build without plans."""
+    import cupy as cp
+    from pyscf_fusionrcg.gpu_jk import PLAN_REUSE_RANGE, JKPlan
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-TZVP', verbose=0)
+    dm = minao_dm(mol)
+    ref_j, ref_k = reference_jk(mol, dm)
+    plans = {}
+    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
+    plan = plans['plan']
+    assert isinstance(plan, JKPlan) and plan.bound == pytest.approx(np.abs(dm).max())
+    assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
+    vj2, vk2 = get_jk(mol, cp.asarray(0.9 * dm), backend='gpu', plans=plans)
+    assert plans['plan'] is plan
+    assert float(abs(vj2.get() - 0.9 * vj).max()) < TOL and float(abs(vk2.get() - 0.9 * vk).max()) < TOL
+    small = dm / (2 * PLAN_REUSE_RANGE)
+    vj3, _ = get_jk(mol, small, backend='gpu', plans=plans)
+    assert plans['plan'] is plan and np.abs(vj3 - ref_j / (2 * PLAN_REUSE_RANGE)).max() < TOL
+    get_jk(mol, 2 * dm, backend='gpu', plans=plans)
+    assert plans['plan'] is not plan and plans['plan'].bound == pytest.approx(2 * np.abs(dm).max())

@@ -107,3 +107,20 @@ def test_density_screening_drops_far_blocks_and_keeps_accuracy():
     got = get_jk(mol, dm, direct_scf_tol=1e-13, engine=LibcintBlocks(mol), q_cond=q)
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, atol=1e-11)
+
+
+def test_density_bound_keeps_every_quartet_the_blocks_keep(water_ccpvdz):
+    """Tasks screened with max |D| on every block (a reusable plan) hold every
+    quartet that the density's own blocks keep, and more."""
+    mol = water_ccpvdz
+    dm = _rand_dm(mol, 2) * np.exp(-np.add.outer(np.arange(mol.nao), np.arange(mol.nao)))
+    q = schwarz_bounds(mol)
+
+    def quartets(tasks):
+        return {tuple(x) for t in tasks for x in t.quartets.tolist()}
+
+    tol = 1e-9
+    own = quartets(build_tasks(mol, dm, direct_scf_tol=tol, q_cond=q))
+    bound = quartets(build_tasks(mol, None, direct_scf_tol=tol, q_cond=q, density_bound=np.abs(dm).max()))
+    assert own < bound
+    assert build_tasks(mol, None, q_cond=q, density_bound=0.0) == []
