@@ -26,16 +26,22 @@ inference and MD on one CUDA GPU. What is fused (``csrc/flashschnet/``):
   same 16-bit type. lin1/lin2/lin and the output MLP stay fp32 (torch, cheap).
   ``precision='fp32'`` uses FFMA with register tiling and keeps fp32 accuracy.
 
-The per-atom dense parts (embedding, lin1, lin2, lin, output MLP, priors) run in
-torch. For forces (``energy_and_forces``, ``energy_forces_virial``) the backward
+The per-atom dense parts (embedding, lin1, lin2, lin, output MLP) run in torch.
+For forces (``energy_and_forces``, ``energy_forces_virial``) the backward
 of the dense part is written out (``FusedSchNet._energy_grad_d``: no autograd
 graph, one cuBLAS call per product, lin biases folded so each residual update is
 one addmm) and gives ``dE/dd`` per edge; one CSR kernel then multiplies by the
-unit vectors and sums per atom. The whole evaluation has no host synchronisation
-once the neighbour graph's CSR is cached, so it can be captured in a CUDA graph
-(``benchmarks/schnet_throughput.py --cuda-graph``). ``energy`` and
-``per_atom_energies`` go through autograd instead (the CFConv is a
-``torch.autograd.Function``), so they stay differentiable. Only first derivatives with
+unit vectors and sums per atom. The priors of ``priors.py`` have analytic
+derivatives in ``priors.cu`` (``FusedSchNet._force_terms``): ``Repulsion`` adds
+its ``dE/dd`` to SchNet's before that kernel (one warp per atom over its edges, so
+its forces and virial come with SchNet's), the bonded terms (one thread per
+replica and term, on the local topology of one molecule) add forces and virials
+after it; priors of other kinds go through torch autograd. The whole evaluation
+has no host synchronisation once the neighbour graph's CSR is cached, so it can
+be captured in a CUDA graph (``benchmarks/schnet_throughput.py --cuda-graph``).
+``energy`` and ``per_atom_energies`` go through autograd instead (the CFConv is a
+``torch.autograd.Function``, the priors are the torch ones), so they stay
+differentiable. Only first derivatives with
 respect to positions (and strain) are provided: no weight gradients and no
 double backward, so this module cannot train; train the reference model and
 build a new :class:`FusedSchNet` (or call :meth:`FusedSchNet.refresh`).
@@ -76,6 +82,7 @@ import gpucore
 from gpucore import GPUUnavailableError
 
 from .model import ACTIVATIONS
+from .priors import HarmonicAngles, HarmonicBonds, Repulsion
 
 __all__ = ["FusedSchNet", "PRECISIONS", "quantize_per_channel", "kernel_defines", "cfconv_flops", "precompile"]
 
@@ -181,6 +188,10 @@ class _Kernels:
         self.lengths = self.geo_module.get_kernel("edge_lengths")
         self.forces = self.geo_module.get_kernel("edge_forces")
         self.segsum = self.geo_module.get_kernel("segment_sum")
+        self.prior_module = gpucore.compile_file("flashschnet/priors.cu")
+        self.repulsion = self.prior_module.get_kernel("repulsion_edges")
+        self.bonded = {2: self.prior_module.get_kernel("harmonic_bonds"),
+                       3: self.prior_module.get_kernel("harmonic_angles")}
 
     def _geometry(self, kernel, threads: int, smem: int) -> tuple[int, int, int]:
         """(resident grid size, threads, dynamic shared bytes): a persistent grid of
@@ -231,6 +242,27 @@ class _Kernels:
                      np.int32(csr.n_atoms), np.int32(virial), forces, virials))
         return forces, (virials if virial else None)
 
+    def repulsion_edges(self, prior: "_RepulsionTerms", types: Tensor, d: Tensor, csr: "_Csr", grad_d: Tensor,
+                        per_atom: Tensor) -> None:
+        """Adds the repulsion's dE/dd to ``grad_d`` and its energies to ``per_atom``, in place."""
+        keys = prior.excluded_keys
+        if keys.numel():
+            _check_whole_replicas(csr.n_atoms, prior.n_atoms, "repulsion exclusions")
+        self.repulsion((-(-csr.n_atoms * 32 // 256),), (256,),
+                       (d, csr.src, csr.dst_ptr, types.contiguous(), prior.sigma, np.int32(prior.sigma.shape[1]),
+                        np.int32(prior.exponent), np.float32(prior.cutoff), keys, np.int32(keys.numel()),
+                        np.int32(prior.n_atoms), np.int32(csr.n_atoms), grad_d, per_atom))
+
+    def bonded_terms(self, prior: "_BondedTerms", pos: Tensor, forces: Tensor, per_atom: Tensor,
+                     virials: Tensor | None) -> None:
+        """Adds the bonds' or angles' forces, energies and (if ``virials``) virials, in place."""
+        n_replicas = _check_whole_replicas(pos.shape[0], prior.n_atoms, "bonded prior topologies")
+        n_terms = prior.index.shape[0]
+        self.bonded[prior.index.shape[1]](
+            (-(-n_terms * n_replicas // 256),), (256,),
+            (pos, prior.index, prior.k, prior.rest, np.int32(n_terms), np.int32(prior.n_atoms), np.int32(n_replicas),
+             forces, per_atom, np.uint64(0) if virials is None else virials))
+
     def segment_sum(self, values: Tensor, order: Tensor, ptr: Tensor, n_segments: int) -> Tensor:
         values = values.contiguous()
         cols = int(np.prod(values.shape[1:]))
@@ -247,6 +279,59 @@ def _kernels(defines_items: tuple, device: torch.device) -> _Kernels:
 
 def _i32(t: Tensor) -> Tensor:
     return t.to(torch.int32).contiguous()
+
+
+def _check_whole_replicas(n_total: int, n_atoms: int, what: str) -> int:
+    """Number of replicas of a molecule of ``n_atoms`` in ``n_total`` atoms; a
+    remainder raises as the torch priors do."""
+    if n_total % n_atoms:
+        raise ValueError(f"{what} are for molecules of {n_atoms} atoms, but the input has {n_total} atoms "
+                         "(not a whole number of replicas)")
+    return n_total // n_atoms
+
+
+@dataclass
+class _BondedTerms:
+    """A ``HarmonicBonds`` (width 2) or ``HarmonicAngles`` (width 3) prior in the layout
+    of ``priors.cu``: the local topology of one molecule, fp32 parameters per term."""
+
+    index: Tensor  # (terms, width) int32 local atom indices
+    k: Tensor
+    rest: Tensor  # r0 or theta0
+    n_atoms: int
+
+
+@dataclass
+class _RepulsionTerms:
+    """A ``Repulsion`` prior in the layout of ``priors.cu``."""
+
+    sigma: Tensor  # fp32 table indexed by (type of src, type of dst); a scalar comes expanded
+    exponent: int
+    cutoff: float
+    excluded_keys: Tensor  # sorted int64 local keys i * n_atoms + j, both directions
+    n_atoms: int  # molecule size of the keys (1 without exclusions)
+
+
+def _kernel_priors(priors, num_types: int) -> tuple[list, list, list]:
+    """(bonded, repulsions, others): the priors ``priors.cu`` evaluates, in its
+    layouts (on the priors' device), and the rest (other kinds, subclasses
+    included), left to torch autograd."""
+    bonded, repulsions, others = [], [], []
+    f32 = torch.float32
+    for prior in priors:
+        kind = type(prior)
+        if kind in (HarmonicBonds, HarmonicAngles):
+            rest = prior.r0 if kind is HarmonicBonds else prior.theta0
+            bonded.append(_BondedTerms(_i32(prior.index), prior.k.to(f32).contiguous(), rest.to(f32).contiguous(),
+                                       prior.n_atoms))
+        elif kind is Repulsion:
+            sigma = prior.sigma.to(f32)
+            sigma = sigma.expand(num_types, num_types) if sigma.ndim == 0 else sigma
+            repulsions.append(_RepulsionTerms(sigma.contiguous(), prior.exponent, prior.cutoff,
+                                              prior._excluded_keys.long().contiguous(), prior.n_atoms or 1))
+        else:
+            others.append(prior)
+    return bonded, repulsions, others
 
 
 def _csr_ptr(index: Tensor, n: int) -> Tensor:
@@ -371,8 +456,10 @@ class FusedSchNet(nn.Module):
     model's weights call :meth:`refresh`. The module holds no parameters and no
     weight gradients exist; it refuses ``train()`` and ``create_graph=True``.
     Energies and forces are computed in float32 and returned in the dtype of
-    ``pos``. Forces are bitwise reproducible for the SchNet part; priors (if the
-    model has any) run in plain torch with its usual atomics.
+    ``pos``. Forces are bitwise reproducible for the SchNet part and the repulsion
+    priors; bonded priors (bonds, angles) add their forces and energies with
+    atomics, so those differ from run to run in the last bits, as do priors of
+    other kinds (torch autograd).
     """
 
     def __init__(self, model, precision: str = "fp32", device=None):
@@ -435,6 +522,7 @@ class FusedSchNet(nn.Module):
         self._atomref = t(model.atomref)
         self._scale, self._shift = float(model.energy_scale), float(model.energy_shift)
         self._priors = copy.deepcopy(model.priors).to(device=dev, dtype=f32)
+        self._bonded, self._repulsions, self._torch_priors = _kernel_priors(self._priors, self._embedding.shape[0])
         # The force path keeps x' = x - c_k, where c_k is the sum of the lin biases of
         # the blocks before block k: the residual update is then one addmm, and c_k
         # enters as a bias of lin1 (W1 c_k) and of output1 (W_o1 c + b_o1). The
@@ -550,15 +638,12 @@ class FusedSchNet(nn.Module):
         pos32 = pos.detach().to(self.device, torch.float32).contiguous()
         csr = self._csr_of(graph, pos32.shape[0])
         kernels = self._kernels
-        d = kernels.edge_lengths(pos32, csr)
-        with torch.no_grad():
-            per_atom, grad_d = self._energy_grad_d(types, d, csr)
-        forces, atom_virial = kernels.edge_forces(grad_d, pos32, csr, virial)
+        per_atom, forces, atom_virial = self._force_terms(types, pos32, csr, virial)
         system_virial = None
         if virial:
             system_virial = kernels.segment_sum(atom_virial, csr.sys_order, csr.sys_ptr, csr.n_systems)
             system_virial = system_virial.reshape(csr.n_systems, 3, 3)
-        if len(self._priors):
+        if self._torch_priors:
             e_prior, f_prior, v_prior = self._prior_terms(types, pos32, graph, virial)
             per_atom, forces = per_atom + e_prior, forces + f_prior
             if virial:
@@ -567,8 +652,24 @@ class FusedSchNet(nn.Module):
         out = (energy.to(pos.dtype), forces.to(pos.dtype))
         return (*out, None if system_virial is None else system_virial.to(pos.dtype))
 
+    def _force_terms(self, types: Tensor, pos32: Tensor, csr: _Csr, virial: bool):
+        """(per-atom energies, forces, per-atom virials or None) of SchNet and of the
+        priors that ``priors.cu`` evaluates: the repulsions join dE/dd before the edge
+        kernel turns it into forces and virials, the bonded terms add theirs after."""
+        kernels = self._kernels
+        d = kernels.edge_lengths(pos32, csr)
+        with torch.no_grad():
+            per_atom, grad_d = self._energy_grad_d(types, d, csr)
+        for prior in self._repulsions:
+            kernels.repulsion_edges(prior, types, d, csr, grad_d, per_atom)
+        forces, atom_virial = kernels.edge_forces(grad_d, pos32, csr, virial)
+        for prior in self._bonded:
+            kernels.bonded_terms(prior, pos32, forces, per_atom, atom_virial)
+        return per_atom, forces, atom_virial
+
     def _prior_terms(self, types, pos32, graph, virial):
-        """Prior energies per atom, forces and virial by torch autograd, as the reference."""
+        """Energies per atom, forces and virial of the priors without kernels (other
+        kinds than those of ``priors.cu``) by torch autograd, as the reference."""
         src, dst = graph.edge_src.to(self.device), graph.edge_dst.to(self.device)
         shifts = graph.shifts.to(self.device, torch.float32)
         batch = graph.batch.to(self.device)
@@ -581,7 +682,7 @@ class FusedSchNet(nn.Module):
                 moved = leaf + torch.einsum("ni,nij->nj", leaf, strain[batch])
                 shifts = shifts + torch.einsum("ei,eij->ej", shifts, strain[batch[dst]])
             edge_vec = moved[src] - moved[dst] + shifts
-            energy = sum(p(types, moved, src, dst, edge_vec) for p in self._priors)
+            energy = sum(p(types, moved, src, dst, edge_vec) for p in self._torch_priors)
             grads = torch.autograd.grad(energy.sum(), inputs)
         return energy.detach(), -grads[0], (-grads[1] if virial else None)
 
@@ -591,8 +692,9 @@ def precompile(num_filters: int = _DEFAULT["num_filters"], num_rbf: int = _DEFAU
     """Compile the kernels of one configuration (default: 128 filters, 50 Gaussians,
     tanh; every precision) into the disk cache; one line per module."""
     lines = []
-    module = gpucore.compile_file("flashschnet/geometry.cu")
-    lines.append(f"flashschnet/geometry.cu: {'from cache' if module.from_cache else 'compiled'}")
+    for source in ("flashschnet/geometry.cu", "flashschnet/priors.cu"):
+        module = gpucore.compile_file(source)
+        lines.append(f"{source}: {'from cache' if module.from_cache else 'compiled'}")
     for precision in precisions:
         defines = kernel_defines(num_filters, num_rbf, activation, precision)
         module = gpucore.compile_file("flashschnet/cfconv.cu", defines=defines)
