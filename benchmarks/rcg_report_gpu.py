@@ -129,7 +129,7 @@ def main(argv=None):
     meta = environment_meta()
     meta.update(basis=args.basis, molecule=args.mol or 'water', quartets_per_class=args.quartets,
                 register_ops_max=args.register_ops_max,
-                thresholds=dict(REG_PEAK_MAX=tiers.REG_PEAK_MAX, SPILL_BYTES_MAX=tiers.SPILL_BYTES_MAX,
+                thresholds=dict(REG_STATEMENTS_MAX=tiers.REG_STATEMENTS_MAX, SPILL_BYTES_MAX=tiers.SPILL_BYTES_MAX,
                                 STRAIGHT_OPS_MAX=tiers.STRAIGHT_OPS_MAX))
     paths = write_results(args.name, records, meta, title='FusionRCG classes on the GPU',
                           notes='us_per_quartet: kernel time per contracted shell quartet '

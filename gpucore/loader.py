@@ -302,17 +302,19 @@ def compile_source(source: str, *, name: str = "module", options=()) -> Compiled
     with _compile_lock:
         if key in _memory_cache:
             return _memory_cache[key]
-        path = cache_dir() / f"{name}-{arch}-{key}.cubin"
-        if path.is_file():
-            module = CompiledModule(name, key, path.read_bytes(), "", from_cache=True)
-        else:
-            cubin, log = _nvrtc_compile(source, name, full_options)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(cubin)
-            os.replace(tmp, path)
-            module = CompiledModule(name, key, cubin, log, from_cache=False)
-        _memory_cache[key] = module
-        return module
+    path = cache_dir() / f"{name}-{arch}-{key}.cubin"
+    if path.is_file():
+        module = CompiledModule(name, key, path.read_bytes(), "", from_cache=True)
+    else:
+        # Outside the lock: NVRTC releases the GIL, so threads compile side by side
+        # (a key compiled twice at once only costs the time; the rename is atomic).
+        cubin, log = _nvrtc_compile(source, name, full_options)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(cubin)
+        os.replace(tmp, path)
+        module = CompiledModule(name, key, cubin, log, from_cache=False)
+    with _compile_lock:
+        return _memory_cache.setdefault(key, module)
 
 
 def _nvrtc_compile(source: str, name: str, options: tuple) -> tuple[bytes, str]:

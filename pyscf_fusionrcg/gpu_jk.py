@@ -30,6 +30,8 @@ out ``[element][quartet]``) and digested at once by the two kernels of
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,21 @@ class _ClassPlan:
     degeneracy: object      # CuPy (n,) float64, same order
 
 
+def _class_kernels(shapes, cart, omega, tier) -> dict:
+    """The kernel of every (class, contraction shape), first uses compiled by a
+    few threads at once (NVRTC releases the GIL; a triple-zeta molecule's
+    register-tier classes take 1-6 s each)."""
+    device = launch._cupy().cuda.Device()
+
+    def kernel(shape):
+        with device:    # the worker thread loads modules into this device's context
+            return launch.get_kernel(shape[0], cart, omega, shape[1], tier)
+
+    shapes = sorted(shapes)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return dict(zip(shapes, pool.map(kernel, shapes)))
+
+
 class JKPlan:
     """Every class's screened quartets on the device, oriented and ordered for
     launch (``launch.orient``, ``launch.primitive_order``), with the kernels.
@@ -74,8 +91,9 @@ class JKPlan:
             return
         self.basis = launch.DeviceBasis(mol)
         self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+        kernels = _class_kernels({(t.key, t.nctr) for t in tasks}, bool(mol.cart), omega, tier)
         for t in tasks:
-            kern = launch.get_kernel(t.key, bool(mol.cart), omega, t.nctr, tier)
+            kern = kernels[t.key, t.nctr]
             oriented = launch.orient(self.basis, t.quartets)[0]
             order = launch.primitive_order(self.basis, oriented)
             self.classes.append(_ClassPlan(

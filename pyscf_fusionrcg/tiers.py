@@ -1,14 +1,17 @@
 """Route each ERI class to a storage tier (register / shared / warp / global memory).
 
-Static choice (:func:`choose_tier`) from the orchestrated peak live set
-``schedule.peak_live`` (doubles per shell quartet, accumulators included):
+Static choice (:func:`choose_tier`) from the size of the program:
 
-* ``register`` when ``peak <= REG_PEAK_MAX`` (180 doubles): one thread per
-  quartet, plain locals; beyond ~64 doubles ptxas spills, but spilling a few
-  hundred bytes to L1-cached local memory still beats every memory tier
-  (H100, 2048 quartets: (pp|pp) 0.29 us register (248 B spilled) / 0.55
-  shared / 0.46 warp; (dp|pp) 0.33 (1088 B) / 0.85 / 0.60; (fs|fs) 0.21
-  (744 B) / 0.61 / 0.38 -- ``benchmarks/rcg_report_gpu.py --compare-tiers``);
+* ``register`` when it has at most ``REG_STATEMENTS_MAX`` (4000) statements:
+  one thread per quartet, straight-line code on plain locals.  ptxas spills
+  beyond ~64 live doubles, yet spilling kilobytes to L1/L2-cached local
+  memory beats the warp tier's op-stream interpreter by 2-5x (H100, Vitamin
+  C / def2-TZVP shells, 131 072 quartets, ``benchmarks/rcg_report_gpu.py
+  --compare-tiers --tiers register warp --register-ops-max 4000``, us per
+  quartet register / warp: (dp|dp) 0.027 / 0.059 with 2.6 KB spilled,
+  (fp|ds) 0.0085 / 0.040, (dd|ds) 0.0061 / 0.031, (fp|dp) 0.050 / 0.095,
+  (fd|pp) 0.047 / 0.090 with 5.3 KB spilled); NVRTC takes 1-6 s per class
+  there, once (the cubins are cached on disk);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
   (gg|gg) (there it was 4-20x faster than the global tier);
@@ -20,7 +23,9 @@ block of at most 128 threads) is slower than the warp tier wherever both
 were measured, so only an explicit ``tier='shared'`` selects it.
 
 Measured routing (:func:`route`): the register variant is compiled and kept
-only if ptxas spills at most ``SPILL_BYTES_MAX`` bytes per thread; otherwise
+only if ptxas spills at most ``SPILL_BYTES_MAX`` bytes per thread (a little
+above the largest measured winner; general contractions multiply the
+accumulators); otherwise
 the class moves to the warp tier, and to the global tier when one warp's
 slots do not fit.  Decisions are cached in memory and on
 disk (next to gpucore's kernel cache) per (class, Cartesian, operator,
@@ -48,10 +53,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import codegen, ir
-from .schedule import peak_live
 
-REG_PEAK_MAX = 180
-SPILL_BYTES_MAX = 1152
+REG_STATEMENTS_MAX = 4000
+SPILL_BYTES_MAX = 6144
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 
@@ -60,9 +64,8 @@ _decisions: dict = {}
 
 
 def choose_tier(program: ir.Program) -> str:
-    """Static tier from the orchestrated peak live set (thresholds above)."""
-    peak = peak_live(program)
-    if peak <= REG_PEAK_MAX:
+    """Static tier from the program's size (thresholds above)."""
+    if n_statements(program) <= REG_STATEMENTS_MAX:
         return 'register'
     if _fits(program, variant_for(program, 'warp')):
         return 'warp'
@@ -240,9 +243,9 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
                 break
     stats = dict(stats, tier=variant.tier, form=variant.form,
                  kernel=codegen.kernel_name(program, variant))
-    with _lock:
+    with _lock:     # routes may be measured by several threads (gpu_jk.JKPlan)
         _decisions[key] = stats
-    _save_disk(key, stats)
+        _save_disk(key, stats)
     return variant, stats
 
 

@@ -16,14 +16,14 @@ def fresh_cache(monkeypatch, tmp_path):
     return tmp_path / 'tiers.json'
 
 
-def test_static_choice_follows_peak_live(monkeypatch):
+def test_static_choice_follows_program_size(monkeypatch):
     assert tiers.choose_tier(host.get_program(0, 0, 0, 0)) == 'register'
-    assert tiers.choose_tier(host.get_program(1, 1, 1, 1)) == 'register'    # peak 104
-    assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'warp'        # peak 1127
+    assert tiers.choose_tier(host.get_program(2, 1, 2, 1)) == 'register'    # 2134 statements
+    assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'warp'        # 11420 statements
     assert tiers.choose_tier(host.get_program(4, 4, 4, 4)) == 'warp'        # 23274 slots per warp
     prog = host.get_program(1, 0, 0, 0)
-    for peak, tier in ((tiers.REG_PEAK_MAX, 'register'), (tiers.REG_PEAK_MAX + 1, 'warp')):
-        monkeypatch.setattr(tiers, 'peak_live', lambda p, v=peak: v)
+    for size, tier in ((tiers.REG_STATEMENTS_MAX, 'register'), (tiers.REG_STATEMENTS_MAX + 1, 'warp')):
+        monkeypatch.setattr(tiers, 'n_statements', lambda p, v=size: v)
         assert tiers.choose_tier(prog) == tier
     monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)   # one warp's slots do not fit
     assert tiers.choose_tier(prog) == 'global'
@@ -57,7 +57,7 @@ def test_spilling_register_variant_moves_to_warp_then_global(monkeypatch, fresh_
     prog2 = host.get_program(1, 1, 0, 0)
     calls.clear()
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
-        {'register': 4096, 'shared': 4096, 'warp': 4096, 'global': 4096}, calls))
+        {'register': 8192, 'shared': 8192, 'warp': 8192, 'global': 8192}, calls))
     variant, stats = tiers.route(prog2)
     assert variant.tier == 'warp' and calls == ['register', 'warp']
 
