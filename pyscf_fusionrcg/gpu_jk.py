@@ -58,7 +58,7 @@ class _ClassPlan:
 def _class_kernels(shapes, cart, omega, tier) -> dict:
     """The kernel of every (class, contraction shape), first uses compiled by a
     few threads at once (NVRTC releases the GIL; a triple-zeta molecule's
-    register-tier classes take 1-6 s each)."""
+    register-tier classes take 1-20 s each)."""
     device = launch._cupy().cuda.Device()
 
     def kernel(shape):

@@ -21,6 +21,7 @@ but the HRR then loses no digits to cancellation (see ``graph.Topology``).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from math import pi
 from typing import List, Tuple
@@ -41,6 +42,7 @@ PTR_COORD = 1
 MEM_DOUBLES = 1 << 24
 
 _PROGRAMS: dict = {}
+_PROGRAMS_LOCK = threading.Lock()
 _COMPILED: dict = {}
 
 
@@ -59,10 +61,11 @@ def get_program(la, lb, lc, ld, cart=False, builds=None) -> ir.Program:
     builds on (see ``graph.Topology``); default: the higher-l shell of each
     pair, as libcint.  The host picks them per quartet (``HostEngine.builds``).
     """
-    key = _key(la, lb, lc, ld, cart, builds)
-    prog = _PROGRAMS.get(key)
-    if prog is None:
-        prog = _PROGRAMS[key] = orchestrate(*key[:4], cart=key[4], fused=True, builds=key[5])
+    with _PROGRAMS_LOCK:    # the graph builders share memoised tables: one build at a time
+        key = _key(la, lb, lc, ld, cart, builds)
+        prog = _PROGRAMS.get(key)
+        if prog is None:
+            prog = _PROGRAMS[key] = orchestrate(*key[:4], cart=key[4], fused=True, builds=key[5])
     return prog
 
 

@@ -2,16 +2,16 @@
 
 Static choice (:func:`choose_tier`) from the size of the program:
 
-* ``register`` when it has at most ``REG_STATEMENTS_MAX`` (4000) statements:
+* ``register`` when it has at most ``REG_STATEMENTS_MAX`` (8000) statements:
   one thread per quartet, straight-line code on plain locals.  ptxas spills
   beyond ~64 live doubles, yet spilling kilobytes to L1/L2-cached local
   memory beats the warp tier's op-stream interpreter by 2-5x (H100, Vitamin
   C / def2-TZVP shells, 131 072 quartets, ``benchmarks/rcg_report_gpu.py
-  --compare-tiers --tiers register warp --register-ops-max 4000``, us per
+  --compare-tiers --tiers register warp --register-ops-max 8000``, us per
   quartet register / warp: (dp|dp) 0.027 / 0.059 with 2.6 KB spilled,
-  (fp|ds) 0.0085 / 0.040, (dd|ds) 0.0061 / 0.031, (fp|dp) 0.050 / 0.095,
-  (fd|pp) 0.047 / 0.090 with 5.3 KB spilled); NVRTC takes 1-6 s per class
-  there, once (the cubins are cached on disk);
+  (fp|ds) 0.0085 / 0.040, (fp|dp) 0.050 / 0.095, (dd|dp) 0.026 / 0.093 with
+  5.5 KB, (fd|dp) 0.046 / 0.160 with 9.0 KB; results/rcg_register_vs_warp*);
+  NVRTC takes 1-20 s per class there, once (the cubins are cached on disk);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
   (gg|gg) (there it was 4-20x faster than the global tier);
@@ -54,8 +54,8 @@ from pathlib import Path
 
 from . import codegen, ir
 
-REG_STATEMENTS_MAX = 4000
-SPILL_BYTES_MAX = 6144
+REG_STATEMENTS_MAX = 8000
+SPILL_BYTES_MAX = 10240
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 

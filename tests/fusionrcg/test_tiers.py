@@ -57,7 +57,7 @@ def test_spilling_register_variant_moves_to_warp_then_global(monkeypatch, fresh_
     prog2 = host.get_program(1, 1, 0, 0)
     calls.clear()
     monkeypatch.setattr(tiers, 'measure', _fake_measure(
-        {'register': 8192, 'shared': 8192, 'warp': 8192, 'global': 8192}, calls))
+        dict.fromkeys(codegen.TIERS, tiers.SPILL_BYTES_MAX + 8), calls))
     variant, stats = tiers.route(prog2)
     assert variant.tier == 'warp' and calls == ['register', 'warp']
 
