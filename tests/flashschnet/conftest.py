@@ -63,3 +63,24 @@ def finite_difference_forces(energy_fn, pos, h=1e-5):
 @pytest.fixture
 def fd_forces():
     return finite_difference_forces
+
+
+@pytest.fixture
+def captured():
+    """``captured(fn)``: ``(cuda_graph, outputs)``, ``fn`` warmed up on a side stream
+    (as capture asks), then captured once; ``cuda_graph.replay()`` refreshes
+    ``outputs`` in place."""
+    return _capture
+
+
+def _capture(fn, warmup=2):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        outputs = fn()
+    return cuda_graph, outputs

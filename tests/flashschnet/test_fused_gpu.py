@@ -213,7 +213,7 @@ def test_cfconv_independent_of_grid(precision):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graph_replay_matches_eager(precision):
+def test_cuda_graph_replay_matches_eager(precision, captured):
     """One force evaluation captured in a CUDA graph (as benchmarks/schnet_throughput.py
     --cuda-graph does) replays to the eager result, bit for bit."""
     model = _model()
@@ -221,15 +221,7 @@ def test_cuda_graph_replay_matches_eager(precision):
     pos = pos.float()
     fused = FusedSchNet(model, precision=precision)
     e_eager, f_eager = fused.energy_and_forces(types, pos, graph)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fused.energy_and_forces(types, pos, graph)
-    torch.cuda.current_stream().wait_stream(side)
-    cuda_graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(cuda_graph):
-        e_static, f_static = fused.energy_and_forces(types, pos, graph)
+    cuda_graph, (e_static, f_static) = captured(lambda: fused.energy_and_forces(types, pos, graph))
     for _ in range(2):
         cuda_graph.replay()
         torch.cuda.synchronize()

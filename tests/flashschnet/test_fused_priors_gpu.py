@@ -232,22 +232,14 @@ def test_cg_demo_chain_matches_reference():
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graph_with_priors_replays_eager(precision):
+def test_cuda_graph_with_priors_replays_eager(precision, captured):
     """A force call with priors captured in a CUDA graph, replayed after the positions
     changed in place, equals an eager call at the new positions (up to the last
     bits the bonded atomics may sum differently: 1e-5 of the largest entry)."""
     types, pos, graph = _chains(4, True, seed=5)
     pos = pos.float()
     module = fused.FusedSchNet(_model(_chain_priors(N_BEADS), energy_scale=1.0), precision=precision)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            module.energy_and_forces(types, pos, graph)
-    torch.cuda.current_stream().wait_stream(side)
-    cuda_graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(cuda_graph):
-        e_static, f_static = module.energy_and_forces(types, pos, graph)
+    cuda_graph, (e_static, f_static) = captured(lambda: module.energy_and_forces(types, pos, graph))
     gen = torch.Generator(device="cuda").manual_seed(0)
     for _ in range(2):
         pos.add_(0.01 * torch.randn(pos.shape, device="cuda", generator=gen))
