@@ -331,3 +331,12 @@ def test_force_path_dense_part_matches_autograd(activation, out_activation):
     torch.testing.assert_close(e_auto.double(), e_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(energy, e_auto.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_d, g_auto, rtol=1e-4, atol=1e-6)
+
+
+def test_bonded_prior_kernels_refuse_partial_replicas():
+    """The fused priors apply one molecule's topology per replica: an atom count that
+    is not a whole number of molecules says so, as the torch priors do."""
+    from ase_flashschnet.fused import _check_whole_replicas
+    assert _check_whole_replicas(538, 269, "bonded prior topologies") == 2
+    with pytest.raises(ValueError, match="molecules of 269 atoms.*540 atoms.*not a whole number of replicas"):
+        _check_whole_replicas(540, 269, "bonded prior topologies")
