@@ -25,8 +25,9 @@ Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
 CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
 
 Each class is computed in batches (:func:`launch.class_blocks`, output laid
-out ``[element][quartet]``) and digested at once by the two kernels of
-``csrc/fusionrcg/digest.cu`` with double-precision atomics.
+out ``[element][quartet]``) and digested at once by the kernel of
+``csrc/fusionrcg/digest.cu``: one thread per (quartet, output element), one
+double-precision atomic each.
 """
 from __future__ import annotations
 
@@ -126,10 +127,9 @@ class JKPlan:
         return sum(c.quartets.nbytes + c.degeneracy.nbytes for c in self.classes)
 
 
-def _digest_kernels():
+def _digest_kernel():
     from gpucore import compile_file
-    module = compile_file('fusionrcg/digest.cu')
-    return module.get_kernel('fr_digest_bra'), module.get_kernel('fr_digest_ket')
+    return compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
 
 
 class _ClassTimer:
@@ -189,11 +189,15 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                          f'this build has nao={nao}, omega={float(omega)}')
     if plan.classes and (with_j or with_k):
         basis, ao_loc = plan.basis, plan.ao_loc
-        bra, ket = _digest_kernels()
+        digest = _digest_kernel()
         null = cp.zeros(1)
+        nset_j = nset if with_j else 0
+        nset_k = len(dm_k) if with_k else 0
         for c in plan.classes:
             kern, dims, qdev, deg = c.kern, c.dims, c.quartets, c.degeneracy
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
+            di, dj, dk, dl = dims
+            n_elem = (di * dj + dk * dl) * bool(nset_j) + (di + dj) * (dk + dl) * bool(nset_k)
             while True:
                 t0 = timer.mark()
                 try:
@@ -202,18 +206,12 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                     break
                 t1 = timer.mark()
                 nq = hi - lo
-                common = (g, np.int32(nq), qdev[lo:hi], deg[lo:hi], ao_loc,
-                          *(np.int32(x) for x in dims), np.int32(nao))
-                n_bra = nq * dims[0] * dims[1]
-                bra(((n_bra + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
-                    common + (dm_j if with_j else null, jh if with_j else null,
-                              np.int32(nset if with_j else 0),
-                              dm_k if with_k else null, kh if with_k else null,
-                              np.int32(len(dm_k) if with_k else 0)))
-                if with_j:
-                    n_ket = nq * dims[2] * dims[3]
-                    ket(((n_ket + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
-                        common + (dm_j, jh, np.int32(nset)))
+                n_items = nq * n_elem
+                digest(((n_items + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
+                       (g, np.int32(nq), qdev[lo:hi], deg[lo:hi], ao_loc,
+                        *(np.int32(x) for x in dims), np.int32(nao),
+                        dm_j if with_j else null, jh if with_j else null, np.int32(nset_j),
+                        dm_k if with_k else null, kh if with_k else null, np.int32(nset_k)))
                 t2 = timer.mark()
                 timer.add(kern.program.name, 'eri', t0, t1, nq)
                 timer.add(kern.program.name, 'digest', t1, t2)

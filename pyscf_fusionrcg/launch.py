@@ -160,11 +160,13 @@ def orient(basis: DeviceBasis, quartets):
 def primitive_order(basis: DeviceBasis, quartets):
     """Device permutation grouping quartets (NumPy or CuPy (n, 4)) of equal
     primitive counts, so that the threads of a warp run the same number of
-    primitive-loop iterations."""
+    primitive-loop iterations.  Stable: screening's bra-pair-major order is
+    kept inside each group, so the lanes of a warp mostly share a bra pair
+    (the digestion adds their J[p,q] with one atomic)."""
     cp = _cupy()
     npr = basis.nprim_key[cp.asarray(quartets)]
     key = ((npr[:, 0] * 64 + npr[:, 1]) * 64 + npr[:, 2]) * 64 + npr[:, 3]
-    return cp.argsort(key)
+    return cp.argsort(key * len(key) + cp.arange(len(key), dtype=cp.int64))
 
 
 def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):

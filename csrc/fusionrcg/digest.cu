@@ -13,105 +13,98 @@
 // (or Kh[D] + Kh[D^T]^T for non-hermitian D).  Results are added with
 // double-precision atomics (sm_60+).
 //
-// fr_digest_bra: one thread per (quartet, bra element i j): Jh[p,q] (one
-//   atomic per set, the sum over the ket kept in a register) and the four
-//   exchange terms (sums over one ket index in registers, one atomic each).
-// fr_digest_ket: one thread per (quartet, ket element k l): Jh[r,s].
-// Consecutive threads take consecutive quartets, so the block reads coalesce.
+// fr_digest: one thread per (quartet, output element) of the six blocks
+// above, the sum over the other two indices kept in a register, so every
+// output element of a quartet costs exactly one atomic per density set.
+// Atomics are what this kernel is bound by (about 40 G/s on an H100), and
+// this is the fewest a quartet can do on its own: per set
+// di*dj + dk*dl + (di + dj)(dk + dl) instead of the di*dj*(1 + 2 dk + 2 dl)
+// + dk*dl of one thread per bra element.  Consecutive threads take
+// consecutive quartets, so the block reads coalesce; quartets come bra pair
+// by bra pair (screening.py's order, kept by the primitive sort), so the
+// lanes of a warp usually add to the same Jh[p,q], which a warp reduction
+// turns into one atomic.
 
-struct FrQuartetAo {
-  int p0, q0, r0, s0;
-};
-
-__device__ __forceinline__ FrQuartetAo fr_ao(const int* __restrict__ quartets,
-                                             const int* __restrict__ ao_loc, int q) {
-  const int* s = quartets + 4 * (long)q;
-  FrQuartetAo a;
-  a.p0 = ao_loc[s[0]];
-  a.q0 = ao_loc[s[1]];
-  a.r0 = ao_loc[s[2]];
-  a.s0 = ao_loc[s[3]];
-  return a;
+// atomicAdd(addr, v) from every lane of a full warp; one atomic for the warp
+// when all lanes that add use lane 0's address.  Lanes without work pass
+// addr = nullptr and v = 0.
+__device__ __forceinline__ void fr_warp_add(double* addr, double v) {
+  const unsigned full = 0xffffffffu;
+  const unsigned long long mine = (unsigned long long)addr;
+  const unsigned long long first = __shfl_sync(full, mine, 0);
+  if (first != 0ull && __all_sync(full, mine == first || mine == 0ull)) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(full, v, offset);
+    if ((threadIdx.x & 31) == 0) atomicAdd(addr, v);
+  } else if (addr != nullptr) {
+    atomicAdd(addr, v);
+  }
 }
 
-extern "C" __global__ void fr_digest_bra(
+// The six output blocks, in the order of their element ranges: out[X, Y] +=
+// sum over U, W of g * D[U, W], with the quartet's indices 0..3 = p q r s.
+struct FrBlock {
+  int X, Y, U, W;
+  bool exchange;   // D and the output are K's (else J's)
+};
+__constant__ FrBlock fr_blocks[6] = {
+    {0, 1, 2, 3, false},   // Jh[p,q] from Dj[r,s]
+    {2, 3, 0, 1, false},   // Jh[r,s] from Dj[p,q]
+    {0, 3, 1, 2, true},    // Kh[p,s] from D[q,r]
+    {1, 3, 0, 2, true},    // Kh[q,s] from D[p,r]
+    {0, 2, 1, 3, true},    // Kh[p,r] from D[q,s]
+    {1, 2, 0, 3, true}};   // Kh[q,r] from D[p,s]
+
+extern "C" __global__ void fr_digest(
     const double* __restrict__ g, int nq, const int* __restrict__ quartets,
     const double* __restrict__ deg, const int* __restrict__ ao_loc,
     int di, int dj, int dk, int dl, int nao,
     const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j,
     const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
+  const int dim[4] = {di, dj, dk, dl};
+  const long stride[4] = {(long)dj * dk * dl * nq, (long)dk * dl * nq, (long)dl * nq, (long)nq};
+  int n_elem = 0;
+  for (int b = 0; b < 6; ++b)
+    if (fr_blocks[b].exchange ? nset_k : nset_j) n_elem += dim[fr_blocks[b].X] * dim[fr_blocks[b].Y];
+  const long total = (long)nq * n_elem;
+  const long warp_first = ((long)blockIdx.x * blockDim.x + (threadIdx.x & ~31));
+  if (warp_first >= total) return;          // whole warps only: fr_warp_add needs every lane
   const long item = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (item >= (long)nq * di * dj) return;
-  const int q = (int)(item % nq);
-  const int ij = (int)(item / nq);
-  const int i = ij / dj, j = ij % dj;
-  const FrQuartetAo a = fr_ao(quartets, ao_loc, q);
-  const int p = a.p0 + i, qq = a.q0 + j;
-  const double f = deg[q];
-  const long nn = (long)nao * nao;
-  const long dkl = (long)dk * dl;
-  const double* gq = g + (long)ij * dkl * nq + q;   // g[(ij*dkl + kl) * nq + q]
-  for (int s = 0; s < nset_j; ++s) {
-    const double* D = dm_j + s * nn;
-    double acc = 0.0;
-    for (int k = 0; k < dk; ++k) {
-      const double* Dr = D + (long)(a.r0 + k) * nao + a.s0;
-      for (int l = 0; l < dl; ++l) acc += gq[(k * dl + l) * (long)nq] * Dr[l];
-    }
-    atomicAdd(jh + s * nn + (long)p * nao + qq, f * acc);
-  }
-  for (int s = 0; s < nset_k; ++s) {
-    const double* D = dm_k + s * nn;
-    double* K = kh + s * nn;
-    const double* Dq = D + (long)qq * nao;   // D[q, .]
-    const double* Dp = D + (long)p * nao;    // D[p, .]
-    // Kh[p,s] and Kh[q,s]: sums over r for each s
-    for (int l = 0; l < dl; ++l) {
-      double ps = 0.0, qs = 0.0;
-      for (int k = 0; k < dk; ++k) {
-        const double v = gq[(k * dl + l) * (long)nq];
-        ps += v * Dq[a.r0 + k];
-        qs += v * Dp[a.r0 + k];
-      }
-      atomicAdd(K + (long)p * nao + a.s0 + l, f * ps);
-      atomicAdd(K + (long)qq * nao + a.s0 + l, f * qs);
-    }
-    // Kh[p,r] and Kh[q,r]: sums over s for each r
-    for (int k = 0; k < dk; ++k) {
-      double pr = 0.0, qr = 0.0;
-      for (int l = 0; l < dl; ++l) {
-        const double v = gq[(k * dl + l) * (long)nq];
-        pr += v * Dq[a.s0 + l];
-        qr += v * Dp[a.s0 + l];
-      }
-      atomicAdd(K + (long)p * nao + a.r0 + k, f * pr);
-      atomicAdd(K + (long)qq * nao + a.r0 + k, f * qr);
-    }
-  }
-}
+  const bool active = item < total;
+  const int q = active ? (int)(item % nq) : 0;
+  int e = active ? (int)(item / nq) : 0;
 
-extern "C" __global__ void fr_digest_ket(
-    const double* __restrict__ g, int nq, const int* __restrict__ quartets,
-    const double* __restrict__ deg, const int* __restrict__ ao_loc,
-    int di, int dj, int dk, int dl, int nao,
-    const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j) {
-  const long item = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (item >= (long)nq * dk * dl) return;
-  const int q = (int)(item % nq);
-  const int kl = (int)(item / nq);
-  const int k = kl / dl, l = kl % dl;
-  const FrQuartetAo a = fr_ao(quartets, ao_loc, q);
+  // this thread's block (blocks without density sets have no elements) and element
+  int b = 0;
+  for (;; ++b) {
+    const FrBlock& fb = fr_blocks[b];
+    const int n = (fb.exchange ? nset_k : nset_j) ? dim[fb.X] * dim[fb.Y] : 0;
+    if (e < n || b == 5) break;
+    e -= n;
+  }
+  const FrBlock fb = fr_blocks[b];
+  const int* sh = quartets + 4 * (long)q;
+  const int ao0[4] = {ao_loc[sh[0]], ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
   const double f = deg[q];
   const long nn = (long)nao * nao;
-  const long dkl = (long)dk * dl;
-  const double* gq = g + (long)kl * nq + q;         // g[(ij*dkl + kl) * nq + q]
-  for (int s = 0; s < nset_j; ++s) {
-    const double* D = dm_j + s * nn;
+  const int x = e / dim[fb.Y], y = e % dim[fb.Y];
+  const int nu = dim[fb.U], nw = dim[fb.W];
+  const long su = stride[fb.U], sw = stride[fb.W];
+  const long out = (long)(ao0[fb.X] + x) * nao + ao0[fb.Y] + y;
+  const long d0 = (long)ao0[fb.U] * nao + ao0[fb.W];
+  const double* dms = fb.exchange ? dm_k : dm_j;
+  double* outs = fb.exchange ? kh : jh;
+  const int nset = fb.exchange ? nset_k : nset_j;
+  const double* gxy = g + q + x * stride[fb.X] + y * stride[fb.Y];
+  // every lane runs the same number of fr_warp_add calls (its shuffles need the full warp)
+  const int nset_max = nset_j > nset_k ? nset_j : nset_k;
+  for (int s = 0; s < nset_max; ++s) {
+    const bool adds = active && s < nset;
     double acc = 0.0;
-    for (int i = 0; i < di; ++i) {
-      const double* Dp = D + (long)(a.p0 + i) * nao + a.q0;
-      for (int j = 0; j < dj; ++j) acc += gq[(i * dj + j) * dkl * nq] * Dp[j];
+    if (adds) {
+      const double* D = dms + s * nn + d0;
+      for (int u = 0; u < nu; ++u)
+        for (int w = 0; w < nw; ++w) acc += gxy[u * su + w * sw] * D[(long)u * nao + w];
     }
-    atomicAdd(jh + s * nn + (long)(a.r0 + k) * nao + a.s0 + l, f * acc);
+    fr_warp_add(adds ? outs + s * nn + out : nullptr, f * acc);
   }
 }

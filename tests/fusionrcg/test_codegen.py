@@ -34,7 +34,7 @@ def _build_many(sources, tmp):
         cpp.write_text(src)
         so = tmp / f'lib{k}.so'
         procs.append((so, subprocess.Popen(
-            [GXX, '-O0', '-std=c++17', '-shared', '-fPIC', f'-I{CSRC}', str(cpp), '-o', str(so)],
+            [GXX, '-O0', '-std=c++17', '-pthread', '-shared', '-fPIC', f'-I{CSRC}', str(cpp), '-o', str(so)],
             stderr=subprocess.PIPE, text=True)))
     libs = []
     for so, p in procs:
@@ -285,24 +285,85 @@ def test_digest_compiles_with_nvcc():
 #
 # The __global__ kernels themselves (argument unpacking, the grid-stride loop,
 # the [element][quartet] output, the shared and global scratch addressing,
-# digestion) are built with g++ under a few macros and run thread by thread.
+# digestion) are built with g++ under a few macros and run thread by thread;
+# fr_launch_warps runs kernels that use warp shuffles and votes with the 32
+# lanes of a warp as concurrent host threads, one warp at a time (such a
+# kernel must return from whole warps only, as on the GPU).
 
 _EMULATION = r'''
 #include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
 struct FrDim { unsigned x = 1, y = 1, z = 1; };
-static FrDim blockIdx, threadIdx, blockDim, gridDim;
+static thread_local FrDim blockIdx, threadIdx;
+static FrDim blockDim, gridDim;
 #define __global__
 #define __device__
 #define __shared__
+#define __constant__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 double fr_smem[1 << 21];
-inline double atomicAdd(double* a, double v) { double o = *a; *a += v; return o; }
+static std::mutex fr_atomic_mutex;
+inline double atomicAdd(double* a, double v) {
+  std::lock_guard<std::mutex> hold(fr_atomic_mutex);
+  double o = *a; *a += v; return o;
+}
 template <class F, class... A>
 void fr_launch(F f, int grid, int block, A... a) {
   gridDim.x = grid; blockDim.x = block;
   for (int b = 0; b < grid; ++b)
     for (int t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; f(a...); }
+}
+// one warp's lanes exchange values through slots, two barriers per exchange
+struct FrWarp {
+  std::mutex m; std::condition_variable cv; int waiting = 0, phase = 0;
+  unsigned long long slots[32];
+  void sync() {
+    std::unique_lock<std::mutex> hold(m);
+    const int my_phase = phase;
+    if (++waiting == 32) { waiting = 0; ++phase; cv.notify_all(); }
+    else cv.wait(hold, [&] { return phase != my_phase; });
+  }
+  unsigned long long exchange(unsigned long long mine, int src) {
+    slots[threadIdx.x & 31] = mine; sync();
+    const unsigned long long got = slots[src & 31]; sync();
+    return got;
+  }
+};
+static thread_local FrWarp* fr_warp = nullptr;
+template <class T> T fr_exchange(T v, int src) {
+  unsigned long long bits = 0; std::memcpy(&bits, &v, sizeof(T));
+  bits = fr_warp->exchange(bits, src);
+  T out; std::memcpy(&out, &bits, sizeof(T)); return out;
+}
+template <class T> T __shfl_sync(unsigned, T v, int src) { return fr_exchange(v, src); }
+template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
+  return fr_exchange(v, (int)(threadIdx.x & 31) ^ o);
+}
+inline int __all_sync(unsigned, int p) {
+  fr_warp->slots[threadIdx.x & 31] = p ? 1 : 0; fr_warp->sync();
+  int all = 1;
+  for (int lane = 0; lane < 32; ++lane) all &= (int)fr_warp->slots[lane];
+  fr_warp->sync();
+  return all;
+}
+// 32 host threads, the lanes, walk the warps of the grid in the same order
+template <class F, class... A>
+void fr_launch_warps(F f, int grid, int block, A... a) {
+  gridDim.x = grid; blockDim.x = block;
+  FrWarp warp;
+  std::vector<std::thread> lanes;
+  for (int lane = 0; lane < 32; ++lane)
+    lanes.emplace_back([&, lane] {
+      fr_warp = &warp;
+      for (int b = 0; b < grid; ++b)
+        for (int w = 0; w < block / 32; ++w) { blockIdx.x = b; threadIdx.x = w * 32 + lane; f(a...); }
+    });
+  for (auto& t : lanes) t.join();
 }
 '''
 
@@ -360,23 +421,27 @@ def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
 
 @needs_gxx
 @pytest.mark.parametrize('hermi', [1, 0])
-def test_digest_emulated_on_cpu(hermi):
-    """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule."""
+@pytest.mark.parametrize('basis,repeat', [('6-31g*', 1), ('sto-3g', 32)])
+def test_digest_emulated_on_cpu(hermi, basis, repeat):
+    """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule.
+
+    ``repeat``: each quartet comes that many times in a row with its weight
+    divided as much; at 32 every warp adds to one address per output, which
+    takes the kernel's warp-reduction path (at 1 the lanes mostly differ)."""
     from pyscf import gto
     from pyscf.scf import hf
     from pyscf_fusionrcg.screening import build_tasks
-    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis='6-31g*',
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis=basis,
                 verbose=0)
     nao = mol.nao
     rng = np.random.default_rng(1)
     d = rng.normal(size=(2, nao, nao))
     d = d + d.transpose(0, 2, 1) if hermi == 1 else d
-    entry = ('extern "C" void run(int nb, int nk, const double* g, int nq, const int* q, '
+    entry = ('extern "C" void run(int nb, const double* g, int nq, const int* q, '
              'const double* deg, const int* ao, int di, int dj, int dk, int dl, int nao, '
-             'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk2) {\n'
-             '  fr_launch(fr_digest_bra, nb, 1, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
-             'dmk, kh, nk2);\n'
-             '  fr_launch(fr_digest_ket, nk, 1, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj);\n}\n')
+             'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
+             '  fr_launch_warps(fr_digest, nb, 64, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
+             'dmk, kh, nk);\n}\n')
     with tempfile.TemporaryDirectory() as tmp:
         lib = _emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
     dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
@@ -385,12 +450,13 @@ def test_digest_emulated_on_cpu(hermi):
     ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
     P = ctypes.c_void_p
     for t in build_tasks(mol, d, 0.0, 1e-14):
-        q = np.ascontiguousarray(t.quartets, dtype=np.int32)
+        q = np.ascontiguousarray(np.repeat(t.quartets, repeat, axis=0), dtype=np.int32)
         blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
-        dims = blocks.shape[1:]
+        di, dj, dk, dl = dims = blocks.shape[1:]
         g = np.ascontiguousarray(blocks.reshape(len(q), -1).T)      # [element][quartet]
-        deg = np.ascontiguousarray(t.degeneracy, dtype=np.float64)
-        lib.run(ctypes.c_int(len(q) * dims[0] * dims[1]), ctypes.c_int(len(q) * dims[2] * dims[3]),
+        deg = np.ascontiguousarray(np.repeat(t.degeneracy, repeat) / repeat, dtype=np.float64)
+        n_items = len(q) * (di * dj + dk * dl + (di + dj) * (dk + dl))
+        lib.run(ctypes.c_int(-(-n_items // 64)),
                 P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data), P(deg.ctypes.data),
                 P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
                 P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),

@@ -192,3 +192,20 @@ def test_plans_are_reused_within_their_density_range():
     assert plans['plan'] is plan and np.abs(vj3 - ref_j / (2 * PLAN_REUSE_RANGE)).max() < TOL
     get_jk(mol, 2 * dm, backend='gpu', plans=plans)
     assert plans['plan'] is not plan and plans['plan'].bound == pytest.approx(2 * np.abs(dm).max())
+
+
+def test_plan_for_another_basis_or_operator_is_refused():
+    """get_jk_gpu names both sides when handed a plan made for another
+    molecule size or range-separation parameter, instead of digesting
+    quartets that index the wrong AOs."""
+    from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
+    from pyscf_fusionrcg.screening import build_tasks
+    small = gto.M(atom='He 0 0 0', basis='cc-pVDZ', verbose=0)
+    large = gto.M(atom='He 0 0 0', basis='cc-pVTZ', verbose=0)
+    dm = minao_dm(large)
+    plan = JKPlan(small, build_tasks(small, minao_dm(small)))
+    with pytest.raises(ValueError, match=f'nao={small.nao}.*nao={large.nao}'):
+        get_jk_gpu(large, dm, tasks=plan)
+    plan = JKPlan(large, build_tasks(large, dm, omega=0.3), omega=0.3)
+    with pytest.raises(ValueError, match='omega=0.3.*omega=0.0'):
+        get_jk_gpu(large, dm, tasks=plan)
