@@ -93,6 +93,60 @@ def fusionrcg(mf, backend="auto", direct_scf_tol=None, tier=None):
     return lib.set_class(obj, (_FusionRCGMixin, mf.__class__))
 
 
+def _mol_fingerprint(mol):
+    return hash((mol._atm.tobytes(), mol._bas.tobytes(),
+                 mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
+
+
+class _DensityKey:
+    """What a J or K request was for: geometry, hermiticity, operator and a
+    copy of the density (compared element by element, NumPy or CuPy)."""
+
+    def __init__(self, mol, dm, hermi, omega):
+        self.head = (_mol_fingerprint(mol), hermi, float(mol.omega if omega is None else omega))
+        self.dm = dm.copy()
+
+    def __eq__(self, other):
+        if not isinstance(other, _DensityKey) or self.head != other.head:
+            return False
+        a, b = self.dm, other.dm
+        if type(a) is not type(b) or a.shape != b.shape:
+            return False
+        return bool((a == b).all())
+
+
+class _PairedK:
+    """GPU4PySCF's SCF drivers ask for J and then K of the same density in two
+    calls (``get_veff``: ``get_j(ddm)``, then ``get_k(ddm)``), which would
+    compute every integral twice.  Once such a pair has been seen, ``get_j``
+    builds J and K in one pass and keeps K for the ``get_k`` that follows; if
+    that K is not asked for (a pure functional), pairing stops again."""
+
+    def __init__(self):
+        self.fuse = False
+        self.last_j = None      # _DensityKey of the last get_j
+        self.kept = None        # (_DensityKey, K) built along with it
+
+    def start_j(self, key):
+        if self.kept is not None:
+            self.fuse = False   # the K built with the last J was never asked for
+        self.last_j, self.kept = key, None
+        return self.fuse
+
+    def keep(self, vk):
+        self.kept = (self.last_j, vk)
+
+    def take(self, key):
+        """The K kept for ``key``, else None (and learn to pair when the last J
+        was for the same density)."""
+        if self.kept is not None and self.kept[0] == key:
+            vk, self.kept = self.kept[1], None
+            return vk
+        if self.last_j is not None and self.last_j == key:
+            self.fuse = True
+        return None
+
+
 class _FusionRCGMixin:
     """J/K from FusionRCG; everything else from the wrapped SCF class."""
 
@@ -112,17 +166,19 @@ class _FusionRCGMixin:
         # (mol fingerprint, omega) -> (engine or None, Schwarz bounds, GPU plans);
         # only the current geometry's entries are kept
         self._fusionrcg_cache = {}
+        self._fusionrcg_paired = _PairedK()
 
     def undo_fusionrcg(self):
         """The same object with its original class and PySCF's own J/K."""
         obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGMixin))
         for key in ("fusionrcg_backend", "fusionrcg_direct_scf_tol", "fusionrcg_tier",
-                    "_fusionrcg_path", "_fusionrcg_cache"):
+                    "_fusionrcg_path", "_fusionrcg_cache", "_fusionrcg_paired"):
             obj.__dict__.pop(key, None)
         return obj
 
     def reset(self, mol=None):
         self._fusionrcg_cache = {}
+        self._fusionrcg_paired = _PairedK()
         return super().reset(mol)
 
     def to_gpu(self):
@@ -148,8 +204,7 @@ class _FusionRCGMixin:
     def _fusionrcg_setup(self, mol, omega):
         """Cached (engine, Schwarz bounds, GPU plans) for this geometry and operator;
         a new geometry (a scanner, an optimiser) drops the others' entries."""
-        fp = hash((mol._atm.tobytes(), mol._bas.tobytes(),
-                   mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
+        fp = _mol_fingerprint(mol)
         cache = self._fusionrcg_cache
         if (fp, omega) not in cache:
             _check_mol(mol)
@@ -191,23 +246,53 @@ class _FusionRCGMixin:
 
     def _scaled_k(self, mol, dm, hermi, omega, lr_factor, sr_factor):
         """``lr_factor K[erf(|w| r)/r] + sr_factor K[erfc(|w| r)/r]`` (a factor None is 0)."""
-        w = abs(float(mol.omega if omega is None else omega))
-        lr = 0.0 if lr_factor is None else float(lr_factor)
-        sr = 0.0 if sr_factor is None else float(sr_factor)
-        if w == 0 or lr == sr:
-            # erf + erfc = 1: one plain-Coulomb build (omega = 0 needs lr == sr).
-            if w == 0 and lr_factor is not None and sr_factor is not None and lr != sr:
-                raise ValueError("omega = 0 needs lr_factor == sr_factor")
-            terms = [(0.0, lr if lr_factor is not None else sr)]
-        else:
-            terms = [(om, f) for om, f in ((w, lr), (-w, sr)) if f != 0]
         vk = 0
-        for om, f in terms:
+        for om, f in _k_terms(mol, omega, lr_factor, sr_factor):
             vk = vk + self._fusionrcg_jk(mol, dm, hermi, False, True, om)[1] * f
         return vk
 
     def get_j(self, mol=None, dm=None, hermi=1, omega=None):
+        if mol is None:
+            mol = self.mol
+        if dm is None:
+            dm = self.make_rdm1()
+        if self._fusionrcg_path == "native":
+            return super().get_jk(mol, dm, hermi, True, False, omega)[0]
+        paired = self._fusionrcg_paired
+        if paired.start_j(_DensityKey(mol, dm, hermi, omega)):
+            vj, vk = self.get_jk(mol, dm, hermi, True, True, omega)
+            paired.keep(vk)
+            return vj
         return self.get_jk(mol, dm, hermi, True, False, omega)[0]
 
     def get_k(self, mol=None, dm=None, hermi=1, omega=None, lr_factor=None, sr_factor=None):
+        if mol is None:
+            mol = self.mol
+        if dm is None:
+            dm = self.make_rdm1()
+        if self._fusionrcg_path != "native":
+            terms = (_k_terms(mol, omega, lr_factor, sr_factor)
+                     if lr_factor is not None or sr_factor is not None
+                     else [(float(mol.omega if omega is None else omega), 1.0)])
+            if len(terms) == 1:
+                # one operator: possibly the K built along with the last J
+                om, f = terms[0]
+                vk = self._fusionrcg_paired.take(_DensityKey(mol, dm, hermi, om))
+                if vk is not None:
+                    logger.debug(self, "FusionRCG: K built with the preceding J")
+                    return vk if f == 1.0 else vk * f
         return self.get_jk(mol, dm, hermi, False, True, omega, lr_factor, sr_factor)[1]
+
+
+def _k_terms(mol, omega, lr_factor, sr_factor):
+    """[(omega, factor)] of ``lr_factor K[erf] + sr_factor K[erfc]`` (GPU4PySCF's
+    convention; a factor None is 0): one plain-Coulomb term when erf + erfc = 1
+    makes the two equal."""
+    w = abs(float(mol.omega if omega is None else omega))
+    lr = 0.0 if lr_factor is None else float(lr_factor)
+    sr = 0.0 if sr_factor is None else float(sr_factor)
+    if w == 0 or lr == sr:
+        if w == 0 and lr_factor is not None and sr_factor is not None and lr != sr:
+            raise ValueError("omega = 0 needs lr_factor == sr_factor")
+        return [(0.0, lr if lr_factor is not None else sr)]
+    return [(om, f) for om, f in ((w, lr), (-w, sr)) if f != 0]

@@ -61,6 +61,50 @@ def test_cpu_energy_equals_pyscf(method):
     assert _energy(mf) == pytest.approx(_energy(make(mol)), abs=E_TOL)
 
 
+def test_j_then_k_of_one_density_share_one_build(monkeypatch):
+    """GPU4PySCF's get_veff asks get_j(ddm) then get_k(ddm): after one such pair,
+    get_j builds J and K together and get_k returns that K (scaled by
+    GPU4PySCF's RKS factors), and pairing stops when the K goes unused."""
+    from pyscf_fusionrcg import scf as plugin
+    mol = _water()
+    ref = scf.RHF(mol)
+    mf = scf.RHF(mol).apply(fusionrcg, backend="cpu")
+    builds = []
+    real = plugin._jk.get_jk
+
+    def counted(mol, dm, hermi, with_j, with_k, *args, **kw):
+        builds.append((with_j, with_k))
+        return real(mol, dm, hermi, with_j, with_k, *args, **kw)
+    monkeypatch.setattr(plugin._jk, "get_jk", counted)
+    dm = ref.get_init_guess(key="minao")
+    vj_ref, vk_ref = ref.get_jk(mol, dm)
+
+    def cycle(scale, *k_args):
+        builds.clear()
+        vj = mf.get_j(mol, scale * dm)
+        vk = mf.get_k(mol, scale * dm, 1, *k_args)
+        return vj, vk, list(builds)
+
+    vj, vk, seen = cycle(1.0)                      # first pair: two builds, then learnt
+    assert seen == [(True, False), (False, True)]
+    vj, vk, seen = cycle(0.5)
+    assert seen == [(True, True)]
+    np.testing.assert_allclose(vj, 0.5 * vj_ref, atol=1e-10)
+    np.testing.assert_allclose(vk, 0.5 * vk_ref, atol=1e-10)
+    vj, vk, seen = cycle(0.25, 0.0, 0.2, 0.2)     # RKS: get_k(mol, dm, hermi, omega, alpha, hyb)
+    assert seen == [(True, True)]
+    np.testing.assert_allclose(vk, 0.2 * 0.25 * vk_ref, atol=1e-10)
+
+    builds.clear()                                 # a K for another density is built afresh
+    mf.get_j(mol, dm)
+    np.testing.assert_allclose(mf.get_k(mol, 0.5 * dm), 0.5 * vk_ref, atol=1e-10)
+    assert builds == [(True, True), (False, True)]
+    builds.clear()                                 # that K built with J went unused: J alone
+    mf.get_j(mol, dm)
+    mf.get_j(mol, dm)
+    assert builds == [(True, False), (True, False)]
+
+
 def test_ghost_atoms_and_ecp():
     mol = gto.M(atom="Na 0 0 0; H 0 0 1.9; ghost-H 0 0 3.5", basis="lanl2dz",
                 ecp={"Na": "lanl2dz"}, verbose=0)
