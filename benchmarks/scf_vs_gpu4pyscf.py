@@ -165,8 +165,9 @@ def warm_drivers(args):
         make(mol).to_gpu().apply(fusionrcg, backend="gpu", tier=args.tier).kernel()
 
 
-def run_case(case, args):
-    """Records of one case: warm-up, whole SCFs, then builds on the converged RHF density."""
+def run_case(case, args, save):
+    """One case: warm-up, whole SCFs, then builds on the converged RHF density;
+    ``save(record)`` gets each record as soon as it is measured."""
     import cupy
     from pyscf import dft, scf
 
@@ -183,9 +184,9 @@ def run_case(case, args):
     stock = scf.RHF(mol).to_gpu() if case.baseline else None
     # One build on the guess density first: kernel compilation stays out of the SCFs.
     dm0 = mine.get_init_guess()
-    records = [_record(common, "warm-up", _once(lambda: mine.get_jk(mol, dm0))[0],
-                       None if stock is None or case.slow_baseline
-                       else _once(lambda: stock.get_jk(mol, dm0))[0])]
+    save(_record(common, "warm-up", _once(lambda: mine.get_jk(mol, dm0))[0],
+                 None if stock is None or case.slow_baseline
+                 else _once(lambda: stock.get_jk(mol, dm0))[0]))
 
     methods = [("RHF", scf.RHF)]
     if not (args.quick or args.no_scf or not case.scf) and "B3LYP" in args.scf_methods.split(","):
@@ -207,7 +208,7 @@ def run_case(case, args):
             dm = (mf if mf_ref is None else mf_ref).make_rdm1()
         rec = _record(common, label, t, t_ref, **extra)
         if case.scf and not args.no_scf:
-            records.append(rec)
+            save(rec)
         del mf
         cupy.get_default_memory_pool().free_all_blocks()
 
@@ -223,9 +224,8 @@ def run_case(case, args):
                 t_ref, out_ref = time_build(lambda: call(stock), args.repeat)
             pairs = zip(out, out_ref) if task == "J+K" else [(out, out_ref)]
             extra["max_abs_diff"] = max(_max_diff(a, b) for a, b in pairs)
-        records.append(_record(common, task, t, t_ref, **extra))
+        save(_record(common, task, t, t_ref, **extra))
         cupy.get_default_memory_pool().free_all_blocks()
-    return records
 
 
 def _line(rec):
@@ -283,20 +283,30 @@ def main(argv=None):
     from _common import environment_meta, write_results
 
     warm_drivers(args)
-    records = []
-    for case in args.selected:
-        records += run_case(case, args)
     meta = environment_meta()
     meta.setdefault("gpu", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
     meta.update(repeat=args.repeat, tier=args.tier, quick=args.quick,
-                cases=[c.name for c in args.selected])
-    json_path, md_path = write_results(
-        args.name, records, meta, title="FusionRCG vs GPU4PySCF: J/K builds and SCF",
-        columns=COLUMNS, notes="Times in seconds; speedup = GPU4PySCF / FusionRCG; "
-        "builds on the converged RHF density, median of --repeat after a warm-up.")
-    png = json_path.with_suffix(".png")
-    plot_speedups(records, png)
-    print(f"wrote {json_path}, {md_path}, {png}")
+                cases=[c.name for c in args.selected], complete=False)
+    records = []
+
+    def save(rec=None):
+        """Rewrite the results with every record so far: a run stopped part way
+        (a time limit) still leaves what it measured, marked complete: false."""
+        if rec is not None:
+            records.append(rec)
+        paths = write_results(
+            args.name, records, meta, title="FusionRCG vs GPU4PySCF: J/K builds and SCF",
+            columns=COLUMNS, notes="Times in seconds; speedup = GPU4PySCF / FusionRCG; "
+            "builds on the converged RHF density, median of --repeat after a warm-up."
+            + ("" if meta["complete"] else " Incomplete run: the cases stop part way."))
+        plot_speedups(records, paths[0].with_suffix(".png"))
+        return paths
+
+    for case in args.selected:
+        run_case(case, args, save)
+    meta["complete"] = True
+    json_path, md_path = save()
+    print(f"wrote {json_path}, {md_path}, {json_path.with_suffix('.png')}")
     return 0
 
 
