@@ -136,31 +136,28 @@ class VrrRegistry:
     def _terms(self, key):
         """OS recurrence ``(coef, Sym, child_key)`` terms; none for Boys leaves."""
         e, f, m = key
-        terms = []
         if e == ZERO and f == ZERO:
-            return terms
+            return []
         if f == ZERO or (e != ZERO and self.side == 'bra'):
-            i = pick_direction(e, self.rule)
-            e1 = _minus(e, i)
-            terms.append((1.0, self.pa[i], (e1, f, m)))
-            terms.append((1.0, ir.WP[i], (e1, f, m + 1)))
-            if e1[i] > 0:
-                e2 = _minus(e1, i)
-                terms.append((float(e1[i]), ir.Sym.INV_2ZETA, (e2, f, m)))
-                terms.append((-float(e1[i]), ir.Sym.RHO_INV_2ZETA2, (e2, f, m + 1)))
-            if f[i] > 0:
-                terms.append((float(f[i]), ir.Sym.INV_2ZETA_ETA, (e1, _minus(f, i), m + 1)))
-        else:
-            i = pick_direction(f, self.rule)
-            f1 = _minus(f, i)
-            terms.append((1.0, self.qc[i], (e, f1, m)))
-            terms.append((1.0, ir.WQ[i], (e, f1, m + 1)))
-            if f1[i] > 0:
-                f2 = _minus(f1, i)
-                terms.append((float(f1[i]), ir.Sym.INV_2ETA, (e, f2, m)))
-                terms.append((-float(f1[i]), ir.Sym.RHO_INV_2ETA2, (e, f2, m + 1)))
-            if e[i] > 0:
-                terms.append((float(e[i]), ir.Sym.INV_2ZETA_ETA, (_minus(e, i), f1, m + 1)))
+            return self._step(e, f, m, pick_direction(e, self.rule), self.pa, ir.WP,
+                              ir.Sym.INV_2ZETA, ir.Sym.RHO_INV_2ZETA2, lambda g, o, n: (g, o, n))
+        return self._step(f, e, m, pick_direction(f, self.rule), self.qc, ir.WQ,
+                          ir.Sym.INV_2ETA, ir.Sym.RHO_INV_2ETA2, lambda g, o, n: (o, g, n))
+
+    @staticmethod
+    def _step(grown, other, m, i, centre, w, inv_2x, rho_inv_2x2, key):
+        """One OS step lowering direction ``i`` of the side being built
+        (``grown``; the bra with PA, WP and 1/2zeta, or the ket with QC, WQ and
+        1/2eta), ``other`` the opposite side; ``key(g, o, m)`` puts the two back
+        in (e, f, m) order."""
+        g1 = _minus(grown, i)
+        terms = [(1.0, centre[i], key(g1, other, m)), (1.0, w[i], key(g1, other, m + 1))]
+        if g1[i] > 0:
+            g2 = _minus(g1, i)
+            terms.append((float(g1[i]), inv_2x, key(g2, other, m)))
+            terms.append((-float(g1[i]), rho_inv_2x2, key(g2, other, m + 1)))
+        if other[i] > 0:
+            terms.append((float(other[i]), ir.Sym.INV_2ZETA_ETA, key(g1, _minus(other, i), m + 1)))
         return terms
 
 
