@@ -271,9 +271,7 @@ class _FusionRCGMixin:
         if dm is None:
             dm = self.make_rdm1()
         if self._fusionrcg_path != "native":
-            terms = (_k_terms(mol, omega, lr_factor, sr_factor)
-                     if lr_factor is not None or sr_factor is not None
-                     else [(float(mol.omega if omega is None else omega), 1.0)])
+            terms = _k_terms(mol, omega, lr_factor, sr_factor)
             if len(terms) == 1:
                 # one operator: possibly the K built along with the last J
                 om, f = terms[0]
@@ -287,8 +285,12 @@ class _FusionRCGMixin:
 def _k_terms(mol, omega, lr_factor, sr_factor):
     """[(omega, factor)] of ``lr_factor K[erf] + sr_factor K[erfc]`` (GPU4PySCF's
     convention; a factor None is 0): one plain-Coulomb term when erf + erfc = 1
-    makes the two equal."""
-    w = abs(float(mol.omega if omega is None else omega))
+    makes the two equal.  Without factors: K of ``omega`` itself (PySCF's sign
+    convention), factor 1."""
+    omega = float(mol.omega if omega is None else omega)
+    if lr_factor is None and sr_factor is None:
+        return [(omega, 1.0)]
+    w = abs(omega)
     lr = 0.0 if lr_factor is None else float(lr_factor)
     sr = 0.0 if sr_factor is None else float(sr_factor)
     if w == 0 or lr == sr:
