@@ -47,7 +47,12 @@ How the ops are executed is the *form*:
   (dd|dd) class has 11k ops, (gg|gg) 370k) and its machine code would not fit
   any instruction cache, whereas an op stream is data that all warps share
   through the data caches; the kernel text then depends only on
-  (max Boys order, contraction shape, operator, tier), so few kernels compile.
+  (max Boys order, contraction shape, operator, tier), so few kernels compile;
+* ``levels`` (warp and global tiers): the same ops cut into levels of
+  independent ops that the 32 lanes of a warp share, laid out level by level
+  so that each lane finds its ops at fixed offsets (:func:`level_records`)
+  and loads the next level's while it computes this one: every word the
+  interpreter needs is one coalesced load away, none behind another.
 
 Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
@@ -83,7 +88,16 @@ SM_SHARED_BYTES = 228 * 1024
 #: most ops of one level (two per lane: enough to fill the warp, few enough to
 #: keep the live set near the orchestrated peak).
 WARP_BLOCK_WARPS = 4
-LEVEL_WIDTH = 64
+LEVEL_OPS_PER_LANE = 2          # FR_LEVEL_OPS of eri_common.cuh (emitted)
+LEVEL_WIDTH = 32 * LEVEL_OPS_PER_LANE
+LEVEL_OP_WORDS = 7
+#: Blocks an SM can hold, and the shared memory the driver reserves per block.
+SM_BLOCKS_MAX = 32
+BLOCK_RESERVED_SHARED = 1024
+#: Threads per SM the levels form leaves registers for: 8 warps, 2 on each of
+#: the SM's 4 register files, give 255 a thread (the prologue and the fetched
+#: ops of two levels take ~180; 3 warps a file leave 168, and nvcc spills).
+LEVELS_THREADS_PER_SM = 256
 #: Accumulators one thread may hold for several contracted-function tuples
 #: (general contraction): tuples are grouped while group * n_acc <= this, and
 #: at most GROUP_MAX of them (the op stream's tuple field has 4 bits).
@@ -159,7 +173,11 @@ def kernel_name(program: ir.Program, variant: Variant) -> str:
     cls = f'{program.name}_{"cart" if program.cart else "sph"}'
     if variant.form in ('table', 'levels'):
         # the text depends on the class only through block offsets of tuples
-        return f'fr_eri_{variant.form}_m{program.max_m}{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}'
+        # (and, for levels, through words per op beyond the usual 7)
+        words = level_op_words(program) if variant.form == 'levels' else LEVEL_OP_WORDS
+        wide = f'_w{words}' if words != LEVEL_OP_WORDS else ''
+        return (f'fr_eri_{variant.form}_m{program.max_m}{wide}'
+                f'{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}')
     return f'fr_eri_{cls}_{tail}'
 
 
@@ -302,7 +320,7 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     return slots, n_slots
 
 
-def level_schedule(seq: Sequence, lo: int, hi: int, width: int = LEVEL_WIDTH) -> np.ndarray:
+def level_schedule(seq: Sequence, lo: int, hi: int, width: int = None) -> np.ndarray:
     """Level of each statement of ``seq[lo:hi]`` for lanes that run side by side.
 
     List scheduling: a statement is ready once every value it reads (written
@@ -310,6 +328,7 @@ def level_schedule(seq: Sequence, lo: int, hi: int, width: int = LEVEL_WIDTH) ->
     ``width`` ready statements, lowest orchestrated index first, so the order
     stays close to the orchestrated one and so does the live set.
     """
+    width = width or LEVEL_WIDTH
     n = hi - lo
     term_op = np.repeat(np.arange(lo, hi), np.diff(seq.ptr[lo:hi + 1])) - lo
     srcs = seq.src[seq.ptr[lo]:seq.ptr[hi]]
@@ -364,25 +383,24 @@ def _slots(program, group):
 @dataclass(frozen=True, eq=False)
 class Table:
     """Op stream of one class for the table and levels forms (device arrays are
-    made from it).  The levels form adds, per stage, the word offset of every
-    op and the first op of every level (``levels[-1]`` = number of ops)."""
+    made from it).  In the levels form each stage is a sequence of level
+    records (:func:`level_records`) and ``*_levels`` holds, per level, its
+    word offset and ``ops | words << 8``."""
     prim: np.ndarray        # uint32 words, primitive-loop body
     ctr: np.ndarray         # uint32 words, contracted stage (all tuples)
     coef: np.ndarray        # float64 distinct coefficients
     n_slots: int            # slots per thread (per warp for levels), reserved ones included
     n_acc: int              # accumulator slots (zeroed by the kernel)
-    prim_ops: np.ndarray = None     # levels form: int32 word offset of each op
-    prim_levels: np.ndarray = None  # levels form: int32 first op of each level
-    ctr_ops: np.ndarray = None
+    prim_levels: np.ndarray = None  # levels form: int32 (base, shape) of each level
     ctr_levels: np.ndarray = None
 
     def stream_args(self) -> tuple:
         """The kernel's op-stream arguments in order (arrays and ints, see
         :func:`_stream_signature`)."""
-        if self.prim_ops is None:
+        if self.prim_levels is None:
             return (self.prim, len(self.prim), self.ctr, len(self.ctr), self.coef, self.n_acc)
-        return (self.prim, self.prim_ops, self.prim_levels, len(self.prim_levels) - 1, self.ctr,
-                self.ctr_ops, self.ctr_levels, len(self.ctr_levels) - 1, self.coef, self.n_acc)
+        return (self.prim, self.prim_levels, len(self.prim_levels) // 2, self.ctr,
+                self.ctr_levels, len(self.ctr_levels) // 2, self.coef, self.n_acc)
 
 
 def _reserved(program: ir.Program, group: int) -> int:
@@ -446,7 +464,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         return np.searchsorted(coef_values, c).astype(np.int64)
 
     def encode(lo, hi):
-        """(words, word offset of each op) of seq[lo:hi]."""
+        """(words, word offset of each op, words of each op) of seq[lo:hi]."""
         k = seq.kind[lo:hi]
         nt = np.diff(seq.ptr[lo:hi + 1])
         if (nt > 15).any():
@@ -478,19 +496,51 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         pos = np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))
         words[pos] = (slots[seq.src[tj]] | seq.sym[tj] << _SRC_BITS
                       | cidx(seq.coef[tj]) << (_SRC_BITS + _SYM_BITS))
-        return words.astype(np.uint32), start.astype(np.int32)
+        if ((words[start] & 0xFFFFFFFF) == 0).any():
+            raise AssertionError('a zero header marks "no op" in the levels form')
+        return words.astype(np.uint32), start, nw
 
-    (prim, prim_ops), (ctr, ctr_ops) = encode(n_zero, seq.end_body + 1), encode(seq.end_body + 1, len(seq.kind))
+    prim, ctr = encode(n_zero, seq.end_body + 1), encode(seq.end_body + 1, len(seq.kind))
     if variant.form != 'levels':
-        return Table(prim, ctr, coef_values, n_slots, n_zero)
+        return Table(prim[0], ctr[0], coef_values, n_slots, n_zero)
+    if max(prim[2].max(initial=0), ctr[2].max(initial=0)) > level_op_words(program):
+        raise AssertionError(f'{program.name}: an op is longer than level_op_words')
+    prim_rec, prim_levels = level_records(*prim, level[n_zero:seq.end_body + 1] - 1)
+    ctr_rec, ctr_levels = level_records(*ctr, level[seq.end_body + 1:] - 1 - n_body)
+    return Table(prim_rec, ctr_rec, coef_values, n_slots, n_zero, prim_levels, ctr_levels)
 
-    def level_starts(lo, hi, first, count):
-        return np.searchsorted(level[lo:hi], np.arange(first, first + count + 1)).astype(np.int32)
 
-    n_ctr = int(level[-1]) - n_body if len(level) > seq.end_body + 1 else 0
-    return Table(prim, ctr, coef_values, n_slots, n_zero,
-                 prim_ops, level_starts(n_zero, seq.end_body + 1, 1, n_body),
-                 ctr_ops, level_starts(seq.end_body + 1, len(seq.kind), 1 + n_body, n_ctr))
+def level_records(words, start, nw, level):
+    """Lay a stage's ops out level by level for ``run_levels`` (eri_common.cuh).
+
+    Op ``i = lane + 32 k`` of level ``L`` (``level`` non-decreasing, from 0)
+    has its word ``j`` at ``base[L] + (k * width[L] + j) * 32 + lane``, with
+    ``width[L]`` the longest op of the level; missing words are zero.  Returns
+    (records, per level ``(base, ops | width << 8)`` flattened as int32).
+    """
+    n_lev = int(level[-1]) + 1 if len(level) else 0
+    count = np.bincount(level, minlength=n_lev)
+    width = np.zeros(n_lev, dtype=np.int64)
+    np.maximum.at(width, level, nw)
+    if count.max(initial=0) > 32 * LEVEL_OPS_PER_LANE:
+        raise AssertionError('a level holds more ops than the lanes of a warp take')
+    size = -(-count // 32) * width * 32
+    base = np.cumsum(size) - size
+    within = np.arange(len(level)) - (np.cumsum(count) - count)[level]
+    k, lane = np.divmod(within, 32)
+    records = np.zeros(int(size.sum()), dtype=np.uint32)
+    for j in range(int(nw.max(initial=0))):
+        has = nw > j
+        records[base[level[has]] + (k[has] * width[level[has]] + j) * 32 + lane[has]] = words[start[has] + j]
+    return records, np.stack([base, count | width << 8], axis=1).ravel().astype(np.int32)
+
+
+def level_op_words(program: ir.Program) -> int:
+    """Words per op a levels kernel reserves registers for (header and terms):
+    7, or more where an op has more than 6 terms (the spherical transform of
+    l = 6); part of the kernel text and name."""
+    most = max(int(np.diff(t.ptr).max(initial=0)) for t in (program.prim, program.ctr))
+    return max(LEVEL_OP_WORDS, 1 + most)
 
 
 # ------------------------------------------------------------------ emitter
@@ -552,9 +602,20 @@ def shared_block(program: ir.Program, variant: Variant) -> int:
 
 
 def warp_block(program: ir.Program, variant: Variant) -> int:
-    """Threads per block of the warp tier (0 when one warp's slots do not fit)."""
+    """Threads per block of the warp tier (0 when one warp's slots do not fit).
+
+    The warps per block (at most ``WARP_BLOCK_WARPS``) that let the most warps
+    reside on an SM (by shared memory and by ``LEVELS_THREADS_PER_SM``): the
+    interpreter waits on memory, and only other warps hide that (four 29 KB warps of (gd|fd) leave one block, four warps, per
+    SM; blocks of one warp leave seven)."""
     per_warp = 8 * scratch_doubles(program, variant)
-    return 32 * min(WARP_BLOCK_WARPS, SHARED_BYTES_MAX // max(per_warp, 1))
+
+    def resident(w):
+        return w * min(SM_BLOCKS_MAX, SM_SHARED_BYTES // (w * per_warp + BLOCK_RESERVED_SHARED),
+                       LEVELS_THREADS_PER_SM // (32 * w))
+
+    fits = [w for w in range(1, WARP_BLOCK_WARPS + 1) if w * per_warp <= SHARED_BYTES_MAX]
+    return 32 * max(fits, key=lambda w: (resident(w), w)) if fits else 0
 
 
 def block_size(program: ir.Program, variant: Variant) -> int:
@@ -583,14 +644,15 @@ def scratch_per_block(program: ir.Program, variant: Variant) -> int:
 def min_blocks(program: ir.Program, variant: Variant) -> int:
     """Blocks per SM the compiler must leave registers for (``__launch_bounds__``).
 
-    The levels form asks for as many blocks as its shared memory lets reside, at
-    most 3 (170 registers a thread; at 4, i.e. 128, nvcc spills ~140 bytes of
-    the per-primitive prologue): lanes waiting on shared memory need other
-    warps to hide behind.
+    The levels form asks for as many blocks as its shared memory lets reside, up
+    to ``LEVELS_THREADS_PER_SM`` threads (fewer registers make nvcc spill the
+    per-primitive prologue): lanes waiting on memory need other warps to hide
+    behind.
     """
     if variant.form != 'levels':
         return 1
-    return max(1, min(3, SM_SHARED_BYTES // (shared_bytes(program, variant) + 1024)))
+    fit = SM_SHARED_BYTES // (shared_bytes(program, variant) + BLOCK_RESERVED_SHARED)
+    return max(1, min(fit, SM_BLOCKS_MAX, LEVELS_THREADS_PER_SM // block_size(program, variant)))
 
 
 def shared_bytes(program: ir.Program, variant: Variant) -> int:
@@ -624,13 +686,10 @@ _TABLE_SIGNATURE = """,
 _TABLE_ARGS = ', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc'
 
 _LEVELS_SIGNATURE = """,
-    const unsigned* __restrict__ prim_code, const int* __restrict__ prim_ops,
-    const int* __restrict__ prim_levels, int n_prim_levels,
-    const unsigned* __restrict__ ctr_code, const int* __restrict__ ctr_ops,
-    const int* __restrict__ ctr_levels, int n_ctr_levels,
+    const unsigned* __restrict__ prim_code, const int* __restrict__ prim_levels, int n_prim_levels,
+    const unsigned* __restrict__ ctr_code, const int* __restrict__ ctr_levels, int n_ctr_levels,
     const double* __restrict__ coef, int n_acc"""
-_LEVELS_ARGS = (', prim_code, prim_ops, prim_levels, n_prim_levels, ctr_code, ctr_ops, ctr_levels, '
-                'n_ctr_levels, coef, n_acc')
+_LEVELS_ARGS = ', prim_code, prim_levels, n_prim_levels, ctr_code, ctr_levels, n_ctr_levels, coef, n_acc'
 
 
 def _stream_signature(form: str) -> tuple[str, str]:
@@ -812,8 +871,8 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add(f'{ind}}}')
             add(f'{ind}fr_syncwarp();')
-            add(f'{ind}run_levels(prim_code, prim_ops, prim_levels, n_prim_levels, coef, sp, out, ostride, '
-                'ooff, lane);')
+            add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, coef, sp, '
+                'out, ostride, ooff, lane);')
         else:
             add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
     else:
@@ -833,7 +892,8 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add('  }')
             add('  fr_syncwarp();')
-            add('  run_levels(ctr_code, ctr_ops, ctr_levels, n_ctr_levels, coef, sp, out, ostride, ooff, lane);')
+            add(f'  run_levels<{level_op_words(program)}>(ctr_code, ctr_levels, n_ctr_levels, coef, sp, out, '
+                'ostride, ooff, lane);')
         else:
             add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
     if any(s in syms for s in ir.AB) and not tab:
@@ -846,7 +906,9 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     return '\n'.join(L) + '\n'
 
 
-_PRELUDE = '#include "fusionrcg/eri_common.cuh"\n'
+def _prelude() -> str:
+    """The include of the shared pieces, with the level width they are built for."""
+    return f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
 
 
 def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
@@ -869,7 +931,7 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     tier = variant.tier
     sig, args = _stream_signature(variant.form)
     warp = variant.form == 'levels'
-    L = [_PRELUDE, quartet_function(program, variant, fn, 1 if warp else block)]
+    L = [_prelude(), quartet_function(program, variant, fn, 1 if warp else block)]
     L.append(f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}(')
     L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
     L.append('    const double* __restrict__ env, double omega, double* __restrict__ out,')
@@ -920,7 +982,7 @@ def host_source(items) -> str:
     ``out`` the C-order full block, ``scratch`` the memory-tier slots
     (``scratch_doubles``, stride 1; may be NULL for registers).
     """
-    L = [_PRELUDE]
+    L = [_prelude()]
     seen = set()
     for program, variant in items:
         name = kernel_name(program, variant)

@@ -54,8 +54,9 @@ FR_INLINE void boys_operator(int mmax, double T, double rho, double omega, doubl
 namespace fusionrcg {
 
 // The levels form (warp tier) runs one work item on the 32 lanes of a warp;
-// on the host (g++ for the CPU tests) one thread plays every lane.
-#if defined(__CUDA_ARCH__)
+// on the host (g++ for the CPU tests) one thread plays every lane, unless the
+// warp emulation of the tests (FR_WARP_EMULATION) runs 32 host threads.
+#if defined(__CUDA_ARCH__) || defined(FR_WARP_EMULATION)
 #define FR_LANES 32
 FR_INLINE void fr_syncwarp() { __syncwarp(); }
 #else
@@ -63,27 +64,43 @@ FR_INLINE void fr_syncwarp() { __syncwarp(); }
 inline void fr_syncwarp() {}
 #endif
 
-// One op of the op stream at code (codegen.encode_table documents the
-// encoding); returns the number of words it took.  Slot k of this thread is
-// sp[k * SS]; slot 0 holds 1.0 so that a term without a symbol needs no
-// branch.  ooff[g]: block offset of the g-th contraction tuple of the work item.
+// Op words (codegen.encode_table documents the encoding).  Slot k of this
+// thread is sp[k * SS]; slot 0 holds 1.0 so that a term without a symbol
+// needs no branch.  ooff[g]: block offset of the g-th contraction tuple.
+FR_INLINE bool fr_is_output(unsigned h) { return (h & 3u) == 2u; }
+
+template <int SS>
+FR_INLINE double fr_term(unsigned w, const double* __restrict__ coef, volatile double* sp) {
+  return coef[w >> 23] * sp[((w >> 17) & 63u) * SS] * sp[(w & 0x1FFFFu) * SS];
+}
+
+// Finish an op whose terms summed to v: store it (or add it, kind 1) to its
+// destination slot, or write the output element (kind 2, v the source value).
+template <int SS>
+FR_INLINE void fr_store(unsigned h, double v, volatile double* sp, double* __restrict__ out, long ostride,
+                        const long* ooff) {
+  if (fr_is_output(h)) {
+    out[(ooff[(h >> 2) & 15u] + (long)(h >> 6)) * ostride] = v;
+    return;
+  }
+  const unsigned dst = h >> 6;
+  if ((h & 3u) == 1u) v = sp[dst * SS] + v;
+  sp[dst * SS] = v;
+}
+
+// One op of the table form at code; returns the number of words it took.
 template <int SS>
 FR_INLINE int run_op(const unsigned* __restrict__ code, const double* __restrict__ coef, volatile double* sp,
                      double* __restrict__ out, long ostride, const long* ooff) {
   const unsigned h = code[0];
-  if ((h & 3u) == 2u) {  // output
-    out[(ooff[(h >> 2) & 15u] + (long)(h >> 6)) * ostride] = sp[code[1] * SS];
+  if (fr_is_output(h)) {
+    fr_store<SS>(h, sp[code[1] * SS], sp, out, ostride, ooff);
     return 2;
   }
   const int nt = (h >> 2) & 15u;
   double v = 0.0;
-  for (int t = 1; t <= nt; ++t) {
-    const unsigned w = code[t];
-    v += coef[w >> 23] * sp[((w >> 17) & 63u) * SS] * sp[(w & 0x1FFFFu) * SS];
-  }
-  const unsigned dst = h >> 6;
-  if ((h & 3u) == 1u) v = sp[dst * SS] + v;  // accumulate
-  sp[dst * SS] = v;
+  for (int t = 1; t <= nt; ++t) v += fr_term<SS>(code[t], coef, sp);
+  fr_store<SS>(h, v, sp, out, ostride, ooff);
   return 1 + nt;
 }
 
@@ -94,24 +111,80 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const doub
   for (int i = 0; i < nwords;) i += run_op<SS>(code + i, coef, sp, out, ostride, ooff);
 }
 
-// Interpreter of the levels form: the ops of a level (op i at code + ops[i],
-// level L = ops [levels[L], levels[L+1])) are independent, so the lanes share
-// them; the warp meets before the next level.  The host runs each level
-// backwards, so that a dependency inside a level would show in the CPU tests.
-FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ ops,
-                          const int* __restrict__ levels, int n_levels, const double* __restrict__ coef,
-                          volatile double* sp, double* __restrict__ out, long ostride, const long* ooff,
-                          int lane) {
-  for (int L = 0; L < n_levels; ++L) {
-#if defined(__CUDA_ARCH__)
-    for (int i = levels[L] + lane; i < levels[L + 1]; i += FR_LANES)
-#else
-    (void)lane;
-    for (int i = levels[L + 1] - 1; i >= levels[L]; --i)
+// Levels form.  A level's ops are independent; op i = lane + 32 k of level L
+// (k < FR_LEVEL_OPS) has its word j at code[base + (k * words + j) * 32 +
+// lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
+// of a level depends on another, a warp's load of one word is one coalesced
+// line, and a lane without an op reads a zero header (no real op has one).
+// FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
+#ifndef FR_LEVEL_OPS
+#define FR_LEVEL_OPS 2
 #endif
-      run_op<1>(code + ops[i], coef, sp, out, ostride, ooff);
-    fr_syncwarp();
+
+template <int W>
+FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int shape, int lane,
+                              unsigned (&r)[FR_LEVEL_OPS][W]) {
+  const int count = shape & 255, words = shape >> 8;
+#pragma unroll
+  for (int k = 0; k < FR_LEVEL_OPS; ++k) {
+    const bool mine = lane + 32 * k < count;
+#pragma unroll
+    for (int j = 0; j < W; ++j) r[k][j] = (mine && j < words) ? code[base + (k * words + j) * 32 + lane] : 0u;
   }
+}
+
+// The value an op of a level computes (its terms, or an output's source).
+template <int W>
+FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict__ coef, volatile double* sp) {
+  const unsigned h = r[0];
+  if (h == 0u) return 0.0;
+  if (fr_is_output(h)) return sp[r[1]];
+  const int nt = (h >> 2) & 15u;
+  double v = 0.0;
+#pragma unroll
+  for (int t = 1; t < W; ++t)
+    if (t <= nt) v += fr_term<1>(r[t], coef, sp);
+  return v;
+}
+
+// Run the levels of a stage.  On the GPU each lane fetches the next level's
+// ops while it computes this one, and reads all operands of its ops before it
+// writes any result.  The host runs each level backwards, so that a
+// dependency inside a level would show in the CPU tests.
+template <int W>
+FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
+                          const double* __restrict__ coef, volatile double* sp, double* __restrict__ out,
+                          long ostride, const long* ooff, int lane) {
+#if FR_LANES == 32
+  unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
+  if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
+  int base = n_levels > 1 ? levels[2] : 0, shape = n_levels > 1 ? levels[3] : 0;  // level L + 1
+  for (int L = 0; L < n_levels; ++L) {
+    fr_fetch_level<W>(code, base, shape, lane, next);
+    base = L + 2 < n_levels ? levels[2 * L + 4] : 0;
+    shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
+    double v[FR_LEVEL_OPS];
+#pragma unroll
+    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], coef, sp);
+#pragma unroll
+    for (int k = 0; k < FR_LEVEL_OPS; ++k)
+      if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
+    fr_syncwarp();
+#pragma unroll
+    for (int k = 0; k < FR_LEVEL_OPS; ++k)
+#pragma unroll
+      for (int j = 0; j < W; ++j) cur[k][j] = next[k][j];
+  }
+#else
+  (void)lane;
+  for (int L = 0; L < n_levels; ++L)
+    for (int k = FR_LEVEL_OPS - 1; k >= 0; --k)
+      for (int ln = 31; ln >= 0; --ln) {
+        unsigned r[FR_LEVEL_OPS][W];
+        fr_fetch_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, r);
+        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], coef, sp), sp, out, ostride, ooff);
+      }
+#endif
 }
 
 }  // namespace fusionrcg

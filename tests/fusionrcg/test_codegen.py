@@ -344,6 +344,7 @@ template <class T> T __shfl_sync(unsigned, T v, int src) { return fr_exchange(v,
 template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
   return fr_exchange(v, (int)(threadIdx.x & 31) ^ o);
 }
+inline void __syncwarp(unsigned = 0xffffffffu) { fr_warp->sync(); }
 inline int __all_sync(unsigned, int p) {
   fr_warp->slots[threadIdx.x & 31] = p ? 1 : 0; fr_warp->sync();
   int all = 1;
@@ -368,8 +369,10 @@ void fr_launch_warps(F f, int grid, int block, A... a) {
 '''
 
 
-def _emulated(src_and_entries, tmp):
-    source = _EMULATION + ''.join(src_and_entries)
+def _emulated(src_and_entries, tmp, warp_lanes=False):
+    """Build sources under the emulation; ``warp_lanes``: the levels form's
+    lanes are real (FR_WARP_EMULATION), to be run by fr_launch_warps."""
+    source = ('#define FR_WARP_EMULATION\n' if warp_lanes else '') + _EMULATION + ''.join(src_and_entries)
     return _build_many([source], tmp)[0]
 
 
@@ -382,8 +385,14 @@ def _emulated(src_and_entries, tmp):
     ((3, 2, 2, 1), 'global', 'table', True, 0.0),
     ((2, 1, 2, 1), 'warp', 'levels', False, 0.0),
     ((2, 2, 1, 0), 'global', 'levels', False, 0.3),
-    ((3, 2, 1, 1), 'warp', 'levels', True, -0.3)])
+    ((3, 2, 1, 1), 'warp', 'levels', True, -0.3),
+    ((2, 1, 2, 1), 'warp', 'levels+lanes', False, 0.0),
+    ((3, 2, 1, 1), 'global', 'levels+lanes', True, -0.3)])
 def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
+    """``levels+lanes``: the levels form as the GPU runs it, 32 lanes splitting
+    each level and fetching the next one ahead (one host thread per lane)."""
+    lanes = form == 'levels+lanes'
+    form = 'levels' if lanes else form
     mol = synth.mol(cart)
     prog = host.get_program(*ls, cart=cart)
     nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
@@ -392,9 +401,10 @@ def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     targs, tpass = codegen._stream_signature(form)
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
-             f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n')
+             f'{{ fr_launch{"_warps" if lanes else ""}({name}, grid, block, q, nq, shl, env, omega, out, '
+             f'scratch, ns{tpass}); }}\n')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _emulated([src, entry], pathlib.Path(tmp))
+        lib = _emulated([src, entry], pathlib.Path(tmp), warp_lanes=lanes)
     quartets = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     bas = mol._bas
     shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
