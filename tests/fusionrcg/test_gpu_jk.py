@@ -79,13 +79,13 @@ def test_every_tier_computes_the_same_blocks(synth, tier):
 
 
 def test_classes_sharing_a_warp_kernel_keep_their_shared_memory(synth):
-    """(gd|gd) and (gg|gs) run the same levels kernel (max_m 12) with 160 and 91
-    KB of shared memory: setting up the smaller one must not lower the
-    kernel's limit below what the larger one launches with."""
+    """(ff|dd) and (gp|gp) run the same levels kernel (max_m 10, blocks of
+    four warps) with 86 and 56 KB of shared memory: setting up the smaller one
+    must not lower the kernel's limit below what the larger one launches with."""
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
     eng = GPUEngine(mol)
-    big, small = (4, 2, 4, 2), (4, 4, 4, 0)
+    big, small = (3, 3, 2, 2), (4, 1, 4, 1)
     kb, ks = (launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1)) for ls in (big, small))
     assert kb.variant.tier == ks.variant.tier == 'warp' and kb.name == ks.name
     assert kb.shared > ks.shared > 48 * 1024
