@@ -51,9 +51,8 @@ How the ops are executed is the *form*:
 * ``levels`` (warp and global tiers): the same ops cut into levels of
   independent ops that the 32 lanes of a warp share, laid out level by level
   so that each lane finds its ops at fixed offsets (:func:`level_records`)
-  and loads those of ``LEVEL_PREFETCH`` levels ahead while it computes this
-  one: every word the interpreter needs is one coalesced load away, none
-  behind another.
+  and loads the next level's while it computes this one: every word the
+  interpreter needs is one coalesced load away, none behind another.
 
 Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
@@ -92,7 +91,6 @@ WARP_BLOCK_WARPS = 4
 LEVEL_OPS_PER_LANE = 2          # FR_LEVEL_OPS of eri_common.cuh (emitted)
 LEVEL_WIDTH = 32 * LEVEL_OPS_PER_LANE
 LEVEL_OP_WORDS = 7
-LEVEL_PREFETCH = 2              # FR_PREFETCH: levels a lane fetches ahead (emitted)
 #: Blocks an SM can hold, and the shared memory the driver reserves per block.
 SM_BLOCKS_MAX = 32
 BLOCK_RESERVED_SHARED = 1024
@@ -910,8 +908,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
 
 def _prelude() -> str:
     """The include of the shared pieces, with the level width they are built for."""
-    return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#define FR_PREFETCH {LEVEL_PREFETCH}\n'
-            '#include "fusionrcg/eri_common.cuh"\n')
+    return f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
 
 
 def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:

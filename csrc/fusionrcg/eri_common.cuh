@@ -116,13 +116,9 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const doub
 // lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
 // of a level depends on another, a warp's load of one word is one coalesced
 // line, and a lane without an op reads a zero header (no real op has one).
-// FR_LEVEL_OPS (ops per lane and level) and FR_PREFETCH (levels fetched
-// ahead) come from codegen.LEVEL_OPS_PER_LANE and codegen.LEVEL_PREFETCH.
+// FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
 #ifndef FR_LEVEL_OPS
 #define FR_LEVEL_OPS 2
-#endif
-#ifndef FR_PREFETCH
-#define FR_PREFETCH 2
 #endif
 
 template <int W>
@@ -151,37 +147,33 @@ FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict
   return v;
 }
 
-// Run the levels of a stage.  On the GPU each lane fetches its ops
-// FR_PREFETCH levels ahead of the one it computes (an L2 round trip outlasts
-// a level), and reads all operands of its ops before it writes any result.
-// The host runs each level backwards, so that a dependency inside a level
-// would show in the CPU tests.
+// Run the levels of a stage.  On the GPU each lane fetches the next level's
+// ops while it computes this one, and reads all operands of its ops before it
+// writes any result.  The host runs each level backwards, so that a
+// dependency inside a level would show in the CPU tests.
 template <int W>
 FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
                           const double* __restrict__ coef, volatile double* sp, double* __restrict__ out,
                           long ostride, const long* ooff, int lane) {
 #if FR_LANES == 32
-  unsigned ops[FR_PREFETCH + 1][FR_LEVEL_OPS][W];   // ops[d]: level L + d
-#pragma unroll
-  for (int d = 0; d < FR_PREFETCH; ++d)
-    fr_fetch_level<W>(code, d < n_levels ? levels[2 * d] : 0, d < n_levels ? levels[2 * d + 1] : 0, lane, ops[d]);
+  unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
+  if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
+  int base = n_levels > 1 ? levels[2] : 0, shape = n_levels > 1 ? levels[3] : 0;  // level L + 1
   for (int L = 0; L < n_levels; ++L) {
-    const int ahead = L + FR_PREFETCH;
-    fr_fetch_level<W>(code, ahead < n_levels ? levels[2 * ahead] : 0, ahead < n_levels ? levels[2 * ahead + 1] : 0,
-                      lane, ops[FR_PREFETCH]);
+    fr_fetch_level<W>(code, base, shape, lane, next);
+    base = L + 2 < n_levels ? levels[2 * L + 4] : 0;
+    shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
     double v[FR_LEVEL_OPS];
 #pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(ops[0][k], coef, sp);
+    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], coef, sp);
 #pragma unroll
     for (int k = 0; k < FR_LEVEL_OPS; ++k)
-      if (ops[0][k][0]) fr_store<1>(ops[0][k][0], v[k], sp, out, ostride, ooff);
+      if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
     fr_syncwarp();
 #pragma unroll
-    for (int d = 0; d < FR_PREFETCH; ++d)
+    for (int k = 0; k < FR_LEVEL_OPS; ++k)
 #pragma unroll
-      for (int k = 0; k < FR_LEVEL_OPS; ++k)
-#pragma unroll
-        for (int j = 0; j < W; ++j) ops[d][k][j] = ops[d + 1][k][j];
+      for (int j = 0; j < W; ++j) cur[k][j] = next[k][j];
   }
 #else
   (void)lane;
