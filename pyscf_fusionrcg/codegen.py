@@ -606,8 +606,9 @@ def warp_block(program: ir.Program, variant: Variant) -> int:
 
     The warps per block (at most ``WARP_BLOCK_WARPS``) that let the most warps
     reside on an SM (by shared memory and by ``LEVELS_THREADS_PER_SM``): the
-    interpreter waits on memory, and only other warps hide that (four 29 KB warps of (gd|fd) leave one block, four warps, per
-    SM; blocks of one warp leave seven)."""
+    interpreter waits on memory, and only other warps hide that (four 29 KB
+    warps of (gd|fd) leave one block, four warps, per SM; blocks of one warp
+    leave seven)."""
     per_warp = 8 * scratch_doubles(program, variant)
 
     def resident(w):

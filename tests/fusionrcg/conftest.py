@@ -37,14 +37,13 @@ def synthetic_mol(cart=False, lmax=LMAX, seed=7):
 
 class Synth:
     """Synthetic molecules and the libcint reference, per class."""
-    lmax = LMAX
-
-    def __init__(self):
+    def __init__(self, lmax=LMAX):
+        self.lmax = lmax
         self._mols = {}
 
     def mol(self, cart=False):
         if cart not in self._mols:
-            self._mols[cart] = synthetic_mol(cart=cart)
+            self._mols[cart] = synthetic_mol(cart=cart, lmax=self.lmax)
         return self._mols[cart]
 
     @staticmethod

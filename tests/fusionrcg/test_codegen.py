@@ -391,6 +391,21 @@ def _emulated(src_and_entries, tmp, warp_lanes=False):
 def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     """``levels+lanes``: the levels form as the GPU runs it, 32 lanes splitting
     each level and fetching the next one ahead (one host thread per lane)."""
+    _check_emulated(synth, ls, tier, form, cart, omega)
+
+
+@needs_gxx
+def test_levels_ops_wider_than_seven_words_emulated_on_cpu(synth):
+    """(is|ss): the spherical transform of l = 6 has ops of 10 terms, so the
+    levels kernel holds 11 words an op (its own kernel, ``_w11``)."""
+    synth6 = type(synth)(lmax=6)
+    prog = host.get_program(6, 0, 0, 0)
+    assert codegen.level_op_words(prog) == 11
+    assert '_w11' in codegen.kernel_name(prog, codegen.make_variant(prog, 'warp'))
+    _check_emulated(synth6, (6, 0, 0, 0), 'warp', 'levels+lanes', False, 0.0)
+
+
+def _check_emulated(synth, ls, tier, form, cart, omega):
     lanes = form == 'levels+lanes'
     form = 'levels' if lanes else form
     mol = synth.mol(cart)
