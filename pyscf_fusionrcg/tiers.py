@@ -10,7 +10,9 @@ Static choice (:func:`choose_tier`) from the size of the program:
   --compare-tiers --tiers register warp --register-ops-max 8000``, us per
   quartet register / warp: (dp|dp) 0.027 / 0.059 with 2.6 KB spilled,
   (fp|ds) 0.0085 / 0.040, (fp|dp) 0.050 / 0.095, (dd|dp) 0.026 / 0.093 with
-  5.5 KB, (fd|dp) 0.046 / 0.160 with 9.0 KB; results/rcg_register_vs_warp*);
+  5.5 KB, (fd|dp) 0.046 / 0.160 with 9.0 KB; results/rcg_register_vs_warp*;
+  re-measured with the level-major records, warp 0.063, 0.047, 0.087, 0.074,
+  0.105: still 1.8-5.5x, results/rcg_register_vs_warp_levels);
   NVRTC takes 1-20 s per class there, once (the cubins are cached on disk);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
