@@ -295,6 +295,7 @@ def _k_terms(mol, omega, lr_factor, sr_factor):
     sr = 0.0 if sr_factor is None else float(sr_factor)
     if w == 0 or lr == sr:
         if w == 0 and lr_factor is not None and sr_factor is not None and lr != sr:
-            raise ValueError("omega = 0 needs lr_factor == sr_factor")
+            raise ValueError(f"lr_factor ({lr}) and sr_factor ({sr}) differ, but omega = 0 has no "
+                             "long- and short-range parts: give a nonzero omega, or equal factors")
         return [(0.0, lr if lr_factor is not None else sr)]
     return [(om, f) for om, f in ((w, lr), (-w, sr)) if f != 0]

@@ -129,6 +129,8 @@ def test_rsh_factors_of_gpu4pyscf_get_k():
     vj, vk = mf.get_jk(mol, dm, 1, True, True, 0.3, 1.0, 0.0)
     np.testing.assert_allclose(vj, ref.get_j(mol, dm), atol=1e-10)
     np.testing.assert_allclose(vk, k_lr, atol=1e-10)
+    with pytest.raises(ValueError, match="differ, but omega = 0.*nonzero omega, or equal factors"):
+        mf.get_k(mol, dm, 1, 0.0, 1.0, 0.5)
 
 
 def test_undo_reset_copy_and_reapply():
