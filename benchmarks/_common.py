@@ -141,7 +141,7 @@ files every time a script writes them. Run all of them on a GPU host with
 | `rcg_report_gpu.py` | FusionRCG per-class live intermediates, tier, registers and spills from the compiler |
 | `scf_vs_gpu4pyscf.py` | J/K builds and whole SCF, FusionRCG vs GPU4PySCF on the same GPU and density |
 | `rcg_jk_breakdown.py` | one FusionRCG J+K build split into screening, ERI and digestion time per class, next to GPU4PySCF's |
-| `rcg_levels_tuning.py` | the warp tier's interpreter under other level widths, register budgets and ring stages (at 070a97e: register prefetch depths), on the same quartets |
+| `rcg_levels_tuning.py` | the warp tier's interpreter under other level widths and register budgets (at 070a97e also prefetch depths), on the same quartets |
 
 Current results (newest run of each script):
 """

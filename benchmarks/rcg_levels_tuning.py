@@ -1,17 +1,15 @@
-"""Levels-form tuning on a GPU: ops per lane and level, threads per SM, ring stages.
+"""Levels-form tuning on a GPU: ops per lane and level, and threads per SM.
 
 The warp tier's interpreter (``run_levels`` in csrc/fusionrcg/eri_common.cuh)
-has three constants in ``pyscf_fusionrcg.codegen``: ``LEVEL_OPS_PER_LANE`` (a
+has two constants in ``pyscf_fusionrcg.codegen``: ``LEVEL_OPS_PER_LANE`` (a
 level holds 32 times as many ops; more ops give each lane more independent
-loads but keep more values alive), ``LEVELS_THREADS_PER_SM`` (the
-registers ptxas may use, against the warps that can reside) and
-``LEVEL_STAGES`` (levels of ops a warp's ring in shared memory holds: more
-hide more of the L2 round trip, but take shared memory from the slots).  For each
+loads but keep more values alive) and ``LEVELS_THREADS_PER_SM`` (the
+registers ptxas may use, against the warps that can reside).  For each
 configuration this script rebuilds the warp-tier kernels of the given classes
 and times them on the same random quartets (``rcg_report_gpu.random_quartets``
 of water/def2-QZVP by default), so the defaults rest on a measurement.
 
-    python benchmarks/rcg_levels_tuning.py --class gdfd --class gggf --config 2,256,4 --config 2,256,1
+    python benchmarks/rcg_levels_tuning.py --class gdfd --class gggf --config 2,256 --config 4,256
 """
 from __future__ import annotations
 
@@ -32,12 +30,11 @@ from pyscf import gto  # noqa: E402
 from pyscf_fusionrcg import codegen, launch, report  # noqa: E402
 
 
-def configure(ops_per_lane: int, threads_per_sm: int, stages: int) -> None:
-    """Set the three constants and drop everything derived from them."""
+def configure(ops_per_lane: int, threads_per_sm: int) -> None:
+    """Set the two constants and drop everything derived from them."""
     codegen.LEVEL_OPS_PER_LANE = ops_per_lane
     codegen.LEVEL_WIDTH = 32 * ops_per_lane
     codegen.LEVELS_THREADS_PER_SM = threads_per_sm
-    codegen.LEVEL_STAGES = stages
     codegen.level_sequence.cache_clear()
     codegen.table.cache_clear()
 
@@ -46,7 +43,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--class', dest='classes', action='append', required=True)
     ap.add_argument('--config', action='append', required=True,
-                    help='OPS_PER_LANE,THREADS_PER_SM,STAGES (repeatable)')
+                    help='OPS_PER_LANE,THREADS_PER_SM (repeatable)')
     ap.add_argument('--basis', default='def2-QZVP')
     ap.add_argument('--quartets', type=int, default=2048)
     ap.add_argument('--tier', default='warp', choices=('warp', 'global'))
@@ -58,16 +55,16 @@ def main(argv=None):
     mol = gto.M(atom=WATER, basis=args.basis, verbose=0)
     basis = launch.DeviceBasis(mol)
     configs = [tuple(int(x) for x in c.split(',')) for c in args.config]
-    default = (codegen.LEVEL_OPS_PER_LANE, codegen.LEVELS_THREADS_PER_SM, codegen.LEVEL_STAGES)
+    default = (codegen.LEVEL_OPS_PER_LANE, codegen.LEVELS_THREADS_PER_SM)
     records = []
     for ls in (report.parse_class(c) for c in args.classes):
         quartets = random_quartets(mol, ls, args.quartets, np.random.default_rng(0))
-        for ops, threads, stages in configs:
-            configure(ops, threads, stages)
+        for ops, threads in configs:
+            configure(ops, threads)
             kern = launch.ClassKernel(ls, tier=args.tier)
             us = 1e3 * time_kernel(kern, basis, quartets) / len(quartets)
             att = kern.kernel.attributes()      # route()'s cached stats are of the first config
-            row = dict(cls=''.join('spdfghi'[l] for l in ls), ops_per_lane=ops, threads_per_sm=threads, stages=stages,
+            row = dict(cls=''.join('spdfghi'[l] for l in ls), ops_per_lane=ops, threads_per_sm=threads,
                        block=kern.block, min_blocks=codegen.min_blocks(kern.program, kern.variant),
                        registers=att['num_regs'], spill_bytes=att['local_size_bytes'],
                        slots=kern.n_slots, us_per_quartet=us)
@@ -76,7 +73,7 @@ def main(argv=None):
     configure(*default)
     meta = environment_meta()
     meta.update(basis=args.basis, molecule='water', quartets_per_class=args.quartets, tier=args.tier,
-                default_config=dict(ops_per_lane=default[0], threads_per_sm=default[1], stages=default[2]))
+                default_config=dict(ops_per_lane=default[0], threads_per_sm=default[1]))
     paths = write_results(args.name, records, meta, title='FusionRCG levels-form tuning',
                           notes='us_per_quartet: kernel time per contracted shell quartet (the same random '
                                 'quartets for every configuration, median of 3 launches).')

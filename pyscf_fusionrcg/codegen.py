@@ -51,9 +51,8 @@ How the ops are executed is the *form*:
 * ``levels`` (warp and global tiers): the same ops cut into levels of
   independent ops that the 32 lanes of a warp share, laid out level by level
   so that each lane finds its ops at fixed offsets (:func:`level_records`)
-  and copies them ``LEVEL_STAGES - 1`` levels ahead into a ring of shared
-  memory (asynchronous copies, which hold no registers in flight): every
-  word the interpreter needs is one coalesced load away, none behind another.
+  and loads the next level's while it computes this one: every word the
+  interpreter needs is one coalesced load away, none behind another.
 
 Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
@@ -92,11 +91,6 @@ WARP_BLOCK_WARPS = 4
 LEVEL_OPS_PER_LANE = 2          # FR_LEVEL_OPS of eri_common.cuh (emitted)
 LEVEL_WIDTH = 32 * LEVEL_OPS_PER_LANE
 LEVEL_OP_WORDS = 7
-#: Levels form: levels of ops each warp keeps in flight or ready in its ring of
-#: shared memory (FR_LEVEL_STAGES of eri_common.cuh, emitted): an L2 round trip
-#: outlasts a level by far, and ops held in registers made every level wait
-#: for the next one's to arrive.
-LEVEL_STAGES = 4
 #: Blocks an SM can hold, and the shared memory the driver reserves per block.
 SM_BLOCKS_MAX = 32
 BLOCK_RESERVED_SHARED = 1024
@@ -541,12 +535,6 @@ def level_records(words, start, nw, level):
     return records, np.stack([base, count | width << 8], axis=1).ravel().astype(np.int32)
 
 
-def level_ring_bytes(program: ir.Program) -> int:
-    """Shared memory of one warp's ring of ops in the levels form
-    (``fr_ring_words`` of eri_common.cuh)."""
-    return 4 * LEVEL_STAGES * LEVEL_OPS_PER_LANE * level_op_words(program) * 32
-
-
 def level_op_words(program: ir.Program) -> int:
     """Words per op a levels kernel reserves registers for (header and terms):
     7, or more where an op has more than 6 terms (the spherical transform of
@@ -621,7 +609,7 @@ def warp_block(program: ir.Program, variant: Variant) -> int:
     interpreter waits on memory, and only other warps hide that (four 29 KB
     warps of (gd|fd) leave one block, four warps, per SM; blocks of one warp
     leave seven)."""
-    per_warp = 8 * scratch_doubles(program, variant) + level_ring_bytes(program)
+    per_warp = 8 * scratch_doubles(program, variant)
 
     def resident(w):
         return w * min(SM_BLOCKS_MAX, SM_SHARED_BYTES // (w * per_warp + BLOCK_RESERVED_SHARED),
@@ -669,14 +657,12 @@ def min_blocks(program: ir.Program, variant: Variant) -> int:
 
 
 def shared_bytes(program: ir.Program, variant: Variant) -> int:
-    """Dynamic shared memory of a launch: the slots of the shared and warp
-    tiers, and every warp's ring of ops in the levels form."""
+    """Dynamic shared memory of a launch (the shared and warp tiers)."""
     if variant.tier == 'shared':
         return 8 * scratch_doubles(program, variant) * shared_block(program, variant)
-    if variant.form != 'levels':
-        return 0
-    slots = 8 * scratch_doubles(program, variant) if variant.tier == 'warp' else 0
-    return (slots + level_ring_bytes(program)) * (block_size(program, variant) // 32)
+    if variant.tier == 'warp':
+        return 8 * scratch_doubles(program, variant) * (warp_block(program, variant) // 32)
+    return 0
 
 
 #: Symbols quartet_function knows how to compute.
@@ -772,7 +758,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     L = []
     add = L.append
     add(f'FR_INLINE void {fname}(')
-    add(_SIGNATURE + _stream_signature(form)[0] + (', int lane, unsigned* ring' if lev else '') + ') {')
+    add(_SIGNATURE + _stream_signature(form)[0] + (', int lane' if lev else '') + ') {')
     add('  using namespace fusionrcg;')
     add('  (void)omega; (void)sp;')
     add('  const double abx = ra[0] - rb[0], aby = ra[1] - rb[1], abz = ra[2] - rb[2];')
@@ -887,7 +873,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             add(f'{ind}}}')
             add(f'{ind}fr_syncwarp();')
             add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, coef, sp, '
-                'out, ostride, ooff, lane, ring);')
+                'out, ostride, ooff, lane);')
         else:
             add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
     else:
@@ -908,7 +894,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             add('  }')
             add('  fr_syncwarp();')
             add(f'  run_levels<{level_op_words(program)}>(ctr_code, ctr_levels, n_ctr_levels, coef, sp, out, '
-                'ostride, ooff, lane, ring);')
+                'ostride, ooff, lane);')
         else:
             add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
     if any(s in syms for s in ir.AB) and not tab:
@@ -923,8 +909,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
 
 def _prelude() -> str:
     """The include of the shared pieces, with the level width they are built for."""
-    return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#define FR_LEVEL_STAGES {LEVEL_STAGES}\n'
-            '#include "fusionrcg/eri_common.cuh"\n')
+    return f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
 
 
 def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
@@ -952,16 +937,13 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
     L.append('    const double* __restrict__ env, double omega, double* __restrict__ out,')
     L.append('    double* __restrict__ scratch, int n_slots' + sig + ') {')
-    if tier in ('shared', 'warp') or warp:
+    if tier in ('shared', 'warp'):
         L.append('  extern __shared__ double fr_smem[];')
     if warp:
         L.append('  const int lane = threadIdx.x % 32, per_block = blockDim.x / 32;')
         L.append('  if (lane >= FR_LANES) return;  // on the host one thread runs all lanes')
         home = 'fr_smem' if tier == 'warp' else 'scratch + (long)blockIdx.x * per_block * n_slots'
         L.append(f'  volatile double* sp = {home} + (long)(threadIdx.x / 32) * n_slots;')
-        rings = '(fr_smem + (long)per_block * n_slots)' if tier == 'warp' else 'fr_smem'
-        L.append(f'  unsigned* ring = (unsigned*){rings} + (threadIdx.x / 32) * '
-                 f'fusionrcg::fr_ring_words<{level_op_words(program)}>();')
         first, step = '(long)blockIdx.x * per_block + threadIdx.x / 32', '(long)gridDim.x * per_block'
     else:
         if tier == 'shared':
@@ -985,7 +967,7 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     L.append('        env + A[1], env + B[1], env + C[1], env + D[1],')
     L.append('        env + A[2], env + B[2], env + C[2], env + D[2],')
     L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, out + q, nq, sp'
-             + args + (', lane, ring' if warp else '') + ');')
+             + args + (', lane' if warp else '') + ');')
     L.append('  }')
     L.append('}')
     return '\n'.join(L) + '\n', name
@@ -1021,6 +1003,6 @@ def host_source(items) -> str:
         L.append(f'  for (int t0 = 0; t0 < {prod(n)}; t0 += {variant.group})')
         L.append(f'    {name}_quartet(r, r + 3, r + 6, r + 9, e[0], e[1], e[2], e[3],')
         L.append('        c[0], c[1], c[2], c[3], np[0], np[1], np[2], np[3], t0, omega,')
-        L.append('        out, 1, scratch' + args + (', 0, nullptr' if variant.form == 'levels' else '') + ');')
+        L.append('        out, 1, scratch' + args + (', 0' if variant.form == 'levels' else '') + ');')
         L.append('}')
     return '\n'.join(L) + '\n'

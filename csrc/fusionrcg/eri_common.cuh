@@ -115,66 +115,22 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const doub
 // (k < FR_LEVEL_OPS) has its word j at code[base + (k * words + j) * 32 +
 // lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
 // of a level depends on another, a warp's load of one word is one coalesced
-// line, and a lane without an op finds a zero header (no real op has one).
-// FR_LEVEL_OPS (ops per lane and level) and FR_LEVEL_STAGES (levels whose ops
-// are in flight or ready, in a ring of shared memory per warp) come from
-// codegen.LEVEL_OPS_PER_LANE and codegen.LEVEL_STAGES.
+// line, and a lane without an op reads a zero header (no real op has one).
+// FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
 #ifndef FR_LEVEL_OPS
 #define FR_LEVEL_OPS 2
 #endif
-#ifndef FR_LEVEL_STAGES
-#define FR_LEVEL_STAGES 4
-#endif
 
-// One word copied to shared memory without holding a register while it
-// travels (cp.async, sm_80+); zero when !real.  The host copies at once.
-FR_INLINE void fr_copy_word(unsigned* dst, const unsigned* __restrict__ src, bool real) {
-#if defined(__CUDA_ARCH__)
-  const unsigned to = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(real ? 4 : 0)
-               : "memory");
-#else
-  *dst = real ? *src : 0u;
-#endif
-}
-
-// Close the group of copies this lane issued since the last one.
-FR_INLINE void fr_copies_commit() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Wait until at most N of this lane's groups are still in flight.
-template <int N>
-FR_INLINE void fr_copies_wait() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// Words of a warp's ring: FR_LEVEL_STAGES levels of FR_LEVEL_OPS ops of W words
-// for 32 lanes (codegen.level_ring_words).
 template <int W>
-FR_INLINE constexpr int fr_ring_words() { return FR_LEVEL_STAGES * FR_LEVEL_OPS * W * 32; }
-
-// Copy this lane's ops of one level (base, shape of the level table) into a
-// stage of the ring, laid out stage[(k * W + j) * 32 + lane]; words beyond
-// the level's width are not copied (no op reads them).  Always one group.
-template <int W>
-FR_INLINE void fr_stage_level(const unsigned* __restrict__ code, int base, int shape, int lane,
-                              unsigned* stage) {
+FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int shape, int lane,
+                              unsigned (&r)[FR_LEVEL_OPS][W]) {
   const int count = shape & 255, words = shape >> 8;
 #pragma unroll
   for (int k = 0; k < FR_LEVEL_OPS; ++k) {
     const bool mine = lane + 32 * k < count;
-    const unsigned* src = code + base + k * words * 32 + lane;
-    fr_copy_word(stage + k * W * 32 + lane, src, mine);
 #pragma unroll
-    for (int j = 1; j < W; ++j)
-      if (mine && j < words) fr_copy_word(stage + (k * W + j) * 32 + lane, src + j * 32, true);
+    for (int j = 0; j < W; ++j) r[k][j] = (mine && j < words) ? code[base + (k * words + j) * 32 + lane] : 0u;
   }
-  fr_copies_commit();
 }
 
 // The value an op of a level computes (its terms, or an output's source).
@@ -191,59 +147,43 @@ FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict
   return v;
 }
 
-// Run the levels of a stage.  On the GPU each lane copies its ops
-// FR_LEVEL_STAGES - 1 levels ahead into the warp's ring (an L2 round trip
-// outlasts several levels, and ops held in registers would make the lane
-// wait for them at the end of every level), and reads all operands of its
-// ops before it writes any result.  The host runs each level backwards, so
-// that a dependency inside a level would show in the CPU tests.
+// Run the levels of a stage.  On the GPU each lane fetches the next level's
+// ops while it computes this one, and reads all operands of its ops before it
+// writes any result.  The host runs each level backwards, so that a
+// dependency inside a level would show in the CPU tests.
 template <int W>
 FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
                           const double* __restrict__ coef, volatile double* sp, double* __restrict__ out,
-                          long ostride, const long* ooff, int lane, unsigned* ring) {
+                          long ostride, const long* ooff, int lane) {
 #if FR_LANES == 32
-  constexpr int S = FR_LEVEL_STAGES, STAGE = FR_LEVEL_OPS * W * 32;
-#pragma unroll
-  for (int d = 0; d < S - 1; ++d)
-    fr_stage_level<W>(code, d < n_levels ? levels[2 * d] : 0, d < n_levels ? levels[2 * d + 1] : 0, lane,
-                      ring + d * STAGE);
-  int ahead = S - 1, stage = 0;           // the level copied next, the stage computed next
-  int base = ahead < n_levels ? levels[2 * ahead] : 0, shape = ahead < n_levels ? levels[2 * ahead + 1] : 0;
+  unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
+  if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
+  int base = n_levels > 1 ? levels[2] : 0, shape = n_levels > 1 ? levels[3] : 0;  // level L + 1
   for (int L = 0; L < n_levels; ++L) {
-    fr_stage_level<W>(code, base, shape, lane, ring + (stage == 0 ? S - 1 : stage - 1) * STAGE);
-    ++ahead;
-    base = ahead < n_levels ? levels[2 * ahead] : 0;
-    shape = ahead < n_levels ? levels[2 * ahead + 1] : 0;
-    fr_copies_wait<S - 1>();
-    const unsigned* mine = ring + stage * STAGE + lane;
-    unsigned r[FR_LEVEL_OPS][W];
-#pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k)
-#pragma unroll
-      for (int j = 0; j < W; ++j) r[k][j] = mine[(k * W + j) * 32];
+    fr_fetch_level<W>(code, base, shape, lane, next);
+    base = L + 2 < n_levels ? levels[2 * L + 4] : 0;
+    shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
     double v[FR_LEVEL_OPS];
 #pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(r[k], coef, sp);
+    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], coef, sp);
 #pragma unroll
     for (int k = 0; k < FR_LEVEL_OPS; ++k)
-      if (r[k][0]) fr_store<1>(r[k][0], v[k], sp, out, ostride, ooff);
+      if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
     fr_syncwarp();
-    stage = stage + 1 == S ? 0 : stage + 1;
+#pragma unroll
+    for (int k = 0; k < FR_LEVEL_OPS; ++k)
+#pragma unroll
+      for (int j = 0; j < W; ++j) cur[k][j] = next[k][j];
   }
-  fr_copies_wait<0>();
 #else
   (void)lane;
-  (void)ring;
-  unsigned stage[FR_LEVEL_OPS * W * 32] = {};
-  for (int L = 0; L < n_levels; ++L) {
-    for (int ln = 0; ln < 32; ++ln) fr_stage_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, stage);
+  for (int L = 0; L < n_levels; ++L)
     for (int k = FR_LEVEL_OPS - 1; k >= 0; --k)
       for (int ln = 31; ln >= 0; --ln) {
-        unsigned r[W];
-        for (int j = 0; j < W; ++j) r[j] = stage[(k * W + j) * 32 + ln];
-        if (r[0]) fr_store<1>(r[0], fr_level_value<W>(r, coef, sp), sp, out, ostride, ooff);
+        unsigned r[FR_LEVEL_OPS][W];
+        fr_fetch_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, r);
+        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], coef, sp), sp, out, ostride, ooff);
       }
-  }
 #endif
 }
 
