@@ -106,13 +106,19 @@ GROUP_MAX = 16
 
 # Table form: reserved slots.  Slot 0 holds 1.0, slots 1.. the ir.Sym values
 # (slot = enum value), then the contraction weights of the group, then the
-# Boys values (times the prefactor); temporaries follow.
+# Boys values (times the prefactor), then PAIR_SLOTS products coefficient x
+# symbol; temporaries follow.
 _SYM_SLOTS = len(ir.Sym)
+#: Slots for the distinct products coefficient x symbol (or weight) that the
+#: terms of one stage read: the kernel computes them once per primitive (and
+#: once for the contracted stage), so that a term is one product of two slots
+#: (the most any class up to (ii|ii) needs is 82).
+PAIR_SLOTS = 128
 # Op stream words (uint32).  Header: kind | nterms << 2 | dst << 6; a term:
-# src | sym << 17 | coef index << 23; an output: kind | g << 2 | element << 6,
-# then the source slot.
+# src | pair slot << 17; an output: kind | g << 2 | element << 6, then the
+# source slot.  A stage's pairs: coef index | symbol slot << 16.
 _SET, _ADD, _OUT = 0, 1, 2
-_SRC_BITS, _SYM_BITS, _COEF_BITS = 17, 6, 9
+_SRC_BITS, _COEF_BITS = 17, 16
 
 
 def omega_kind(omega: float) -> int:
@@ -391,20 +397,28 @@ class Table:
     coef: np.ndarray        # float64 distinct coefficients
     n_slots: int            # slots per thread (per warp for levels), reserved ones included
     n_acc: int              # accumulator slots (zeroed by the kernel)
+    prim_pairs: np.ndarray = None   # uint32 coef index | symbol slot << 16, per pair slot
+    ctr_pairs: np.ndarray = None
     prim_levels: np.ndarray = None  # levels form: int32 (base, shape) of each level
     ctr_levels: np.ndarray = None
 
     def stream_args(self) -> tuple:
         """The kernel's op-stream arguments in order (arrays and ints, see
         :func:`_stream_signature`)."""
+        pairs = (self.prim_pairs, len(self.prim_pairs), self.ctr_pairs, len(self.ctr_pairs))
         if self.prim_levels is None:
-            return (self.prim, len(self.prim), self.ctr, len(self.ctr), self.coef, self.n_acc)
+            return (self.prim, len(self.prim), self.ctr, len(self.ctr)) + pairs + (self.coef, self.n_acc)
         return (self.prim, self.prim_levels, len(self.prim_levels) // 2, self.ctr,
-                self.ctr_levels, len(self.ctr_levels) // 2, self.coef, self.n_acc)
+                self.ctr_levels, len(self.ctr_levels) // 2) + pairs + (self.coef, self.n_acc)
+
+
+def _pair_slot0(program: ir.Program, group: int) -> int:
+    """First of the PAIR_SLOTS slots of the table and levels forms."""
+    return _SYM_SLOTS + group + program.max_m + 1
 
 
 def _reserved(program: ir.Program, group: int) -> int:
-    return _SYM_SLOTS + group + program.max_m + 1
+    return _pair_slot0(program, group) + PAIR_SLOTS
 
 
 def _permuted(seq: Sequence, order: np.ndarray, end_body: int) -> Sequence:
@@ -457,14 +471,16 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     if len(coef_values) > 1 << _COEF_BITS:
         raise ValueError(f'{program.name}: {len(coef_values)} distinct coefficients')
     if (n_slots > 1 << _SRC_BITS or prod(program.shape) * prod(variant.nctr) >= 1 << 26
-            or _SYM_SLOTS + G > 1 << _SYM_BITS):
+            or _reserved(program, G) > 1 << (32 - _SRC_BITS)):
         raise ValueError(f'{program.name}: op stream field overflow')
 
     def cidx(c):
         return np.searchsorted(coef_values, c).astype(np.int64)
 
+    pair0 = _pair_slot0(program, G)
+
     def encode(lo, hi):
-        """(words, word offset of each op, words of each op) of seq[lo:hi]."""
+        """(words, word offset of each op, words of each op, pairs) of seq[lo:hi]."""
         k = seq.kind[lo:hi]
         nt = np.diff(seq.ptr[lo:hi + 1])
         if (nt > 15).any():
@@ -479,44 +495,52 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
             [_OUT | g << 2 | flat_to_block[np.where(k == _OUTPUT, seq.arg[lo:hi], 0)] << 6,
              _ADD | 1 << 2 | dslot << 6],
             _SET | np.where(k == _BOYS, 1, nt) << 2 | dslot << 6)
-        # second words of Boys, Accumulate and Output statements
+        # term words: (position, source slot, coefficient index, symbol slot);
+        # the second words of Boys and Accumulate statements are terms too
         t0 = seq.ptr[lo:hi]
-        one = k != _LIN
         src1 = slots[seq.src[np.minimum(t0, len(seq.src) - 1)]]
-        second = np.select(
-            [k == _BOYS, k == _ACC],
-            [(_SYM_SLOTS + G + seq.arg[lo:hi]) | cidx(program.boys_const) << 23,
-             src1 | (_SYM_SLOTS + g) << _SRC_BITS | cidx(1.0) << 23],
-            src1)
-        words[start[one] + 1] = second[one]
-        # LinComb terms
+        boys, acc = np.nonzero(k == _BOYS)[0], np.nonzero(k == _ACC)[0]
         lin = np.nonzero(k == _LIN)[0]
         cnt = nt[lin]
         tj = np.repeat(t0[lin], cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-        pos = np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))
-        words[pos] = (slots[seq.src[tj]] | seq.sym[tj] << _SRC_BITS
-                      | cidx(seq.coef[tj]) << (_SRC_BITS + _SYM_BITS))
+        pos = np.concatenate([start[boys] + 1, start[acc] + 1,
+                              np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))])
+        src = np.concatenate([_SYM_SLOTS + G + seq.arg[lo:hi][boys], src1[acc], slots[seq.src[tj]]])
+        pair = np.concatenate([cidx(np.full(len(boys), program.boys_const)) | int(ir.Sym.ONE) << 16,
+                               cidx(np.ones(len(acc))) | (_SYM_SLOTS + g[acc]) << 16,
+                               cidx(seq.coef[tj]) | seq.sym[tj].astype(np.int64) << 16])
+        pairs, which = np.unique(pair, return_inverse=True)
+        if len(pairs) > PAIR_SLOTS:
+            raise ValueError(f'{program.name}: {len(pairs)} coefficient-symbol pairs in a stage')
+        words[pos] = src | (pair0 + which.reshape(-1)) << _SRC_BITS
+        out = np.nonzero(k == _OUTPUT)[0]
+        words[start[out] + 1] = src1[out]
         if ((words[start] & 0xFFFFFFFF) == 0).any():
             raise AssertionError('a zero header marks "no op" in the levels form')
-        return words.astype(np.uint32), start, nw
+        return words.astype(np.uint32), start, nw, pairs.astype(np.uint32)
 
     prim, ctr = encode(n_zero, seq.end_body + 1), encode(seq.end_body + 1, len(seq.kind))
     if variant.form != 'levels':
-        return Table(prim[0], ctr[0], coef_values, n_slots, n_zero)
-    if max(prim[2].max(initial=0), ctr[2].max(initial=0)) > level_op_words(program):
+        return Table(prim[0], ctr[0], coef_values, n_slots, n_zero, prim[3], ctr[3])
+    op_words = level_op_words(program)
+    if max(prim[2].max(initial=0), ctr[2].max(initial=0)) > op_words:
         raise AssertionError(f'{program.name}: an op is longer than level_op_words')
-    prim_rec, prim_levels = level_records(*prim, level[n_zero:seq.end_body + 1] - 1)
-    ctr_rec, ctr_levels = level_records(*ctr, level[seq.end_body + 1:] - 1 - n_body)
-    return Table(prim_rec, ctr_rec, coef_values, n_slots, n_zero, prim_levels, ctr_levels)
+    prim_rec, prim_levels = level_records(*prim[:3], level[n_zero:seq.end_body + 1] - 1, op_words)
+    ctr_rec, ctr_levels = level_records(*ctr[:3], level[seq.end_body + 1:] - 1 - n_body, op_words)
+    return Table(prim_rec, ctr_rec, coef_values, n_slots, n_zero, prim[3], ctr[3], prim_levels, ctr_levels)
 
 
-def level_records(words, start, nw, level):
+def level_records(words, start, nw, level, op_words):
     """Lay a stage's ops out level by level for ``run_levels`` (eri_common.cuh).
 
     Op ``i = lane + 32 k`` of level ``L`` (``level`` non-decreasing, from 0)
     has its word ``j`` at ``base[L] + (k * width[L] + j) * 32 + lane``, with
-    ``width[L]`` the longest op of the level; missing words are zero.  Returns
-    (records, per level ``(base, ops | width << 8)`` flattened as int32).
+    ``width[L]`` the longest op of the level.  Every level has room for
+    ``LEVEL_OPS_PER_LANE`` ops a lane (missing ops and words are zero), and
+    ``op_words - 1`` zero rows follow the last level, so a lane may load
+    ``op_words`` words of every op without a bound check: words beyond an
+    op's own are never used.  Returns (records, per level
+    ``(base, ops | width << 8)`` flattened as int32).
     """
     n_lev = int(level[-1]) + 1 if len(level) else 0
     count = np.bincount(level, minlength=n_lev)
@@ -524,11 +548,11 @@ def level_records(words, start, nw, level):
     np.maximum.at(width, level, nw)
     if count.max(initial=0) > 32 * LEVEL_OPS_PER_LANE:
         raise AssertionError('a level holds more ops than the lanes of a warp take')
-    size = -(-count // 32) * width * 32
+    size = LEVEL_OPS_PER_LANE * width * 32
     base = np.cumsum(size) - size
     within = np.arange(len(level)) - (np.cumsum(count) - count)[level]
     k, lane = np.divmod(within, 32)
-    records = np.zeros(int(size.sum()), dtype=np.uint32)
+    records = np.zeros(int(size.sum()) + (op_words - 1) * 32, dtype=np.uint32)
     for j in range(int(nw.max(initial=0))):
         has = nw > j
         records[base[level[has]] + (k[has] * width[level[has]] + j) * 32 + lane[has]] = words[start[has] + j]
@@ -680,17 +704,21 @@ _SIGNATURE = """\
     int npa, int npb, int npc, int npd, int t0, double omega,
     double* __restrict__ out, long ostride, volatile double* sp"""
 
+_PAIRS_SIGNATURE = """,
+    const unsigned* __restrict__ prim_pairs, int n_prim_pairs,
+    const unsigned* __restrict__ ctr_pairs, int n_ctr_pairs,
+    const double* __restrict__ coef, int n_acc"""
+_PAIRS_ARGS = ', prim_pairs, n_prim_pairs, ctr_pairs, n_ctr_pairs, coef, n_acc'
+
 _TABLE_SIGNATURE = """,
     const unsigned* __restrict__ prim_code, int prim_words,
-    const unsigned* __restrict__ ctr_code, int ctr_words,
-    const double* __restrict__ coef, int n_acc"""
-_TABLE_ARGS = ', prim_code, prim_words, ctr_code, ctr_words, coef, n_acc'
+    const unsigned* __restrict__ ctr_code, int ctr_words""" + _PAIRS_SIGNATURE
+_TABLE_ARGS = ', prim_code, prim_words, ctr_code, ctr_words' + _PAIRS_ARGS
 
 _LEVELS_SIGNATURE = """,
     const unsigned* __restrict__ prim_code, const int* __restrict__ prim_levels, int n_prim_levels,
-    const unsigned* __restrict__ ctr_code, const int* __restrict__ ctr_levels, int n_ctr_levels,
-    const double* __restrict__ coef, int n_acc"""
-_LEVELS_ARGS = ', prim_code, prim_levels, n_prim_levels, ctr_code, ctr_levels, n_ctr_levels, coef, n_acc'
+    const unsigned* __restrict__ ctr_code, const int* __restrict__ ctr_levels, int n_ctr_levels""" + _PAIRS_SIGNATURE
+_LEVELS_ARGS = ', prim_code, prim_levels, n_prim_levels, ctr_code, ctr_levels, n_ctr_levels' + _PAIRS_ARGS
 
 
 def _stream_signature(form: str) -> tuple[str, str]:
@@ -872,10 +900,14 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add(f'{ind}}}')
             add(f'{ind}fr_syncwarp();')
-            add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, coef, sp, '
+        add(f'{ind}fr_pair_products<{stride}>(prim_pairs, n_prim_pairs, coef, sp, {_pair_slot0(program, G)}, '
+            + ('lane, FR_LANES);' if lev else '0, 1);'))
+        if lev:
+            add(f'{ind}fr_syncwarp();')
+            add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, sp, '
                 'out, ostride, ooff, lane);')
         else:
-            add(f'{ind}run_ops<{stride}>(prim_code, prim_words, coef, sp, out, ostride, ooff);')
+            add(f'{ind}run_ops<{stride}>(prim_code, prim_words, sp, out, ostride, ooff);')
     else:
         L.extend(statements(n_zero, seq.end_body + 1, ind))
     add('        }')
@@ -893,10 +925,14 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add('  }')
             add('  fr_syncwarp();')
-            add(f'  run_levels<{level_op_words(program)}>(ctr_code, ctr_levels, n_ctr_levels, coef, sp, out, '
+        add(f'  fr_pair_products<{stride}>(ctr_pairs, n_ctr_pairs, coef, sp, {_pair_slot0(program, G)}, '
+            + ('lane, FR_LANES);' if lev else '0, 1);'))
+        if lev:
+            add('  fr_syncwarp();')
+            add(f'  run_levels<{level_op_words(program)}>(ctr_code, ctr_levels, n_ctr_levels, sp, out, '
                 'ostride, ooff, lane);')
         else:
-            add(f'  run_ops<{stride}>(ctr_code, ctr_words, coef, sp, out, ostride, ooff);')
+            add(f'  run_ops<{stride}>(ctr_code, ctr_words, sp, out, ostride, ooff);')
     if any(s in syms for s in ir.AB) and not tab:
         add('  const double ab_x = abx, ab_y = aby, ab_z = abz;')
     if any(s in syms for s in ir.CD) and not tab:

@@ -65,13 +65,26 @@ inline void fr_syncwarp() {}
 #endif
 
 // Op words (codegen.encode_table documents the encoding).  Slot k of this
-// thread is sp[k * SS]; slot 0 holds 1.0 so that a term without a symbol
-// needs no branch.  ooff[g]: block offset of the g-th contraction tuple.
+// thread is sp[k * SS]; slot 0 holds 1.0.  ooff[g]: block offset of the g-th
+// contraction tuple.
 FR_INLINE bool fr_is_output(unsigned h) { return (h & 3u) == 2u; }
 
+// A stage's products coefficient x symbol, one slot each from slot first:
+// pairs[i] = coef index | symbol slot << 16.  Lanes lane, lane + step, ...
+// of a warp share the work (lane 0, step 1 for one thread).
 template <int SS>
-FR_INLINE double fr_term(unsigned w, const double* __restrict__ coef, volatile double* sp) {
-  return coef[w >> 23] * sp[((w >> 17) & 63u) * SS] * sp[(w & 0x1FFFFu) * SS];
+FR_INLINE void fr_pair_products(const unsigned* __restrict__ pairs, int n, const double* __restrict__ coef,
+                                volatile double* sp, int first, int lane, int step) {
+  for (int i = lane; i < n; i += step) {
+    const unsigned p = pairs[i];
+    sp[(first + i) * SS] = coef[p & 0xFFFFu] * sp[(p >> 16) * SS];
+  }
+}
+
+// A term: the product in its pair slot times its source slot.
+template <int SS>
+FR_INLINE double fr_term(unsigned w, volatile double* sp) {
+  return sp[(w >> 17) * SS] * sp[(w & 0x1FFFFu) * SS];
 }
 
 // Finish an op whose terms summed to v: store it (or add it, kind 1) to its
@@ -90,8 +103,8 @@ FR_INLINE void fr_store(unsigned h, double v, volatile double* sp, double* __res
 
 // One op of the table form at code; returns the number of words it took.
 template <int SS>
-FR_INLINE int run_op(const unsigned* __restrict__ code, const double* __restrict__ coef, volatile double* sp,
-                     double* __restrict__ out, long ostride, const long* ooff) {
+FR_INLINE int run_op(const unsigned* __restrict__ code, volatile double* sp, double* __restrict__ out,
+                     long ostride, const long* ooff) {
   const unsigned h = code[0];
   if (fr_is_output(h)) {
     fr_store<SS>(h, sp[code[1] * SS], sp, out, ostride, ooff);
@@ -99,16 +112,16 @@ FR_INLINE int run_op(const unsigned* __restrict__ code, const double* __restrict
   }
   const int nt = (h >> 2) & 15u;
   double v = 0.0;
-  for (int t = 1; t <= nt; ++t) v += fr_term<SS>(code[t], coef, sp);
+  for (int t = 1; t <= nt; ++t) v += fr_term<SS>(code[t], sp);
   fr_store<SS>(h, v, sp, out, ostride, ooff);
   return 1 + nt;
 }
 
 // Interpreter of the table form: the ops one after the other.
 template <int SS>
-FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const double* __restrict__ coef,
-                       volatile double* sp, double* __restrict__ out, long ostride, const long* ooff) {
-  for (int i = 0; i < nwords;) i += run_op<SS>(code + i, coef, sp, out, ostride, ooff);
+FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, volatile double* sp,
+                       double* __restrict__ out, long ostride, const long* ooff) {
+  for (int i = 0; i < nwords;) i += run_op<SS>(code + i, sp, out, ostride, ooff);
 }
 
 // Levels form.  A level's ops are independent; op i = lane + 32 k of level L
@@ -116,6 +129,10 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const doub
 // lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
 // of a level depends on another, a warp's load of one word is one coalesced
 // line, and a lane without an op reads a zero header (no real op has one).
+// Every level has room for all FR_LEVEL_OPS ops of every lane and the
+// records end in W - 1 zero rows (codegen.level_records), so a lane loads all
+// W words of its ops with no bound check; words beyond an op's own are not
+// used.
 // FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
 #ifndef FR_LEVEL_OPS
 #define FR_LEVEL_OPS 2
@@ -124,18 +141,17 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, const doub
 template <int W>
 FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int shape, int lane,
                               unsigned (&r)[FR_LEVEL_OPS][W]) {
-  const int count = shape & 255, words = shape >> 8;
+  const unsigned* mine = code + base + lane;
+  const int words = shape >> 8;
 #pragma unroll
-  for (int k = 0; k < FR_LEVEL_OPS; ++k) {
-    const bool mine = lane + 32 * k < count;
+  for (int k = 0; k < FR_LEVEL_OPS; ++k)
 #pragma unroll
-    for (int j = 0; j < W; ++j) r[k][j] = (mine && j < words) ? code[base + (k * words + j) * 32 + lane] : 0u;
-  }
+    for (int j = 0; j < W; ++j) r[k][j] = mine[(k * words + j) * 32];
 }
 
 // The value an op of a level computes (its terms, or an output's source).
 template <int W>
-FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict__ coef, volatile double* sp) {
+FR_INLINE double fr_level_value(const unsigned (&r)[W], volatile double* sp) {
   const unsigned h = r[0];
   if (h == 0u) return 0.0;
   if (fr_is_output(h)) return sp[r[1]];
@@ -143,7 +159,7 @@ FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict
   double v = 0.0;
 #pragma unroll
   for (int t = 1; t < W; ++t)
-    if (t <= nt) v += fr_term<1>(r[t], coef, sp);
+    if (t <= nt) v += fr_term<1>(r[t], sp);
   return v;
 }
 
@@ -153,8 +169,8 @@ FR_INLINE double fr_level_value(const unsigned (&r)[W], const double* __restrict
 // dependency inside a level would show in the CPU tests.
 template <int W>
 FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
-                          const double* __restrict__ coef, volatile double* sp, double* __restrict__ out,
-                          long ostride, const long* ooff, int lane) {
+                          volatile double* sp, double* __restrict__ out, long ostride, const long* ooff,
+                          int lane) {
 #if FR_LANES == 32
   unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
   if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
@@ -165,7 +181,7 @@ FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restri
     shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
     double v[FR_LEVEL_OPS];
 #pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], coef, sp);
+    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], sp);
 #pragma unroll
     for (int k = 0; k < FR_LEVEL_OPS; ++k)
       if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
@@ -182,7 +198,7 @@ FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restri
       for (int ln = 31; ln >= 0; --ln) {
         unsigned r[FR_LEVEL_OPS][W];
         fr_fetch_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, r);
-        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], coef, sp), sp, out, ostride, ooff);
+        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], sp), sp, out, ostride, ooff);
       }
 #endif
 }
