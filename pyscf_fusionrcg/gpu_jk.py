@@ -53,7 +53,7 @@ class _ClassPlan:
     kern: launch.ClassKernel
     dims: tuple             # AO block dims of the class and contraction shape
     quartets: object        # CuPy (n, 4) int32: oriented, in primitive order
-    degeneracy: object      # CuPy (n,) float64, same order
+                            # (the digestion derives each one's degeneracy)
 
 
 def _class_kernels(shapes, cart, omega, tier) -> dict:
@@ -99,8 +99,7 @@ class JKPlan:
             order = launch.primitive_order(self.basis, oriented)
             self.classes.append(_ClassPlan(
                 kern, tuple(n * c for n, c in zip(kern.program.shape, t.nctr)),
-                cp.ascontiguousarray(oriented[order]),
-                cp.ascontiguousarray(cp.asarray(t.degeneracy, dtype=cp.float64)[order])))
+                cp.ascontiguousarray(oriented[order])))
 
     @classmethod
     def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, tier=None):
@@ -120,11 +119,11 @@ class JKPlan:
 
     @property
     def quartets(self) -> int:
-        return sum(len(c.degeneracy) for c in self.classes)
+        return sum(len(c.quartets) for c in self.classes)
 
     @property
     def nbytes(self) -> int:
-        return sum(c.quartets.nbytes + c.degeneracy.nbytes for c in self.classes)
+        return sum(c.quartets.nbytes for c in self.classes)
 
 
 def _digest_kernel():
@@ -194,7 +193,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         nset_j = nset if with_j else 0
         nset_k = len(dm_k) if with_k else 0
         for c in plan.classes:
-            kern, dims, qdev, deg = c.kern, c.dims, c.quartets, c.degeneracy
+            kern, dims, qdev = c.kern, c.dims, c.quartets
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
             di, dj, dk, dl = dims
             n_elem = (di * dj + dk * dl) * bool(nset_j) + (di + dj) * (dk + dl) * bool(nset_k)
@@ -208,7 +207,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                 nq = hi - lo
                 n_items = nq * n_elem
                 digest(((n_items + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
-                       (g, np.int32(nq), qdev[lo:hi], deg[lo:hi], ao_loc,
+                       (g, np.int32(nq), qdev[lo:hi], ao_loc,
                         *(np.int32(x) for x in dims), np.int32(nao),
                         dm_j if with_j else null, jh if with_j else null, np.int32(nset_j),
                         dm_k if with_k else null, kh if with_k else null, np.int32(nset_k)))

@@ -133,7 +133,9 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
     """The plan in ``plans`` if it covers ``dms``; None for a density far smaller
     than the plan's bound (an SCF's density change: screening its own blocks
     keeps far fewer quartets); else a new plan, kept in ``plans`` while it takes
-    at most a quarter of the free GPU memory."""
+    at most half of the GPU memory that was free for it (the other half is
+    left to the builds' blocks and to the SCF; a plan that is not kept is
+    screened again for every build)."""
     import cupy
     from pyscf_fusionrcg.gpu_jk import JKPlan
     dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
@@ -145,7 +147,8 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
             return None
     plans.pop("plan", None)     # free the old plan's arrays before screening again
     plan = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier)
-    if plan.nbytes <= cupy.cuda.runtime.memGetInfo()[0] // 4:
+    left = cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
+    if plan.nbytes <= left:
         plans["plan"] = plan
     return plan
 

@@ -2,9 +2,10 @@
 //
 // Input: the blocks of a batch of canonical quartets (a, b, c, d) of one class
 // and contraction shape as the ERI kernels write them, g[e * nq + q] with
-// e = ((i * dj + j) * dk + k) * dl + l (full block dims di..dl), and the
-// 8-fold degeneracy factors of screening.py.  The digestion follows that
-// module's formulas: every quartet is scaled by its degeneracy and scattered
+// e = ((i * dj + j) * dk + k) * dl + l (full block dims di..dl).  The
+// digestion follows screening.py's formulas: every quartet is scaled by its
+// 8-fold degeneracy (fr_degeneracy, from its shells: a plan need not keep it
+// in memory, and every orientation of a quartet gives the same) and scattered
 // for all 8 permutations, with
 //   Jh[p,q] += deg sum_rs g Dj[r,s]     Jh[r,s] += deg sum_pq g Dj[p,q]
 //   Kh[p,s] += deg sum_qr g D[q,r]      Kh[q,s] += deg sum_pr g D[p,r]
@@ -54,9 +55,15 @@ __constant__ FrBlock fr_blocks[6] = {
     {0, 2, 1, 3, true},    // Kh[p,r] from D[q,s]
     {1, 2, 0, 3, true}};   // Kh[q,r] from D[p,s]
 
+// 1 / 2^k, k counting which of a == b, c == d, {a, b} == {c, d} hold.
+__device__ __forceinline__ double fr_degeneracy(int a, int b, int c, int d) {
+  const int k = (a == b) + (c == d) + ((a == c && b == d) || (a == d && b == c));
+  return 1.0 / (1 << k);
+}
+
 extern "C" __global__ void fr_digest(
     const double* __restrict__ g, int nq, const int* __restrict__ quartets,
-    const double* __restrict__ deg, const int* __restrict__ ao_loc,
+    const int* __restrict__ ao_loc,
     int di, int dj, int dk, int dl, int nao,
     const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j,
     const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
@@ -84,7 +91,7 @@ extern "C" __global__ void fr_digest(
   const FrBlock fb = fr_blocks[b];
   const int* sh = quartets + 4 * (long)q;
   const int ao0[4] = {ao_loc[sh[0]], ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
-  const double f = deg[q];
+  const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
   const long nn = (long)nao * nao;
   const int x = e / dim[fb.Y], y = e % dim[fb.Y];
   const int nu = dim[fb.U], nw = dim[fb.W];

@@ -444,13 +444,18 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
 
 
+#: The 8 orderings of a quartet's shells (a, b, c, d) with the same integrals.
+_ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
+              (2, 3, 0, 1), (3, 2, 0, 1), (2, 3, 1, 0), (3, 2, 1, 0)]
+
+
 @needs_gxx
 @pytest.mark.parametrize('hermi', [1, 0])
 @pytest.mark.parametrize('basis,repeat', [('6-31g*', 1), ('sto-3g', 32)])
 def test_digest_emulated_on_cpu(hermi, basis, repeat):
     """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule.
 
-    ``repeat``: each quartet comes that many times in a row with its weight
+    ``repeat``: each quartet comes that many times in a row with its block
     divided as much; at 32 every warp adds to one address per output, which
     takes the kernel's warp-reduction path (at 1 the lanes mostly differ)."""
     from pyscf import gto
@@ -463,9 +468,9 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     d = rng.normal(size=(2, nao, nao))
     d = d + d.transpose(0, 2, 1) if hermi == 1 else d
     entry = ('extern "C" void run(int nb, const double* g, int nq, const int* q, '
-             'const double* deg, const int* ao, int di, int dj, int dk, int dl, int nao, '
+             'const int* ao, int di, int dj, int dk, int dl, int nao, '
              'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
-             '  fr_launch_warps(fr_digest, nb, 64, g, nq, q, deg, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
+             '  fr_launch_warps(fr_digest, nb, 64, g, nq, q, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
              'dmk, kh, nk);\n}\n')
     with tempfile.TemporaryDirectory() as tmp:
         lib = _emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
@@ -475,14 +480,16 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
     P = ctypes.c_void_p
     for t in build_tasks(mol, d, 0.0, 1e-14):
-        q = np.ascontiguousarray(np.repeat(t.quartets, repeat, axis=0), dtype=np.int32)
+        # any of the 8 orderings of a class (the plan's orientation may swap
+        # shells): the kernel's degeneracy factor must not depend on it
+        perm = list(_ORDERINGS[rng.integers(len(_ORDERINGS))])
+        q = np.ascontiguousarray(np.repeat(t.quartets[:, perm], repeat, axis=0), dtype=np.int32)
         blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
         di, dj, dk, dl = dims = blocks.shape[1:]
-        g = np.ascontiguousarray(blocks.reshape(len(q), -1).T)      # [element][quartet]
-        deg = np.ascontiguousarray(np.repeat(t.degeneracy, repeat) / repeat, dtype=np.float64)
+        g = np.ascontiguousarray(blocks.reshape(len(q), -1).T / repeat)   # [element][quartet]
         n_items = len(q) * (di * dj + dk * dl + (di + dj) * (dk + dl))
         lib.run(ctypes.c_int(-(-n_items // 64)),
-                P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data), P(deg.ctypes.data),
+                P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data),
                 P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
                 P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
                 P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
