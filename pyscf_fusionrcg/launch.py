@@ -119,8 +119,10 @@ class DeviceBasis:
         shl = np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
                         atm[bas[:, ATOM_OF], PTR_COORD]], axis=1).astype(np.int32)
         self.shl = cp.asarray(shl)
-        # primitive-count signature of each shell, for primitive_order
-        self.nprim_key = cp.asarray(bas[:, NPRIM_OF].astype(np.int64))
+        # rank of each shell's primitive count among the molecule's, for primitive_order
+        counts, rank = np.unique(bas[:, NPRIM_OF], return_inverse=True)
+        self.nprim_rank = cp.asarray(rank.astype(np.int64))
+        self.nprim_levels = len(counts)
         # for orient: (l, nctr) of each shell and its smallest exponent
         env = mol._env
         self.l_nctr = cp.asarray(bas[:, ANG_OF].astype(np.int64) * 64 + bas[:, NCTR_OF])
@@ -160,13 +162,26 @@ def orient(basis: DeviceBasis, quartets):
 def primitive_order(basis: DeviceBasis, quartets):
     """Device permutation grouping quartets (NumPy or CuPy (n, 4)) of equal
     primitive counts, so that the threads of a warp run the same number of
-    primitive-loop iterations.  Stable: screening's bra-pair-major order is
-    kept inside each group, so the lanes of a warp mostly share a bra pair
-    (the digestion adds their J[p,q] with one atomic)."""
+    primitive-loop iterations, and inside each group sorting them by shells
+    (a, b, c, d): the lanes of a warp then mostly share a bra pair and often
+    the ket's first shell, and the digestion adds their Jh[p,q], Kh[p,r] and
+    Kh[q,r] with one atomic per run of equal addresses.  Molecules too large
+    for that key in 63 bits keep screening's order (bra pair by bra pair)."""
     cp = _cupy()
-    npr = basis.nprim_key[cp.asarray(quartets)]
-    key = ((npr[:, 0] * 64 + npr[:, 1]) * 64 + npr[:, 2]) * 64 + npr[:, 3]
-    return cp.argsort(key * len(key) + cp.arange(len(key), dtype=cp.int64))
+    q = cp.asarray(quartets)
+    nrank, nbas = basis.nprim_levels, len(basis.nprim_rank)
+    key = cp.zeros(len(q), dtype=cp.int64)
+    for i in range(4):          # in place: a plan's classes reach 10^8 quartets
+        key *= nrank
+        key += basis.nprim_rank[q[:, i]]
+    if float(nrank) ** 4 * float(nbas) ** 4 < 2.0 ** 63:
+        for i in range(4):
+            key *= nbas
+            key += q[:, i]
+    else:
+        key *= len(key)
+        key += cp.arange(len(key), dtype=cp.int64)
+    return cp.argsort(key)
 
 
 def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):

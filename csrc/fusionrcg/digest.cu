@@ -16,29 +16,34 @@
 //
 // fr_digest: one thread per (quartet, output element) of the six blocks
 // above, the sum over the other two indices kept in a register, so every
-// output element of a quartet costs exactly one atomic per density set.
-// Atomics are what this kernel is bound by (about 40 G/s on an H100), and
-// this is the fewest a quartet can do on its own: per set
-// di*dj + dk*dl + (di + dj)(dk + dl) instead of the di*dj*(1 + 2 dk + 2 dl)
-// + dk*dl of one thread per bra element.  Consecutive threads take
-// consecutive quartets, so the block reads coalesce; quartets come bra pair
-// by bra pair (screening.py's order, kept by the primitive sort), so the
-// lanes of a warp usually add to the same Jh[p,q], which a warp reduction
-// turns into one atomic.
+// output element of a quartet costs at most one atomic per density set.
+// Atomics are what this kernel is bound by, so the lanes of a warp that add
+// to the same address add once: consecutive threads take consecutive
+// quartets of one element, and the plan sorts a class's quartets by shells
+// (launch.primitive_order), so the lanes of a warp usually share the bra pair
+// (one Jh[p,q] for the warp) and come in runs of equal ket first shell (one
+// Kh[p,r] and one Kh[q,r] per run).  The block reads coalesce.
 
-// atomicAdd(addr, v) from every lane of a full warp; one atomic for the warp
-// when all lanes that add use lane 0's address.  Lanes without work pass
-// addr = nullptr and v = 0.
+// atomicAdd(addr, v) from every lane of a full warp, one atomic per run of
+// consecutive lanes with equal addresses (a segmented sum over the warp).
+// Lanes without work pass addr = nullptr and v = 0.
 __device__ __forceinline__ void fr_warp_add(double* addr, double v) {
   const unsigned full = 0xffffffffu;
+  const int lane = threadIdx.x & 31;
   const unsigned long long mine = (unsigned long long)addr;
-  const unsigned long long first = __shfl_sync(full, mine, 0);
-  if (first != 0ull && __all_sync(full, mine == first || mine == 0ull)) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(full, v, offset);
-    if ((threadIdx.x & 31) == 0) atomicAdd(addr, v);
-  } else if (addr != nullptr) {
-    atomicAdd(addr, v);
+  const unsigned long long before = __shfl_up_sync(full, mine, 1);
+  const unsigned long long after = __shfl_down_sync(full, mine, 1);
+  const unsigned heads = __ballot_sync(full, lane == 0 || before != mine);
+  if (heads != full) {   // some run is longer than one lane (warp-uniform branch)
+    // run of lane i: the number of run heads at lanes <= i
+    const int run = __popc(heads & (full >> (31 - lane)));
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const double up = __shfl_up_sync(full, v, offset);
+      if (lane >= offset && __popc(heads & (full >> (31 - (lane - offset)))) == run) v += up;
+    }
   }
+  // the last lane of each run holds the run's sum
+  if (addr != nullptr && (lane == 31 || after != mine)) atomicAdd(addr, v);
 }
 
 // The six output blocks, in the order of their element ranges: out[X, Y] +=

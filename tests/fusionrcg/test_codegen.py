@@ -345,13 +345,22 @@ template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
   return fr_exchange(v, (int)(threadIdx.x & 31) ^ o);
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { fr_warp->sync(); }
-inline int __all_sync(unsigned, int p) {
-  fr_warp->slots[threadIdx.x & 31] = p ? 1 : 0; fr_warp->sync();
-  int all = 1;
-  for (int lane = 0; lane < 32; ++lane) all &= (int)fr_warp->slots[lane];
-  fr_warp->sync();
-  return all;
+template <class T> T __shfl_up_sync(unsigned, T v, unsigned d) {
+  const int lane = threadIdx.x & 31;
+  return fr_exchange(v, lane >= (int)d ? lane - (int)d : lane);
 }
+template <class T> T __shfl_down_sync(unsigned, T v, unsigned d) {
+  const int lane = threadIdx.x & 31;
+  return fr_exchange(v, lane + (int)d < 32 ? lane + (int)d : lane);
+}
+inline unsigned __ballot_sync(unsigned, int p) {
+  fr_warp->slots[threadIdx.x & 31] = p ? 1 : 0; fr_warp->sync();
+  unsigned bits = 0;
+  for (int lane = 0; lane < 32; ++lane) bits |= (unsigned)fr_warp->slots[lane] << lane;
+  fr_warp->sync();
+  return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 // 32 host threads, the lanes, walk the warps of the grid in the same order
 template <class F, class... A>
 void fr_launch_warps(F f, int grid, int block, A... a) {
@@ -451,13 +460,14 @@ _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
 
 @needs_gxx
 @pytest.mark.parametrize('hermi', [1, 0])
-@pytest.mark.parametrize('basis,repeat', [('6-31g*', 1), ('sto-3g', 32)])
+@pytest.mark.parametrize('basis,repeat', [('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 32)])
 def test_digest_emulated_on_cpu(hermi, basis, repeat):
     """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule.
 
-    ``repeat``: each quartet comes that many times in a row with its block
-    divided as much; at 32 every warp adds to one address per output, which
-    takes the kernel's warp-reduction path (at 1 the lanes mostly differ)."""
+    Quartets come sorted by shells, as a plan orders them, so the lanes of a
+    warp add to runs of equal addresses; ``repeat``: each quartet comes that
+    many times in a row with its block divided as much (at 32 every warp adds
+    to one address per output, at 3 runs cross the warps' edges)."""
     from pyscf import gto
     from pyscf.scf import hf
     from pyscf_fusionrcg.screening import build_tasks
@@ -483,7 +493,9 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
         # any of the 8 orderings of a class (the plan's orientation may swap
         # shells): the kernel's degeneracy factor must not depend on it
         perm = list(_ORDERINGS[rng.integers(len(_ORDERINGS))])
-        q = np.ascontiguousarray(np.repeat(t.quartets[:, perm], repeat, axis=0), dtype=np.int32)
+        q = t.quartets[:, perm]
+        q = q[np.lexsort(q.T[::-1])]
+        q = np.ascontiguousarray(np.repeat(q, repeat, axis=0), dtype=np.int32)
         blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
         di, dj, dk, dl = dims = blocks.shape[1:]
         g = np.ascontiguousarray(blocks.reshape(len(q), -1).T / repeat)   # [element][quartet]
