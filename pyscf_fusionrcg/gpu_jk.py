@@ -205,8 +205,11 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                     break
                 t1 = timer.mark()
                 nq = hi - lo
-                n_items = nq * n_elem
-                digest(((n_items + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK,), (_DIGEST_BLOCK,),
+                # blockIdx.y is the output element (digest.cu), and gridDim.y is at most 65535
+                if n_elem > 65535:
+                    raise ValueError(f'{n_elem} output elements per quartet exceed the '
+                                     f'digestion grid\'s 65535 (class dims {dims})')
+                digest(((nq + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK, n_elem), (_DIGEST_BLOCK,),
                        (g, np.int32(nq), qdev[lo:hi], ao_loc,
                         *(np.int32(x) for x in dims), np.int32(nao),
                         dm_j if with_j else null, jh if with_j else null, np.int32(nset_j),

@@ -16,7 +16,12 @@
 //
 // fr_digest: one thread per (quartet, output element) of the six blocks
 // above, the sum over the other two indices kept in a register, so every
-// output element of a quartet costs at most one atomic per density set.
+// output element of a quartet costs at most one atomic per density set.  The
+// grid is 2-D: blockIdx.y is the output element e (0 .. n_elem - 1, counted
+// over the blocks with density sets in the order above) and
+// blockIdx.x * blockDim.x + threadIdx.x the quartet q, so everything that
+// depends on e (block, indices, strides, density) is uniform per thread
+// block and found without dividing a thread index.
 // Atomics are what this kernel is bound by, so the lanes of a warp that add
 // to the same address add once: consecutive threads take consecutive
 // quartets of one element, and the plan sorts a class's quartets by shells
@@ -48,11 +53,13 @@ __device__ __forceinline__ void fr_warp_add(double* addr, double v) {
 
 // The six output blocks, in the order of their element ranges: out[X, Y] +=
 // sum over U, W of g * D[U, W], with the quartet's indices 0..3 = p q r s.
+// constexpr: the compiler folds the walk over the blocks into a few
+// multiplies and compares.
 struct FrBlock {
   int X, Y, U, W;
   bool exchange;   // D and the output are K's (else J's)
 };
-__constant__ FrBlock fr_blocks[6] = {
+__constant__ constexpr FrBlock fr_blocks[6] = {
     {0, 1, 2, 3, false},   // Jh[p,q] from Dj[r,s]
     {2, 3, 0, 1, false},   // Jh[r,s] from Dj[p,q]
     {0, 3, 1, 2, true},    // Kh[p,s] from D[q,r]
@@ -63,7 +70,14 @@ __constant__ FrBlock fr_blocks[6] = {
 // 1 / 2^k, k counting which of a == b, c == d, {a, b} == {c, d} hold.
 __device__ __forceinline__ double fr_degeneracy(int a, int b, int c, int d) {
   const int k = (a == b) + (c == d) + ((a == c && b == d) || (a == d && b == c));
-  return 1.0 / (1 << k);
+  return 0.125 * (8 >> k);   // exact, without a double division
+}
+
+// v[i] of four values: selects where an indexed local array would go to
+// the stack (i is uniform, from fr_blocks)
+template <class T>
+__device__ __forceinline__ T fr_pick(int i, T v0, T v1, T v2, T v3) {
+  return i == 0 ? v0 : i == 1 ? v1 : i == 2 ? v2 : v3;
 }
 
 extern "C" __global__ void fr_digest(
@@ -72,41 +86,41 @@ extern "C" __global__ void fr_digest(
     int di, int dj, int dk, int dl, int nao,
     const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j,
     const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
-  const int dim[4] = {di, dj, dk, dl};
-  const long stride[4] = {(long)dj * dk * dl * nq, (long)dk * dl * nq, (long)dl * nq, (long)nq};
-  int n_elem = 0;
-  for (int b = 0; b < 6; ++b)
-    if (fr_blocks[b].exchange ? nset_k : nset_j) n_elem += dim[fr_blocks[b].X] * dim[fr_blocks[b].Y];
-  const long total = (long)nq * n_elem;
-  const long warp_first = ((long)blockIdx.x * blockDim.x + (threadIdx.x & ~31));
-  if (warp_first >= total) return;          // whole warps only: fr_warp_add needs every lane
-  const long item = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  const bool active = item < total;
-  const int q = active ? (int)(item % nq) : 0;
-  int e = active ? (int)(item / nq) : 0;
-
-  // this thread's block (blocks without density sets have no elements) and element
-  int b = 0;
-  for (;; ++b) {
+  // the element's block (blocks without density sets have no elements) and
+  // its index in it, the same for the whole thread block
+  int e = blockIdx.y, b = 0;
+  for (; b < 6; ++b) {
     const FrBlock& fb = fr_blocks[b];
-    const int n = (fb.exchange ? nset_k : nset_j) ? dim[fb.X] * dim[fb.Y] : 0;
-    if (e < n || b == 5) break;
+    const int n = (fb.exchange ? nset_k : nset_j)
+                      ? fr_pick(fb.X, di, dj, dk, dl) * fr_pick(fb.Y, di, dj, dk, dl) : 0;
+    if (e < n) break;
     e -= n;
   }
+  if (b == 6) return;                       // past the last element: the whole thread block
+  const int q0 = blockIdx.x * blockDim.x + (threadIdx.x & ~31u);
+  if (q0 >= nq) return;                     // whole warps only: fr_warp_add needs every lane
+  const int q = q0 + (threadIdx.x & 31);
+  const bool active = q < nq;
+
   const FrBlock fb = fr_blocks[b];
-  const int* sh = quartets + 4 * (long)q;
-  const int ao0[4] = {ao_loc[sh[0]], ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
-  const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
-  const long nn = (long)nao * nao;
-  const int x = e / dim[fb.Y], y = e % dim[fb.Y];
-  const int nu = dim[fb.U], nw = dim[fb.W];
-  const long su = stride[fb.U], sw = stride[fb.W];
-  const long out = (long)(ao0[fb.X] + x) * nao + ao0[fb.Y] + y;
-  const long d0 = (long)ao0[fb.U] * nao + ao0[fb.W];
+  const int ny = fr_pick(fb.Y, di, dj, dk, dl);
+  const int x = e / ny, y = e - x * ny;     // 32-bit, once per thread
+  const int nu = fr_pick(fb.U, di, dj, dk, dl), nw = fr_pick(fb.W, di, dj, dk, dl);
+  // strides of the block's indices in g, in quartets
+  const int s0 = dj * dk * dl, s1 = dk * dl;
+  const long su = (long)fr_pick(fb.U, s0, s1, dl, 1) * nq, sw = (long)fr_pick(fb.W, s0, s1, dl, 1) * nq;
+  const long sxy = (long)(x * fr_pick(fb.X, s0, s1, dl, 1) + y * fr_pick(fb.Y, s0, s1, dl, 1)) * nq;
   const double* dms = fb.exchange ? dm_k : dm_j;
   double* outs = fb.exchange ? kh : jh;
   const int nset = fb.exchange ? nset_k : nset_j;
-  const double* gxy = g + q + x * stride[fb.X] + y * stride[fb.Y];
+
+  const int* sh = quartets + 4 * (long)(active ? q : 0);
+  const int a0 = ao_loc[sh[0]], a1 = ao_loc[sh[1]], a2 = ao_loc[sh[2]], a3 = ao_loc[sh[3]];
+  const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
+  const long nn = (long)nao * nao;
+  const long out = (long)(fr_pick(fb.X, a0, a1, a2, a3) + x) * nao + fr_pick(fb.Y, a0, a1, a2, a3) + y;
+  const long d0 = (long)fr_pick(fb.U, a0, a1, a2, a3) * nao + fr_pick(fb.W, a0, a1, a2, a3);
+  const double* gxy = g + q + sxy;
   // every lane runs the same number of fr_warp_add calls (its shuffles need the full warp)
   const int nset_max = nset_j > nset_k ? nset_j : nset_k;
   for (int s = 0; s < nset_max; ++s) {

@@ -361,19 +361,27 @@ inline unsigned __ballot_sync(unsigned, int p) {
   return bits;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
-// 32 host threads, the lanes, walk the warps of the grid in the same order
+// 32 host threads, the lanes, walk the warps of the grid in the same order;
+// grid: FrDim{x, y} for a 2-D grid, or a count of blocks
 template <class F, class... A>
-void fr_launch_warps(F f, int grid, int block, A... a) {
-  gridDim.x = grid; blockDim.x = block;
+void fr_launch_warps(F f, FrDim grid, int block, A... a) {
+  gridDim = grid; blockDim.x = block;
   FrWarp warp;
   std::vector<std::thread> lanes;
   for (int lane = 0; lane < 32; ++lane)
     lanes.emplace_back([&, lane] {
       fr_warp = &warp;
-      for (int b = 0; b < grid; ++b)
-        for (int w = 0; w < block / 32; ++w) { blockIdx.x = b; threadIdx.x = w * 32 + lane; f(a...); }
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx)
+          for (int w = 0; w < block / 32; ++w) {
+            blockIdx.x = bx; blockIdx.y = by; threadIdx.x = w * 32 + lane; f(a...);
+          }
     });
   for (auto& t : lanes) t.join();
+}
+template <class F, class... A>
+void fr_launch_warps(F f, int grid, int block, A... a) {
+  fr_launch_warps(f, FrDim{(unsigned)grid}, block, a...);
 }
 '''
 
@@ -477,11 +485,12 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     rng = np.random.default_rng(1)
     d = rng.normal(size=(2, nao, nao))
     d = d + d.transpose(0, 2, 1) if hermi == 1 else d
-    entry = ('extern "C" void run(int nb, const double* g, int nq, const int* q, '
+    # grid (quartet blocks, output elements), as gpu_jk launches it
+    entry = ('extern "C" void run(int nb, int n_elem, const double* g, int nq, const int* q, '
              'const int* ao, int di, int dj, int dk, int dl, int nao, '
              'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
-             '  fr_launch_warps(fr_digest, nb, 64, g, nq, q, ao, di, dj, dk, dl, nao, dmj, jh, nj, '
-             'dmk, kh, nk);\n}\n')
+             '  fr_launch_warps(fr_digest, FrDim{(unsigned)nb, (unsigned)n_elem}, 64, g, nq, q, ao, '
+             'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')
     with tempfile.TemporaryDirectory() as tmp:
         lib = _emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
     dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
@@ -499,8 +508,8 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
         blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
         di, dj, dk, dl = dims = blocks.shape[1:]
         g = np.ascontiguousarray(blocks.reshape(len(q), -1).T / repeat)   # [element][quartet]
-        n_items = len(q) * (di * dj + dk * dl + (di + dj) * (dk + dl))
-        lib.run(ctypes.c_int(-(-n_items // 64)),
+        n_elem = di * dj + dk * dl + (di + dj) * (dk + dl)
+        lib.run(ctypes.c_int(-(-len(q) // 64)), ctypes.c_int(n_elem),
                 P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data),
                 P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
                 P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
