@@ -54,6 +54,12 @@ How the ops are executed is the *form*:
   and loads the next level's while it computes this one: every word the
   interpreter needs is one coalesced load away, none behind another.
 
+How the contracted stage runs is the variant's ``ctr``: ``'ops'`` (the
+program's ops, in the form above) or, for the levels form with one
+contraction tuple, ``'pairmap'``: the kernel stops after the primitive stage
+and writes each quartet's accumulators, ``out[q * n_acc + k]``, for the pair
+matrix products of :mod:`pyscf_fusionrcg.pairmaps`.
+
 Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
 full block ``(na*ni, nb*nj, nc*nk, nd*nl)`` (``na`` .. ``nd`` contracted
@@ -73,6 +79,9 @@ from . import ir
 
 TIERS = ('register', 'shared', 'warp', 'global')
 FORMS = ('straight', 'table', 'levels')
+#: How the contracted stage runs: the program's ops, or (levels form, one
+#: contraction tuple) as pair matrices after the kernel (pyscf_fusionrcg.pairmaps)
+CTR_MODES = ('ops', 'pairmap')
 
 #: Threads per block of the register tier, and of the global tier (smaller, so
 #: that the per-block scratch slabs of the largest classes still give every SM
@@ -134,6 +143,7 @@ class Variant:
     nctr: tuple = (1, 1, 1, 1)
     group: int = 1          # contracted-function tuples per work item
     form: str = 'straight'
+    ctr: str = 'ops'        # CTR_MODES; 'pairmap': the kernel writes the accumulators
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -144,6 +154,11 @@ class Variant:
             raise ValueError(f'form {self.form!r} is not available for the {self.tier} tier')
         if prod(self.nctr) % self.group:
             raise ValueError('group must divide the number of contraction tuples')
+        if self.ctr not in CTR_MODES or (self.ctr == 'pairmap' and (
+                self.form != 'levels' or prod(self.nctr) != 1)):
+            raise ValueError(f'contracted stage {self.ctr!r} needs the levels form and one '
+                             'contraction tuple' if self.ctr == 'pairmap' else
+                             f'ctr must be one of {CTR_MODES}, not {self.ctr!r}')
 
     @property
     def n_groups(self) -> int:
@@ -163,19 +178,19 @@ def tuples_per_thread(program: ir.Program, nctr) -> int:
 
 
 def make_variant(program: ir.Program, tier='register', omega=0.0, nctr=(1, 1, 1, 1),
-                 form=None) -> Variant:
+                 form=None, ctr='ops') -> Variant:
     """Variant for a class; ``form`` defaults to straight (register) / levels
     (warp, global) / table (shared)."""
     nctr = tuple(int(n) for n in nctr)
     form = form or {'register': 'straight', 'shared': 'table'}.get(tier, 'levels')
-    return Variant(tier, omega_kind(omega), nctr, tuples_per_thread(program, nctr), form)
+    return Variant(tier, omega_kind(omega), nctr, tuples_per_thread(program, nctr), form, ctr)
 
 
 def kernel_name(program: ir.Program, variant: Variant) -> str:
     """Unique per emitted text: table kernels are shared by classes of one max_m."""
     w = {0: 'c', 1: 'lr', -1: 'sr'}[variant.omega_kind]
     n = ''.join(str(x) for x in variant.nctr)
-    tail = f'{variant.tier}_{w}_n{n}_g{variant.group}'
+    tail = f'{variant.tier}_{w}_n{n}_g{variant.group}{"_pm" if variant.ctr == "pairmap" else ""}'
     cls = f'{program.name}_{"cart" if program.cart else "sph"}'
     if variant.form in ('table', 'levels'):
         # the text depends on the class only through block offsets of tuples
@@ -914,6 +929,12 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('      }')
     add('    }')
     add('  }')
+    if variant.ctr == 'pairmap':
+        # the accumulators go out; pairmaps.py's products run the contracted stage
+        add('  fr_syncwarp();')
+        add(f'  for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = sp[{_reserved(program, G)} + k];')
+        add('}')
+        return '\n'.join(L) + '\n'
     # contracted stage
     if tab:
         if lev:
@@ -1002,7 +1023,9 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     L.append(f'    {fn}(env + A[3], env + B[3], env + C[3], env + D[3],')
     L.append('        env + A[1], env + B[1], env + C[1], env + D[1],')
     L.append('        env + A[2], env + B[2], env + C[2], env + D[2],')
-    L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, out + q, nq, sp'
+    # the pairmap form writes each quartet's accumulators together, [quartet][accumulator]
+    dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' else 'out + q, nq'
+    L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, {dest}, sp'
              + args + (', lane' if warp else '') + ');')
     L.append('  }')
     L.append('}')

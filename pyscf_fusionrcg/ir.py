@@ -230,6 +230,9 @@ class Program:
     prim: OpTable
     ctr: OpTable
     topology: str = ''
+    #: the graph.RCG the program was orchestrated from (its contracted-stage
+    #: phases are what pairmaps.py turns into pair matrices)
+    rcg: object = None
 
     @property
     def ls(self) -> Tuple[int, int, int, int]:

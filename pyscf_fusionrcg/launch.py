@@ -8,7 +8,11 @@
   molecule; the kernels read exponents, PySCF's normalised contraction
   coefficients and centres from them exactly as the host path does.
 * :func:`class_blocks`: runs a class over any number of quartets in batches
-  whose output buffer and global-tier scratch fit a memory budget; on CuPy's
+  whose output buffer and global-tier scratch fit a memory budget (and, for
+  the pairmap contracted stage, its accumulator and product buffers: the
+  levels kernel writes the accumulators, then ``csrc/fusionrcg/pairmap.cu``
+  multiplies them by the batch's pair matrices, see
+  :mod:`pyscf_fusionrcg.pairmaps`); on CuPy's
   OutOfMemoryError the batch is halved and retried, and a clear MemoryError
   says how much one quartet needs when even that does not fit.
 * :class:`GPUEngine`: ``quartet_blocks(shls)`` like ``host.HostEngine``.
@@ -22,7 +26,7 @@ from math import prod
 
 import numpy as np
 
-from . import codegen, host, tiers
+from . import codegen, host, pairmaps, tiers
 
 ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
 PTR_COORD = 1
@@ -53,10 +57,10 @@ def canonical_classes(lmax: int):
 class ClassKernel:
     """One compiled class kernel with its launch geometry (and op stream)."""
 
-    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None):
         cp = _cupy()
         self.program = host.get_program(*ls, cart=cart)
-        self.variant, self.stats = tiers.route(self.program, omega, nctr, tier)
+        self.variant, self.stats = tiers.route(self.program, omega, nctr, tier, ctr)
         self.kernel, self.from_cache = tiers.compile_variant(self.program, self.variant)
         p, v = self.program, self.variant
         self.block = codegen.block_size(p, v)
@@ -71,6 +75,12 @@ class ClassKernel:
                                for a in codegen.table(p, v).stream_args())
         self.items_per_block = codegen.items_per_block(p, v)
         self.scratch_per_block = codegen.scratch_per_block(p, v)
+        self.pairmap = v.ctr == 'pairmap'
+        #: doubles per quartet besides the block: accumulators and products' buffer
+        self.work_per_quartet = p.n_acc + pairmaps.tmp_doubles(p) if self.pairmap else 0
+        if self.pairmap:
+            self.sides = (pairmaps.side_map(p, 'bra'), pairmaps.side_map(p, 'ket'))
+            self.products = _pair_transform_kernel()
 
     @property
     def name(self) -> str:
@@ -96,15 +106,32 @@ class ClassKernel:
                 np.int32(self.n_slots)) + (self.table or ())
         self.kernel((blocks,), (self.block,), args, shared_mem=self.shared)
 
+    def contract(self, quartets, nq, basis, acc, tmp, out):
+        """The pairmap contracted stage of a batch: ``acc`` (nq, n_acc) from
+        :meth:`launch` into the blocks ``out`` (nelem, nq), through ``tmp``."""
+        cp = _cupy()
+        bra, ket = self.sides
+        mats = {'bra': pairmaps.batch_matrices(bra, basis.coords, quartets[:, 0], quartets[:, 1], cp),
+                'ket': pairmaps.batch_matrices(ket, basis.coords, quartets[:, 2], quartets[:, 3], cp)}
+        bufs = {'acc': acc, 'tmp': tmp, 'out': out}
+        sms = cp.cuda.Device().attributes['MultiProcessorCount']
+        grid = max(1, min(-(-nq // 4), 32 * sms))      # 4 warps a block, one quartet a warp
+        for x, xs, m, dims, y, ys in pairmaps.product_steps(bra, ket, nq):
+            mat, pair = mats[m]
+            self.products((grid,), (128,), (np.int32(nq), bufs[x], *map(np.int64, xs), mat, pair,
+                                            *map(np.int32, dims), bufs[y], *map(np.int64, ys)))
 
-def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassKernel:
-    """Cached :class:`ClassKernel` (the kernel depends on omega only through its sign)."""
+
+def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None) -> ClassKernel:
+    """Cached :class:`ClassKernel` (the kernel depends on omega only through its
+    sign); ``tier`` and ``ctr`` as :func:`tiers.route`'s."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
-           tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV))
+           tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV),
+           tiers.ctr_mode('levels', nctr, ctr))
     with _lock:
         k = _kernels.get(key)
     if k is None:
-        k = ClassKernel(key[0], key[1], omega, key[3], tier)
+        k = ClassKernel(key[0], key[1], omega, key[3], tier, ctr)
         with _lock:
             _kernels[key] = k
     return k
@@ -129,6 +156,8 @@ class DeviceBasis:
         self.min_exp = cp.asarray([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP],
                                                                      bas[:, NPRIM_OF])])
         self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
+        # each shell's centre, for the pairmap stage's pair vectors
+        self.coords = cp.asarray(env[shl[:, 3][:, None] + np.arange(3)])
 
 
 def budget_bytes() -> int:
@@ -184,6 +213,11 @@ def primitive_order(basis: DeviceBasis, quartets):
     return cp.argsort(key)
 
 
+def _pair_transform_kernel():
+    from gpucore import compile_file
+    return compile_file('fusionrcg/pairmap.cu').get_kernel('fr_pair_transform')
+
+
 def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):
     """Yield ``(lo, hi, out)`` over batches of ``quartets`` ((n, 4), NumPy or CuPy):
     ``out`` the CuPy ``(nelem, hi - lo)`` blocks ([element][quartet]); valid
@@ -193,7 +227,7 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
     if n == 0:
         return
     budget = budget_bytes() if budget is None else int(budget)
-    per_quartet = 8 * kern.nelem
+    per_quartet = 8 * (kern.nelem + kern.work_per_quartet)
     scratch, blocks = None, None
     if per_quartet > budget:
         raise MemoryError(
@@ -214,8 +248,10 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
             if blocks is not None and scratch is None:
                 scratch = cp.empty(blocks * kern.scratch_per_block)
             out = cp.empty(kern.nelem * step)
+            work = cp.empty(kern.work_per_quartet * step) if kern.pairmap else None
             break
         except cp.cuda.memory.OutOfMemoryError:
+            out = work = None
             cp.get_default_memory_pool().free_all_blocks()
             if blocks is not None and blocks > 1 and scratch is None:
                 blocks //= 2
@@ -231,7 +267,12 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
         nq = hi - lo
         buf = out[:kern.nelem * nq].reshape(kern.nelem, nq)
         g_blocks = None if blocks is None else min(blocks, -(-nq * kern.variant.n_groups // kern.items_per_block))
-        kern.launch(qdev[lo:hi], nq, basis, omega, buf, scratch, g_blocks)
+        if kern.pairmap:
+            acc = work[:kern.program.n_acc * nq]
+            kern.launch(qdev[lo:hi], nq, basis, omega, acc, scratch, g_blocks)
+            kern.contract(qdev[lo:hi], nq, basis, acc, work[kern.program.n_acc * nq:], buf)
+        else:
+            kern.launch(qdev[lo:hi], nq, basis, omega, buf, scratch, g_blocks)
         yield lo, hi, buf
 
 

@@ -467,7 +467,7 @@ def _program(rcg: RCG, prim: ir.OpTable, first_ctr: int, ctr_orders, naive: bool
     la, lb, lc, ld = rcg.ls
     tag = f'{rcg.topology}{" fused" if rcg.fused else ""}{" naive" if naive else ""}'
     return ir.Program(la, lb, lc, ld, rcg.cart, n_temps, rcg.n_acc, rcg.boys_const,
-                      prim, ctr, tag)
+                      prim, ctr, tag, rcg)
 
 
 def naive(la, lb, lc, ld, cart=False) -> ir.Program:

@@ -39,7 +39,11 @@ gives ptxas's report for sm_90 without one.
 Form (:func:`variant_for`): the shared tier runs straight-line code for
 programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
 beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
-run the levels form.
+run the levels form.  There, with one contraction tuple, the interpreter runs
+only the primitive stage and the contracted stage is two dense batched
+products of pair matrices (:mod:`pyscf_fusionrcg.pairmaps`; ~70% of those
+classes' levels are contracted-stage ones); ``ctr='ops'`` or
+``$FUSIONRCG_CTR=ops`` keeps it in the interpreter, for comparison.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ REG_STATEMENTS_MAX = 8000
 SPILL_BYTES_MAX = 10240
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
+CTR_ENV = 'FUSIONRCG_CTR'
 
 _lock = threading.Lock()
 _decisions: dict = {}
@@ -78,15 +83,26 @@ def n_statements(program: ir.Program) -> int:
     return len(program.prim) + len(program.ctr)
 
 
-def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
-    """The variant of a tier, with the form chosen by program size."""
+def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ctr=None) -> codegen.Variant:
+    """The variant of a tier, with the form chosen by program size and the
+    contracted stage by :func:`ctr_mode`."""
     if tier in ('warp', 'global'):
         form = 'levels'
     elif tier == 'register' or n_statements(program) <= STRAIGHT_OPS_MAX:
         form = 'straight'
     else:
         form = 'table'
-    return codegen.make_variant(program, tier, omega, nctr, form)
+    return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(form, nctr, ctr))
+
+
+def ctr_mode(form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
+    """'pairmap' for the levels form with one contraction tuple, unless
+    ``ctr`` (or ``$FUSIONRCG_CTR``) is 'ops'; 'ops' everywhere else."""
+    ctr = ctr or os.environ.get(CTR_ENV) or 'pairmap'
+    if ctr not in codegen.CTR_MODES:
+        raise ValueError(f'contracted stage must be one of {codegen.CTR_MODES}, not {ctr!r}')
+    one_tuple = all(int(n) == 1 for n in nctr)
+    return 'pairmap' if ctr == 'pairmap' and form == 'levels' and one_tuple else 'ops'
 
 
 def _fits(program, variant) -> bool:
@@ -207,10 +223,11 @@ def _save_disk(key: str, value: dict) -> None:
         pass
 
 
-def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
+def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None):
     """(variant, stats) of the tier a class runs in, measured and cached.
 
-    ``tier`` (or ``$FUSIONRCG_TIER``) forces a tier; otherwise start from
+    ``tier`` (or ``$FUSIONRCG_TIER``) forces a tier, ``ctr`` the contracted
+    stage's mode where the tier allows a choice (:func:`ctr_mode`); otherwise start from
     :func:`choose_tier` and move down while the compiler reports more than
     ``SPILL_BYTES_MAX`` spill bytes or the variant does not fit (the warp
     tier's interpreter does not spill the slots, so it ends the search when
@@ -218,8 +235,9 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
     """
     tier = tier or os.environ.get(TIER_ENV) or None
     nctr = tuple(int(n) for n in nctr)
+    ctr = ctr_mode('levels', nctr, ctr)     # the mode a levels variant would take
     key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'
-           f'{"".join(map(str, nctr))}|{tier or "auto"}|{_arch()}')
+           f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr}|{_arch()}')
     with _lock:
         hit = _decisions.get(key)
         if hit is None:
@@ -227,9 +245,9 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
             if hit is not None:
                 _decisions[key] = hit
     if hit is not None:
-        return variant_for(program, hit['tier'], omega, nctr), hit
+        return variant_for(program, hit['tier'], omega, nctr, ctr), hit
     if tier:
-        variant = variant_for(program, tier, omega, nctr)
+        variant = variant_for(program, tier, omega, nctr, ctr)
         if not _fits(program, variant):
             raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
         stats = measure(program, variant)
@@ -237,13 +255,13 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
         start = choose_tier(program)
         order = [t for t in codegen.TIERS[codegen.TIERS.index(start):] if t != 'shared' or t == start]
         for t in order:
-            variant = variant_for(program, t, omega, nctr)
+            variant = variant_for(program, t, omega, nctr, ctr)
             if not _fits(program, variant):
                 continue
             stats = measure(program, variant)
             if t in ('warp', 'global') or stats['spill_bytes'] <= SPILL_BYTES_MAX:
                 break
-    stats = dict(stats, tier=variant.tier, form=variant.form,
+    stats = dict(stats, tier=variant.tier, form=variant.form, ctr=variant.ctr,
                  kernel=codegen.kernel_name(program, variant))
     with _lock:     # routes may be measured by several threads (gpu_jk.JKPlan)
         _decisions[key] = stats

@@ -107,6 +107,30 @@ def test_small_budget_splits_batches(synth):
         eng.quartet_blocks(synth.quartets(ls), budget=1024)
 
 
+@pytest.mark.parametrize('tier', ['warp', 'global'])
+def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tier):
+    """The levels tiers' default pairmap contracted stage against the same
+    kernels running the program's contracted ops, and both against libcint;
+    a budget of three quartets a batch splits the pairmap buffers too."""
+    from pyscf_fusionrcg import tiers
+    from pyscf_fusionrcg.launch import GPUEngine
+    mol = synth.mol(False)
+    for ls in [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]:
+        q = synth.quartets(ls)
+        monkeypatch.setenv(tiers.CTR_ENV, 'pairmap')
+        kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier)
+        assert kern.pairmap and kern.name.endswith('_pm')
+        pm = GPUEngine(mol, tier=tier).quartet_blocks(q)
+        tiny = 8 * (kern.nelem + kern.work_per_quartet) * 3 + 8 * kern.scratch_per_block
+        assert np.array_equal(GPUEngine(mol, tier=tier).quartet_blocks(q, budget=tiny), pm)
+        monkeypatch.setenv(tiers.CTR_ENV, 'ops')
+        assert not launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier).pairmap
+        ops = GPUEngine(mol, tier=tier).quartet_blocks(q)
+        ref = synth.reference(mol, ls)
+        assert synth.rel_err(synth.assemble(pm), ref) < 1e-12, ls
+        assert np.abs(pm - ops).max() < 1e-12 * np.abs(ops).max(), ls
+
+
 # -------------------------------------------------------------- J and K
 
 @pytest.mark.parametrize('basis', ['def2-TZVP', 'def2-QZVP', 'cc-pVQZ'])
