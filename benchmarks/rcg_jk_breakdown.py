@@ -12,12 +12,16 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   quartet count, and how many quartets screening the density's own blocks
   would keep;
 * per class: quartets, tier, ERI and digestion milliseconds, microseconds per
-  quartet, and the share of the build: the classes that hold the build back.
+  quartet, and the share of the build: the classes that hold the build back;
+* with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
+  mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), side
+  by side in the one table.
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
     python benchmarks/rcg_jk_breakdown.py
     python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
+    python benchmarks/rcg_jk_breakdown.py --ctr pairmap,ops --name rcg_jk_breakdown_ctr
 """
 from __future__ import annotations
 
@@ -46,41 +50,20 @@ def _timed(fn, sync):
     return 1e3 * (time.perf_counter() - t0), out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
-    ap.add_argument('--basis', default='def2-TZVP')
-    ap.add_argument('--repeat', type=int, default=3)
-    ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')
-    ap.add_argument('--name', default='rcg_jk_breakdown')
-    args = ap.parse_args(argv)
-
+def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync):
+    """Records of FusionRCG's build with the levels tiers' contracted stage ``ctr``."""
     import cupy
-    from pyscf import gto, scf
+    from pyscf import scf
 
-    from gpucore import require_gpu
     from pyscf_fusionrcg import fusionrcg, launch
     from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
-    from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds
+    from pyscf_fusionrcg.screening import build_tasks
 
-    require_gpu('the J/K breakdown')
-    sync = cupy.cuda.Device().synchronize
-    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
-    # the converged density from the baseline's own SCF (with def2-QZVP it runs
-    # faster than ours, and it is the same density)
-    stock = scf.RHF(mol).to_gpu()
-    stock.kernel()
-    dm = cupy.asarray(stock.make_rdm1())
-    dms = dm.reshape(1, mol.nao, mol.nao)
     mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
     tol = mf.direct_scf_tol
-    q_cond = schwarz_bounds(mol, 0.0)
-
-    walls = {}
-    for label, fn in (('gpu4pyscf', lambda: stock.get_jk(mol, dm)), ('fusionrcg', lambda: mf.get_jk(mol, dm))):
-        fn()
-        walls[label] = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
-
+    fn = lambda: mf.get_jk(mol, dm)  # noqa: E731
+    fn()
+    wall = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     # the plugin's build split into its parts: the plan (once per geometry), then a build from it
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
     cupy.get_default_memory_pool().free_all_blocks()
@@ -91,9 +74,8 @@ def main(argv=None):
     eri = sum(r['eri_ms'] for r in profile.values())
     dig = sum(r['digest_ms'] for r in profile.values())
     total = jk_ms
-    records = [dict(part='GPU4PySCF get_jk (wall)', ms=walls['gpu4pyscf']),
-               dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=walls['fusionrcg'],
-                    share=1.0, speedup=walls['gpu4pyscf'] / walls['fusionrcg']),
+    records = [dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=wall,
+                    share=1.0, speedup=baseline / wall),
                dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
                     quartets=plan.quartets),
                dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets),
@@ -109,11 +91,51 @@ def main(argv=None):
                             tier=launch.get_kernel(ls).stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
                             eri_us_per_quartet=1e3 * row['eri_ms'] / max(row['quartets'], 1)))
     for r in records:
+        r['ctr'] = ctr
+    return records
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
+    ap.add_argument('--basis', default='def2-TZVP')
+    ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')
+    ap.add_argument('--name', default='rcg_jk_breakdown')
+    ap.add_argument('--ctr', default='pairmap',
+                    help="contracted-stage modes of the levels tiers to run, comma-separated (pairmap, ops)")
+    args = ap.parse_args(argv)
+
+    import cupy
+    from pyscf import gto, scf
+
+    from gpucore import require_gpu
+    from pyscf_fusionrcg import tiers
+    from pyscf_fusionrcg.screening import schwarz_bounds
+
+    require_gpu('the J/K breakdown')
+    sync = cupy.cuda.Device().synchronize
+    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
+    # the converged density from the baseline's own SCF (with def2-QZVP it runs
+    # faster than ours, and it is the same density)
+    stock = scf.RHF(mol).to_gpu()
+    stock.kernel()
+    dm = cupy.asarray(stock.make_rdm1())
+    dms = dm.reshape(1, mol.nao, mol.nao)
+    q_cond = schwarz_bounds(mol, 0.0)
+    fn = lambda: stock.get_jk(mol, dm)  # noqa: E731
+    fn()
+    baseline = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
+    records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
+    for ctr in args.ctr.split(','):
+        os.environ[tiers.CTR_ENV] = ctr
+        records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync)
+    for r in records:
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
               flush=True)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
-                density='converged RHF (GPU4PySCF)', direct_scf_tol=tol)
+                density='converged RHF (GPU4PySCF)', direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
