@@ -3,7 +3,8 @@
 On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
 
 * the wall time of GPU4PySCF 1.9's ``get_jk`` and of FusionRCG's, median of
-  ``--repeat`` builds after a warm-up, in one process on one GPU;
+  ``--repeat`` builds after a warm-up, in one process on one GPU, and the
+  largest element difference of FusionRCG's J and K from GPU4PySCF's;
 * FusionRCG's build (the plugin's ``get_jk``, whose plan of screened and
   ordered quartets is made once per geometry, as GPU4PySCF keeps its
   screening per molecule) split into the ERI kernels and the digestion
@@ -50,7 +51,7 @@ def _timed(fn, sync):
     return 1e3 * (time.perf_counter() - t0), out
 
 
-def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync):
+def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
     """Records of FusionRCG's build with the levels tiers' contracted stage ``ctr``."""
     import cupy
     from pyscf import scf
@@ -62,7 +63,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync):
     mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
     tol = mf.direct_scf_tol
     fn = lambda: mf.get_jk(mol, dm)  # noqa: E731
-    fn()
+    diff = max(float(abs(a - b).max()) for a, b in zip(fn(), ref))
     wall = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     # the plugin's build split into its parts: the plan (once per geometry), then a build from it
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
@@ -75,7 +76,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync):
     dig = sum(r['digest_ms'] for r in profile.values())
     total = jk_ms
     records = [dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=wall,
-                    share=1.0, speedup=baseline / wall),
+                    share=1.0, speedup=baseline / wall, max_abs_diff=diff),
                dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
                     quartets=plan.quartets),
                dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets),
@@ -124,12 +125,12 @@ def main(argv=None):
     dms = dm.reshape(1, mol.nao, mol.nao)
     q_cond = schwarz_bounds(mol, 0.0)
     fn = lambda: stock.get_jk(mol, dm)  # noqa: E731
-    fn()
+    ref = fn()
     baseline = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
     for ctr in args.ctr.split(','):
         os.environ[tiers.CTR_ENV] = ctr
-        records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ctr, sync)
+        records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync)
     for r in records:
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
               flush=True)
