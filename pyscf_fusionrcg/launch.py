@@ -116,10 +116,10 @@ class ClassKernel:
         bufs = {'acc': acc, 'tmp': tmp, 'out': out}
         sms = cp.cuda.Device().attributes['MultiProcessorCount']
         grid = max(1, min(-(-nq // 4), 32 * sms))      # 4 warps a block, one quartet a warp
-        for x, xs, m, dims, y, ys in pairmaps.product_steps(bra, ket, nq):
+        for x, (xq, xk, xc), m, dims, y, ys in pairmaps.product_steps(bra, ket, nq):
             mat, pair = mats[m]
-            self.products((grid,), (128,), (np.int32(nq), bufs[x], *map(np.int64, xs), mat, pair,
-                                            *map(np.int32, dims), bufs[y], *map(np.int64, ys)))
+            self.products((grid,), (128,), (np.int32(nq), bufs[x], np.int64(xq), np.int32(xk), np.int32(xc),
+                                            mat, pair, *map(np.int32, dims), bufs[y], *map(np.int64, ys)))
 
 
 def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None) -> ClassKernel:

@@ -7,14 +7,21 @@
 // writes the finished block in the [element][quartet] layout the digestion
 // reads.  X and Y are addressed through strides so both steps share this
 // kernel.  M_p is stored k-major with its rows padded to a multiple of
-// FR_PM_ROWS (zeros), pairs[p] at M + p * nk * nr_pad.
+// FR_PM_ROWS (zeros), pair p at M + p * nk * nr_pad.
 //
-// One warp per quartet: lane c, c + 32, ... of the columns, FR_PM_ROWS rows
-// at a time in registers.  A warp's loads of X_q(k, c) are one line, and its
-// loads of M_p(k, r..r+7) are the same address on every lane (a broadcast,
-// from L1: consecutive quartets mostly share the bra pair).
+// One warp per quartet.  Its work items are (row chunk, column) pairs, chunk
+// major, taken by the lanes in turn, so few lanes idle whatever the column
+// count; an item keeps FR_PM_ROWS rows of one column in registers.  Along k
+// a lane's loads of X_q(k, c) are independent (the loop is unrolled, so
+// several are in flight: the accumulators come from device memory), and the
+// lanes of one chunk load the same M_p(k, r..r+7), a broadcast from L1
+// (consecutive quartets mostly share the bra pair), as 16-byte vectors.
 #ifndef FR_PM_ROWS
 #define FR_PM_ROWS 8
+#endif
+
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+struct double2 { double x, y; };
 #endif
 
 extern "C" __global__ void __launch_bounds__(128) fr_pair_transform(
@@ -23,26 +30,33 @@ extern "C" __global__ void __launch_bounds__(128) fr_pair_transform(
     double* __restrict__ Y, long yq, long yr, long yc) {
   const int lane = threadIdx.x & 31;
   const long warps = (long)gridDim.x * (blockDim.x >> 5);
+  const int n_items = (nr_pad / FR_PM_ROWS) * nc;
   for (long q = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); q < nq; q += warps) {
     const double* x = X + q * xq;
     const double* m = M + (long)pair[q] * nk * nr_pad;
     double* y = Y + q * yq;
-    for (int c = lane; c < nc; c += 32) {
+    for (int item = lane; item < n_items; item += 32) {
+      const int r0 = item / nc * FR_PM_ROWS, c = item % nc;
       const double* xcol = x + (long)c * xc;
-      for (int r0 = 0; r0 < nr; r0 += FR_PM_ROWS) {
-        double acc[FR_PM_ROWS];
+      const double2* mk = reinterpret_cast<const double2*>(m + r0);
+      const int step = nr_pad / 2;      // double2 per k
+      double acc[FR_PM_ROWS];
 #pragma unroll
-        for (int t = 0; t < FR_PM_ROWS; ++t) acc[t] = 0.0;
-        const double* mk = m + r0;
-        for (int k = 0; k < nk; ++k, mk += nr_pad) {
-          const double v = xcol[(long)k * xk];
+      for (int t = 0; t < FR_PM_ROWS; ++t) acc[t] = 0.0;
+#pragma unroll 4
+      for (int k = 0; k < nk; ++k) {
+        const double v = xcol[(long)k * xk];
+        const double2* row = mk + (long)k * step;
 #pragma unroll
-          for (int t = 0; t < FR_PM_ROWS; ++t) acc[t] += mk[t] * v;
+        for (int t = 0; t < FR_PM_ROWS / 2; ++t) {
+          const double2 w = row[t];
+          acc[2 * t] += w.x * v;
+          acc[2 * t + 1] += w.y * v;
         }
-#pragma unroll
-        for (int t = 0; t < FR_PM_ROWS; ++t)
-          if (r0 + t < nr) y[(r0 + t) * yr + c * yc] = acc[t];
       }
+#pragma unroll
+      for (int t = 0; t < FR_PM_ROWS; ++t)
+        if (r0 + t < nr) y[(r0 + t) * yr + c * yc] = acc[t];
     }
   }
 }

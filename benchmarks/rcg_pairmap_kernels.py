@@ -1,0 +1,150 @@
+"""The levels tiers' contracted stage in the interpreter against the pairmap form, per class.
+
+For each class, on the same synthetic quartets (one primitive per shell,
+random centres in a box, sorted by shells as a plan sorts them), in one
+process on one GPU (CUDA events, median of --repeat after a warm-up):
+
+* ``ops_us``: the levels kernel running primitive and contracted stage;
+* ``prim_us``: the pairmap variant of the same kernel (primitive stage only,
+  accumulators out);
+* ``products_us``: its contracted stage, pairmap.cu's two products (with
+  the batch's pair matrices, as ``ClassKernel.contract`` builds them);
+* ``ratio``: (prim + products) / ops, and the largest difference of the two
+  forms' blocks relative to the largest element.
+
+No PySCF needed (the basis is built in libcint's layout here).  Writes
+benchmarks/results/rcg_pairmap_kernels.json and .md.
+
+    python benchmarks/rcg_pairmap_kernels.py
+    python benchmarks/rcg_pairmap_kernels.py --classes fdfp,gdfd --quartets 100000
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
+
+from _common import environment_meta, write_results  # noqa: E402
+
+#: The warp-tier classes that cost most in Vitamin C / def2-QZVP (rcg_jk_breakdown_qzvp).
+CLASSES = 'fdfp,gddp,ffdp,fddd,gdfd,fffd,gffd,gfgd,gfff,gggf'
+SHELLS = 48          # shells per index
+BYTES_MAX = 3 << 30  # buffers of one class
+
+
+def synthetic_basis(ls, rng):
+    """``mol``-like ``_bas``, ``_atm``, ``_env``: SHELLS shells of each l of
+    the class, one primitive each, on random centres in an 8 Bohr box."""
+    env = [0.0] * 20
+    atm, bas = [], []
+    for l in sorted(set(ls)):
+        for _ in range(SHELLS):
+            ptr = len(env)
+            env += list(rng.uniform(0.0, 8.0, 3)) + [float(rng.uniform(0.3, 3.0)), 1.0]
+            atm.append([1, ptr, 1, 0, 0, 0])
+            bas.append([len(atm) - 1, l, 1, 1, 0, ptr + 3, ptr + 4, 0])
+    return SimpleNamespace(_bas=np.array(bas, dtype=np.int32), _atm=np.array(atm, dtype=np.int32),
+                           _env=np.array(env))
+
+
+def _events_ms(cp, fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(cp.cuda.get_elapsed_time(a, b))
+    return statistics.median(times)
+
+
+def measure(ls, nq_max, repeat, rng):
+    import cupy as cp
+
+    from pyscf_fusionrcg import launch
+
+    mol = synthetic_basis(ls, rng)
+    basis = launch.DeviceBasis(mol)
+    first = {l: int(np.nonzero(mol._bas[:, 1] == l)[0][0]) for l in set(ls)}
+    ops = launch.get_kernel(ls, ctr='ops')
+    pm = launch.get_kernel(ls, ctr='pairmap')
+    assert not ops.pairmap and pm.pairmap, (ops.name, pm.name)
+    per_quartet = 8 * (2 * pm.nelem + pm.work_per_quartet)
+    nq = int(min(nq_max, BYTES_MAX // per_quartet))
+    q = np.stack([first[l] + rng.integers(0, SHELLS, nq) for l in ls], axis=1)
+    q = cp.asarray(q[np.lexsort(q.T[::-1])], dtype=cp.int32)
+    out_ops = cp.empty((ops.nelem, nq))
+    out_pm = cp.empty((pm.nelem, nq))
+    acc = cp.empty(pm.program.n_acc * nq)
+    tmp = cp.empty(pm.work_per_quartet * nq - acc.size)
+    ops_ms = _events_ms(cp, lambda: ops.launch(q, nq, basis, 0.0, out_ops), repeat)
+    prim_ms = _events_ms(cp, lambda: pm.launch(q, nq, basis, 0.0, acc), repeat)
+    prod_ms = _events_ms(cp, lambda: pm.contract(q, nq, basis, acc, tmp, out_pm), repeat)
+    scale = float(abs(out_ops).max())
+    diff = float(abs(out_pm - out_ops).max()) / scale
+    bra, ket = pm.sides
+    fma = bra.n_rows * bra.n_start * ket.n_start + bra.n_rows * ket.n_start * ket.n_rows
+    us = 1e3 / nq
+    return dict(cls=ops.program.name, quartets=nq, n_acc=pm.program.n_acc, tier=pm.variant.tier,
+                ops_us=ops_ms * us, prim_us=prim_ms * us, products_us=prod_ms * us,
+                pairmap_us=(prim_ms + prod_ms) * us, ratio=(prim_ms + prod_ms) / ops_ms,
+                products_gflops=2e-6 * fma * nq / prod_ms, rel_diff=diff)
+
+
+def _compile(classes):
+    """Both variants of every class, by a few threads at once (NVRTC releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cupy as cp
+
+    from pyscf_fusionrcg import launch
+    device = cp.cuda.Device()
+
+    def build(job):
+        with device:
+            return launch.get_kernel(job[0], ctr=job[1])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(build, [(ls, ctr) for ls in classes for ctr in ('ops', 'pairmap')]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--classes', default=CLASSES, help='comma-separated, e.g. fdfp,gdfd')
+    ap.add_argument('--quartets', type=int, default=200_000, help='per class, at most (memory permitting)')
+    ap.add_argument('--repeat', type=int, default=5)
+    ap.add_argument('--name', default='rcg_pairmap_kernels')
+    args = ap.parse_args(argv)
+    from gpucore import require_gpu
+    require_gpu('the pairmap kernel benchmark')
+    classes = [tuple('spdfghi'.index(c) for c in name.strip()) for name in args.classes.split(',')]
+    _compile(classes)
+    rng = np.random.default_rng(0)
+    records = []
+    for ls in classes:
+        rec = measure(ls, args.quartets, args.repeat, rng)
+        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()),
+              flush=True)
+        records.append(rec)
+    meta = environment_meta()
+    meta.update(shells_per_index=SHELLS, repeat=args.repeat, basis='synthetic, one primitive per shell')
+    paths = write_results(args.name, records, meta,
+                          title='FusionRCG levels tiers: contracted stage in the interpreter (ops) vs pair matrices',
+                          notes='us per quartet from CUDA events, median of --repeat after a warm-up; '
+                                'ratio = (prim + products) / ops; rel_diff: largest block difference of the '
+                                'two forms over the largest element.')
+    print('wrote', *paths)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
