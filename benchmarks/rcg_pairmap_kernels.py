@@ -36,6 +36,9 @@ from _common import environment_meta, write_results  # noqa: E402
 #: The warp-tier classes that cost most in Vitamin C / def2-QZVP (rcg_jk_breakdown_qzvp).
 CLASSES = 'fdfp,gddp,ffdp,fddd,gdfd,fffd,gffd,gfgd,gfff,gggf'
 SHELLS = 48          # shells per index
+TITLE = 'FusionRCG levels tiers: contracted stage in the interpreter (ops) vs pair matrices'
+NOTES = ('us per quartet from CUDA events, median of --repeat after a warm-up; ratio = (prim + products) / ops; '
+         'rel_diff: largest block difference of the two forms over the largest element.')
 BYTES_MAX = 3 << 30  # buffers of one class
 
 
@@ -129,19 +132,16 @@ def main(argv=None):
     classes = [tuple('spdfghi'.index(c) for c in name.strip()) for name in args.classes.split(',')]
     _compile(classes)
     rng = np.random.default_rng(0)
+    meta = environment_meta()
+    meta.update(shells_per_index=SHELLS, repeat=args.repeat, basis='synthetic, one primitive per shell')
     records = []
     for ls in classes:
         rec = measure(ls, args.quartets, args.repeat, rng)
         print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()),
               flush=True)
         records.append(rec)
-    meta = environment_meta()
-    meta.update(shells_per_index=SHELLS, repeat=args.repeat, basis='synthetic, one primitive per shell')
-    paths = write_results(args.name, records, meta,
-                          title='FusionRCG levels tiers: contracted stage in the interpreter (ops) vs pair matrices',
-                          notes='us per quartet from CUDA events, median of --repeat after a warm-up; '
-                                'ratio = (prim + products) / ops; rel_diff: largest block difference of the '
-                                'two forms over the largest element.')
+        # rewritten after every class, so a run cut short keeps what it measured
+        paths = write_results(args.name, records, meta, title=TITLE, notes=NOTES)
     print('wrote', *paths)
     return 0
 
