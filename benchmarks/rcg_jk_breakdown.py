@@ -22,7 +22,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
     python benchmarks/rcg_jk_breakdown.py
     python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
-    python benchmarks/rcg_jk_breakdown.py --ctr pairmap,ops --name rcg_jk_breakdown_ctr
+    python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ def main(argv=None):
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')
     ap.add_argument('--name', default='rcg_jk_breakdown')
-    ap.add_argument('--ctr', default='pairmap',
-                    help="contracted-stage modes of the levels tiers to run, comma-separated (pairmap, ops)")
+    ap.add_argument('--ctr', default='auto',
+                    help="contracted-stage modes of the levels tiers to run, comma-separated (auto, pairmap, ops)")
     args = ap.parse_args(argv)
 
     import cupy

@@ -127,7 +127,7 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     sign); ``tier`` and ``ctr`` as :func:`tiers.route`'s."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV),
-           tiers.ctr_mode('levels', nctr, ctr))
+           tiers.requested_ctr(ctr))
     with _lock:
         k = _kernels.get(key)
     if k is None:

@@ -39,11 +39,10 @@ gives ptxas's report for sm_90 without one.
 Form (:func:`variant_for`): the shared tier runs straight-line code for
 programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
 beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
-run the levels form.  There, with one contraction tuple, the interpreter runs
-only the primitive stage and the contracted stage is two dense batched
-products of pair matrices (:mod:`pyscf_fusionrcg.pairmaps`; ~70% of those
-classes' levels are contracted-stage ones); ``ctr='ops'`` or
-``$FUSIONRCG_CTR=ops`` keeps it in the interpreter, for comparison.
+run the levels form.  There, for classes of one contraction tuple and at
+least ``PAIRMAP_ACC_MIN`` accumulators, the interpreter runs only the
+primitive stage and the contracted stage is two dense batched products of
+pair matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
 """
 from __future__ import annotations
 
@@ -65,6 +64,16 @@ SPILL_BYTES_MAX = 10240
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 CTR_ENV = 'FUSIONRCG_CTR'
+#: Accumulators from which the pairmap contracted stage beats the
+#: interpreter's.  H200, benchmarks/rcg_pairmap_kernels.py (c947ebc), (pairmap
+#: kernel + products) / interpreter: (fd|fp) 1150 accumulators 1.66, (gd|fd)
+#: 2944 1.26, (ff|fd) 3404 1.12, (gf|fd) 4600 1.02, (gf|gd) 6400 0.74, (gf|ff)
+#: 7400 0.76, (gg|gf) 14500 0.41.  The primitive-only kernel takes 26-41% of
+#: the interpreter's time, as its share of the levels says; the products run
+#: at 1.2-2.2 TFLOP/s, memory-latency bound (ncu, (fd|fp): L1 hit rate 55% /
+#: 24%, 0.18 / 0.09 warps issued per scheduler and cycle), and the per-batch
+#: pair matrices (cupy.unique) add ~25% on top.
+PAIRMAP_ACC_MIN = 5000
 
 _lock = threading.Lock()
 _decisions: dict = {}
@@ -92,17 +101,26 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
         form = 'straight'
     else:
         form = 'table'
-    return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(form, nctr, ctr))
+    return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(program, form, nctr, ctr))
 
 
-def ctr_mode(form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
-    """'pairmap' for the levels form with one contraction tuple, unless
-    ``ctr`` (or ``$FUSIONRCG_CTR``) is 'ops'; 'ops' everywhere else."""
-    ctr = ctr or os.environ.get(CTR_ENV) or 'pairmap'
-    if ctr not in codegen.CTR_MODES:
-        raise ValueError(f'contracted stage must be one of {codegen.CTR_MODES}, not {ctr!r}')
-    one_tuple = all(int(n) == 1 for n in nctr)
-    return 'pairmap' if ctr == 'pairmap' and form == 'levels' and one_tuple else 'ops'
+def requested_ctr(ctr=None) -> str:
+    """The contracted-stage mode asked for: ``ctr``, else ``$FUSIONRCG_CTR``,
+    else 'auto'; 'pairmap' and 'ops' force one where the form allows a choice."""
+    ctr = ctr or os.environ.get(CTR_ENV) or 'auto'
+    if ctr not in codegen.CTR_MODES + ('auto',):
+        raise ValueError(f"contracted stage must be one of {codegen.CTR_MODES + ('auto',)}, not {ctr!r}")
+    return ctr
+
+
+def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
+    """'pairmap' or 'ops' for a variant: pairmap needs the levels form and one
+    contraction tuple; 'auto' (see :func:`requested_ctr`) takes it from
+    ``PAIRMAP_ACC_MIN`` accumulators on."""
+    ctr = requested_ctr(ctr)
+    if form != 'levels' or any(int(n) != 1 for n in nctr) or ctr == 'ops':
+        return 'ops'
+    return 'pairmap' if ctr == 'pairmap' or program.n_acc >= PAIRMAP_ACC_MIN else 'ops'
 
 
 def _fits(program, variant) -> bool:
@@ -235,7 +253,7 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     """
     tier = tier or os.environ.get(TIER_ENV) or None
     nctr = tuple(int(n) for n in nctr)
-    ctr = ctr_mode('levels', nctr, ctr)     # the mode a levels variant would take
+    ctr = ctr_mode(program, 'levels', nctr, ctr)     # the mode a levels variant would take
     key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'
            f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr}|{_arch()}')
     with _lock:

@@ -101,7 +101,8 @@ def test_small_budget_splits_batches(synth):
     eng = GPUEngine(mol)
     full = eng.quartet_blocks(synth.quartets(ls))
     kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1))
-    tiny = 8 * kern.nelem * 3 + 8 * kern.scratch_per_block   # three quartets a batch
+    # three quartets a batch (with the pairmap stage's buffers where it has them)
+    tiny = 8 * (kern.nelem + kern.work_per_quartet) * 3 + 8 * kern.scratch_per_block
     assert np.array_equal(eng.quartet_blocks(synth.quartets(ls), budget=tiny), full)
     with pytest.raises(MemoryError):
         eng.quartet_blocks(synth.quartets(ls), budget=1024)

@@ -38,6 +38,23 @@ def test_form_follows_program_size():
     assert tiers.variant_for(small, 'warp').form == tiers.variant_for(big, 'warp').form == 'levels'
 
 
+def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
+    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
+    mid, big = host.get_program(4, 2, 3, 2), host.get_program(4, 3, 4, 2)
+    assert mid.n_acc < tiers.PAIRMAP_ACC_MIN <= big.n_acc
+    assert tiers.variant_for(mid, 'warp').ctr == 'ops'
+    assert tiers.variant_for(big, 'warp').ctr == tiers.variant_for(big, 'global').ctr == 'pairmap'
+    # only the levels form with one contraction tuple has the choice
+    assert tiers.variant_for(big, 'shared').ctr == 'ops'
+    assert tiers.variant_for(big, 'warp', nctr=(1, 2, 1, 1)).ctr == 'ops'
+    assert tiers.variant_for(mid, 'warp', ctr='pairmap').ctr == 'pairmap'
+    monkeypatch.setenv(tiers.CTR_ENV, 'ops')
+    assert tiers.variant_for(big, 'warp').ctr == 'ops'
+    monkeypatch.setenv(tiers.CTR_ENV, 'dense')
+    with pytest.raises(ValueError, match='contracted stage must be one of'):
+        tiers.variant_for(big, 'warp')
+
+
 def _fake_measure(spills, calls):
     def measure(program, variant):
         calls.append(variant.tier)
