@@ -14,14 +14,15 @@ polynomial coefficients are found once per class by running its graph steps
 on monomials (:func:`side_map`); the matrices of a batch of pairs are then one
 matrix product (:meth:`SideMap.matrices`).
 
-On the GPU the big classes (warp and global tiers) run only their primitive
-stage in the interpreter and hand the accumulators to two dense batched
-products (``csrc/fusionrcg/pairmap.cu``, launched by
-:mod:`pyscf_fusionrcg.launch`): the contracted stage is ~70% of those classes'
-interpreter levels, and dense products have no per-op decoding.  The dense
-form does up to ~3x the multiplications of the graph's sparse one; what it
-saves is the interpreter's overhead per op.  :func:`contract` is the same
-product in NumPy, for the CPU tests.
+On the GPU the largest classes (levels form, from ``tiers.PAIRMAP_ACC_MIN``
+accumulators on) run only their primitive stage in the interpreter and hand
+the accumulators to two dense batched products (``csrc/fusionrcg/pairmap.cu``,
+launched by :mod:`pyscf_fusionrcg.launch`): the contracted stage is 61-72% of
+the warp-tier classes' interpreter levels, and dense products have no per-op
+decoding, though they do up to ~3x the multiplications of the graph's sparse
+form.  Below the threshold the products, memory-latency bound as they stand,
+cost more than the levels they replace (``benchmarks/rcg_pairmap_kernels.py``).
+:func:`contract` is the same product in NumPy, for the CPU tests.
 """
 from __future__ import annotations
 
