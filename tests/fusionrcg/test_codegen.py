@@ -9,7 +9,6 @@ minutes on a (dd|dd) function of 11k statements.
 import ctypes
 import itertools
 import pathlib
-import shutil
 import subprocess
 import tempfile
 
@@ -18,30 +17,8 @@ import pytest
 
 from pyscf_fusionrcg import codegen, host, launch, tiers
 
-CSRC = pathlib.Path(__file__).resolve().parents[2] / 'csrc'
-GXX = shutil.which('g++')
-NVCC = shutil.which('nvcc') or (shutil.which('/usr/local/cuda/bin/nvcc'))
+from emulation import CSRC, GXX, NVCC, build_many, emulated, needs_gxx, needs_nvcc, stream_ctypes
 
-needs_gxx = pytest.mark.skipif(GXX is None, reason='g++ is not installed')
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason='nvcc is not installed')
-
-
-def _build_many(sources, tmp):
-    """Compile several C++ sources into shared libraries concurrently."""
-    procs = []
-    for k, src in enumerate(sources):
-        cpp = tmp / f'lib{k}.cpp'
-        cpp.write_text(src)
-        so = tmp / f'lib{k}.so'
-        procs.append((so, subprocess.Popen(
-            [GXX, '-O0', '-std=c++17', '-pthread', '-shared', '-fPIC', f'-I{CSRC}', str(cpp), '-o', str(so)],
-            stderr=subprocess.PIPE, text=True)))
-    libs = []
-    for so, p in procs:
-        err = p.communicate()[1]
-        assert p.returncode == 0, err[-4000:]
-        libs.append(ctypes.CDLL(str(so)))
-    return libs
 
 
 # (class, cart, tier, form, omega): every class with l <= 2 in registers and
@@ -79,14 +56,6 @@ CASES = (
 )
 
 
-def _stream_ctypes(prog, var):
-    """The op-stream arguments of a table or levels variant as ctypes values."""
-    if var.form not in ('table', 'levels'):
-        return []
-    return [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(a)
-            for a in codegen.table(prog, var).stream_args()]
-
-
 class HostLibs:
     """All CASES built into a few libraries; ``blocks`` runs one case."""
 
@@ -101,7 +70,7 @@ class HostLibs:
             var = codegen.make_variant(prog, tier, omega, nctr, form)
             self.entries[n] = (prog, var)
             chunks[n % len(chunks)].append((prog, var))
-        libs = _build_many([codegen.host_source(c) for c in chunks], tmp)
+        libs = build_many([codegen.host_source(c) for c in chunks], tmp)
         self.lib = {n: libs[n % len(chunks)] for n in self.entries}
 
     def blocks(self, n):
@@ -112,7 +81,7 @@ class HostLibs:
         bas, env = mol._bas, mol._env
         P = ctypes.c_void_p
         scratch = np.zeros(max(1, codegen.scratch_doubles(prog, var)))
-        extra = _stream_ctypes(prog, var)
+        extra = stream_ctypes(prog, var)
         # equal-l pairs in the orientation production uses (host.HostEngine.orient)
         quartets, swap_bra, swap_ket = host.HostEngine(mol).orient(self.synth.quartets(ls))
         out = []
@@ -282,116 +251,8 @@ def test_digest_compiles_with_nvcc():
 
 
 # ------------------------------------------------- kernels emulated on the CPU
-#
-# The __global__ kernels themselves (argument unpacking, the grid-stride loop,
-# the [element][quartet] output, the shared and global scratch addressing,
-# digestion) are built with g++ under a few macros and run thread by thread;
-# fr_launch_warps runs kernels that use warp shuffles and votes with the 32
-# lanes of a warp as concurrent host threads, one warp at a time (such a
-# kernel must return from whole warps only, as on the GPU).
-
-_EMULATION = r'''
-#include <cmath>
-#include <condition_variable>
-#include <cstring>
-#include <mutex>
-#include <thread>
-#include <vector>
-struct FrDim { unsigned x = 1, y = 1, z = 1; };
-static thread_local FrDim blockIdx, threadIdx;
-static FrDim blockDim, gridDim;
-#define __global__
-#define __device__
-#define __shared__
-#define __constant__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-double fr_smem[1 << 21];
-static std::mutex fr_atomic_mutex;
-inline double atomicAdd(double* a, double v) {
-  std::lock_guard<std::mutex> hold(fr_atomic_mutex);
-  double o = *a; *a += v; return o;
-}
-template <class F, class... A>
-void fr_launch(F f, int grid, int block, A... a) {
-  gridDim.x = grid; blockDim.x = block;
-  for (int b = 0; b < grid; ++b)
-    for (int t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; f(a...); }
-}
-// one warp's lanes exchange values through slots, two barriers per exchange
-struct FrWarp {
-  std::mutex m; std::condition_variable cv; int waiting = 0, phase = 0;
-  unsigned long long slots[32];
-  void sync() {
-    std::unique_lock<std::mutex> hold(m);
-    const int my_phase = phase;
-    if (++waiting == 32) { waiting = 0; ++phase; cv.notify_all(); }
-    else cv.wait(hold, [&] { return phase != my_phase; });
-  }
-  unsigned long long exchange(unsigned long long mine, int src) {
-    slots[threadIdx.x & 31] = mine; sync();
-    const unsigned long long got = slots[src & 31]; sync();
-    return got;
-  }
-};
-static thread_local FrWarp* fr_warp = nullptr;
-template <class T> T fr_exchange(T v, int src) {
-  unsigned long long bits = 0; std::memcpy(&bits, &v, sizeof(T));
-  bits = fr_warp->exchange(bits, src);
-  T out; std::memcpy(&out, &bits, sizeof(T)); return out;
-}
-template <class T> T __shfl_sync(unsigned, T v, int src) { return fr_exchange(v, src); }
-template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
-  return fr_exchange(v, (int)(threadIdx.x & 31) ^ o);
-}
-inline void __syncwarp(unsigned = 0xffffffffu) { fr_warp->sync(); }
-template <class T> T __shfl_up_sync(unsigned, T v, unsigned d) {
-  const int lane = threadIdx.x & 31;
-  return fr_exchange(v, lane >= (int)d ? lane - (int)d : lane);
-}
-template <class T> T __shfl_down_sync(unsigned, T v, unsigned d) {
-  const int lane = threadIdx.x & 31;
-  return fr_exchange(v, lane + (int)d < 32 ? lane + (int)d : lane);
-}
-inline unsigned __ballot_sync(unsigned, int p) {
-  fr_warp->slots[threadIdx.x & 31] = p ? 1 : 0; fr_warp->sync();
-  unsigned bits = 0;
-  for (int lane = 0; lane < 32; ++lane) bits |= (unsigned)fr_warp->slots[lane] << lane;
-  fr_warp->sync();
-  return bits;
-}
-inline int __popc(unsigned x) { return __builtin_popcount(x); }
-// 32 host threads, the lanes, walk the warps of the grid in the same order;
-// grid: FrDim{x, y} for a 2-D grid, or a count of blocks
-template <class F, class... A>
-void fr_launch_warps(F f, FrDim grid, int block, A... a) {
-  gridDim = grid; blockDim.x = block;
-  FrWarp warp;
-  std::vector<std::thread> lanes;
-  for (int lane = 0; lane < 32; ++lane)
-    lanes.emplace_back([&, lane] {
-      fr_warp = &warp;
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx)
-          for (int w = 0; w < block / 32; ++w) {
-            blockIdx.x = bx; blockIdx.y = by; threadIdx.x = w * 32 + lane; f(a...);
-          }
-    });
-  for (auto& t : lanes) t.join();
-}
-template <class F, class... A>
-void fr_launch_warps(F f, int grid, int block, A... a) {
-  fr_launch_warps(f, FrDim{(unsigned)grid}, block, a...);
-}
-'''
-
-
-def _emulated(src_and_entries, tmp, warp_lanes=False):
-    """Build sources under the emulation; ``warp_lanes``: the levels form's
-    lanes are real (FR_WARP_EMULATION), to be run by fr_launch_warps."""
-    source = ('#define FR_WARP_EMULATION\n' if warp_lanes else '') + _EMULATION + ''.join(src_and_entries)
-    return _build_many([source], tmp)[0]
-
+# (emulation.py: the __global__ kernels themselves, thread by thread or with
+# the 32 lanes of a warp as host threads)
 
 @needs_gxx
 @pytest.mark.parametrize('ls,tier,form,cart,omega', [
@@ -436,7 +297,7 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
              f'{{ fr_launch{"_warps" if lanes else ""}({name}, grid, block, q, nq, shl, env, omega, out, '
              f'scratch, ns{tpass}); }}\n')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _emulated([src, entry], pathlib.Path(tmp), warp_lanes=lanes)
+        lib = emulated([src, entry], pathlib.Path(tmp), warp_lanes=lanes)
     quartets = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     bas = mol._bas
     shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
@@ -454,7 +315,7 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     args = [ctypes.c_int(grid), ctypes.c_int(block), P(quartets.ctypes.data),
             ctypes.c_int(len(quartets)), P(shl.ctypes.data), P(env.ctypes.data),
             ctypes.c_double(omega), P(out.ctypes.data), P(scratch.ctypes.data), ctypes.c_int(n_slots)]
-    args += _stream_ctypes(prog, var)
+    args += stream_ctypes(prog, var)
     lib.run(*args)
     dims = [n * c for n, c in zip(prog.shape, nctr)]
     got = synth.assemble(out.T.reshape([len(quartets)] + dims))
@@ -492,7 +353,7 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
              '  fr_launch_warps(fr_digest, FrDim{(unsigned)nb, (unsigned)n_elem}, 64, g, nq, q, ao, '
              'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
+        lib = emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
     dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
     dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
     jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)

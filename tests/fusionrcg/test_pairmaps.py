@@ -11,7 +11,7 @@ import pytest
 
 from pyscf_fusionrcg import codegen, host, pairmaps
 
-from test_codegen import CSRC, _emulated, _stream_ctypes, needs_gxx
+from emulation import CSRC, emulated, needs_gxx, stream_ctypes
 
 # Classes of the synthetic molecule whose shells have one contracted function
 # (l = 0, 2, 4, 5), both pair-build centres, Cartesian and spherical.
@@ -83,7 +83,7 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
              'long yq, long yr, long yc) { fr_launch(fr_pair_transform, grid, 128, nq, x, xq, xk, xc, '
              'm, pair, nk, nr, nr_pad, nc, y, yq, yr, yc); }\n')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _emulated([src, (CSRC / 'fusionrcg' / 'pairmap.cu').read_text(), entry], pathlib.Path(tmp))
+        lib = emulated([src, (CSRC / 'fusionrcg' / 'pairmap.cu').read_text(), entry], pathlib.Path(tmp))
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     nq = len(q)
     bas = mol._bas
@@ -97,7 +97,7 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.run(I(grid), I(block), P(q.ctypes.data), I(nq), P(shl.ctypes.data), P(env.ctypes.data),
             ctypes.c_double(omega), P(bufs['acc'].ctypes.data), P(scratch.ctypes.data),
-            I(codegen.scratch_doubles(prog, var)), *_stream_ctypes(prog, var))
+            I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
     assert not np.isnan(bufs['acc']).any()
     cen = _centres(mol)
     bra, ket = pairmaps.side_map(prog, 'bra'), pairmaps.side_map(prog, 'ket')
