@@ -154,11 +154,11 @@ class Variant:
             raise ValueError(f'form {self.form!r} is not available for the {self.tier} tier')
         if prod(self.nctr) % self.group:
             raise ValueError('group must divide the number of contraction tuples')
-        if self.ctr not in CTR_MODES or (self.ctr == 'pairmap' and (
-                self.form != 'levels' or prod(self.nctr) != 1)):
-            raise ValueError(f'contracted stage {self.ctr!r} needs the levels form and one '
-                             'contraction tuple' if self.ctr == 'pairmap' else
-                             f'ctr must be one of {CTR_MODES}, not {self.ctr!r}')
+        if self.ctr not in CTR_MODES:
+            raise ValueError(f'ctr must be one of {CTR_MODES}, not {self.ctr!r}')
+        if self.ctr == 'pairmap' and (self.form != 'levels' or prod(self.nctr) != 1):
+            raise ValueError("the 'pairmap' contracted stage needs the levels form (warp or global "
+                             "tier) and one contraction tuple; use ctr='ops' here")
 
     @property
     def n_groups(self) -> int:

@@ -61,11 +61,15 @@ class SideMap:
         mono = xp.ones((len(r), len(self.powers)))
         for d in range(3):
             mono *= r[:, d:d + 1] ** xp.asarray(self.powers[:, d])[None, :]
-        rows = -(-self.n_rows // pad_rows) * pad_rows
+        rows = _padded(self.n_rows, pad_rows)
         coef = np.zeros(self.coef.shape[:2] + (rows,))
         coef[:, :, :self.n_rows] = self.coef
         flat = mono @ xp.asarray(coef.reshape(len(self.powers), -1))
         return flat.reshape(len(r), self.n_start, rows)
+
+
+def _padded(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _monomials(degree: int):
@@ -127,7 +131,7 @@ def _side_map(rcg, side: str) -> SideMap:
 
 def side_map(program: ir.Program, side: str) -> SideMap:
     """The ``side`` ('bra' or 'ket') matrix polynomials of ``program``
-    (cached per class, topology and side)."""
+    (cached per pair and that side's graph phases)."""
     rcg = program.rcg
     if rcg is None:
         raise ValueError(f'{program.name}: the program carries no graph to take pair matrices from')
@@ -182,12 +186,8 @@ def product_steps(bra: SideMap, ket: SideMap, nq: int):
     matrices 'bra' / 'ket'.  The one description launch.py and the CPU tests
     both follow."""
     nbs, nks, nbf, nkf = bra.n_start, ket.n_start, bra.n_rows, ket.n_rows
-
-    def pad(n):
-        return -(-n // ROWS) * ROWS
-
-    return [('acc', (nbs * nks, nks, 1), 'bra', (nbs, nbf, pad(nbf), nks), 'tmp', (nbf * nks, 1, nbf)),
-            ('tmp', (nbf * nks, nbf, 1), 'ket', (nks, nkf, pad(nkf), nbf), 'out', (1, nq, nkf * nq))]
+    return [('acc', (nbs * nks, nks, 1), 'bra', (nbs, nbf, _padded(nbf, ROWS), nks), 'tmp', (nbf * nks, 1, nbf)),
+            ('tmp', (nbf * nks, nbf, 1), 'ket', (nks, nkf, _padded(nkf, ROWS), nbf), 'out', (1, nq, nkf * nq))]
 
 
 def tmp_doubles(program: ir.Program) -> int:

@@ -54,6 +54,16 @@ def test_matrices_are_padded_with_zero_rows():
     assert np.allclose(m[:, :, :15], side.matrices(r))
 
 
+def test_pairmap_variants_outside_the_levels_form_are_refused():
+    prog = host.get_program(2, 2, 2, 0)
+    with pytest.raises(ValueError, match="needs the levels form .* use ctr='ops'"):
+        codegen.make_variant(prog, 'register', ctr='pairmap')
+    with pytest.raises(ValueError, match='one contraction tuple'):
+        codegen.make_variant(prog, 'warp', nctr=(2, 1, 1, 1), ctr='pairmap')
+    with pytest.raises(ValueError, match='ctr must be one of'):
+        codegen.make_variant(prog, 'warp', ctr='dense')
+
+
 def test_a_program_without_its_graph_is_refused():
     prog = host.get_program(2, 0, 0, 0)
     bare = type(prog)(*(getattr(prog, f) for f in ('la', 'lb', 'lc', 'ld', 'cart', 'n_temps', 'n_acc',
