@@ -7,8 +7,9 @@ process on one GPU (CUDA events, median of --repeat after a warm-up):
 * ``ops_us``: the levels kernel running primitive and contracted stage;
 * ``prim_us``: the pairmap variant of the same kernel (primitive stage only,
   accumulators out);
-* ``products_us``: its contracted stage, pairmap.cu's two products (with
-  the batch's pair matrices, as ``ClassKernel.contract`` builds them);
+* ``products_us``: its contracted stage, ``ClassKernel.contract``: each
+  quartet's pair matrices and the two batched products (cuBLAS), and the
+  blocks' transpose into the digestion's layout;
 * ``ratio``: (prim + products) / ops, and the largest difference of the two
   forms' blocks relative to the largest element.
 
@@ -33,8 +34,11 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when 
 
 from _common import environment_meta, write_results  # noqa: E402
 
-#: The warp-tier classes that cost most in Vitamin C / def2-QZVP (rcg_jk_breakdown_qzvp).
-CLASSES = 'fdfp,gddp,ffdp,fddd,gdfd,fffd,gffd,gfgd,gfff,gggf'
+#: Warp-tier classes from the smallest accumulator counts up (870 for (gg|ds)
+#: to 14 500 for (gg|gf)), those that cost most in Vitamin C / def2-QZVP
+#: (rcg_jk_breakdown_qzvp) and Tamoxifen / def2-TZVP among them: where the
+#: pairmap stage starts to pay.
+CLASSES = 'fffs,ggds,dddd,gddp,fdfp,ffdp,fddd,fffp,gdfd,fffd,gffd,gfgd,gfff,gggf'
 SHELLS = 48          # shells per index
 TITLE = 'FusionRCG levels tiers: contracted stage in the interpreter (ops) vs pair matrices'
 NOTES = ('us per quartet from CUDA events, median of --repeat after a warm-up; ratio = (prim + products) / ops; '
@@ -94,7 +98,7 @@ def measure(ls, nq_max, repeat, rng):
     prod_ms = _events_ms(cp, lambda: pm.contract(q, nq, basis, acc, tmp, out_pm), repeat)
     scale = float(abs(out_ops).max())
     diff = float(abs(out_pm - out_ops).max()) / scale
-    bra, ket = pm.sides
+    bra, ket = pm.products.bra, pm.products.ket
     fma = bra.n_rows * bra.n_start * ket.n_start + bra.n_rows * ket.n_start * ket.n_rows
     us = 1e3 / nq
     return dict(cls=ops.program.name, quartets=nq, n_acc=pm.program.n_acc, tier=pm.variant.tier,

@@ -10,9 +10,9 @@
 * :func:`class_blocks`: runs a class over any number of quartets in batches
   whose output buffer and global-tier scratch fit a memory budget (and, for
   the pairmap contracted stage, its accumulator and product buffers: the
-  levels kernel writes the accumulators, then ``csrc/fusionrcg/pairmap.cu``
-  multiplies them by the batch's pair matrices, see
-  :mod:`pyscf_fusionrcg.pairmaps`); on CuPy's
+  levels kernel writes the accumulators, then
+  :class:`pyscf_fusionrcg.pairmaps.PairProducts` multiplies them by each
+  quartet's pair matrices with cuBLAS); on CuPy's
   OutOfMemoryError the batch is halved and retried, and a clear MemoryError
   says how much one quartet needs when even that does not fit.
 * :class:`GPUEngine`: ``quartet_blocks(shls)`` like ``host.HostEngine``.
@@ -76,11 +76,9 @@ class ClassKernel:
         self.items_per_block = codegen.items_per_block(p, v)
         self.scratch_per_block = codegen.scratch_per_block(p, v)
         self.pairmap = v.ctr == 'pairmap'
-        #: doubles per quartet besides the block: accumulators and products' buffer
-        self.work_per_quartet = p.n_acc + pairmaps.tmp_doubles(p) if self.pairmap else 0
-        if self.pairmap:
-            self.sides = (pairmaps.side_map(p, 'bra'), pairmaps.side_map(p, 'ket'))
-            self.products = _pair_transform_kernel()
+        self.products = pairmaps.PairProducts(p, cp) if self.pairmap else None
+        #: doubles per quartet besides the block: accumulators and the products' temporaries
+        self.work_per_quartet = p.n_acc + self.products.work_doubles if self.pairmap else 0
 
     @property
     def name(self) -> str:
@@ -106,20 +104,13 @@ class ClassKernel:
                 np.int32(self.n_slots)) + (self.table or ())
         self.kernel((blocks,), (self.block,), args, shared_mem=self.shared)
 
-    def contract(self, quartets, nq, basis, acc, tmp, out):
+    def contract(self, quartets, nq, basis, acc, work, out):
         """The pairmap contracted stage of a batch: ``acc`` (nq, n_acc) from
-        :meth:`launch` into the blocks ``out`` (nelem, nq), through ``tmp``."""
-        cp = _cupy()
-        bra, ket = self.sides
-        mats = {'bra': pairmaps.batch_matrices(bra, basis.coords, quartets[:, 0], quartets[:, 1], cp),
-                'ket': pairmaps.batch_matrices(ket, basis.coords, quartets[:, 2], quartets[:, 3], cp)}
-        bufs = {'acc': acc, 'tmp': tmp, 'out': out}
-        sms = cp.cuda.Device().attributes['MultiProcessorCount']
-        grid = max(1, min(-(-nq // 4), 32 * sms))      # 4 warps a block, one quartet a warp
-        for x, (xq, xk, xc), m, dims, y, ys in pairmaps.product_steps(bra, ket, nq):
-            mat, pair = mats[m]
-            self.products((grid,), (128,), (np.int32(nq), bufs[x], np.int64(xq), np.int32(xk), np.int32(xc),
-                                            mat, pair, *map(np.int32, dims), bufs[y], *map(np.int64, ys)))
+        :meth:`launch` into the blocks ``out`` (nelem, nq), with ``work``
+        (nq * products.work_doubles) for the temporaries."""
+        q = quartets[:nq]
+        xyz = basis.coords
+        self.products(acc, xyz[q[:, 0]] - xyz[q[:, 1]], xyz[q[:, 2]] - xyz[q[:, 3]], out, work)
 
 
 def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None) -> ClassKernel:
@@ -211,11 +202,6 @@ def primitive_order(basis: DeviceBasis, quartets):
         key *= len(key)
         key += cp.arange(len(key), dtype=cp.int64)
     return cp.argsort(key)
-
-
-def _pair_transform_kernel():
-    from gpucore import compile_file
-    return compile_file('fusionrcg/pairmap.cu').get_kernel('fr_pair_transform')
 
 
 def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):

@@ -11,18 +11,17 @@ with ``acc`` the (bra start x ket start) accumulator matrix in the program's
 order and the entries of ``Mb`` polynomials in ``AB`` of degree at most the
 angular momentum the HRR moves (``Mk`` likewise in ``CD``).  A side's
 polynomial coefficients are found once per class by running its graph steps
-on monomials (:func:`side_map`); the matrices of a batch of pairs are then one
-matrix product (:meth:`SideMap.matrices`).
+on monomials (:func:`side_map`).
 
 On the GPU the largest classes (levels form, from ``tiers.PAIRMAP_ACC_MIN``
 accumulators on) run only their primitive stage in the interpreter and hand
-the accumulators to two dense batched products (``csrc/fusionrcg/pairmap.cu``,
-launched by :mod:`pyscf_fusionrcg.launch`): the contracted stage is 61-72% of
-the warp-tier classes' interpreter levels, and dense products have no per-op
-decoding, though they do up to ~3x the multiplications of the graph's sparse
-form.  Below the threshold the products, memory-latency bound as they stand,
-cost more than the levels they replace (``benchmarks/rcg_pairmap_kernels.py``).
-:func:`contract` is the same product in NumPy, for the CPU tests.
+the accumulators to :class:`PairProducts`: each quartet's two matrices from
+one GEMM over its pair vectors' monomials, then two batched GEMMs (cuBLAS,
+through CuPy), launched by :mod:`pyscf_fusionrcg.launch`.  The contracted
+stage is 61-72% of the warp-tier classes' interpreter levels; dense products
+have no per-op decoding, though they do up to ~3x the multiplications of the
+graph's sparse form.  The CPU tests run the same :class:`PairProducts` with
+NumPy.
 """
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ class SideMap:
     """Polynomial coefficients of one side's matrix: ``coef[m, u, r]`` is the
     coefficient of monomial ``powers[m]`` (x^a y^b z^c of the pair vector) in
     the entry (start label u, final row r), rows in C order of the block's
-    two indices of that side.  Stored start-label-major ("transposed"), the
-    layout the GPU products read."""
+    two indices of that side."""
     powers: np.ndarray      # (n_mono, 3) int
     coef: np.ndarray        # (n_mono, n_start, n_rows) float64
 
@@ -52,24 +50,6 @@ class SideMap:
     @property
     def n_rows(self) -> int:
         return self.coef.shape[2]
-
-    def matrices(self, r, xp=np, pad_rows: int = 1):
-        """(n_pairs, n_start, n_rows padded up to a multiple of ``pad_rows``,
-        zeros beyond n_rows) for pair vectors ``r`` (n_pairs, 3), with NumPy
-        or CuPy (``xp``)."""
-        r = xp.asarray(r, dtype=xp.float64)
-        mono = xp.ones((len(r), len(self.powers)))
-        for d in range(3):
-            mono *= r[:, d:d + 1] ** xp.asarray(self.powers[:, d])[None, :]
-        rows = _padded(self.n_rows, pad_rows)
-        coef = np.zeros(self.coef.shape[:2] + (rows,))
-        coef[:, :, :self.n_rows] = self.coef
-        flat = mono @ xp.asarray(coef.reshape(len(self.powers), -1))
-        return flat.reshape(len(r), self.n_start, rows)
-
-
-def _padded(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def _monomials(degree: int):
@@ -150,46 +130,66 @@ def side_map(program: ir.Program, side: str) -> SideMap:
     return hit
 
 
-def contract(program: ir.Program, acc, ab, cd) -> np.ndarray:
-    """Blocks (n, ni*nj*nk*nl in C order) of ``n`` quartets from their
-    accumulators ``acc`` (n, n_acc) and pair vectors ``ab``, ``cd`` (n, 3),
-    in NumPy: what the GPU's two products compute."""
-    bra, ket = side_map(program, 'bra'), side_map(program, 'ket')
-    mb = bra.matrices(ab)                          # (n, n_bra_start, n_bra_rows)
-    mk = ket.matrices(cd)
-    v = np.asarray(acc).reshape(len(acc), bra.n_start, ket.n_start)
-    blocks = np.einsum('qub,quv,qvk->qbk', mb, v, mk)
-    return blocks.reshape(len(acc), -1)
+def monomials(powers, r, xp=np):
+    """(n, n_mono) values x^a y^b z^c of the vectors ``r`` (n, 3)."""
+    r = xp.asarray(r, dtype=xp.float64)
+    mono = xp.ones((len(r), len(powers)))
+    for d in range(3):
+        mono *= r[:, d:d + 1] ** xp.asarray(powers[:, d])[None, :]
+    return mono
 
 
-#: Rows of M a lane keeps in registers (FR_PM_ROWS of pairmap.cu): the
-#: matrices' rows are padded to a multiple of it.
-ROWS = 8
+class PairProducts:
+    """A class's contracted stage as four (batched) matrix products, with
+    NumPy or CuPy (``xp``; cuBLAS on the GPU).  For each quartet q::
 
+        Mb_q = mono(AB_q) . Cb     (bra rows x bra starts)
+        Y_q  = Mb_q . acc_q        (bra rows x ket starts)
+        Mk_q = mono(CD_q) . Ck     (ket starts x ket rows)
+        block_q = Y_q . Mk_q
 
-def batch_matrices(side: SideMap, coords, first, second, xp=np):
-    """Matrices of the distinct pairs (``first[q]``, ``second[q]``) of a batch,
-    k-major and padded to :data:`ROWS` (see pairmap.cu), and each quartet's
-    pair index (int32).  ``coords``: (nbas, 3) shell centres."""
-    nbas = len(coords)
-    key = first.astype(xp.int64) * nbas + second
-    pairs, index = xp.unique(key, return_inverse=True)
-    r = coords[pairs // nbas] - coords[pairs % nbas]
-    return side.matrices(r, xp, ROWS), index.reshape(-1).astype(xp.int32)
+    Every quartet gets its own matrices from one plain GEMM over the
+    monomials, so no pair bookkeeping (sorting, unique) is needed, and the two
+    products are batched GEMMs that run near the library's speed."""
 
+    def __init__(self, program: ir.Program, xp=np):
+        self.xp = xp
+        self.bra, self.ket = bra, ket = side_map(program, 'bra'), side_map(program, 'ket')
+        if bra.n_start * ket.n_start != program.n_acc:
+            raise AssertionError(f'{program.name}: the side maps do not span the accumulators')
+        #: (bra rows, bra starts, ket starts, ket rows)
+        self.dims = (bra.n_rows, bra.n_start, ket.n_start, ket.n_rows)
+        # the bra's matrices are used transposed (rows x starts), the ket's as stored
+        self._bra_coef = xp.asarray(np.ascontiguousarray(bra.coef.transpose(0, 2, 1)).reshape(len(bra.powers), -1))
+        self._ket_coef = xp.asarray(ket.coef.reshape(len(ket.powers), -1))
 
-def product_steps(bra: SideMap, ket: SideMap, nq: int):
-    """The two ``fr_pair_transform`` launches of a batch of ``nq`` quartets:
-    per step ``(x, (xq, xk, xc), m, (nk, nr, nr_pad, nc), y, (yq, yr, yc))``
-    with buffers named 'acc' ([quartet][bra start][ket start]), 'tmp'
-    (per quartet, [ket start][bra row]) and 'out' ([element][quartet]), and
-    matrices 'bra' / 'ket'.  The one description launch.py and the CPU tests
-    both follow."""
-    nbs, nks, nbf, nkf = bra.n_start, ket.n_start, bra.n_rows, ket.n_rows
-    return [('acc', (nbs * nks, nks, 1), 'bra', (nbs, nbf, _padded(nbf, ROWS), nks), 'tmp', (nbf * nks, 1, nbf)),
-            ('tmp', (nbf * nks, nbf, 1), 'ket', (nks, nkf, _padded(nkf, ROWS), nbf), 'out', (1, nq, nkf * nq))]
+    @property
+    def work_doubles(self) -> int:
+        """Doubles per quartet of the products' temporaries (one matrix at a
+        time, the half-transformed Y and the blocks before their transpose)."""
+        nbf, nbs, nks, nkf = self.dims
+        return max(nbf * nbs, nks * nkf) + nbf * nks + nbf * nkf
 
-
-def tmp_doubles(program: ir.Program) -> int:
-    """Doubles per quartet of the 'tmp' buffer of :func:`product_steps`."""
-    return side_map(program, 'bra').n_rows * side_map(program, 'ket').n_start
+    def __call__(self, acc, ab, cd, out, work=None):
+        """Blocks of ``nq = len(ab)`` quartets into ``out`` (n_elem, nq), the
+        ``[element][quartet]`` layout the digestion reads, from their
+        accumulators ``acc`` (``[quartet][bra start][ket start]``, at least
+        nq * n_acc doubles) and pair vectors ``ab``, ``cd`` (nq, 3).
+        ``work``: at least nq * :attr:`work_doubles` doubles (allocated if None)."""
+        xp = self.xp
+        nbf, nbs, nks, nkf = self.dims
+        nq = len(ab)
+        if work is None:
+            work = xp.empty(nq * self.work_doubles)
+        n_mat, n_half = nq * max(nbf * nbs, nks * nkf), nq * nbf * nks
+        mat = work[:n_mat]
+        half = work[n_mat:n_mat + n_half].reshape(nq, nbf, nks)
+        blocks = work[n_mat + n_half:n_mat + n_half + nq * nbf * nkf].reshape(nq, nbf, nkf)
+        mb = mat[:nq * nbf * nbs].reshape(nq, nbf, nbs)
+        xp.matmul(monomials(self.bra.powers, ab, xp), self._bra_coef, out=mb.reshape(nq, -1))
+        xp.matmul(mb, acc[:nq * nbs * nks].reshape(nq, nbs, nks), out=half)
+        mk = mat[:nq * nks * nkf].reshape(nq, nks, nkf)
+        xp.matmul(monomials(self.ket.powers, cd, xp), self._ket_coef, out=mk.reshape(nq, -1))
+        xp.matmul(half, mk, out=blocks)
+        out[...] = blocks.reshape(nq, -1).T
+        return out

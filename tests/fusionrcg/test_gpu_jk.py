@@ -103,7 +103,8 @@ def test_small_budget_splits_batches(synth):
     kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1))
     # three quartets a batch (with the pairmap stage's buffers where it has them)
     tiny = 8 * (kern.nelem + kern.work_per_quartet) * 3 + 8 * kern.scratch_per_block
-    assert np.array_equal(eng.quartet_blocks(synth.quartets(ls), budget=tiny), full)
+    # the pairmap stage's GEMMs may sum in another order for another batch size
+    assert np.abs(eng.quartet_blocks(synth.quartets(ls), budget=tiny) - full).max() <= 1e-14 * np.abs(full).max()
     with pytest.raises(MemoryError):
         eng.quartet_blocks(synth.quartets(ls), budget=1024)
 
@@ -123,7 +124,7 @@ def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tie
         assert kern.pairmap and kern.name.endswith('_pm')
         pm = GPUEngine(mol, tier=tier).quartet_blocks(q)
         tiny = 8 * (kern.nelem + kern.work_per_quartet) * 3 + 8 * kern.scratch_per_block
-        assert np.array_equal(GPUEngine(mol, tier=tier).quartet_blocks(q, budget=tiny), pm)
+        assert np.abs(GPUEngine(mol, tier=tier).quartet_blocks(q, budget=tiny) - pm).max() <= 1e-14 * np.abs(pm).max()
         monkeypatch.setenv(tiers.CTR_ENV, 'ops')
         assert not launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier).pairmap
         ops = GPUEngine(mol, tier=tier).quartet_blocks(q)

@@ -1,7 +1,7 @@
 """The pairmap contracted stage on the CPU: pair matrices from the graph
 against the program's own contracted stage and libcint, and the GPU path
-(accumulators from the levels kernel, then pairmap.cu's two products)
-emulated with g++."""
+(accumulators from the levels kernel emulated with g++, then the products of
+pairmaps.PairProducts, with NumPy where the GPU runs them with CuPy)."""
 import ctypes
 import pathlib
 import tempfile
@@ -11,7 +11,7 @@ import pytest
 
 from pyscf_fusionrcg import codegen, host, pairmaps
 
-from emulation import CSRC, emulated, needs_gxx, stream_ctypes
+from emulation import emulated, needs_gxx, stream_ctypes
 
 # Classes of the synthetic molecule whose shells have one contracted function
 # (l = 0, 2, 4, 5), both pair-build centres, Cartesian and spherical.
@@ -32,7 +32,10 @@ def test_pair_matrices_equal_the_contracted_stage(synth, ls, cart, builds):
     acc = eng._primitive_stage(comp, q, (1, 1, 1, 1))
     ref = eng._contracted_stage(comp, q, acc, (1, 1, 1, 1)).reshape(len(q), -1)
     cen = _centres(mol)
-    got = pairmaps.contract(comp.program, acc.T, cen[q[:, 0]] - cen[q[:, 1]], cen[q[:, 2]] - cen[q[:, 3]])
+    out = np.empty((int(np.prod(comp.program.shape)), len(q)))
+    pairmaps.PairProducts(comp.program)(np.ascontiguousarray(acc.T).reshape(-1), cen[q[:, 0]] - cen[q[:, 1]],
+                                        cen[q[:, 2]] - cen[q[:, 3]], out)
+    got = out.T
     assert np.abs(got - ref).max() <= 1e-12 * np.abs(ref).max()
     blocks = got.reshape((len(q),) + comp.program.shape)
     assert synth.rel_err(synth.assemble(blocks), synth.reference(mol, ls)) < 1e-12
@@ -45,13 +48,26 @@ def test_side_maps_are_shared_between_classes_of_one_pair():
     assert a.n_start == 15 + 21 + 28 and a.n_rows == 9 * 5
 
 
-def test_matrices_are_padded_with_zero_rows():
-    side = pairmaps.side_map(host.get_program(2, 1, 0, 0), 'bra')
-    r = np.random.default_rng(0).normal(size=(3, 3))
-    m = side.matrices(r, pad_rows=8)
-    assert m.shape == (3, side.n_start, 16) and side.n_rows == 15
-    assert np.array_equal(m[:, :, 15:], np.zeros((3, side.n_start, 1)))
-    assert np.allclose(m[:, :, :15], side.matrices(r))
+def test_products_stay_inside_the_work_buffer_they_are_given():
+    """launch.class_blocks hands the products exactly nq * work_doubles
+    doubles: the result must not depend on what was in them, nor reach past."""
+    prog = host.get_program(4, 2, 2, 1)
+    products = pairmaps.PairProducts(prog)
+    rng = np.random.default_rng(1)
+    nq = 5
+    acc, ab, cd = rng.normal(size=nq * prog.n_acc), rng.normal(size=(nq, 3)), rng.normal(size=(nq, 3))
+    n_elem = int(np.prod(prog.shape))
+    ref = products(acc, ab, cd, np.empty((n_elem, nq)))
+    work = np.full(nq * products.work_doubles + 7, np.nan)
+    got = products(acc, ab, cd, np.empty((n_elem, nq)), work[:-7])
+    assert np.array_equal(got, ref) and not np.isnan(ref).any()
+    assert np.isnan(work[-7:]).all()
+    # one quartet: the matrices' product with the accumulator matrix, written out
+    bra, ket = products.bra, products.ket
+    mb = np.einsum('m,mur->ru', pairmaps.monomials(bra.powers, ab[:1])[0], bra.coef)
+    mk = np.einsum('m,mvr->vr', pairmaps.monomials(ket.powers, cd[:1])[0], ket.coef)
+    one = mb @ acc[:prog.n_acc].reshape(bra.n_start, ket.n_start) @ mk
+    assert np.allclose(ref[:, 0], one.reshape(-1), rtol=1e-13, atol=1e-13 * np.abs(one).max())
 
 
 def test_pairmap_variants_outside_the_levels_form_are_refused():
@@ -77,8 +93,8 @@ def test_a_program_without_its_graph_is_refused():
                                                 ((4, 2, 2, 2), True, 'global', 0.3),
                                                 ((4, 0, 2, 2), False, 'warp', -0.3)])
 def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
-    """The levels kernel writing accumulators and the two pairmap.cu products,
-    as launch.class_blocks runs them (pairmaps.product_steps), against libcint."""
+    """The levels kernel writing accumulators, then the products, as
+    launch.class_blocks runs them, against libcint."""
     mol = synth.mol(cart)
     prog = host.get_program(*ls, cart=cart)
     var = codegen.make_variant(prog, tier, omega, (1, 1, 1, 1), 'levels', ctr='pairmap')
@@ -87,13 +103,9 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
     targs, tpass = codegen._stream_signature('levels')
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
-             f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n'
-             'extern "C" void products(int grid, int nq, const double* x, long xq, int xk, int xc, '
-             'const double* m, const int* pair, int nk, int nr, int nr_pad, int nc, double* y, '
-             'long yq, long yr, long yc) { fr_launch(fr_pair_transform, grid, 128, nq, x, xq, xk, xc, '
-             'm, pair, nk, nr, nr_pad, nc, y, yq, yr, yc); }\n')
+             f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = emulated([src, (CSRC / 'fusionrcg' / 'pairmap.cu').read_text(), entry], pathlib.Path(tmp))
+        lib = emulated([src, entry], pathlib.Path(tmp))
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     nq = len(q)
     bas = mol._bas
@@ -102,25 +114,15 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
     env = np.ascontiguousarray(mol._env)
     block, grid = codegen.block_size(prog, var), 2
     scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
-    bufs = {'acc': np.full(nq * prog.n_acc, np.nan), 'tmp': np.full(nq * pairmaps.tmp_doubles(prog), np.nan),
-            'out': np.full(nq * int(np.prod(prog.shape)), np.nan)}
-    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    acc = np.full(nq * prog.n_acc, np.nan)
+    P, I = ctypes.c_void_p, ctypes.c_int
     lib.run(I(grid), I(block), P(q.ctypes.data), I(nq), P(shl.ctypes.data), P(env.ctypes.data),
-            ctypes.c_double(omega), P(bufs['acc'].ctypes.data), P(scratch.ctypes.data),
+            ctypes.c_double(omega), P(acc.ctypes.data), P(scratch.ctypes.data),
             I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
-    assert not np.isnan(bufs['acc']).any()
+    assert not np.isnan(acc).any()
     cen = _centres(mol)
-    bra, ket = pairmaps.side_map(prog, 'bra'), pairmaps.side_map(prog, 'ket')
-    mats = {'bra': pairmaps.batch_matrices(bra, cen, q[:, 0], q[:, 1]),
-            'ket': pairmaps.batch_matrices(ket, cen, q[:, 2], q[:, 3])}
-    mats = {k: (np.ascontiguousarray(m), np.ascontiguousarray(i)) for k, (m, i) in mats.items()}
-    for x, (xq, xk, xc), m, (nk, nr, nr_pad, nc), y, (yq, yr, yc) in pairmaps.product_steps(bra, ket, nq):
-        mat, pair = mats[m]
-        assert mat.shape[1:] == (nk, nr_pad)
-        lib.products(I(3), I(nq), P(bufs[x].ctypes.data), L(xq), I(xk), I(xc), P(mat.ctypes.data),
-                     P(pair.ctypes.data), I(nk), I(nr), I(nr_pad), I(nc), P(bufs[y].ctypes.data),
-                     L(yq), L(yr), L(yc))
-    out = bufs['out'].reshape(-1, nq)
+    out = pairmaps.PairProducts(prog)(acc, cen[q[:, 0]] - cen[q[:, 1]], cen[q[:, 2]] - cen[q[:, 3]],
+                                      np.full((int(np.prod(prog.shape)), nq), np.nan))
     assert not np.isnan(out).any()
     got = synth.assemble(out.T.reshape((nq,) + prog.shape))
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
