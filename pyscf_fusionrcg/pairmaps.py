@@ -13,8 +13,8 @@ angular momentum the HRR moves (``Mk`` likewise in ``CD``).  A side's
 polynomial coefficients are found once per class by running its graph steps
 on monomials (:func:`side_map`).
 
-On the GPU the largest classes (levels form, from ``tiers.PAIRMAP_ACC_MIN``
-accumulators on) run only their primitive stage in the interpreter and hand
+On the GPU the large classes (levels form, where ``tiers.pairmap_pays``)
+run only their primitive stage in the interpreter and hand
 the accumulators to :class:`PairProducts`: each quartet's two matrices from
 one GEMM over its pair vectors' monomials, then two batched GEMMs (cuBLAS,
 through CuPy), launched by :mod:`pyscf_fusionrcg.launch`.  The contracted
@@ -128,6 +128,17 @@ def side_map(program: ir.Program, side: str) -> SideMap:
         with _MAPS_LOCK:
             _MAPS[key] = hit
     return hit
+
+
+def matrix_doubles(program: ir.Program) -> int:
+    """Doubles of one quartet's two pair matrices (bra starts x bra rows plus
+    ket starts x ket rows), from the graph's labels without building them;
+    0 for a program without its graph."""
+    rcg = program.rcg
+    if rcg is None:
+        return 0
+    ni, nj, nk, nl = program.shape
+    return len(rcg.bra_start) * ni * nj + len(rcg.ket_start) * nk * nl
 
 
 def monomials(powers, r, xp=np):

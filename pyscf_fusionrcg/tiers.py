@@ -39,10 +39,10 @@ gives ptxas's report for sm_90 without one.
 Form (:func:`variant_for`): the shared tier runs straight-line code for
 programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
 beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
-run the levels form.  There, for classes of one contraction tuple and at
-least ``PAIRMAP_ACC_MIN`` accumulators, the interpreter runs only the
-primitive stage and the contracted stage is two dense batched products of
-pair matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
+run the levels form.  There, for classes of one contraction tuple from
+about a thousand accumulators on (:func:`pairmap_pays`), the interpreter
+runs only the primitive stage and the contracted stage is batched products
+of pair matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
 """
 from __future__ import annotations
 
@@ -57,24 +57,24 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from . import codegen, ir
+from . import codegen, ir, pairmaps
 
 REG_STATEMENTS_MAX = 8000
 SPILL_BYTES_MAX = 10240
 STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 CTR_ENV = 'FUSIONRCG_CTR'
-#: Accumulators from which the pairmap contracted stage beats the
-#: interpreter's.  H200, benchmarks/rcg_pairmap_kernels.py (c947ebc), (pairmap
-#: kernel + products) / interpreter: (fd|fp) 1150 accumulators 1.66, (gd|fd)
-#: 2944 1.26, (ff|fd) 3404 1.12, (gf|fd) 4600 1.02, (gf|gd) 6400 0.74, (gf|ff)
-#: 7400 0.76, (gg|gf) 14500 0.41.  The primitive-only kernel takes 26-41% of
-#: the interpreter's time, as its share of the levels says; the products run
-#: at 1.2-2.2 TFLOP/s, memory-latency bound (ncu, (fd|fp): L1 hit rate 55% /
-#: 24%, 0.18 / 0.09 warps issued per scheduler and cycle; the two kernels took
-#: 8.2 of the 11.4 ms of the whole step, the rest being the batch's pair
-#: matrices: cupy.unique and friends).
-PAIRMAP_ACC_MIN = 5000
+#: Where the pairmap contracted stage beats the interpreter's: from
+#: PAIRMAP_ACC_MIN accumulators on, unless a quartet's pair matrices are more
+#: than PAIRMAP_MATRIX_RATIO times the accumulators (a side with an s shell
+#: or a small pair: the products then mostly write and read matrices).
+#: H200, benchmarks/rcg_pairmap_kernels.py (421473c), (pairmap kernel +
+#: products) / interpreter, accumulators, matrices / accumulators:
+#: (ff|fs) 1.49 740 5.0, (gg|ds) 2.31 870 13.5, (dd|dd) 0.72 961 1.6,
+#: (gd|dp) 0.84 1024 3.1, (fd|fp) 0.94 1150 1.9, (ff|dp) 0.89 1184 3.3,
+#: (fd|dd) 0.74 1426 1.7, (gd|fd) 0.60 2944 1.5, (gg|gf) 0.29 14500.
+PAIRMAP_ACC_MIN = 950
+PAIRMAP_MATRIX_RATIO = 4.0
 
 _lock = threading.Lock()
 _decisions: dict = {}
@@ -116,12 +116,19 @@ def requested_ctr(ctr=None) -> str:
 
 def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
     """'pairmap' or 'ops' for a variant: pairmap needs the levels form and one
-    contraction tuple; 'auto' (see :func:`requested_ctr`) takes it from
-    ``PAIRMAP_ACC_MIN`` accumulators on."""
+    contraction tuple; 'auto' (see :func:`requested_ctr`) takes it where
+    :func:`pairmap_pays`."""
     ctr = requested_ctr(ctr)
     if form != 'levels' or any(int(n) != 1 for n in nctr) or ctr == 'ops':
         return 'ops'
-    return 'pairmap' if ctr == 'pairmap' or program.n_acc >= PAIRMAP_ACC_MIN else 'ops'
+    return 'pairmap' if ctr == 'pairmap' or pairmap_pays(program) else 'ops'
+
+
+def pairmap_pays(program: ir.Program) -> bool:
+    """The measured rule of ``PAIRMAP_ACC_MIN`` and ``PAIRMAP_MATRIX_RATIO``."""
+    matrices = pairmaps.matrix_doubles(program)
+    return (program.n_acc >= PAIRMAP_ACC_MIN and 0 < matrices
+            <= PAIRMAP_MATRIX_RATIO * program.n_acc)
 
 
 def _fits(program, variant) -> bool:

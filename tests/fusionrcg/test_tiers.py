@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from pyscf_fusionrcg import codegen, host, launch, tiers
+from pyscf_fusionrcg import codegen, host, launch, pairmaps, tiers
 
 
 @pytest.fixture
@@ -40,8 +40,12 @@ def test_form_follows_program_size():
 
 def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     monkeypatch.delenv(tiers.CTR_ENV, raising=False)
-    mid, big = host.get_program(4, 2, 3, 2), host.get_program(4, 3, 4, 2)
-    assert mid.n_acc < tiers.PAIRMAP_ACC_MIN <= big.n_acc
+    # (gf|fs): enough accumulators, but its pair matrices are six times as large
+    mid, skinny, big = host.get_program(3, 3, 2, 0), host.get_program(4, 3, 3, 0), host.get_program(4, 3, 4, 2)
+    assert mid.n_acc < tiers.PAIRMAP_ACC_MIN <= skinny.n_acc <= big.n_acc
+    assert pairmaps.matrix_doubles(skinny) > tiers.PAIRMAP_MATRIX_RATIO * skinny.n_acc
+    assert pairmaps.matrix_doubles(big) <= tiers.PAIRMAP_MATRIX_RATIO * big.n_acc
+    assert tiers.variant_for(skinny, 'warp').ctr == 'ops'
     assert tiers.variant_for(mid, 'warp').ctr == 'ops'
     assert tiers.variant_for(big, 'warp').ctr == tiers.variant_for(big, 'global').ctr == 'pairmap'
     # only the levels form with one contraction tuple has the choice
