@@ -65,16 +65,21 @@ STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 CTR_ENV = 'FUSIONRCG_CTR'
 #: Where the pairmap contracted stage beats the interpreter's: from
-#: PAIRMAP_ACC_MIN accumulators on, unless a quartet's pair matrices are more
-#: than PAIRMAP_MATRIX_RATIO times the accumulators (a side with an s shell
-#: or a small pair: the products then mostly write and read matrices).
-#: H200, benchmarks/rcg_pairmap_kernels.py (421473c), (pairmap kernel +
-#: products) / interpreter, accumulators, matrices / accumulators:
-#: (ff|fs) 1.49 740 5.0, (gg|ds) 2.31 870 13.5, (dd|dd) 0.72 961 1.6,
-#: (gd|dp) 0.84 1024 3.1, (fd|fp) 0.94 1150 1.9, (ff|dp) 0.89 1184 3.3,
-#: (fd|dd) 0.74 1426 1.7, (gd|fd) 0.60 2944 1.5, (gg|gf) 0.29 14500.
+#: PAIRMAP_ACC_MIN accumulators on, for classes without an s shell (such a
+#: side has no HRR, only its spherical transform, which the interpreter does
+#: in a few ops where the products multiply a dense matrix), unless a
+#: quartet's pair matrices exceed PAIRMAP_MATRIX_RATIO times its accumulators
+#: (a small pair against a large one: the products then mostly write and read
+#: matrices).  H200, benchmarks/rcg_pairmap_kernels.py (421473c) and
+#: rcg_pairmap_kernels_borderline (538142a), (pairmap kernel + products) /
+#: interpreter, for accumulators and matrices / accumulators:
+#: wins (dd|dd) 0.72 961 1.6, (gd|dp) 0.84 1024 3.1, (fd|fp) 0.94 1150 1.9,
+#: (ff|dp) 0.89 1184 3.3, (gf|dp) 0.89 1600 4.1, (gg|fp) 0.74 3625 3.4,
+#: (gd|fd) 0.60 2944 1.5, (gg|gf) 0.29 14500 1.2; losses (gf|pp) 1.36 900 7.1,
+#: (gg|pp) 1.70 1305 9.1, (gg|dp) 1.07 2320 5.2, and with an s shell (gd|gs)
+#: 1.23 960 3.1, (gs|ff) 1.33 1110 3.4, (gg|gs) 1.47 2175 5.5.
 PAIRMAP_ACC_MIN = 950
-PAIRMAP_MATRIX_RATIO = 4.0
+PAIRMAP_MATRIX_RATIO = 4.5
 
 _lock = threading.Lock()
 _decisions: dict = {}
@@ -125,10 +130,11 @@ def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str
 
 
 def pairmap_pays(program: ir.Program) -> bool:
-    """The measured rule of ``PAIRMAP_ACC_MIN`` and ``PAIRMAP_MATRIX_RATIO``."""
+    """The measured rule above (``PAIRMAP_ACC_MIN``, no s shell,
+    ``PAIRMAP_MATRIX_RATIO``)."""
     matrices = pairmaps.matrix_doubles(program)
-    return (program.n_acc >= PAIRMAP_ACC_MIN and 0 < matrices
-            <= PAIRMAP_MATRIX_RATIO * program.n_acc)
+    return (program.n_acc >= PAIRMAP_ACC_MIN and 0 not in program.ls
+            and 0 < matrices <= PAIRMAP_MATRIX_RATIO * program.n_acc)
 
 
 def _fits(program, variant) -> bool:
