@@ -23,6 +23,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py
     python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
+    python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
 """
 from __future__ import annotations
 
@@ -111,17 +112,24 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg import tiers
+    from pyscf_fusionrcg import fusionrcg, tiers
     from pyscf_fusionrcg.screening import schwarz_bounds
 
     require_gpu('the J/K breakdown')
     sync = cupy.cuda.Device().synchronize
     mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     # the converged density from the baseline's own SCF (with def2-QZVP it runs
-    # faster than ours, and it is the same density)
+    # faster than ours, and it is the same density); beyond g functions
+    # GPU4PySCF's driver cannot build the core Hamiltonian, and PySCF's driver
+    # runs with our J/K instead
     stock = scf.RHF(mol).to_gpu()
-    stock.kernel()
-    dm = cupy.asarray(stock.make_rdm1())
+    if int(mol._bas[:, 1].max()) <= 4:
+        stock.kernel()
+        dm, density = cupy.asarray(stock.make_rdm1()), 'converged RHF (GPU4PySCF)'
+    else:
+        own = scf.RHF(mol).apply(fusionrcg, backend='gpu')
+        own.kernel()
+        dm, density = cupy.asarray(own.make_rdm1()), 'converged RHF (PySCF driver, FusionRCG J/K)'
     dms = dm.reshape(1, mol.nao, mol.nao)
     q_cond = schwarz_bounds(mol, 0.0)
     fn = lambda: stock.get_jk(mol, dm)  # noqa: E731
@@ -136,7 +144,7 @@ def main(argv=None):
               flush=True)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
-                density='converged RHF (GPU4PySCF)', direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr)
+                density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '

@@ -14,6 +14,7 @@ benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
     python benchmarks/scf_vs_gpu4pyscf.py --quick             # one small case
     python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp,tamoxifen-def2-tzvp
     python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-qzvp --name scf_vs_gpu4pyscf_qzvp
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water10-cc-pv5z --builds J+K   # GPU4PySCF's J and K alone take minutes there
 
 Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]``).
 """
@@ -54,6 +55,7 @@ CASES = {c.name: c for c in (
     Case("gly30-def2-tzvp", "gly/gly30.xyz", "def2-TZVP", scf=False),
 )}
 QUICK = ("vitc-def2-tzvp",)
+BUILDS = ("J+K", "J", "K")
 
 
 def default_molecules_dir() -> pathlib.Path:
@@ -72,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--no-scf", action="store_true", help="builds only")
     p.add_argument("--scf-methods", default="RHF,B3LYP",
                    help="whole SCFs timed, of RHF,B3LYP (the RHF always runs: its density is the builds')")
+    p.add_argument("--builds", default=",".join(BUILDS),
+                   help=f"builds timed on the converged density, of {','.join(BUILDS)}")
     p.add_argument("--tier", default=None, help="force one FusionRCG storage tier")
     p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
     p.add_argument("--name", default=NAME,
@@ -86,6 +90,10 @@ def parse_args(argv=None):
         if unknown:
             p.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     args.selected = [CASES[n] for n in names]
+    args.builds = [b.strip() for b in args.builds.split(",") if b.strip()]
+    unknown = [b for b in args.builds if b not in BUILDS]
+    if unknown or not args.builds:
+        p.error(f"unknown build(s) {unknown}; known: {', '.join(BUILDS)}")
     if args.quick:
         args.repeat = 1
     return args
@@ -101,7 +109,7 @@ def dry_run(args):
     print(f"{'case':22s} {'basis':10s} {'atoms':>5s} {'nao':>5s} {'max l':>5s}  runs")
     for case in args.selected:
         path = args.molecules_dir / case.xyz
-        runs = ["J+K", "J", "K"]
+        runs = list(args.builds)
         if case.scf and not args.no_scf:
             runs += ["RHF"] if args.quick else [m for m in ("RHF", "B3LYP") if m in args.scf_methods.split(",")]
         runs.append("vs GPU4PySCF" if case.baseline else "FusionRCG only")
@@ -212,9 +220,10 @@ def run_case(case, args, save):
         del mf
         cupy.get_default_memory_pool().free_all_blocks()
 
-    for task, call in (("J+K", lambda mf: mf.get_jk(mol, dm)),
-                       ("J", lambda mf: mf.get_j(mol, dm)),
-                       ("K", lambda mf: mf.get_k(mol, dm))):
+    builds = {"J+K": lambda mf: mf.get_jk(mol, dm), "J": lambda mf: mf.get_j(mol, dm),
+              "K": lambda mf: mf.get_k(mol, dm)}
+    for task in args.builds:
+        call = builds[task]
         t, out = time_build(lambda: call(mine), args.repeat)
         t_ref, extra = None, {}
         if stock is not None:

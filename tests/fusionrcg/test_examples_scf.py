@@ -70,6 +70,13 @@ def test_benchmark_dry_run_lists_cases():
                  "--molecules-dir", "/nonexistent")
     assert quick.returncode == 0 and "missing" in quick.stdout
     assert "tamoxifen" not in quick.stdout
+    only_jk = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run", "--cases", "water-cc-pv5z",
+                   "--builds", "J+K")
+    assert only_jk.returncode == 0, only_jk.stderr
+    line = next(l for l in only_jk.stdout.splitlines() if l.startswith("water-cc-pv5z"))
+    assert line.rstrip().endswith("J+K, vs GPU4PySCF"), line
+    bad = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run", "--builds", "J+X")
+    assert bad.returncode != 0 and "unknown build(s) ['J+X']" in bad.stderr
 
 
 def test_benchmark_plot_from_records(tmp_path):
