@@ -284,6 +284,13 @@ def sequence(program: ir.Program, group: int = 1) -> Sequence:
         nz + len(op) - 1, NT, NA, is_prim)
 
 
+def _distinct(ids: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array, by sorting: NumPy >= 2.3's
+    ``np.unique`` hashes integers, 70x slower at 10^6 distinct ids."""
+    ids = np.sort(ids)
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+
+
 def _assign(seq: Sequence, first: int = 0, level=None):
     """Linear-scan slots of the operands of a sequence; see :func:`assign_slots`.
 
@@ -304,7 +311,7 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     np.maximum.at(last, r_id, level[r_op])
     zero_ids = seq.dst[seq.kind == _ZERO]
     last[zero_ids] = np.maximum(last[zero_ids], level[seq.end_body])
-    dying = np.unique(r_id[last[r_id] == level[r_op]])
+    dying = _distinct(r_id[last[r_id] == level[r_op]])
     dying = dying[np.argsort(last[dying], kind='stable')]
     n_lev = int(level[-1]) + 1 if n else 0
     dptr = np.searchsorted(last[dying], np.arange(n_lev + 1))
@@ -347,39 +354,41 @@ def level_schedule(seq: Sequence, lo: int, hi: int, width: int = None) -> np.nda
     List scheduling: a statement is ready once every value it reads (written
     in this range) was written in an earlier level; each level takes at most
     ``width`` ready statements, lowest orchestrated index first, so the order
-    stays close to the orchestrated one and so does the live set.
+    stays close to the orchestrated one and so does the live set.  The
+    dependency edges are found with NumPy; only the list scheduling itself
+    walks them in Python (a (gg|gg) class has 10^6 statements).
     """
     width = width or LEVEL_WIDTH
     n = hi - lo
-    term_op = np.repeat(np.arange(lo, hi), np.diff(seq.ptr[lo:hi + 1])) - lo
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    term_op = np.repeat(np.arange(n), np.diff(seq.ptr[lo:hi + 1]))
     srcs = seq.src[seq.ptr[lo]:seq.ptr[hi]]
-    writer = {}
-    for k, (kind, d) in enumerate(zip(seq.kind[lo:hi].tolist(), seq.dst[lo:hi].tolist())):
-        if kind in (_BOYS, _LIN):
-            writer[d] = k
-    users = [[] for _ in range(n)]
-    waiting = [0] * n
-    seen = set()
-    for k, src in zip(term_op.tolist(), srcs.tolist()):
-        w = writer.get(src)
-        if w is not None and (w, k) not in seen:
-            seen.add((w, k))
-            users[w].append(k)
-            waiting[k] += 1
-    ready = [k for k in range(n) if waiting[k] == 0]
-    heapq.heapify(ready)
-    level = np.zeros(n, dtype=np.int64)
+    kind, dst = seq.kind[lo:hi], seq.dst[lo:hi]
+    written = np.nonzero((kind == _BOYS) | (kind == _LIN))[0]
+    writer = np.full(int(max(dst.max(), srcs.max(initial=0))) + 1, -1, dtype=np.int64)
+    np.maximum.at(writer, dst[written], written)        # an id's last writer in the range
+    w = writer[srcs]
+    read = w >= 0
+    # each (writer, reader) once, ordered by writer then reader
+    edges_w, edges_r = np.divmod(_distinct(w[read] * n + term_op[read]), n)
+    waiting = np.bincount(edges_r, minlength=n).tolist()
+    first = np.searchsorted(edges_w, np.arange(n + 1)).tolist()
+    users = edges_r.tolist()
+    ready = [k for k in range(n) if waiting[k] == 0]     # ascending: already a heap
+    level = [0] * n
+    pop, push = heapq.heappop, heapq.heappush
     lv = 0
     while ready:
-        take = [heapq.heappop(ready) for _ in range(min(width, len(ready)))]
-        level[take] = lv
+        take = [pop(ready) for _ in range(min(width, len(ready)))]
         for k in take:
-            for u in users[k]:
+            level[k] = lv
+            for u in users[first[k]:first[k + 1]]:
                 waiting[u] -= 1
                 if waiting[u] == 0:
-                    heapq.heappush(ready, u)
+                    push(ready, u)
         lv += 1
-    return level
+    return np.asarray(level, dtype=np.int64)
 
 
 def assign_slots(program: ir.Program, group: int = 1):

@@ -225,6 +225,27 @@ def test_levels_are_free_of_hazards(ls, group):
     assert n_slots <= 1.5 * codegen.assign_slots(prog, group)[1] + 2 * codegen.LEVEL_WIDTH
 
 
+@pytest.mark.parametrize('ls,width', [((2, 1, 2, 1), 64), ((3, 2, 2, 0), 16)])
+def test_level_schedule_takes_the_lowest_ready_statements_first(ls, width):
+    """The list schedule: a statement waits for the statements that write what
+    it reads; a level takes the lowest-numbered ready statements, as many as
+    ``width`` allows, and only leaves ready ones behind when it is full."""
+    seq = codegen.sequence(host.get_program(*ls), 1)
+    n_zero = int((seq.kind == codegen._ZERO).sum())
+    for lo, hi in ((n_zero, seq.end_body + 1), (seq.end_body + 1, len(seq.kind))):
+        level = codegen.level_schedule(seq, lo, hi, width)
+        writer = {int(seq.dst[k]): k - lo for k in range(lo, hi)
+                  if seq.kind[k] in (codegen._BOYS, codegen._LIN)}
+        needs = [{writer[int(x)] for x in seq.src[seq.ptr[k]:seq.ptr[k + 1]] if int(x) in writer}
+                 for k in range(lo, hi)]
+        for lv in range(int(level.max()) + 1):
+            taken = np.nonzero(level == lv)[0]
+            ready = [k for k in range(hi - lo) if level[k] >= lv and all(level[w] < lv for w in needs[k])]
+            assert set(taken) <= set(ready)
+            assert list(taken) == sorted(ready)[:len(taken)]
+            assert len(taken) == min(width, len(ready))
+
+
 # ----------------------------------------------------------------- nvcc
 
 @needs_nvcc
