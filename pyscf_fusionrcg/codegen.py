@@ -317,35 +317,35 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     dptr = np.searchsorted(last[dying], np.arange(n_lev + 1))
     writes = np.isin(seq.kind, (_ZERO, _BOYS, _LIN))
     wptr = np.searchsorted(level, np.arange(n_lev + 1))
-    slots = np.full(n_ids, -1, dtype=np.int64)
+    # plain lists in the loop: NumPy scalar access costs more than the work
+    slots = [-1] * n_ids
     free = []
     n_slots = first
     dst, dying_l, dptr_l, last_l = seq.dst.tolist(), dying.tolist(), dptr.tolist(), last.tolist()
-    writes_l = writes.tolist()
+    written = np.nonzero(writes)[0].tolist()
+    wptr_l = np.searchsorted(written, wptr).tolist()    # level lv writes written[wptr_l[lv]:wptr_l[lv+1]]
 
     def release(lv):
-        for r in dying_l[dptr_l[lv]:dptr_l[lv + 1]]:
-            free.append(int(slots[r]))
+        free.extend([slots[r] for r in dying_l[dptr_l[lv]:dptr_l[lv + 1]]])
 
     for lv in np.nonzero((wptr[1:] > wptr[:-1]) | (dptr[1:] > dptr[:-1]))[0].tolist():
         if inplace:
             release(lv)
         unread = []
-        for k in range(wptr[lv], wptr[lv + 1]):
-            if not writes_l[k]:
-                continue
+        for k in written[wptr_l[lv]:wptr_l[lv + 1]]:
             d = dst[k]
             if free:
-                slots[d] = free.pop()   # LIFO: the most recently freed slot is hot in cache
+                slot = free.pop()   # LIFO: the most recently freed slot is hot in cache
             else:
-                slots[d] = n_slots
+                slot = n_slots
                 n_slots += 1
-            if last_l[d] < 0:           # never read: dead at once
-                (free if inplace else unread).append(int(slots[d]))
+            slots[d] = slot
+            if last_l[d] < 0:       # never read: dead at once
+                (free if inplace else unread).append(slot)
         if not inplace:
             release(lv)
             free.extend(unread)
-    return slots, n_slots
+    return np.asarray(slots, dtype=np.int64), n_slots
 
 
 def level_schedule(seq: Sequence, lo: int, hi: int, width: int = None) -> np.ndarray:
