@@ -60,7 +60,7 @@ def test_main_module_reads_xyz_and_runs_uhf(tmp_path, capsys):
     assert "UHF" in capsys.readouterr().out
 
 
-def test_benchmark_dry_run_lists_cases():
+def test_benchmark_dry_run_lists_cases(tmp_path):
     res = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run")
     assert res.returncode == 0, res.stderr
     for name in ("vitc-def2-tzvp", "tamoxifen-def2-tzvp", "water20-def2-qzvp",
@@ -70,8 +70,11 @@ def test_benchmark_dry_run_lists_cases():
                  "--molecules-dir", "/nonexistent")
     assert quick.returncode == 0 and "missing" in quick.stdout
     assert "tamoxifen" not in quick.stdout
+    water = tmp_path / "water_clusters" / "002.xyz"
+    water.parent.mkdir()
+    water.write_text("3\n\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 -0.757 -0.469\n")
     only_jk = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run", "--cases", "water-cc-pv5z",
-                   "--builds", "J+K")
+                   "--builds", "J+K", "--molecules-dir", str(tmp_path))
     assert only_jk.returncode == 0, only_jk.stderr
     line = next(l for l in only_jk.stdout.splitlines() if l.startswith("water-cc-pv5z"))
     assert line.rstrip().endswith("J+K, vs GPU4PySCF"), line
