@@ -37,7 +37,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
-from _common import environment_meta, write_results  # noqa: E402
+from _common import environment_meta, gpu4pyscf_driver_works, write_results  # noqa: E402
 
 
 def _molecules_dir() -> Path:
@@ -119,11 +119,9 @@ def main(argv=None):
     sync = cupy.cuda.Device().synchronize
     mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     # the converged density from the baseline's own SCF (with def2-QZVP it runs
-    # faster than ours, and it is the same density); beyond g functions
-    # GPU4PySCF's driver cannot build the core Hamiltonian, and PySCF's driver
-    # runs with our J/K instead
+    # faster than ours, and it is the same density) where its driver works
     stock = scf.RHF(mol).to_gpu()
-    if int(mol._bas[:, 1].max()) <= 4:
+    if gpu4pyscf_driver_works(mol):
         stock.kernel()
         dm, density = cupy.asarray(stock.make_rdm1()), 'converged RHF (GPU4PySCF)'
     else:

@@ -179,6 +179,7 @@ def run_case(case, args, save):
     import cupy
     from pyscf import dft, scf
 
+    from _common import gpu4pyscf_driver_works
     from pyscf_fusionrcg import fusionrcg
 
     mol = build_mol(case, args.molecules_dir)
@@ -200,9 +201,7 @@ def run_case(case, args, save):
     if not (args.quick or args.no_scf or not case.scf) and "B3LYP" in args.scf_methods.split(","):
         methods.append(("B3LYP", lambda m: dft.RKS(m, xc="b3lyp")))
     dm = None
-    # GPU4PySCF's driver cannot build the core Hamiltonian beyond g functions
-    # (its 3-centre J engine stops at l = 4): there PySCF's driver runs our J/K.
-    gpu_driver = int(mol._bas[:, 1].max()) <= 4
+    gpu_driver = gpu4pyscf_driver_works(mol)
     for label, make in methods:
         mf = ours(make(mol)) if gpu_driver else make(mol).apply(fusionrcg, backend="gpu", tier=args.tier)
         t, e = _once(mf.kernel)
