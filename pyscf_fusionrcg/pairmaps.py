@@ -142,7 +142,8 @@ def matrix_doubles(program: ir.Program) -> int:
 
 
 def monomials(powers, r, xp=np):
-    """(n, n_mono) values x^a y^b z^c of the vectors ``r`` (n, 3)."""
+    """(n, n_mono) values x^a y^b z^c of the vectors ``r`` (n, 3), for the
+    exponent triples ``powers`` (n_mono, 3), NumPy or already on ``xp``."""
     r = xp.asarray(r, dtype=xp.float64)
     mono = xp.ones((len(r), len(powers)))
     for d in range(3):
@@ -173,6 +174,8 @@ class PairProducts:
             raise AssertionError(f'{program.name}: the side maps do not span the accumulators')
         #: (bra rows, bra starts, ket starts, ket rows)
         self.dims = (bra.n_rows, bra.n_start, ket.n_start, ket.n_rows)
+        # on the device once: every batch evaluates the monomials
+        self._bra_powers, self._ket_powers = xp.asarray(bra.powers), xp.asarray(ket.powers)
         # the bra's matrices are used transposed (rows x starts), the ket's as stored
         self._bra_coef = xp.asarray(np.ascontiguousarray(bra.coef.transpose(0, 2, 1)).reshape(len(bra.powers), -1))
         self._ket_coef = xp.asarray(ket.coef.reshape(len(ket.powers), -1))
@@ -200,10 +203,10 @@ class PairProducts:
         half = work[n_mat:n_mat + n_half].reshape(nq, nbf, nks)
         blocks = work[n_mat + n_half:n_mat + n_half + nq * nbf * nkf].reshape(nq, nbf, nkf)
         mb = mat[:nq * nbf * nbs].reshape(nq, nbf, nbs)
-        xp.matmul(monomials(self.bra.powers, ab, xp), self._bra_coef, out=mb.reshape(nq, -1))
+        xp.matmul(monomials(self._bra_powers, ab, xp), self._bra_coef, out=mb.reshape(nq, -1))
         xp.matmul(mb, acc[:nq * nbs * nks].reshape(nq, nbs, nks), out=half)
         mk = mat[:nq * nks * nkf].reshape(nq, nks, nkf)
-        xp.matmul(monomials(self.ket.powers, cd, xp), self._ket_coef, out=mk.reshape(nq, -1))
+        xp.matmul(monomials(self._ket_powers, cd, xp), self._ket_coef, out=mk.reshape(nq, -1))
         xp.matmul(half, mk, out=blocks)
         out[...] = blocks.reshape(nq, -1).T
         return out

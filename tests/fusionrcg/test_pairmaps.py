@@ -64,6 +64,8 @@ def test_products_stay_inside_the_work_buffer_they_are_given():
     assert np.isnan(work[-7:]).all()
     # one quartet: the matrices' product with the accumulator matrix, written out
     bra, ket = products.bra, products.ket
+    # the size the routing reads from the graph's labels is the one built here
+    assert pairmaps.matrix_doubles(prog) == bra.n_start * bra.n_rows + ket.n_start * ket.n_rows
     mb = np.einsum('m,mur->ru', pairmaps.monomials(bra.powers, ab[:1])[0], bra.coef)
     mk = np.einsum('m,mvr->vr', pairmaps.monomials(ket.powers, cd[:1])[0], ket.coef)
     one = mb @ acc[:prog.n_acc].reshape(bra.n_start, ket.n_start) @ mk
