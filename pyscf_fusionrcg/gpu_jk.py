@@ -126,6 +126,14 @@ class JKPlan:
         return sum(c.quartets.nbytes for c in self.classes)
 
 
+def digest_grid(n_elem: int, nq: int, block: int = _DIGEST_BLOCK, limit: int = 65535) -> tuple:
+    """(output elements, quartet blocks split over y and z): digest.cu's grid,
+    the element fastest; gridDim.y and z are at most ``limit`` (CUDA's 65535)."""
+    blocks = -(-nq // block)
+    z = -(-blocks // limit)
+    return n_elem, -(-blocks // z), z
+
+
 def _digest_kernel():
     from gpucore import compile_file
     return compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
@@ -205,11 +213,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                     break
                 t1 = timer.mark()
                 nq = hi - lo
-                # blockIdx.y is the output element (digest.cu), and gridDim.y is at most 65535
-                if n_elem > 65535:
-                    raise ValueError(f'{n_elem} output elements per quartet exceed the '
-                                     f'digestion grid\'s 65535 (class dims {dims})')
-                digest(((nq + _DIGEST_BLOCK - 1) // _DIGEST_BLOCK, n_elem), (_DIGEST_BLOCK,),
+                digest(digest_grid(n_elem, nq), (_DIGEST_BLOCK,),
                        (g, np.int32(nq), qdev[lo:hi], ao_loc,
                         *(np.int32(x) for x in dims), np.int32(nao),
                         dm_j if with_j else null, jh if with_j else null, np.int32(nset_j),

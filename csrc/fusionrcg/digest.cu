@@ -16,12 +16,16 @@
 //
 // fr_digest: one thread per (quartet, output element) of the six blocks
 // above, the sum over the other two indices kept in a register, so every
-// output element of a quartet costs at most one atomic per density set.  The
-// grid is 2-D: blockIdx.y is the output element e (0 .. n_elem - 1, counted
-// over the blocks with density sets in the order above) and
-// blockIdx.x * blockDim.x + threadIdx.x the quartet q, so everything that
-// depends on e (block, indices, strides, density) is uniform per thread
-// block and found without dividing a thread index.
+// output element of a quartet costs at most one atomic per density set.
+// blockIdx.x is the output element e (0 .. n_elem - 1, counted over the
+// blocks with density sets in the order above), so everything that depends
+// on e (block, indices, strides, density) is uniform per thread block and
+// found without dividing a thread index; the quartet block is
+// blockIdx.y + gridDim.y * blockIdx.z (gridDim.y is at most 65535).  With the
+// element fastest, the blocks the GPU runs at once are all the elements of a
+// few quartet blocks: each block element g is read six times (once per
+// output block) and each quartet's shells once per element, and those
+// re-reads then come from L2, not from device memory.
 // Atomics are what this kernel is bound by, so the lanes of a warp that add
 // to the same address add once: consecutive threads take consecutive
 // quartets of one element, and the plan sorts a class's quartets by shells
@@ -88,7 +92,7 @@ extern "C" __global__ void fr_digest(
     const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
   // the element's block (blocks without density sets have no elements) and
   // its index in it, the same for the whole thread block
-  int e = blockIdx.y, b = 0;
+  int e = blockIdx.x, b = 0;
   for (; b < 6; ++b) {
     const FrBlock& fb = fr_blocks[b];
     const int n = (fb.exchange ? nset_k : nset_j)
@@ -97,7 +101,7 @@ extern "C" __global__ void fr_digest(
     e -= n;
   }
   if (b == 6) return;                       // past the last element: the whole thread block
-  const int q0 = blockIdx.x * blockDim.x + (threadIdx.x & ~31u);
+  const int q0 = (blockIdx.y + gridDim.y * blockIdx.z) * blockDim.x + (threadIdx.x & ~31u);
   if (q0 >= nq) return;                     // whole warps only: fr_warp_add needs every lane
   const int q = q0 + (threadIdx.x & 31);
   const bool active = q < nq;

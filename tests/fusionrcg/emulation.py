@@ -127,7 +127,7 @@ inline unsigned __ballot_sync(unsigned, int p) {
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 // 32 host threads, the lanes, walk the warps of the grid in the same order;
-// grid: FrDim{x, y} for a 2-D grid, or a count of blocks
+// grid: FrDim{x, y, z}, or a count of blocks
 template <class F, class... A>
 void fr_launch_warps(F f, FrDim grid, int block, A... a) {
   gridDim = grid; blockDim.x = block;
@@ -136,11 +136,12 @@ void fr_launch_warps(F f, FrDim grid, int block, A... a) {
   for (int lane = 0; lane < 32; ++lane)
     lanes.emplace_back([&, lane] {
       fr_warp = &warp;
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx)
-          for (int w = 0; w < block / 32; ++w) {
-            blockIdx.x = bx; blockIdx.y = by; threadIdx.x = w * 32 + lane; f(a...);
-          }
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx)
+            for (int w = 0; w < block / 32; ++w) {
+              blockIdx.x = bx; blockIdx.y = by; blockIdx.z = bz; threadIdx.x = w * 32 + lane; f(a...);
+            }
     });
   for (auto& t : lanes) t.join();
 }

@@ -360,6 +360,7 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     to one address per output, at 3 runs cross the warps' edges)."""
     from pyscf import gto
     from pyscf.scf import hf
+    from pyscf_fusionrcg.gpu_jk import digest_grid
     from pyscf_fusionrcg.screening import build_tasks
     mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis=basis,
                 verbose=0)
@@ -367,11 +368,12 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     rng = np.random.default_rng(1)
     d = rng.normal(size=(2, nao, nao))
     d = d + d.transpose(0, 2, 1) if hermi == 1 else d
-    # grid (quartet blocks, output elements), as gpu_jk launches it
-    entry = ('extern "C" void run(int nb, int n_elem, const double* g, int nq, const int* q, '
+    # grid (output elements, quartet blocks over y and z), as gpu_jk launches
+    # it, with y at most 2 here so that z is used too
+    entry = ('extern "C" void run(int gx, int gy, int gz, const double* g, int nq, const int* q, '
              'const int* ao, int di, int dj, int dk, int dl, int nao, '
              'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
-             '  fr_launch_warps(fr_digest, FrDim{(unsigned)nb, (unsigned)n_elem}, 64, g, nq, q, ao, '
+             '  fr_launch_warps(fr_digest, FrDim{(unsigned)gx, (unsigned)gy, (unsigned)gz}, 64, g, nq, q, ao, '
              'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')
     with tempfile.TemporaryDirectory() as tmp:
         lib = emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
@@ -391,7 +393,7 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
         di, dj, dk, dl = dims = blocks.shape[1:]
         g = np.ascontiguousarray(blocks.reshape(len(q), -1).T / repeat)   # [element][quartet]
         n_elem = di * dj + dk * dl + (di + dj) * (dk + dl)
-        lib.run(ctypes.c_int(-(-len(q) // 64)), ctypes.c_int(n_elem),
+        lib.run(*(ctypes.c_int(x) for x in digest_grid(n_elem, len(q), 64, limit=2)),
                 P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data),
                 P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
                 P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
