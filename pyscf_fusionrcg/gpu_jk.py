@@ -36,11 +36,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from . import launch
 from .screening import build_tasks
 
 _DIGEST_BLOCK = 128
+#: Seconds of kernel preparation before its progress bar shows, and the
+#: variable that turns the bar off ('0').
+PROGRESS_DELAY_S = 2.0
+PROGRESS_ENV = 'FUSIONRCG_PROGRESS'
 
 #: A plan screened for densities up to ``bound`` serves densities whose largest
 #: element is at least ``bound / PLAN_REUSE_RANGE``; smaller ones (the density
@@ -59,7 +64,10 @@ class _ClassPlan:
 def _class_kernels(shapes, cart, omega, tier) -> dict:
     """The kernel of every (class, contraction shape), first uses compiled by a
     few threads at once (NVRTC releases the GIL; a triple-zeta molecule's
-    register-tier classes take 1-20 s each)."""
+    register-tier classes take 1-20 s each, and a cc-pV5Z molecule's 400
+    classes minutes the first time in a process), with a progress bar on
+    stderr once that takes more than ``PROGRESS_DELAY_S`` (``$FUSIONRCG_PROGRESS=0``
+    turns it off)."""
     device = launch._cupy().cuda.Device()
 
     def kernel(shape):
@@ -67,8 +75,14 @@ def _class_kernels(shapes, cart, omega, tier) -> dict:
             return launch.get_kernel(shape[0], cart, omega, shape[1], tier)
 
     shapes = sorted(shapes)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        return dict(zip(shapes, pool.map(kernel, shapes)))
+    kernels = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool, \
+            tqdm(total=len(shapes), desc='FusionRCG kernels', unit='class', delay=PROGRESS_DELAY_S,
+                 leave=False, disable=os.environ.get(PROGRESS_ENV, '1') == '0') as bar:
+        for shape, kern in zip(shapes, pool.map(kernel, shapes)):
+            kernels[shape] = kern
+            bar.update()
+    return kernels
 
 
 class JKPlan:
