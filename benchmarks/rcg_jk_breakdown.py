@@ -59,7 +59,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
 
     from pyscf_fusionrcg import fusionrcg, launch
     from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
-    from pyscf_fusionrcg.screening import build_tasks
+    from pyscf_fusionrcg.screening import iter_tasks
 
     mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
     tol = mf.direct_scf_tol
@@ -69,7 +69,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
     # the plugin's build split into its parts: the plan (once per geometry), then a build from it
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
     cupy.get_default_memory_pool().free_all_blocks()
-    block_quartets = sum(len(t) for t in build_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
+    block_quartets = sum(len(t) for t in iter_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
     plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond), sync)
     profile = {}
     jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan, profile=profile), sync)

@@ -13,7 +13,9 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
 * ``tasks``: :func:`pyscf_fusionrcg.screening.build_tasks` output for these
   densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
   convention is that module's.  Or a :class:`JKPlan`: the same quartets
-  already oriented and ordered on the device, kept across builds.
+  already oriented and ordered on the device, kept across builds.  Or an
+  :func:`~pyscf_fusionrcg.screening.iter_tasks` stream: the classes are then
+  screened, ordered and digested one chunk at a time (:class:`StreamedPlan`).
 * ``tier``: force a storage tier for every class (experiments; a plan
   carries its own);
   ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
@@ -39,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .screening import build_tasks
+from .screening import TaskStream, iter_tasks
 
 _DIGEST_BLOCK = 128
 #: Seconds of kernel preparation before its progress bar shows, and the
@@ -85,6 +87,15 @@ def _class_kernels(shapes, cart, omega, tier) -> dict:
     return kernels
 
 
+class PlanTooLarge(MemoryError):
+    """A plan's quartets would take more than the memory allowed for them."""
+
+    def __init__(self, nbytes: int, max_bytes: int):
+        super().__init__(f'the screened quartets take more than {nbytes / 2**30:.1f} GiB '
+                         f'of GPU memory, above the {max_bytes / 2**30:.1f} GiB allowed for a plan')
+        self.nbytes, self.max_bytes = nbytes, max_bytes
+
+
 class JKPlan:
     """Every class's screened quartets on the device, oriented and ordered for
     launch (``launch.orient``, ``launch.primitive_order``), with the kernels.
@@ -92,37 +103,52 @@ class JKPlan:
     Screening, orienting and ordering the tens of millions of quartets of a
     triple-zeta molecule take about a fifth of a J+K build; a plan does it once
     per geometry and operator and is reused by every build whose density it
-    covers (:meth:`covers`).  ``bound``: the density bound the tasks were
-    screened with (``build_tasks(density_bound=)``), None for tasks screened
-    for one particular density.
+    covers (:meth:`covers`).  ``tasks``: a task list or a
+    :class:`~pyscf_fusionrcg.screening.TaskStream`, whose chunks are dropped as
+    they are ordered; ``bound``: the density bound the tasks were screened with
+    (``build_tasks(density_bound=)``), None for tasks screened for one
+    particular density; ``max_bytes``: raise :class:`PlanTooLarge` as soon as
+    the ordered quartets pass it.
     """
 
-    def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None):
+    def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None, max_bytes=None):
         cp = launch._cupy()
         self.omega, self.tier, self.bound = float(omega), tier, bound
         self.nao = mol.nao
-        self.classes = []
-        if not len(tasks):
-            return
         self.basis = launch.DeviceBasis(mol)
         self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
-        kernels = _class_kernels({(t.key, t.nctr) for t in tasks}, bool(mol.cart), omega, tier)
+        self._cart = bool(mol.cart)
+        ordered, nbytes = [], 0
         for t in tasks:
-            kern = kernels[t.key, t.nctr]
-            oriented = launch.orient(self.basis, t.quartets)[0]
-            order = launch.primitive_order(self.basis, oriented)
-            self.classes.append(_ClassPlan(
-                kern, tuple(n * c for n, c in zip(kern.program.shape, t.nctr)),
-                cp.ascontiguousarray(oriented[order])))
+            q = self._ordered(t)
+            nbytes += q.nbytes
+            if max_bytes is not None and nbytes > max_bytes:
+                raise PlanTooLarge(nbytes, max_bytes)
+            ordered.append((t.key, t.nctr, q))
+        kernels = _class_kernels({(k, n) for k, n, _ in ordered}, self._cart, omega, tier)
+        self.classes = [self._class_plan(kernels[k, n], n, q) for k, n, q in ordered]
 
     @classmethod
-    def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, tier=None):
+    def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, tier=None,
+               max_bytes=None):
         """A plan for every density with ``max |D| <= density_max`` (Schwarz
         screening with that bound on every block)."""
         import cupy
-        tasks = build_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
-                            density_bound=density_max)
-        return cls(mol, tasks, omega, tier, float(density_max))
+        tasks = iter_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
+                           density_bound=density_max)
+        return cls(mol, tasks, omega, tier, float(density_max), max_bytes)
+
+    def _ordered(self, t):
+        oriented = launch.orient(self.basis, t.quartets)[0]
+        order = launch.primitive_order(self.basis, oriented)
+        return launch._cupy().ascontiguousarray(oriented[order])
+
+    @staticmethod
+    def _class_plan(kern, nctr, quartets):
+        return _ClassPlan(kern, tuple(n * c for n, c in zip(kern.program.shape, nctr)), quartets)
+
+    def __iter__(self):
+        return iter(self.classes)
 
     def covers(self, density_max: float) -> bool:
         """True when the plan's quartets are right (every quartet that matters is
@@ -139,6 +165,21 @@ class JKPlan:
     def nbytes(self) -> int:
         return sum(c.quartets.nbytes for c in self.classes)
 
+
+class StreamedPlan(JKPlan):
+    """The classes of a :class:`~pyscf_fusionrcg.screening.TaskStream`, each
+    ordered when a build reaches it and dropped after: a build of any size in
+    the memory of one chunk.  Its kernels are prepared first, for every shape
+    the stream can have.  Iterable once."""
+
+    def __init__(self, mol, stream, omega=0.0, tier=None):
+        super().__init__(mol, (), omega, tier)
+        self._kernels = _class_kernels(stream.shapes, self._cart, omega, tier)
+        self._stream = stream
+
+    def __iter__(self):
+        for t in self._stream:
+            yield self._class_plan(self._kernels[t.key, t.nctr], t.nctr, self._ordered(t))
 
 def digest_grid(n_elem: int, nq: int, block: int = _DIGEST_BLOCK, limit: int = 65535) -> tuple:
     """(output elements, quartet blocks split over y and z): digest.cu's grid,
@@ -204,17 +245,22 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     kh = cp.zeros(dm_k.shape) if with_k else None
 
     timer = _ClassTimer(cp, profile)
-    plan = tasks if isinstance(tasks, JKPlan) else JKPlan(mol, tasks, omega, tier)
+    if isinstance(tasks, JKPlan):
+        plan = tasks
+    elif isinstance(tasks, TaskStream):
+        plan = StreamedPlan(mol, tasks, omega, tier)
+    else:
+        plan = JKPlan(mol, tasks, omega, tier)
     if plan.nao != nao or plan.omega != float(omega):
         raise ValueError(f'the J/K plan is for nao={plan.nao}, omega={plan.omega}; '
                          f'this build has nao={nao}, omega={float(omega)}')
-    if plan.classes and (with_j or with_k):
+    if with_j or with_k:
         basis, ao_loc = plan.basis, plan.ao_loc
         digest = _digest_kernel()
         null = cp.zeros(1)
         nset_j = nset if with_j else 0
         nset_k = len(dm_k) if with_k else 0
-        for c in plan.classes:
+        for c in plan:
             kern, dims, qdev = c.kern, c.dims, c.quartets
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
             di, dj, dk, dl = dims

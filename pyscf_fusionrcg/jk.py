@@ -11,8 +11,9 @@ are documented in :mod:`pyscf_fusionrcg.screening`.  Conventions are PySCF's::
 from __future__ import annotations
 
 import numpy as np
+from pyscf.lib import logger
 
-from pyscf_fusionrcg.screening import build_tasks, on_gpu, schwarz_bounds, to_host
+from pyscf_fusionrcg.screening import build_tasks, iter_tasks, on_gpu, schwarz_bounds, to_host
 
 #: Doubles of integral blocks digested per batch (bounds the scratch memory).
 _BATCH_DOUBLES = 1 << 21
@@ -95,8 +96,8 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
         if plans is not None:
             tasks = _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, gpu_options.get("tier"))
         if tasks is None:
-            # Screened on the GPU: get_jk_gpu gets CuPy densities and CuPy task arrays.
-            tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
+            # Screened on the GPU, class by class as the build reaches it.
+            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
         vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, **gpu_options)
         out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
@@ -129,15 +130,21 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
             None if vk is None else vk.reshape(shape))
 
 
+#: The share of the free GPU memory a plan may take: the rest is left to the
+#: builds' blocks and to the SCF.
+PLAN_MEMORY_SHARE = 0.5
+
+
 def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
     """The plan in ``plans`` if it covers ``dms``; None for a density far smaller
     than the plan's bound (an SCF's density change: screening its own blocks
-    keeps far fewer quartets); else a new plan, kept in ``plans`` while it takes
-    at most half of the GPU memory that was free for it (the other half is
-    left to the builds' blocks and to the SCF; a plan that is not kept is
-    screened again for every build)."""
+    keeps far fewer quartets), and None for every density of a geometry whose
+    plan did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory (such
+    builds stream their classes); else a new plan, kept in ``plans``."""
     import cupy
-    from pyscf_fusionrcg.gpu_jk import JKPlan
+    from pyscf_fusionrcg.gpu_jk import JKPlan, PlanTooLarge
+    if plans.get("too_large"):
+        return None
     dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
     plan = plans.get("plan")
     if plan is not None and plan.tier == tier:
@@ -146,11 +153,17 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
         if dmax < plan.bound:
             return None
     plans.pop("plan", None)     # free the old plan's arrays before screening again
-    plan = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier)
-    left = cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
-    if plan.nbytes <= left:
-        plans["plan"] = plan
-    return plan
+    pool = cupy.get_default_memory_pool()
+    free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
+    try:
+        plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier,
+                                      max_bytes=int(PLAN_MEMORY_SHARE * free))
+    except PlanTooLarge as err:
+        pool.free_all_blocks()
+        logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
+        plans["too_large"] = True
+        return None
+    return plans["plan"]
 
 
 def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):
@@ -171,10 +184,11 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):
     for t in tasks:
         blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
         step = max(1, _BATCH_DOUBLES // int(blk))
+        degeneracy = t.degeneracy
         for i0 in range(0, len(t), step):
             shls = t.quartets[i0:i0 + step]
             g = engine.quartet_blocks(shls)
-            g *= t.degeneracy[i0:i0 + step, None, None, None, None]
+            g *= degeneracy[i0:i0 + step, None, None, None, None]
             idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
             if with_j:
                 _digest_j(g, idx, dm_j, jh)

@@ -19,7 +19,9 @@ All rows of one ``ClassTasks`` have the same ``key = (l_a, l_b, l_c, l_d)`` and
 the same ``nctr`` (number of contracted functions of each shell, as PySCF's
 general contraction), hence the same block shape
 ``((2l_a+1)*n_a, ...)`` (Cartesian: ``(l+1)(l+2)/2`` per function).  Several
-``ClassTasks`` may share one ``key`` when their ``nctr`` differ.
+``ClassTasks`` may share one ``key`` when their ``nctr`` differ, and one
+``(key, nctr)`` comes in several when it has more than ``chunk`` quartets
+(:func:`iter_tasks`).
 
 ``degeneracy[n] = 1/2^k`` where ``k`` counts which of ``a == b``, ``c == d``,
 ``(a, b) == (c, d)`` hold.  A digestion multiplies the integral block
@@ -40,11 +42,14 @@ density matrices, both orientations) of the shell blocks the quartet reads:
 ``ij, kl`` for J and ``ik, il, jk, jl`` for K (evaluated in float32, as the
 bound needs no more).  Rows come grouped by bra pair, bra pairs by descending
 ``q``.  ``build_tasks(..., xp=cupy)`` screens on the GPU and returns CuPy arrays
-(the task list of a large molecule has 1e8 quartets and more).
+(the task list of a large molecule has 1e8 quartets and more);
+:func:`iter_tasks` makes the same rows one chunk at a time, for consumers that
+cannot hold them all at once ((H2O)20/def2-QZVP has more than fit in an H200).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from pyscf import gto
@@ -52,6 +57,9 @@ from pyscf.scf import _vhf
 
 #: Candidate quartets screened per tile (NumPy / CuPy).
 _TILE = {"numpy": 1 << 22, "cupy": 1 << 26}
+#: Quartets per ClassTasks from :func:`iter_tasks` at most: 1 GiB of shell
+#: indices, so a consumer that drops each chunk after use holds no more.
+CHUNK_QUARTETS = 1 << 26
 
 
 @dataclass
@@ -60,10 +68,39 @@ class ClassTasks:
     key: tuple          # (la, lb, lc, ld)
     nctr: tuple         # contracted functions per shell (na, nb, nc, nd)
     quartets: np.ndarray    # int32 (n, 4) shell indices (a, b, c, d); CuPy if xp=cupy
-    degeneracy: np.ndarray  # float64 (n,), see the module docstring; CuPy if xp=cupy
 
     def __len__(self):
         return len(self.quartets)
+
+    @property
+    def degeneracy(self):
+        """float64 (n,), see the module docstring; CuPy for CuPy quartets.  Made
+        on demand: the GPU digestion derives it from the shells instead of
+        reading 8 more bytes per quartet."""
+        xp = np if isinstance(self.quartets, np.ndarray) else _cupy()
+        a, b, c, d = self.quartets.T
+        k = (a == b).astype(np.int32) + (c == d) + ((a == c) & (b == d))
+        return xp.ldexp(xp.ones(len(self.quartets)), -k)
+
+
+@dataclass
+class TaskStream:
+    """Screened tasks made one chunk at a time (:func:`iter_tasks`), iterable once.
+
+    ``shapes``: every ``(key, nctr)`` a chunk can have, known before screening
+    (from the Schwarz bounds alone, so it may hold a few that density
+    screening then empties): a consumer compiles their kernels first.
+    """
+    shapes: set
+    chunks: Iterator[ClassTasks]
+
+    def __iter__(self):
+        return self.chunks
+
+
+def _cupy():
+    import cupy
+    return cupy
 
 
 def on_gpu(a):
@@ -146,6 +183,16 @@ def build_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
     replaces every block's ``|D|`` maximum (``dms`` is then not read): the
     tasks then hold for every density whose elements stay within it.
     """
+    return list(iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp,
+                           density_bound, chunk=None))
+
+
+def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
+               with_j=True, with_k=True, xp=np, density_bound=None,
+               chunk=CHUNK_QUARTETS) -> TaskStream:
+    """:func:`build_tasks`' quartets, in the same order, as a :class:`TaskStream`
+    of ClassTasks of at most ``chunk`` quartets each (None: one per class),
+    each screened when the consumer asks for it."""
     if q_cond is None:
         q_cond = schwarz_bounds(mol, omega)
     q_cond = to_host(q_cond)
@@ -155,39 +202,70 @@ def build_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
         dcond = np.full((mol.nbas, mol.nbas), float(density_bound))
     dmax = float(dcond.max()) if dcond.size else 0.0
     if dmax == 0.0 or not (with_j or with_k):
-        return []
+        return TaskStream(set(), iter(()))
     ls = mol._bas[:, gto.ANG_OF].astype(np.int64)
     nctr = mol._bas[:, gto.NCTR_OF].astype(np.int64)
     groups = _pair_classes(ls, nctr, q_cond,
                            q_cond * (float(q_cond.max()) * dmax) >= direct_scf_tol)
-    dev = {key: [p.to(xp) for p in subs] for key, subs in groups.items()}
-    d32 = xp.asarray(dcond.astype(np.float32))
-    tile = _TILE.get(xp.__name__, _TILE["numpy"])
     lkeys = sorted(groups, reverse=True)
-    tasks = []
-    for ib, lb in enumerate(lkeys):
-        for lk in lkeys[ib:]:
-            for bra_h, bra in zip(groups[lb], dev[lb]):
-                for ket_h, ket in zip(groups[lk], dev[lk]):
-                    q = _screen(bra_h, ket_h, bra, ket, lb == lk, d32, dmax, direct_scf_tol,
-                                with_j, with_k, tile, xp)
-                    if len(q):
-                        tasks.append(ClassTasks(lb + lk, bra.n + ket.n, q, _degeneracy(q, xp)))
-    return tasks
+    # (bra l-class, ket l-class, bra sub-class, ket sub-class) with Schwarz
+    # survivors, and within one l-class a ket pair not after every bra pair
+    combos = [(lb, lk, ib, ik)
+              for n, lb in enumerate(lkeys) for lk in lkeys[n:]
+              for ib, bra in enumerate(groups[lb]) for ik, ket in enumerate(groups[lk])
+              if _ket_counts(bra, ket, dmax, direct_scf_tol)[0] > 0
+              and (lb != lk or ket.rank.min() <= bra.rank.max())]
+    shapes = {(lb + lk, groups[lb][ib].n + groups[lk][ik].n) for lb, lk, ib, ik in combos}
+
+    def chunks():
+        dev = {key: [p.to(xp) for p in subs] for key, subs in groups.items()}
+        d32 = xp.asarray(dcond.astype(np.float32))
+        tile = _TILE.get(xp.__name__, _TILE["numpy"])
+        for lb, lk, ib, ik in combos:
+            bra, ket = dev[lb][ib], dev[lk][ik]
+            tiles = _screen(groups[lb][ib], groups[lk][ik], bra, ket, lb == lk, d32, dmax,
+                            direct_scf_tol, with_j, with_k, tile, xp)
+            for q in _joined(tiles, chunk, xp):
+                yield ClassTasks(lb + lk, bra.n + ket.n, q)
+
+    return TaskStream(shapes, chunks())
+
+
+def _ket_counts(bra_h, ket_h, dmax, tol):
+    """Per bra pair, how many of the kets (by descending q) pass the Schwarz
+    bound with the density maximum ``dmax``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = tol / (bra_h.q * dmax)
+    return np.searchsorted(-ket_h.q, -limit, side="right")
+
+
+def _joined(pieces, chunk, xp):
+    """The rows of the (n_i, 4) int32 arrays ``pieces``, in order, as contiguous
+    arrays of ``chunk`` rows (the last one shorter; None: all in one)."""
+    held, n = [], 0
+    for p in pieces:
+        if not len(p):
+            continue
+        held.append(p)
+        n += len(p)
+        while chunk is not None and n >= chunk:
+            rows = xp.concatenate(held) if len(held) > 1 else held[0]
+            yield xp.ascontiguousarray(rows[:chunk])
+            held, n = [rows[chunk:]], n - chunk
+    if n:
+        yield xp.ascontiguousarray(xp.concatenate(held) if len(held) > 1 else held[0])
 
 
 def _screen(bra_h, ket_h, bra, ket, same_lclass, d32, dmax, tol, with_j, with_k, tile, xp):
-    """Quartets (bra pair x ket pair) passing ``q_ij q_kl d_max >= tol``, as (n, 4) int32.
+    """Quartets (bra pair x ket pair) passing ``q_ij q_kl d_max >= tol``, as (n, 4)
+    int32 arrays, one per tile.
 
     Pairs come by descending q, so the Schwarz survivors (with the global
     density maximum) of each bra pair are a prefix of the kets, and shrink
     from one bra pair to the next: the candidates are screened in rectangular
     tiles of (bra rows) x (longest prefix among them).
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        limit = tol / (bra_h.q * dmax)
-    counts = np.searchsorted(-ket_h.q, -limit, side="right")
-    out = []
+    counts = _ket_counts(bra_h, ket_h, dmax, tol)
     start = 0
     while start < len(counts) and counts[start] > 0:
         ncol = int(counts[start])
@@ -207,15 +285,5 @@ def _screen(bra_h, ket_h, bra, ket, same_lclass, d32, dmax, tol, with_j, with_k,
         if same_lclass:
             keep &= ket.rank[None, :ncol] <= bra.rank[rows, None]
         r, col = xp.nonzero(keep)
-        out.append(xp.stack((a[r], b[r], c[col], d[col]), axis=1))
+        yield xp.stack((a[r], b[r], c[col], d[col]), axis=1).astype(np.int32, copy=False)
         start = stop
-    if not out:
-        return xp.empty((0, 4), np.int32)
-    return xp.ascontiguousarray(xp.concatenate(out).astype(np.int32, copy=False))
-
-
-def _degeneracy(q, xp):
-    """1/2 for each of a == b, c == d, (a, b) == (c, d) (see the module docstring)."""
-    a, b, c, d = q.T
-    k = (a == b).astype(np.int32) + (c == d) + ((a == c) & (b == d))
-    return xp.ldexp(xp.ones(len(q)), -k)

@@ -220,6 +220,46 @@ def test_plans_are_reused_within_their_density_range():
     assert plans['plan'] is not plan and plans['plan'].bound == pytest.approx(2 * np.abs(dm).max())
 
 
+def test_streamed_build_equals_the_listed_one():
+    """get_jk_gpu on an iter_tasks stream (small chunks: several per class)
+    orders and digests one chunk at a time, and gives the listed tasks' J/K."""
+    import cupy as cp
+    from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    from pyscf_fusionrcg.screening import build_tasks, iter_tasks
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-TZVP', verbose=0)
+    dm = minao_dm(mol)
+    dms = cp.asarray(dm)[None]
+    listed = get_jk_gpu(mol, dms, tasks=build_tasks(mol, dms, xp=cp))
+    streamed = get_jk_gpu(mol, dms, tasks=iter_tasks(mol, dms, xp=cp, chunk=5000))
+    for a, b in zip(listed, streamed):
+        assert float(abs(a - b).max()) < 1e-12
+    ref_j, ref_k = reference_jk(mol, dm)
+    assert np.abs(streamed[0].get()[0] - ref_j).max() < TOL
+    assert np.abs(streamed[1].get()[0] - ref_k).max() < TOL
+
+
+def test_a_plan_that_does_not_fit_streams_the_builds(monkeypatch):
+    """A plan stops screening once its quartets pass max_bytes (PlanTooLarge,
+    a MemoryError that says how much); get_jk then streams every build of the
+    geometry instead of running out of GPU memory, with the same J/K."""
+    from pyscf_fusionrcg import jk
+    from pyscf_fusionrcg.gpu_jk import JKPlan, PlanTooLarge
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-TZVP', verbose=0)
+    dm = minao_dm(mol)
+    with pytest.raises(PlanTooLarge, match='GiB of GPU memory'):
+        JKPlan.screen(mol, float(np.abs(dm).max()), max_bytes=1000)
+    monkeypatch.setattr(jk, 'PLAN_MEMORY_SHARE', 1e-9)     # about 140 bytes of an H200
+    plans = {}
+    ref_j, ref_k = reference_jk(mol, dm)
+    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
+    assert plans == {'too_large': True}
+    assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
+    vj2, _ = get_jk(mol, 2 * dm, backend='gpu', plans=plans)
+    assert plans == {'too_large': True} and np.abs(vj2 - 2 * ref_j).max() < 2 * TOL
+
+
 def test_plan_for_another_basis_or_operator_is_refused():
     """get_jk_gpu names both sides when handed a plan made for another
     molecule size or range-separation parameter, instead of digesting

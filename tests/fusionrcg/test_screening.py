@@ -4,7 +4,7 @@ import pytest
 from pyscf import gto
 
 from pyscf_fusionrcg.jk import LibcintBlocks, get_jk
-from pyscf_fusionrcg.screening import (build_tasks, schwarz_bounds,
+from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, schwarz_bounds,
                                        shell_density_max)
 
 WATER = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
@@ -124,3 +124,26 @@ def test_density_bound_keeps_every_quartet_the_blocks_keep(water_ccpvdz):
     bound = quartets(build_tasks(mol, None, direct_scf_tol=tol, q_cond=q, density_bound=np.abs(dm).max()))
     assert own < bound
     assert build_tasks(mol, None, q_cond=q, density_bound=0.0) == []
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-8])
+def test_streamed_chunks_are_the_task_lists_rows_in_order(water_ccpvdz, tol):
+    """iter_tasks gives build_tasks' rows per (class, contraction shape), in the
+    same order, in contiguous chunks of at most `chunk` rows; its shapes, known
+    before screening, cover every chunk's (equal to them without screening)."""
+    mol = water_ccpvdz
+    dm = _rand_dm(mol, seed=3)
+    dm[: mol.nao // 2, mol.nao // 2:] = dm[mol.nao // 2:, : mol.nao // 2] = 0.0
+    whole = {(t.key, t.nctr): t.quartets for t in build_tasks(mol, dm, direct_scf_tol=tol)}
+    stream = iter_tasks(mol, dm, direct_scf_tol=tol, chunk=7)
+    parts = {}
+    for t in stream:
+        assert 0 < len(t) <= 7 and t.quartets.flags.c_contiguous and t.quartets.dtype == np.int32
+        parts.setdefault((t.key, t.nctr), []).append(t.quartets)
+    assert parts.keys() == whole.keys() and set(whole) <= stream.shapes
+    for shape, rows in parts.items():
+        np.testing.assert_array_equal(np.concatenate(rows), whole[shape])
+    assert any(len(rows) > 1 for rows in parts.values())
+    if tol == 0.0:
+        assert stream.shapes == set(whole)
+    assert list(stream) == []       # iterable once: the chunks are not kept
