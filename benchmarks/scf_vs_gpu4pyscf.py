@@ -7,7 +7,10 @@ what follows); whole RHF and B3LYP SCFs with GPU4PySCF's driver, J/K from Fusion
 (``mf.to_gpu().apply(fusionrcg)``) against stock GPU4PySCF, with the energy
 difference; then, on the same converged RHF density, one J+K build, J alone
 and K alone (median of --repeat after a warm-up call) with the largest
-difference of the matrices.  Results go to
+difference of the matrices.  With ``--density guess`` the builds are timed on
+the guess density and no SCF runs: for systems whose SCFs outlast a time limit
+(../shared/BRIEF.md has GPU4PySCF's guess-density builds too; a converged
+density costs far more).  Results go to
 benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
 
     python benchmarks/scf_vs_gpu4pyscf.py --dry-run           # list the cases
@@ -15,6 +18,7 @@ benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
     python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp,tamoxifen-def2-tzvp
     python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-qzvp --name scf_vs_gpu4pyscf_qzvp
     python benchmarks/scf_vs_gpu4pyscf.py --cases water10-cc-pv5z --builds J+K   # GPU4PySCF's J and K alone take minutes there
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water20-def2-qzvp --builds J+K --density guess
 
 Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]``).
 """
@@ -76,6 +80,9 @@ def parse_args(argv=None):
                    help="whole SCFs timed, of RHF,B3LYP (the RHF always runs: its density is the builds')")
     p.add_argument("--builds", default=",".join(BUILDS),
                    help=f"builds timed on the converged density, of {','.join(BUILDS)}")
+    p.add_argument("--density", choices=("converged", "guess"), default="converged",
+                   help="the density of the timed builds: the converged RHF one, or the "
+                        "guess (no SCF runs)")
     p.add_argument("--tier", default=None, help="force one FusionRCG storage tier")
     p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
     p.add_argument("--name", default=NAME,
@@ -110,9 +117,10 @@ def dry_run(args):
     for case in args.selected:
         path = args.molecules_dir / case.xyz
         runs = list(args.builds)
-        if case.scf and not args.no_scf:
+        if case.scf and not args.no_scf and args.density == "converged":
             runs += ["RHF"] if args.quick else [m for m in ("RHF", "B3LYP") if m in args.scf_methods.split(",")]
         runs.append("vs GPU4PySCF" if case.baseline else "FusionRCG only")
+        runs.append(f"{args.density} density")
         if not path.is_file():
             print(f"{case.name:22s} {case.basis:10s} missing {path}")
             continue
@@ -184,7 +192,8 @@ def run_case(case, args, save):
 
     mol = build_mol(case, args.molecules_dir)
     common = dict(case=case.name, molecule=pathlib.Path(case.xyz).stem, basis=case.basis,
-                  natm=mol.natm, nao=mol.nao, max_l=int(mol._bas[:, 1].max()))
+                  natm=mol.natm, nao=mol.nao, max_l=int(mol._bas[:, 1].max()),
+                  density=args.density)
 
     def ours(mf):
         return mf.to_gpu().apply(fusionrcg, backend="gpu", tier=args.tier)
@@ -197,10 +206,11 @@ def run_case(case, args, save):
                  None if stock is None or case.slow_baseline
                  else _once(lambda: stock.get_jk(mol, dm0))[0]))
 
-    methods = [("RHF", scf.RHF)]
-    if not (args.quick or args.no_scf or not case.scf) and "B3LYP" in args.scf_methods.split(","):
+    methods = [] if args.density == "guess" else [("RHF", scf.RHF)]
+    if methods and not (args.quick or args.no_scf or not case.scf) \
+            and "B3LYP" in args.scf_methods.split(","):
         methods.append(("B3LYP", lambda m: dft.RKS(m, xc="b3lyp")))
-    dm = None
+    dm = dm0 if args.density == "guess" else None
     gpu_driver = gpu4pyscf_driver_works(mol)
     for label, make in methods:
         mf = ours(make(mol)) if gpu_driver else make(mol).apply(fusionrcg, backend="gpu", tier=args.tier)
@@ -247,7 +257,7 @@ def _line(rec):
     return s
 
 
-COLUMNS = ["case", "nao", "max_l", "task", "fusionrcg_s", "gpu4pyscf_s", "speedup", "de",
+COLUMNS = ["case", "nao", "max_l", "density", "task", "fusionrcg_s", "gpu4pyscf_s", "speedup", "de",
            "max_abs_diff", "cycles_fusionrcg", "cycles_gpu4pyscf"]
 TASKS = ("J+K", "J", "K", "RHF", "B3LYP")
 
@@ -305,7 +315,8 @@ def main(argv=None):
         paths = write_results(
             args.name, records, meta, title="FusionRCG vs GPU4PySCF: J/K builds and SCF",
             columns=COLUMNS, notes="Times in seconds; speedup = GPU4PySCF / FusionRCG; "
-            "builds on the converged RHF density, median of --repeat after a warm-up."
+            f"builds on the {'guess' if args.density == 'guess' else 'converged RHF'} density, "
+            "median of --repeat after a warm-up."
             + ("" if meta["complete"] else " Incomplete run: the cases stop part way."))
         plot_speedups(records, paths[0].with_suffix(".png"))
         return paths

@@ -77,7 +77,10 @@ def test_benchmark_dry_run_lists_cases(tmp_path):
                    "--builds", "J+K", "--molecules-dir", str(tmp_path))
     assert only_jk.returncode == 0, only_jk.stderr
     line = next(l for l in only_jk.stdout.splitlines() if l.startswith("water-cc-pv5z"))
-    assert line.rstrip().endswith("J+K, vs GPU4PySCF"), line
+    assert line.rstrip().endswith("J+K, vs GPU4PySCF, converged density"), line
+    guess = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run", "--cases", "water-cc-pv5z",
+                 "--density", "guess", "--molecules-dir", str(tmp_path))
+    assert guess.returncode == 0 and "guess density" in guess.stdout, guess.stderr
     bad = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run", "--builds", "J+X")
     assert bad.returncode != 0 and "unknown build(s) ['J+X']" in bad.stderr
 
