@@ -27,15 +27,18 @@ Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
 CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
 
 Each class is computed in batches (:func:`launch.class_blocks`, output laid
-out ``[element][quartet]``) and digested at once by the kernel of
-``csrc/fusionrcg/digest.cu``: one thread per (quartet, output element), one
-double-precision atomic each.
+out ``[element][quartet]``) and digested at once by a kernel of
+``csrc/fusionrcg/digest.cu``: one thread per (quartet, output element), or
+per quartet for small blocks (:class:`_Digestion`), double-precision atomics
+aggregated over a warp's lanes.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
 
 import numpy as np
 from tqdm import tqdm
@@ -44,10 +47,15 @@ from . import launch
 from .screening import TaskStream, iter_tasks
 
 _DIGEST_BLOCK = 128
+#: Blocks of at most this many elements are digested one quartet per thread
+#: (digest.cu's fr_digest_quartet: up to 45 it fits 128 registers, spilling
+#: 52 bytes at 45); larger ones one output element per thread.
+QUARTET_DIGEST_MAX = 45
 #: Seconds of kernel preparation before its progress bar shows, and the
 #: variable that turns the bar off ('0').
 PROGRESS_DELAY_S = 2.0
 PROGRESS_ENV = 'FUSIONRCG_PROGRESS'
+_COMPILE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 #: A plan screened for densities up to ``bound`` serves densities whose largest
 #: element is at least ``bound / PLAN_REUSE_RANGE``; smaller ones (the density
@@ -55,12 +63,67 @@ PROGRESS_ENV = 'FUSIONRCG_PROGRESS'
 PLAN_REUSE_RANGE = 8.0
 
 
+class _Digestion:
+    """digest.cu for one block shape: ``fr_digest_quartet`` (one thread per
+    quartet, compiled for the shape) for blocks of at most
+    ``QUARTET_DIGEST_MAX`` elements, else ``fr_digest`` (one thread per
+    quartet and output element)."""
+
+    def __init__(self, dims):
+        from gpucore import compile_file
+        self.dims = tuple(int(d) for d in dims)
+        self.per_quartet = prod(self.dims) <= QUARTET_DIGEST_MAX
+        if self.per_quartet:
+            defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), self.dims))
+            self.kernel = compile_file('fusionrcg/digest.cu', defines=defines).get_kernel('fr_digest_quartet')
+        else:
+            self.kernel = compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
+
+    def __call__(self, g, nq, quartets, ao_loc, nao, dm_j, jh, nset_j, dm_k, kh, nset_k):
+        """Add a batch's blocks ``g`` ([element][quartet]) to Jh and Kh (digest.cu)."""
+        sets = (dm_j, jh, np.int32(nset_j), dm_k, kh, np.int32(nset_k))
+        if self.per_quartet:
+            self.kernel((-(-nq // _DIGEST_BLOCK),), (_DIGEST_BLOCK,),
+                        (g, np.int32(nq), quartets, ao_loc, np.int32(nao)) + sets)
+            return
+        di, dj, dk, dl = self.dims
+        n_elem = (di * dj + dk * dl) * bool(nset_j) + (di + dj) * (dk + dl) * bool(nset_k)
+        self.kernel(digest_grid(n_elem, nq), (_DIGEST_BLOCK,),
+                    (g, np.int32(nq), quartets, ao_loc, *(np.int32(x) for x in self.dims),
+                     np.int32(nao)) + sets)
+
+
+@lru_cache(maxsize=None)
+def _digestion(dims) -> _Digestion:
+    return _Digestion(dims)
+
+
+def _block_dims(kern, nctr) -> tuple:
+    """AO block dims of a class kernel's program with contraction shape ``nctr``."""
+    return tuple(n * c for n, c in zip(kern.program.shape, nctr))
+
+
+def _prepare_digestions(kernels: dict) -> None:
+    """Compile the digestion of every block shape of ``kernels`` ((class,
+    nctr) -> kernel) on a few threads: NVRTC takes a second or two for each
+    shape of fr_digest_quartet the first time on a machine."""
+    device = launch._cupy().cuda.Device()
+
+    def prepare(dims):
+        with device:
+            return _digestion(dims)
+
+    shapes = {_block_dims(kern, nctr) for (_, nctr), kern in kernels.items()}
+    with ThreadPoolExecutor(max_workers=_COMPILE_THREADS) as pool:
+        list(pool.map(prepare, sorted(shapes)))
+
+
 @dataclass
 class _ClassPlan:
     kern: launch.ClassKernel
-    dims: tuple             # AO block dims of the class and contraction shape
     quartets: object        # CuPy (n, 4) int32: oriented, in primitive order
                             # (the digestion derives each one's degeneracy)
+    digestion: _Digestion   # for the AO block dims of the class and contraction shape
 
 
 def _class_kernels(shapes, cart, omega, tier) -> dict:
@@ -78,7 +141,7 @@ def _class_kernels(shapes, cart, omega, tier) -> dict:
 
     shapes = sorted(shapes)
     kernels = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool, \
+    with ThreadPoolExecutor(max_workers=_COMPILE_THREADS) as pool, \
             tqdm(total=len(shapes), desc='FusionRCG kernels', unit='class', delay=PROGRESS_DELAY_S,
                  leave=False, disable=os.environ.get(PROGRESS_ENV, '1') == '0') as bar:
         for shape, kern in zip(shapes, pool.map(kernel, shapes)):
@@ -126,6 +189,7 @@ class JKPlan:
                 raise PlanTooLarge(nbytes, max_bytes)
             ordered.append((t.key, t.nctr, q))
         kernels = _class_kernels({(k, n) for k, n, _ in ordered}, self._cart, omega, tier)
+        _prepare_digestions(kernels)
         self.classes = [self._class_plan(kernels[k, n], n, q) for k, n, q in ordered]
 
     @classmethod
@@ -145,7 +209,7 @@ class JKPlan:
 
     @staticmethod
     def _class_plan(kern, nctr, quartets):
-        return _ClassPlan(kern, tuple(n * c for n, c in zip(kern.program.shape, nctr)), quartets)
+        return _ClassPlan(kern, quartets, _digestion(_block_dims(kern, nctr)))
 
     def __iter__(self):
         return iter(self.classes)
@@ -175,6 +239,7 @@ class StreamedPlan(JKPlan):
     def __init__(self, mol, stream, omega=0.0, tier=None):
         super().__init__(mol, (), omega, tier)
         self._kernels = _class_kernels(stream.shapes, self._cart, omega, tier)
+        _prepare_digestions(self._kernels)
         self._stream = stream
 
     def __iter__(self):
@@ -187,11 +252,6 @@ def digest_grid(n_elem: int, nq: int, block: int = _DIGEST_BLOCK, limit: int = 6
     blocks = -(-nq // block)
     z = -(-blocks // limit)
     return n_elem, -(-blocks // z), z
-
-
-def _digest_kernel():
-    from gpucore import compile_file
-    return compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
 
 
 class _ClassTimer:
@@ -256,15 +316,14 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                          f'this build has nao={nao}, omega={float(omega)}')
     if with_j or with_k:
         basis, ao_loc = plan.basis, plan.ao_loc
-        digest = _digest_kernel()
         null = cp.zeros(1)
         nset_j = nset if with_j else 0
         nset_k = len(dm_k) if with_k else 0
+        sets = (dm_j if with_j else null, jh if with_j else null, nset_j,
+                dm_k if with_k else null, kh if with_k else null, nset_k)
         for c in plan:
-            kern, dims, qdev = c.kern, c.dims, c.quartets
+            kern, qdev = c.kern, c.quartets
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
-            di, dj, dk, dl = dims
-            n_elem = (di * dj + dk * dl) * bool(nset_j) + (di + dj) * (dk + dl) * bool(nset_k)
             while True:
                 t0 = timer.mark()
                 try:
@@ -272,14 +331,9 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                 except StopIteration:
                     break
                 t1 = timer.mark()
-                nq = hi - lo
-                digest(digest_grid(n_elem, nq), (_DIGEST_BLOCK,),
-                       (g, np.int32(nq), qdev[lo:hi], ao_loc,
-                        *(np.int32(x) for x in dims), np.int32(nao),
-                        dm_j if with_j else null, jh if with_j else null, np.int32(nset_j),
-                        dm_k if with_k else null, kh if with_k else null, np.int32(nset_k)))
+                c.digestion(g, hi - lo, qdev[lo:hi], ao_loc, nao, *sets)
                 t2 = timer.mark()
-                timer.add(kern.program.name, 'eri', t0, t1, nq)
+                timer.add(kern.program.name, 'eri', t0, t1, hi - lo)
                 timer.add(kern.program.name, 'digest', t1, t2)
     timer.finish()
 

@@ -138,3 +138,78 @@ extern "C" __global__ void fr_digest(
     fr_warp_add(adds ? outs + s * nn + out : nullptr, f * acc);
   }
 }
+
+// fr_digest_quartet: one thread per quartet, for blocks of few elements (the
+// s, p and d classes that hold most of a large molecule's quartets: gpu_jk's
+// QUARTET_DIGEST_MAX).  Compiled per block shape, FR_DI..FR_DL given as -D
+// options: the block sits in registers and is read once for all six outputs,
+// and the quartet's shells, AO offsets and degeneracy once instead of once per
+// output element.  The outputs, their order and the warp-aggregated atomics
+// are fr_digest's; the grid is one-dimensional over blocks of 128 quartets
+// (gpu_jk's _DIGEST_BLOCK).  At most 128 registers (4 blocks per SM): without
+// the bound the compiler takes 168 for a 27-element block, to load the
+// densities early; with it blocks up to 27 elements do not spill (nvcc 13,
+// sm_90), 45 spill 52 bytes.
+#ifdef FR_DL
+// out[X, Y] += f * sum over U, W of v * D[U, W] (fr_blocks' notation) for the
+// whole block; every lane runs the same unrolled loops (fr_warp_add).
+template <int X, int Y, int U, int W>
+__device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao, double f,
+                                                 const double* __restrict__ dm, double* out,
+                                                 int nao, bool adds) {
+  constexpr int dims[4] = {FR_DI, FR_DJ, FR_DK, FR_DL};
+  constexpr int strides[4] = {FR_DJ * FR_DK * FR_DL, FR_DK * FR_DL, FR_DL, 1};
+#pragma unroll
+  for (int x = 0; x < dims[X]; ++x) {
+#pragma unroll
+    for (int y = 0; y < dims[Y]; ++y) {
+      double acc = 0.0;
+      if (adds) {
+#pragma unroll
+        for (int u = 0; u < dims[U]; ++u)
+#pragma unroll
+          for (int w = 0; w < dims[W]; ++w)
+            acc += v[x * strides[X] + y * strides[Y] + u * strides[U] + w * strides[W]]
+                   * dm[(long)(ao[U] + u) * nao + ao[W] + w];
+      }
+      fr_warp_add(adds ? out + (long)(ao[X] + x) * nao + ao[Y] + y : nullptr, f * acc);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
+    const double* __restrict__ g, int nq, const int* __restrict__ quartets,
+    const int* __restrict__ ao_loc, int nao,
+    const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j,
+    const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
+  constexpr int n = FR_DI * FR_DJ * FR_DK * FR_DL;
+  const int q0 = blockIdx.x * blockDim.x + (threadIdx.x & ~31u);
+  if (q0 >= nq) return;                     // whole warps only: fr_warp_add needs every lane
+  const int q = q0 + (threadIdx.x & 31);
+  const bool active = q < nq;
+  const int* sh = quartets + 4 * (long)(active ? q : 0);
+  const int ao[4] = {ao_loc[sh[0]], ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
+  const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
+  double v[n];
+#pragma unroll
+  for (int e = 0; e < n; ++e) v[e] = active ? g[(long)e * nq + q] : 0.0;
+  const long nn = (long)nao * nao;
+  const int nset_max = nset_j > nset_k ? nset_j : nset_k;
+  for (int s = 0; s < nset_max; ++s) {      // s and the set counts are the same for every lane
+    if (s < nset_j) {
+      const double* D = dm_j + s * nn;
+      double* J = jh + s * nn;
+      fr_quartet_block<0, 1, 2, 3>(v, ao, f, D, J, nao, active);
+      fr_quartet_block<2, 3, 0, 1>(v, ao, f, D, J, nao, active);
+    }
+    if (s < nset_k) {
+      const double* D = dm_k + s * nn;
+      double* K = kh + s * nn;
+      fr_quartet_block<0, 3, 1, 2>(v, ao, f, D, K, nao, active);
+      fr_quartet_block<1, 3, 0, 2>(v, ao, f, D, K, nao, active);
+      fr_quartet_block<0, 2, 1, 3>(v, ao, f, D, K, nao, active);
+      fr_quartet_block<1, 2, 0, 3>(v, ao, f, D, K, nao, active);
+    }
+  }
+}
+#endif

@@ -17,7 +17,8 @@ import pytest
 
 from pyscf_fusionrcg import codegen, host, launch, tiers
 
-from emulation import CSRC, GXX, NVCC, build_many, emulated, needs_gxx, needs_nvcc, stream_ctypes
+from emulation import (CSRC, GXX, NVCC, build_many, emulated, emulated_many, needs_gxx, needs_nvcc,
+                       stream_ctypes)
 
 
 
@@ -262,13 +263,20 @@ def test_kernels_compile_with_nvcc(ls, tier):
 
 
 @needs_nvcc
-def test_digest_compiles_with_nvcc():
+@pytest.mark.parametrize('dims', [None, (3, 3, 3, 1), (1, 1, 1, 1)])
+def test_digest_compiles_with_nvcc(dims):
+    """digest.cu without spills: fr_digest, and fr_digest_quartet for block
+    shapes below the 128 registers of its launch bound."""
     src = CSRC / 'fusionrcg' / 'digest.cu'
+    defines = [f'-DFR_D{x}={n}' for x, n in zip('IJKL', dims or ())]
     with tempfile.TemporaryDirectory() as tmp:
-        res = subprocess.run([NVCC, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{CSRC}', str(src),
-                              '-o', str(pathlib.Path(tmp) / 'd.cubin')], capture_output=True, text=True)
+        res = subprocess.run([NVCC, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{CSRC}', *defines,
+                              str(src), '-o', str(pathlib.Path(tmp) / 'd.cubin')],
+                             capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert 'spill stores' in res.stderr and ' 0 bytes spill stores' in res.stderr
+    kernels = 2 if dims else 1
+    assert res.stderr.count(' 0 bytes spill stores') == kernels, res.stderr
+    assert ('fr_digest_quartet' in res.stderr) == bool(dims)
 
 
 # ------------------------------------------------- kernels emulated on the CPU
@@ -349,18 +357,25 @@ _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
 
 
 @needs_gxx
-@pytest.mark.parametrize('hermi', [1, 0])
-@pytest.mark.parametrize('basis,repeat', [('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 32)])
-def test_digest_emulated_on_cpu(hermi, basis, repeat):
+@pytest.mark.parametrize('kernel,hermi,basis,repeat', [
+    (kernel, hermi, basis, repeat) for hermi in (1, 0)
+    for basis, repeat in (('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 32))
+    for kernel in ('element', 'quartet')
+    # the quartet kernel on half of them: the emulated warps take minutes in all
+    if kernel == 'element' or (hermi == 1) != (repeat == 3)])
+def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
     """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule.
 
     Quartets come sorted by shells, as a plan orders them, so the lanes of a
     warp add to runs of equal addresses; ``repeat``: each quartet comes that
     many times in a row with its block divided as much (at 32 every warp adds
-    to one address per output, at 3 runs cross the warps' edges)."""
+    to one address per output, at 3 runs cross the warps' edges).
+    ``kernel``: every class by fr_digest (one thread per quartet and output
+    element), or as gpu_jk routes them: blocks of at most QUARTET_DIGEST_MAX
+    elements by fr_digest_quartet, built for their shape."""
     from pyscf import gto
     from pyscf.scf import hf
-    from pyscf_fusionrcg.gpu_jk import digest_grid
+    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, digest_grid
     from pyscf_fusionrcg.screening import build_tasks
     mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis=basis,
                 verbose=0)
@@ -368,20 +383,8 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
     rng = np.random.default_rng(1)
     d = rng.normal(size=(2, nao, nao))
     d = d + d.transpose(0, 2, 1) if hermi == 1 else d
-    # grid (output elements, quartet blocks over y and z), as gpu_jk launches
-    # it, with y at most 2 here so that z is used too
-    entry = ('extern "C" void run(int gx, int gy, int gz, const double* g, int nq, const int* q, '
-             'const int* ao, int di, int dj, int dk, int dl, int nao, '
-             'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
-             '  fr_launch_warps(fr_digest, FrDim{(unsigned)gx, (unsigned)gy, (unsigned)gz}, 64, g, nq, q, ao, '
-             'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')
-    with tempfile.TemporaryDirectory() as tmp:
-        lib = emulated([(CSRC / 'fusionrcg' / 'digest.cu').read_text(), entry], pathlib.Path(tmp))
-    dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
-    dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
-    jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)
     ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
-    P = ctypes.c_void_p
+    batches = []
     for t in build_tasks(mol, d, 0.0, 1e-14):
         # any of the 8 orderings of a class (the plan's orientation may swap
         # shells): the kernel's degeneracy factor must not depend on it
@@ -390,14 +393,42 @@ def test_digest_emulated_on_cpu(hermi, basis, repeat):
         q = q[np.lexsort(q.T[::-1])]
         q = np.ascontiguousarray(np.repeat(q, repeat, axis=0), dtype=np.int32)
         blocks = np.stack([mol.intor_by_shell('int2e_sph', tuple(int(x) for x in s)) for s in q])
-        di, dj, dk, dl = dims = blocks.shape[1:]
         g = np.ascontiguousarray(blocks.reshape(len(q), -1).T / repeat)   # [element][quartet]
-        n_elem = di * dj + dk * dl + (di + dj) * (dk + dl)
-        lib.run(*(ctypes.c_int(x) for x in digest_grid(n_elem, len(q), 64, limit=2)),
-                P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data),
-                P(ao_loc.ctypes.data), *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao),
-                P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
+        batches.append((q, g, blocks.shape[1:]))
+    digest = (CSRC / 'fusionrcg' / 'digest.cu').read_text()
+    # grid (output elements, quartet blocks over y and z), as gpu_jk launches
+    # it, with y at most 2 here so that z is used too
+    sources = {None: [digest, (
+        'extern "C" void run(int gx, int gy, int gz, const double* g, int nq, const int* q, '
+        'const int* ao, int di, int dj, int dk, int dl, int nao, '
+        'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
+        '  fr_launch_warps(fr_digest, FrDim{(unsigned)gx, (unsigned)gy, (unsigned)gz}, 64, g, nq, q, ao, '
+        'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]}
+    if kernel == 'quartet':
+        for dims in {dims for _, _, dims in batches if np.prod(dims) <= QUARTET_DIGEST_MAX}:
+            defines = ''.join(f'#define FR_D{x} {n}\n' for x, n in zip('IJKL', dims))
+            sources[dims] = [defines + digest, (
+                'extern "C" void run(int grid, const double* g, int nq, const int* q, const int* ao, '
+                'int nao, const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
+                '  fr_launch_warps(fr_digest_quartet, grid, 64, g, nq, q, ao, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = dict(zip(sources, emulated_many(list(sources.values()), pathlib.Path(tmp))))
+    assert len(libs) > 1 or kernel == 'element'
+    dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
+    dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
+    jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)
+    P = ctypes.c_void_p
+    for q, g, dims in batches:
+        sets = (P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
                 P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
+        head = (P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data), P(ao_loc.ctypes.data))
+        if dims in libs:
+            libs[dims].run(ctypes.c_int(-(-len(q) // 64)), *head, ctypes.c_int(nao), *sets)
+            continue
+        di, dj, dk, dl = dims
+        n_elem = di * dj + dk * dl + (di + dj) * (dk + dl)
+        libs[None].run(*(ctypes.c_int(x) for x in digest_grid(n_elem, len(q), 64, limit=2)), *head,
+                       *(ctypes.c_int(x) for x in dims), ctypes.c_int(nao), *sets)
     vj = jh + jh.transpose(0, 2, 1)
     vk = kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:2] + kh[2:].transpose(0, 2, 1)
     ref_j, ref_k = hf.get_jk(mol, d, hermi=hermi)
