@@ -14,6 +14,8 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   would keep;
 * per class: quartets, tier, ERI and digestion milliseconds, microseconds per
   quartet, and the share of the build: the classes that hold the build back;
+  and the same summed over the classes of each highest angular momentum (with
+  cc-pV5Z: what the h classes, which GPU4PySCF computes on the CPU, cost us);
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
   mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), side
   by side in the one table.
@@ -85,9 +87,10 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
                dict(part='digestion kernels, all classes', ms=dig, share=dig / total),
                dict(part='rest (host work between launches)', ms=jk_ms - eri - dig,
                     share=(jk_ms - eri - dig) / total)]
+    records += by_highest_l(profile, total)
     ranked = sorted(profile.items(), key=lambda kv: -(kv[1]['eri_ms'] + kv[1]['digest_ms']))
     for name, row in ranked[:args.top]:
-        ls = tuple('spdfghi'.index(c) for c in name)
+        ls = tuple(_LETTERS.index(c) for c in name)
         records.append(dict(part=f'class {name}', ms=row['eri_ms'] + row['digest_ms'],
                             share=(row['eri_ms'] + row['digest_ms']) / total, quartets=row['quartets'],
                             tier=launch.get_kernel(ls).stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
@@ -95,6 +98,25 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
     for r in records:
         r['ctr'] = ctr
     return records
+
+
+def by_highest_l(profile: dict, total_ms: float) -> list:
+    """Records of the classes of ``profile`` (name -> quartets, eri_ms,
+    digest_ms) summed per highest angular momentum, lowest first."""
+    sums = {}
+    for name, row in profile.items():
+        top = max(name, key=_LETTERS.index)
+        acc = sums.setdefault(top, dict(quartets=0, eri_ms=0.0, digest_ms=0.0, classes=0))
+        acc['classes'] += 1
+        for key in ('quartets', 'eri_ms', 'digest_ms'):
+            acc[key] += row[key]
+    return [dict(part=f'classes with highest l = {_LETTERS.index(top)} ({top})',
+                 ms=acc['eri_ms'] + acc['digest_ms'], share=(acc['eri_ms'] + acc['digest_ms']) / total_ms,
+                 **acc)
+            for top, acc in sorted(sums.items(), key=lambda kv: _LETTERS.index(kv[0]))]
+
+
+_LETTERS = 'spdfghi'
 
 
 def main(argv=None):

@@ -246,6 +246,7 @@ class StreamedPlan(JKPlan):
         for t in self._stream:
             yield self._class_plan(self._kernels[t.key, t.nctr], t.nctr, self._ordered(t))
 
+
 def digest_grid(n_elem: int, nq: int, block: int = _DIGEST_BLOCK, limit: int = 65535) -> tuple:
     """(output elements, quartet blocks split over y and z): digest.cu's grid,
     the element fastest; gridDim.y and z are at most ``limit`` (CUDA's 65535)."""

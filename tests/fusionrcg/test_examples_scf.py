@@ -96,3 +96,22 @@ def test_benchmark_plot_from_records(tmp_path):
     records.append(dict(case="c", task="J+K", fusionrcg_s=1.0))     # no baseline
     bench.plot_speedups(records, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_breakdown_sums_the_classes_per_highest_l():
+    """rcg_jk_breakdown's summary rows: every class counted once, under its
+    highest angular momentum, the shares of the build's total."""
+    spec = importlib.util.spec_from_file_location("rcg_jk_breakdown",
+                                                  REPO / "benchmarks/rcg_jk_breakdown.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    profile = {"hfgf": dict(quartets=10, eri_ms=7.0, digest_ms=1.0),
+               "hsss": dict(quartets=5, eri_ms=1.5, digest_ms=0.5),
+               "psss": dict(quartets=100, eri_ms=3.0, digest_ms=1.0),
+               "fdfp": dict(quartets=20, eri_ms=5.0, digest_ms=1.0)}
+    rows = bench.by_highest_l(profile, total_ms=25.0)
+    assert [r["part"] for r in rows] == ["classes with highest l = 1 (p)", "classes with highest l = 3 (f)",
+                                         "classes with highest l = 5 (h)"]
+    h = rows[-1]
+    assert (h["classes"], h["quartets"], h["eri_ms"], h["digest_ms"], h["ms"]) == (2, 15, 8.5, 1.5, 10.0)
+    assert h["share"] == 0.4 and sum(r["ms"] for r in rows) == 20.0   # the rest is not in a class
