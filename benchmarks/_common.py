@@ -18,6 +18,19 @@ import subprocess
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The benchmark geometries: $FUSION_MOLECULES, else ../shared/molecules beside the repository.
+MOLECULES_ENV = "FUSION_MOLECULES"
+
+
+def molecules_dir() -> Path:
+    """Where the benchmarks read their geometries (see :data:`MOLECULES_ENV`)."""
+    return Path(os.environ.get(MOLECULES_ENV, RESULTS_DIR.parents[2] / "shared" / "molecules"))
+
+
+def print_record(record: dict) -> None:
+    """One line of ``key=value`` pairs, floats to 4 digits, as a run goes."""
+    print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+          flush=True)
 
 _PACKAGES = ("numpy", "scipy", "torch", "cupy-cuda12x", "cupy-cuda13x", "pyscf", "gpu4pyscf-cuda12x",
              "gpu4pyscf-cuda13x", "ase", "fusion-chem-gpu")

@@ -39,11 +39,8 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
-from _common import environment_meta, gpu4pyscf_driver_works, write_results  # noqa: E402
-
-
-def _molecules_dir() -> Path:
-    return Path(os.environ.get('FUSION_MOLECULES', _HERE.parent.parent / 'shared' / 'molecules'))
+from _common import (environment_meta, gpu4pyscf_driver_works, molecules_dir, print_record,  # noqa: E402
+                     write_results)
 
 
 def _timed(fn, sync):
@@ -139,7 +136,7 @@ def main(argv=None):
 
     require_gpu('the J/K breakdown')
     sync = cupy.cuda.Device().synchronize
-    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
+    mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     # the converged density from the baseline's own SCF (with def2-QZVP it runs
     # faster than ours, and it is the same density) where its driver works
     stock = scf.RHF(mol).to_gpu()
@@ -160,8 +157,7 @@ def main(argv=None):
         os.environ[tiers.CTR_ENV] = ctr
         records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync)
     for r in records:
-        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
-              flush=True)
+        print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr)

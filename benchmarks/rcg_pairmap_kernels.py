@@ -32,7 +32,7 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
-from _common import environment_meta, write_results  # noqa: E402
+from _common import environment_meta, print_record, write_results  # noqa: E402
 
 #: Warp-tier classes from the smallest accumulator counts up (870 for (gg|ds)
 #: to 14 500 for (gg|gf)), those that cost most in Vitamin C / def2-QZVP
@@ -141,8 +141,7 @@ def main(argv=None):
     records = []
     for ls in classes:
         rec = measure(ls, args.quartets, args.repeat, rng)
-        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in rec.items()),
-              flush=True)
+        print_record(rec)
         records.append(rec)
         # rewritten after every class, so a run cut short keeps what it measured
         paths = write_results(args.name, records, meta, title=TITLE, notes=NOTES)

@@ -25,7 +25,6 @@ Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 import sys
@@ -34,6 +33,10 @@ from dataclasses import dataclass
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = "scf_vs_gpu4pyscf"
+sys.path.insert(0, str(REPO / "benchmarks"))   # _common
+
+from _common import (environment_meta, gpu4pyscf_driver_works, molecules_dir,  # noqa: E402
+                     write_results)
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,6 @@ QUICK = ("vitc-def2-tzvp",)
 BUILDS = ("J+K", "J", "K")
 
 
-def default_molecules_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("FUSION_MOLECULES", REPO.parent / "shared" / "molecules"))
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +72,7 @@ def parse_args(argv=None):
                    help=f"comma-separated names or 'all'; known: {', '.join(CASES)}")
     p.add_argument("--quick", action="store_true",
                    help=f"only {', '.join(QUICK)} (unless --cases), 1 repeat, RHF only")
-    p.add_argument("--molecules-dir", type=pathlib.Path, default=default_molecules_dir())
+    p.add_argument("--molecules-dir", type=pathlib.Path, default=molecules_dir())
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-scf", action="store_true", help="builds only")
     p.add_argument("--scf-methods", default="RHF,B3LYP",
@@ -187,7 +186,6 @@ def run_case(case, args, save):
     import cupy
     from pyscf import dft, scf
 
-    from _common import gpu4pyscf_driver_works
     from pyscf_fusionrcg import fusionrcg
 
     mol = build_mol(case, args.molecules_dir)
@@ -297,8 +295,6 @@ def main(argv=None):
     except (GPUUnavailableError, ImportError) as exc:
         print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from _common import environment_meta, write_results
 
     warm_drivers(args)
     meta = environment_meta()
