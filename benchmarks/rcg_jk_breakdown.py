@@ -41,6 +41,7 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when 
 
 from _common import (environment_meta, gpu4pyscf_driver_works, molecules_dir, print_record,  # noqa: E402
                      write_results)
+from pyscf_fusionrcg.report import LETTERS, parse_class  # noqa: E402
 
 
 def _timed(fn, sync):
@@ -87,7 +88,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
     records += by_highest_l(profile, total)
     ranked = sorted(profile.items(), key=lambda kv: -(kv[1]['eri_ms'] + kv[1]['digest_ms']))
     for name, row in ranked[:args.top]:
-        ls = tuple(_LETTERS.index(c) for c in name)
+        ls = parse_class(name)
         records.append(dict(part=f'class {name}', ms=row['eri_ms'] + row['digest_ms'],
                             share=(row['eri_ms'] + row['digest_ms']) / total, quartets=row['quartets'],
                             tier=launch.get_kernel(ls).stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
@@ -102,18 +103,15 @@ def by_highest_l(profile: dict, total_ms: float) -> list:
     digest_ms) summed per highest angular momentum, lowest first."""
     sums = {}
     for name, row in profile.items():
-        top = max(name, key=_LETTERS.index)
+        top = max(parse_class(name))
         acc = sums.setdefault(top, dict(quartets=0, eri_ms=0.0, digest_ms=0.0, classes=0))
         acc['classes'] += 1
         for key in ('quartets', 'eri_ms', 'digest_ms'):
             acc[key] += row[key]
-    return [dict(part=f'classes with highest l = {_LETTERS.index(top)} ({top})',
+    return [dict(part=f'classes with highest l = {top} ({LETTERS[top]})',
                  ms=acc['eri_ms'] + acc['digest_ms'], share=(acc['eri_ms'] + acc['digest_ms']) / total_ms,
                  **acc)
-            for top, acc in sorted(sums.items(), key=lambda kv: _LETTERS.index(kv[0]))]
-
-
-_LETTERS = 'spdfghi'
+            for top, acc in sorted(sums.items())]
 
 
 def main(argv=None):

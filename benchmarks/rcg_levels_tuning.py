@@ -64,7 +64,7 @@ def main(argv=None):
             kern = launch.ClassKernel(ls, tier=args.tier)
             us = 1e3 * time_kernel(kern, basis, quartets) / len(quartets)
             att = kern.kernel.attributes()      # route()'s cached stats are of the first config
-            row = dict(cls=''.join('spdfghi'[l] for l in ls), ops_per_lane=ops, threads_per_sm=threads,
+            row = dict(cls=report.class_name(ls), ops_per_lane=ops, threads_per_sm=threads,
                        block=kern.block, min_blocks=codegen.min_blocks(kern.program, kern.variant),
                        registers=att['num_regs'], spill_bytes=att['local_size_bytes'],
                        slots=kern.n_slots, us_per_quartet=us)

@@ -133,7 +133,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from gpucore import require_gpu
     require_gpu('the pairmap kernel benchmark')
-    classes = [tuple('spdfghi'.index(c) for c in name.strip()) for name in args.classes.split(',')]
+    from pyscf_fusionrcg.report import parse_class
+    classes = [parse_class(name.strip()) for name in args.classes.split(',')]
     _compile(classes)
     rng = np.random.default_rng(0)
     meta = environment_meta()
