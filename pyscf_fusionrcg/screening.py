@@ -213,7 +213,7 @@ def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
     combos = [(lb, lk, ib, ik)
               for n, lb in enumerate(lkeys) for lk in lkeys[n:]
               for ib, bra in enumerate(groups[lb]) for ik, ket in enumerate(groups[lk])
-              if _ket_counts(bra, ket, dmax, direct_scf_tol)[0] > 0
+              if _ket_counts(bra.q[:1], ket, dmax, direct_scf_tol)[0] > 0   # the largest bra q
               and (lb != lk or ket.rank.min() <= bra.rank.max())]
     shapes = {(lb + lk, groups[lb][ib].n + groups[lk][ik].n) for lb, lk, ib, ik in combos}
 
@@ -231,11 +231,11 @@ def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
     return TaskStream(shapes, chunks())
 
 
-def _ket_counts(bra_h, ket_h, dmax, tol):
-    """Per bra pair, how many of the kets (by descending q) pass the Schwarz
-    bound with the density maximum ``dmax``."""
+def _ket_counts(bra_q, ket_h, dmax, tol):
+    """For bra pairs of Schwarz bounds ``bra_q``, how many of the kets (by
+    descending q) pass the bound with the density maximum ``dmax``."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        limit = tol / (bra_h.q * dmax)
+        limit = tol / (bra_q * dmax)
     return np.searchsorted(-ket_h.q, -limit, side="right")
 
 
@@ -265,7 +265,7 @@ def _screen(bra_h, ket_h, bra, ket, same_lclass, d32, dmax, tol, with_j, with_k,
     from one bra pair to the next: the candidates are screened in rectangular
     tiles of (bra rows) x (longest prefix among them).
     """
-    counts = _ket_counts(bra_h, ket_h, dmax, tol)
+    counts = _ket_counts(bra_h.q, ket_h, dmax, tol)
     start = 0
     while start < len(counts) and counts[start] > 0:
         ncol = int(counts[start])
