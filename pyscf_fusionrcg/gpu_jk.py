@@ -67,12 +67,13 @@ class _Digestion:
     """digest.cu for one block shape: ``fr_digest_quartet`` (one thread per
     quartet, compiled for the shape) for blocks of at most
     ``QUARTET_DIGEST_MAX`` elements, else ``fr_digest`` (one thread per
-    quartet and output element)."""
+    quartet and output element); ``per_quartet`` forces one of them
+    (``benchmarks/rcg_digest_kernels.py``)."""
 
-    def __init__(self, dims):
+    def __init__(self, dims, per_quartet=None):
         from gpucore import compile_file
         self.dims = tuple(int(d) for d in dims)
-        self.per_quartet = prod(self.dims) <= QUARTET_DIGEST_MAX
+        self.per_quartet = prod(self.dims) <= QUARTET_DIGEST_MAX if per_quartet is None else per_quartet
         if self.per_quartet:
             defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), self.dims))
             self.kernel = compile_file('fusionrcg/digest.cu', defines=defines).get_kernel('fr_digest_quartet')

@@ -1,0 +1,126 @@
+"""The two digestion kernels of csrc/fusionrcg/digest.cu side by side, per class, on a GPU.
+
+For every class of a molecule's plan whose block has at most ``--max-elements``
+elements: the class's ERI blocks are computed batch by batch, and each batch
+is digested by ``fr_digest`` (one thread per quartet and output element) and
+by ``fr_digest_quartet`` (one thread per quartet, compiled for the block
+shape), median of ``--repeat`` runs each (CUDA events), with the quartet
+kernel's registers and spills and the largest difference of the two kernels'
+J and K contributions.  ``gpu_jk.QUARTET_DIGEST_MAX`` routes the blocks of
+at most that many elements to the quartet kernel: this shows where it should
+be.  The quartets are the plan's for the guess density's largest element (a
+converged density's is about the same, and screening is all it changes here).
+
+Writes benchmarks/results/rcg_digest_kernels.json and .md.
+
+    python benchmarks/rcg_digest_kernels.py
+    python benchmarks/rcg_digest_kernels.py --xyz organic/020_Vitamin_C.xyz --max-elements 225
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from math import prod
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
+
+from _common import environment_meta, write_results  # noqa: E402
+
+
+def _molecules_dir() -> Path:
+    return Path(os.environ.get('FUSION_MOLECULES', _HERE.parent.parent / 'shared' / 'molecules'))
+
+
+def _digest_ms(cp, digestion, args, repeat):
+    """Median GPU milliseconds of one digestion call."""
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        digestion(*args)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def class_records(mol, plan, dm, max_elements, repeat):
+    """One record per class of ``plan`` with at most ``max_elements`` block elements."""
+    import cupy as cp
+
+    from pyscf_fusionrcg import launch
+    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, _Digestion
+
+    nao = mol.nao
+    dm_j = cp.ascontiguousarray(dm + dm.T)[None]
+    dm_k = cp.ascontiguousarray(dm)[None]
+    records = []
+    for c in plan.classes:
+        dims = c.digestion.dims
+        if prod(dims) > max_elements:
+            continue
+        kernels = {'element': _Digestion(dims, per_quartet=False),
+                   'quartet': _Digestion(dims, per_quartet=True)}
+        outs = {k: (cp.zeros((1, nao, nao)), cp.zeros((1, nao, nao))) for k in kernels}
+        scratch = cp.zeros((1, nao, nao)), cp.zeros((1, nao, nao))
+        ms = dict.fromkeys(kernels, 0.0)
+        for lo, hi, g in launch.class_blocks(c.kern, plan.basis, c.quartets, 0.0):
+            head = (g, hi - lo, c.quartets[lo:hi], plan.ao_loc, nao)
+            for kind, digestion in kernels.items():
+                jh, kh = outs[kind]
+                digestion(*head, dm_j, jh, 1, dm_k, kh, 1)
+                ms[kind] += _digest_ms(cp, digestion, head + (dm_j, scratch[0], 1, dm_k, scratch[1], 1),
+                                       repeat)
+        att = kernels['quartet'].kernel.attributes()
+        diff = max(float(abs(a - b).max()) for a, b in zip(outs['element'], outs['quartet']))
+        records.append(dict(
+            part=f'class {c.kern.program.name}', dims='x'.join(map(str, dims)), elements=prod(dims),
+            quartets=len(c.quartets), element_ms=ms['element'], quartet_ms=ms['quartet'],
+            speedup=ms['element'] / ms['quartet'] if ms['quartet'] else None,
+            routed='quartet' if prod(dims) <= QUARTET_DIGEST_MAX else 'element',
+            registers=att['num_regs'], spill_bytes=att['local_size_bytes'], max_abs_diff=diff))
+    return sorted(records, key=lambda r: (r['elements'], -r['quartets']))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--xyz', default='organic/057_Tamoxifen.xyz', help='relative to $FUSION_MOLECULES')
+    ap.add_argument('--basis', default='def2-TZVP')
+    ap.add_argument('--max-elements', type=int, default=135,
+                    help='largest block tried with the per-quartet kernel')
+    ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--name', default='rcg_digest_kernels')
+    args = ap.parse_args(argv)
+
+    import cupy
+    from pyscf import gto, scf
+
+    from gpucore import require_gpu
+    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan
+
+    require_gpu('the digestion kernels benchmark')
+    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
+    dm = cupy.asarray(scf.RHF(mol).get_init_guess())
+    plan = JKPlan.screen(mol, float(abs(dm).max()))
+    records = class_records(mol, plan, dm, args.max_elements, args.repeat)
+    for r in records:
+        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
+              flush=True)
+    meta = environment_meta()
+    meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
+                quartet_digest_max=QUARTET_DIGEST_MAX, density='guess (plan bound: its largest element)')
+    paths = write_results(args.name, records, meta,
+                          title=f'Digestion kernels per class, {Path(args.xyz).stem} / {args.basis}',
+                          notes='ms: GPU milliseconds from CUDA events, summed over the batches of a class, '
+                                'median of --repeat per batch; speedup = element / quartet; routed: the '
+                                'kernel gpu_jk picks today (QUARTET_DIGEST_MAX).')
+    print('wrote', *paths)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
