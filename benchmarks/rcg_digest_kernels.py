@@ -19,7 +19,6 @@ Writes benchmarks/results/rcg_digest_kernels.json and .md.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from math import prod
@@ -28,11 +27,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
-from _common import environment_meta, write_results  # noqa: E402
-
-
-def _molecules_dir() -> Path:
-    return Path(os.environ.get('FUSION_MOLECULES', _HERE.parent.parent / 'shared' / 'molecules'))
+from _common import environment_meta, molecules_dir, print_record, write_results  # noqa: E402
 
 
 def _digest_ms(cp, digestion, args, repeat):
@@ -103,13 +98,12 @@ def main(argv=None):
     from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan
 
     require_gpu('the digestion kernels benchmark')
-    mol = gto.M(atom=str(_molecules_dir() / args.xyz), basis=args.basis, verbose=0)
+    mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     dm = cupy.asarray(scf.RHF(mol).get_init_guess())
     plan = JKPlan.screen(mol, float(abs(dm).max()))
     records = class_records(mol, plan, dm, args.max_elements, args.repeat)
     for r in records:
-        print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
-              flush=True)
+        print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
                 quartet_digest_max=QUARTET_DIGEST_MAX, density='guess (plan bound: its largest element)')
