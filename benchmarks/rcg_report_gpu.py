@@ -57,21 +57,22 @@ def random_quartets(mol, ls, n, rng):
 
 
 def time_kernel(kern, basis, quartets, repeats=3):
-    """Median milliseconds of one launch over all quartets (after a warm-up)."""
+    """Median milliseconds of computing the blocks of all quartets (after a
+    warm-up), through launch.class_blocks as the J/K build runs them: the
+    pairmap classes' products and the global tier's scratch included."""
     import cupy as cp
-    nq = len(quartets)
     q = cp.asarray(quartets)
-    out = cp.empty((kern.nelem, nq))
-    scratch, blocks = None, None
-    if kern.variant.tier == 'global':
-        blocks = kern.global_blocks(nq * kern.variant.n_groups, launch.budget_bytes() // 2)
-        scratch = cp.empty(blocks * kern.scratch_per_block)
-    kern.launch(q, nq, basis, 0.0, out, scratch, blocks)
+
+    def run():
+        for _ in launch.class_blocks(kern, basis, q, 0.0):
+            pass
+
+    run()
     times = []
     for _ in range(repeats):
         start, stop = cp.cuda.Event(), cp.cuda.Event()
         start.record()
-        kern.launch(q, nq, basis, 0.0, out, scratch, blocks)
+        run()
         stop.record()
         stop.synchronize()
         times.append(cp.cuda.get_elapsed_time(start, stop))

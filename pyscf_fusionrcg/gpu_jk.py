@@ -48,9 +48,12 @@ from .screening import TaskStream, iter_tasks
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
-#: (digest.cu's fr_digest_quartet: up to 45 it fits 128 registers, spilling
-#: 52 bytes at 45); larger ones one output element per thread.
-QUARTET_DIGEST_MAX = 45
+#: (digest.cu's fr_digest_quartet), larger ones one output element per thread
+#: (fr_digest).  H200, Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py,
+#: element / quartet kernel time by block size: 1.7-3.5x up to 45 elements,
+#: then 2.8x at 49 (216 bytes spilled), 2.7x at 63, 2.3x at 75, 1.6x at 81
+#: (384 bytes), and 0.9-1.0x at 105 and 135 (1.5 and 0.8 KB spilled).
+QUARTET_DIGEST_MAX = 81
 #: Seconds of kernel preparation before its progress bar shows, and the
 #: variable that turns the bar off ('0').
 PROGRESS_DELAY_S = 2.0
