@@ -1,15 +1,18 @@
-"""The two digestion kernels of csrc/fusionrcg/digest.cu side by side, per class, on a GPU.
+"""The digestion kernels of csrc/fusionrcg/digest.cu side by side, per class, on a GPU.
 
-For every class of a molecule's plan whose block has at most ``--max-elements``
-elements: the class's ERI blocks are computed batch by batch, and each batch
-is digested by ``fr_digest`` (one thread per quartet and output element) and
-by ``fr_digest_quartet`` (one thread per quartet, compiled for the block
-shape), median of ``--repeat`` runs each (CUDA events), with the quartet
-kernel's registers and spills and the largest difference of the two kernels'
-J and K contributions.  ``gpu_jk.QUARTET_DIGEST_MAX`` routes the blocks of
-at most that many elements to the quartet kernel: this shows where it should
-be.  The quartets are the plan's for the guess density's largest element (a
-converged density's is about the same, and screening is all it changes here).
+For every class of a molecule's plan, the class's ERI blocks are computed
+batch by batch and each batch is digested by ``fr_digest`` (one thread per
+quartet and output element), by ``fr_digest_quartet`` for the whole block
+(one thread per quartet, compiled for the block shape; blocks of at most
+``--max-elements``), and by ``fr_digest_quartet`` in slabs (one thread per
+quartet and slab, the block's leading index or two fixed; blocks of more than
+``gpu_jk.QUARTET_DIGEST_MAX`` elements), median of ``--repeat`` runs each
+(CUDA events), with each kernel's registers and spills and the largest
+difference of its J and K contributions from fr_digest's.
+``gpu_jk.digest_layout`` picks one by block size: this shows where each
+should go.  The quartets are the plan's for the guess density's largest
+element (a converged density's is about the same, and screening is all it
+changes here).
 
 Writes benchmarks/results/rcg_digest_kernels.json and .md.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from math import prod
 from pathlib import Path
@@ -28,6 +32,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
 from _common import environment_meta, molecules_dir, print_record, write_results  # noqa: E402
+
+from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX  # noqa: E402
 
 
 def _digest_ms(cp, digestion, args, repeat):
@@ -44,22 +50,36 @@ def _digest_ms(cp, digestion, args, repeat):
 
 
 def class_records(mol, plan, dm, max_elements, repeat):
-    """One record per class of ``plan`` with at most ``max_elements`` block elements."""
+    """One record per class of ``plan``: fr_digest, whole-block fr_digest_quartet
+    for blocks of at most ``max_elements`` elements, and its slabs for larger
+    blocks that have them (gpu_jk.digest_layout)."""
     import cupy as cp
 
     from pyscf_fusionrcg import launch
-    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, _Digestion
+    from pyscf_fusionrcg.gpu_jk import _Digestion, _slab_split, digest_layout
 
     nao = mol.nao
     dm_j = cp.ascontiguousarray(dm + dm.T)[None]
     dm_k = cp.ascontiguousarray(dm)[None]
+
+    def kinds_of(dims):
+        return (['element'] + ['quartet'] * (prod(dims) <= max_elements)
+                + ['slab'] * (_slab_split(dims) is not None and prod(dims) > QUARTET_DIGEST_MAX))
+
+    wanted = sorted({(c.digestion.dims, k) for c in plan.classes for k in kinds_of(c.digestion.dims)})
+    device = cp.cuda.Device()
+
+    def build(item):
+        with device:
+            return item, _Digestion(*item)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:     # NVRTC releases the GIL
+        built = dict(pool.map(build, wanted))
     records = []
     for c in plan.classes:
         dims = c.digestion.dims
-        if prod(dims) > max_elements:
-            continue
-        kernels = {'element': _Digestion(dims, per_quartet=False),
-                   'quartet': _Digestion(dims, per_quartet=True)}
+        kinds = kinds_of(dims)
+        kernels = {k: built[dims, k] for k in kinds}
         outs = {k: (cp.zeros((1, nao, nao)), cp.zeros((1, nao, nao))) for k in kernels}
         scratch = cp.zeros((1, nao, nao)), cp.zeros((1, nao, nao))
         ms = dict.fromkeys(kernels, 0.0)
@@ -70,14 +90,15 @@ def class_records(mol, plan, dm, max_elements, repeat):
                 digestion(*head, dm_j, jh, 1, dm_k, kh, 1)
                 ms[kind] += _digest_ms(cp, digestion, head + (dm_j, scratch[0], 1, dm_k, scratch[1], 1),
                                        repeat)
-        att = kernels['quartet'].kernel.attributes()
-        diff = max(float(abs(a - b).max()) for a, b in zip(outs['element'], outs['quartet']))
-        records.append(dict(
-            part=f'class {c.kern.program.name}', dims='x'.join(map(str, dims)), elements=prod(dims),
-            quartets=len(c.quartets), element_ms=ms['element'], quartet_ms=ms['quartet'],
-            speedup=ms['element'] / ms['quartet'] if ms['quartet'] else None,
-            routed='quartet' if prod(dims) <= QUARTET_DIGEST_MAX else 'element',
-            registers=att['num_regs'], spill_bytes=att['local_size_bytes'], max_abs_diff=diff))
+        row = dict(part=f'class {c.kern.program.name}', dims='x'.join(map(str, dims)), elements=prod(dims),
+                   quartets=len(c.quartets), routed=digest_layout(dims)[0], element_ms=ms['element'])
+        for kind in kinds[1:]:
+            att = kernels[kind].kernel.attributes()
+            row.update({f'{kind}_ms': ms[kind], f'{kind}_speedup': ms['element'] / ms[kind] if ms[kind] else None,
+                        f'{kind}_registers': att['num_regs'], f'{kind}_spill_bytes': att['local_size_bytes'],
+                        f'{kind}_max_abs_diff': max(float(abs(a - b).max())
+                                                    for a, b in zip(outs['element'], outs[kind]))})
+        records.append(row)
     return sorted(records, key=lambda r: (r['elements'], -r['quartets']))
 
 
@@ -95,7 +116,7 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan
+    from pyscf_fusionrcg.gpu_jk import JKPlan
 
     require_gpu('the digestion kernels benchmark')
     mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
@@ -110,8 +131,9 @@ def main(argv=None):
     paths = write_results(args.name, records, meta,
                           title=f'Digestion kernels per class, {Path(args.xyz).stem} / {args.basis}',
                           notes='ms: GPU milliseconds from CUDA events, summed over the batches of a class, '
-                                'median of --repeat per batch; speedup = element / quartet; routed: the '
-                                'kernel gpu_jk picks today (QUARTET_DIGEST_MAX).')
+                                'median of --repeat per batch; speedups: element_ms over the kernel\'s; '
+                                'quartet: the whole block per thread, slab: a slab of it (leading '
+                                'indices fixed); routed: the kind gpu_jk.digest_layout picks today.')
     print('wrote', *paths)
     return 0
 

@@ -28,9 +28,9 @@ CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
 
 Each class is computed in batches (:func:`launch.class_blocks`, output laid
 out ``[element][quartet]``) and digested at once by a kernel of
-``csrc/fusionrcg/digest.cu``: one thread per (quartet, output element), or
-per quartet for small blocks (:class:`_Digestion`), double-precision atomics
-aggregated over a warp's lanes.
+``csrc/fusionrcg/digest.cu``: one thread per quartet for small blocks, per
+quartet and slab for larger ones, per quartet and output element beyond
+(:func:`digest_layout`), double-precision atomics aggregated over a warp's lanes.
 """
 from __future__ import annotations
 
@@ -48,11 +48,12 @@ from .screening import TaskStream, iter_tasks
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
-#: (digest.cu's fr_digest_quartet), larger ones one output element per thread
-#: (fr_digest).  H200, Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py,
-#: element / quartet kernel time by block size: 1.7-3.5x up to 45 elements,
-#: then 2.8x at 49 (216 bytes spilled), 2.7x at 63, 2.3x at 75, 1.6x at 81
-#: (384 bytes), and 0.9-1.0x at 105 and 135 (1.5 and 0.8 KB spilled).
+#: (digest.cu's fr_digest_quartet), larger ones in slabs of at most this many
+#: (:func:`digest_layout`).  H200, Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py,
+#: fr_digest (one thread per quartet and output element) / whole-block
+#: fr_digest_quartet time by block size: 1.7-3.5x up to 45 elements, then 2.8x
+#: at 49 (216 bytes spilled), 2.7x at 63, 2.3x at 75, 1.6x at 81 (384 bytes),
+#: and 0.9-1.0x at 105 and 135 (1.5 and 0.8 KB spilled).
 QUARTET_DIGEST_MAX = 81
 #: Seconds of kernel preparation before its progress bar shows, and the
 #: variable that turns the bar off ('0').
@@ -66,28 +67,56 @@ _COMPILE_THREADS = max(1, min(8, os.cpu_count() or 1))
 PLAN_REUSE_RANGE = 8.0
 
 
-class _Digestion:
-    """digest.cu for one block shape: ``fr_digest_quartet`` (one thread per
-    quartet, compiled for the shape) for blocks of at most
-    ``QUARTET_DIGEST_MAX`` elements, else ``fr_digest`` (one thread per
-    quartet and output element); ``per_quartet`` forces one of them
-    (``benchmarks/rcg_digest_kernels.py``)."""
+def digest_layout(dims, kind=None) -> tuple:
+    """``(kind, compiled dims, slabs, FR_SJ)``: how digest.cu digests blocks of
+    ``dims`` (see its fr_digest_quartet).  'quartet': whole blocks of at most
+    ``QUARTET_DIGEST_MAX`` elements, one thread per quartet; 'slab': larger
+    ones one thread per quartet and slab, the slabs the blocks with their
+    leading index (or two) fixed, of at most that many elements; 'element'
+    where two fixed indices still leave more (fr_digest).  ``kind`` forces one
+    (``benchmarks/rcg_digest_kernels.py``; a whole-block 'quartet' of any size)."""
+    if kind not in (None, 'element', 'quartet', 'slab'):
+        raise ValueError(f"digestion kind must be 'element', 'quartet' or 'slab', not {kind!r}")
+    dims = tuple(int(d) for d in dims)
+    slab = _slab_split(dims)
+    if kind is None:
+        kind = 'quartet' if prod(dims) <= QUARTET_DIGEST_MAX else 'slab' if slab else 'element'
+    if kind != 'slab':
+        return kind, dims, 1, 1
+    if slab is None:
+        raise ValueError(f'blocks of {dims} have no slabs of at most {QUARTET_DIGEST_MAX} elements')
+    return ('slab',) + slab
 
-    def __init__(self, dims, per_quartet=None):
+
+def _slab_split(dims):
+    """(slab dims, slabs, FR_SJ) with the fewest leading indices fixed (one or
+    two) that leave at most ``QUARTET_DIGEST_MAX`` elements, or None."""
+    for fixed in (1, 2):
+        if prod(dims[fixed:]) <= QUARTET_DIGEST_MAX:
+            return (1,) * fixed + dims[fixed:], prod(dims[:fixed]), dims[1] if fixed == 2 else 1
+    return None
+
+
+class _Digestion:
+    """digest.cu for one block shape, laid out by :func:`digest_layout`:
+    ``fr_digest_quartet`` compiled for the block's or the slab's dims, or
+    ``fr_digest``."""
+
+    def __init__(self, dims, kind=None):
         from gpucore import compile_file
         self.dims = tuple(int(d) for d in dims)
-        self.per_quartet = prod(self.dims) <= QUARTET_DIGEST_MAX if per_quartet is None else per_quartet
-        if self.per_quartet:
-            defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), self.dims))
-            self.kernel = compile_file('fusionrcg/digest.cu', defines=defines).get_kernel('fr_digest_quartet')
-        else:
+        self.kind, compiled, self.slabs, sj = digest_layout(self.dims, kind)
+        if self.kind == 'element':
             self.kernel = compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
+        else:
+            defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), compiled), FR_SJ=sj)
+            self.kernel = compile_file('fusionrcg/digest.cu', defines=defines).get_kernel('fr_digest_quartet')
 
     def __call__(self, g, nq, quartets, ao_loc, nao, dm_j, jh, nset_j, dm_k, kh, nset_k):
         """Add a batch's blocks ``g`` ([element][quartet]) to Jh and Kh (digest.cu)."""
         sets = (dm_j, jh, np.int32(nset_j), dm_k, kh, np.int32(nset_k))
-        if self.per_quartet:
-            self.kernel((-(-nq // _DIGEST_BLOCK),), (_DIGEST_BLOCK,),
+        if self.kind != 'element':
+            self.kernel((-(-nq // _DIGEST_BLOCK), self.slabs), (_DIGEST_BLOCK,),
                         (g, np.int32(nq), quartets, ao_loc, np.int32(nao)) + sets)
             return
         di, dj, dk, dl = self.dims

@@ -145,12 +145,23 @@ extern "C" __global__ void fr_digest(
 // options: the block sits in registers and is read once for all six outputs,
 // and the quartet's shells, AO offsets and degeneracy once instead of once per
 // output element.  The outputs, their order and the warp-aggregated atomics
-// are fr_digest's; the grid is one-dimensional over blocks of 128 quartets
-// (gpu_jk's _DIGEST_BLOCK).  At most 128 registers (4 blocks per SM): without
+// are fr_digest's; the grid's x runs over blocks of 128 quartets (gpu_jk's
+// _DIGEST_BLOCK).  At most 128 registers (4 blocks per SM): without
 // the bound the compiler takes 168 for a 27-element block, to load the
 // densities early; with it blocks up to 27 elements do not spill (nvcc 13,
 // sm_90), 45 spill 52 bytes.
+// Larger blocks come in slabs: gpu_jk compiles the kernel for a slab's dims,
+// the leading index (or two) of the block fixed, FR_DI (and FR_DJ) 1, and
+// launches one grid row per slab, blockIdx.y = i * FR_SJ + j (FR_SJ: the
+// block's dj when j is fixed too, else 1).  The slab's elements are
+// consecutive in g, and fixing an index is shifting its AO offset, so the six
+// outputs are the same formulas; where a fixed index is summed over (Jh[r,s],
+// Kh[q,s], Kh[q,r] when i is fixed) each slab adds its part, and the atomics
+// add the parts up.
 #ifdef FR_DL
+#ifndef FR_SJ
+#define FR_SJ 1
+#endif
 // out[X, Y] += f * sum over U, W of v * D[U, W] (fr_blocks' notation) for the
 // whole block; every lane runs the same unrolled loops (fr_warp_add).
 template <int X, int Y, int U, int W>
@@ -187,12 +198,14 @@ extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
   if (q0 >= nq) return;                     // whole warps only: fr_warp_add needs every lane
   const int q = q0 + (threadIdx.x & 31);
   const bool active = q < nq;
+  const int slab = blockIdx.y;               // 0 for a whole block
   const int* sh = quartets + 4 * (long)(active ? q : 0);
-  const int ao[4] = {ao_loc[sh[0]], ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
+  const int ao[4] = {ao_loc[sh[0]] + slab / FR_SJ, ao_loc[sh[1]] + slab % FR_SJ,
+                     ao_loc[sh[2]], ao_loc[sh[3]]};
   const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
   double v[n];
 #pragma unroll
-  for (int e = 0; e < n; ++e) v[e] = active ? g[(long)e * nq + q] : 0.0;
+  for (int e = 0; e < n; ++e) v[e] = active ? g[((long)slab * n + e) * nq + q] : 0.0;
   const long nn = (long)nao * nao;
   const int nset_max = nset_j > nset_k ? nset_j : nset_k;
   for (int s = 0; s < nset_max; ++s) {      // s and the set counts are the same for every lane

@@ -263,12 +263,14 @@ def test_kernels_compile_with_nvcc(ls, tier):
 
 
 @needs_nvcc
-@pytest.mark.parametrize('dims', [None, (3, 3, 3, 1), (1, 1, 1, 1)])
-def test_digest_compiles_with_nvcc(dims):
+@pytest.mark.parametrize('dims,sj', [(None, 1), ((3, 3, 3, 1), 1), ((1, 1, 1, 1), 1),
+                                     ((1, 3, 3, 3), 1), ((1, 1, 5, 5), 3)])
+def test_digest_compiles_with_nvcc(dims, sj):
     """digest.cu without spills: fr_digest, and fr_digest_quartet for block
-    shapes below the 128 registers of its launch bound."""
+    and slab shapes (one or two leading indices fixed, FR_SJ) below the 128
+    registers of its launch bound."""
     src = CSRC / 'fusionrcg' / 'digest.cu'
-    defines = [f'-DFR_D{x}={n}' for x, n in zip('IJKL', dims or ())]
+    defines = [f'-DFR_D{x}={n}' for x, n in zip('IJKL', dims or ())] + [f'-DFR_SJ={sj}'] * bool(dims)
     with tempfile.TemporaryDirectory() as tmp:
         res = subprocess.run([NVCC, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{CSRC}', *defines,
                               str(src), '-o', str(pathlib.Path(tmp) / 'd.cubin')],
@@ -351,6 +353,30 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
 
 
+def test_digest_layout_splits_large_blocks_into_slabs():
+    """Whole blocks up to QUARTET_DIGEST_MAX elements; larger ones in slabs of
+    at most that many, the fewest leading indices fixed, that tile the block;
+    fr_digest beyond; a forced kind the shape cannot take is refused."""
+    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, digest_layout
+    assert digest_layout((5, 3, 3, 1)) == ('quartet', (5, 3, 3, 1), 1, 1)
+    assert digest_layout((5, 3, 3, 3)) == ('slab', (1, 3, 3, 3), 5, 1)
+    assert digest_layout((9, 7, 5, 3)) == ('slab', (1, 1, 5, 3), 63, 7)
+    assert digest_layout((11, 11, 11, 11))[0] == 'element'
+    for dims in itertools.product((1, 3, 5, 7, 9), repeat=4):
+        kind, compiled, slabs, sj = digest_layout(dims)
+        assert np.prod(compiled) * slabs == np.prod(dims)
+        assert (kind == 'quartet') == (np.prod(dims) <= QUARTET_DIGEST_MAX)
+        if kind == 'slab':
+            fixed = 2 if compiled[1] == 1 and dims[1] > 1 else 1
+            assert compiled == (1,) * fixed + dims[fixed:] and np.prod(compiled) <= QUARTET_DIGEST_MAX
+            assert sj == (dims[1] if fixed == 2 else 1)
+    assert digest_layout((9, 9, 9, 9), 'quartet') == ('quartet', (9, 9, 9, 9), 1, 1)
+    with pytest.raises(ValueError, match='no slabs'):
+        digest_layout((11, 11, 11, 11), 'slab')
+    with pytest.raises(ValueError, match='digestion kind'):
+        digest_layout((3, 3, 3, 3), 'warp')
+
+
 #: The 8 orderings of a quartet's shells (a, b, c, d) with the same integrals.
 _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
               (2, 3, 0, 1), (3, 2, 0, 1), (2, 3, 1, 0), (3, 2, 1, 0)]
@@ -360,8 +386,8 @@ _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
 @pytest.mark.parametrize('kernel,hermi,basis,repeat', [
     (kernel, hermi, basis, repeat) for hermi in (1, 0)
     for basis, repeat in (('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 32))
-    for kernel in ('element', 'quartet')
-    # the quartet kernel on half of them: the emulated warps take minutes in all
+    for kernel in ('element', 'routed')
+    # the routed kernels on half of them: the emulated warps take minutes in all
     if kernel == 'element' or (hermi == 1) != (repeat == 3)])
 def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
     """digest.cu against PySCF's get_jk from the full ERI tensor of a small molecule.
@@ -371,11 +397,12 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
     many times in a row with its block divided as much (at 32 every warp adds
     to one address per output, at 3 runs cross the warps' edges).
     ``kernel``: every class by fr_digest (one thread per quartet and output
-    element), or as gpu_jk routes them: blocks of at most QUARTET_DIGEST_MAX
-    elements by fr_digest_quartet, built for their shape."""
+    element), or as gpu_jk routes them (digest_layout): fr_digest_quartet
+    built for the shape of the blocks of at most QUARTET_DIGEST_MAX elements
+    and of the slabs of larger ones."""
     from pyscf import gto
     from pyscf.scf import hf
-    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, digest_grid
+    from pyscf_fusionrcg.gpu_jk import digest_grid, digest_layout
     from pyscf_fusionrcg.screening import build_tasks
     mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis=basis,
                 verbose=0)
@@ -404,16 +431,23 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
         'const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
         '  fr_launch_warps(fr_digest, FrDim{(unsigned)gx, (unsigned)gy, (unsigned)gz}, 64, g, nq, q, ao, '
         'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]}
-    if kernel == 'quartet':
-        for dims in {dims for _, _, dims in batches if np.prod(dims) <= QUARTET_DIGEST_MAX}:
-            defines = ''.join(f'#define FR_D{x} {n}\n' for x, n in zip('IJKL', dims))
-            sources[dims] = [defines + digest, (
-                'extern "C" void run(int grid, const double* g, int nq, const int* q, const int* ao, '
+    layouts = {dims: digest_layout(dims) for _, _, dims in batches}
+    if kernel == 'routed':
+        for dims, (kind, compiled, _, sj) in layouts.items():
+            if kind == 'element':
+                continue
+            defines = ''.join(f'#define FR_D{x} {n}\n' for x, n in zip('IJKL', compiled))
+            sources[dims] = [f'{defines}#define FR_SJ {sj}\n{digest}', (
+                'extern "C" void run(int gx, int gy, const double* g, int nq, const int* q, const int* ao, '
                 'int nao, const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
-                '  fr_launch_warps(fr_digest_quartet, grid, 64, g, nq, q, ao, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]
+                '  fr_launch_warps(fr_digest_quartet, FrDim{(unsigned)gx, (unsigned)gy}, 64, '
+                'g, nq, q, ao, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]
     with tempfile.TemporaryDirectory() as tmp:
         libs = dict(zip(sources, emulated_many(list(sources.values()), pathlib.Path(tmp))))
-    assert len(libs) > 1 or kernel == 'element'
+    kinds = {layouts[dims][0] for dims in libs if dims}
+    # 6-31g*'s d shells make blocks of more than QUARTET_DIGEST_MAX elements
+    routed = {'quartet', 'slab'} if basis == '6-31g*' else {'quartet'}
+    assert kinds == (routed if kernel == 'routed' else set()), kinds
     dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
     dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
     jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)
@@ -423,7 +457,8 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
                 P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
         head = (P(g.ctypes.data), ctypes.c_int(len(q)), P(q.ctypes.data), P(ao_loc.ctypes.data))
         if dims in libs:
-            libs[dims].run(ctypes.c_int(-(-len(q) // 64)), *head, ctypes.c_int(nao), *sets)
+            libs[dims].run(ctypes.c_int(-(-len(q) // 64)), ctypes.c_int(layouts[dims][2]), *head,
+                           ctypes.c_int(nao), *sets)
             continue
         di, dj, dk, dl = dims
         n_elem = di * dj + dk * dl + (di + dj) * (dk + dl)
