@@ -5,8 +5,8 @@ batch by batch and each batch is digested by ``fr_digest`` (one thread per
 quartet and output element), by ``fr_digest_quartet`` for the whole block
 (one thread per quartet, compiled for the block shape; blocks of at most
 ``--max-elements``), and by ``fr_digest_quartet`` in slabs (one thread per
-quartet and slab, the block's leading index or two fixed; blocks of more than
-``gpu_jk.QUARTET_DIGEST_MAX`` elements), median of ``--repeat`` runs each
+quartet and value of the block's leading index; blocks of more than
+``gpu_jk.QUARTET_DIGEST_MAX`` elements whose slabs have at most that many), median of ``--repeat`` runs each
 (CUDA events), with each kernel's registers and spills and the largest
 difference of its J and K contributions from fr_digest's.
 ``gpu_jk.digest_layout`` picks one by block size: this shows where each
@@ -56,7 +56,7 @@ def class_records(mol, plan, dm, max_elements, repeat):
     import cupy as cp
 
     from pyscf_fusionrcg import launch
-    from pyscf_fusionrcg.gpu_jk import _Digestion, _slab_split, digest_layout
+    from pyscf_fusionrcg.gpu_jk import _Digestion, digest_layout
 
     nao = mol.nao
     dm_j = cp.ascontiguousarray(dm + dm.T)[None]
@@ -64,7 +64,7 @@ def class_records(mol, plan, dm, max_elements, repeat):
 
     def kinds_of(dims):
         return (['element'] + ['quartet'] * (prod(dims) <= max_elements)
-                + ['slab'] * (_slab_split(dims) is not None and prod(dims) > QUARTET_DIGEST_MAX))
+                + ['slab'] * (prod(dims) > QUARTET_DIGEST_MAX >= prod(dims[1:])))
 
     wanted = sorted({(c.digestion.dims, k) for c in plan.classes for k in kinds_of(c.digestion.dims)})
     device = cp.cuda.Device()
@@ -132,8 +132,8 @@ def main(argv=None):
                           title=f'Digestion kernels per class, {Path(args.xyz).stem} / {args.basis}',
                           notes='ms: GPU milliseconds from CUDA events, summed over the batches of a class, '
                                 'median of --repeat per batch; speedups: element_ms over the kernel\'s; '
-                                'quartet: the whole block per thread, slab: a slab of it (leading '
-                                'indices fixed); routed: the kind gpu_jk.digest_layout picks today.')
+                                'quartet: the whole block per thread, slab: a slab of it (its leading '
+                                'index fixed; at 5f5dc27 two where one left too many); routed: the kind gpu_jk.digest_layout picks today.')
     print('wrote', *paths)
     return 0
 

@@ -29,7 +29,7 @@ CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
 Each class is computed in batches (:func:`launch.class_blocks`, output laid
 out ``[element][quartet]``) and digested at once by a kernel of
 ``csrc/fusionrcg/digest.cu``: one thread per quartet for small blocks, per
-quartet and slab for larger ones, per quartet and output element beyond
+quartet and slab for some larger ones, else per quartet and output element
 (:func:`digest_layout`), double-precision atomics aggregated over a warp's lanes.
 """
 from __future__ import annotations
@@ -48,13 +48,23 @@ from .screening import TaskStream, iter_tasks
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
-#: (digest.cu's fr_digest_quartet), larger ones in slabs of at most this many
-#: (:func:`digest_layout`).  H200, Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py,
-#: fr_digest (one thread per quartet and output element) / whole-block
-#: fr_digest_quartet time by block size: 1.7-3.5x up to 45 elements, then 2.8x
-#: at 49 (216 bytes spilled), 2.7x at 63, 2.3x at 75, 1.6x at 81 (384 bytes),
-#: and 0.9-1.0x at 105 and 135 (1.5 and 0.8 KB spilled).
+#: (digest.cu's fr_digest_quartet), the whole block in registers.  H200,
+#: Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py, fr_digest (one
+#: thread per quartet and output element) / fr_digest_quartet time by block
+#: size: 1.7-3.5x up to 45 elements, then 2.8x at 49 (216 bytes spilled), 2.7x
+#: at 63, 2.3x at 75, 1.6x at 81 (384 bytes), and 0.9-1.0x at 105 and 135
+#: (1.5 and 0.8 KB spilled).
 QUARTET_DIGEST_MAX = 81
+#: Larger blocks go in slabs, one thread per quartet and value of the leading
+#: index, where a slab has at most this many elements and the second index
+#: more than one (:func:`digest_layout`).  Same benchmark (5f5dc27), fr_digest
+#: / slabs: 1.8-2.1x for slabs of 15-35 elements with a last index of one
+#: function ((fp|ds), (dd|ds), (fd|ds), (fd|fs), ...), 1.1-1.4x for 27-49
+#: ((dp|pp), (dp|dp), (fd|pp), (ff|fs)), 1.12x at 63 ((fp|fp), (ff|pp)), but
+#: 0.79-1.09x at 75 ((fp|dd), (fd|dp), (dd|dp)); 0.77 and 0.60x where the
+#: second index is an s ((fs|dp), (fs|dd)); and 0.4-0.6x with two indices
+#: fixed (slabs of (dd|dd), (fd|fp), (ff|ff)).  Those stay with fr_digest.
+SLAB_DIGEST_MAX = 63
 #: Seconds of kernel preparation before its progress bar shows, and the
 #: variable that turns the bar off ('0').
 PROGRESS_DELAY_S = 2.0
@@ -68,33 +78,25 @@ PLAN_REUSE_RANGE = 8.0
 
 
 def digest_layout(dims, kind=None) -> tuple:
-    """``(kind, compiled dims, slabs, FR_SJ)``: how digest.cu digests blocks of
+    """``(kind, compiled dims, slabs)``: how digest.cu digests blocks of
     ``dims`` (see its fr_digest_quartet).  'quartet': whole blocks of at most
     ``QUARTET_DIGEST_MAX`` elements, one thread per quartet; 'slab': larger
-    ones one thread per quartet and slab, the slabs the blocks with their
-    leading index (or two) fixed, of at most that many elements; 'element'
-    where two fixed indices still leave more (fr_digest).  ``kind`` forces one
-    (``benchmarks/rcg_digest_kernels.py``; a whole-block 'quartet' of any size)."""
+    ones one thread per quartet and value of the leading index, where
+    ``SLAB_DIGEST_MAX`` allows it; 'element' otherwise (fr_digest).  ``kind``
+    forces one (``benchmarks/rcg_digest_kernels.py``: a whole block of any
+    size, slabs of up to ``QUARTET_DIGEST_MAX`` elements)."""
     if kind not in (None, 'element', 'quartet', 'slab'):
         raise ValueError(f"digestion kind must be 'element', 'quartet' or 'slab', not {kind!r}")
     dims = tuple(int(d) for d in dims)
-    slab = _slab_split(dims)
+    slab = prod(dims[1:])
     if kind is None:
-        kind = 'quartet' if prod(dims) <= QUARTET_DIGEST_MAX else 'slab' if slab else 'element'
+        kind = ('quartet' if prod(dims) <= QUARTET_DIGEST_MAX
+                else 'slab' if dims[1] > 1 and slab <= SLAB_DIGEST_MAX else 'element')
     if kind != 'slab':
-        return kind, dims, 1, 1
-    if slab is None:
+        return kind, dims, 1
+    if slab > QUARTET_DIGEST_MAX:
         raise ValueError(f'blocks of {dims} have no slabs of at most {QUARTET_DIGEST_MAX} elements')
-    return ('slab',) + slab
-
-
-def _slab_split(dims):
-    """(slab dims, slabs, FR_SJ) with the fewest leading indices fixed (one or
-    two) that leave at most ``QUARTET_DIGEST_MAX`` elements, or None."""
-    for fixed in (1, 2):
-        if prod(dims[fixed:]) <= QUARTET_DIGEST_MAX:
-            return (1,) * fixed + dims[fixed:], prod(dims[:fixed]), dims[1] if fixed == 2 else 1
-    return None
+    return 'slab', (1,) + dims[1:], dims[0]
 
 
 class _Digestion:
@@ -105,11 +107,11 @@ class _Digestion:
     def __init__(self, dims, kind=None):
         from gpucore import compile_file
         self.dims = tuple(int(d) for d in dims)
-        self.kind, compiled, self.slabs, sj = digest_layout(self.dims, kind)
+        self.kind, compiled, self.slabs = digest_layout(self.dims, kind)
         if self.kind == 'element':
             self.kernel = compile_file('fusionrcg/digest.cu').get_kernel('fr_digest')
         else:
-            defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), compiled), FR_SJ=sj)
+            defines = dict(zip(('FR_DI', 'FR_DJ', 'FR_DK', 'FR_DL'), compiled))
             self.kernel = compile_file('fusionrcg/digest.cu', defines=defines).get_kernel('fr_digest_quartet')
 
     def __call__(self, g, nq, quartets, ao_loc, nao, dm_j, jh, nset_j, dm_k, kh, nset_k):

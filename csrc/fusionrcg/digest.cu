@@ -150,18 +150,13 @@ extern "C" __global__ void fr_digest(
 // the bound the compiler takes 168 for a 27-element block, to load the
 // densities early; with it blocks up to 27 elements do not spill (nvcc 13,
 // sm_90), 45 spill 52 bytes.
-// Larger blocks come in slabs: gpu_jk compiles the kernel for a slab's dims,
-// the leading index (or two) of the block fixed, FR_DI (and FR_DJ) 1, and
-// launches one grid row per slab, blockIdx.y = i * FR_SJ + j (FR_SJ: the
-// block's dj when j is fixed too, else 1).  The slab's elements are
-// consecutive in g, and fixing an index is shifting its AO offset, so the six
-// outputs are the same formulas; where a fixed index is summed over (Jh[r,s],
-// Kh[q,s], Kh[q,r] when i is fixed) each slab adds its part, and the atomics
-// add the parts up.
+// Larger blocks may come in slabs: gpu_jk compiles the kernel for the dims of
+// a slab, the block with its leading index fixed (FR_DI 1), and launches one
+// grid row per value of that index, blockIdx.y.  The slab's elements are
+// consecutive in g, and fixing the index is shifting its AO offset, so the
+// six outputs are the same formulas; where the index is summed over (Jh[r,s],
+// Kh[q,s], Kh[q,r]) each slab adds its part, and the atomics add them up.
 #ifdef FR_DL
-#ifndef FR_SJ
-#define FR_SJ 1
-#endif
 // out[X, Y] += f * sum over U, W of v * D[U, W] (fr_blocks' notation) for the
 // whole block; every lane runs the same unrolled loops (fr_warp_add).
 template <int X, int Y, int U, int W>
@@ -200,8 +195,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
   const bool active = q < nq;
   const int slab = blockIdx.y;               // 0 for a whole block
   const int* sh = quartets + 4 * (long)(active ? q : 0);
-  const int ao[4] = {ao_loc[sh[0]] + slab / FR_SJ, ao_loc[sh[1]] + slab % FR_SJ,
-                     ao_loc[sh[2]], ao_loc[sh[3]]};
+  const int ao[4] = {ao_loc[sh[0]] + slab, ao_loc[sh[1]], ao_loc[sh[2]], ao_loc[sh[3]]};
   const double f = fr_degeneracy(sh[0], sh[1], sh[2], sh[3]);
   double v[n];
 #pragma unroll

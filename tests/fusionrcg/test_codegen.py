@@ -263,14 +263,13 @@ def test_kernels_compile_with_nvcc(ls, tier):
 
 
 @needs_nvcc
-@pytest.mark.parametrize('dims,sj', [(None, 1), ((3, 3, 3, 1), 1), ((1, 1, 1, 1), 1),
-                                     ((1, 3, 3, 3), 1), ((1, 1, 5, 5), 3)])
-def test_digest_compiles_with_nvcc(dims, sj):
+@pytest.mark.parametrize('dims', [None, (3, 3, 3, 1), (1, 1, 1, 1), (1, 3, 3, 3)])
+def test_digest_compiles_with_nvcc(dims):
     """digest.cu without spills: fr_digest, and fr_digest_quartet for block
-    and slab shapes (one or two leading indices fixed, FR_SJ) below the 128
-    registers of its launch bound."""
+    and slab shapes (the leading index fixed) below the 128 registers of its
+    launch bound."""
     src = CSRC / 'fusionrcg' / 'digest.cu'
-    defines = [f'-DFR_D{x}={n}' for x, n in zip('IJKL', dims or ())] + [f'-DFR_SJ={sj}'] * bool(dims)
+    defines = [f'-DFR_D{x}={n}' for x, n in zip('IJKL', dims or ())]
     with tempfile.TemporaryDirectory() as tmp:
         res = subprocess.run([NVCC, '-arch=sm_90', '-cubin', '-Xptxas', '-v', f'-I{CSRC}', *defines,
                               str(src), '-o', str(pathlib.Path(tmp) / 'd.cubin')],
@@ -353,26 +352,29 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
 
 
-def test_digest_layout_splits_large_blocks_into_slabs():
-    """Whole blocks up to QUARTET_DIGEST_MAX elements; larger ones in slabs of
-    at most that many, the fewest leading indices fixed, that tile the block;
-    fr_digest beyond; a forced kind the shape cannot take is refused."""
-    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, digest_layout
-    assert digest_layout((5, 3, 3, 1)) == ('quartet', (5, 3, 3, 1), 1, 1)
-    assert digest_layout((5, 3, 3, 3)) == ('slab', (1, 3, 3, 3), 5, 1)
-    assert digest_layout((9, 7, 5, 3)) == ('slab', (1, 1, 5, 3), 63, 7)
-    assert digest_layout((11, 11, 11, 11))[0] == 'element'
+def test_digest_layout_splits_some_large_blocks_into_slabs():
+    """Whole blocks up to QUARTET_DIGEST_MAX elements; larger ones in slabs (the
+    leading index fixed) that tile the block where a slab has at most
+    SLAB_DIGEST_MAX elements and the second index more than one function;
+    fr_digest otherwise; a forced kind the shape cannot take is refused."""
+    from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, SLAB_DIGEST_MAX, digest_layout
+    assert digest_layout((5, 3, 3, 1)) == ('quartet', (5, 3, 3, 1), 1)
+    assert digest_layout((5, 3, 3, 3)) == ('slab', (1, 3, 3, 3), 5)
+    assert digest_layout((7, 1, 5, 3))[0] == 'element'          # (fs|dp): an s second
+    assert digest_layout((5, 5, 5, 5))[0] == 'element'
     for dims in itertools.product((1, 3, 5, 7, 9), repeat=4):
-        kind, compiled, slabs, sj = digest_layout(dims)
+        kind, compiled, slabs = digest_layout(dims)
         assert np.prod(compiled) * slabs == np.prod(dims)
         assert (kind == 'quartet') == (np.prod(dims) <= QUARTET_DIGEST_MAX)
+        slab = np.prod(dims[1:])
+        assert (kind == 'slab') == (np.prod(dims) > QUARTET_DIGEST_MAX and dims[1] > 1
+                                    and slab <= SLAB_DIGEST_MAX)
         if kind == 'slab':
-            fixed = 2 if compiled[1] == 1 and dims[1] > 1 else 1
-            assert compiled == (1,) * fixed + dims[fixed:] and np.prod(compiled) <= QUARTET_DIGEST_MAX
-            assert sj == (dims[1] if fixed == 2 else 1)
-    assert digest_layout((9, 9, 9, 9), 'quartet') == ('quartet', (9, 9, 9, 9), 1, 1)
+            assert compiled == (1,) + dims[1:] and slabs == dims[0]
+    assert digest_layout((9, 9, 9, 9), 'quartet') == ('quartet', (9, 9, 9, 9), 1)
+    assert digest_layout((7, 1, 5, 3), 'slab') == ('slab', (1, 1, 5, 3), 7)
     with pytest.raises(ValueError, match='no slabs'):
-        digest_layout((11, 11, 11, 11), 'slab')
+        digest_layout((5, 5, 5, 5), 'slab')
     with pytest.raises(ValueError, match='digestion kind'):
         digest_layout((3, 3, 3, 3), 'warp')
 
@@ -433,11 +435,11 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
         'di, dj, dk, dl, nao, dmj, jh, nj, dmk, kh, nk);\n}\n')]}
     layouts = {dims: digest_layout(dims) for _, _, dims in batches}
     if kernel == 'routed':
-        for dims, (kind, compiled, _, sj) in layouts.items():
+        for dims, (kind, compiled, _) in layouts.items():
             if kind == 'element':
                 continue
             defines = ''.join(f'#define FR_D{x} {n}\n' for x, n in zip('IJKL', compiled))
-            sources[dims] = [f'{defines}#define FR_SJ {sj}\n{digest}', (
+            sources[dims] = [defines + digest, (
                 'extern "C" void run(int gx, int gy, const double* g, int nq, const int* q, const int* ao, '
                 'int nao, const double* dmj, double* jh, int nj, const double* dmk, double* kh, int nk) {\n'
                 '  fr_launch_warps(fr_digest_quartet, FrDim{(unsigned)gx, (unsigned)gy}, 64, '
