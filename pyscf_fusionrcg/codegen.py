@@ -597,14 +597,20 @@ def _num(c: float) -> str:
     return repr(float(c))
 
 
+#: C names of the symbols by value (an enum lookup per term is slow)
+_SYM_C_NAMES = {int(s): s.c_name for s in ir.Sym}
+_SYM_ONE = int(ir.Sym.ONE)
+
+
 def _expr(terms, ref) -> str:
+    """``c * sym * src`` terms (Python numbers) as a C sum."""
     out = []
     for c, s, src in terms:
         neg = c < 0
         mag = -c if neg else c
         f = [] if mag == 1.0 else [_num(mag)]
-        if s != ir.Sym.ONE:
-            f.append(ir.Sym(s).c_name)
+        if s != _SYM_ONE:
+            f.append(_SYM_C_NAMES[s])
         f.append(ref(src))
         piece = ' * '.join(f)
         if not out:
@@ -770,36 +776,40 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     tab = form in ('table', 'levels')
     lev = form == 'levels'
     seq = None if tab else sequence(program, G)
-    slots = assign_slots(program, G)[0] if memory and not tab else None
+    slots = assign_slots(program, G)[0].tolist() if memory and not tab else None
     NT, NA = program.n_temps, program.n_acc
+    # the sequence as Python lists: the loops below index it per statement
+    kinds, dsts, args, gs, ptrs, srcs, coefs, syms_of, is_prim = (
+        (None,) * 9 if tab else (a.tolist() for a in (seq.kind, seq.dst, seq.arg, seq.g, seq.ptr, seq.src,
+                                                       seq.coef, seq.sym, seq.is_prim)))
 
     def ref(o):
         if memory:
             return f'sp[{slots[o] * stride}]'
-        g, t = divmod(int(o), NT)
-        return f'a{g}_{t}' if t < NA else (f'p{t}' if seq.is_prim[t] else f'c{g}_{t}')
+        g, t = divmod(o, NT)
+        return f'a{g}_{t}' if t < NA else (f'p{t}' if is_prim[t] else f'c{g}_{t}')
 
     def statements(lo, hi, ind):
         """Straight-form C statements of seq[lo:hi]."""
         out = []
         for k in range(lo, hi):
-            kind, d = seq.kind[k], seq.dst[k]
-            a, b = seq.ptr[k], seq.ptr[k + 1]
+            kind, d = kinds[k], dsts[k]
+            a, b = ptrs[k], ptrs[k + 1]
             if kind == _ZERO:
                 out.append(f'{ind}{ref(d)} = 0.0;' if memory else f'{ind}double {ref(d)} = 0.0;')
                 continue
             if kind == _ACC:
-                out.append(f'{ind}{ref(d)} += wt{seq.g[k]} * {ref(seq.src[a])};')
+                out.append(f'{ind}{ref(d)} += wt{gs[k]} * {ref(srcs[a])};')
                 continue
             if kind == _OUTPUT:
-                e = int(flat_to_block[seq.arg[k]])
-                out.append(f'{ind}out[(o{seq.g[k]} + {e}) * ostride] = {ref(seq.src[a])};')
+                e = int(flat_to_block[args[k]])
+                out.append(f'{ind}out[(o{gs[k]} + {e}) * ostride] = {ref(srcs[a])};')
                 continue
             lhs = ref(d) if memory else f'const double {ref(d)}'
             if kind == _BOYS:
-                out.append(f'{ind}{lhs} = cpref * boys[{seq.arg[k]}];')
+                out.append(f'{ind}{lhs} = cpref * boys[{args[k]}];')
             else:
-                terms = zip(seq.coef[a:b], seq.sym[a:b], seq.src[a:b])
+                terms = zip(coefs[a:b], syms_of[a:b], srcs[a:b])
                 out.append(f'{ind}{lhs} = {_expr(terms, ref)};')
         return out
 
