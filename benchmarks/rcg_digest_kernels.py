@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from math import prod
 from pathlib import Path
 
@@ -33,7 +33,8 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when 
 
 from _common import environment_meta, molecules_dir, print_record, write_results  # noqa: E402
 
-from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX  # noqa: E402
+from pyscf_fusionrcg import launch  # noqa: E402
+from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan, _Digestion, digest_layout  # noqa: E402
 
 
 def _digest_ms(cp, digestion, args, repeat):
@@ -54,9 +55,6 @@ def class_records(mol, plan, dm, max_elements, repeat):
     for blocks of at most ``max_elements`` elements, and its slabs for larger
     blocks that have them (gpu_jk.digest_layout)."""
     import cupy as cp
-
-    from pyscf_fusionrcg import launch
-    from pyscf_fusionrcg.gpu_jk import _Digestion, digest_layout
 
     nao = mol.nao
     dm_j = cp.ascontiguousarray(dm + dm.T)[None]
@@ -116,7 +114,6 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg.gpu_jk import JKPlan
 
     require_gpu('the digestion kernels benchmark')
     mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
@@ -133,7 +130,7 @@ def main(argv=None):
                           notes='ms: GPU milliseconds from CUDA events, summed over the batches of a class, '
                                 'median of --repeat per batch; speedups: element_ms over the kernel\'s; '
                                 'quartet: the whole block per thread, slab: a slab of it (its leading '
-                                'index fixed; at 5f5dc27 two where one left too many); routed: the kind gpu_jk.digest_layout picks today.')
+                                'index fixed); routed: the kind gpu_jk.digest_layout picks today.')
     print('wrote', *paths)
     return 0
 
