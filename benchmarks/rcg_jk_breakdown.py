@@ -7,24 +7,28 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   largest element difference of FusionRCG's J and K from GPU4PySCF's;
 * FusionRCG's build (the plugin's ``get_jk``, whose plan of screened and
   ordered quartets is made once per geometry, as GPU4PySCF keeps its
-  screening per molecule) split into the ERI kernels and the digestion
-  kernels of every class (CUDA events, ``gpu_jk.get_jk_gpu(profile=...)``)
-  and the rest (host work between launches); the plan's own time and
-  quartet count, and how many quartets screening the density's own blocks
-  would keep;
+  screening per molecule) split into the ERI kernels, the digestion
+  kernels and the kernels that do both (small register-tier blocks,
+  ``launch.jk_kernel``) of every class (CUDA events,
+  ``gpu_jk.get_jk_gpu(profile=...)``) and the rest (host work between
+  launches); the wall of ``get_jk_gpu`` on the plan without events (what the
+  plugin adds is the difference); the plan's own time and quartet count, and
+  how many quartets screening the density's own blocks would keep;
 * per class: quartets, tier, ERI and digestion milliseconds, microseconds per
   quartet, and the share of the build: the classes that hold the build back;
   and the same summed over the classes of each highest angular momentum (with
   cc-pV5Z: what the h classes, which GPU4PySCF computes on the CPU, cost us);
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
-  mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), side
-  by side in the one table.
+  mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), and
+  with ``--fuse 1,0`` once with and once without the digesting kernels
+  (``$FUSIONRCG_FUSE``), side by side in the one table.
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
     python benchmarks/rcg_jk_breakdown.py
     python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
 """
 from __future__ import annotations
@@ -52,12 +56,12 @@ def _timed(fn, sync):
     return 1e3 * (time.perf_counter() - t0), out
 
 
-def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
-    """Records of FusionRCG's build with the levels tiers' contracted stage ``ctr``."""
+def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync):
+    """Records of FusionRCG's build (the modes in the environment)."""
     import cupy
     from pyscf import scf
 
-    from pyscf_fusionrcg import fusionrcg, launch
+    from pyscf_fusionrcg import fusionrcg, launch, tiers
     from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
     from pyscf_fusionrcg.screening import iter_tasks
 
@@ -71,31 +75,45 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync):
     cupy.get_default_memory_pool().free_all_blocks()
     block_quartets = sum(len(t) for t in iter_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
     plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond), sync)
+    bare = lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan)  # noqa: E731
+    bare_ms = statistics.median(_timed(bare, sync)[0] for _ in range(args.repeat))
     profile = {}
     jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan, profile=profile), sync)
-    eri = sum(r['eri_ms'] for r in profile.values())
-    dig = sum(r['digest_ms'] for r in profile.values())
     total = jk_ms
+    stages = {key: sum(r[key] for r in profile.values()) for key in _STAGES}
     records = [dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=wall,
                     share=1.0, speedup=baseline / wall, max_abs_diff=diff),
+               dict(part='FusionRCG J+K (wall, get_jk_gpu on the plan, no events)', ms=bare_ms,
+                    speedup=baseline / bare_ms),
                dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
                     quartets=plan.quartets),
-               dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets),
-               dict(part='ERI kernels, all classes', ms=eri, share=eri / total),
-               dict(part='digestion kernels, all classes', ms=dig, share=dig / total),
-               dict(part='rest (host work between launches)', ms=jk_ms - eri - dig,
-                    share=(jk_ms - eri - dig) / total)]
+               dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets)]
+    records += [dict(part=f'{title}, all classes', ms=stages[key], share=stages[key] / total)
+                for key, title in _STAGES.items()]
+    rest = jk_ms - sum(stages.values())
+    records.append(dict(part='rest (host work between launches)', ms=rest, share=rest / total))
     records += by_highest_l(profile, total)
-    ranked = sorted(profile.items(), key=lambda kv: -(kv[1]['eri_ms'] + kv[1]['digest_ms']))
+    ranked = sorted(profile.items(), key=lambda kv: -_class_ms(kv[1]))
     for name, row in ranked[:args.top]:
         ls = parse_class(name)
-        records.append(dict(part=f'class {name}', ms=row['eri_ms'] + row['digest_ms'],
-                            share=(row['eri_ms'] + row['digest_ms']) / total, quartets=row['quartets'],
-                            tier=launch.get_kernel(ls).stats['tier'], eri_ms=row['eri_ms'], digest_ms=row['digest_ms'],
-                            eri_us_per_quartet=1e3 * row['eri_ms'] / max(row['quartets'], 1)))
+        kern = launch.jk_kernel(ls)
+        records.append(dict(part=f'class {name}', ms=_class_ms(row), share=_class_ms(row) / total,
+                            quartets=row['quartets'],
+                            tier=kern.stats['tier'] + (' (digests)' if kern.variant.digest else ''),
+                            **{key: row[key] for key in _STAGES},
+                            eri_us_per_quartet=1e3 * (row['eri_ms'] + row['fused_ms']) / max(row['quartets'], 1)))
     for r in records:
-        r['ctr'] = ctr
+        r.update(ctr=os.environ[tiers.CTR_ENV], fuse=os.environ[launch.FUSE_ENV])
     return records
+
+
+#: The profile's stages and their rows' titles.
+_STAGES = {'eri_ms': 'ERI kernels', 'digest_ms': 'digestion kernels',
+           'fused_ms': 'ERI kernels that digest their blocks'}
+
+
+def _class_ms(row: dict) -> float:
+    return sum(row[key] for key in _STAGES)
 
 
 def by_highest_l(profile: dict, total_ms: float) -> list:
@@ -104,13 +122,12 @@ def by_highest_l(profile: dict, total_ms: float) -> list:
     sums = {}
     for name, row in profile.items():
         top = max(parse_class(name))
-        acc = sums.setdefault(top, dict(quartets=0, eri_ms=0.0, digest_ms=0.0, classes=0))
+        acc = sums.setdefault(top, dict(quartets=0, **dict.fromkeys(_STAGES, 0.0), classes=0))
         acc['classes'] += 1
-        for key in ('quartets', 'eri_ms', 'digest_ms'):
+        for key in ('quartets', *_STAGES):
             acc[key] += row[key]
     return [dict(part=f'classes with highest l = {top} ({LETTERS[top]})',
-                 ms=acc['eri_ms'] + acc['digest_ms'], share=(acc['eri_ms'] + acc['digest_ms']) / total_ms,
-                 **acc)
+                 ms=_class_ms(acc), share=_class_ms(acc) / total_ms, **acc)
             for top, acc in sorted(sums.items())]
 
 
@@ -123,13 +140,15 @@ def main(argv=None):
     ap.add_argument('--name', default='rcg_jk_breakdown')
     ap.add_argument('--ctr', default='auto',
                     help="contracted-stage modes of the levels tiers to run, comma-separated (auto, pairmap, ops)")
+    ap.add_argument('--fuse', default='1',
+                    help='digesting kernels on (1) or off (0), comma-separated to run both')
     args = ap.parse_args(argv)
 
     import cupy
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg import fusionrcg, tiers
+    from pyscf_fusionrcg import fusionrcg, launch, tiers
     from pyscf_fusionrcg.screening import schwarz_bounds
 
     require_gpu('the J/K breakdown')
@@ -152,18 +171,21 @@ def main(argv=None):
     baseline = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
     for ctr in args.ctr.split(','):
-        os.environ[tiers.CTR_ENV] = ctr
-        records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, ctr, sync)
+        for fuse in args.fuse.split(','):
+            os.environ[tiers.CTR_ENV], os.environ[launch.FUSE_ENV] = ctr, fuse
+            records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync)
     for r in records:
         print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
-                density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr)
+                density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
                                 'host gaps while the GPU waits included); walls: median of --repeat builds. '
-                                'The tier is the routed one for the class with one contracted function per shell.')
+                                'The tier is the routed one for the class with one contracted function per shell; '
+                                '"(digests)": its kernel digests the blocks (fused_ms), with fuse=1.'
+                                ' eri_us_per_quartet counts eri_ms and fused_ms.')
     print('wrote', *paths)
     return 0
 

@@ -144,6 +144,7 @@ class Variant:
     group: int = 1          # contracted-function tuples per work item
     form: str = 'straight'
     ctr: str = 'ops'        # CTR_MODES; 'pairmap': the kernel writes the accumulators
+    digest: bool = False    # the kernel digests each block into J and K (digest.cuh)
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -159,6 +160,9 @@ class Variant:
         if self.ctr == 'pairmap' and (self.form != 'levels' or prod(self.nctr) != 1):
             raise ValueError("the 'pairmap' contracted stage needs the levels form (warp or global "
                              "tier) and one contraction tuple; use ctr='ops' here")
+        if self.digest and (self.tier != 'register' or prod(self.nctr) != 1):
+            raise ValueError('only the register tier with one contraction tuple digests its blocks '
+                             'in the ERI kernel')
 
     @property
     def n_groups(self) -> int:
@@ -190,7 +194,8 @@ def kernel_name(program: ir.Program, variant: Variant) -> str:
     """Unique per emitted text: table kernels are shared by classes of one max_m."""
     w = {0: 'c', 1: 'lr', -1: 'sr'}[variant.omega_kind]
     n = ''.join(str(x) for x in variant.nctr)
-    tail = f'{variant.tier}_{w}_n{n}_g{variant.group}{"_pm" if variant.ctr == "pairmap" else ""}'
+    tail = (f'{variant.tier}_{w}_n{n}_g{variant.group}{"_pm" if variant.ctr == "pairmap" else ""}'
+            f'{"_dg" if variant.digest else ""}')
     cls = f'{program.name}_{"cart" if program.cart else "sph"}'
     if variant.form in ('table', 'levels'):
         # the text depends on the class only through block offsets of tuples
@@ -998,7 +1003,8 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     doubles per block of the grid), ``n_slots``; the table and levels forms add the op
     stream (:func:`_stream_signature`).  The grid strides over the
     ``nq * n_groups`` work items (one per thread, one per warp in the warp
-    tier), so any grid size is valid.
+    tier), so any grid size is valid.  A digesting variant takes the
+    digestion's arguments instead of ``out`` (:func:`_digesting_kernel`).
     """
     name = kernel_name(program, variant)
     fn = f'{name}_quartet'
@@ -1009,7 +1015,11 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     sig, args = _stream_signature(variant.form)
     warp = variant.form == 'levels'
     L = [_prelude(), quartet_function(program, variant, fn, 1 if warp else block)]
-    L.append(f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}(')
+    head = f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}('
+    if variant.digest:
+        L += _digesting_kernel(program, head, fn)
+        return '\n'.join(L) + '\n', name
+    L.append(head)
     L.append('    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,')
     L.append('    const double* __restrict__ env, double omega, double* __restrict__ out,')
     L.append('    double* __restrict__ scratch, int n_slots' + sig + ') {')
@@ -1034,21 +1044,57 @@ def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
     L.append(f'  for (long item = {first}; item < n_items; item += {step}) {{')
     L.append('    const int q = (int)(item % nq);')
     L.append('    const int grp = (int)(item / nq);')
-    L.append('    const int* s = quartets + 4 * (long)q;')
-    L.append('    const int* A = shl + 4 * s[0];')
-    L.append('    const int* B = shl + 4 * s[1];')
-    L.append('    const int* C = shl + 4 * s[2];')
-    L.append('    const int* D = shl + 4 * s[3];')
-    L.append(f'    {fn}(env + A[3], env + B[3], env + C[3], env + D[3],')
-    L.append('        env + A[1], env + B[1], env + C[1], env + D[1],')
-    L.append('        env + A[2], env + B[2], env + C[2], env + D[2],')
     # the pairmap form writes each quartet's accumulators together, [quartet][accumulator]
     dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' else 'out + q, nq'
-    L.append(f'        A[0], B[0], C[0], D[0], grp * {variant.group}, omega, {dest}, sp'
-             + args + (', lane' if warp else '') + ');')
+    L += _quartet_call(fn, f'grp * {variant.group}', dest, args + (', lane' if warp else ''))
     L.append('  }')
     L.append('}')
     return '\n'.join(L) + '\n', name
+
+
+def _quartet_call(fn: str, t0: str, dest: str, tail: str) -> list:
+    """Kernel lines that find quartet ``q``'s shells and call the quartet function."""
+    return ['    const int* s = quartets + 4 * (long)q;',
+            '    const int* A = shl + 4 * s[0];',
+            '    const int* B = shl + 4 * s[1];',
+            '    const int* C = shl + 4 * s[2];',
+            '    const int* D = shl + 4 * s[3];',
+            f'    {fn}(env + A[3], env + B[3], env + C[3], env + D[3],',
+            '        env + A[1], env + B[1], env + C[1], env + D[1],',
+            '        env + A[2], env + B[2], env + C[2], env + D[2],',
+            f'        A[0], B[0], C[0], D[0], {t0}, omega, {dest}, sp{tail});']
+
+
+def _digesting_kernel(program: ir.Program, head: str, fn: str) -> list:
+    """The register tier's kernel that digests each block where it was computed
+    (digest.cuh, the formulas of digest.cu's fr_digest_quartet): arguments
+    ``quartets, nq, shl, env, omega`` as the others', then gpu_jk's digestion
+    arguments ``ao_loc, nao, dm_j, jh, nset_j, dm_k, kh, nset_k``.  The block
+    never goes to memory; the grid strides over whole warps (fr_warp_add needs
+    every lane), lanes past the end recompute the warp's first quartet and add
+    nothing."""
+    dims = ', '.join(str(d) for d in program.shape)
+    return [
+        '#include "fusionrcg/digest.cuh"',
+        head,
+        '    const int* __restrict__ quartets, int nq, const int* __restrict__ shl,',
+        '    const double* __restrict__ env, double omega,',
+        '    const int* __restrict__ ao_loc, int nao,',
+        '    const double* __restrict__ dm_j, double* __restrict__ jh, int nset_j,',
+        '    const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {',
+        '  volatile double* sp = nullptr;',
+        '  const int lane = threadIdx.x & 31;',
+        '  for (long base = (long)blockIdx.x * blockDim.x + (threadIdx.x & ~31u); base < nq;',
+        '       base += (long)gridDim.x * blockDim.x) {',
+        '    const bool active = base + lane < nq;',
+        '    const int q = (int)(active ? base + lane : base);',
+        f'    double v[{prod(program.shape)}];',
+        *_quartet_call(fn, '0', 'v, 1', ''),
+        '    const int ao[4] = {ao_loc[s[0]], ao_loc[s[1]], ao_loc[s[2]], ao_loc[s[3]]};',
+        f'    fr_digest_block<{dims}>(v, ao, fr_degeneracy(s[0], s[1], s[2], s[3]), nao,',
+        '                        dm_j, jh, nset_j, dm_k, kh, nset_k, active);',
+        '  }',
+        '}']
 
 
 def host_source(items) -> str:

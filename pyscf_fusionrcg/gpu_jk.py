@@ -20,7 +20,8 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
   carries its own);
   ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
   ``profile``: a dict that receives, per class, the quartet count and the
-  GPU milliseconds of its ERI kernels and of its digestion (CUDA events; the
+  GPU milliseconds of its ERI kernels, of its digestion and of its kernel
+  that does both (``eri_ms``, ``digest_ms``, ``fused_ms``; CUDA events; the
   call synchronises once at the end), for ``benchmarks/rcg_jk_breakdown.py``.
 
 Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
@@ -31,6 +32,8 @@ out ``[element][quartet]``) and digested at once by a kernel of
 ``csrc/fusionrcg/digest.cu``: one thread per quartet for small blocks, per
 quartet and slab for some larger ones, else per quartet and output element
 (:func:`digest_layout`), double-precision atomics aggregated over a warp's lanes.
+Small register-tier blocks are digested inside their ERI kernel instead, in
+one launch over all the class's quartets (:func:`launch.jk_kernel`).
 """
 from __future__ import annotations
 
@@ -148,7 +151,7 @@ def _prepare_digestions(kernels: dict) -> None:
         with device:
             return _digestion(dims)
 
-    shapes = {_block_dims(kern, nctr) for (_, nctr), kern in kernels.items()}
+    shapes = {_block_dims(kern, nctr) for (_, nctr), kern in kernels.items() if not kern.variant.digest}
     with ThreadPoolExecutor(max_workers=_COMPILE_THREADS) as pool:
         list(pool.map(prepare, sorted(shapes)))
 
@@ -158,11 +161,13 @@ class _ClassPlan:
     kern: launch.ClassKernel
     quartets: object        # CuPy (n, 4) int32: oriented, in primitive order
                             # (the digestion derives each one's degeneracy)
-    digestion: _Digestion   # for the AO block dims of the class and contraction shape
+    digestion: _Digestion   # for the AO block dims of the class and contraction shape;
+                            # None where the kernel digests its blocks itself
 
 
 def _class_kernels(shapes, cart, omega, tier) -> dict:
-    """The kernel of every (class, contraction shape), first uses compiled by a
+    """The kernel of every (class, contraction shape) (:func:`launch.jk_kernel`),
+    first uses compiled by a
     few threads at once (NVRTC releases the GIL; a triple-zeta molecule's
     register-tier classes take 1-20 s each, and a cc-pV5Z molecule's 400
     classes minutes the first time in a process), with a progress bar on
@@ -172,7 +177,7 @@ def _class_kernels(shapes, cart, omega, tier) -> dict:
 
     def kernel(shape):
         with device:    # the worker thread loads modules into this device's context
-            return launch.get_kernel(shape[0], cart, omega, shape[1], tier)
+            return launch.jk_kernel(shape[0], cart, omega, shape[1], tier)
 
     shapes = sorted(shapes)
     kernels = {}
@@ -244,7 +249,7 @@ class JKPlan:
 
     @staticmethod
     def _class_plan(kern, nctr, quartets):
-        return _ClassPlan(kern, quartets, _digestion(_block_dims(kern, nctr)))
+        return _ClassPlan(kern, quartets, None if kern.variant.digest else _digestion(_block_dims(kern, nctr)))
 
     def __iter__(self):
         return iter(self.classes)
@@ -312,7 +317,7 @@ class _ClassTimer:
             return
         self.spans[-1][3].synchronize()
         for key, stage, start, stop, n in self.spans:
-            row = self.profile.setdefault(key, {'quartets': 0, 'eri_ms': 0.0, 'digest_ms': 0.0})
+            row = self.profile.setdefault(key, {'quartets': 0, 'eri_ms': 0.0, 'digest_ms': 0.0, 'fused_ms': 0.0})
             row[f'{stage}_ms'] += self.cp.cuda.get_elapsed_time(start, stop)
             row['quartets'] += n
 
@@ -359,6 +364,11 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                 dm_k if with_k else null, kh if with_k else null, nset_k)
         for c in plan:
             kern, qdev = c.kern, c.quartets
+            if c.digestion is None:
+                t0 = timer.mark()
+                kern.launch_digest(qdev, len(qdev), basis, omega, ao_loc, nao, sets)
+                timer.add(kern.program.name, 'fused', t0, timer.mark(), len(qdev))
+                continue
             blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
             while True:
                 t0 = timer.mark()

@@ -15,11 +15,14 @@
   quartet's pair matrices with cuBLAS); on CuPy's
   OutOfMemoryError the batch is halved and retried, and a clear MemoryError
   says how much one quartet needs when even that does not fit.
+* :func:`jk_kernel`: the kernel a J/K build runs for a class: for small
+  register-tier blocks the variant that digests them itself.
 * :class:`GPUEngine`: ``quartet_blocks(shls)`` like ``host.HostEngine``.
 * :func:`precompile`: what ``fusion-warmup`` calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from math import prod
@@ -38,6 +41,13 @@ BUDGET_MAX = 8 << 30
 #: Global tier: resident blocks per SM at most (the grid strides over the rest);
 #: more would only add scratch traffic, since ~160 registers allow ~6 blocks of 64.
 GLOBAL_BLOCKS_PER_SM = 6
+#: J/K builds run register-tier classes of one contraction tuple whose blocks
+#: have at most this many elements with the kernel variant that digests each
+#: block into J and K where it was computed (codegen's digesting kernel):
+#: the block is neither written to device memory nor read back, and no
+#: digestion kernel runs.  $FUSIONRCG_FUSE=0 turns it off (comparisons).
+FUSED_DIGEST_MAX = 81
+FUSE_ENV = 'FUSIONRCG_FUSE'
 
 _lock = threading.Lock()
 _kernels: dict = {}
@@ -57,10 +67,12 @@ def canonical_classes(lmax: int):
 class ClassKernel:
     """One compiled class kernel with its launch geometry (and op stream)."""
 
-    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None):
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None, digest=False):
         cp = _cupy()
         self.program = host.get_program(*ls, cart=cart)
         self.variant, self.stats = tiers.route(self.program, omega, nctr, tier, ctr)
+        if digest:
+            self.variant = dataclasses.replace(self.variant, digest=True)
         self.kernel, self.from_cache = tiers.compile_variant(self.program, self.variant)
         p, v = self.program, self.variant
         self.block = codegen.block_size(p, v)
@@ -104,6 +116,15 @@ class ClassKernel:
                 np.int32(self.n_slots)) + (self.table or ())
         self.kernel((blocks,), (self.block,), args, shared_mem=self.shared)
 
+    def launch_digest(self, quartets, nq, basis, omega, ao_loc, nao, sets):
+        """The digesting variant on ``quartets``: their blocks added to J and K
+        (``ao_loc``, ``nao`` and ``sets``, the density and output arguments,
+        as gpu_jk's digestion takes them)."""
+        args = (quartets, np.int32(nq), basis.shl, basis.env, np.float64(omega), ao_loc, np.int32(nao))
+        dm_j, jh, nset_j, dm_k, kh, nset_k = sets
+        self.kernel((-(-nq // self.block),), (self.block,),
+                    args + (dm_j, jh, np.int32(nset_j), dm_k, kh, np.int32(nset_k)))
+
     def contract(self, quartets, nq, basis, acc, work, out):
         """The pairmap contracted stage of a batch: ``acc`` (nq, n_acc) from
         :meth:`launch` into the blocks ``out`` (nelem, nq), with ``work``
@@ -113,19 +134,37 @@ class ClassKernel:
         self.products(acc, xyz[q[:, 0]] - xyz[q[:, 1]], xyz[q[:, 2]] - xyz[q[:, 3]], out, work)
 
 
-def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None) -> ClassKernel:
+def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None,
+               digest=False) -> ClassKernel:
     """Cached :class:`ClassKernel` (the kernel depends on omega only through its
-    sign); ``tier`` and ``ctr`` as :func:`tiers.route`'s."""
+    sign); ``tier`` and ``ctr`` as :func:`tiers.route`'s; ``digest``: the
+    routed variant that digests its blocks (a register-tier class of one
+    contraction tuple, see :func:`jk_kernel`)."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV),
-           tiers.requested_ctr(ctr))
+           tiers.requested_ctr(ctr), bool(digest))
     with _lock:
         k = _kernels.get(key)
     if k is None:
-        k = ClassKernel(key[0], key[1], omega, key[3], tier, ctr)
+        k = ClassKernel(key[0], key[1], omega, key[3], tier, ctr, key[6])
         with _lock:
             _kernels[key] = k
     return k
+
+
+def fuses_digestion(kern: ClassKernel) -> bool:
+    """Whether a J/K build runs this routed kernel's digesting variant
+    (:data:`FUSED_DIGEST_MAX`, :data:`FUSE_ENV`)."""
+    v = kern.variant
+    return (os.environ.get(FUSE_ENV, '1') != '0' and v.tier == 'register' and prod(v.nctr) == 1
+            and kern.nelem <= FUSED_DIGEST_MAX)
+
+
+def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassKernel:
+    """The kernel a J/K build runs for a class: the routed one, or its
+    digesting variant where :func:`fuses_digestion`."""
+    kern = get_kernel(ls, cart, omega, nctr, tier)
+    return get_kernel(ls, cart, omega, nctr, tier, digest=True) if fuses_digestion(kern) else kern
 
 
 class DeviceBasis:
@@ -310,11 +349,12 @@ class GPUEngine:
 
 
 def precompile(lmax: int = 4, cart: bool = False) -> list[str]:
-    """Compile (or load from the cache) every canonical class up to ``lmax``;
-    one line per class: compiled/cached, tier, form, registers, spill bytes."""
+    """Compile (or load from the cache) every canonical class up to ``lmax``
+    as a J/K build runs it (:func:`jk_kernel`); one line per class:
+    compiled/cached, tier, form, registers, spill bytes, kernel."""
     lines = []
     for ls in canonical_classes(lmax):
-        k = get_kernel(ls, cart)
+        k = jk_kernel(ls, cart)
         s = k.stats
         lines.append(f'({"spdfghik"[ls[0]]}{"spdfghik"[ls[1]]}|{"spdfghik"[ls[2]]}{"spdfghik"[ls[3]]}) '
                      f'{"cached" if k.from_cache else "compiled"} tier={s["tier"]} form={s["form"]} '

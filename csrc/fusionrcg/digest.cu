@@ -32,28 +32,10 @@
 // (launch.primitive_order), so the lanes of a warp usually share the bra pair
 // (one Jh[p,q] for the warp) and come in runs of equal ket first shell (one
 // Kh[p,r] and one Kh[q,r] per run).  The block reads coalesce.
+// fr_warp_add, fr_degeneracy and the block digestion of fr_digest_quartet are
+// in digest.cuh, which the register tier's fused ERI kernels include too.
 
-// atomicAdd(addr, v) from every lane of a full warp, one atomic per run of
-// consecutive lanes with equal addresses (a segmented sum over the warp).
-// Lanes without work pass addr = nullptr and v = 0.
-__device__ __forceinline__ void fr_warp_add(double* addr, double v) {
-  const unsigned full = 0xffffffffu;
-  const int lane = threadIdx.x & 31;
-  const unsigned long long mine = (unsigned long long)addr;
-  const unsigned long long before = __shfl_up_sync(full, mine, 1);
-  const unsigned long long after = __shfl_down_sync(full, mine, 1);
-  const unsigned heads = __ballot_sync(full, lane == 0 || before != mine);
-  if (heads != full) {   // some run is longer than one lane (warp-uniform branch)
-    // run of lane i: the number of run heads at lanes <= i
-    const int run = __popc(heads & (full >> (31 - lane)));
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const double up = __shfl_up_sync(full, v, offset);
-      if (lane >= offset && __popc(heads & (full >> (31 - (lane - offset)))) == run) v += up;
-    }
-  }
-  // the last lane of each run holds the run's sum
-  if (addr != nullptr && (lane == 31 || after != mine)) atomicAdd(addr, v);
-}
+#include "fusionrcg/digest.cuh"
 
 // The six output blocks, in the order of their element ranges: out[X, Y] +=
 // sum over U, W of g * D[U, W], with the quartet's indices 0..3 = p q r s.
@@ -70,12 +52,6 @@ __constant__ constexpr FrBlock fr_blocks[6] = {
     {1, 3, 0, 2, true},    // Kh[q,s] from D[p,r]
     {0, 2, 1, 3, true},    // Kh[p,r] from D[q,s]
     {1, 2, 0, 3, true}};   // Kh[q,r] from D[p,s]
-
-// 1 / 2^k, k counting which of a == b, c == d, {a, b} == {c, d} hold.
-__device__ __forceinline__ double fr_degeneracy(int a, int b, int c, int d) {
-  const int k = (a == b) + (c == d) + ((a == c && b == d) || (a == d && b == c));
-  return 0.125 * (8 >> k);   // exact, without a double division
-}
 
 // v[i] of four values: selects where an indexed local array would go to
 // the stack (i is uniform, from fr_blocks)
@@ -157,32 +133,6 @@ extern "C" __global__ void fr_digest(
 // six outputs are the same formulas; where the index is summed over (Jh[r,s],
 // Kh[q,s], Kh[q,r]) each slab adds its part, and the atomics add them up.
 #ifdef FR_DL
-// out[X, Y] += f * sum over U, W of v * D[U, W] (fr_blocks' notation) for the
-// whole block; every lane runs the same unrolled loops (fr_warp_add).
-template <int X, int Y, int U, int W>
-__device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao, double f,
-                                                 const double* __restrict__ dm, double* out,
-                                                 int nao, bool adds) {
-  constexpr int dims[4] = {FR_DI, FR_DJ, FR_DK, FR_DL};
-  constexpr int strides[4] = {FR_DJ * FR_DK * FR_DL, FR_DK * FR_DL, FR_DL, 1};
-#pragma unroll
-  for (int x = 0; x < dims[X]; ++x) {
-#pragma unroll
-    for (int y = 0; y < dims[Y]; ++y) {
-      double acc = 0.0;
-      if (adds) {
-#pragma unroll
-        for (int u = 0; u < dims[U]; ++u)
-#pragma unroll
-          for (int w = 0; w < dims[W]; ++w)
-            acc += v[x * strides[X] + y * strides[Y] + u * strides[U] + w * strides[W]]
-                   * dm[(long)(ao[U] + u) * nao + ao[W] + w];
-      }
-      fr_warp_add(adds ? out + (long)(ao[X] + x) * nao + ao[Y] + y : nullptr, f * acc);
-    }
-  }
-}
-
 extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
     const double* __restrict__ g, int nq, const int* __restrict__ quartets,
     const int* __restrict__ ao_loc, int nao,
@@ -200,23 +150,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
   double v[n];
 #pragma unroll
   for (int e = 0; e < n; ++e) v[e] = active ? g[((long)slab * n + e) * nq + q] : 0.0;
-  const long nn = (long)nao * nao;
-  const int nset_max = nset_j > nset_k ? nset_j : nset_k;
-  for (int s = 0; s < nset_max; ++s) {      // s and the set counts are the same for every lane
-    if (s < nset_j) {
-      const double* D = dm_j + s * nn;
-      double* J = jh + s * nn;
-      fr_quartet_block<0, 1, 2, 3>(v, ao, f, D, J, nao, active);
-      fr_quartet_block<2, 3, 0, 1>(v, ao, f, D, J, nao, active);
-    }
-    if (s < nset_k) {
-      const double* D = dm_k + s * nn;
-      double* K = kh + s * nn;
-      fr_quartet_block<0, 3, 1, 2>(v, ao, f, D, K, nao, active);
-      fr_quartet_block<1, 3, 0, 2>(v, ao, f, D, K, nao, active);
-      fr_quartet_block<0, 2, 1, 3>(v, ao, f, D, K, nao, active);
-      fr_quartet_block<1, 2, 0, 3>(v, ao, f, D, K, nao, active);
-    }
-  }
+  fr_digest_block<FR_DI, FR_DJ, FR_DK, FR_DL>(v, ao, f, nao, dm_j, jh, nset_j, dm_k, kh, nset_k,
+                                           active);
 }
 #endif

@@ -280,6 +280,17 @@ def test_digest_compiles_with_nvcc(dims):
     assert ('fr_digest_quartet' in res.stderr) == bool(dims)
 
 
+@needs_nvcc
+def test_digesting_kernel_compiles_with_nvcc():
+    """The register tier's digesting variant of (ds|ps) (a 15-element block)
+    keeps block and digestion in registers, as the plain kernel does."""
+    import dataclasses
+    prog = host.get_program(2, 0, 1, 0)
+    var = dataclasses.replace(tiers.variant_for(prog, 'register'), digest=True)
+    stats = tiers._nvcc_stats(*codegen.kernel_source(prog, var))
+    assert 0 < stats['registers'] <= 255 and stats['spill_bytes'] == 0
+
+
 # ------------------------------------------------- kernels emulated on the CPU
 # (emulation.py: the __global__ kernels themselves, thread by thread or with
 # the 32 lanes of a warp as host threads)
@@ -471,3 +482,76 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
     ref_j, ref_k = hf.get_jk(mol, d, hermi=hermi)
     assert np.abs(vj - ref_j).max() < 1e-11
     assert np.abs(vk - ref_k).max() < 1e-11
+
+
+@needs_gxx
+@pytest.mark.parametrize('hermi', [1, 0])
+def test_digesting_kernels_emulated_on_cpu(hermi):
+    """The register tier's kernels that digest their own blocks (codegen's
+    digesting variant, launch.jk_kernel) against PySCF's get_jk: water in
+    6-31g, whose classes up to (pp|pp) all have blocks of at most
+    FUSED_DIGEST_MAX elements, so these kernels alone make J and K.  Two
+    blocks of 64 threads stride over each class (lanes past the end in the
+    last warp), quartets sorted by shells as a plan orders them."""
+    import dataclasses
+    from pyscf import gto
+    from pyscf.scf import hf
+    from pyscf_fusionrcg.screening import build_tasks
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692', basis='6-31g',
+                verbose=0)
+    nao = mol.nao
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=(2, nao, nao))
+    d = d + d.transpose(0, 2, 1) if hermi == 1 else d
+    tasks = list(build_tasks(mol, d, 0.0, 1e-14))
+    sources, names = [], []
+    for t in tasks:
+        prog = host.get_program(*t.key)
+        assert np.prod(prog.shape) <= launch.FUSED_DIGEST_MAX and tiers.choose_tier(prog) == 'register'
+        var = dataclasses.replace(tiers.variant_for(prog, 'register'), digest=True)
+        src, name = codegen.kernel_source(prog, var)
+        sources.append([src, (
+            'extern "C" void run(int grid, const int* q, int nq, const int* shl, const double* env, '
+            'const int* ao, int nao, const double* dmj, double* jh, int nj, const double* dmk, double* kh, '
+            f'int nk) {{\n  fr_launch_warps({name}, grid, 64, q, nq, shl, env, 0.0, ao, nao, dmj, jh, nj, '
+            'dmk, kh, nk);\n}\n')])
+        names.append(name)
+    assert all(name.endswith('_dg') for name in names) and len(set(names)) == len(tasks)
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = emulated_many(sources, pathlib.Path(tmp))
+    bas = mol._bas
+    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
+                                        axis=1), dtype=np.int32)
+    env = np.ascontiguousarray(mol._env)
+    ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
+    dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))
+    dm_k = np.ascontiguousarray(d if hermi == 1 else np.concatenate([d, d.transpose(0, 2, 1)]))
+    jh, kh = np.zeros_like(dm_j), np.zeros_like(dm_k)
+    P = ctypes.c_void_p
+    strided = False
+    for t, lib in zip(tasks, libs):
+        q = np.ascontiguousarray(t.quartets[np.lexsort(t.quartets.T[::-1])], dtype=np.int32)
+        strided |= len(q) > 128 and len(q) % 32 != 0
+        lib.run(ctypes.c_int(2), P(q.ctypes.data), ctypes.c_int(len(q)), P(shl.ctypes.data),
+                P(env.ctypes.data), P(ao_loc.ctypes.data), ctypes.c_int(nao),
+                P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
+                P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
+    assert strided      # some class strides and ends in a partial warp
+    vj = jh + jh.transpose(0, 2, 1)
+    vk = kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:2] + kh[2:].transpose(0, 2, 1)
+    ref_j, ref_k = hf.get_jk(mol, d, hermi=hermi)
+    assert np.abs(vj - ref_j).max() < 1e-10 * np.abs(ref_j).max()
+    assert np.abs(vk - ref_k).max() < 1e-10 * np.abs(ref_k).max()
+
+
+def test_only_the_register_tier_with_one_tuple_digests():
+    """The digesting variant is refused where the kernel has no whole block of
+    one quartet in registers; its kernel name differs from the plain one."""
+    prog = host.get_program(1, 0, 0, 0)
+    plain = codegen.make_variant(prog, 'register')
+    assert codegen.kernel_name(prog, plain) + '_dg' == codegen.kernel_name(
+        prog, codegen.Variant('register', digest=True))
+    with pytest.raises(ValueError, match='register tier'):
+        codegen.Variant('warp', form='levels', digest=True)
+    with pytest.raises(ValueError, match='register tier'):
+        codegen.Variant('register', nctr=(2, 1, 1, 1), digest=True)

@@ -105,13 +105,13 @@ def test_breakdown_sums_the_classes_per_highest_l():
                                                   REPO / "benchmarks/rcg_jk_breakdown.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    profile = {"hfgf": dict(quartets=10, eri_ms=7.0, digest_ms=1.0),
-               "hsss": dict(quartets=5, eri_ms=1.5, digest_ms=0.5),
-               "psss": dict(quartets=100, eri_ms=3.0, digest_ms=1.0),
-               "fdfp": dict(quartets=20, eri_ms=5.0, digest_ms=1.0)}
+    profile = {"hfgf": dict(quartets=10, eri_ms=7.0, digest_ms=1.0, fused_ms=0.0),
+               "hsss": dict(quartets=5, eri_ms=0.0, digest_ms=0.0, fused_ms=2.0),
+               "psss": dict(quartets=100, eri_ms=3.0, digest_ms=1.0, fused_ms=0.0),
+               "fdfp": dict(quartets=20, eri_ms=5.0, digest_ms=1.0, fused_ms=0.0)}
     rows = bench.by_highest_l(profile, total_ms=25.0)
     assert [r["part"] for r in rows] == ["classes with highest l = 1 (p)", "classes with highest l = 3 (f)",
                                          "classes with highest l = 5 (h)"]
     h = rows[-1]
-    assert (h["classes"], h["quartets"], h["eri_ms"], h["digest_ms"], h["ms"]) == (2, 15, 8.5, 1.5, 10.0)
+    assert (h["classes"], h["quartets"], h["eri_ms"], h["digest_ms"], h["fused_ms"], h["ms"]) == (2, 15, 7.0, 1.0, 2.0, 10.0)
     assert h["share"] == 0.4 and sum(r["ms"] for r in rows) == 20.0   # the rest is not in a class

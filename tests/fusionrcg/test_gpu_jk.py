@@ -176,6 +176,34 @@ def test_j_only_k_only_and_cupy_in_cupy_out():
     assert vj is None and np.abs(vk - ref_k).max() < TOL
 
 
+def test_digesting_kernels_match_separate_digestion(monkeypatch):
+    """J/K with the small register-tier classes digested inside their ERI
+    kernels (launch.jk_kernel, the default) equal those with every class in
+    an ERI and a digestion kernel ($FUSIONRCG_FUSE=0), and PySCF's, for one
+    and two density sets (UHF); every fused class is one launch."""
+    import cupy as cp
+    from pyscf_fusionrcg.gpu_jk import get_jk_gpu
+    from pyscf_fusionrcg.screening import build_tasks
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692; '
+                     'O 2.8 0 0; H 3.4 0.7 0.3; H 3.4 -0.7 -0.3', basis='def2-TZVP', verbose=0)
+    dm = minao_dm(mol)
+    rng = np.random.default_rng(5)
+    noise = rng.normal(scale=1e-2, size=dm.shape)
+    for dms in (dm[None], np.stack([dm, dm + noise + noise.T])):
+        d = cp.asarray(dms)
+        tasks = build_tasks(mol, d, xp=cp)
+        profile = {}
+        fused = get_jk_gpu(mol, d, tasks=tasks, profile=profile)
+        assert any(r['fused_ms'] > 0 for r in profile.values())
+        monkeypatch.setenv(launch.FUSE_ENV, '0')
+        apart = get_jk_gpu(mol, d, tasks=tasks)
+        monkeypatch.delenv(launch.FUSE_ENV)
+        for a, b in zip(fused, apart):
+            assert float(abs(a - b).max()) < 1e-12
+        ref_j, ref_k = reference_jk(mol, dms)
+        assert np.abs(fused[0].get() - ref_j).max() < TOL and np.abs(fused[1].get() - ref_k).max() < TOL
+
+
 def test_profile_accounts_for_every_quartet():
     """get_jk_gpu(profile=) times every class's ERI and digestion kernels and
     counts each screened quartet once; the J/K it returns are unchanged."""
@@ -192,7 +220,9 @@ def test_profile_accounts_for_every_quartet():
     # digestion adds with atomics, so the last bits follow the order of the adds
     assert float(abs(vj - plain[0]).max()) < 1e-12 and float(abs(vk - plain[1]).max()) < 1e-12
     assert sum(r['quartets'] for r in profile.values()) == sum(len(t.quartets) for t in tasks)
-    assert all(r['eri_ms'] > 0 and r['digest_ms'] > 0 for r in profile.values())
+    # each class either in ERI and digestion kernels or in one kernel doing both
+    assert all((r['eri_ms'] > 0 and r['digest_ms'] > 0) != (r['fused_ms'] > 0) for r in profile.values())
+    assert any(r['fused_ms'] > 0 for r in profile.values()) and any(r['digest_ms'] > 0 for r in profile.values())
 
 
 def test_plans_are_reused_within_their_density_range():
