@@ -5,26 +5,46 @@
 // output order are digest.cu's (see its header).
 #pragma once
 
-// atomicAdd(addr, v) from every lane of a full warp, one atomic per run of
-// consecutive lanes with equal addresses (a segmented sum over the warp).
-// Lanes without work pass addr = nullptr and v = 0.
-__device__ __forceinline__ void fr_warp_add(double* addr, double v) {
+// Warp-aggregated atomics: the lanes of a full warp add their values to
+// addresses that come in runs of consecutive lanes (quartets sorted by
+// shells), one atomicAdd per run, of the run's segmented sum.  The runs of one
+// output block are the same for all its elements and density sets (equal
+// addresses there are equal AO offsets of the block's two indices), so
+// fr_runs finds them once from a per-lane key and fr_run_add only sums.
+struct FrRuns {
+  unsigned heads;   // lanes that start a run
+  int span;         // lanes of this lane's run before it
+  bool last;        // this lane ends its run: it holds the sum and adds it
+};
+
+__device__ __forceinline__ FrRuns fr_runs(unsigned long long key) {
   const unsigned full = 0xffffffffu;
   const int lane = threadIdx.x & 31;
-  const unsigned long long mine = (unsigned long long)addr;
-  const unsigned long long before = __shfl_up_sync(full, mine, 1);
-  const unsigned long long after = __shfl_down_sync(full, mine, 1);
-  const unsigned heads = __ballot_sync(full, lane == 0 || before != mine);
-  if (heads != full) {   // some run is longer than one lane (warp-uniform branch)
-    // run of lane i: the number of run heads at lanes <= i
-    const int run = __popc(heads & (full >> (31 - lane)));
+  const unsigned long long before = __shfl_up_sync(full, key, 1);
+  const unsigned long long after = __shfl_down_sync(full, key, 1);
+  FrRuns r;
+  r.heads = __ballot_sync(full, lane == 0 || before != key);
+  // the head of this lane's run: the highest head at or below the lane
+  r.span = lane - (31 - __clz(r.heads & (full >> (31 - lane))));
+  r.last = lane == 31 || after != key;
+  return r;
+}
+
+// atomicAdd(addr, v) aggregated over the runs r; lanes without work pass
+// addr = nullptr and v = 0 (and a key of their own to fr_runs).
+__device__ __forceinline__ void fr_run_add(const FrRuns& r, double* addr, double v) {
+  if (r.heads != 0xffffffffu) {   // some run is longer than one lane (warp-uniform)
     for (int offset = 1; offset < 32; offset <<= 1) {
-      const double up = __shfl_up_sync(full, v, offset);
-      if (lane >= offset && __popc(heads & (full >> (31 - (lane - offset)))) == run) v += up;
+      const double up = __shfl_up_sync(0xffffffffu, v, offset);
+      if (offset <= r.span) v += up;
     }
   }
-  // the last lane of each run holds the run's sum
-  if (addr != nullptr && (lane == 31 || after != mine)) atomicAdd(addr, v);
+  if (addr != nullptr && r.last) atomicAdd(addr, v);
+}
+
+// fr_run_add for one address per lane, its own key.
+__device__ __forceinline__ void fr_warp_add(double* addr, double v) {
+  fr_run_add(fr_runs((unsigned long long)addr), addr, v);
 }
 
 // 1 / 2^k, k counting which of a == b, c == d, {a, b} == {c, d} hold.
@@ -33,15 +53,24 @@ __device__ __forceinline__ double fr_degeneracy(int a, int b, int c, int d) {
   return 0.125 * (8 >> k);   // exact, without a double division
 }
 
+// The runs of output block (X, Y) in a warp: lanes with equal AO offsets of
+// X and Y; lanes without a quartet form runs of their own.
+template <int X, int Y>
+__device__ __forceinline__ FrRuns fr_block_runs(const int* ao, bool adds) {
+  return fr_runs(adds ? (unsigned long long)(unsigned)ao[X] << 32 | (unsigned)ao[Y] : ~0ull);
+}
+
 // out[X, Y] += f * sum over U, W of v * D[U, W] (digest.cu's fr_blocks
-// notation) for a whole block of dims DI..DL in registers (v, C order); every
-// lane runs the same unrolled loops (fr_warp_add).
+// notation) for a whole block of dims DI..DL in registers (v, C order), the
+// block's runs found once for all its elements; every lane runs the same
+// unrolled loops (fr_run_add).
 template <int DI, int DJ, int DK, int DL, int X, int Y, int U, int W>
 __device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao, double f,
                                                  const double* __restrict__ dm, double* out,
                                                  int nao, bool adds) {
   constexpr int dims[4] = {DI, DJ, DK, DL};
   constexpr int strides[4] = {DJ * DK * DL, DK * DL, DL, 1};
+  const FrRuns r = fr_block_runs<X, Y>(ao, adds);
 #pragma unroll
   for (int x = 0; x < dims[X]; ++x) {
 #pragma unroll
@@ -55,7 +84,7 @@ __device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao,
             acc += v[x * strides[X] + y * strides[Y] + u * strides[U] + w * strides[W]]
                    * dm[(long)(ao[U] + u) * nao + ao[W] + w];
       }
-      fr_warp_add(adds ? out + (long)(ao[X] + x) * nao + ao[Y] + y : nullptr, f * acc);
+      fr_run_add(r, adds ? out + (long)(ao[X] + x) * nao + ao[Y] + y : nullptr, f * acc);
     }
   }
 }
