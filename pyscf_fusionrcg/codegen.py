@@ -75,7 +75,7 @@ from math import prod
 
 import numpy as np
 
-from . import ir
+from . import ir, prepared
 
 TIERS = ('register', 'shared', 'warp', 'global')
 FORMS = ('straight', 'table', 'levels')
@@ -649,8 +649,10 @@ def scratch_doubles(program: ir.Program, variant: Variant) -> int:
 
 @lru_cache(maxsize=8)
 def table(program: ir.Program, variant: Variant) -> Table:
-    """The (cached) op stream of a table- or levels-form variant."""
-    return encode_table(program, variant)
+    """The (cached) op stream of a table- or levels-form variant, kept on disk
+    by :mod:`pyscf_fusionrcg.prepared` (encoding (gg|gg)'s takes seconds)."""
+    return prepared.for_variant('table', program, variant, lambda: encode_table(program, variant),
+                                lambda t: isinstance(t, Table))
 
 
 def shared_block(program: ir.Program, variant: Variant) -> int:

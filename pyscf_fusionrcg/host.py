@@ -29,7 +29,7 @@ from typing import List, Tuple
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from . import ir
+from . import ir, prepared
 from .boys import boys
 from .graph import Topology
 from .schedule import orchestrate
@@ -60,12 +60,14 @@ def get_program(la, lb, lc, ld, cart=False, builds=None) -> ir.Program:
     ``builds = (bra, ket)`` in {'a', 'b'} x {'c', 'd'}: the centres the VRR
     builds on (see ``graph.Topology``); default: the higher-l shell of each
     pair, as libcint.  The host picks them per quartet (``HostEngine.builds``).
+    A new process finds it in :mod:`pyscf_fusionrcg.prepared`'s disk cache.
     """
     with _PROGRAMS_LOCK:    # the graph builders share memoised tables: one build at a time
         key = _key(la, lb, lc, ld, cart, builds)
         prog = _PROGRAMS.get(key)
         if prog is None:
-            prog = _PROGRAMS[key] = orchestrate(*key[:4], cart=key[4], fused=True, builds=key[5])
+            prog = _PROGRAMS[key] = prepared.program(key, lambda: orchestrate(
+                *key[:4], cart=key[4], fused=True, builds=key[5]))
     return prog
 
 

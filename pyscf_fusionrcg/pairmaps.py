@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ir
+from . import ir, prepared
 from .spherical import cart_components
 
 
@@ -123,8 +123,9 @@ def side_map(program: ir.Program, side: str) -> SideMap:
            tuple(ph.key for ph in rcg.phases if ph.side == side))
     with _MAPS_LOCK:
         hit = _MAPS.get(key)
-    if hit is None:
-        hit = _side_map(rcg, side)
+    if hit is None:     # from disk in a new process: (gg|gg)'s maps take a tenth of a second
+        hit = prepared.cached('sidemap', f'sidemap|{key!r}', lambda: _side_map(rcg, side),
+                              lambda m: isinstance(m, SideMap))
         with _MAPS_LOCK:
             _MAPS[key] = hit
     return hit

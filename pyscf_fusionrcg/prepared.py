@@ -1,0 +1,273 @@
+"""On-disk cache of what the host prepares per class: programs, op-stream tables, kernel sources.
+
+Why: before its first launch a class needs its program (graph, schedule,
+spherical fusion: :func:`pyscf_fusionrcg.host.get_program`), for the warp and
+global tiers its op stream (:func:`pyscf_fusionrcg.codegen.table`), its CUDA
+text (:func:`pyscf_fusionrcg.codegen.kernel_source`, which gpucore hashes to
+find the cached cubin) and, for the pairmap contracted stage, its pair
+matrices' polynomials (:func:`pyscf_fusionrcg.pairmaps.side_map`).  All of it
+is pure Python: about 15 s on one core for the 120 classes up to (gg|gg), in
+every new process, even when every cubin is already on disk.  These objects
+depend only on the class, Cartesian or spherical functions, the variant and
+the generator, so they are kept beside the cubins and the tier decisions
+(``gpucore.cache_dir()``) and a later process unpickles them instead.
+
+Keys: a program by ``host._key`` (class, Cartesian, VRR build centres); a
+table or source by its program's key and every field of the
+:class:`~pyscf_fusionrcg.codegen.Variant`; a side map by ``side_map``'s own
+key (side, Cartesian, the pair's l, its graph phases); every key also by
+:func:`settings` (the generator modules' constants, which tuning scripts
+change at run time).  The files live in a folder named by :func:`version`, a
+digest of the generator sources (``tiers._code_version()`` plus ``host.py``,
+``pairmaps.py`` and this module), the Python and NumPy versions and
+:data:`FORMAT`: any change of the generator or of the pickled classes misses
+instead of loading stale objects.  Tables and sources are only cached for
+programs that came through :func:`program` (whose key is known); others are
+built as before.
+
+Robustness: a file holds a magic line, its full key, the lengths of the
+pickle and of its arrays' out-of-band buffers and a CRC-32 of all of it.  A
+file that is short, has another key or checksum, or fails to unpickle or to
+be of the expected type is rebuilt and rewritten (logged at debug level); a
+missing or unwritable folder only costs the rebuild.  Writes go to a
+temporary file of this process and thread, then ``os.replace``: readers in
+other threads and processes see the old file, the new one, or none.  The
+files are pickles, trusted as the cubins beside them are.
+``$FUSIONRCG_PREPARED=0`` turns the cache off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import logging
+import os
+import pickle
+import struct
+import sys
+import threading
+import weakref
+import zlib
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENV = 'FUSIONRCG_PREPARED'
+#: Layout of the files and of what they hold; bump to orphan old caches.
+FORMAT = 1
+_MAGIC = b'FRPREP1\n'
+#: after the magic: key length, number of out-of-band buffers, CRC-32 of all that follows the header
+_HEAD = struct.Struct('<III')
+_LEN = struct.Struct('<Q')
+_ALIGN = 64
+
+#: key of each program that came through :func:`program` (identity-keyed: programs compare by identity)
+_origins: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    """False when ``$FUSIONRCG_PREPARED`` is '0' (read on every call, as the tests switch it)."""
+    return os.environ.get(ENV, '1') != '0'
+
+
+@lru_cache(maxsize=1)
+def version() -> str:
+    """Digest of everything the cached objects depend on besides their keys."""
+    from . import tiers             # tiers imports codegen, which imports this module
+    h = hashlib.sha256()
+    h.update(tiers._code_version().encode())
+    here = Path(__file__).resolve().parent
+    for name in ('host.py', 'pairmaps.py', 'prepared.py'):
+        h.update((here / name).read_bytes())
+    h.update(f'{FORMAT}|{sys.version_info[:2]}|{np.__version__}'.encode())
+    return h.hexdigest()[:16]
+
+
+def _folder() -> Path | None:
+    try:
+        from gpucore import cache_dir
+        return cache_dir() / 'fusionrcg-prepared' / version()
+    except Exception as exc:        # no cache dir and none can be made: build every time
+        log.debug('prepared-object cache unavailable: %s', exc)
+        return None
+
+
+def _path(kind: str, key: str) -> Path | None:
+    folder = _folder()
+    if folder is None:
+        return None
+    return folder / f'{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pkl'
+
+
+_gc_holds = 0
+_gc_was_on = False
+
+
+@contextmanager
+def _gc_paused():
+    """No cyclic GC while unpickling: a graph's many small objects set off
+    collections over everything alive, which made loading the 120 graphs up
+    to (gg|gg) take 0.6 s instead of 0.08 s.  Counted, so that threads
+    loading at once restore it only when the last one is done."""
+    global _gc_holds, _gc_was_on
+    with _lock:
+        if _gc_holds == 0:
+            _gc_was_on = gc.isenabled()
+            gc.disable()
+        _gc_holds += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _gc_holds -= 1
+            if _gc_holds == 0 and _gc_was_on:
+                gc.enable()
+
+
+def settings() -> str:
+    """The generator modules' upper-case constants as they are now: scripts
+    such as ``benchmarks/rcg_levels_tuning.py`` set them at run time, and
+    what they build must neither be stored nor found under the defaults' keys."""
+    from . import codegen, graph, schedule, spherical
+    items = [(m.__name__, k, v) for m in (graph, schedule, spherical, codegen)
+             for k, v in sorted(vars(m).items())
+             if k.isupper() and isinstance(v, (bool, int, float, str, tuple))]
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def _pad(n: int) -> int:
+    return -n % _ALIGN
+
+
+def _read(path: Path, key: str):
+    """The object stored under ``key`` at ``path``; raises on any mismatch.
+
+    The file is read once into a bytearray and the arrays are unpickled as
+    (writable, aligned) views of it: copying them out again took half the
+    time of a warm start."""
+    with open(path, 'rb') as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        if f.readinto(data) != len(data):
+            raise ValueError('short read')
+    n = len(_MAGIC) + _HEAD.size
+    if len(data) < n or data[:len(_MAGIC)] != _MAGIC:
+        raise ValueError('not a prepared-object file')
+    klen, nbuf, crc = _HEAD.unpack_from(data, len(_MAGIC))
+    view = memoryview(data)
+    if zlib.crc32(view[n:]) != crc:
+        raise ValueError('truncated or corrupt')
+    if bytes(view[n:n + klen]) != key.encode():
+        raise ValueError('another key')
+    pos = n + klen
+    lens = [_LEN.unpack_from(data, pos + _LEN.size * i)[0] for i in range(nbuf + 1)]
+    pos += _LEN.size * (nbuf + 1)
+    parts = []
+    for ln in lens:
+        pos += _pad(pos)
+        parts.append(view[pos:pos + ln])
+        pos += ln
+    if pos != len(data):
+        raise ValueError('wrong length')
+    with _gc_paused():
+        return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def _write(path: Path, key: str, obj) -> None:
+    """Store ``obj`` under ``key``: the pickle, then its arrays' buffers out of band."""
+    buffers = []
+    try:
+        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        parts = [memoryview(body)] + [b.raw() for b in buffers]
+    except Exception as exc:        # not picklable: nothing to keep
+        log.debug('cannot pickle %s: %s', key, exc)
+        return
+    k = key.encode()
+    tail = [k, b''.join(_LEN.pack(p.nbytes) for p in parts)]
+    pos = len(_MAGIC) + _HEAD.size + sum(len(t) for t in tail)
+    for p in parts:
+        tail.append(bytes(_pad(pos)))
+        tail.append(p)
+        pos += _pad(pos) + p.nbytes
+    crc = 0
+    for t in tail:
+        crc = zlib.crc32(t, crc)
+    tmp = path.with_name(f'{path.name}.tmp{os.getpid()}.{threading.get_ident()}')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'wb') as f:
+            f.write(_MAGIC + _HEAD.pack(len(k), len(buffers), crc))
+            for t in tail:
+                f.write(t)
+        os.replace(tmp, path)
+    except OSError as exc:          # read-only or full cache: the object is still good
+        log.debug('cannot store %s: %s', path, exc)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def cached(kind: str, key: str, build, check=None):
+    """``build()``'s object from the disk cache, else built and stored.
+
+    ``check(obj)`` tells whether a loaded object is one ``build`` could have
+    returned (its type, its class); anything else is rebuilt and rewritten.
+    """
+    if not enabled():
+        return build()
+    key = f'{key}|{settings()}'
+    path = _path(kind, key)
+    if path is None:
+        return build()
+    if path.is_file():
+        try:
+            obj = _read(path, key)
+            if check is None or check(obj):
+                return obj
+            log.debug('%s holds an unexpected %s', path, type(obj).__name__)
+        except Exception as exc:    # corrupt, truncated, from another version: rebuild
+            log.debug('rebuilding %s (%s): %s', path, key, exc)
+    obj = build()
+    _write(path, key, obj)
+    return obj
+
+
+def program(key: tuple, build):
+    """The program of ``host._key`` ``key``: from disk, else ``build()``.
+
+    Only the dataclass fields are stored (no cached properties such as
+    ``prim_ops``), and the program's key is remembered so that its tables
+    and sources can be cached too."""
+    from . import ir
+    skey = f'program|{key!r}'
+
+    def make():
+        p = build()
+        return {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+
+    names = {f.name for f in dataclasses.fields(ir.Program)}
+
+    def check(fields):
+        return (isinstance(fields, dict) and set(fields) == names
+                and isinstance(fields['prim'], ir.OpTable) and isinstance(fields['ctr'], ir.OpTable)
+                and (fields['la'], fields['lb'], fields['lc'], fields['ld'], fields['cart']) == key[:5])
+
+    prog = ir.Program(**cached('program', skey, make, check))
+    with _lock:
+        _origins[prog] = key
+    return prog
+
+
+def for_variant(kind: str, program, variant, build, check=None):
+    """``build()`` for ``(program, variant)``, cached when the program came
+    through :func:`program` (kinds: 'table', 'source')."""
+    with _lock:
+        pkey = _origins.get(program)
+    if pkey is None:
+        return build()
+    return cached(kind, f'{kind}|{pkey!r}|{dataclasses.astuple(variant)!r}', build, check)
