@@ -9,9 +9,16 @@ as one array like a ``shls_slice`` call would.  Primitive counts differ between 
 shells of an l (1 and 2: the host batches mixed counts) except for l = 1
 and 3, whose shells are generally contracted (2 primitives, nctr = 2).
 """
+import os
+
 import numpy as np
 import pytest
 from pyscf import gto
+
+# The tests exercise the generators, so they build every program, table and
+# source instead of loading them from the user's cache (nor do they fill it);
+# test_prepared.py turns the cache on in a folder of its own.
+os.environ.setdefault('FUSIONRCG_PREPARED', '0')
 
 LMAX = 5
 GENERAL = (1, 3)
