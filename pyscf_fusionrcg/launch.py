@@ -127,6 +127,8 @@ class ClassKernel:
         """The digesting variant on ``quartets``: their blocks added to J and K
         (``ao_loc``, ``nao`` and ``sets``, the density and output arguments,
         as gpu_jk's digestion takes them)."""
+        if nq == 0:     # an empty grid is not a valid launch
+            return
         args = (quartets, np.int32(nq), basis.shl, basis.env, np.float64(omega), ao_loc, np.int32(nao))
         dm_j, jh, nset_j, dm_k, kh, nset_k = sets
         self.kernel((-(-nq // self.block),), (self.block,),
