@@ -154,7 +154,7 @@ def test_kernel_preparation_shows_progress_unless_turned_off(monkeypatch, capsys
     from pyscf_fusionrcg import gpu_jk, launch
     fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=contextlib.nullcontext))
     monkeypatch.setattr(launch, "_cupy", lambda: fake_cupy)
-    monkeypatch.setattr(launch, "get_kernel", lambda ls, cart, omega, nctr, tier: (ls, nctr, tier))
+    monkeypatch.setattr(launch, "jk_kernel", lambda ls, cart, omega, nctr, tier: (ls, nctr, tier))
     monkeypatch.setattr(gpu_jk, "PROGRESS_DELAY_S", 0.0)
     monkeypatch.setenv(gpu_jk.PROGRESS_ENV, progress)
     shapes = {((l, 0, 0, 0), (1, 1, 1, 1)) for l in range(5)} | {((2, 2, 1, 0), (2, 1, 1, 1))}
