@@ -34,6 +34,12 @@ temporary file of this process and thread, then ``os.replace``: readers in
 other threads and processes see the old file, the new one, or none.  The
 files are pickles, trusted as the cubins beside them are.
 ``$FUSIONRCG_PREPARED=0`` turns the cache off.
+
+Size: about 90 MB for the classes up to (gg|gg).  Every generator version
+has its own folder, so an upgrade or an edited checkout starts a new one;
+the first process of a version to use its folder marks it used and removes
+the least recently used beyond :data:`KEEP_VERSIONS` (a process still on a
+removed version only rebuilds and stores again).
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ import hashlib
 import logging
 import os
 import pickle
+import shutil
 import struct
 import sys
 import threading
@@ -68,6 +75,8 @@ _ZLIB = 1
 _LEN = struct.Struct('<Q')
 _ALIGN = 64
 
+#: Version folders kept (:func:`_use_folder`).
+KEEP_VERSIONS = 3
 #: key of each program that came through :func:`program` (identity-keyed: programs compare by identity)
 _origins: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -94,10 +103,36 @@ def version() -> str:
 def _folder() -> Path | None:
     try:
         from gpucore import cache_dir
-        return cache_dir() / 'fusionrcg-prepared' / version()
+        folder = cache_dir() / 'fusionrcg-prepared' / version()
     except Exception as exc:        # no cache dir and none can be made: build every time
         log.debug('prepared-object cache unavailable: %s', exc)
         return None
+    _use_folder(folder)
+    return folder
+
+
+_used: set = set()
+
+
+def _use_folder(folder: Path) -> None:
+    """Once per process and folder: mark this version's folder used (its
+    mtime, which reading alone would not change) and remove the least
+    recently used sibling versions beyond KEEP_VERSIONS."""
+    with _lock:
+        if folder in _used:
+            return
+        _used.add(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.utime(folder)
+        others = sorted((d for d in folder.parent.iterdir() if d.is_dir() and d != folder),
+                        key=lambda d: d.stat().st_mtime, reverse=True)
+    except OSError as exc:          # unwritable cache: nothing to mark or prune
+        log.debug('cannot mark %s used: %s', folder, exc)
+        return
+    for old in others[KEEP_VERSIONS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.debug('removed the prepared objects of an old version: %s', old)
 
 
 def _path(kind: str, key: str) -> Path | None:

@@ -252,3 +252,23 @@ def test_threads_share_one_cache(cache, tmp_path, monkeypatch):
             _assert_same(out[i], want)
         assert out[1][3] == out[3][3]
     assert not list(tmp_path.rglob('*.tmp*'))
+
+
+def test_old_version_folders_are_pruned(cache, tmp_path, monkeypatch):
+    """A version's first use marks its folder and keeps only the
+    KEEP_VERSIONS most recently used ones (itself included): upgrades do not
+    pile up.  The folder in use and its objects survive."""
+    import os
+    root = tmp_path / 'kernels' / 'fusionrcg-prepared'
+    for age, name in enumerate(['v-new', 'v-mid', 'v-old', 'v-oldest']):
+        (root / name).mkdir(parents=True)
+        (root / name / 'program-x.pkl').write_bytes(b'stale')
+        os.utime(root / name, (1e9 - age * 1e6,) * 2)
+    prepared._used.clear()
+    p, *_ = _prepare(REGISTER)
+    kept = sorted(d.name for d in root.iterdir())
+    assert kept == sorted([prepared.version(), 'v-new', 'v-mid'][:prepared.KEEP_VERSIONS])
+    assert any((root / prepared.version()).iterdir())
+    _forget()
+    built = cache.count('orchestrate')
+    assert host.get_program(*REGISTER).n_acc == p.n_acc and cache.count('orchestrate') == built
