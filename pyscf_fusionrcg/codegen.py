@@ -588,6 +588,71 @@ def level_records(words, start, nw, level, op_words):
     return records, np.stack([base, count | width << 8], axis=1).ravel().astype(np.int32)
 
 
+#: Doubles a warp's shared-memory access serves per wavefront (32 banks of
+#: 4 bytes): lanes whose slots differ modulo this conflict.
+SHARED_BANKS_64 = 16
+
+
+def level_traffic(program: ir.Program, variant: Variant) -> dict:
+    """What one warp asks of the load/store pipeline when it runs a levels
+    variant's op stream (run_levels in eri_common.cuh), per stage: ``levels``;
+    ``record_rows``, the 32-bit record words fetched (FR_LEVEL_OPS ops of
+    ``level_op_words`` words a lane and level, one 128-byte row each);
+    ``shared_wavefronts``, the shared-memory wavefronts of its operand and
+    pair-product loads and its result stores, each access counted per half
+    warp as its most loaded bank (distinct slots equal modulo
+    ``SHARED_BANKS_64``); and ``conflict_free``, the same accesses without
+    conflicts.  A static count from the tables, for the primitive stage once
+    (it runs once per primitive quartet) and the contracted stage once."""
+    if variant.form != 'levels':
+        raise ValueError(f'level_traffic needs the levels form, not {variant.form!r}')
+    t = table(program, variant)
+    words = level_op_words(program)
+    pair0 = _pair_slot0(program, variant.group)
+    out = {}
+    for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
+        base, shape = levels.reshape(-1, 2).T.astype(np.int64)
+        count, width = shape & 0xFF, shape >> 8
+        n_lev = len(base)
+        k, j, lane = np.meshgrid(np.arange(LEVEL_OPS_PER_LANE), np.arange(words), np.arange(32), indexing='ij')
+        at = base[:, None, None, None] + (k * width[:, None, None, None] + j) * 32 + lane
+        valid_op = (32 * k + lane)[None] < count[:, None, None, None]
+        w = np.where(valid_op & (j[None] < width[:, None, None, None]), rec[np.minimum(at, len(rec) - 1)], 0)
+        w = w.astype(np.int64)
+        head = w[:, :, :1, :]
+        kind, nterms, dst = head & 3, (head >> 2) & 15, head >> 6
+        is_op = valid_op[:, :, :1, :] & (head != 0)
+        output = is_op & (kind == 2)
+        term = is_op & ~output & (j[None, :, :, :][:, :, 1:, :] <= nterms)
+        src = w[:, :, 1:, :] & ((1 << _SRC_BITS) - 1)
+        pair = pair0 + (w[:, :, 1:, :] >> _SRC_BITS)
+        # accesses (level, op row k, access) x 32 lanes, -1 where a lane has none
+        accesses = [np.where(term, src, -1), np.where(term, pair, -1),
+                    np.where(output, w[:, :, 1:2, :], -1),
+                    np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == 1), dst, -1)]
+        lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
+        out[stage] = dict(levels=n_lev, record_rows=n_lev * LEVEL_OPS_PER_LANE * words,
+                          **_bank_wavefronts(lanes))
+    return out
+
+
+def _bank_wavefronts(lanes: np.ndarray) -> dict:
+    """Wavefronts of 64-bit shared accesses, one row of 32 lane slots (-1: no
+    access) each, counted per half warp: the most distinct slots in one bank,
+    against one per half warp with any access."""
+    halves = lanes.reshape(-1, 16)
+    used = halves >= 0
+    rows = np.nonzero(used.any(axis=1))[0]
+    row, col = np.nonzero(used[rows])
+    slot = halves[rows][row, col]
+    # distinct (half warp, slot), then the count of each (half warp, bank)
+    pairs = _distinct(row * (1 << 32) + slot)
+    r, sl = np.divmod(pairs, 1 << 32)
+    per_bank = np.bincount(r * SHARED_BANKS_64 + sl % SHARED_BANKS_64, minlength=len(rows) * SHARED_BANKS_64)
+    return dict(shared_wavefronts=int(per_bank.reshape(len(rows), -1).max(axis=1).sum()),
+                conflict_free=int(len(rows)))
+
+
 def level_op_words(program: ir.Program) -> int:
     """Words per op a levels kernel reserves registers for (header and terms):
     7, or more where an op has more than 6 terms (the spherical transform of

@@ -555,3 +555,63 @@ def test_only_the_register_tier_with_one_tuple_digests():
         codegen.Variant('warp', form='levels', digest=True)
     with pytest.raises(ValueError, match='register tier'):
         codegen.Variant('register', nctr=(2, 1, 1, 1), digest=True)
+
+
+def test_bank_wavefronts_count_the_most_loaded_bank_per_half_warp():
+    """Shared-memory wavefronts of 64-bit accesses: distinct slots in one bank
+    (equal modulo 16) serialise, lanes reading one slot share it."""
+    from pyscf_fusionrcg.codegen import _bank_wavefronts
+    lane = np.arange(32)
+    assert _bank_wavefronts(lane[None]) == dict(shared_wavefronts=2, conflict_free=2)
+    assert _bank_wavefronts((16 * lane)[None])['shared_wavefronts'] == 32
+    assert _bank_wavefronts(np.full((1, 32), 5))['shared_wavefronts'] == 2       # one slot: broadcast
+    one = np.full((1, 32), -1)
+    one[0, 20] = 7
+    assert _bank_wavefronts(one) == dict(shared_wavefronts=1, conflict_free=1)
+    two = np.where(lane < 16, lane % 2 * 16, -1)[None]                            # slots 0 and 16
+    assert _bank_wavefronts(two) == dict(shared_wavefronts=2, conflict_free=1)
+
+
+def test_level_traffic_matches_a_lane_by_lane_decode():
+    """codegen.level_traffic against a plain decode of the level records as
+    run_levels reads them: record words, then per op row of a level the
+    terms' operand and pair-product slots, an output's source, an add's and
+    a store's destination."""
+    from pyscf_fusionrcg.codegen import _bank_wavefronts
+    prog = host.get_program(2, 1, 2, 1)
+    var = codegen.make_variant(prog, 'warp')
+    t = codegen.table(prog, var)
+    words = codegen.level_op_words(prog)
+    pair0 = codegen._pair_slot0(prog, var.group)
+    got = codegen.level_traffic(prog, var)
+    for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
+        rows = []
+        for base, shape in levels.reshape(-1, 2).tolist():
+            count, width = shape & 0xFF, shape >> 8
+            for k in range(codegen.LEVEL_OPS_PER_LANE):
+                ops = [[int(rec[base + (k * width + j) * 32 + ln]) for j in range(width)]
+                       if 32 * k + ln < count else [0] for ln in range(32)]
+                # one row of 32 lanes per load or store instruction
+                access = {}
+                for ln, op in enumerate(ops):
+                    h = op[0]
+                    mine = {}
+                    if h and h & 3 == 2:
+                        mine['output source'] = op[1]
+                    elif h:
+                        for jj in range(1, ((h >> 2) & 15) + 1):
+                            mine['operand', jj] = op[jj] & ((1 << 17) - 1)
+                            mine['pair product', jj] = pair0 + (op[jj] >> 17)
+                        mine['store'] = h >> 6
+                        if h & 3 == 1:
+                            mine['added to'] = h >> 6
+                    for key, sl in mine.items():
+                        access.setdefault(key, [-1] * 32)[ln] = sl
+                rows += list(access.values())
+        want = _bank_wavefronts(np.array(rows))
+        assert got[stage]['shared_wavefronts'] == want['shared_wavefronts'], stage
+        assert got[stage]['conflict_free'] == want['conflict_free'], stage
+        assert got[stage]['record_rows'] == len(levels) // 2 * codegen.LEVEL_OPS_PER_LANE * words
+        assert want['conflict_free'] < want['shared_wavefronts'] < 16 * want['conflict_free']
+    with pytest.raises(ValueError, match='levels form'):
+        codegen.level_traffic(prog, codegen.make_variant(prog, 'register'))
