@@ -1061,7 +1061,17 @@ def _prelude() -> str:
 
 
 def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
-    """(CUDA source, kernel name) of the class kernel.
+    """(CUDA source, kernel name) of the class kernel (:func:`emit_kernel_source`),
+    kept on disk by :mod:`pyscf_fusionrcg.prepared`: gpucore finds a cached
+    cubin by hashing the text, and generating a register-tier class's text
+    takes up to seconds."""
+    return prepared.for_variant(
+        'source', program, variant, lambda: emit_kernel_source(program, variant),
+        lambda s: isinstance(s, tuple) and len(s) == 2 and all(isinstance(x, str) for x in s))
+
+
+def emit_kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
+    """(CUDA source, kernel name) of the class kernel, generated.
 
     Arguments: ``quartets`` (nq, 4) int32 shell indices, ``nq``, ``shl``
     (nbas, 4) int32 ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` into ``env``

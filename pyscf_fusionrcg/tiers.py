@@ -59,7 +59,7 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from . import codegen, ir, pairmaps, prepared
+from . import codegen, ir, pairmaps
 
 REG_STATEMENTS_MAX = 8000
 SPILL_BYTES_MAX = 10240
@@ -149,19 +149,10 @@ def _fits(program, variant) -> bool:
 
 # ----------------------------------------------------------------- measuring
 
-def kernel_source(program: ir.Program, variant: codegen.Variant) -> tuple[str, str]:
-    """:func:`codegen.kernel_source`, kept on disk by :mod:`pyscf_fusionrcg.prepared`:
-    gpucore finds a cached cubin by hashing the text, and generating a
-    register-tier class's text takes up to seconds."""
-    return prepared.for_variant(
-        'source', program, variant, lambda: codegen.kernel_source(program, variant),
-        lambda s: isinstance(s, tuple) and len(s) == 2 and all(isinstance(x, str) for x in s))
-
-
 def compile_variant(program: ir.Program, variant: codegen.Variant):
     """Compile a variant with NVRTC (gpucore): (kernel, from_cache)."""
     from gpucore import compile_source
-    source, name = kernel_source(program, variant)
+    source, name = codegen.kernel_source(program, variant)
     module = compile_source(source, name=name)
     return module.get_kernel(name), module.from_cache
 
@@ -171,7 +162,7 @@ def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> 
     -Xptxas -v``: the compiler's report without a GPU (CI, offline checks).
     ``tier`` defaults to :func:`choose_tier` (no measured re-routing)."""
     variant = variant_for(program, tier or choose_tier(program), omega, nctr)
-    stats = _nvcc_stats(*kernel_source(program, variant))
+    stats = _nvcc_stats(*codegen.kernel_source(program, variant))
     stats['shared_bytes'] += codegen.shared_bytes(program, variant)
     return dict(stats, tier=variant.tier, form=variant.form,
                 kernel=codegen.kernel_name(program, variant))

@@ -29,7 +29,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv(prepared.ENV, raising=False)
     calls = []
     for mod, name in ((host, 'orchestrate'), (codegen, 'encode_table'),
-                      (codegen, 'kernel_source'), (pairmaps, '_side_map')):
+                      (codegen, 'emit_kernel_source'), (pairmaps, '_side_map')):
         real = getattr(mod, name)
 
         def counted(*a, _real=real, _name=name, **k):
@@ -47,7 +47,7 @@ def _prepare(ls):
     v = tiers.variant_for(p, tiers.choose_tier(p))
     table = codegen.table(p, v) if v.form in ('table', 'levels') else None
     maps = (pairmaps.side_map(p, 'bra'), pairmaps.side_map(p, 'ket')) if v.ctr == 'pairmap' else None
-    return p, v, table, tiers.kernel_source(p, v), maps
+    return p, v, table, codegen.kernel_source(p, v), maps
 
 
 def _fresh(ls, monkeypatch):
@@ -97,7 +97,7 @@ def test_round_trip_equals_fresh_build_without_rebuilding(ls, cache, tmp_path, m
     want = _fresh(ls, monkeypatch)
     cache.clear()
     _assert_same(_prepare(ls), want)                # cold: built and stored
-    assert 'orchestrate' in cache and 'kernel_source' in cache
+    assert 'orchestrate' in cache and 'emit_kernel_source' in cache
     n_files = len(_files(tmp_path))
     assert n_files == (2 if ls == REGISTER else 5)  # program, source (+ table, two side maps)
     cache.clear()
@@ -128,12 +128,12 @@ def test_changed_generator_constants_miss(cache, tmp_path, monkeypatch):
 def test_variants_of_one_program_are_kept_apart(cache, tmp_path):
     p = host.get_program(*WARP)
     warp, glob = tiers.variant_for(p, 'warp'), tiers.variant_for(p, 'global')
-    sources = tiers.kernel_source(p, warp), tiers.kernel_source(p, glob)
+    sources = codegen.kernel_source(p, warp), codegen.kernel_source(p, glob)
     assert sources[0] != sources[1]
     _forget()
     cache.clear()
     p = host.get_program(*WARP)
-    assert (tiers.kernel_source(p, warp), tiers.kernel_source(p, glob)) == sources
+    assert (codegen.kernel_source(p, warp), codegen.kernel_source(p, glob)) == sources
     assert cache == []
 
 
@@ -147,7 +147,7 @@ def test_changed_code_digest_misses(cache, tmp_path, monkeypatch):
     _forget()
     cache.clear()
     _prepare(REGISTER)
-    assert 'orchestrate' in cache and 'kernel_source' in cache
+    assert 'orchestrate' in cache and 'emit_kernel_source' in cache
     assert len(_files(tmp_path)) == 2 * len(first)
 
 
@@ -174,7 +174,7 @@ def test_corrupt_file_is_rebuilt_and_repaired(damage, cache, tmp_path, monkeypat
     _forget()
     cache.clear()
     _assert_same(_prepare(WARP), want)
-    assert {'orchestrate', 'encode_table', 'kernel_source', '_side_map'} <= set(cache)
+    assert {'orchestrate', 'encode_table', 'emit_kernel_source', '_side_map'} <= set(cache)
     # repaired: the next process loads every file again
     _forget()
     cache.clear()
@@ -225,9 +225,9 @@ def test_programs_from_elsewhere_are_not_cached(cache, tmp_path):
     other = dataclasses.replace(p)          # same content, but not made by prepared.program
     v = tiers.variant_for(p, 'register')
     cache.clear()
-    source = tiers.kernel_source(other, v)
-    assert cache == ['kernel_source'] and len(_files(tmp_path)) == 1     # the program only
-    assert tiers.kernel_source(p, v) == source and len(_files(tmp_path)) == 2
+    source = codegen.kernel_source(other, v)
+    assert cache == ['emit_kernel_source'] and len(_files(tmp_path)) == 1     # the program only
+    assert codegen.kernel_source(p, v) == source and len(_files(tmp_path)) == 2
 
 
 def test_threads_share_one_cache(cache, tmp_path, monkeypatch):
