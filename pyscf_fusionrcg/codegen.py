@@ -622,14 +622,14 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
         head = w[:, :, :1, :]
         kind, nterms, dst = head & 3, (head >> 2) & 15, head >> 6
         is_op = valid_op[:, :, :1, :] & (head != 0)
-        output = is_op & (kind == 2)
+        output = is_op & (kind == _OUT)
         term = is_op & ~output & (j[None, :, :, :][:, :, 1:, :] <= nterms)
         src = w[:, :, 1:, :] & ((1 << _SRC_BITS) - 1)
         pair = pair0 + (w[:, :, 1:, :] >> _SRC_BITS)
         # accesses (level, op row k, access) x 32 lanes, -1 where a lane has none
         accesses = [np.where(term, src, -1), np.where(term, pair, -1),
                     np.where(output, w[:, :, 1:2, :], -1),
-                    np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == 1), dst, -1)]
+                    np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
         lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
         out[stage] = dict(levels=n_lev, record_rows=n_lev * LEVEL_OPS_PER_LANE * words,
                           **_bank_wavefronts(lanes))
@@ -1147,8 +1147,8 @@ def _digesting_kernel(program: ir.Program, head: str, fn: str) -> list:
     (digest.cuh, the formulas of digest.cu's fr_digest_quartet): arguments
     ``quartets, nq, shl, env, omega`` as the others', then gpu_jk's digestion
     arguments ``ao_loc, nao, dm_j, jh, nset_j, dm_k, kh, nset_k``.  The block
-    never goes to memory; the grid strides over whole warps (fr_warp_add needs
-    every lane), lanes past the end recompute the warp's first quartet and add
+    never goes to memory; the grid strides over whole warps (the warp-aggregated
+    adds need every lane), lanes past the end recompute the warp's first quartet and add
     nothing."""
     dims = ', '.join(str(d) for d in program.shape)
     return [

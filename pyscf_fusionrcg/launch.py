@@ -29,7 +29,7 @@ from math import prod
 
 import numpy as np
 
-from . import codegen, host, pairmaps, tiers
+from . import codegen, host, pairmaps, report, tiers
 
 ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
 PTR_COORD = 1
@@ -365,7 +365,8 @@ def precompile(lmax: int = 4, cart: bool = False) -> list[str]:
     for ls in canonical_classes(lmax):
         k = jk_kernel(ls, cart)
         s = k.stats
-        lines.append(f'({"spdfghik"[ls[0]]}{"spdfghik"[ls[1]]}|{"spdfghik"[ls[2]]}{"spdfghik"[ls[3]]}) '
+        name = report.class_name(ls)
+        lines.append(f'({name[:2]}|{name[2:]}) '
                      f'{"cached" if k.from_cache else "compiled"} tier={s["tier"]} form={s["form"]} '
                      f'registers={s["registers"]} spill_bytes={s["spill_bytes"]} '
                      f'shared_bytes={s["shared_bytes"]} kernel={k.name}')

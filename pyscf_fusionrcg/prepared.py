@@ -18,8 +18,8 @@ table or source by its program's key and every field of the
 key (side, Cartesian, the pair's l, its graph phases); every key also by
 :func:`settings` (the generator modules' constants, which tuning scripts
 change at run time).  The files live in a folder named by :func:`version`, a
-digest of the generator sources (``tiers._code_version()`` plus ``host.py``,
-``pairmaps.py`` and this module), the Python and NumPy versions and
+digest of the generator sources (``tiers._code_version()`` plus ``host.py``
+and this module), the Python and NumPy versions and
 :data:`FORMAT`: any change of the generator or of the pickled classes misses
 instead of loading stale objects.  Tables and sources are only cached for
 programs that came through :func:`program` (whose key is known); others are
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 ENV = 'FUSIONRCG_PREPARED'
 #: Layout of the files and of what they hold; bump to orphan old caches.
 FORMAT = 2
-_MAGIC = b'FRPREP2\n'
+_MAGIC = f'FRPREP{FORMAT}\n'.encode()
 #: after the magic: key length, number of out-of-band buffers, flags (_ZLIB), CRC-32 of all that
 #: follows the header
 _HEAD = struct.Struct('<IIII')
@@ -94,7 +94,7 @@ def version() -> str:
     h = hashlib.sha256()
     h.update(tiers._code_version().encode())
     here = Path(__file__).resolve().parent
-    for name in ('host.py', 'pairmaps.py', 'prepared.py'):
+    for name in ('host.py', 'prepared.py'):     # the generator modules are in tiers' digest
         h.update((here / name).read_bytes())
     h.update(f'{FORMAT}|{sys.version_info[:2]}|{np.__version__}'.encode())
     return h.hexdigest()[:16]

@@ -32,8 +32,8 @@
 // (launch.primitive_order), so the lanes of a warp usually share the bra pair
 // (one Jh[p,q] for the warp) and come in runs of equal ket first shell (one
 // Kh[p,r] and one Kh[q,r] per run).  The block reads coalesce.
-// fr_warp_add, fr_degeneracy and the block digestion of fr_digest_quartet are
-// in digest.cuh, which the register tier's fused ERI kernels include too.
+// The warp-aggregated adds, fr_degeneracy and the block digestion of
+// fr_digest_quartet are in digest.cuh, which the register tier's fused ERI kernels include too.
 
 #include "fusionrcg/digest.cuh"
 
@@ -140,7 +140,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) fr_digest_quartet(
     const double* __restrict__ dm_k, double* __restrict__ kh, int nset_k) {
   constexpr int n = FR_DI * FR_DJ * FR_DK * FR_DL;
   const int q0 = blockIdx.x * blockDim.x + (threadIdx.x & ~31u);
-  if (q0 >= nq) return;                     // whole warps only: fr_warp_add needs every lane
+  if (q0 >= nq) return;                     // whole warps only: fr_run_add needs every lane
   const int q = q0 + (threadIdx.x & 31);
   const bool active = q < nq;
   const int slab = blockIdx.y;               // 0 for a whole block
