@@ -21,7 +21,9 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
   mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), and
   with ``--fuse 1,0`` once with and once without the digesting kernels
-  (``$FUSIONRCG_FUSE``), side by side in the one table.
+  (``$FUSIONRCG_FUSE``), side by side in the one table; ``--fused-max``
+  moves the largest block a digesting kernel takes
+  (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth.
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
@@ -29,6 +31,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
 """
 from __future__ import annotations
@@ -142,6 +145,8 @@ def main(argv=None):
                     help="contracted-stage modes of the levels tiers to run, comma-separated (auto, pairmap, ops)")
     ap.add_argument('--fuse', default='1',
                     help='digesting kernels on (1) or off (0), comma-separated to run both')
+    ap.add_argument('--fused-max', type=int, default=None,
+                    help='largest block (elements) a digesting kernel takes (default: launch.FUSED_DIGEST_MAX)')
     args = ap.parse_args(argv)
 
     import cupy
@@ -152,6 +157,8 @@ def main(argv=None):
     from pyscf_fusionrcg.screening import schwarz_bounds
 
     require_gpu('the J/K breakdown')
+    if args.fused_max is not None:
+        launch.FUSED_DIGEST_MAX = args.fused_max
     sync = cupy.cuda.Device().synchronize
     mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     # the converged density from the baseline's own SCF (with def2-QZVP it runs
@@ -178,7 +185,8 @@ def main(argv=None):
         print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
-                density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse)
+                density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
+                fused_max=launch.FUSED_DIGEST_MAX)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
