@@ -302,7 +302,11 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     ``level`` (one per statement, non-decreasing; default: the statement
     index) groups statements that run side by side: a slot freed by a read in
     a level is only reused by a later level.  Without levels a statement may
-    overwrite a slot that it reads for the last time.
+    overwrite a slot that it reads for the last time.  With levels, the op at
+    position ``i`` of its level runs on lane ``i % 32`` (level_records), and
+    it takes a free slot of shared-memory bank ``i % SHARED_BANKS_64`` where
+    there is one: the lanes of a half warp then store to distinct banks, and
+    later levels read operands spread over the banks (level_traffic).
     """
     n = len(seq.kind)
     inplace = level is None
@@ -324,14 +328,32 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     wptr = np.searchsorted(level, np.arange(n_lev + 1))
     # plain lists in the loop: NumPy scalar access costs more than the work
     slots = [-1] * n_ids
-    free = []
+    banks = 1 if inplace else SHARED_BANKS_64
+    free = [[] for _ in range(banks)]       # free slots by bank, each LIFO
+    n_free = 0
     n_slots = first
     dst, dying_l, dptr_l, last_l = seq.dst.tolist(), dying.tolist(), dptr.tolist(), last.tolist()
     written = np.nonzero(writes)[0].tolist()
     wptr_l = np.searchsorted(written, wptr).tolist()    # level lv writes written[wptr_l[lv]:wptr_l[lv+1]]
+    wptr_st = wptr.tolist()                             # level lv's first statement
+
+    def give(slot):
+        nonlocal n_free
+        free[slot % banks].append(slot)
+        n_free += 1
 
     def release(lv):
-        free.extend([slots[r] for r in dying_l[dptr_l[lv]:dptr_l[lv + 1]]])
+        for r in dying_l[dptr_l[lv]:dptr_l[lv + 1]]:
+            give(slots[r])
+
+    def take(bank):
+        nonlocal n_slots, n_free
+        if not n_free:
+            n_slots += 1
+            return n_slots - 1
+        pool = free[bank] or max(free, key=len)
+        n_free -= 1
+        return pool.pop()   # LIFO: the most recently freed slot is hot in cache
 
     for lv in np.nonzero((wptr[1:] > wptr[:-1]) | (dptr[1:] > dptr[:-1]))[0].tolist():
         if inplace:
@@ -339,17 +361,16 @@ def _assign(seq: Sequence, first: int = 0, level=None):
         unread = []
         for k in written[wptr_l[lv]:wptr_l[lv + 1]]:
             d = dst[k]
-            if free:
-                slot = free.pop()   # LIFO: the most recently freed slot is hot in cache
-            else:
-                slot = n_slots
-                n_slots += 1
-            slots[d] = slot
+            slot = slots[d] = take((k - wptr_st[lv]) % banks)
             if last_l[d] < 0:       # never read: dead at once
-                (free if inplace else unread).append(slot)
+                if inplace:
+                    give(slot)
+                else:
+                    unread.append(slot)
         if not inplace:
             release(lv)
-            free.extend(unread)
+            for slot in unread:
+                give(slot)
     return np.asarray(slots, dtype=np.int64), n_slots
 
 
