@@ -46,14 +46,16 @@ GLOBAL_BLOCKS_PER_SM = 6
 #: block into J and K where it was computed (codegen's digesting kernel):
 #: the block is neither written to device memory nor read back, and no
 #: digestion kernel runs.  $FUSIONRCG_FUSE=0 turns it off (comparisons).
-#: H200, Tamoxifen/def2-TZVP, benchmarks/rcg_jk_breakdown.py --fuse 1,0
-#: (0e0b8e5), ERI + digestion kernels / digesting kernel: 1.03-1.38x for
-#: every such class, e.g. (ds|ps) 1.19, (ps|ps) 1.29, (ds|pp) 1.38, (pp|ps)
-#: 1.03, (dp|ds) 1.13; 495 ms against 420 ms for the eleven largest.
-#: Fusing saves less than the digestion kernel took: its warp-aggregated
-#: atomics remain (rcg_jk_breakdown_tamoxifen_fuse_36d8f3f: before the runs
-#: were found once per output block, 0.89-1.36x, as much lost as won).
-FUSED_DIGEST_MAX = 81
+#: H200, benchmarks/rcg_jk_breakdown.py --fuse 1,0 --fused-max 640 (7f07cf8),
+#: ERI + digestion kernels / digesting kernel per class, summed by block size:
+#: Tamoxifen/def2-TZVP 1.11x up to 81 elements, 1.11x for 82-200, 1.10x for
+#: 201-320 (e.g. (dp|pp) 1.46, (fp|pp) 1.28, (fd|pp) 1.16), 1.01x for 375-441
+#: and 0.95x for the two classes of 525 ((fd|dp), (fp|dd), also 0.97x with
+#: VitC/def2-QZVP), so the largest blocks stay unfused.  The limit was 81,
+#: for a block to stay in registers; the measurement says that whatever a
+#: larger block costs the fused kernel, the unfused block's round trip through
+#: device memory and its second launch cost more, up to 441 elements.
+FUSED_DIGEST_MAX = 441
 FUSE_ENV = 'FUSIONRCG_FUSE'
 
 _lock = threading.Lock()
