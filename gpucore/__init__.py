@@ -18,6 +18,7 @@ from gpucore.loader import (
     read_source,
     require_gpu,
     unavailable_reason,
+    write_atomic,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "read_source",
     "require_gpu",
     "unavailable_reason",
+    "write_atomic",
 ]

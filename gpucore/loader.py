@@ -280,6 +280,25 @@ def _arch(cupy) -> str:
     return f"sm_{cupy.cuda.Device().compute_capability}"
 
 
+def write_atomic(path: pathlib.Path, chunks) -> None:
+    """Write the bytes-like ``chunks`` to ``path`` through a temporary file of
+    this process and thread, then ``os.replace``: readers in other threads and
+    processes see the old file, the new one or none, never part of one.  On
+    an OSError the temporary file is removed and the error raised."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
 def compile_source(source: str, *, name: str = "module", options=()) -> CompiledModule:
     """Compile CUDA C++ for the current GPU, or take it from the cache.
 
@@ -309,9 +328,7 @@ def compile_source(source: str, *, name: str = "module", options=()) -> Compiled
         # Outside the lock: NVRTC releases the GIL, so threads compile side by side
         # (a key compiled twice at once only costs the time; the rename is atomic).
         cubin, log = _nvrtc_compile(source, name, full_options)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(cubin)
-        os.replace(tmp, path)
+        write_atomic(path, [cubin])
         module = CompiledModule(name, key, cubin, log, from_cache=False)
     with _compile_lock:
         return _memory_cache.setdefault(key, module)

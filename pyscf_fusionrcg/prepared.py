@@ -30,8 +30,8 @@ pickle and of its arrays' out-of-band buffers and a CRC-32 of all of it.  A
 file that is short, has another key or checksum, or fails to unpickle or to
 be of the expected type is rebuilt and rewritten (logged at debug level); a
 missing or unwritable folder only costs the rebuild.  Writes go to a
-temporary file of this process and thread, then ``os.replace``: readers in
-other threads and processes see the old file, the new one, or none.  The
+temporary file of this process and thread, then ``os.replace``
+(``gpucore.write_atomic``): readers see the old file, the new one, or none.  The
 files are pickles, trusted as the cubins beside them are.
 ``$FUSIONRCG_PREPARED=0`` turns the cache off.
 
@@ -240,20 +240,12 @@ def _write(path: Path, key: str, obj, compress: bool = False) -> None:
     crc = 0
     for t in tail:
         crc = zlib.crc32(t, crc)
-    tmp = path.with_name(f'{path.name}.tmp{os.getpid()}.{threading.get_ident()}')
+    from gpucore import write_atomic
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, 'wb') as f:
-            f.write(_MAGIC + _HEAD.pack(len(k), len(parts) - 1, _ZLIB if compress else 0, crc))
-            for t in tail:
-                f.write(t)
-        os.replace(tmp, path)
+        write_atomic(path, [_MAGIC + _HEAD.pack(len(k), len(parts) - 1, _ZLIB if compress else 0, crc), *tail])
     except OSError as exc:          # read-only or full cache: the object is still good
         log.debug('cannot store %s: %s', path, exc)
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def cached(kind: str, key: str, build, check=None, compress=False):

@@ -247,12 +247,11 @@ def _save_disk(key: str, value: dict) -> None:
     path = _disk_path()
     if path is None:
         return
+    from gpucore import write_atomic
     data = _load_disk()
     data[key] = value
-    tmp = path.with_suffix(f'.tmp{os.getpid()}')
     try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
     except OSError:
         pass
 

@@ -95,3 +95,25 @@ def test_installed_distribution_carries_the_cuda_sources():
     if not (site / "gpucore" / "loader.py").is_file():
         pytest.skip("not installed into site-packages (editable install or source tree)")
     assert (site / "gpucore" / "csrc" / "common" / "selftest.cu").is_file()
+
+
+def test_write_atomic_replaces_whole_files_and_cleans_up(tmp_path):
+    """gpucore.write_atomic, which the cubin cache, the tier decisions and the
+    prepared-object cache write through: the file holds every chunk, a
+    rewrite replaces it, and a failed write raises and leaves no temporary
+    file behind."""
+    from gpucore import write_atomic
+    path = tmp_path / "a.bin"
+    write_atomic(path, [b"abc", memoryview(b"def")])
+    assert path.read_bytes() == b"abcdef"
+    write_atomic(path, [b"xy"])
+    assert path.read_bytes() == b"xy"
+
+    def failing():
+        yield b"partial"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, failing())
+    assert path.read_bytes() == b"xy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
