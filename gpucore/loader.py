@@ -12,6 +12,7 @@ the surrounding CuPy or PyTorch work (and can be captured in a CUDA graph).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -278,6 +279,24 @@ def nvrtc_version() -> str:
 
 def _arch(cupy) -> str:
     return f"sm_{cupy.cuda.Device().compute_capability}"
+
+
+@contextlib.contextmanager
+def locked(path: pathlib.Path):
+    """Hold an exclusive lock on ``path`` (a ``.lock`` file next to it) for a
+    read-modify-write that other processes must not interleave with.  Where
+    the OS has no ``fcntl`` (Windows) only the write itself stays atomic."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_name(f"{path.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_atomic(path: pathlib.Path, chunks) -> None:

@@ -247,11 +247,12 @@ def _save_disk(key: str, value: dict) -> None:
     path = _disk_path()
     if path is None:
         return
-    from gpucore import write_atomic
-    data = _load_disk()
-    data[key] = value
+    from gpucore import locked, write_atomic
     try:
-        write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
+        with locked(path):      # another process may be adding its own decisions
+            data = _load_disk()
+            data[key] = value
+            write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
     except OSError:
         pass
 

@@ -1,5 +1,8 @@
 """Tier routing: the static choice from the peak live set, and the measured
 re-routing on spills (with a fake compiler on the CPU, the real one on a GPU)."""
+import json
+import multiprocessing
+import os
 import shutil
 
 import pytest
@@ -103,6 +106,27 @@ def test_decisions_are_cached_in_memory_and_on_disk(monkeypatch, fresh_cache):
     assert fresh_cache.is_file()
     monkeypatch.setattr(tiers, '_decisions', {})
     assert tiers.compile_stats(prog) == first and calls == ['register']   # from disk
+
+
+def _save_keys(first, n):
+    for k in range(first, first + n):
+        tiers._save_disk(f'key{k}', {'tier': 'register', 'k': k})
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork to share the patched path')
+def test_decisions_saved_by_several_processes_at_once_are_all_kept(fresh_cache):
+    """Each save reads the file, adds its key and replaces the file: processes
+    routing at the same time (pytest-xdist, several SCF scripts) must not
+    drop each other's decisions (gpucore.locked around the update)."""
+    ctx = multiprocessing.get_context('fork')
+    procs = [ctx.Process(target=_save_keys, args=(40 * i, 40)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    saved = json.loads(fresh_cache.read_text())
+    assert sorted(v['k'] for v in saved.values()) == list(range(240))
 
 
 def test_override_forces_the_tier(monkeypatch, fresh_cache):
