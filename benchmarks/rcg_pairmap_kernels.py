@@ -18,9 +18,13 @@ process on one GPU (CUDA events, median of --repeat after a warm-up):
   to the largest element.
 
 No PySCF needed (the basis is built in libcint's layout here).  Writes
-benchmarks/results/rcg_pairmap_kernels.json and .md.
+benchmarks/results/rcg_pairmap_kernels.json and .md.  ``--static`` needs no
+GPU: per class the multiply-adds and device-memory bytes of one quartet's
+contracted stage, products (``PairProducts.cost``) against passes
+(``codegen.pass_cost``), into rcg_pairmap_static.
 
     python benchmarks/rcg_pairmap_kernels.py
+    python benchmarks/rcg_pairmap_kernels.py --static
     python benchmarks/rcg_pairmap_kernels.py --classes fdfp,gdfd --quartets 100000
 """
 from __future__ import annotations
@@ -122,6 +126,30 @@ def measure(ls, nq_max, repeat, rng):
                 passes_rel_diff=float(abs(out_pass - out_ops).max()) / scale)
 
 
+def static_counts(classes, name):
+    """Records of :func:`~pyscf_fusionrcg.codegen.pass_cost` against
+    ``PairProducts.cost`` per class, written as ``name``."""
+    from pyscf_fusionrcg import codegen, host, pairmaps
+    records = []
+    for ls in classes:
+        prog = host.get_program(*ls)
+        products, passes = pairmaps.PairProducts(prog).cost(), codegen.pass_cost(prog)
+        rec = dict(cls=prog.name, n_acc=prog.n_acc, dims='x'.join(map(str, codegen.pass_dims(prog))),
+                   products_fma=products['fma'], passes_fma=passes['fma'], fma_ratio=products['fma'] / passes['fma'],
+                   products_bytes=products['bytes'], passes_bytes=passes['bytes'],
+                   bytes_ratio=products['bytes'] / passes['bytes'])
+        print_record(rec)
+        records.append(rec)
+    paths = write_results(name, records, environment_meta(),
+                          title="Pairmap contracted stage per quartet: products against side passes, counted",
+                          notes='Static counts, no GPU. dims: bra rows x bra starts x ket starts x ket rows; '
+                                'fma: multiply-adds (a term of the graph counts one); bytes: device memory '
+                                'read and written per quartet (the passes keep the half-transformed block in '
+                                'shared memory).')
+    print('wrote', *paths)
+    return 0
+
+
 def _compile(classes):
     """Both variants of every class, by a few threads at once (NVRTC releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -144,12 +172,15 @@ def main(argv=None):
     ap.add_argument('--classes', default=CLASSES, help='comma-separated, e.g. fdfp,gdfd')
     ap.add_argument('--quartets', type=int, default=200_000, help='per class, at most (memory permitting)')
     ap.add_argument('--repeat', type=int, default=5)
-    ap.add_argument('--name', default='rcg_pairmap_kernels')
+    ap.add_argument('--name', default=None, help='results name (rcg_pairmap_kernels, or rcg_pairmap_static)')
+    ap.add_argument('--static', action='store_true', help='static counts of the contracted stage, no GPU')
     args = ap.parse_args(argv)
-    from gpucore import require_gpu
-    require_gpu('the pairmap kernel benchmark')
     from pyscf_fusionrcg.report import parse_class
     classes = [parse_class(name.strip()) for name in args.classes.split(',')]
+    if args.static:
+        return static_counts(classes, args.name or 'rcg_pairmap_static')
+    from gpucore import require_gpu
+    require_gpu('the pairmap kernel benchmark')
     _compile(classes)
     rng = np.random.default_rng(0)
     meta = environment_meta()
@@ -160,7 +191,7 @@ def main(argv=None):
         print_record(rec)
         records.append(rec)
         # rewritten after every class, so a run cut short keeps what it measured
-        paths = write_results(args.name, records, meta, title=TITLE, notes=NOTES)
+        paths = write_results(args.name or 'rcg_pairmap_kernels', records, meta, title=TITLE, notes=NOTES)
     print('wrote', *paths)
     return 0
 

@@ -1237,6 +1237,16 @@ def pass_shared_bytes(program: ir.Program) -> int:
     return 8 * _pass_stride(program) * pass_quartets(program)
 
 
+def pass_cost(program: ir.Program) -> dict:
+    """Static cost of one quartet's side passes, as pairmaps.PairProducts.cost
+    counts it: multiply-adds (a side's graph terms once per vector it runs on)
+    and device-memory bytes (the accumulators read, the blocks written)."""
+    from . import pairmaps
+    nbf, nbs, nks, nkf = pass_dims(program)
+    terms = {side: sum(len(t) for _, t in pairmaps.side_nodes(program.rcg, side)) for side in ('bra', 'ket')}
+    return dict(fma=terms['bra'] * nks + terms['ket'] * nbf, bytes=8 * (nbs * nks + nbf * nkf))
+
+
 def _side_function(program: ir.Program, side: str, fname: str) -> list:
     """Lines of ``fname(in, istride, rx, ry, rz, out, ostride)``: one side's
     contracted steps (pairmaps.side_nodes) on the start values ``in[u *

@@ -203,6 +203,16 @@ class PairProducts:
         nbf, nbs, nks, nkf = self.dims
         return max(nbf * nbs, nks * nkf) + nbf * nks + nbf * nkf
 
+    def cost(self) -> dict:
+        """Static cost of one quartet: multiply-adds of the four products, and
+        device-memory bytes (each matrix, the half-transformed Y and the blocks
+        written and read back, the accumulators read, the transposed blocks
+        written)."""
+        nbf, nbs, nks, nkf = self.dims
+        fma = (len(self.bra.powers) * nbf * nbs + nbf * nbs * nks + len(self.ket.powers) * nks * nkf
+               + nbf * nks * nkf)
+        return dict(fma=fma, bytes=8 * (2 * nbf * nbs + nbs * nks + 2 * nbf * nks + 2 * nks * nkf + 3 * nbf * nkf))
+
     def __call__(self, acc, ab, cd, out, work=None):
         """Blocks of ``nq = len(ab)`` quartets into ``out`` (n_elem, nq), the
         ``[element][quartet]`` layout the digestion reads, from their
