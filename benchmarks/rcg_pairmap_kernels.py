@@ -45,8 +45,12 @@ from _common import environment_meta, print_record, write_results  # noqa: E402
 #: Warp-tier classes from the smallest accumulator counts up (870 for (gg|ds)
 #: to 14 500 for (gg|gf)), those that cost most in Vitamin C / def2-QZVP
 #: (rcg_jk_breakdown_qzvp) and Tamoxifen / def2-TZVP among them: where the
-#: pairmap stage starts to pay.
-CLASSES = 'fffs,ggds,dddd,gddp,fdfp,ffdp,fddd,fffp,gdfd,fffd,gffd,gfgd,gfff,gggf'
+#: pairmap stage starts to pay; then the classes tiers.pairmap_pays leaves to
+#: the interpreter because the products lost there ((gp|fp), second in the
+#: QZVP breakdown, under PAIRMAP_ACC_MIN; small pairs against large ones; an
+#: s shell), to see whether the side passes win there too.
+CLASSES = ('fffs,ggds,dddd,gddp,fdfp,ffdp,fddd,fffp,gdfd,fffd,gffd,gfgd,gfff,gggf,'
+           'gpfp,gfpp,ggpp,ggdp,gdgs,gsff,ggfs')
 SHELLS = 48          # shells per index
 TITLE = 'FusionRCG levels tiers: contracted stage in the interpreter (ops) vs pair matrices'
 NOTES = ('us per quartet from CUDA events, median of --repeat after a warm-up (each stage with its pair vectors '
