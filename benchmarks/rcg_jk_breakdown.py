@@ -23,7 +23,9 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   with ``--fuse 1,0`` once with and once without the digesting kernels
   (``$FUSIONRCG_FUSE``), side by side in the one table; ``--fused-max``
   moves the largest block a digesting kernel takes
-  (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth.
+  (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth;
+  ``--pairmap passes,products`` runs it once per form of the pairmap
+  contracted stage (``$FUSIONRCG_PAIRMAP``, see ``launch.contracted_stage``).
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
@@ -32,6 +34,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
+    python benchmarks/rcg_jk_breakdown.py --basis def2-QZVP --pairmap passes,products
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
 """
 from __future__ import annotations
@@ -106,7 +109,8 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync):
                             **{key: row[key] for key in _STAGES},
                             eri_us_per_quartet=1e3 * (row['eri_ms'] + row['fused_ms']) / max(row['quartets'], 1)))
     for r in records:
-        r.update(ctr=os.environ[tiers.CTR_ENV], fuse=os.environ[launch.FUSE_ENV])
+        r.update(ctr=os.environ[tiers.CTR_ENV], fuse=os.environ[launch.FUSE_ENV],
+                 pairmap=os.environ[launch.PAIRMAP_ENV])
     return records
 
 
@@ -145,6 +149,8 @@ def main(argv=None):
                     help="contracted-stage modes of the levels tiers to run, comma-separated (auto, pairmap, ops)")
     ap.add_argument('--fuse', default='1',
                     help='digesting kernels on (1) or off (0), comma-separated to run both')
+    ap.add_argument('--pairmap', default='passes',
+                    help='forms of the pairmap contracted stage (passes, products), comma-separated')
     ap.add_argument('--fused-max', type=int, default=None,
                     help='largest block (elements) a digesting kernel takes (default: launch.FUSED_DIGEST_MAX)')
     args = ap.parse_args(argv)
@@ -179,14 +185,16 @@ def main(argv=None):
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
     for ctr in args.ctr.split(','):
         for fuse in args.fuse.split(','):
-            os.environ[tiers.CTR_ENV], os.environ[launch.FUSE_ENV] = ctr, fuse
-            records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync)
+            for stage in args.pairmap.split(','):
+                os.environ[tiers.CTR_ENV], os.environ[launch.FUSE_ENV] = ctr, fuse
+                os.environ[launch.PAIRMAP_ENV] = stage
+                records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync)
     for r in records:
         print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
-                fused_max=launch.FUSED_DIGEST_MAX)
+                fused_max=launch.FUSED_DIGEST_MAX, pairmap=args.pairmap)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '

@@ -10,7 +10,8 @@
 * :func:`class_blocks`: runs a class over any number of quartets in batches
   whose output buffer and global-tier scratch fit a memory budget (and, for
   the pairmap contracted stage, its accumulator and product buffers: the
-  levels kernel writes the accumulators, then
+  levels kernel writes the accumulators, then :func:`contracted_stage`'s
+  :class:`SidePasses` run the graph's bra and ket steps on them, or
   :class:`pyscf_fusionrcg.pairmaps.PairProducts` multiplies them by each
   quartet's pair matrices with cuBLAS); on CuPy's
   OutOfMemoryError the batch is halved and retried, and a clear MemoryError
@@ -57,6 +58,11 @@ GLOBAL_BLOCKS_PER_SM = 6
 #: device memory and its second launch cost more, up to 441 elements.
 FUSED_DIGEST_MAX = 441
 FUSE_ENV = 'FUSIONRCG_FUSE'
+#: The pairmap contracted stage: 'passes' (:class:`SidePasses`, where a
+#: block of quartets fits) or 'products' (pairmaps.PairProducts), for
+#: comparisons.
+PAIRMAP_ENV = 'FUSIONRCG_PAIRMAP'
+PAIRMAP_STAGES = ('passes', 'products')
 
 _lock = threading.Lock()
 _kernels: dict = {}
@@ -97,7 +103,7 @@ class ClassKernel:
         self.items_per_block = codegen.items_per_block(p, v)
         self.scratch_per_block = codegen.scratch_per_block(p, v)
         self.pairmap = v.ctr == 'pairmap'
-        self.products = pairmaps.PairProducts(p, cp) if self.pairmap else None
+        self.products = contracted_stage(p, cp) if self.pairmap else None
         #: doubles per quartet besides the block: accumulators and the products' temporaries
         self.work_per_quartet = p.n_acc + self.products.work_doubles if self.pairmap else 0
 
@@ -139,10 +145,44 @@ class ClassKernel:
     def contract(self, quartets, nq, basis, acc, work, out):
         """The pairmap contracted stage of a batch: ``acc`` (nq, n_acc) from
         :meth:`launch` into the blocks ``out`` (nelem, nq), with ``work``
-        (nq * products.work_doubles) for the temporaries."""
+        (nq * products.work_doubles) for the temporaries (none for the passes)."""
         q = quartets[:nq]
         xyz = basis.coords
         self.products(acc, xyz[q[:, 0]] - xyz[q[:, 1]], xyz[q[:, 2]] - xyz[q[:, 3]], out, work)
+
+
+class SidePasses:
+    """The pairmap contracted stage as the generated side passes
+    (codegen.side_pass_source), called as :class:`pairmaps.PairProducts` is:
+    ``(acc, ab, cd, out, work=None)``, with no work buffer."""
+
+    work_doubles = 0
+
+    def __init__(self, program):
+        from gpucore import compile_source
+        source, name = codegen.side_pass_source(program)
+        self.kernel = compile_source(source, name=name).get_kernel(name)
+        self.quartets_per_block = codegen.pass_quartets(program)
+        self.shared = codegen.pass_shared_bytes(program)
+        if self.shared > 48 * 1024:
+            self.kernel.set_max_dynamic_shared(self.shared)
+
+    def __call__(self, acc, ab, cd, out, work=None):
+        nq = len(ab)
+        if nq:
+            self.kernel((-(-nq // self.quartets_per_block),), (codegen.PASS_THREADS,),
+                        (acc, ab, cd, out, np.int32(nq)), shared_mem=self.shared)
+        return out
+
+
+def contracted_stage(program, cp):
+    """The pairmap contracted stage of a class (:data:`PAIRMAP_ENV`)."""
+    stage = os.environ.get(PAIRMAP_ENV, 'passes')
+    if stage not in PAIRMAP_STAGES:
+        raise ValueError(f'${PAIRMAP_ENV} must be one of {PAIRMAP_STAGES}, not {stage!r}')
+    if stage == 'passes' and codegen.pass_quartets(program):
+        return SidePasses(program)
+    return pairmaps.PairProducts(program, cp)
 
 
 def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None,
@@ -153,7 +193,7 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     contraction tuple, see :func:`jk_kernel`)."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV),
-           tiers.requested_ctr(ctr), bool(digest))
+           tiers.requested_ctr(ctr), bool(digest), os.environ.get(PAIRMAP_ENV))
     with _lock:
         k = _kernels.get(key)
     if k is None:

@@ -14,10 +14,12 @@ polynomial coefficients are found once per class by running its graph steps
 on monomials (:func:`side_map`).
 
 On the GPU the large classes (levels form, where ``tiers.pairmap_pays``)
-run only their primitive stage in the interpreter and hand
-the accumulators to :class:`PairProducts`: each quartet's two matrices from
-one GEMM over its pair vectors' monomials, then two batched GEMMs (cuBLAS,
-through CuPy), launched by :mod:`pyscf_fusionrcg.launch`.  The contracted
+run only their primitive stage in the interpreter and hand the
+accumulators to the side passes (``launch.SidePasses``: generated code that
+runs the graph's bra steps on each ket column, then its ket steps on each
+row, :func:`side_nodes`), or, with ``$FUSIONRCG_PAIRMAP=products``, to
+:class:`PairProducts`: each quartet's two matrices from one GEMM over its
+pair vectors' monomials, then two batched GEMMs (cuBLAS, through CuPy).  The contracted
 stage is 61-72% of the warp-tier classes' interpreter levels; dense products
 have no per-op decoding, though they do up to ~3x the multiplications of the
 graph's sparse form.  The CPU tests run the same :class:`PairProducts` with
@@ -69,6 +71,25 @@ _MAPS: dict = {}
 _MAPS_LOCK = threading.Lock()
 
 
+def side_nodes(rcg, side: str):
+    """(label, terms) of one side's contracted steps (HRR and spherical
+    transforms) in the order they run, terms ``(coef, Sym, child label)``:
+    the graph's phases of that side, which compose to the side's linear map
+    whatever the other side's phases do in between."""
+    for ph in rcg.phases:
+        if ph.side == side:
+            for lab, (_, terms) in ph.nodes.items():
+                yield lab, terms
+
+
+def final_rows(rcg, side: str) -> np.ndarray:
+    """Row of each final label of a side: C order of the block's two indices
+    of that side."""
+    l2 = rcg.ls[1] if side == 'bra' else rcg.ls[3]
+    idx = rcg.final_index(side)
+    return idx[:, 0] * (ir.ncart if rcg.cart else ir.nsph)(l2) + idx[:, 1]
+
+
 def _side_map(rcg, side: str) -> SideMap:
     syms = ir.AB if side == 'bra' else ir.CD
     start = rcg.bra_start if side == 'bra' else rcg.ket_start
@@ -83,28 +104,22 @@ def _side_map(rcg, side: str) -> SideMap:
         v = np.zeros((n_mono, n_start))
         v[0, u] = 1.0
         values[lab] = v
-    for ph in rcg.phases:
-        if ph.side != side:
-            continue
-        for lab, (_, terms) in ph.nodes.items():
-            v = np.zeros((n_mono, n_start))
-            for c, sym, child in terms:
-                src = values[child]
-                if sym == ir.Sym.ONE:
-                    v += c * src
-                    continue
-                d = syms.index(sym)
-                dst = up[d]
-                if (dst < 0).any() and src[dst < 0].any():
-                    raise AssertionError(f'{rcg.ls} {side}: degree beyond {moved}')
-                ok = dst >= 0
-                v[dst[ok]] += c * src[ok]
-            values[lab] = v
-    idx = rcg.final_index(side)
-    n2 = (ir.ncart if rcg.cart else ir.nsph)(l2)
-    rows = idx[:, 0] * n2 + idx[:, 1]
+    for lab, terms in side_nodes(rcg, side):
+        v = np.zeros((n_mono, n_start))
+        for c, sym, child in terms:
+            src = values[child]
+            if sym == ir.Sym.ONE:
+                v += c * src
+                continue
+            d = syms.index(sym)
+            dst = up[d]
+            if (dst < 0).any() and src[dst < 0].any():
+                raise AssertionError(f'{rcg.ls} {side}: degree beyond {moved}')
+            ok = dst >= 0
+            v[dst[ok]] += c * src[ok]
+        values[lab] = v
     coef = np.zeros((n_mono, n_start, len(finals)))
-    for lab, row in zip(finals, rows):
+    for lab, row in zip(finals, final_rows(rcg, side)):
         coef[:, :, row] = values[lab]
     return SideMap(powers, coef)
 
@@ -187,6 +202,16 @@ class PairProducts:
         time, the half-transformed Y and the blocks before their transpose)."""
         nbf, nbs, nks, nkf = self.dims
         return max(nbf * nbs, nks * nkf) + nbf * nks + nbf * nkf
+
+    def cost(self) -> dict:
+        """Static cost of one quartet: multiply-adds of the four products, and
+        device-memory bytes (each matrix, the half-transformed Y and the blocks
+        written and read back, the accumulators read, the transposed blocks
+        written)."""
+        nbf, nbs, nks, nkf = self.dims
+        fma = (len(self.bra.powers) * nbf * nbs + nbf * nbs * nks + len(self.ket.powers) * nks * nkf
+               + nbf * nks * nkf)
+        return dict(fma=fma, bytes=8 * (2 * nbf * nbs + nbs * nks + 2 * nbf * nks + 2 * nks * nkf + 3 * nbf * nkf))
 
     def __call__(self, acc, ab, cd, out, work=None):
         """Blocks of ``nq = len(ab)`` quartets into ``out`` (n_elem, nq), the

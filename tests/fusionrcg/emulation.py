@@ -53,7 +53,8 @@ def stream_ctypes(prog, var):
 # digestion) are built with g++ under a few macros and run thread by thread;
 # fr_launch_warps runs kernels that use warp shuffles and votes with the 32
 # lanes of a warp as concurrent host threads, one warp at a time (such a
-# kernel must return from whole warps only, as on the GPU).
+# kernel must return from whole warps only, as on the GPU); fr_launch_blocks
+# runs a block's threads so, for kernels with __syncthreads.
 
 EMULATION = r'''
 #include <cmath>
@@ -83,16 +84,19 @@ void fr_launch(F f, int grid, int block, A... a) {
   for (int b = 0; b < grid; ++b)
     for (int t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; f(a...); }
 }
-// one warp's lanes exchange values through slots, two barriers per exchange
-struct FrWarp {
-  std::mutex m; std::condition_variable cv; int waiting = 0, phase = 0;
-  unsigned long long slots[32];
+// a barrier of n host threads
+struct FrBarrier {
+  std::mutex m; std::condition_variable cv; int n = 32, waiting = 0, phase = 0;
   void sync() {
     std::unique_lock<std::mutex> hold(m);
     const int my_phase = phase;
-    if (++waiting == 32) { waiting = 0; ++phase; cv.notify_all(); }
+    if (++waiting == n) { waiting = 0; ++phase; cv.notify_all(); }
     else cv.wait(hold, [&] { return phase != my_phase; });
   }
+};
+// one warp's lanes exchange values through slots, two barriers per exchange
+struct FrWarp : FrBarrier {
+  unsigned long long slots[32];
   unsigned long long exchange(unsigned long long mine, int src) {
     slots[threadIdx.x & 31] = mine; sync();
     const unsigned long long got = slots[src & 31]; sync();
@@ -149,6 +153,21 @@ void fr_launch_warps(F f, FrDim grid, int block, A... a) {
 template <class F, class... A>
 void fr_launch_warps(F f, int grid, int block, A... a) {
   fr_launch_warps(f, FrDim{(unsigned)grid}, block, a...);
+}
+// kernels that synchronise their blocks (__syncthreads): one block at a
+// time, its threads as concurrent host threads
+static FrBarrier* fr_block = nullptr;
+inline void __syncthreads() { fr_block->sync(); }
+template <class F, class... A>
+void fr_launch_blocks(F f, int grid, int block, A... a) {
+  gridDim.x = grid; blockDim.x = block;
+  FrBarrier barrier; barrier.n = block; fr_block = &barrier;
+  for (int b = 0; b < grid; ++b) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < block; ++t)
+      threads.emplace_back([&, b, t] { blockIdx.x = b; threadIdx.x = t; f(a...); });
+    for (auto& t : threads) t.join();
+  }
 }
 '''
 

@@ -11,7 +11,7 @@ import pytest
 
 from pyscf_fusionrcg import codegen, host, pairmaps
 
-from emulation import emulated, needs_gxx, stream_ctypes
+from emulation import emulated, needs_gxx, needs_nvcc, stream_ctypes
 
 # Classes of the synthetic molecule whose shells have one contracted function
 # (l = 0, 2, 4, 5), both pair-build centres, Cartesian and spherical.
@@ -128,3 +128,95 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
     assert not np.isnan(out).any()
     got = synth.assemble(out.T.reshape((nq,) + prog.shape))
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
+
+
+# Classes for the side passes: both pair-build centres, Cartesian and
+# spherical, an s shell on a side, and the largest warp-tier sides of def2-QZVP.
+PASS_CASES = [((3, 2, 3, 1), False), ((4, 2, 2, 2), True), ((2, 4, 0, 2), False), ((4, 4, 2, 2), False),
+              ((5, 0, 2, 2), True), ((3, 3, 3, 0), False)]
+
+
+@needs_gxx
+@pytest.mark.parametrize('ls,cart', PASS_CASES)
+def test_side_passes_emulated_on_cpu_equal_the_products(ls, cart):
+    """codegen.side_pass_source's kernel, its blocks' threads run as host
+    threads (__syncthreads), against pairmaps.PairProducts on the same
+    accumulators: three blocks, the last one short, into NaN-filled output."""
+    prog = host.get_program(*ls, cart=cart)
+    src, name = codegen.side_pass_source(prog)
+    entry = (f'extern "C" void run(int grid, const double* acc, const double* ab, const double* cd, '
+             f'double* out, int nq) {{ fr_launch_blocks({name}, grid, {codegen.PASS_THREADS}, acc, ab, cd, '
+             'out, nq); }\n')
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = emulated([src, entry], pathlib.Path(tmp))
+    qb = codegen.pass_quartets(prog)
+    nq = 2 * qb + max(1, qb // 2)
+    rng = np.random.default_rng(3)
+    acc, ab, cd = rng.normal(size=nq * prog.n_acc), rng.normal(size=(nq, 3)), rng.normal(size=(nq, 3))
+    n_elem = int(np.prod(prog.shape))
+    ref = pairmaps.PairProducts(prog)(acc, ab, cd, np.empty((n_elem, nq)))
+    out = np.full((n_elem, nq), np.nan)
+    P = ctypes.c_void_p
+    lib.run(ctypes.c_int(-(-nq // qb)), P(acc.ctypes.data), P(ab.ctypes.data), P(cd.ctypes.data),
+            P(out.ctypes.data), ctypes.c_int(nq))
+    assert np.abs(out - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_side_passes_fit_every_warp_tier_class_up_to_gg():
+    """Every class up to (gg|gg) stages at least one quartet per block in the
+    shared memory the passes are given, so none is left to the products."""
+    from pyscf_fusionrcg import launch
+    for ls in launch.canonical_classes(4):
+        prog = host.get_program(*ls)
+        assert codegen.pass_quartets(prog) >= 1, prog.name
+        assert codegen.pass_shared_bytes(prog) <= codegen.PASS_SHARED_BYTES
+
+
+@needs_nvcc
+def test_side_passes_build_with_nvcc():
+    """The passes build for sm_90 (nvcc -Xptxas -v): without spills where
+    no side is above (ff|, and still where (gg| sides spill."""
+    from pyscf_fusionrcg.tiers import _nvcc_stats
+    for ls, spills in [((3, 2, 3, 1), False), ((3, 3, 3, 2), False), ((4, 4, 4, 3), True)]:
+        stats = _nvcc_stats(*codegen.side_pass_source(host.get_program(*ls)))
+        assert stats['registers'] <= 255 and (spills or stats['spill_bytes'] == 0), (ls, stats)
+
+
+def test_the_pairmap_stage_is_chosen_by_the_environment(monkeypatch):
+    from pyscf_fusionrcg import launch
+    prog = host.get_program(3, 2, 3, 1)
+    monkeypatch.setenv(launch.PAIRMAP_ENV, 'products')
+    assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)
+    monkeypatch.setenv(launch.PAIRMAP_ENV, 'matrices')
+    with pytest.raises(ValueError, match='FUSIONRCG_PAIRMAP'):
+        launch.contracted_stage(prog, np)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('ls', [(3, 2, 3, 1), (4, 3, 3, 2), (4, 4, 4, 3)])
+def test_side_passes_on_the_gpu_equal_the_products(ls):
+    """launch.SidePasses against pairmaps.PairProducts (cuBLAS) on the same
+    random accumulators, several blocks and a short last one."""
+    import cupy as cp
+    from pyscf_fusionrcg import launch
+    prog = host.get_program(*ls)
+    passes, products = launch.SidePasses(prog), pairmaps.PairProducts(prog, cp)
+    nq = 7 * passes.quartets_per_block + 1
+    rng = np.random.default_rng(4)
+    acc, ab, cd = (cp.asarray(rng.normal(size=n)) for n in (nq * prog.n_acc, (nq, 3), (nq, 3)))
+    n_elem = int(np.prod(prog.shape))
+    ref = products(acc, ab, cd, cp.empty((n_elem, nq)))
+    got = passes(acc, ab, cd, cp.full((n_elem, nq), cp.nan))
+    assert float(abs(got - ref).max()) <= 1e-12 * float(abs(ref).max())
+
+
+def test_side_passes_cost_less_than_the_products():
+    """codegen.pass_cost against PairProducts.cost: the passes move only the
+    accumulators and the blocks through device memory, and for every class
+    up to (gg|gg) with a graph they do fewer multiply-adds and move fewer bytes."""
+    from pyscf_fusionrcg import launch
+    for ls in launch.canonical_classes(4):
+        prog = host.get_program(*ls)
+        passes, products = codegen.pass_cost(prog), pairmaps.PairProducts(prog).cost()
+        assert passes['bytes'] == 8 * (prog.n_acc + int(np.prod(prog.shape))), prog.name
+        assert passes['fma'] < products['fma'] and passes['bytes'] < products['bytes'], prog.name
