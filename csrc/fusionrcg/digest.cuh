@@ -113,59 +113,90 @@ __device__ __forceinline__ double fr_block_element(const double* v, const int* a
   return acc;
 }
 
-//: Elements of an output block reduced together when the whole warp adds to
-//: the same addresses (registers: two per element).
+//: Elements of an output block computed and added together (registers: two
+//: per element).
 #define FR_SCATTER_CHUNK 8
 
-// Elements C0.. of output block (X, Y) of fr_quartet_block when all 32 lanes
-// add to the same block: chunks of up to FR_SCATTER_CHUNK elements reduced
-// and scattered over the lanes (fr_scatter_sum), each added by one lane, a
-// chunk's adds from one instruction.
+// The lanes of a warp in at most two runs (warp-uniform): lanes [0, split)
+// and [split, 32) (split 32: one run), each run's AO offsets of the output
+// block's two indices, and whether it adds.
+struct FrTwoRuns {
+  bool two_or_fewer;
+  int split;
+  int ax0, ay0, ax1, ay1;
+  bool adds0, adds1;
+};
+
+template <int X, int Y>
+__device__ __forceinline__ FrTwoRuns fr_two_runs(const FrRuns& r, const int* ao, bool adds) {
+  const unsigned full = 0xffffffffu;
+  FrTwoRuns t;
+  t.two_or_fewer = __popc(r.heads) <= 2;
+  t.split = r.heads == 1u ? 32 : __ffs(r.heads & ~1u) - 1;
+  const int head = t.two_or_fewer ? t.split & 31 : 0;
+  t.ax0 = __shfl_sync(full, ao[X], 0);
+  t.ay0 = __shfl_sync(full, ao[Y], 0);
+  t.adds0 = __shfl_sync(full, (int)adds, 0) != 0;
+  t.ax1 = __shfl_sync(full, ao[X], head);
+  t.ay1 = __shfl_sync(full, ao[Y], head);
+  t.adds1 = __shfl_sync(full, (int)adds, head) != 0;
+  return t;
+}
+
+// Elements C0.. of output block (X, Y) of fr_quartet_block, a chunk of up to
+// FR_SCATTER_CHUNK at a time.  When the lanes are in at most two runs the
+// chunk is reduced and scattered over the lanes once per run
+// (fr_scatter_sum, the other run's lanes adding zeros) and each sum added by
+// one lane, the chunk's adds from one instruction; otherwise each element is
+// summed over its runs (fr_run_add).
 template <int DI, int DJ, int DK, int DL, int X, int Y, int U, int W, int C0>
-__device__ __forceinline__ void fr_scatter_block(const double* v, const int* ao, double f,
-                                                 const double* __restrict__ dm, double* out, int nao) {
+__device__ __forceinline__ void fr_block_chunks(const double* v, const int* ao, double f,
+                                                const double* __restrict__ dm, double* out, int nao,
+                                                bool adds, const FrRuns& r, const FrTwoRuns& t) {
   constexpr int dims[4] = {DI, DJ, DK, DL};
   constexpr int E = dims[X] * dims[Y];
   constexpr int M = E - C0 < FR_SCATTER_CHUNK ? E - C0 : FR_SCATTER_CHUNK;
-  double part[M];
+  double val[M];
 #pragma unroll
   for (int i = 0; i < M; ++i)
-    part[i] = f * fr_block_element<DI, DJ, DK, DL, X, Y, U, W>(v, ao, dm, nao, (C0 + i) / dims[Y],
-                                                               (C0 + i) % dims[Y]);
-  int first = 0;
-  fr_scatter_sum<M, 16>(part, first);
-  if (fr_scatter_holder<M>() && first < M) {
-    const int e = C0 + first;
-    atomicAdd(out + (long)(ao[X] + e / dims[Y]) * nao + ao[Y] + e % dims[Y], part[0]);
+    val[i] = adds ? f * fr_block_element<DI, DJ, DK, DL, X, Y, U, W>(v, ao, dm, nao, (C0 + i) / dims[Y],
+                                                                     (C0 + i) % dims[Y]) : 0.0;
+  if (t.two_or_fewer) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll 1
+    for (int run = 0; run < (t.split == 32 ? 1 : 2); ++run) {
+      const bool mine = (lane < t.split) == (run == 0);
+      double part[M];
+#pragma unroll
+      for (int i = 0; i < M; ++i) part[i] = mine ? val[i] : 0.0;
+      int first = 0;
+      fr_scatter_sum<M, 16>(part, first);
+      if ((run ? t.adds1 : t.adds0) && fr_scatter_holder<M>() && first < M) {
+        const int e = C0 + first;
+        atomicAdd(out + (long)((run ? t.ax1 : t.ax0) + e / dims[Y]) * nao + (run ? t.ay1 : t.ay0) + e % dims[Y],
+                  part[0]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < M; ++i)
+      fr_run_add(r, adds ? out + (long)(ao[X] + (C0 + i) / dims[Y]) * nao + ao[Y] + (C0 + i) % dims[Y] : nullptr,
+                 val[i]);
   }
   if constexpr (C0 + M < E)
-    fr_scatter_block<DI, DJ, DK, DL, X, Y, U, W, C0 + M>(v, ao, f, dm, out, nao);
+    fr_block_chunks<DI, DJ, DK, DL, X, Y, U, W, C0 + M>(v, ao, f, dm, out, nao, adds, r, t);
 }
 
 // out[X, Y] += f * sum over U, W of v * D[U, W] for a whole block of dims
 // DI..DL in registers (v, C order), the block's runs found once for all its
-// elements.  When all 32 lanes add to the same block (one run: a warp of
-// quartets of one bra pair, for J[a, b]) fr_scatter_block; otherwise each
-// element is summed over its runs (fr_run_add).  Every lane runs the same
-// unrolled loops.
+// elements (fr_block_chunks: at most two runs, as in warps of kets of one or
+// two bra pairs for J[a, b], cost about a fifth of the shuffles of more).
 template <int DI, int DJ, int DK, int DL, int X, int Y, int U, int W>
 __device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao, double f,
                                                  const double* __restrict__ dm, double* out,
                                                  int nao, bool adds) {
-  constexpr int dims[4] = {DI, DJ, DK, DL};
   const FrRuns r = fr_block_runs<X, Y>(ao, adds);
-  if (r.heads == 1u) {      // warp-uniform; then every lane has a quartet (idle lanes are runs of their own)
-    fr_scatter_block<DI, DJ, DK, DL, X, Y, U, W, 0>(v, ao, f, dm, out, nao);
-    return;
-  }
-#pragma unroll
-  for (int x = 0; x < dims[X]; ++x) {
-#pragma unroll
-    for (int y = 0; y < dims[Y]; ++y) {
-      const double acc = adds ? fr_block_element<DI, DJ, DK, DL, X, Y, U, W>(v, ao, dm, nao, x, y) : 0.0;
-      fr_run_add(r, adds ? out + (long)(ao[X] + x) * nao + ao[Y] + y : nullptr, f * acc);
-    }
-  }
+  fr_block_chunks<DI, DJ, DK, DL, X, Y, U, W, 0>(v, ao, f, dm, out, nao, adds, r, fr_two_runs<X, Y>(r, ao, adds));
 }
 
 // All six outputs of one quartet's block v (AO offsets ao, degeneracy f) for
