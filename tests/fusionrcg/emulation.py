@@ -130,6 +130,7 @@ inline unsigned __ballot_sync(unsigned, int p) {
   return bits;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __clz(unsigned x) { return x ? __builtin_clz(x) : 32; }
 // 32 host threads, the lanes, walk the warps of the grid in the same order;
 // grid: FrDim{x, y, z}, or a count of blocks

@@ -426,7 +426,7 @@ _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
 @needs_gxx
 @pytest.mark.parametrize('kernel,hermi,basis,repeat', [
     (kernel, hermi, basis, repeat) for hermi in (1, 0)
-    for basis, repeat in (('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 32))
+    for basis, repeat in (('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 16), ('sto-3g', 32))
     for kernel in ('element', 'routed')
     # the routed kernels on half of them: the emulated warps take minutes in all
     if kernel == 'element' or (hermi == 1) != (repeat == 3)])
@@ -436,7 +436,8 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
     Quartets come sorted by shells, as a plan orders them, so the lanes of a
     warp add to runs of equal addresses; ``repeat``: each quartet comes that
     many times in a row with its block divided as much (at 32 every warp adds
-    to one address per output, at 3 runs cross the warps' edges).
+    to one address per output, at 16 to two (digest.cuh's fr_scatter_sum
+    paths), at 3 runs cross the warps' edges).
     ``kernel``: every class by fr_digest (one thread per quartet and output
     element), or as gpu_jk routes them (digest_layout): fr_digest_quartet
     built for the shape of the blocks of at most QUARTET_DIGEST_MAX elements
@@ -513,14 +514,16 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
 
 
 @needs_gxx
-@pytest.mark.parametrize('hermi', [1, 0])
-def test_digesting_kernels_emulated_on_cpu(hermi):
+@pytest.mark.parametrize('hermi,repeat', [(1, 1), (0, 1), (1, 16)])
+def test_digesting_kernels_emulated_on_cpu(hermi, repeat):
     """The register tier's kernels that digest their own blocks (codegen's
     digesting variant, launch.jk_kernel) against PySCF's get_jk: water in
     6-31g, whose classes up to (pp|pp) all have blocks of at most
     FUSED_DIGEST_MAX elements, so these kernels alone make J and K.  Two
     blocks of 64 threads stride over each class (lanes past the end in the
-    last warp), quartets sorted by shells as a plan orders them."""
+    last warp), quartets sorted by shells as a plan orders them; each quartet
+    ``repeat`` times in a row (16: the lanes of a warp add to two addresses
+    per output, and J and K come out 16 times over)."""
     import dataclasses
     from pyscf import gto
     from pyscf.scf import hf
@@ -558,15 +561,16 @@ def test_digesting_kernels_emulated_on_cpu(hermi):
     P = ctypes.c_void_p
     strided = False
     for t, lib in zip(tasks, libs):
-        q = np.ascontiguousarray(t.quartets[np.lexsort(t.quartets.T[::-1])], dtype=np.int32)
+        q = np.repeat(t.quartets[np.lexsort(t.quartets.T[::-1])], repeat, axis=0)
+        q = np.ascontiguousarray(q, dtype=np.int32)
         strided |= len(q) > 128 and len(q) % 32 != 0
         lib.run(ctypes.c_int(2), P(q.ctypes.data), ctypes.c_int(len(q)), P(shl.ctypes.data),
                 P(env.ctypes.data), P(ao_loc.ctypes.data), ctypes.c_int(nao),
                 P(dm_j.ctypes.data), P(jh.ctypes.data), ctypes.c_int(2),
                 P(dm_k.ctypes.data), P(kh.ctypes.data), ctypes.c_int(len(dm_k)))
     assert strided      # some class strides and ends in a partial warp
-    vj = jh + jh.transpose(0, 2, 1)
-    vk = kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:2] + kh[2:].transpose(0, 2, 1)
+    vj = (jh + jh.transpose(0, 2, 1)) / repeat
+    vk = (kh + kh.transpose(0, 2, 1) if hermi == 1 else kh[:2] + kh[2:].transpose(0, 2, 1)) / repeat
     ref_j, ref_k = hf.get_jk(mol, d, hermi=hermi)
     assert np.abs(vj - ref_j).max() < 1e-10 * np.abs(ref_j).max()
     assert np.abs(vk - ref_k).max() < 1e-10 * np.abs(ref_k).max()
