@@ -44,6 +44,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --basis def2-QZVP --pairmap passes,products
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-change 1e-1,1e-3,1e-5
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-cache /tmp/fusion-dm
 """
 from __future__ import annotations
 
@@ -136,6 +137,36 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     return records
 
 
+def _converged_density(mol, stock, cache_dir, stem, basis):
+    """(CuPy density, how it was made): the converged RHF density from the
+    baseline's own SCF (with def2-QZVP it runs faster than ours, and it is
+    the same density) where its driver works, else from PySCF's driver with
+    our J/K; kept in ``cache_dir`` (when given) for the next run of the same
+    molecule and basis, which then skips the SCF (a minute of GPU time)."""
+    import cupy
+    import numpy as np
+    from pyscf import scf
+
+    from pyscf_fusionrcg import fusionrcg
+    path = Path(cache_dir) / f'{stem}_{basis}.npz' if cache_dir else None
+    if path is not None and path.is_file():
+        saved = np.load(path)
+        if saved['dm'].shape == (mol.nao, mol.nao):
+            return cupy.asarray(saved['dm']), f"{saved['density']} (cached)"
+    if gpu4pyscf_driver_works(mol):
+        stock.kernel()
+        dm, density = stock.make_rdm1(), 'converged RHF (GPU4PySCF)'
+    else:
+        own = scf.RHF(mol).apply(fusionrcg, backend='gpu')
+        own.kernel()
+        dm, density = own.make_rdm1(), 'converged RHF (PySCF driver, FusionRCG J/K)'
+    dm = cupy.asarray(dm)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, dm=dm.get(), density=density)
+    return dm, density
+
+
 #: The profile's stages and their rows' titles.
 _STAGES = {'eri_ms': 'ERI kernels', 'digest_ms': 'digestion kernels',
            'fused_ms': 'ERI kernels that digest their blocks'}
@@ -173,6 +204,8 @@ def main(argv=None):
                     help='digesting kernels on (1) or off (0), comma-separated to run both')
     ap.add_argument('--pairmap', default='passes',
                     help='forms of the pairmap contracted stage (passes, products), comma-separated')
+    ap.add_argument('--density-cache', default=None,
+                    help='directory keeping the converged density per molecule and basis between runs')
     ap.add_argument('--fused-max', type=int, default=None,
                     help='largest block (elements) a digesting kernel takes (default: launch.FUSED_DIGEST_MAX)')
     ap.add_argument('--density-change', default='',
@@ -183,7 +216,7 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg import fusionrcg, launch, tiers
+    from pyscf_fusionrcg import launch, tiers
     from pyscf_fusionrcg.screening import schwarz_bounds
 
     require_gpu('the J/K breakdown')
@@ -191,16 +224,8 @@ def main(argv=None):
         launch.FUSED_DIGEST_MAX = args.fused_max
     sync = cupy.cuda.Device().synchronize
     mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
-    # the converged density from the baseline's own SCF (with def2-QZVP it runs
-    # faster than ours, and it is the same density) where its driver works
     stock = scf.RHF(mol).to_gpu()
-    if gpu4pyscf_driver_works(mol):
-        stock.kernel()
-        dm, density = cupy.asarray(stock.make_rdm1()), 'converged RHF (GPU4PySCF)'
-    else:
-        own = scf.RHF(mol).apply(fusionrcg, backend='gpu')
-        own.kernel()
-        dm, density = cupy.asarray(own.make_rdm1()), 'converged RHF (PySCF driver, FusionRCG J/K)'
+    dm, density = _converged_density(mol, stock, args.density_cache, Path(args.xyz).stem, args.basis)
     dms = dm.reshape(1, mol.nao, mol.nao)
     q_cond = schwarz_bounds(mol, 0.0)
     fn = lambda: stock.get_jk(mol, dm)  # noqa: E731
