@@ -35,20 +35,42 @@ def boys(mmax: int, t) -> np.ndarray:
     return out
 
 
+#: boys.cuh's Taylor tables (FrBoysTaylor): grid points per unit of T and
+#: terms kept, and its switch point between the series (table) branch and erf.
+TAYLOR_STEPS = 16
+TAYLOR_TERMS = 8
+
+
+def series_limit(mmax: int) -> float:
+    """boys.cuh's switch point: the series (or its table) below, erf above."""
+    return 1.35 * mmax + 1.5
+
+
+def taylor_table(order: int) -> np.ndarray:
+    """``F_{order+k}(i / TAYLOR_STEPS)`` for ``k < TAYLOR_TERMS`` and every grid
+    point ``i`` that a ``T`` below ``series_limit(order)`` rounds to, shape
+    (points, TAYLOR_TERMS): the table of boys.cuh's ``boys<order>``, from the
+    series in extended precision (NumPy's long double) rounded once."""
+    points = int(series_limit(order) * TAYLOR_STEPS + 0.5) + 1
+    t = np.arange(points, dtype=np.longdouble) / TAYLOR_STEPS
+    top = order + TAYLOR_TERMS - 1
+    return np.ascontiguousarray(_series_down(top, t)[order:].T.astype(np.float64))
+
+
 def _series_down(mmax: int, t: np.ndarray) -> np.ndarray:
-    out = np.empty((mmax + 1, t.size))
+    out = np.empty((mmax + 1, t.size), dtype=t.dtype)
     e = np.exp(-t)
-    two_t = 2.0 * t
+    two_t = 2 * t
     term = np.ones_like(t)
     acc = np.ones_like(t)
     # terms grow until k ~ T - M and then fall geometrically; stop when the
-    # largest remaining term is below 1e-17 of the sum
+    # largest remaining term is below the precision of the sum
     denom = 2 * mmax + 1
     for _ in range(400):
         denom += 2
         term *= two_t / denom
         acc += term
-        if (term < 1e-17 * acc).all():
+        if (term < 0.01 * np.finfo(t.dtype).eps * acc).all():
             break
     out[mmax] = e * acc / (2 * mmax + 1)
     for m in range(mmax - 1, -1, -1):

@@ -75,7 +75,7 @@ from math import prod
 
 import numpy as np
 
-from . import ir, prepared
+from . import boys as boys_values, ir, prepared
 
 TIERS = ('register', 'shared', 'warp', 'global')
 FORMS = ('straight', 'table', 'levels')
@@ -989,7 +989,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);')
     add('          const double pref = kTwoPi52 * izeta * ieta * sqrt(ize) * kab * exp(-kcd_arg);')
     add(f'          double boys[{mmax + 1}];')
-    add(f'          boys_operator<{variant.omega_kind}>({mmax}, T, rho, omega, boys);')
+    add(f'          boys_operator<{variant.omega_kind}, {mmax}>(T, rho, omega, boys);')
     # the table form carries the constant in the op stream
     add(f'          const double cpref = {_num(1.0 if tab else program.boys_const)} * pref;')
     S = ir.Sym
@@ -1076,9 +1076,23 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     return '\n'.join(L) + '\n'
 
 
-def _prelude() -> str:
-    """The include of the shared pieces, with the level width they are built for."""
-    return f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
+def _prelude(orders) -> str:
+    """The include of the shared pieces, with the level width they are built
+    for, and the Boys tables of the top orders ``orders`` the code asks for."""
+    return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
+            + ''.join(_boys_table_source(m) for m in sorted(set(orders))))
+
+
+@lru_cache(maxsize=None)
+def _boys_table_source(order: int) -> str:
+    """boys.cuh's FrBoysTaylor<order>: boys.py's taylor_table as a constant
+    array (device memory in kernels, host memory in the g++ builds)."""
+    values = ', '.join(repr(float(v)) for v in boys_values.taylor_table(order).ravel())
+    name = f'fr_boys_taylor_{order}'
+    return (f'namespace fusionrcg {{\n#if defined(__CUDA_ARCH__)\n__device__\n#else\nstatic\n#endif\n'
+            f'const double {name}[] = {{{values}}};\n'
+            f'template <> struct FrBoysTaylor<{order}> {{\n'
+            f'  FR_HD static const double* table() {{ return {name}; }}\n}};\n}}  // namespace fusionrcg\n')
 
 
 def kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]:
@@ -1112,7 +1126,7 @@ def emit_kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]
     tier = variant.tier
     sig, args = _stream_signature(variant.form)
     warp = variant.form == 'levels'
-    L = [_prelude(), quartet_function(program, variant, fn, 1 if warp else block)]
+    L = [_prelude([program.max_m]), quartet_function(program, variant, fn, 1 if warp else block)]
     head = f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant)}) {name}('
     if variant.digest:
         L += _digesting_kernel(program, head, fn)
@@ -1325,7 +1339,8 @@ def host_source(items) -> str:
     ``out`` the C-order full block, ``scratch`` the memory-tier slots
     (``scratch_doubles``, stride 1; may be NULL for registers).
     """
-    L = [_prelude()]
+    items = list(items)
+    L = [_prelude([program.max_m for program, _ in items])]
     seen = set()
     for program, variant in items:
         name = kernel_name(program, variant)

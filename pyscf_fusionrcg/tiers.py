@@ -211,7 +211,8 @@ def _code_version() -> str:
     """Digest of the generator sources: a routing decision is only valid for them."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for name in ('ir.py', 'graph.py', 'schedule.py', 'spherical.py', 'codegen.py', 'pairmaps.py', 'tiers.py'):
+    for name in ('ir.py', 'graph.py', 'schedule.py', 'spherical.py', 'codegen.py', 'pairmaps.py', 'tiers.py',
+                 'boys.py'):     # boys.py: the Boys tables the generated code carries
         h.update((here / name).read_bytes())
     for path in sorted((here.parent / 'csrc' / 'fusionrcg').glob('*.cuh')):
         h.update(path.read_bytes())

@@ -8,7 +8,9 @@
 // * T < 1.35 mmax + 1.5: the series F_M(T) = exp(-T) sum_k (2T)^k / ((2M+1)
 //   (2M+3)...(2M+2k+1)) at the top order M = mmax (positive terms: no
 //   cancellation), then the downward recursion F_m = (2T F_{m+1} + exp(-T)) /
-//   (2m+1), which is stable.  At most ~60 terms for mmax = 16.
+//   (2m+1), which is stable.  At most ~60 terms for mmax = 16.  Where the top
+//   order is a compile-time constant (the generated kernels: boys<M>), a
+//   Taylor table of the generated code gives F_M instead (FrBoysTaylor).
 // * otherwise: F_0 = sqrt(pi/T)/2 erf(sqrt T) and the upward recursion
 //   F_{m+1} = ((2m+1) F_m - exp(-T)) / (2T).  The subtracted exp(-T) cancels
 //   digits when T is not well above m; the switch point keeps that loss
@@ -101,8 +103,31 @@ static const double kInvOdd[] = {FR_INV_ODD_VALUES};
 // the series reads kInvOdd[mmax + 1 + k] for mmax < 32, k < FR_BOYS_MAX_TERMS
 static_assert(sizeof(kInvOdd) / sizeof(double) >= 32 + FR_BOYS_MAX_TERMS, "kInvOdd is too short");
 
-// Fill F[0..mmax] with F_m(T); T >= 0.  mmax is usually a compile-time
-// constant at the call site, so the recursions unroll.
+// The erf branch: F_0 = sqrt(pi/T)/2 erf(sqrt T), then upward (e = exp(-T)).
+FR_HD inline void boys_upward(int mmax, double T, double e, double* F) {
+  const double st = sqrt(T);
+  const double inv_2t = 0.5 / T;
+  // 0.5 * sqrt(pi) = 0.886226925452758...
+  double f = 0.88622692545275801365 * erf(st) / st;
+  F[0] = f;
+  for (int m = 0; m < mmax; ++m) {
+    f = ((2.0 * m + 1.0) * f - e) * inv_2t;
+    F[m + 1] = f;
+  }
+}
+
+// F[mmax] = f, then the downward recursion to F[0] (e = exp(-T)).
+FR_HD inline void boys_downward(int mmax, double T, double e, double f, double* F) {
+  const double two_t = 2.0 * T;
+  F[mmax] = f;
+  for (int m = mmax - 1; m >= 0; --m) {
+    f = (two_t * f + e) * kInvOdd[m];
+    F[m] = f;
+  }
+}
+
+// Fill F[0..mmax] with F_m(T); T >= 0, any mmax < 32: the series at the top
+// order below the switch point.
 FR_HD inline void boys(int mmax, double T, double* F) {
   const double e = exp(-T);
   if (T < 1.35 * mmax + 1.5) {
@@ -116,22 +141,42 @@ FR_HD inline void boys(int mmax, double T, double* F) {
       sum += term;
       if (term < 1e-17 * sum) break;
     }
-    double f = e * sum * kInvOdd[mmax];
-    F[mmax] = f;
-    for (int m = mmax - 1; m >= 0; --m) {
-      f = (two_t * f + e) * kInvOdd[m];
-      F[m] = f;
-    }
+    boys_downward(mmax, T, e, e * sum * kInvOdd[mmax], F);
   } else {
-    const double st = sqrt(T);
-    const double inv_2t = 0.5 / T;
-    // 0.5 * sqrt(pi) = 0.886226925452758...
-    double f = 0.88622692545275801365 * erf(st) / st;
-    F[0] = f;
-    for (int m = 0; m < mmax; ++m) {
-      f = ((2.0 * m + 1.0) * f - e) * inv_2t;
-      F[m + 1] = f;
-    }
+    boys_upward(mmax, T, e, F);
+  }
+}
+
+// The top order's Taylor table of the generated code (codegen.boys_tables_source,
+// from pyscf_fusionrcg/boys.py's taylor_table): FrBoysTaylor<M>::table()[i *
+// kBoysTaylorTerms + k] = F_{M+k}(i / kBoysTaylorSteps) for the grid points
+// below the switch point.  Near a grid point T0, F_M(T) = sum_k F_{M+k}(T0)
+// (T0 - T)^k / k!; with |T0 - T| <= 1/32 the eight terms leave out less than
+// 3e-17 of F_M.
+template <int M>
+struct FrBoysTaylor;
+constexpr int kBoysTaylorTerms = 8;
+constexpr double kBoysTaylorSteps = 16.0;
+
+// boys() for a top order known at compile time: below the switch point the
+// Taylor table instead of the series, eight loads and multiply-adds for its
+// tens of dependent terms, which every lane of a warp waits for as soon as
+// one lane needs them.
+template <int M>
+FR_HD inline void boys(double T, double* F) {
+  const double e = exp(-T);
+  if (T < 1.35 * M + 1.5) {
+    const double x = T * kBoysTaylorSteps;
+    const int i = (int)(x + 0.5);
+    const double dt = (i - x) * (1.0 / kBoysTaylorSteps);    // T0 - T, exact
+    const double* row = FrBoysTaylor<M>::table() + i * kBoysTaylorTerms;
+    const double inv_k[kBoysTaylorTerms] = {1.0, 1.0, 0.5, 1.0 / 3.0, 0.25, 0.2, 1.0 / 6.0, 1.0 / 7.0};
+    double f = row[kBoysTaylorTerms - 1];
+#pragma unroll
+    for (int k = kBoysTaylorTerms - 1; k > 0; --k) f = row[k - 1] + f * (dt * inv_k[k]);
+    boys_downward(M, T, e, f, F);
+  } else {
+    boys_upward(M, T, e, F);
   }
 }
 

@@ -24,22 +24,22 @@ namespace fusionrcg {
 // 2 pi^(5/2), the constant of the primitive ERI prefactor.
 constexpr double kTwoPi52 = 34.98683665524972497;
 
-// G_m of ir.Boys for m = 0..mmax: the Boys values of 1/r (KIND = 0), of the
+// G_m of ir.Boys for m = 0..M: the Boys values of 1/r (KIND = 0), of the
 // long-range erf(omega r)/r (KIND = 1) or of the short-range
 // erfc(|omega| r)/r (KIND = -1); theta = omega^2 / (omega^2 + rho).
-template <int KIND>
-FR_INLINE void boys_operator(int mmax, double T, double rho, double omega, double* G) {
+template <int KIND, int M>
+FR_INLINE void boys_operator(double T, double rho, double omega, double* G) {
   if (KIND == 0) {
-    boys(mmax, T, G);
+    boys<M>(T, G);
     return;
   }
   const double w2 = omega * omega;
   const double theta = w2 / (w2 + rho);
-  double lr[32];
-  boys(mmax, theta * T, KIND > 0 ? G : lr);
-  if (KIND < 0) boys(mmax, T, G);
+  double lr[M + 1];
+  boys<M>(theta * T, KIND > 0 ? G : lr);
+  if (KIND < 0) boys<M>(T, G);
   double s = sqrt(theta);
-  for (int m = 0; m <= mmax; ++m) {
+  for (int m = 0; m <= M; ++m) {
     if (KIND > 0) {
       G[m] *= s;
     } else {

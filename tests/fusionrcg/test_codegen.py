@@ -184,6 +184,48 @@ def test_device_boys_matches_boys_py():
             assert abs(out[m] - float(exact)) <= 5e-15 * float(exact), (mmax, tv, m)
 
 
+_TAYLOR_ORDERS = (0, 1, 2, 4, 7, 12, 16, 20, 24, 28)
+
+
+@needs_gxx
+def test_boys_of_a_compile_time_order_match_mpmath_and_the_series():
+    """boys<M> (the generated kernels' Boys values: the Taylor table of
+    codegen's prelude below the switch point, erf above) against mpmath to
+    4e-15 of each F_m and against the series form boys(mmax, ...) to 5e-15, on
+    grid points, midpoints (the farthest from a grid point) and around the
+    switch point, for top orders up to 28."""
+    from pyscf_fusionrcg.boys import TAYLOR_STEPS, series_limit
+    src = '#include "fusionrcg/boys.cuh"\n' + ''.join(codegen._boys_table_source(m) for m in _TAYLOR_ORDERS)
+    src += _BOYS_WRAPPER.replace('#include "fusionrcg/boys.cuh"', '')
+    for m in _TAYLOR_ORDERS:
+        src += (f'extern "C" void boys_top_{m}(const double* t, int n, double* out) {{\n'
+                f'  for (int i = 0; i < n; ++i) fusionrcg::boys<{m}>(t[i], out + (long)i * {m + 1});\n}}\n')
+    with tempfile.TemporaryDirectory() as tmp:
+        cpp = pathlib.Path(tmp) / 'taylor.cpp'
+        cpp.write_text(src)
+        so = pathlib.Path(tmp) / 'taylor.so'
+        subprocess.run([GXX, '-O2', '-shared', '-fPIC', f'-I{CSRC}', str(cpp), '-o', str(so)], check=True)
+        lib = ctypes.CDLL(str(so))
+    mpmath = pytest.importorskip('mpmath')
+    mpmath.mp.dps = 40
+    P = ctypes.c_void_p
+    for m in _TAYLOR_ORDERS:
+        limit = series_limit(m)
+        grid = np.arange(0, limit, 1 / TAYLOR_STEPS)
+        t = np.concatenate([grid, grid + 0.5 / TAYLOR_STEPS - 1e-12, [1e-300, 1e-9, limit - 1e-9, limit,
+                                                                       limit + 1e-9, 2 * limit + 3]])
+        t = np.ascontiguousarray(t[t >= 0])
+        got, series = np.empty((len(t), m + 1)), np.empty((len(t), m + 1))
+        getattr(lib, f'boys_top_{m}')(P(t.ctypes.data), ctypes.c_int(len(t)), P(got.ctypes.data))
+        lib.boys_many(ctypes.c_int(m), P(t.ctypes.data), ctypes.c_int(len(t)), P(series.ctypes.data))
+        assert np.all(np.abs(got - series) <= 5e-15 * series), m
+        for tv, row in list(zip(t, got))[::7]:
+            for k in range(m + 1):
+                exact = (mpmath.gammainc(k + 0.5, 0, tv) / (2 * mpmath.mpf(tv) ** (k + 0.5)) if tv > 0
+                         else mpmath.mpf(1) / (2 * k + 1))
+                assert abs(row[k] - float(exact)) <= 4e-15 * float(exact), (m, tv, k)
+
+
 # ----------------------------------------------------------- slots / tables
 
 def test_slots_never_exceed_peak_live():
