@@ -1076,7 +1076,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     return '\n'.join(L) + '\n'
 
 
-def _prelude(orders) -> str:
+def _prelude(orders=()) -> str:
     """The include of the shared pieces, with the level width they are built
     for, and the Boys tables of the top orders ``orders`` the code asks for."""
     return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
