@@ -218,6 +218,22 @@ def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassK
     return get_kernel(ls, cart, omega, nctr, tier, digest=True) if fuses_digestion(kern) else kern
 
 
+class ShellKeys:
+    """Per-shell keys of :func:`orient` and :func:`primitive_order`, NumPy:
+    ``l_nctr`` ((l, nctr) of each shell), ``min_exp`` (its smallest exponent),
+    ``nprim_rank`` (its primitive count's rank among the molecule's) and
+    ``nprim_levels`` (how many counts there are).  :class:`DeviceBasis` holds
+    them on the device; this host copy orders quartets on the CPU."""
+
+    def __init__(self, mol):
+        bas, env = mol._bas, mol._env
+        counts, rank = np.unique(bas[:, NPRIM_OF], return_inverse=True)
+        self.nprim_rank = rank.astype(np.int64)
+        self.nprim_levels = len(counts)
+        self.l_nctr = bas[:, ANG_OF].astype(np.int64) * 64 + bas[:, NCTR_OF]
+        self.min_exp = np.array([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP], bas[:, NPRIM_OF])])
+
+
 class DeviceBasis:
     """Basis data of a molecule on the device (see the module docstring)."""
 
@@ -227,15 +243,11 @@ class DeviceBasis:
         shl = np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
                         atm[bas[:, ATOM_OF], PTR_COORD]], axis=1).astype(np.int32)
         self.shl = cp.asarray(shl)
-        # rank of each shell's primitive count among the molecule's, for primitive_order
-        counts, rank = np.unique(bas[:, NPRIM_OF], return_inverse=True)
-        self.nprim_rank = cp.asarray(rank.astype(np.int64))
-        self.nprim_levels = len(counts)
-        # for orient: (l, nctr) of each shell and its smallest exponent
+        keys = ShellKeys(mol)       # for orient and primitive_order
+        self.nprim_rank, self.l_nctr, self.min_exp = (cp.asarray(a) for a in
+                                                       (keys.nprim_rank, keys.l_nctr, keys.min_exp))
+        self.nprim_levels = keys.nprim_levels
         env = mol._env
-        self.l_nctr = cp.asarray(bas[:, ANG_OF].astype(np.int64) * 64 + bas[:, NCTR_OF])
-        self.min_exp = cp.asarray([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP],
-                                                                     bas[:, NPRIM_OF])])
         self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
         # each shell's centre, for the pairmap stage's pair vectors
         self.coords = cp.asarray(env[shl[:, 3][:, None] + np.arange(3)])
@@ -250,14 +262,15 @@ def budget_bytes() -> int:
     return int(min(BUDGET_MAX, free // 4))
 
 
-def orient(basis: DeviceBasis, quartets):
+def orient(basis, quartets):
     """Swap the shells of pairs with equal (l, nctr) so the tighter one (larger
     smallest exponent) comes first, as ``host.HostEngine.orient`` does: the
     programs build such a pair's angular momentum on its first shell, and the
     HRR that moves it to the other loses the fewest digits from there.
-    Returns (oriented device (n, 4) int32, swap_bra, swap_ket masks).  The
-    8-fold digestion is invariant under these swaps."""
-    cp = _cupy()
+    Returns (oriented (n, 4) int32, swap_bra, swap_ket masks): CuPy with a
+    :class:`DeviceBasis`, NumPy with :class:`ShellKeys`.
+    The 8-fold digestion is invariant under these swaps."""
+    cp = np if isinstance(basis, ShellKeys) else _cupy()
     q = cp.array(cp.asarray(quartets), dtype=cp.int32)
     swaps = []
     for i, j in ((0, 1), (2, 3)):
@@ -269,15 +282,16 @@ def orient(basis: DeviceBasis, quartets):
     return q, swaps[0], swaps[1]
 
 
-def primitive_order(basis: DeviceBasis, quartets):
-    """Device permutation grouping quartets (NumPy or CuPy (n, 4)) of equal
+def primitive_order(basis, quartets):
+    """Permutation grouping quartets (NumPy or CuPy (n, 4)) of equal
     primitive counts, so that the threads of a warp run the same number of
     primitive-loop iterations, and inside each group sorting them by shells
     (a, b, c, d): the lanes of a warp then mostly share a bra pair and often
     the ket's first shell, and the digestion adds their Jh[p,q], Kh[p,r] and
     Kh[q,r] with one atomic per run of equal addresses.  Molecules too large
-    for that key in 63 bits keep screening's order (bra pair by bra pair)."""
-    cp = _cupy()
+    for that key in 63 bits keep screening's order (bra pair by bra pair).
+    NumPy with :class:`ShellKeys` (ordering on the CPU), else on the device."""
+    cp = np if isinstance(basis, ShellKeys) else _cupy()
     q = cp.asarray(quartets)
     nrank, nbas = basis.nprim_levels, len(basis.nprim_rank)
     key = cp.zeros(len(q), dtype=cp.int64)
