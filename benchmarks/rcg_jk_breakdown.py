@@ -142,7 +142,8 @@ def _converged_density(mol, stock, cache_dir, stem, basis):
     baseline's own SCF (with def2-QZVP it runs faster than ours, and it is
     the same density) where its driver works, else from PySCF's driver with
     our J/K; kept in ``cache_dir`` (when given) for the next run of the same
-    molecule and basis, which then skips the SCF (a minute of GPU time)."""
+    molecule and basis, which then skips the SCF (a minute of GPU time); a
+    file of other coordinates or dimensions is made again."""
     import cupy
     import numpy as np
     from pyscf import scf
@@ -151,7 +152,8 @@ def _converged_density(mol, stock, cache_dir, stem, basis):
     path = Path(cache_dir) / f'{stem}_{basis}.npz' if cache_dir else None
     if path is not None and path.is_file():
         saved = np.load(path)
-        if saved['dm'].shape == (mol.nao, mol.nao):
+        if ('coords' in saved.files and saved['dm'].shape == (mol.nao, mol.nao)
+                and np.array_equal(saved['coords'], mol.atom_coords())):
             return cupy.asarray(saved['dm']), f"{saved['density']} (cached)"
     if gpu4pyscf_driver_works(mol):
         stock.kernel()
@@ -163,7 +165,7 @@ def _converged_density(mol, stock, cache_dir, stem, basis):
     dm = cupy.asarray(dm)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, dm=dm.get(), density=density)
+        np.savez(path, dm=dm.get(), density=density, coords=mol.atom_coords())
     return dm, density
 
 
