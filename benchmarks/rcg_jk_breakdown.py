@@ -23,7 +23,14 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   with ``--fuse 1,0`` once with and once without the digesting kernels
   (``$FUSIONRCG_FUSE``), side by side in the one table; ``--fused-max``
   moves the largest block a digesting kernel takes
-  (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth.
+  (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth;
+* with ``--density-change 1e-2,1e-4``: builds on density changes of that
+  size (the scale times the converged density less the guess, as an
+  incremental SCF cycle builds), FusionRCG's from the plan filtered to the
+  change's blocks (``JKPlan.restricted``) and screened and sorted anew
+  (``iter_tasks``), next to GPU4PySCF's build of the same change, with the
+  share of the plan that screening anew looks at (what
+  ``jk._cached_plan`` chooses by, against ``gpu_jk.PLAN_RESTRICT_SHARE``).
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
@@ -34,6 +41,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-cache /tmp/fusion-dm
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-change 1e-1,1e-3,1e-5
 """
 from __future__ import annotations
 
@@ -60,14 +68,15 @@ def _timed(fn, sync):
     return 1e3 * (time.perf_counter() - t0), out
 
 
-def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync):
-    """Records of FusionRCG's build (the modes in the environment)."""
+def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
+    """Records of FusionRCG's build (the modes in the environment); ``changes``:
+    (scale, density change, GPU4PySCF's ms and J/K of it) for --density-change."""
     import cupy
     from pyscf import scf
 
     from pyscf_fusionrcg import fusionrcg, launch, tiers
-    from pyscf_fusionrcg.gpu_jk import JKPlan, get_jk_gpu
-    from pyscf_fusionrcg.screening import iter_tasks
+    from pyscf_fusionrcg.gpu_jk import PLAN_RESTRICT_SHARE, JKPlan, get_jk_gpu
+    from pyscf_fusionrcg.screening import iter_tasks, schwarz_candidates, shell_density_max
 
     mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
     tol = mf.direct_scf_tol
@@ -96,6 +105,19 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync):
                 for key, title in _STAGES.items()]
     rest = jk_ms - sum(stages.values())
     records.append(dict(part='rest (host work between launches)', ms=rest, share=rest / total))
+    for scale, change, ref_ms, ref_change in changes:
+        dch = change.reshape(dms.shape)
+        share = schwarz_candidates(q_cond, float(abs(change).max()), tol) / plan.quartets
+        ways = {'filtered plan': lambda: plan.restricted(shell_density_max(mol, dch)),
+                'screened anew': lambda: iter_tasks(mol, dch, 0.0, tol, q_cond, xp=cupy)}
+        for way, tasks in ways.items():
+            build = lambda: get_jk_gpu(mol, dch, 1, True, True, 0.0, tasks())  # noqa: E731
+            got = build()
+            ms = statistics.median(_timed(build, sync)[0] for _ in range(args.repeat))
+            chosen = (share >= PLAN_RESTRICT_SHARE) == (way == 'filtered plan')
+            records.append(dict(part=f'density change x{scale:g}: {way}' + (' (chosen)' if chosen else ''),
+                                ms=ms, speedup=ref_ms / ms, candidates_share=share,
+                                max_abs_diff=max(float(abs(a[0] - b).max()) for a, b in zip(got, ref_change))))
     records += by_highest_l(profile, total)
     ranked = sorted(profile.items(), key=lambda kv: -_class_ms(kv[1]))
     for name, row in ranked[:args.top]:
@@ -182,6 +204,8 @@ def main(argv=None):
                     help='directory keeping the converged density per molecule and basis between runs')
     ap.add_argument('--fused-max', type=int, default=None,
                     help='largest block (elements) a digesting kernel takes (default: launch.FUSED_DIGEST_MAX)')
+    ap.add_argument('--density-change', default='',
+                    help='comma-separated scales of density changes to build on as well (e.g. 1e-2,1e-4)')
     args = ap.parse_args(argv)
 
     import cupy
@@ -204,16 +228,25 @@ def main(argv=None):
     ref = fn()
     baseline = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
+    changes = []
+    guess = cupy.asarray(stock.get_init_guess())
+    for scale in (float(x) for x in args.density_change.split(',') if x.strip()):
+        change = scale * (dm - guess)
+        fn = lambda: stock.get_jk(mol, change)  # noqa: E731
+        ref_change = fn()
+        ms = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
+        records.append(dict(part=f'density change x{scale:g}: GPU4PySCF get_jk (wall)', ms=ms))
+        changes.append((scale, change, ms, ref_change))
     for ctr in args.ctr.split(','):
         for fuse in args.fuse.split(','):
             os.environ[tiers.CTR_ENV], os.environ[launch.FUSE_ENV] = ctr, fuse
-            records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, sync)
+            records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync)
     for r in records:
         print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
-                fused_max=launch.FUSED_DIGEST_MAX)
+                fused_max=launch.FUSED_DIGEST_MAX, density_change=args.density_change)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
                           f'{args.basis}',
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '

@@ -13,9 +13,10 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
 * ``tasks``: :func:`pyscf_fusionrcg.screening.build_tasks` output for these
   densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
   convention is that module's.  Or a :class:`JKPlan`: the same quartets
-  already oriented and ordered on the device, kept across builds.  Or an
-  :func:`~pyscf_fusionrcg.screening.iter_tasks` stream: the classes are then
-  screened, ordered and digested one chunk at a time (:class:`StreamedPlan`).
+  already oriented and ordered on the device, kept across builds, or such a
+  plan kept to the quartets of a smaller density (:meth:`JKPlan.restricted`).
+  Or an :func:`~pyscf_fusionrcg.screening.iter_tasks` stream: the classes are
+  then screened, ordered and digested one chunk at a time (:class:`StreamedPlan`).
 * ``tier``: force a storage tier for every class (experiments; a plan
   carries its own);
   ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
@@ -47,7 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .screening import TaskStream, iter_tasks
+from .screening import TaskStream, iter_tasks, kept_quartets, schwarz_bounds
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
@@ -78,6 +79,15 @@ _COMPILE_THREADS = max(1, min(8, os.cpu_count() or 1))
 #: element is at least ``bound / PLAN_REUSE_RANGE``; smaller ones (the density
 #: changes of incremental SCF cycles) are screened block by block instead.
 PLAN_REUSE_RANGE = 8.0
+#: Such a smaller density filters the plan's quartets (:meth:`JKPlan.restricted`)
+#: when screening it anew would look at least this share of the plan's count
+#: (:func:`~pyscf_fusionrcg.screening.schwarz_candidates`), else it is screened
+#: and sorted anew.  From the bytes each moves (a filter reads ~130 per plan
+#: quartet; screening ~80 per candidate and orienting and sorting ~450 per
+#: survivor), not yet timed on a GPU.
+PLAN_RESTRICT_SHARE = 0.25
+#: Rows filtered at once by :meth:`JKPlan.restricted` (bounds its temporaries).
+_RESTRICT_ROWS = 1 << 24
 
 
 def digest_layout(dims, kind=None) -> tuple:
@@ -217,6 +227,7 @@ class JKPlan:
     def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None, max_bytes=None):
         cp = launch._cupy()
         self.omega, self.tier, self.bound = float(omega), tier, bound
+        self.tol = self.q32 = None      # the screening of a plan made by screen()
         self.nao = mol.nao
         self.basis = launch.DeviceBasis(mol)
         self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
@@ -238,9 +249,13 @@ class JKPlan:
         """A plan for every density with ``max |D| <= density_max`` (Schwarz
         screening with that bound on every block)."""
         import cupy
+        if q_cond is None:
+            q_cond = schwarz_bounds(mol, omega)
         tasks = iter_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
                            density_bound=density_max)
-        return cls(mol, tasks, omega, tier, float(density_max), max_bytes)
+        plan = cls(mol, tasks, omega, tier, float(density_max), max_bytes)
+        plan.tol, plan.q32 = float(direct_scf_tol), cupy.asarray(np.asarray(q_cond, dtype=np.float32))
+        return plan
 
     def _ordered(self, t):
         oriented = launch.orient(self.basis, t.quartets)[0]
@@ -261,6 +276,13 @@ class JKPlan:
             return False
         return self.bound / PLAN_REUSE_RANGE <= density_max <= self.bound
 
+    def restricted(self, dcond, with_j=True, with_k=True) -> RestrictedPlan:
+        """The plan kept to the quartets that screening a density of shell
+        block maxima ``dcond`` (at most :attr:`bound`) would keep."""
+        if self.tol is None:
+            raise ValueError('only a plan made by JKPlan.screen can be restricted')
+        return RestrictedPlan(self, dcond, with_j, with_k)
+
     @property
     def quartets(self) -> int:
         return sum(len(c.quartets) for c in self.classes)
@@ -268,6 +290,28 @@ class JKPlan:
     @property
     def nbytes(self) -> int:
         return sum(c.quartets.nbytes for c in self.classes)
+
+
+class RestrictedPlan:
+    """A screened plan's classes kept to the quartets of a smaller density
+    (:func:`~pyscf_fusionrcg.screening.kept_quartets`), in the plan's order, so
+    that nothing is sorted again; each class is filtered when a build reaches
+    it and dropped after.  Iterable once."""
+
+    def __init__(self, plan: JKPlan, dcond, with_j=True, with_k=True):
+        cp = launch._cupy()
+        self.nao, self.omega, self.basis, self.ao_loc = plan.nao, plan.omega, plan.basis, plan.ao_loc
+        self._plan, self._with = plan, (with_j, with_k)
+        self._d32 = cp.asarray(np.asarray(dcond, dtype=np.float32))
+
+    def __iter__(self):
+        cp, plan = launch._cupy(), self._plan
+        for c in plan.classes:
+            rows = [c.quartets[lo:lo + _RESTRICT_ROWS] for lo in range(0, len(c.quartets), _RESTRICT_ROWS)]
+            rows = [r[kept_quartets(r, plan.q32, self._d32, plan.tol, *self._with, xp=cp)] for r in rows]
+            rows = [r for r in rows if len(r)]
+            if rows:
+                yield _ClassPlan(c.kern, cp.concatenate(rows) if len(rows) > 1 else rows[0], c.digestion)
 
 
 class StreamedPlan(JKPlan):
@@ -346,7 +390,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     kh = cp.zeros(dm_k.shape) if with_k else None
 
     timer = _ClassTimer(cp, profile)
-    if isinstance(tasks, JKPlan):
+    if isinstance(tasks, (JKPlan, RestrictedPlan)):
         plan = tasks
     elif isinstance(tasks, TaskStream):
         plan = StreamedPlan(mol, tasks, omega, tier)

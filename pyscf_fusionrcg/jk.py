@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from pyscf.lib import logger
 
-from pyscf_fusionrcg.screening import build_tasks, iter_tasks, on_gpu, schwarz_bounds, to_host
+from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
+                                       shell_density_max, to_host)
 
 #: Doubles of integral blocks digested per batch (bounds the scratch memory).
 _BATCH_DOUBLES = 1 << 21
@@ -94,7 +95,8 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
             q_cond = schwarz_bounds(mol, omega)
         tasks = None
         if plans is not None:
-            tasks = _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, gpu_options.get("tier"))
+            tasks = _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, gpu_options.get("tier"),
+                                 with_j, with_k)
         if tasks is None:
             # Screened on the GPU, class by class as the build reaches it.
             tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
@@ -135,23 +137,27 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
 PLAN_MEMORY_SHARE = 0.5
 
 
-def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier):
-    """The plan in ``plans`` if it covers ``dms``; None for a density far smaller
+def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=True, with_k=True):
+    """The plan in ``plans`` if it covers ``dms``; for a density far smaller
     than the plan's bound (an SCF's density change: screening its own blocks
-    keeps far fewer quartets), and None for every density of a geometry whose
-    plan did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory (such
-    builds stream their classes); else a new plan, kept in ``plans``."""
+    keeps far fewer quartets) the plan restricted to those blocks' quartets
+    when screening them anew would look at ``PLAN_RESTRICT_SHARE`` of the
+    plan's count or more, else None; None for every density of a geometry
+    whose plan did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory
+    (such builds stream their classes); else a new plan, kept in ``plans``."""
     import cupy
-    from pyscf_fusionrcg.gpu_jk import JKPlan, PlanTooLarge
+    from pyscf_fusionrcg.gpu_jk import PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
     if plans.get("too_large"):
         return None
     dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
     plan = plans.get("plan")
-    if plan is not None and plan.tier == tier:
+    if plan is not None and plan.tier == tier and plan.tol == direct_scf_tol:
         if plan.covers(dmax):
             return plan
         if dmax < plan.bound:
-            return None
+            if schwarz_candidates(q_cond, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets:
+                return None
+            return plan.restricted(shell_density_max(mol, dms), with_j, with_k)
     plans.pop("plan", None)     # free the old plan's arrays before screening again
     pool = cupy.get_default_memory_pool()
     free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()

@@ -279,11 +279,52 @@ def _screen(bra_h, ket_h, bra, ket, same_lclass, d32, dmax, tol, with_j, with_k,
             row = xp.maximum(d32[a], d32[b])            # max over {a, b} x all shells
             dk = xp.maximum(xp.take(row, c, axis=1), xp.take(row, d, axis=1))
             dm = dk if dm is None else xp.maximum(dm, dk)
-        dm *= ket.q[None, :ncol]
-        dm *= bra.q[rows, None]
-        keep = dm >= tol
+        keep = _passes(dm, bra.q[rows, None], ket.q[None, :ncol], tol)
         if same_lclass:
             keep &= ket.rank[None, :ncol] <= bra.rank[rows, None]
         r, col = xp.nonzero(keep)
         yield xp.stack((a[r], b[r], c[col], d[col]), axis=1).astype(np.int32, copy=False)
         start = stop
+
+
+def _passes(dm, q_bra, q_ket, tol):
+    """The bound ``q_ij q_kl d_max >= tol`` in float32 (``dm`` is overwritten),
+    evaluated the same way for the tiles of :func:`_screen` and the quartets
+    of :func:`kept_quartets`, so that both keep the same ones."""
+    dm *= q_ket
+    dm *= q_bra
+    return dm >= tol
+
+
+def kept_quartets(quartets, q32, d32, tol, with_j=True, with_k=True, xp=np):
+    """Mask of the rows of ``quartets`` ((n, 4) shell indices, any of the 8
+    orderings) that pass the screening of :func:`build_tasks` for the shell
+    block maxima ``d32`` (float32 (nbas, nbas), :func:`shell_density_max`)
+    and the float32 Schwarz bounds ``q32``.  Filtering a plan screened with a
+    larger density bound this way keeps exactly the quartets that screening
+    the smaller density itself would: a density change of an SCF cycle
+    reuses the plan's ordered quartets instead of sorting its own."""
+    a, b, c, d = (quartets[:, i] for i in range(4))
+    dm = None
+    if with_j:
+        dm = xp.maximum(d32[a, b], d32[c, d])
+    if with_k:
+        dk = xp.maximum(xp.maximum(d32[a, c], d32[a, d]), xp.maximum(d32[b, c], d32[b, d]))
+        dm = dk if dm is None else xp.maximum(dm, dk)
+    if dm is None:
+        return xp.zeros(len(quartets), dtype=bool)
+    return _passes(dm, q32[a, b], q32[c, d], tol)
+
+
+def schwarz_candidates(q_cond, density_max, tol) -> int:
+    """How many unique shell quartets pass ``q_ij q_kl density_max >= tol``:
+    what screening a density of that largest element has to look at."""
+    q = to_host(q_cond)
+    q = np.sort(q[np.tril_indices(len(q))])
+    if density_max <= 0 or not len(q):
+        return 0
+    with np.errstate(divide="ignore"):
+        limit = tol / (q * density_max)
+    ordered = int((len(q) - np.searchsorted(q, limit, side="left")).sum())
+    diagonal = int((q * q * density_max >= tol).sum())
+    return (ordered + diagonal) // 2

@@ -227,8 +227,8 @@ def test_profile_accounts_for_every_quartet():
 
 def test_plans_are_reused_within_their_density_range():
     """jk.get_jk(plans=) screens one plan for the density's largest element,
-    reuses it for densities it covers, screens a much smaller density change
-    block by block, and gives the J/K of a build without plans."""
+    reuses it for densities it covers, builds a much smaller density change
+    from that density's own blocks, and gives the J/K of a build without plans."""
     import cupy as cp
     from pyscf_fusionrcg.gpu_jk import PLAN_REUSE_RANGE, JKPlan
     mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
@@ -248,6 +248,47 @@ def test_plans_are_reused_within_their_density_range():
     assert plans['plan'] is plan and np.abs(vj3 - ref_j / (2 * PLAN_REUSE_RANGE)).max() < TOL
     get_jk(mol, 2 * dm, backend='gpu', plans=plans)
     assert plans['plan'] is not plan and plans['plan'].bound == pytest.approx(2 * np.abs(dm).max())
+
+
+@pytest.mark.parametrize('with_j,with_k', [(True, True), (True, False), (False, True)])
+def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkeypatch, with_j, with_k):
+    """A density change far below the plan's bound either filters the plan's
+    quartets (RestrictedPlan, when screening it anew would look at
+    PLAN_RESTRICT_SHARE of the plan or more) or is screened and sorted anew;
+    both give the J/K of PySCF, and each other's to 1e-12.  A new screening
+    threshold makes a new plan."""
+    import cupy as cp
+    from pyscf_fusionrcg import gpu_jk, jk
+    mol = vitamin_c('def2-SVP')
+    dm = minao_dm(mol)
+    change = 1e-4 * dm * np.exp(-0.02 * np.add.outer(np.arange(mol.nao), np.arange(mol.nao)))
+    ref_j, ref_k = reference_jk(mol, change)
+    plans = {}
+    get_jk(mol, dm, backend='gpu', plans=plans)
+    plan = plans['plan']
+    taken = []
+    monkeypatch.setattr(gpu_jk.RestrictedPlan, '__init__', _spy(gpu_jk.RestrictedPlan.__init__, taken, 'filtered'))
+    monkeypatch.setattr(jk, 'iter_tasks', _spy(jk.iter_tasks, taken, 'screened'))
+    out = {}
+    for share, path in ((0.0, 'filtered'), (float('inf'), 'screened')):
+        monkeypatch.setattr(gpu_jk, 'PLAN_RESTRICT_SHARE', share)
+        out[path] = get_jk(mol, cp.asarray(change), backend='gpu', plans=plans, with_j=with_j, with_k=with_k)
+        assert taken[-1] == path and plans['plan'] is plan
+    for got, want, ref in zip(out['filtered'], out['screened'], (ref_j, ref_k)):
+        if ref is None or got is None:
+            assert got is None and want is None
+            continue
+        assert float(abs(got - want).max()) < 1e-12
+        assert np.abs(got.get() - ref).max() < TOL
+    get_jk(mol, dm, backend='gpu', plans=plans, direct_scf_tol=1e-11)
+    assert plans['plan'] is not plan and plans['plan'].tol == 1e-11
+
+
+def _spy(fn, taken, name):
+    def call(*args, **kwargs):
+        taken.append(name)
+        return fn(*args, **kwargs)
+    return call
 
 
 def test_streamed_build_equals_the_listed_one():

@@ -122,6 +122,16 @@ def test_unknown_backend_is_refused():
         get_jk(mol, _dms(mol, 1, 1), backend="tpu")
 
 
+def test_only_a_screened_plan_can_be_restricted():
+    """JKPlan.restricted needs the threshold and Schwarz bounds JKPlan.screen
+    keeps: a plan of given tasks says so (checked before any GPU work)."""
+    from pyscf_fusionrcg.gpu_jk import JKPlan
+    plan = JKPlan.__new__(JKPlan)
+    plan.tol = plan.q32 = None
+    with pytest.raises(ValueError, match='only a plan made by JKPlan.screen can be restricted'):
+        plan.restricted(np.zeros((2, 2)))
+
+
 def test_gpu_backend_without_gpu_raises():
     from gpucore import GPUUnavailableError, gpu_available
     if gpu_available():

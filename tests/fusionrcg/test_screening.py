@@ -4,8 +4,8 @@ import pytest
 from pyscf import gto
 
 from pyscf_fusionrcg.jk import LibcintBlocks, get_jk
-from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, schwarz_bounds,
-                                       shell_density_max)
+from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, kept_quartets, schwarz_bounds,
+                                       schwarz_candidates, shell_density_max)
 
 WATER = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
 
@@ -147,3 +147,54 @@ def test_streamed_chunks_are_the_task_lists_rows_in_order(water_ccpvdz, tol):
     if tol == 0.0:
         assert stream.shapes == set(whole)
     assert list(stream) == []       # iterable once: the chunks are not kept
+
+
+def _unique(rows):
+    """Quartets as sets of the canonical form of their 8 orderings."""
+    pairs = np.sort(np.asarray(rows).reshape(-1, 2, 2), axis=2)
+    return {tuple(sorted(map(tuple, q))) for q in pairs.tolist()}
+
+
+@pytest.fixture(scope="module")
+def two_waters():
+    return gto.M(atom=WATER + "; O 3 0 0.117; H 3 0.757 -0.469; H 3 -0.757 -0.469",
+                 basis="cc-pvdz", verbose=0)
+
+
+@pytest.mark.parametrize("with_j,with_k", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("scale", [1e-2, 1e-4, 1e-6])
+def test_filtering_a_bound_plan_keeps_what_screening_the_density_keeps(two_waters, scale, with_j, with_k):
+    """kept_quartets on a plan's quartets (screened with a larger bound on
+    every block, in any of their 8 orderings) keeps exactly the quartets that
+    screening a smaller density's own blocks keeps: an SCF's density change
+    can reuse the plan instead of screening and sorting anew."""
+    mol, tol = two_waters, 1e-9
+    q = schwarz_bounds(mol)
+    dm = _rand_dm(mol, 4)
+    plan = np.concatenate([t.quartets for t in build_tasks(mol, None, direct_scf_tol=tol, q_cond=q,
+                                                           density_bound=np.abs(dm).max())])
+    rng = np.random.default_rng(5)
+    for i, j in ((0, 1), (2, 3)):       # the plan's orientation swaps shells within pairs
+        swap = rng.random(len(plan)) < 0.5
+        plan[swap, i], plan[swap, j] = plan[swap, j], plan[swap, i].copy()
+    change = dm * scale * np.exp(-0.05 * np.add.outer(np.arange(mol.nao), np.arange(mol.nao)))
+    own = _unique(np.concatenate([t.quartets for t in build_tasks(mol, change, direct_scf_tol=tol, q_cond=q,
+                                                                  with_j=with_j, with_k=with_k)]))
+    keep = kept_quartets(plan, q.astype(np.float32), shell_density_max(mol, change).astype(np.float32),
+                         tol, with_j, with_k)
+    assert 0 < len(own) < len(plan)
+    assert _unique(plan[keep]) == own and keep.sum() == len(own)
+    assert not kept_quartets(plan, q.astype(np.float32), np.ones((mol.nbas,) * 2, np.float32), tol,
+                             False, False).any()
+
+
+@pytest.mark.parametrize("tol", [1e-13, 1e-9, 1e-6])
+@pytest.mark.parametrize("density_max", [1.0, 1e-3])
+def test_schwarz_candidates_count_the_quartets_of_a_density_bound(two_waters, tol, density_max):
+    """schwarz_candidates, counted from the sorted pair bounds alone, is the
+    number of quartets that screening with that bound on every block keeps."""
+    q = schwarz_bounds(two_waters)
+    kept = sum(len(t) for t in build_tasks(two_waters, None, direct_scf_tol=tol, q_cond=q,
+                                           density_bound=density_max))
+    assert schwarz_candidates(q, density_max, tol) == kept > 0
+    assert schwarz_candidates(q, 0.0, tol) == 0
