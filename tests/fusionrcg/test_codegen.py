@@ -139,6 +139,17 @@ extern "C" void boys_many(int mmax, const double* t, int n, double* out) {
 '''
 
 
+def test_boys_reciprocal_table_is_correctly_rounded():
+    """boys.cuh's kInvOdd, which the series and the downward recursion
+    multiply by: entry j is 1 / (2j + 1) rounded to the nearest double."""
+    import re
+    text = (CSRC / 'fusionrcg' / 'boys.cuh').read_text()
+    body = text[text.index('#define FR_INV_ODD_VALUES'):text.index('#if defined(__CUDA_ARCH__)')]
+    values = [float(v) for v in re.findall(r'[0-9]+\.[0-9e-]+', body)]
+    assert len(values) >= 32 + 200
+    assert all(v == 1.0 / (2 * j + 1) for j, v in enumerate(values))
+
+
 @needs_gxx
 def test_device_boys_matches_boys_py():
     from pyscf_fusionrcg.boys import boys
