@@ -198,6 +198,11 @@ def measure(program: ir.Program, variant: codegen.Variant) -> dict:
     without a GPU (see :func:`nvcc_stats` for an offline report).
     """
     kernel, _ = compile_variant(program, variant)
+    return kernel_stats(kernel, program, variant)
+
+
+def kernel_stats(kernel, program: ir.Program, variant: codegen.Variant) -> dict:
+    """:func:`measure`'s figures of a kernel already compiled for ``variant``."""
     att = kernel.attributes()
     return {'registers': att['num_regs'], 'spill_bytes': att['local_size_bytes'],
             'shared_bytes': att['shared_size_bytes'] + codegen.shared_bytes(program, variant),

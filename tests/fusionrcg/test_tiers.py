@@ -178,3 +178,30 @@ def test_precompile_lists_every_class():
     lines = launch.precompile(lmax=2)
     assert len(lines) == len(launch.canonical_classes(2)) == 21
     assert all('tier=' in line and 'registers=' in line for line in lines)
+    fused = launch.jk_kernel((1, 0, 0, 0))
+    assert fused.variant.digest and fused.stats['kernel'] == fused.name
+    assert fused.stats['registers'] == fused.kernel.attributes()['num_regs']
+
+
+class _FakeKernel:
+    """A compiled kernel as ClassKernel sees it, with the variant it was built for."""
+
+    def __init__(self, variant):
+        self.digest = variant.digest
+
+    def attributes(self):
+        return {'num_regs': 96 if self.digest else 40, 'local_size_bytes': 8 if self.digest else 0,
+                'shared_size_bytes': 0}
+
+
+def test_digesting_kernel_reports_its_own_registers(monkeypatch, fresh_cache):
+    """The route measures the plain variant; a digesting ClassKernel's stats are
+    those of the kernel it runs (its registers and spills), not the plain one's."""
+    monkeypatch.setattr(launch, '_cupy', lambda: None)
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, []))
+    monkeypatch.setattr(tiers, 'compile_variant', lambda p, v: (_FakeKernel(v), True))
+    plain = launch.ClassKernel((1, 0, 0, 0))
+    fused = launch.ClassKernel((1, 0, 0, 0), digest=True)
+    assert (plain.stats['registers'], plain.stats['kernel']) == (255, plain.name)
+    assert fused.stats['kernel'] == fused.name != plain.name
+    assert (fused.stats['registers'], fused.stats['spill_bytes'], fused.stats['tier']) == (96, 8, 'register')
