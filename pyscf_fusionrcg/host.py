@@ -193,6 +193,13 @@ def _boys_values(mmax, t, rho, omega):
     return lr if omega > 0 else boys(mmax, t) - lr
 
 
+def min_exponents(mol) -> np.ndarray:
+    """The smallest primitive exponent of each shell: which shell of a pair is
+    the tighter, the one its angular momentum is built on (:meth:`HostEngine.builds`)."""
+    bas, env = mol._bas, mol._env
+    return np.array([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP], bas[:, NPRIM_OF])])
+
+
 class HostEngine:
     """Contracted ERI blocks of shell quartets on the CPU.
 
@@ -207,8 +214,7 @@ class HostEngine:
         bas, atm, env = mol._bas, mol._atm, mol._env
         self._bas, self._env = bas, env
         self._centres = env[atm[bas[:, ATOM_OF], PTR_COORD][:, None] + np.arange(3)]
-        self._min_exp = np.array([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP],
-                                                                       bas[:, NPRIM_OF])])
+        self._min_exp = min_exponents(mol)
 
     def builds(self, shls):
         """Build centres per quartet: (on_b, on_d) boolean arrays.

@@ -229,12 +229,12 @@ class ShellKeys:
     them on the device; this host copy orders quartets on the CPU."""
 
     def __init__(self, mol):
-        bas, env = mol._bas, mol._env
+        bas = mol._bas
         counts, rank = np.unique(bas[:, NPRIM_OF], return_inverse=True)
         self.nprim_rank = rank.astype(np.int64)
         self.nprim_levels = len(counts)
         self.l_nctr = bas[:, ANG_OF].astype(np.int64) * 64 + bas[:, NCTR_OF]
-        self.min_exp = np.array([env[p:p + n].min() for p, n in zip(bas[:, PTR_EXP], bas[:, NPRIM_OF])])
+        self.min_exp = host.min_exponents(mol)
 
 
 class DeviceBasis:
