@@ -575,21 +575,21 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     op_words = level_op_words(program)
     if max(prim[2].max(initial=0), ctr[2].max(initial=0)) > op_words:
         raise AssertionError(f'{program.name}: an op is longer than level_op_words')
-    prim_rec, prim_levels = level_records(*prim[:3], level[n_zero:seq.end_body + 1] - 1, op_words)
-    ctr_rec, ctr_levels = level_records(*ctr[:3], level[seq.end_body + 1:] - 1 - n_body, op_words)
+    prim_rec, prim_levels = level_records(*prim[:3], level[n_zero:seq.end_body + 1] - 1)
+    ctr_rec, ctr_levels = level_records(*ctr[:3], level[seq.end_body + 1:] - 1 - n_body)
     return Table(prim_rec, ctr_rec, coef_values, n_slots, n_zero, prim[3], ctr[3], prim_levels, ctr_levels)
 
 
-def level_records(words, start, nw, level, op_words):
+def level_records(words, start, nw, level):
     """Lay a stage's ops out level by level for ``run_levels`` (eri_common.cuh).
 
     Op ``i = lane + 32 k`` of level ``L`` (``level`` non-decreasing, from 0)
     has its word ``j`` at ``base[L] + (k * width[L] + j) * 32 + lane``, with
-    ``width[L]`` the longest op of the level.  Every level has room for
-    ``LEVEL_OPS_PER_LANE`` ops a lane (missing ops and words are zero), and
-    ``op_words - 1`` zero rows follow the last level, so a lane may load
-    ``op_words`` words of every op without a bound check: words beyond an
-    op's own are never used.  Returns (records, per level
+    ``width[L]`` the longest op of the level.  A level holds the rows of its
+    ops only: ``ceil(ops / 32)`` op rows of ``width[L]`` words (missing ops and
+    words are zero), which is all ``fr_fetch_level`` loads, so a level of 30
+    ops of at most 3 words is 3 rows, not ``LEVEL_OPS_PER_LANE * level_op_words``.
+    Returns (records, per level
     ``(base, ops | width << 8)`` flattened as int32).
     """
     n_lev = int(level[-1]) + 1 if len(level) else 0
@@ -598,11 +598,11 @@ def level_records(words, start, nw, level, op_words):
     np.maximum.at(width, level, nw)
     if count.max(initial=0) > 32 * LEVEL_OPS_PER_LANE:
         raise AssertionError('a level holds more ops than the lanes of a warp take')
-    size = LEVEL_OPS_PER_LANE * width * 32
+    size = -(-count // 32) * width * 32
     base = np.cumsum(size) - size
     within = np.arange(len(level)) - (np.cumsum(count) - count)[level]
     k, lane = np.divmod(within, 32)
-    records = np.zeros(int(size.sum()) + (op_words - 1) * 32, dtype=np.uint32)
+    records = np.zeros(int(size.sum()), dtype=np.uint32)
     for j in range(int(nw.max(initial=0))):
         has = nw > j
         records[base[level[has]] + (k[has] * width[level[has]] + j) * 32 + lane[has]] = words[start[has] + j]
@@ -617,8 +617,8 @@ SHARED_BANKS_64 = 16
 def level_traffic(program: ir.Program, variant: Variant) -> dict:
     """What one warp asks of the load/store pipeline when it runs a levels
     variant's op stream (run_levels in eri_common.cuh), per stage: ``levels``;
-    ``record_rows``, the 32-bit record words fetched (FR_LEVEL_OPS ops of
-    ``level_op_words`` words a lane and level, one 128-byte row each);
+    ``record_rows``, the 128-byte rows of 32-bit record words it fetches (a
+    level's op rows of its width, :func:`level_records`);
     ``shared_wavefronts``, the shared-memory wavefronts of its operand and
     pair-product loads and its result stores, each access counted per half
     warp as its most loaded bank (distinct slots equal modulo
@@ -652,7 +652,7 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
                     np.where(output, w[:, :, 1:2, :], -1),
                     np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
         lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
-        out[stage] = dict(levels=n_lev, record_rows=n_lev * LEVEL_OPS_PER_LANE * words,
+        out[stage] = dict(levels=n_lev, record_rows=int((-(-count // 32) * width).sum()),
                           **_bank_wavefronts(lanes))
     return out
 

@@ -129,10 +129,10 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, volatile d
 // lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
 // of a level depends on another, a warp's load of one word is one coalesced
 // line, and a lane without an op reads a zero header (no real op has one).
-// Every level has room for all FR_LEVEL_OPS ops of every lane and the
-// records end in W - 1 zero rows (codegen.level_records), so a lane loads all
-// W words of its ops with no bound check; words beyond an op's own are not
-// used.
+// A level holds only the op rows it has (ceil(ops / 32)) of its own width
+// (codegen.level_records), and a lane loads only those: the conditions are
+// the same for the whole warp, and a skipped word is zero, never used (an op
+// reads words up to its term count, within the width).
 // FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
 #ifndef FR_LEVEL_OPS
 #define FR_LEVEL_OPS 2
@@ -142,11 +142,11 @@ template <int W>
 FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int shape, int lane,
                               unsigned (&r)[FR_LEVEL_OPS][W]) {
   const unsigned* mine = code + base + lane;
-  const int words = shape >> 8;
+  const int words = shape >> 8, ops = shape & 0xFF;
 #pragma unroll
   for (int k = 0; k < FR_LEVEL_OPS; ++k)
 #pragma unroll
-    for (int j = 0; j < W; ++j) r[k][j] = mine[(k * words + j) * 32];
+    for (int j = 0; j < W; ++j) r[k][j] = (32 * k < ops && j < words) ? mine[(k * words + j) * 32] : 0u;
 }
 
 // The value an op of a level computes (its terms, or an output's source).

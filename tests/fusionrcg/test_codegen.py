@@ -659,10 +659,11 @@ def test_level_traffic_matches_a_lane_by_lane_decode():
     pair0 = codegen._pair_slot0(prog, var.group)
     got = codegen.level_traffic(prog, var)
     for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
-        rows = []
+        rows, fetched = [], 0
         for base, shape in levels.reshape(-1, 2).tolist():
             count, width = shape & 0xFF, shape >> 8
             for k in range(codegen.LEVEL_OPS_PER_LANE):
+                fetched += width if 32 * k < count else 0      # fr_fetch_level's loads
                 ops = [[int(rec[base + (k * width + j) * 32 + ln]) for j in range(width)]
                        if 32 * k + ln < count else [0] for ln in range(32)]
                 # one row of 32 lanes per load or store instruction
@@ -685,7 +686,24 @@ def test_level_traffic_matches_a_lane_by_lane_decode():
         want = _bank_wavefronts(np.array(rows))
         assert got[stage]['shared_wavefronts'] == want['shared_wavefronts'], stage
         assert got[stage]['conflict_free'] == want['conflict_free'], stage
-        assert got[stage]['record_rows'] == len(levels) // 2 * codegen.LEVEL_OPS_PER_LANE * words
+        assert got[stage]['record_rows'] == fetched < len(levels) // 2 * codegen.LEVEL_OPS_PER_LANE * words
         assert want['conflict_free'] < want['shared_wavefronts'] < 16 * want['conflict_free']
     with pytest.raises(ValueError, match='levels form'):
         codegen.level_traffic(prog, codegen.make_variant(prog, 'register'))
+
+
+@pytest.mark.parametrize('ls', [(2, 1, 2, 1), (3, 2, 3, 1), (2, 2, 2, 2)])
+def test_level_records_hold_only_the_rows_fr_fetch_level_loads(ls):
+    """A level's records are its op rows (ceil(ops / 32)) of its width, and
+    every word fr_fetch_level loads lies inside the records: there is no
+    padding after the last level to read past."""
+    prog = host.get_program(*ls)
+    t = codegen.table(prog, codegen.make_variant(prog, 'warp'))
+    for rec, levels in ((t.prim, t.prim_levels), (t.ctr, t.ctr_levels)):
+        base, shape = levels.reshape(-1, 2).T.astype(np.int64)
+        count, width = shape & 0xFF, shape >> 8
+        size = -(-count // 32) * width * 32
+        assert np.array_equal(base, np.cumsum(size) - size) and len(rec) == size.sum()
+        last = max(b + ((-(-c // 32) - 1) * w + w - 1) * 32 + 31 for b, c, w in zip(base, count, width))
+        assert last == len(rec) - 1
+        assert (width >= 1).all() and (count >= 1).all()
