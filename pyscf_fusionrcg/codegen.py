@@ -98,6 +98,9 @@ SM_SHARED_BYTES = 228 * 1024
 #: keep the live set near the orchestrated peak).
 WARP_BLOCK_WARPS = 4
 LEVEL_OPS_PER_LANE = 2          # FR_LEVEL_OPS of eri_common.cuh (emitted)
+#: Bits of each op row's width in a level's shape word (FR_LEVEL_ROW_BITS, emitted):
+#: ops | width of row k << (8 + LEVEL_ROW_BITS * k), so at most four rows a lane.
+LEVEL_ROW_BITS = 5
 LEVEL_WIDTH = 32 * LEVEL_OPS_PER_LANE
 LEVEL_OP_WORDS = 7
 #: Blocks an SM can hold, and the shared memory the driver reserves per block.
@@ -471,6 +474,13 @@ def _reserved(program: ir.Program, group: int) -> int:
     return _pair_slot0(program, group) + PAIR_SLOTS
 
 
+def _op_words(seq: Sequence, lo: int = 0, hi: int = None) -> np.ndarray:
+    """Words each statement of ``seq[lo:hi]`` takes in the op stream
+    (:func:`encode_table`): a header and its terms, or a header and one word."""
+    hi = len(seq.kind) if hi is None else hi
+    return np.where(seq.kind[lo:hi] == _LIN, 1 + np.diff(seq.ptr[lo:hi + 1]), 2)
+
+
 def _permuted(seq: Sequence, order: np.ndarray, end_body: int) -> Sequence:
     """``seq`` with its statements in ``order`` (terms follow their statement)."""
     cnt = np.diff(seq.ptr)[order]
@@ -487,7 +497,10 @@ def level_sequence(program: ir.Program, group: int = 1):
     """(sequence in level order, level of each statement, number of body levels).
 
     Level 0 is the zeroing; the body and the contracted stage are each cut by
-    :func:`level_schedule`; statements are stably sorted by level.
+    :func:`level_schedule`; statements are sorted by level and, inside a
+    level (whose ops are independent), longest first, so that the ops of
+    similar length share an op row (level_records: a row is as wide as its
+    longest op, and a lane loads that many words).
     """
     seq = sequence(program, group)
     n_zero = int((seq.kind == _ZERO).sum())
@@ -495,7 +508,7 @@ def level_sequence(program: ir.Program, group: int = 1):
     ctr = level_schedule(seq, seq.end_body + 1, len(seq.kind))
     n_body = int(body.max(initial=-1)) + 1
     level = np.concatenate([np.zeros(n_zero, np.int64), 1 + body, 1 + n_body + ctr])
-    order = np.argsort(level, kind='stable')
+    order = np.lexsort((-_op_words(seq), level))
     return _permuted(seq, order, seq.end_body), level[order], n_body
 
 
@@ -535,7 +548,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         nt = np.diff(seq.ptr[lo:hi + 1])
         if (nt > 15).any():
             raise ValueError(f'{program.name}: an op with more than 15 terms')
-        nw = np.where(k == _LIN, 1 + nt, 2)
+        nw = _op_words(seq, lo, hi)
         start = np.cumsum(nw) - nw
         words = np.zeros(int(nw.sum()), dtype=np.int64)
         dslot = np.where(k == _OUTPUT, 0, slots[np.maximum(seq.dst[lo:hi], 0)])
@@ -584,29 +597,44 @@ def level_records(words, start, nw, level):
     """Lay a stage's ops out level by level for ``run_levels`` (eri_common.cuh).
 
     Op ``i = lane + 32 k`` of level ``L`` (``level`` non-decreasing, from 0)
-    has its word ``j`` at ``base[L] + (k * width[L] + j) * 32 + lane``, with
-    ``width[L]`` the longest op of the level.  A level holds the rows of its
-    ops only: ``ceil(ops / 32)`` op rows of ``width[L]`` words (missing ops and
-    words are zero), which is all ``fr_fetch_level`` loads, so a level of 30
-    ops of at most 3 words is 3 rows, not ``LEVEL_OPS_PER_LANE * level_op_words``.
-    Returns (records, per level
-    ``(base, ops | width << 8)`` flattened as int32).
+    is in op row ``k`` of the level; row ``k`` is as wide as its longest op,
+    ``width[L, k]`` words (0 for a row without ops), and word ``j`` of the op
+    is at ``base[L] + (row_start[L, k] + j) * 32 + lane``, row_start the
+    widths of the rows before.  A level holds just those rows (missing ops
+    and words are zero), which is all ``fr_fetch_level`` loads.  Returns
+    (records, per level ``(base, ops | width[L, k] << (8 + LEVEL_ROW_BITS k))``
+    flattened as int32).
     """
+    if 8 + LEVEL_ROW_BITS * LEVEL_OPS_PER_LANE > 31:
+        raise AssertionError('the op rows of a level do not fit its shape word')
     n_lev = int(level[-1]) + 1 if len(level) else 0
     count = np.bincount(level, minlength=n_lev)
-    width = np.zeros(n_lev, dtype=np.int64)
-    np.maximum.at(width, level, nw)
     if count.max(initial=0) > 32 * LEVEL_OPS_PER_LANE:
         raise AssertionError('a level holds more ops than the lanes of a warp take')
-    size = -(-count // 32) * width * 32
-    base = np.cumsum(size) - size
+    if nw.max(initial=0) >= 1 << LEVEL_ROW_BITS:
+        raise AssertionError('an op is longer than a level\'s shape word can say')
     within = np.arange(len(level)) - (np.cumsum(count) - count)[level]
     k, lane = np.divmod(within, 32)
+    width = np.zeros((n_lev, LEVEL_OPS_PER_LANE), dtype=np.int64)
+    np.maximum.at(width, (level, k), nw)
+    row_start = np.cumsum(width, axis=1) - width
+    size = 32 * width.sum(axis=1)
+    base = np.cumsum(size) - size
     records = np.zeros(int(size.sum()), dtype=np.uint32)
+    at = base[level] + row_start[level, k] * 32 + lane
     for j in range(int(nw.max(initial=0))):
         has = nw > j
-        records[base[level[has]] + (k[has] * width[level[has]] + j) * 32 + lane[has]] = words[start[has] + j]
-    return records, np.stack([base, count | width << 8], axis=1).ravel().astype(np.int32)
+        records[at[has] + j * 32] = words[start[has] + j]
+    shape = count + (width << (8 + LEVEL_ROW_BITS * np.arange(LEVEL_OPS_PER_LANE))).sum(axis=1)
+    return records, np.stack([base, shape], axis=1).ravel().astype(np.int32)
+
+
+def level_rows(levels: np.ndarray):
+    """``(base, ops, width)`` of each level from ``level_records``' level array:
+    width[L, k] the words of op row k."""
+    base, shape = levels.reshape(-1, 2).T.astype(np.int64)
+    shifts = 8 + LEVEL_ROW_BITS * np.arange(LEVEL_OPS_PER_LANE)
+    return base, shape & 0xFF, (shape[:, None] >> shifts) & ((1 << LEVEL_ROW_BITS) - 1)
 
 
 #: Doubles a warp's shared-memory access serves per wavefront (32 banks of
@@ -617,8 +645,8 @@ SHARED_BANKS_64 = 16
 def level_traffic(program: ir.Program, variant: Variant) -> dict:
     """What one warp asks of the load/store pipeline when it runs a levels
     variant's op stream (run_levels in eri_common.cuh), per stage: ``levels``;
-    ``record_rows``, the 128-byte rows of 32-bit record words it fetches (a
-    level's op rows of its width, :func:`level_records`);
+    ``record_rows``, the 128-byte rows of 32-bit record words it fetches (the
+    width of each op row of each level, :func:`level_records`);
     ``shared_wavefronts``, the shared-memory wavefronts of its operand and
     pair-product loads and its result stores, each access counted per half
     warp as its most loaded bank (distinct slots equal modulo
@@ -632,13 +660,13 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
     pair0 = _pair_slot0(program, variant.group)
     out = {}
     for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
-        base, shape = levels.reshape(-1, 2).T.astype(np.int64)
-        count, width = shape & 0xFF, shape >> 8
+        base, count, width = level_rows(levels)
+        row_start = np.cumsum(width, axis=1) - width
         n_lev = len(base)
         k, j, lane = np.meshgrid(np.arange(LEVEL_OPS_PER_LANE), np.arange(words), np.arange(32), indexing='ij')
-        at = base[:, None, None, None] + (k * width[:, None, None, None] + j) * 32 + lane
+        at = base[:, None, None, None] + (row_start[:, :, None, None] + j) * 32 + lane
         valid_op = (32 * k + lane)[None] < count[:, None, None, None]
-        w = np.where(valid_op & (j[None] < width[:, None, None, None]), rec[np.minimum(at, len(rec) - 1)], 0)
+        w = np.where(valid_op & (j[None] < width[:, :, None, None]), rec[np.minimum(at, len(rec) - 1)], 0)
         w = w.astype(np.int64)
         head = w[:, :, :1, :]
         kind, nterms, dst = head & 3, (head >> 2) & 15, head >> 6
@@ -652,7 +680,7 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
                     np.where(output, w[:, :, 1:2, :], -1),
                     np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
         lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
-        out[stage] = dict(levels=n_lev, record_rows=int((-(-count // 32) * width).sum()),
+        out[stage] = dict(levels=n_lev, record_rows=int(width.sum()),
                           **_bank_wavefronts(lanes))
     return out
 
@@ -1079,8 +1107,8 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
 def _prelude(orders=()) -> str:
     """The include of the shared pieces, with the level width they are built
     for, and the Boys tables of the top orders ``orders`` the code asks for."""
-    return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#include "fusionrcg/eri_common.cuh"\n'
-            + ''.join(_boys_table_source(m) for m in sorted(set(orders))))
+    return (f'#define FR_LEVEL_OPS {LEVEL_OPS_PER_LANE}\n#define FR_LEVEL_ROW_BITS {LEVEL_ROW_BITS}\n'
+            '#include "fusionrcg/eri_common.cuh"\n' + ''.join(_boys_table_source(m) for m in sorted(set(orders))))
 
 
 @lru_cache(maxsize=None)

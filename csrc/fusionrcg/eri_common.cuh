@@ -125,28 +125,36 @@ FR_INLINE void run_ops(const unsigned* __restrict__ code, int nwords, volatile d
 }
 
 // Levels form.  A level's ops are independent; op i = lane + 32 k of level L
-// (k < FR_LEVEL_OPS) has its word j at code[base + (k * words + j) * 32 +
-// lane], with base = levels[2L] and levels[2L+1] = ops | words << 8.  No load
-// of a level depends on another, a warp's load of one word is one coalesced
-// line, and a lane without an op reads a zero header (no real op has one).
-// A level holds only the op rows it has (ceil(ops / 32)) of its own width
-// (codegen.level_records), and a lane loads only those: the conditions are
-// the same for the whole warp, and a skipped word is zero, never used (an op
-// reads words up to its term count, within the width).
-// FR_LEVEL_OPS (ops per lane and level) comes from codegen.LEVEL_OPS_PER_LANE.
+// (k < FR_LEVEL_OPS) is in op row k, whose width w_k (its longest op's words,
+// 0 for a row without ops) is field k of the level's shape word,
+// levels[2L+1] = ops | w_k << (8 + FR_LEVEL_ROW_BITS k), and the op's word j
+// is at code[levels[2L] + (w_0 + .. + w_{k-1} + j) * 32 + lane]
+// (codegen.level_records, which puts the longest ops of a level first).  No
+// load of a level depends on another, a warp's load of one word is one
+// coalesced line, a lane without an op reads a zero header (no real op has
+// one), and a lane loads only its rows' words: the bounds are the same for the
+// whole warp, and a word not loaded is zero, never used (an op reads its
+// words up to its term count, within its row's width).
+// FR_LEVEL_OPS (ops per lane and level) and FR_LEVEL_ROW_BITS come from
+// codegen.LEVEL_OPS_PER_LANE and LEVEL_ROW_BITS.
 #ifndef FR_LEVEL_OPS
 #define FR_LEVEL_OPS 2
+#endif
+#ifndef FR_LEVEL_ROW_BITS
+#define FR_LEVEL_ROW_BITS 5
 #endif
 
 template <int W>
 FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int shape, int lane,
                               unsigned (&r)[FR_LEVEL_OPS][W]) {
-  const unsigned* mine = code + base + lane;
-  const int words = shape >> 8, ops = shape & 0xFF;
+  const unsigned* row = code + base + lane;
 #pragma unroll
-  for (int k = 0; k < FR_LEVEL_OPS; ++k)
+  for (int k = 0; k < FR_LEVEL_OPS; ++k) {
+    const int words = (shape >> (8 + FR_LEVEL_ROW_BITS * k)) & ((1 << FR_LEVEL_ROW_BITS) - 1);
 #pragma unroll
-    for (int j = 0; j < W; ++j) r[k][j] = (32 * k < ops && j < words) ? mine[(k * words + j) * 32] : 0u;
+    for (int j = 0; j < W; ++j) r[k][j] = j < words ? row[j * 32] : 0u;
+    row += words * 32;
+  }
 }
 
 // The value an op of a level computes (its terms, or an output's source).

@@ -661,11 +661,13 @@ def test_level_traffic_matches_a_lane_by_lane_decode():
     for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
         rows, fetched = [], 0
         for base, shape in levels.reshape(-1, 2).tolist():
-            count, width = shape & 0xFF, shape >> 8
+            count, row = shape & 0xFF, base
             for k in range(codegen.LEVEL_OPS_PER_LANE):
-                fetched += width if 32 * k < count else 0      # fr_fetch_level's loads
-                ops = [[int(rec[base + (k * width + j) * 32 + ln]) for j in range(width)]
+                width = shape >> (8 + codegen.LEVEL_ROW_BITS * k) & ((1 << codegen.LEVEL_ROW_BITS) - 1)
+                fetched += width                                # fr_fetch_level's loads
+                ops = [[int(rec[row + j * 32 + ln]) for j in range(width)]
                        if 32 * k + ln < count else [0] for ln in range(32)]
+                row += 32 * width
                 # one row of 32 lanes per load or store instruction
                 access = {}
                 for ln, op in enumerate(ops):
@@ -694,16 +696,25 @@ def test_level_traffic_matches_a_lane_by_lane_decode():
 
 @pytest.mark.parametrize('ls', [(2, 1, 2, 1), (3, 2, 3, 1), (2, 2, 2, 2)])
 def test_level_records_hold_only_the_rows_fr_fetch_level_loads(ls):
-    """A level's records are its op rows (ceil(ops / 32)) of its width, and
-    every word fr_fetch_level loads lies inside the records: there is no
-    padding after the last level to read past."""
+    """Each op row of a level is as wide as its longest op (a level's ops
+    longest first, so the second row holds the shorter ones), the records are
+    those rows and nothing more, and every word fr_fetch_level loads lies
+    inside them."""
     prog = host.get_program(*ls)
     t = codegen.table(prog, codegen.make_variant(prog, 'warp'))
+    narrower = 0
     for rec, levels in ((t.prim, t.prim_levels), (t.ctr, t.ctr_levels)):
-        base, shape = levels.reshape(-1, 2).T.astype(np.int64)
-        count, width = shape & 0xFF, shape >> 8
-        size = -(-count // 32) * width * 32
+        base, count, width = codegen.level_rows(levels)
+        size = 32 * width.sum(axis=1)
         assert np.array_equal(base, np.cumsum(size) - size) and len(rec) == size.sum()
-        last = max(b + ((-(-c // 32) - 1) * w + w - 1) * 32 + 31 for b, c, w in zip(base, count, width))
-        assert last == len(rec) - 1
-        assert (width >= 1).all() and (count >= 1).all()
+        row_start = np.cumsum(width, axis=1) - width
+        for L in range(len(base)):
+            for k in range(codegen.LEVEL_OPS_PER_LANE):
+                lanes = range(max(0, min(32, count[L] - 32 * k)))
+                heads = [int(rec[base[L] + row_start[L, k] * 32 + ln]) for ln in lanes]
+                words = [2 if h & 3 == 2 else 1 + (h >> 2 & 15) for h in heads]
+                assert width[L, k] == max(words, default=0)
+            assert (np.diff(width[L]) <= 0).all()
+        narrower += int((width[:, 1] < width[:, 0]).sum())
+        assert (count >= 1).all() and (width[:, 0] >= 1).all()
+    assert narrower > 0
