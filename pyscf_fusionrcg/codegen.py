@@ -1011,11 +1011,11 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('          const double qx = (ci * rc[0] + di * rd[0]) * ieta;')
     add('          const double qy = (ci * rc[1] + di * rd[1]) * ieta;')
     add('          const double qz = (ci * rc[2] + di * rd[2]) * ieta;')
-    add('          const double ize = 1.0 / (zeta + eta);')
+    add('          const double rze = fr_rsqrt(zeta + eta), ize = rze * rze;')
     add('          const double rho = zeta * eta * ize;')
     add('          const double pqx = px - qx, pqy = py - qy, pqz = pz - qz;')
     add('          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);')
-    add('          const double pref = kTwoPi52 * izeta * ieta * sqrt(ize) * kab * exp(-kcd_arg);')
+    add('          const double pref = kTwoPi52 * izeta * ieta * rze * kab * exp(-kcd_arg);')
     add(f'          double boys[{mmax + 1}];')
     add(f'          boys_operator<{variant.omega_kind}, {mmax}>(T, rho, omega, boys);')
     # the table form carries the constant in the op stream

@@ -103,12 +103,23 @@ static const double kInvOdd[] = {FR_INV_ODD_VALUES};
 // the series reads kInvOdd[mmax + 1 + k] for mmax < 32, k < FR_BOYS_MAX_TERMS
 static_assert(sizeof(kInvOdd) / sizeof(double) >= 32 + FR_BOYS_MAX_TERMS, "kInvOdd is too short");
 
+// 1 / sqrt(x) for x > 0.  On the GPU one reciprocal square root (a MUFU
+// approximation and Newton steps) where sqrt and a division would be two such
+// sequences, each with its own slow-path check; within 1 ulp (CUDA's rsqrt).
+FR_HD inline double fr_rsqrt(double x) {
+#if defined(__CUDA_ARCH__)
+  return rsqrt(x);
+#else
+  return 1.0 / sqrt(x);
+#endif
+}
+
 // The erf branch: F_0 = sqrt(pi/T)/2 erf(sqrt T), then upward (e = exp(-T)).
 FR_HD inline void boys_upward(int mmax, double T, double e, double* F) {
-  const double st = sqrt(T);
-  const double inv_2t = 0.5 / T;
+  const double r = fr_rsqrt(T);
+  const double inv_2t = 0.5 * r * r;
   // 0.5 * sqrt(pi) = 0.886226925452758...
-  double f = 0.88622692545275801365 * erf(st) / st;
+  double f = 0.88622692545275801365 * erf(T * r) * r;
   F[0] = f;
   for (int m = 0; m < mmax; ++m) {
     f = ((2.0 * m + 1.0) * f - e) * inv_2t;
