@@ -150,6 +150,40 @@ def test_boys_reciprocal_table_is_correctly_rounded():
     assert all(v == 1.0 / (2 * j + 1) for j, v in enumerate(values))
 
 
+_BOYS_KERNEL = r'''
+#include "fusionrcg/boys.cuh"
+extern "C" __global__ void boys_many(int mmax, const double* t, int n, double* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) fusionrcg::boys(mmax, t[i], out + (long)i * (mmax + 1));
+}
+'''
+
+
+@pytest.mark.gpu
+def test_boys_on_the_gpu_matches_boys_py_and_mpmath():
+    """boys.cuh as the GPU runs it (its rsqrt, exp and erf, not the host's)."""
+    import cupy
+    from gpucore import compile_source
+    try:
+        import mpmath
+        mpmath.mp.dps = 40
+    except ImportError:
+        mpmath = None
+    from pyscf_fusionrcg.boys import boys
+    kernel = compile_source(_BOYS_KERNEL, name='boys_many').get_kernel('boys_many')
+    t = np.concatenate([[0.0, 1e-14, 1e-8, 1e-3], np.linspace(0.01, 60, 1201), [75.0, 100.0, 1e3, 1e5, 1e8]])
+    for mmax in (0, 1, 4, 8, 16, 24, 28):
+        out = cupy.empty((len(t), mmax + 1))
+        kernel((-(-len(t) // 128),), (128,), (np.int32(mmax), cupy.asarray(t), np.int32(len(t)), out))
+        got = out.get()
+        ref = boys(mmax, t).T
+        assert np.all(np.abs(got - ref) <= 5e-14 * np.abs(ref) + 1e-300), mmax
+        for i in np.flatnonzero(np.isin(t, t[[5, 300, 650, 1100, 1204]])) if mpmath else ():
+            for m in range(mmax + 1):
+                exact = float(mpmath.gammainc(m + 0.5, 0, t[i]) / (2 * mpmath.mpf(t[i]) ** (m + 0.5)))
+                assert abs(got[i, m] - exact) <= 5e-15 * exact, (mmax, t[i], m)
+
+
 @needs_gxx
 def test_device_boys_matches_boys_py():
     from pyscf_fusionrcg.boys import boys
