@@ -1011,7 +1011,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('          const double qx = (ci * rc[0] + di * rd[0]) * ieta;')
     add('          const double qy = (ci * rc[1] + di * rd[1]) * ieta;')
     add('          const double qz = (ci * rc[2] + di * rd[2]) * ieta;')
-    add('          const double rze = fr_rsqrt(zeta + eta), ize = rze * rze;')
+    add('          const double rze = fr_rsqrt(zeta + eta), ize = fr_recip_from_rsqrt(zeta + eta, rze);')
     add('          const double rho = zeta * eta * ize;')
     add('          const double pqx = px - qx, pqy = py - qy, pqz = pz - qz;')
     add('          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);')

@@ -114,10 +114,19 @@ FR_HD inline double fr_rsqrt(double x) {
 #endif
 }
 
+// 1 / x from r = fr_rsqrt(x): r * r and one Newton step (two FMAs), within
+// about half an ulp where r * r alone is 1-2 ulp off: recursions multiply by
+// it once a step (the upward Boys recursion, the VRR), so its error would grow
+// with the order.
+FR_HD inline double fr_recip_from_rsqrt(double x, double r) {
+  const double q = r * r;
+  return fma(q, fma(-x, q, 1.0), q);
+}
+
 // The erf branch: F_0 = sqrt(pi/T)/2 erf(sqrt T), then upward (e = exp(-T)).
 FR_HD inline void boys_upward(int mmax, double T, double e, double* F) {
   const double r = fr_rsqrt(T);
-  const double inv_2t = 0.5 * r * r;
+  const double inv_2t = 0.5 * fr_recip_from_rsqrt(T, r);
   // 0.5 * sqrt(pi) = 0.886226925452758...
   double f = 0.88622692545275801365 * erf(T * r) * r;
   F[0] = f;
