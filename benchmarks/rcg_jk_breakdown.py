@@ -110,7 +110,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     records.append(dict(part='rest (host work between launches)', ms=rest, share=rest / total))
     for scale, change, ref_ms, ref_change in changes:
         dch = change.reshape(dms.shape)
-        share = schwarz_candidates(q_cond, float(abs(change).max()), tol) / plan.quartets
+        share = schwarz_candidates(plan.pair_bounds, float(abs(change).max()), tol) / plan.quartets
         ways = {'filtered plan': lambda: plan.restricted(shell_density_max(mol, dch)),
                 'screened anew': lambda: iter_tasks(mol, dch, 0.0, tol, q_cond, xp=cupy)}
         for way, tasks in ways.items():

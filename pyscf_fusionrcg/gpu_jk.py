@@ -48,7 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .screening import TaskStream, iter_tasks, kept_quartets, schwarz_bounds
+from .screening import TaskStream, iter_tasks, kept_quartets, schwarz_bounds, sorted_pair_bounds
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
@@ -227,7 +227,7 @@ class JKPlan:
     def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None, max_bytes=None):
         cp = launch._cupy()
         self.omega, self.tier, self.bound = float(omega), tier, bound
-        self.tol = self.q32 = None      # the screening of a plan made by screen()
+        self.tol = self.q32 = self.pair_bounds = None    # the screening of a plan made by screen()
         self.nao = mol.nao
         self.basis = launch.DeviceBasis(mol)
         self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
@@ -255,6 +255,7 @@ class JKPlan:
                            density_bound=density_max)
         plan = cls(mol, tasks, omega, tier, float(density_max), max_bytes)
         plan.tol, plan.q32 = float(direct_scf_tol), cupy.asarray(np.asarray(q_cond, dtype=np.float32))
+        plan.pair_bounds = sorted_pair_bounds(q_cond)   # for the candidate counts of density changes
         return plan
 
     def _ordered(self, t):

@@ -155,7 +155,7 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=Tr
         if plan.covers(dmax):
             return plan
         if dmax < plan.bound:
-            if schwarz_candidates(q_cond, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets:
+            if schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets:
                 return None
             return plan.restricted(shell_density_max(mol, dms), with_j, with_k)
     plans.pop("plan", None)     # free the old plan's arrays before screening again

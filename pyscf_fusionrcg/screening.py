@@ -316,11 +316,19 @@ def kept_quartets(quartets, q32, d32, tol, with_j=True, with_k=True, xp=np):
     return _passes(dm, q32[a, b], q32[c, d], tol)
 
 
-def schwarz_candidates(q_cond, density_max, tol) -> int:
-    """How many unique shell quartets pass ``q_ij q_kl density_max >= tol``:
-    what screening a density of that largest element has to look at."""
+def sorted_pair_bounds(q_cond) -> np.ndarray:
+    """The Schwarz bounds of the unique shell pairs, ascending: what
+    :func:`schwarz_candidates` counts from, the same for every density of a
+    geometry (a plan keeps them)."""
     q = to_host(q_cond)
-    q = np.sort(q[np.tril_indices(len(q))])
+    return np.sort(q[np.tril_indices(len(q))])
+
+
+def schwarz_candidates(pair_bounds, density_max, tol) -> int:
+    """How many unique shell quartets pass ``q_ij q_kl density_max >= tol``,
+    from the :func:`sorted_pair_bounds` ``pair_bounds``: what screening a
+    density of that largest element has to look at."""
+    q = pair_bounds
     if density_max <= 0 or not len(q):
         return 0
     with np.errstate(divide="ignore"):

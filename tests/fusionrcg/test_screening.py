@@ -5,7 +5,7 @@ from pyscf import gto
 
 from pyscf_fusionrcg.jk import LibcintBlocks, get_jk
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, kept_quartets, schwarz_bounds,
-                                       schwarz_candidates, shell_density_max)
+                                       schwarz_candidates, shell_density_max, sorted_pair_bounds)
 
 WATER = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
 
@@ -196,5 +196,5 @@ def test_schwarz_candidates_count_the_quartets_of_a_density_bound(two_waters, to
     q = schwarz_bounds(two_waters)
     kept = sum(len(t) for t in build_tasks(two_waters, None, direct_scf_tol=tol, q_cond=q,
                                            density_bound=density_max))
-    assert schwarz_candidates(q, density_max, tol) == kept > 0
-    assert schwarz_candidates(q, 0.0, tol) == 0
+    assert schwarz_candidates(sorted_pair_bounds(q), density_max, tol) == kept > 0
+    assert schwarz_candidates(sorted_pair_bounds(q), 0.0, tol) == 0
