@@ -128,8 +128,9 @@ _SYM_SLOTS = len(ir.Sym)
 PAIR_SLOTS = 128
 # Op stream words (uint32).  Header: kind | nterms << 2 | dst << 6; a term:
 # src | pair slot << 17; an output: kind | g << 2 | element << 6, then the
-# source slot.  A stage's pairs: coef index | symbol slot << 16.
-_SET, _ADD, _OUT = 0, 1, 2
+# source slot.  A stage's pairs: coef index | symbol slot << 16.  _ACC_OUT
+# (levels form, pairmap): accumulator dst of the kernel's out, not a slot.
+_SET, _ADD, _OUT, _ACC_OUT = 0, 1, 2, 3
 _SRC_BITS, _COEF_BITS = 17, 16
 
 
@@ -299,8 +300,11 @@ def _distinct(ids: np.ndarray) -> np.ndarray:
     return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
 
 
-def _assign(seq: Sequence, first: int = 0, level=None):
+def _assign(seq: Sequence, first: int = 0, level=None, acc_slots=True):
     """Linear-scan slots of the operands of a sequence; see :func:`assign_slots`.
+
+    ``acc_slots=False``: the accumulators take no slot (the ``+=`` targets of
+    the pairmap primitive stage are the kernel's ``out``, see encode_table).
 
     ``level`` (one per statement, non-decreasing; default: the statement
     index) groups statements that run side by side: a slot freed by a read in
@@ -315,7 +319,7 @@ def _assign(seq: Sequence, first: int = 0, level=None):
     inplace = level is None
     level = np.arange(n) if inplace else np.asarray(level, dtype=np.int64)
     term_op = np.repeat(np.arange(n), np.diff(seq.ptr))
-    acc_ops = np.nonzero(seq.kind == _ACC)[0]
+    acc_ops = np.nonzero(seq.kind == _ACC)[0] if acc_slots else np.zeros(0, np.int64)
     r_op = np.concatenate([term_op, acc_ops])           # reads: terms, and += targets
     r_id = np.concatenate([seq.src, seq.dst[acc_ops]])
     n_ids = int(max(seq.dst.max(initial=0), r_id.max(initial=0))) + 1
@@ -449,7 +453,7 @@ class Table:
     ctr: np.ndarray         # uint32 words, contracted stage (all tuples)
     coef: np.ndarray        # float64 distinct coefficients
     n_slots: int            # slots per thread (per warp for levels), reserved ones included
-    n_acc: int              # accumulator slots (zeroed by the kernel)
+    n_acc: int              # accumulators (slots zeroed by the kernel, or in out: pairmap)
     prim_pairs: np.ndarray = None   # uint32 coef index | symbol slot << 16, per pair slot
     ctr_pairs: np.ndarray = None
     prim_levels: np.ndarray = None  # levels form: int32 (base, shape) of each level
@@ -516,12 +520,23 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     """Encode the flat sequence (slots as the straight form, shifted past the
     reserved slots) as the op stream the table form interprets; for the levels
     form, in level order with level-granular slots, plus the op and level
-    offsets."""
+    offsets.
+
+    A pairmap variant's stream is the primitive stage alone, its accumulates
+    ``_ACC_OUT`` ops into the kernel's ``out`` (the quartet's accumulators,
+    which the products read): its slots are the primitive temporaries only,
+    where the accumulators took most of them (4600 of 5536 for (gf|fd)) and
+    held the warps an SM can fit to 1-7 for the largest classes."""
     G = variant.group
     base = _reserved(program, G)
+    acc_out = variant.ctr == 'pairmap'
     if variant.form == 'levels':
         seq, level, n_body = level_sequence(program, G)
-        slots, n_slots = _assign(seq, first=base, level=level)
+        if acc_out:     # no zeroing, no contracted stage
+            n_zero = int((seq.kind == _ZERO).sum())
+            body = np.arange(n_zero, seq.end_body + 1)
+            seq, level = _permuted(seq, body, len(body) - 1), level[body]
+        slots, n_slots = _assign(seq, first=base, level=level, acc_slots=not acc_out)
     else:
         seq = sequence(program, G)
         slots, n_slots = _assign(seq, first=base)
@@ -556,7 +571,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         words[start] = np.select(
             [k == _OUTPUT, k == _ACC],
             [_OUT | g << 2 | flat_to_block[np.where(k == _OUTPUT, seq.arg[lo:hi], 0)] << 6,
-             _ADD | 1 << 2 | dslot << 6],
+             (_ACC_OUT | 1 << 2 | seq.dst[lo:hi] << 6) if acc_out else (_ADD | 1 << 2 | dslot << 6)],
             _SET | np.where(k == _BOYS, 1, nt) << 2 | dslot << 6)
         # term words: (position, source slot, coefficient index, symbol slot);
         # the second words of Boys and Accumulate statements are terms too
@@ -590,7 +605,8 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         raise AssertionError(f'{program.name}: an op is longer than level_op_words')
     prim_rec, prim_levels = level_records(*prim[:3], level[n_zero:seq.end_body + 1] - 1)
     ctr_rec, ctr_levels = level_records(*ctr[:3], level[seq.end_body + 1:] - 1 - n_body)
-    return Table(prim_rec, ctr_rec, coef_values, n_slots, n_zero, prim[3], ctr[3], prim_levels, ctr_levels)
+    n_acc = program.n_acc if acc_out else n_zero
+    return Table(prim_rec, ctr_rec, coef_values, n_slots, n_acc, prim[3], ctr[3], prim_levels, ctr_levels)
 
 
 def level_records(words, start, nw, level):
@@ -651,7 +667,8 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
     pair-product loads and its result stores, each access counted per half
     warp as its most loaded bank (distinct slots equal modulo
     ``SHARED_BANKS_64``); and ``conflict_free``, the same accesses without
-    conflicts.  A static count from the tables, for the primitive stage once
+    conflicts (a pairmap variant's accumulators are in global memory, not
+    counted).  A static count from the tables, for the primitive stage once
     (it runs once per primitive quartet) and the contracted stage once."""
     if variant.form != 'levels':
         raise ValueError(f'level_traffic needs the levels form, not {variant.form!r}')
@@ -678,7 +695,7 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
         # accesses (level, op row k, access) x 32 lanes, -1 where a lane has none
         accesses = [np.where(term, src, -1), np.where(term, pair, -1),
                     np.where(output, w[:, :, 1:2, :], -1),
-                    np.where(is_op & ~output, dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
+                    np.where(is_op & (kind < _OUT), dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
         lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
         out[stage] = dict(levels=n_lev, record_rows=int(width.sum()),
                           **_bank_wavefronts(lanes))
@@ -692,6 +709,8 @@ def _bank_wavefronts(lanes: np.ndarray) -> dict:
     halves = lanes.reshape(-1, 16)
     used = halves >= 0
     rows = np.nonzero(used.any(axis=1))[0]
+    if not len(rows):       # a stage without ops (a pairmap variant's contracted one)
+        return dict(shared_wavefronts=0, conflict_free=0)
     row, col = np.nonzero(used[rows])
     slot = halves[rows][row, col]
     # distinct (half warp, slot), then the count of each (half warp, bank)
@@ -980,8 +999,12 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     n_zero = 0 if tab else int((seq.kind == _ZERO).sum())
     mmax = program.max_m
     boys0 = _SYM_SLOTS + G
+    acc_out = variant.ctr == 'pairmap'     # accumulators in out (encode_table)
     if lev:
-        add(f'  for (int k = lane; k < n_acc; k += FR_LANES) sp[{_reserved(program, G)} + k] = 0.0;')
+        if acc_out:
+            add('  bool acc_add = false;  // until a primitive quartet has set the accumulators')
+        else:
+            add(f'  for (int k = lane; k < n_acc; k += FR_LANES) sp[{_reserved(program, G)} + k] = 0.0;')
         add('  if (lane == 0) sp[0] = 1.0;')
     elif tab:
         add(f'  for (int k = 0; k < n_acc; ++k) sp[({_reserved(program, G)} + k) * {stride}] = 0.0;')
@@ -1060,7 +1083,9 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add(f'{ind}fr_syncwarp();')
             add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, sp, '
-                'out, ostride, ooff, lane);')
+                f'out, ostride, ooff, lane, {"acc_add" if acc_out else "false"});')
+            if acc_out:
+                add(f'{ind}acc_add = true;')
         else:
             add(f'{ind}run_ops<{stride}>(prim_code, prim_words, sp, out, ostride, ooff);')
     else:
@@ -1069,10 +1094,10 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add('      }')
     add('    }')
     add('  }')
-    if variant.ctr == 'pairmap':
-        # the accumulators go out; pairmaps.py's products run the contracted stage
-        add('  fr_syncwarp();')
-        add(f'  for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = sp[{_reserved(program, G)} + k];')
+    if acc_out:
+        # the accumulators are in out; pairmaps.py's products run the contracted stage
+        add('  if (!acc_add)  // every primitive quartet was screened out')
+        add('    for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = 0.0;')
         add('}')
         return '\n'.join(L) + '\n'
     # contracted stage
@@ -1091,7 +1116,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         if lev:
             add('  fr_syncwarp();')
             add(f'  run_levels<{level_op_words(program)}>(ctr_code, ctr_levels, n_ctr_levels, sp, out, '
-                'ostride, ooff, lane);')
+                'ostride, ooff, lane, false);')
         else:
             add(f'  run_ops<{stride}>(ctr_code, ctr_words, sp, out, ostride, ooff);')
     if any(s in syms for s in ir.AB) and not tab:

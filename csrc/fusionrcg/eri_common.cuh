@@ -68,6 +68,10 @@ inline void fr_syncwarp() {}
 // thread is sp[k * SS]; slot 0 holds 1.0.  ooff[g]: block offset of the g-th
 // contraction tuple.
 FR_INLINE bool fr_is_output(unsigned h) { return (h & 3u) == 2u; }
+// Kind 3 (the levels form of a pairmap variant): accumulator h >> 6 of the
+// quartet is out[(h >> 6) * ostride], not a slot; the first primitive quartet
+// that runs sets it, the later ones add to it.
+FR_INLINE bool fr_is_acc_out(unsigned h) { return (h & 3u) == 3u; }
 
 // A stage's products coefficient x symbol, one slot each from slot first:
 // pairs[i] = coef index | symbol slot << 16.  Lanes lane, lane + step, ...
@@ -88,12 +92,17 @@ FR_INLINE double fr_term(unsigned w, volatile double* sp) {
 }
 
 // Finish an op whose terms summed to v: store it (or add it, kind 1) to its
-// destination slot, or write the output element (kind 2, v the source value).
+// destination slot, or write the output element (kind 2, v the source value)
+// or the accumulator (kind 3, v its new value).
 template <int SS>
 FR_INLINE void fr_store(unsigned h, double v, volatile double* sp, double* __restrict__ out, long ostride,
                         const long* ooff) {
   if (fr_is_output(h)) {
     out[(ooff[(h >> 2) & 15u] + (long)(h >> 6)) * ostride] = v;
+    return;
+  }
+  if (fr_is_acc_out(h)) {
+    out[(long)(h >> 6) * ostride] = v;
     return;
   }
   const unsigned dst = h >> 6;
@@ -157,14 +166,17 @@ FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int s
   }
 }
 
-// The value an op of a level computes (its terms, or an output's source).
+// The value an op of a level computes (its terms, or an output's source; an
+// accumulator's terms plus, where acc_add, its value so far, read with the
+// level's other operands).
 template <int W>
-FR_INLINE double fr_level_value(const unsigned (&r)[W], volatile double* sp) {
+FR_INLINE double fr_level_value(const unsigned (&r)[W], volatile double* sp, const double* out, long ostride,
+                                bool acc_add) {
   const unsigned h = r[0];
   if (h == 0u) return 0.0;
   if (fr_is_output(h)) return sp[r[1]];
   const int nt = (h >> 2) & 15u;
-  double v = 0.0;
+  double v = fr_is_acc_out(h) && acc_add ? out[(long)(h >> 6) * ostride] : 0.0;
 #pragma unroll
   for (int t = 1; t < W; ++t)
     if (t <= nt) v += fr_term<1>(r[t], sp);
@@ -174,11 +186,12 @@ FR_INLINE double fr_level_value(const unsigned (&r)[W], volatile double* sp) {
 // Run the levels of a stage.  On the GPU each lane fetches the next level's
 // ops while it computes this one, and reads all operands of its ops before it
 // writes any result.  The host runs each level backwards, so that a
-// dependency inside a level would show in the CPU tests.
+// dependency inside a level would show in the CPU tests.  acc_add: the
+// kind-3 accumulators in out already hold an earlier primitive quartet's sum.
 template <int W>
 FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
                           volatile double* sp, double* __restrict__ out, long ostride, const long* ooff,
-                          int lane) {
+                          int lane, bool acc_add) {
 #if FR_LANES == 32
   unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
   if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
@@ -189,7 +202,7 @@ FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restri
     shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
     double v[FR_LEVEL_OPS];
 #pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], sp);
+    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], sp, out, ostride, acc_add);
 #pragma unroll
     for (int k = 0; k < FR_LEVEL_OPS; ++k)
       if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
@@ -206,7 +219,7 @@ FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restri
       for (int ln = 31; ln >= 0; --ln) {
         unsigned r[FR_LEVEL_OPS][W];
         fr_fetch_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, r);
-        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], sp), sp, out, ostride, ooff);
+        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], sp, out, ostride, acc_add), sp, out, ostride, ooff);
       }
 #endif
 }

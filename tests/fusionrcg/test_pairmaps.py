@@ -90,37 +90,56 @@ def test_a_program_without_its_graph_is_refused():
         pairmaps.side_map(bare, 'bra')
 
 
-@needs_gxx
-@pytest.mark.parametrize('ls,cart,tier,omega', [((2, 2, 2, 0), False, 'warp', 0.0),
-                                                ((4, 2, 2, 2), True, 'global', 0.3),
-                                                ((4, 0, 2, 2), False, 'warp', -0.3)])
-def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
-    """The levels kernel writing accumulators, then the products, as
-    launch.class_blocks runs them, against libcint."""
-    mol = synth.mol(cart)
-    prog = host.get_program(*ls, cart=cart)
-    var = codegen.make_variant(prog, tier, omega, (1, 1, 1, 1), 'levels', ctr='pairmap')
+def _pairmap_kernel(prog, var, tmp, lanes=False):
+    """The levels kernel of a pairmap variant built under the emulation (with
+    ``lanes``, its 32 lanes as host threads), as a function (q, shl, env,
+    omega) -> accumulators, [quartet][accumulator], written over NaN."""
     src, name = codegen.kernel_source(prog, var)
     assert name.endswith('_pm')
     targs, tpass = codegen._stream_signature('levels')
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
-             f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns{tpass}); }}\n')
+             f'{{ fr_launch{"_warps" if lanes else ""}({name}, grid, block, q, nq, shl, env, omega, out, scratch, '
+             f'ns{tpass}); }}\n')
+    lib = emulated([src, entry], tmp, warp_lanes=lanes)
+
+    def run(q, shl, env, omega):
+        block, grid = codegen.block_size(prog, var), 2
+        scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
+        acc = np.full(len(q) * prog.n_acc, np.nan)
+        P, I = ctypes.c_void_p, ctypes.c_int
+        lib.run(I(grid), I(block), P(q.ctypes.data), I(len(q)), P(shl.ctypes.data), P(env.ctypes.data),
+                ctypes.c_double(omega), P(acc.ctypes.data), P(scratch.ctypes.data),
+                I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
+        return acc
+    return run
+
+
+def _shells(mol):
+    """(nbas, 4) int32 [nprim, ptr_exp, ptr_coeff, ptr_coord], as launch.DeviceBasis."""
+    bas = mol._bas
+    return np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]], axis=1),
+                                dtype=np.int32)
+
+
+@needs_gxx
+@pytest.mark.parametrize('ls,cart,tier,omega,lanes', [((2, 2, 2, 0), False, 'warp', 0.0, False),
+                                                      ((4, 2, 2, 2), True, 'global', 0.3, False),
+                                                      ((4, 0, 2, 2), False, 'warp', -0.3, False),
+                                                      ((4, 2, 2, 0), False, 'warp', 0.0, True)])
+def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega, lanes):
+    """The levels kernel writing accumulators, then the products, as
+    launch.class_blocks runs them, against libcint; ``lanes``: the 32 lanes
+    of a warp as threads, as on the GPU (an accumulator set by one lane and
+    added to by another in a later level or primitive quartet)."""
+    mol = synth.mol(cart)
+    prog = host.get_program(*ls, cart=cart)
+    var = codegen.make_variant(prog, tier, omega, (1, 1, 1, 1), 'levels', ctr='pairmap')
     with tempfile.TemporaryDirectory() as tmp:
-        lib = emulated([src, entry], pathlib.Path(tmp))
+        kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp), lanes)
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     nq = len(q)
-    bas = mol._bas
-    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]], axis=1),
-                               dtype=np.int32)
-    env = np.ascontiguousarray(mol._env)
-    block, grid = codegen.block_size(prog, var), 2
-    scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
-    acc = np.full(nq * prog.n_acc, np.nan)
-    P, I = ctypes.c_void_p, ctypes.c_int
-    lib.run(I(grid), I(block), P(q.ctypes.data), I(nq), P(shl.ctypes.data), P(env.ctypes.data),
-            ctypes.c_double(omega), P(acc.ctypes.data), P(scratch.ctypes.data),
-            I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
+    acc = kernel(q, _shells(mol), np.ascontiguousarray(mol._env), omega)
     assert not np.isnan(acc).any()
     cen = _centres(mol)
     out = pairmaps.PairProducts(prog)(acc, cen[q[:, 0]] - cen[q[:, 1]], cen[q[:, 2]] - cen[q[:, 3]],
@@ -128,6 +147,52 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
     assert not np.isnan(out).any()
     got = synth.assemble(out.T.reshape((nq,) + prog.shape))
     assert synth.rel_err(got, synth.reference(mol, ls, omega)) < 1e-12
+
+
+def test_a_pairmap_stream_keeps_its_accumulators_in_out():
+    """The pairmap variant's op stream is the primitive stage alone, its
+    accumulates (kind 3) address each accumulator of out once, and its slots
+    are the primitive temporaries: fewer than the accumulators alone for
+    (gf|fd), so that more warps fit an SM."""
+    prog = host.get_program(4, 3, 3, 2)
+    pm, ops = (codegen.table(prog, codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr=c))
+               for c in ('pairmap', 'ops'))
+    assert len(pm.ctr) == 0 and len(pm.ctr_levels) == 0 and pm.n_acc == ops.n_acc == prog.n_acc
+    base, count, width = codegen.level_rows(pm.prim_levels)
+    row_start = np.cumsum(width, axis=1) - width        # words of the rows before
+    heads = np.concatenate([pm.prim[base[L] + 32 * row_start[L, k] + np.arange(32)]
+                            for L in range(len(base)) for k in range(width.shape[1]) if width[L, k]])
+    heads = heads[heads != 0].astype(np.int64)
+    acc = heads[(heads & 3) == codegen._ACC_OUT] >> 6
+    assert np.array_equal(np.sort(acc), np.arange(prog.n_acc))
+    assert not ((heads & 3) == codegen._ADD).any()
+    assert pm.n_slots < prog.n_acc < ops.n_slots
+    assert codegen.warp_block(prog, codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels',
+                                                         ctr='pairmap')) == 32 * codegen.WARP_BLOCK_WARPS
+
+
+@needs_gxx
+def test_a_quartet_whose_primitives_are_all_screened_gets_zero_accumulators(synth):
+    """Where no primitive quartet runs (the shells of the bra 100 bohr apart,
+    every primitive pair past FR_EXP_CUTOFF), nothing sets the accumulators
+    in out: the kernel writes them zero; the other quartets are as before."""
+    ls = (4, 0, 2, 2)
+    mol = synth.mol(False)
+    prog = host.get_program(*ls)
+    var = codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr='pairmap')
+    with tempfile.TemporaryDirectory() as tmp:
+        kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp))
+    q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
+    shl, env = _shells(mol), np.ascontiguousarray(mol._env)
+    near = kernel(q, shl, env, 0.0).reshape(len(q), -1)
+    far_shell = q[0, 0]                 # the first g shell; its atom is its own
+    moved = env.copy()
+    moved[shl[far_shell, 3]:shl[far_shell, 3] + 3] += 100.0
+    far = kernel(q, shl, moved, 0.0).reshape(len(q), -1)
+    screened = q[:, 0] == far_shell
+    assert screened.any() and (~screened).any() and np.abs(near[screened]).max() > 0
+    assert np.array_equal(far[screened], np.zeros_like(far[screened]))
+    assert np.array_equal(far[~screened], near[~screened])
 
 
 # Classes for the side passes: both pair-build centres, Cartesian and
