@@ -24,7 +24,8 @@ Where the temporaries live is the *tier*:
 * ``global``: global scratch.  In the levels form (the default) a warp runs
   one work item as in the warp tier, its slots at
   ``scratch[(blockIdx.x*warps + warp)*n_slots + k]``: for the classes too
-  large for a block's shared memory ((hh|hh) and the like).  In the straight
+  large for a block's shared memory (beyond (gg|gg), unless the pairmap
+  stage keeps the accumulators out of the slots).  In the straight
   and table forms (one thread per item) a slab per block laid out
   ``[slot][thread]``, slot ``k`` at
   ``scratch[(blockIdx.x*n_slots + k)*block + threadIdx.x]``: a warp's

@@ -16,9 +16,11 @@ Static choice (:func:`choose_tier`) from the size of the program:
   NVRTC takes 1-20 s per class there, once (the cubins are cached on disk);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
   (the levels form), fit a block: about 29 000 doubles, every class up to
-  (gg|gg) (there it was 4-20x faster than the global tier);
+  (gg|gg) (there it was 4-20x faster than the global tier), and since the
+  pairmap stage's accumulators are not slots, every class up to (hh|hh)
+  ((hh|hh): 5131 slots, 68 132 with them);
 * ``global`` otherwise: the levels form again, one warp per quartet, its
-  slots in global scratch (classes beyond (gg|gg), e.g. (hh|hh)).
+  slots in global scratch (classes of i functions, l = 6, and beyond).
 
 The ``shared`` tier (one thread per quartet, its slots in shared memory, a
 block of at most 128 threads) is slower than the warp tier wherever both
