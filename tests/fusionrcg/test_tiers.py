@@ -23,7 +23,7 @@ def test_static_choice_follows_program_size(monkeypatch):
     assert tiers.choose_tier(host.get_program(0, 0, 0, 0)) == 'register'
     assert tiers.choose_tier(host.get_program(2, 1, 2, 1)) == 'register'    # 2134 statements
     assert tiers.choose_tier(host.get_program(2, 2, 2, 2)) == 'warp'        # 11420 statements
-    assert tiers.choose_tier(host.get_program(4, 4, 4, 4)) == 'warp'        # 2377 slots per warp (23402 with the accumulators)
+    assert tiers.choose_tier(host.get_program(4, 4, 4, 4)) == 'warp'        # 2377 slots a warp (23402 with its acc.)
     prog = host.get_program(1, 0, 0, 0)
     for size, tier in ((tiers.REG_STATEMENTS_MAX, 'register'), (tiers.REG_STATEMENTS_MAX + 1, 'warp')):
         monkeypatch.setattr(tiers, 'n_statements', lambda p, v=size: v)
