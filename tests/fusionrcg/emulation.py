@@ -175,11 +175,11 @@ void fr_launch_blocks(F f, int grid, int block, A... a) {
 
 def emulated(src_and_entries, tmp, warp_lanes=False):
     """Build sources under the emulation; ``warp_lanes``: the levels form's
-    lanes are real (FR_WARPEMULATION), to be run by fr_launch_warps."""
+    lanes are real (FR_WARP_EMULATION), to be run by fr_launch_warps."""
     return emulated_many([src_and_entries], tmp, warp_lanes)[0]
 
 
 def emulated_many(libraries, tmp, warp_lanes=False):
     """:func:`emulated` for several libraries (lists of sources), built at once."""
-    head = ('#define FR_WARPEMULATION\n' if warp_lanes else '') + EMULATION
+    head = ('#define FR_WARP_EMULATION\n' if warp_lanes else '') + EMULATION
     return build_many([head + ''.join(srcs) for srcs in libraries], tmp)
