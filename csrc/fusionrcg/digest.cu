@@ -37,22 +37,6 @@
 
 #include "fusionrcg/digest.cuh"
 
-// The six output blocks, in the order of their element ranges: out[X, Y] +=
-// sum over U, W of g * D[U, W], with the quartet's indices 0..3 = p q r s.
-// constexpr: the compiler folds the walk over the blocks into a few
-// multiplies and compares.
-struct FrBlock {
-  int X, Y, U, W;
-  bool exchange;   // D and the output are K's (else J's)
-};
-__constant__ constexpr FrBlock fr_blocks[6] = {
-    {0, 1, 2, 3, false},   // Jh[p,q] from Dj[r,s]
-    {2, 3, 0, 1, false},   // Jh[r,s] from Dj[p,q]
-    {0, 3, 1, 2, true},    // Kh[p,s] from D[q,r]
-    {1, 3, 0, 2, true},    // Kh[q,s] from D[p,r]
-    {0, 2, 1, 3, true},    // Kh[p,r] from D[q,s]
-    {1, 2, 0, 3, true}};   // Kh[q,r] from D[p,s]
-
 // v[i] of four values: selects where an indexed local array would go to
 // the stack (i is uniform, from fr_blocks)
 template <class T>

@@ -5,6 +5,23 @@
 // output order are digest.cu's (see its header).
 #pragma once
 
+// The six output blocks, in the order of their element ranges: out[X, Y] +=
+// sum over U, W of g * D[U, W], with the quartet's indices 0..3 = p q r s.
+// constexpr: digest.cu's walk over the blocks folds into a few multiplies
+// and compares, and fr_digest_block takes each block's indices as template
+// arguments.
+struct FrBlock {
+  int X, Y, U, W;
+  bool exchange;   // D and the output are K's (else J's)
+};
+__constant__ constexpr FrBlock fr_blocks[6] = {
+    {0, 1, 2, 3, false},   // Jh[p,q] from Dj[r,s]
+    {2, 3, 0, 1, false},   // Jh[r,s] from Dj[p,q]
+    {0, 3, 1, 2, true},    // Kh[p,s] from D[q,r]
+    {1, 3, 0, 2, true},    // Kh[q,s] from D[p,r]
+    {0, 2, 1, 3, true},    // Kh[p,r] from D[q,s]
+    {1, 2, 0, 3, true}};   // Kh[q,r] from D[p,s]
+
 // Warp-aggregated atomics: the lanes of a full warp add their values to
 // addresses that come in runs of consecutive lanes (quartets sorted by
 // shells), one atomicAdd per run, of the run's segmented sum.  The runs of one
@@ -199,30 +216,31 @@ __device__ __forceinline__ void fr_quartet_block(const double* v, const int* ao,
   fr_block_chunks<DI, DJ, DK, DL, X, Y, U, W, 0>(v, ao, f, dm, out, nao, adds, r, fr_two_runs<X, Y>(r, ao, adds));
 }
 
+// Output blocks B .. E - 1 of fr_blocks, all of J or all of K (the density
+// dm and the output out of one set), B and E at compile time.
+template <int DI, int DJ, int DK, int DL, int B, int E>
+__device__ __forceinline__ void fr_digest_outputs(const double* v, const int* ao, double f, int nao,
+                                                  const double* __restrict__ dm, double* out, bool adds) {
+  constexpr FrBlock b = fr_blocks[B];
+  static_assert(b.exchange == fr_blocks[E - 1].exchange, "blocks B .. E - 1 are all J's or all K's");
+  fr_quartet_block<DI, DJ, DK, DL, b.X, b.Y, b.U, b.W>(v, ao, f, dm, out, nao, adds);
+  if constexpr (B + 1 < E) fr_digest_outputs<DI, DJ, DK, DL, B + 1, E>(v, ao, f, nao, dm, out, adds);
+}
+
 // All six outputs of one quartet's block v (AO offsets ao, degeneracy f) for
-// every density set; s and the set counts are the same for every lane, and
-// lanes without a quartet pass adds = false.
+// every density set (J's blocks are fr_blocks 0 and 1, K's 2 .. 5); s and the
+// set counts are the same for every lane, and lanes without a quartet pass
+// adds = false.
 template <int DI, int DJ, int DK, int DL>
 __device__ __forceinline__ void fr_digest_block(const double* v, const int* ao, double f, int nao,
                                                 const double* __restrict__ dm_j, double* jh, int nset_j,
                                                 const double* __restrict__ dm_k, double* kh, int nset_k,
                                                 bool adds) {
+  static_assert(!fr_blocks[1].exchange && fr_blocks[2].exchange, "J's blocks come before K's");
   const long nn = (long)nao * nao;
   const int nset_max = nset_j > nset_k ? nset_j : nset_k;
   for (int s = 0; s < nset_max; ++s) {
-    if (s < nset_j) {
-      const double* D = dm_j + s * nn;
-      double* J = jh + s * nn;
-      fr_quartet_block<DI, DJ, DK, DL, 0, 1, 2, 3>(v, ao, f, D, J, nao, adds);
-      fr_quartet_block<DI, DJ, DK, DL, 2, 3, 0, 1>(v, ao, f, D, J, nao, adds);
-    }
-    if (s < nset_k) {
-      const double* D = dm_k + s * nn;
-      double* K = kh + s * nn;
-      fr_quartet_block<DI, DJ, DK, DL, 0, 3, 1, 2>(v, ao, f, D, K, nao, adds);
-      fr_quartet_block<DI, DJ, DK, DL, 1, 3, 0, 2>(v, ao, f, D, K, nao, adds);
-      fr_quartet_block<DI, DJ, DK, DL, 0, 2, 1, 3>(v, ao, f, D, K, nao, adds);
-      fr_quartet_block<DI, DJ, DK, DL, 1, 2, 0, 3>(v, ao, f, D, K, nao, adds);
-    }
+    if (s < nset_j) fr_digest_outputs<DI, DJ, DK, DL, 0, 2>(v, ao, f, nao, dm_j + s * nn, jh + s * nn, adds);
+    if (s < nset_k) fr_digest_outputs<DI, DJ, DK, DL, 2, 6>(v, ao, f, nao, dm_k + s * nn, kh + s * nn, adds);
   }
 }
