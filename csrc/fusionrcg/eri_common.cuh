@@ -166,51 +166,82 @@ FR_INLINE void fr_fetch_level(const unsigned* __restrict__ code, int base, int s
   }
 }
 
-// The value an op of a level computes (its terms, or an output's source; an
-// accumulator's terms plus, where acc_add, its value so far, read with the
-// level's other operands).
+// The operands of an op of a level, all read before any is used (a lane
+// issues its loads back to back and waits once, not once a term): every word
+// j >= 1 taken as a term, so that no load sits behind a branch.  A word past
+// the op's terms (or of a lane without an op) is zero and reads slot 0,
+// 1.0, twice: a valid address, its pair value set to zero here, off the
+// chain of multiply-adds.  An output's one term is its source times slot 0.
+// prior: a kind-3 accumulator's value so far where acc_add, else zero.
 template <int W>
-FR_INLINE double fr_level_value(const unsigned (&r)[W], volatile double* sp, const double* out, long ostride,
-                                bool acc_add) {
+struct FrOperands {
+  double pair[W - 1], src[W - 1], prior;
+};
+
+template <int W>
+FR_INLINE void fr_op_operands(const unsigned (&r)[W], volatile double* sp, const double* out, long ostride,
+                              bool acc_add, FrOperands<W>& o) {
   const unsigned h = r[0];
-  if (h == 0u) return 0.0;
-  if (fr_is_output(h)) return sp[r[1]];
-  const int nt = (h >> 2) & 15u;
-  double v = fr_is_acc_out(h) && acc_add ? out[(long)(h >> 6) * ostride] : 0.0;
+  const int n = h == 0u ? 0 : fr_is_output(h) ? 1 : (int)((h >> 2) & 15u);
 #pragma unroll
-  for (int t = 1; t < W; ++t)
-    if (t <= nt) v += fr_term<1>(r[t], sp);
+  for (int t = 1; t < W; ++t) {
+    const double pair = sp[r[t] >> 17];
+    o.pair[t - 1] = t <= n ? pair : 0.0;
+    o.src[t - 1] = sp[r[t] & 0x1FFFFu];
+  }
+  o.prior = fr_is_acc_out(h) && acc_add ? out[(long)(h >> 6) * ostride] : 0.0;
+}
+
+// The value an op computes from its operands: its terms in order, added to
+// the prior value.
+template <int W>
+FR_INLINE double fr_op_value(const FrOperands<W>& o) {
+  double v = o.prior;
+#pragma unroll
+  for (int t = 0; t < W - 1; ++t) v += o.pair[t] * o.src[t];
   return v;
 }
 
+// One level of run_levels on the GPU: fetch level L + 1 (at base, shape) into
+// next while computing level L from cur, then the offsets of level L + 2.
+template <int W>
+FR_INLINE void fr_level_step(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
+                             int L, unsigned (&cur)[FR_LEVEL_OPS][W], unsigned (&next)[FR_LEVEL_OPS][W],
+                             int& base, int& shape, volatile double* sp, double* __restrict__ out, long ostride,
+                             const long* ooff, int lane, bool acc_add) {
+  fr_fetch_level<W>(code, base, shape, lane, next);
+  base = L + 2 < n_levels ? levels[2 * L + 4] : 0;
+  shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
+  FrOperands<W> o[FR_LEVEL_OPS];
+#pragma unroll
+  for (int k = 0; k < FR_LEVEL_OPS; ++k) fr_op_operands<W>(cur[k], sp, out, ostride, acc_add, o[k]);
+  double v[FR_LEVEL_OPS];
+#pragma unroll
+  for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_op_value<W>(o[k]);
+#pragma unroll
+  for (int k = 0; k < FR_LEVEL_OPS; ++k)
+    if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
+  fr_syncwarp();
+}
+
 // Run the levels of a stage.  On the GPU each lane fetches the next level's
-// ops while it computes this one, and reads all operands of its ops before it
-// writes any result.  The host runs each level backwards, so that a
-// dependency inside a level would show in the CPU tests.  acc_add: the
+// ops while it computes this one (two levels a turn, the two word buffers
+// trading roles, so that no buffer is copied), and reads all operands of its
+// ops before it writes any result.  The host runs each level backwards, so
+// that a dependency inside a level would show in the CPU tests.  acc_add: the
 // kind-3 accumulators in out already hold an earlier primitive quartet's sum.
 template <int W>
 FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restrict__ levels, int n_levels,
                           volatile double* sp, double* __restrict__ out, long ostride, const long* ooff,
                           int lane, bool acc_add) {
 #if FR_LANES == 32
-  unsigned cur[FR_LEVEL_OPS][W], next[FR_LEVEL_OPS][W];
-  if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, cur);
+  unsigned a[FR_LEVEL_OPS][W], b[FR_LEVEL_OPS][W];
+  if (n_levels > 0) fr_fetch_level<W>(code, levels[0], levels[1], lane, a);
   int base = n_levels > 1 ? levels[2] : 0, shape = n_levels > 1 ? levels[3] : 0;  // level L + 1
-  for (int L = 0; L < n_levels; ++L) {
-    fr_fetch_level<W>(code, base, shape, lane, next);
-    base = L + 2 < n_levels ? levels[2 * L + 4] : 0;
-    shape = L + 2 < n_levels ? levels[2 * L + 5] : 0;
-    double v[FR_LEVEL_OPS];
-#pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k) v[k] = fr_level_value<W>(cur[k], sp, out, ostride, acc_add);
-#pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k)
-      if (cur[k][0]) fr_store<1>(cur[k][0], v[k], sp, out, ostride, ooff);
-    fr_syncwarp();
-#pragma unroll
-    for (int k = 0; k < FR_LEVEL_OPS; ++k)
-#pragma unroll
-      for (int j = 0; j < W; ++j) cur[k][j] = next[k][j];
+  for (int L = 0; L < n_levels; L += 2) {
+    fr_level_step<W>(code, levels, n_levels, L, a, b, base, shape, sp, out, ostride, ooff, lane, acc_add);
+    if (L + 1 < n_levels)
+      fr_level_step<W>(code, levels, n_levels, L + 1, b, a, base, shape, sp, out, ostride, ooff, lane, acc_add);
   }
 #else
   (void)lane;
@@ -219,7 +250,10 @@ FR_INLINE void run_levels(const unsigned* __restrict__ code, const int* __restri
       for (int ln = 31; ln >= 0; --ln) {
         unsigned r[FR_LEVEL_OPS][W];
         fr_fetch_level<W>(code, levels[2 * L], levels[2 * L + 1], ln, r);
-        if (r[k][0]) fr_store<1>(r[k][0], fr_level_value<W>(r[k], sp, out, ostride, acc_add), sp, out, ostride, ooff);
+        if (!r[k][0]) continue;
+        FrOperands<W> o;
+        fr_op_operands<W>(r[k], sp, out, ostride, acc_add, o);
+        fr_store<1>(r[k][0], fr_op_value<W>(o), sp, out, ostride, ooff);
       }
 #endif
 }
