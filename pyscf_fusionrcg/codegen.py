@@ -665,7 +665,9 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
     ``record_rows``, the 128-byte rows of 32-bit record words it fetches (the
     width of each op row of each level, :func:`level_records`);
     ``shared_wavefronts``, the shared-memory wavefronts of its operand and
-    pair-product loads and its result stores, each access counted per half
+    pair-product loads (every word after the header of every op row, as
+    run_levels loads them: a word past an op's terms, or of a lane without
+    an op, reads slot 0) and its result stores, each access counted per half
     warp as its most loaded bank (distinct slots equal modulo
     ``SHARED_BANKS_64``); and ``conflict_free``, the same accesses without
     conflicts (a pairmap variant's accumulators are in global memory, not
@@ -675,7 +677,6 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
         raise ValueError(f'level_traffic needs the levels form, not {variant.form!r}')
     t = table(program, variant)
     words = level_op_words(program)
-    pair0 = _pair_slot0(program, variant.group)
     out = {}
     for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
         base, count, width = level_rows(levels)
@@ -687,15 +688,10 @@ def level_traffic(program: ir.Program, variant: Variant) -> dict:
         w = np.where(valid_op & (j[None] < width[:, :, None, None]), rec[np.minimum(at, len(rec) - 1)], 0)
         w = w.astype(np.int64)
         head = w[:, :, :1, :]
-        kind, nterms, dst = head & 3, (head >> 2) & 15, head >> 6
+        kind, dst = head & 3, head >> 6
         is_op = valid_op[:, :, :1, :] & (head != 0)
-        output = is_op & (kind == _OUT)
-        term = is_op & ~output & (j[None, :, :, :][:, :, 1:, :] <= nterms)
-        src = w[:, :, 1:, :] & ((1 << _SRC_BITS) - 1)
-        pair = pair0 + (w[:, :, 1:, :] >> _SRC_BITS)
         # accesses (level, op row k, access) x 32 lanes, -1 where a lane has none
-        accesses = [np.where(term, src, -1), np.where(term, pair, -1),
-                    np.where(output, w[:, :, 1:2, :], -1),
+        accesses = [w[:, :, 1:, :] & ((1 << _SRC_BITS) - 1), w[:, :, 1:, :] >> _SRC_BITS,
                     np.where(is_op & (kind < _OUT), dst, -1), np.where(is_op & (kind == _ADD), dst, -1)]
         lanes = np.concatenate([a.reshape(-1, 32) for a in accesses])
         out[stage] = dict(levels=n_lev, record_rows=int(width.sum()),

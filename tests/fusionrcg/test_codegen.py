@@ -682,15 +682,15 @@ def test_bank_wavefronts_count_the_most_loaded_bank_per_half_warp():
 
 def test_level_traffic_matches_a_lane_by_lane_decode():
     """codegen.level_traffic against a plain decode of the level records as
-    run_levels reads them: record words, then per op row of a level the
-    terms' operand and pair-product slots, an output's source, an add's and
-    a store's destination."""
+    run_levels reads them: record words, then per op row of a level every
+    word after the header as a term's operand and pair-product slots (zero
+    words, past an op's terms or of a lane without an op, read slot 0), an
+    add's and a store's destination."""
     from pyscf_fusionrcg.codegen import _bank_wavefronts
     prog = host.get_program(2, 1, 2, 1)
     var = codegen.make_variant(prog, 'warp')
     t = codegen.table(prog, var)
     words = codegen.level_op_words(prog)
-    pair0 = codegen._pair_slot0(prog, var.group)
     got = codegen.level_traffic(prog, var)
     for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
         rows, fetched = [], 0
@@ -699,20 +699,18 @@ def test_level_traffic_matches_a_lane_by_lane_decode():
             for k in range(codegen.LEVEL_OPS_PER_LANE):
                 width = shape >> (8 + codegen.LEVEL_ROW_BITS * k) & ((1 << codegen.LEVEL_ROW_BITS) - 1)
                 fetched += width                                # fr_fetch_level's loads
-                ops = [[int(rec[row + j * 32 + ln]) for j in range(width)]
-                       if 32 * k + ln < count else [0] for ln in range(32)]
+                ops = [[int(rec[row + j * 32 + ln]) for j in range(width)] + [0] * (words - width)
+                       if 32 * k + ln < count else [0] * words for ln in range(32)]
                 row += 32 * width
                 # one row of 32 lanes per load or store instruction
                 access = {}
                 for ln, op in enumerate(ops):
                     h = op[0]
                     mine = {}
-                    if h and h & 3 == 2:
-                        mine['output source'] = op[1]
-                    elif h:
-                        for jj in range(1, ((h >> 2) & 15) + 1):
-                            mine['operand', jj] = op[jj] & ((1 << 17) - 1)
-                            mine['pair product', jj] = pair0 + (op[jj] >> 17)
+                    for jj in range(1, words):
+                        mine['operand', jj] = op[jj] & ((1 << 17) - 1)
+                        mine['pair product', jj] = op[jj] >> 17
+                    if h and h & 3 < 2:         # a slot's store (outputs and kind 3 go to out)
                         mine['store'] = h >> 6
                         if h & 3 == 1:
                             mine['added to'] = h >> 6
