@@ -85,10 +85,14 @@ FR_INLINE void fr_pair_products(const unsigned* __restrict__ pairs, int n, const
   }
 }
 
+// A term word: source slot | pair slot << 17 (codegen._SRC_BITS).
+FR_INLINE unsigned fr_src_slot(unsigned w) { return w & 0x1FFFFu; }
+FR_INLINE unsigned fr_pair_slot(unsigned w) { return w >> 17; }
+
 // A term: the product in its pair slot times its source slot.
 template <int SS>
 FR_INLINE double fr_term(unsigned w, volatile double* sp) {
-  return sp[(w >> 17) * SS] * sp[(w & 0x1FFFFu) * SS];
+  return sp[fr_pair_slot(w) * SS] * sp[fr_src_slot(w) * SS];
 }
 
 // Finish an op whose terms summed to v: store it (or add it, kind 1) to its
@@ -185,9 +189,9 @@ FR_INLINE void fr_op_operands(const unsigned (&r)[W], volatile double* sp, const
   const int n = h == 0u ? 0 : fr_is_output(h) ? 1 : (int)((h >> 2) & 15u);
 #pragma unroll
   for (int t = 1; t < W; ++t) {
-    const double pair = sp[r[t] >> 17];
+    const double pair = sp[fr_pair_slot(r[t])];
     o.pair[t - 1] = t <= n ? pair : 0.0;
-    o.src[t - 1] = sp[r[t] & 0x1FFFFu];
+    o.src[t - 1] = sp[fr_src_slot(r[t])];
   }
   o.prior = fr_is_acc_out(h) && acc_add ? out[(long)(h >> 6) * ostride] : 0.0;
 }
