@@ -542,6 +542,10 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         seq = sequence(program, G)
         slots, n_slots = _assign(seq, first=base)
     n_zero = int((seq.kind == _ZERO).sum())
+    if acc_out and not np.array_equal(np.bincount(seq.dst[seq.kind == _ACC], minlength=program.n_acc),
+                                      np.ones(program.n_acc, np.int64)):
+        # the first primitive quartet sets each accumulator in out: one left out would be garbage
+        raise AssertionError(f'{program.name}: the primitive stage must add to every accumulator once')
     if n_zero and not np.array_equal(slots[seq.dst[:n_zero]], base + np.arange(n_zero)):
         raise AssertionError('accumulator slots must follow the reserved slots')
     strides = np.array(_block_strides(program, variant.nctr))

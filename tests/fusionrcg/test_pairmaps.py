@@ -171,6 +171,20 @@ def test_a_pairmap_stream_keeps_its_accumulators_in_out():
                                                          ctr='pairmap')) == 32 * codegen.WARP_BLOCK_WARPS
 
 
+def test_a_pairmap_stream_that_misses_an_accumulator_is_refused(monkeypatch):
+    """The first primitive quartet sets every accumulator in out (none is
+    zeroed first), so a stream without an accumulate for one of them would
+    leave it as the memory was: encode_table refuses it."""
+    prog = host.get_program(2, 2, 2, 0)
+    var = codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr='pairmap')
+    seq, level, n_body = codegen.level_sequence(prog, 1)
+    keep = np.arange(len(seq.kind)) != np.nonzero(seq.kind == codegen._ACC)[0][-1]
+    doctored = (codegen._permuted(seq, np.nonzero(keep)[0], seq.end_body - 1), level[keep], n_body)
+    monkeypatch.setattr(codegen, 'level_sequence', lambda program, group=1: doctored)
+    with pytest.raises(AssertionError, match='every accumulator once'):
+        codegen.encode_table(prog, var)
+
+
 @needs_gxx
 def test_a_quartet_whose_primitives_are_all_screened_gets_zero_accumulators(synth):
     """Where no primitive quartet runs (the shells of the bra 100 bohr apart,
