@@ -237,14 +237,20 @@ class ShellKeys:
         self.min_exp = host.min_exponents(mol)
 
 
+def shell_table(mol) -> np.ndarray:
+    """The kernels' ``shl`` argument: (nbas, 4) int32 ``[nprim, ptr_exp,
+    ptr_coeff, ptr_coord]`` of each shell into ``mol._env``."""
+    bas, atm = mol._bas, mol._atm
+    return np.ascontiguousarray(np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
+                                          atm[bas[:, ATOM_OF], PTR_COORD]], axis=1), dtype=np.int32)
+
+
 class DeviceBasis:
     """Basis data of a molecule on the device (see the module docstring)."""
 
     def __init__(self, mol):
         cp = _cupy()
-        bas, atm = mol._bas, mol._atm
-        shl = np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
-                        atm[bas[:, ATOM_OF], PTR_COORD]], axis=1).astype(np.int32)
+        shl = shell_table(mol)
         self.shl = cp.asarray(shl)
         keys = ShellKeys(mol)       # for orient and primitive_order
         self.nprim_rank, self.l_nctr, self.min_exp = (cp.asarray(a) for a in

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, pairmaps
+from pyscf_fusionrcg import codegen, host, launch, pairmaps
 
 from emulation import emulated, needs_gxx, needs_nvcc, stream_ctypes
 
@@ -110,9 +110,7 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
         lib = emulated([src, entry], pathlib.Path(tmp))
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     nq = len(q)
-    bas = mol._bas
-    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]], axis=1),
-                               dtype=np.int32)
+    shl = launch.shell_table(mol)
     env = np.ascontiguousarray(mol._env)
     block, grid = codegen.block_size(prog, var), 2
     scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
