@@ -256,10 +256,9 @@ class DeviceBasis:
         self.nprim_rank, self.l_nctr, self.min_exp = (cp.asarray(a) for a in
                                                        (keys.nprim_rank, keys.l_nctr, keys.min_exp))
         self.nprim_levels = keys.nprim_levels
-        env = mol._env
         self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
         # each shell's centre, for the pairmap stage's pair vectors
-        self.coords = cp.asarray(env[shl[:, 3][:, None] + np.arange(3)])
+        self.coords = cp.asarray(host.shell_centres(mol))
 
 
 def budget_bytes() -> int:

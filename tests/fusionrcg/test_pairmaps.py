@@ -19,10 +19,6 @@ CASES = [((2, 0, 0, 0), False, None), ((4, 2, 4, 0), False, None), ((5, 0, 2, 2)
          ((4, 4, 2, 2), False, None), ((2, 4, 0, 2), False, ('b', 'd')), ((4, 2, 2, 2), True, ('b', 'c'))]
 
 
-def _centres(mol):
-    return mol._env[mol._atm[mol._bas[:, 0], 1][:, None] + np.arange(3)]
-
-
 @pytest.mark.parametrize('ls,cart,builds', CASES)
 def test_pair_matrices_equal_the_contracted_stage(synth, ls, cart, builds):
     mol = synth.mol(cart)
@@ -31,7 +27,7 @@ def test_pair_matrices_equal_the_contracted_stage(synth, ls, cart, builds):
     comp = host.compiled(*ls, cart=cart, builds=builds)
     acc = eng._primitive_stage(comp, q, (1, 1, 1, 1))
     ref = eng._contracted_stage(comp, q, acc, (1, 1, 1, 1)).reshape(len(q), -1)
-    cen = _centres(mol)
+    cen = host.shell_centres(mol)
     out = np.empty((int(np.prod(comp.program.shape)), len(q)))
     pairmaps.PairProducts(comp.program)(np.ascontiguousarray(acc.T).reshape(-1), cen[q[:, 0]] - cen[q[:, 1]],
                                         cen[q[:, 2]] - cen[q[:, 3]], out)
@@ -120,7 +116,7 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega):
             ctypes.c_double(omega), P(acc.ctypes.data), P(scratch.ctypes.data),
             I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
     assert not np.isnan(acc).any()
-    cen = _centres(mol)
+    cen = host.shell_centres(mol)
     out = pairmaps.PairProducts(prog)(acc, cen[q[:, 0]] - cen[q[:, 1]], cen[q[:, 2]] - cen[q[:, 3]],
                                       np.full((int(np.prod(prog.shape)), nq), np.nan))
     assert not np.isnan(out).any()
