@@ -193,6 +193,12 @@ def _boys_values(mmax, t, rho, omega):
     return lr if omega > 0 else boys(mmax, t) - lr
 
 
+def shell_centres(mol) -> np.ndarray:
+    """(nbas, 3) centre of each shell (its atom's coordinates in ``mol._env``)."""
+    bas, atm, env = mol._bas, mol._atm, mol._env
+    return env[atm[bas[:, ATOM_OF], PTR_COORD][:, None] + np.arange(3)]
+
+
 def min_exponents(mol) -> np.ndarray:
     """The smallest primitive exponent of each shell: which shell of a pair is
     the tighter, the one its angular momentum is built on (:meth:`HostEngine.builds`)."""
@@ -211,9 +217,9 @@ class HostEngine:
         self.mol = mol
         self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
         self.cart = bool(mol.cart)
-        bas, atm, env = mol._bas, mol._atm, mol._env
+        bas, env = mol._bas, mol._env
         self._bas, self._env = bas, env
-        self._centres = env[atm[bas[:, ATOM_OF], PTR_COORD][:, None] + np.arange(3)]
+        self._centres = shell_centres(mol)
         self._min_exp = min_exponents(mol)
 
     def builds(self, shls):

@@ -237,23 +237,28 @@ class ShellKeys:
         self.min_exp = host.min_exponents(mol)
 
 
+def shell_table(mol) -> np.ndarray:
+    """The kernels' ``shl`` argument: (nbas, 4) int32 ``[nprim, ptr_exp,
+    ptr_coeff, ptr_coord]`` of each shell into ``mol._env``."""
+    bas, atm = mol._bas, mol._atm
+    return np.ascontiguousarray(np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
+                                          atm[bas[:, ATOM_OF], PTR_COORD]], axis=1), dtype=np.int32)
+
+
 class DeviceBasis:
     """Basis data of a molecule on the device (see the module docstring)."""
 
     def __init__(self, mol):
         cp = _cupy()
-        bas, atm = mol._bas, mol._atm
-        shl = np.stack([bas[:, NPRIM_OF], bas[:, PTR_EXP], bas[:, PTR_COEFF],
-                        atm[bas[:, ATOM_OF], PTR_COORD]], axis=1).astype(np.int32)
+        shl = shell_table(mol)
         self.shl = cp.asarray(shl)
         keys = ShellKeys(mol)       # for orient and primitive_order
         self.nprim_rank, self.l_nctr, self.min_exp = (cp.asarray(a) for a in
                                                        (keys.nprim_rank, keys.l_nctr, keys.min_exp))
         self.nprim_levels = keys.nprim_levels
-        env = mol._env
         self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
         # each shell's centre, for the pairmap stage's pair vectors
-        self.coords = cp.asarray(env[shl[:, 3][:, None] + np.arange(3)])
+        self.coords = cp.asarray(host.shell_centres(mol))
 
 
 def budget_bytes() -> int:

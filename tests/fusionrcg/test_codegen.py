@@ -444,9 +444,7 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     with tempfile.TemporaryDirectory() as tmp:
         lib = emulated([src, entry], pathlib.Path(tmp), warp_lanes=lanes)
     quartets = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
-    bas = mol._bas
-    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
-                                        axis=1), dtype=np.int32)
+    shl = launch.shell_table(mol)
     env = np.ascontiguousarray(mol._env)
     # memory tiers address slots with the compiled block size; the register
     # tier runs fewer threads than work items so that the grid strides
@@ -626,9 +624,7 @@ def test_digesting_kernels_emulated_on_cpu(hermi, repeat):
     assert all(name.endswith('_dg') for name in names) and len(set(names)) == len(tasks)
     with tempfile.TemporaryDirectory() as tmp:
         libs = emulated_many(sources, pathlib.Path(tmp))
-    bas = mol._bas
-    shl = np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]],
-                                        axis=1), dtype=np.int32)
+    shl = launch.shell_table(mol)
     env = np.ascontiguousarray(mol._env)
     ao_loc = np.ascontiguousarray(mol.ao_loc, dtype=np.int32)
     dm_j = np.ascontiguousarray(d + d.transpose(0, 2, 1))

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, pairmaps
+from pyscf_fusionrcg import codegen, host, launch, pairmaps
 
 from emulation import emulated, needs_gxx, needs_nvcc, stream_ctypes
 
@@ -17,10 +17,6 @@ from emulation import emulated, needs_gxx, needs_nvcc, stream_ctypes
 # (l = 0, 2, 4, 5), both pair-build centres, Cartesian and spherical.
 CASES = [((2, 0, 0, 0), False, None), ((4, 2, 4, 0), False, None), ((5, 0, 2, 2), True, None),
          ((4, 4, 2, 2), False, None), ((2, 4, 0, 2), False, ('b', 'd')), ((4, 2, 2, 2), True, ('b', 'c'))]
-
-
-def _centres(mol):
-    return mol._env[mol._atm[mol._bas[:, 0], 1][:, None] + np.arange(3)]
 
 
 @pytest.mark.parametrize('ls,cart,builds', CASES)
@@ -31,7 +27,7 @@ def test_pair_matrices_equal_the_contracted_stage(synth, ls, cart, builds):
     comp = host.compiled(*ls, cart=cart, builds=builds)
     acc = eng._primitive_stage(comp, q, (1, 1, 1, 1))
     ref = eng._contracted_stage(comp, q, acc, (1, 1, 1, 1)).reshape(len(q), -1)
-    cen = _centres(mol)
+    cen = host.shell_centres(mol)
     out = np.empty((int(np.prod(comp.program.shape)), len(q)))
     pairmaps.PairProducts(comp.program)(np.ascontiguousarray(acc.T).reshape(-1), cen[q[:, 0]] - cen[q[:, 1]],
                                         cen[q[:, 2]] - cen[q[:, 3]], out)
@@ -115,13 +111,6 @@ def _pairmap_kernel(prog, var, tmp, lanes=False):
     return run
 
 
-def _shells(mol):
-    """(nbas, 4) int32 [nprim, ptr_exp, ptr_coeff, ptr_coord], as launch.DeviceBasis."""
-    bas = mol._bas
-    return np.ascontiguousarray(np.stack([bas[:, 2], bas[:, 5], bas[:, 6], mol._atm[bas[:, 0], 1]], axis=1),
-                                dtype=np.int32)
-
-
 @needs_gxx
 @pytest.mark.parametrize('ls,cart,tier,omega,lanes', [((2, 2, 2, 0), False, 'warp', 0.0, False),
                                                       ((4, 2, 2, 2), True, 'global', 0.3, False),
@@ -139,9 +128,9 @@ def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega, lanes):
         kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp), lanes)
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
     nq = len(q)
-    acc = kernel(q, _shells(mol), np.ascontiguousarray(mol._env), omega)
+    acc = kernel(q, launch.shell_table(mol), np.ascontiguousarray(mol._env), omega)
     assert not np.isnan(acc).any()
-    cen = _centres(mol)
+    cen = host.shell_centres(mol)
     out = pairmaps.PairProducts(prog)(acc, cen[q[:, 0]] - cen[q[:, 1]], cen[q[:, 2]] - cen[q[:, 3]],
                                       np.full((int(np.prod(prog.shape)), nq), np.nan))
     assert not np.isnan(out).any()
@@ -197,7 +186,7 @@ def test_a_quartet_whose_primitives_are_all_screened_gets_zero_accumulators(synt
     with tempfile.TemporaryDirectory() as tmp:
         kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp))
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
-    shl, env = _shells(mol), np.ascontiguousarray(mol._env)
+    shl, env = launch.shell_table(mol), np.ascontiguousarray(mol._env)
     near = kernel(q, shl, env, 0.0).reshape(len(q), -1)
     far_shell = q[0, 0]                 # the first g shell; its atom is its own
     moved = env.copy()
