@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pyscf import gto, scf
 
-from pyscf_fusionrcg import launch
+from pyscf_fusionrcg import launch, tiers
 from pyscf_fusionrcg.jk import get_jk
 
 pytestmark = pytest.mark.gpu
@@ -78,20 +78,22 @@ def test_every_tier_computes_the_same_blocks(synth, tier):
         assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, (ls, tier)
 
 
-def test_classes_sharing_a_warp_kernel_keep_their_shared_memory(synth):
-    """(ff|dd) and (gp|gp) run the same levels kernel (max_m 10, blocks of
-    four warps) with 86 and 56 KB of shared memory: setting up the smaller one
-    must not lower the kernel's limit below what the larger one launches with."""
+def test_classes_sharing_a_warp_kernel_keep_their_shared_memory(synth, monkeypatch):
+    """With the interpreter's contracted stage (the accumulators in shared
+    memory), (gg|dp) and (gf|gs) run the same levels kernel (max_m 11) with 91
+    and 69 KB of shared memory: setting up the smaller one must not lower the
+    kernel's limit below what the larger one launches with."""
     from pyscf_fusionrcg.launch import GPUEngine
+    monkeypatch.setenv(tiers.CTR_ENV, 'ops')
     mol = synth.mol(False)
     eng = GPUEngine(mol)
-    big, small = (3, 3, 2, 2), (4, 1, 4, 1)
+    big, small = (4, 4, 2, 1), (4, 3, 4, 0)
     kb, ks = (launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1)) for ls in (big, small))
     assert kb.variant.tier == ks.variant.tier == 'warp' and kb.name == ks.name
     assert kb.shared > ks.shared > 48 * 1024
     for ls in (big, small, big):
         got = synth.assemble(eng.quartet_blocks(synth.quartets(ls)))
-        assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, ls
+        assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-10, ls
 
 
 def test_small_budget_splits_batches(synth):
