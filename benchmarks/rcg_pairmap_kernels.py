@@ -45,10 +45,10 @@ from _common import environment_meta, print_record, write_results  # noqa: E402
 #: Warp-tier classes from the smallest accumulator counts up (870 for (gg|ds)
 #: to 14 500 for (gg|gf)), those that cost most in Vitamin C / def2-QZVP
 #: (rcg_jk_breakdown_qzvp) and Tamoxifen / def2-TZVP among them: where the
-#: pairmap stage starts to pay; then the classes tiers.pairmap_pays leaves to
-#: the interpreter because the products lost there ((gp|fp), second in the
-#: QZVP breakdown, under PAIRMAP_ACC_MIN; small pairs against large ones; an
-#: s shell), to see whether the side passes win there too.
+#: pairmap stage starts to pay; then the classes tiers.pairmap_pays left to
+#: the interpreter before 9b5b989, where the products lost ((gp|fp), second in
+#: the QZVP breakdown, with 900 accumulators; small pairs against large ones;
+#: an s shell): rcg_pairmap_kernels_ilp measured them again.
 CLASSES = ('fffs,ggds,dddd,gddp,fdfp,ffdp,fddd,fffp,gdfd,fffd,gffd,gfgd,gfff,gggf,'
            'gpfp,gfpp,ggpp,ggdp,gdgs,gsff,ggfs')
 SHELLS = 48          # shells per index

@@ -44,9 +44,9 @@ Form (:func:`variant_for`): the shared tier runs straight-line code for
 programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
 beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
 run the levels form.  There, for classes of one contraction tuple from
-about a thousand accumulators on (:func:`pairmap_pays`), the interpreter
-runs only the primitive stage and the contracted stage is batched products
-of pair matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
+about seven hundred accumulators on (:func:`pairmap_pays`), the interpreter
+runs only the primitive stage and the contracted stage works on pair
+matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
 """
 from __future__ import annotations
 
@@ -69,21 +69,21 @@ STRAIGHT_OPS_MAX = 1500
 TIER_ENV = 'FUSIONRCG_TIER'
 CTR_ENV = 'FUSIONRCG_CTR'
 #: Where the pairmap contracted stage beats the interpreter's: from
-#: PAIRMAP_ACC_MIN accumulators on, for classes without an s shell (such a
-#: side has no HRR, only its spherical transform, which the interpreter does
-#: in a few ops where the products multiply a dense matrix), unless a
-#: quartet's pair matrices exceed PAIRMAP_MATRIX_RATIO times its accumulators
-#: (a small pair against a large one: the products then mostly write and read
-#: matrices).  H200, benchmarks/rcg_pairmap_kernels.py (421473c) and
-#: rcg_pairmap_kernels_borderline (538142a), (pairmap kernel + products) /
-#: interpreter, for accumulators and matrices / accumulators:
-#: wins (dd|dd) 0.72 961 1.6, (gd|dp) 0.84 1024 3.1, (fd|fp) 0.94 1150 1.9,
-#: (ff|dp) 0.89 1184 3.3, (gf|dp) 0.89 1600 4.1, (gg|fp) 0.74 3625 3.4,
-#: (gd|fd) 0.60 2944 1.5, (gg|gf) 0.29 14500 1.2; losses (gf|pp) 1.36 900 7.1,
-#: (gg|pp) 1.70 1305 9.1, (gg|dp) 1.07 2320 5.2, and with an s shell (gd|gs)
-#: 1.23 960 3.1, (gs|ff) 1.33 1110 3.4, (gg|gs) 1.47 2175 5.5.
-PAIRMAP_ACC_MIN = 950
-PAIRMAP_MATRIX_RATIO = 4.5
+#: PAIRMAP_ACC_MIN accumulators on, unless a quartet's pair matrices exceed
+#: PAIRMAP_MATRIX_RATIO times its accumulators (a small pair against a large
+#: one: the passes then mostly write and read matrices).  Both bounds are the
+#: edges of what was measured to win, not a measured loss.  H200,
+#: benchmarks/rcg_pairmap_kernels.py, rcg_pairmap_kernels_ilp and _ilp_small
+#: (9b5b989: accumulators in ``out``, side passes), (pairmap kernel + passes) /
+#: interpreter, for accumulators and matrices / accumulators: every class
+#: measured wins, (ff|dd) 0.34 2294 1.9 to (gg|gs) 0.75 2175 5.5; with an s
+#: shell, which lost at 421473c (accumulators in shared memory, cuBLAS
+#: products): (gs|fd) 0.74
+#: 690 2.5, (ff|fs) 0.61 740 5.0, (gf|fs) 0.61, (gd|gs) 0.75, (gs|ff) 0.71;
+#: with large matrices (gf|pp) 0.50 900 7.1, (gg|pp) 0.53 1305 9.1, (gg|dp)
+#: 0.49 2320 5.2.  (gg|ds), 870 and 13.5, stays with the interpreter unmeasured.
+PAIRMAP_ACC_MIN = 690
+PAIRMAP_MATRIX_RATIO = 9.1
 
 _lock = threading.Lock()
 _decisions: dict = {}
@@ -134,11 +134,9 @@ def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str
 
 
 def pairmap_pays(program: ir.Program) -> bool:
-    """The measured rule above (``PAIRMAP_ACC_MIN``, no s shell,
-    ``PAIRMAP_MATRIX_RATIO``)."""
+    """The measured rule above (``PAIRMAP_ACC_MIN``, ``PAIRMAP_MATRIX_RATIO``)."""
     matrices = pairmaps.matrix_doubles(program)
-    return (program.n_acc >= PAIRMAP_ACC_MIN and 0 not in program.ls
-            and 0 < matrices <= PAIRMAP_MATRIX_RATIO * program.n_acc)
+    return program.n_acc >= PAIRMAP_ACC_MIN and 0 < matrices <= PAIRMAP_MATRIX_RATIO * program.n_acc
 
 
 def _fits(program, variant) -> bool:

@@ -44,15 +44,15 @@ def test_form_follows_program_size():
 def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     mid, big = host.get_program(3, 3, 2, 0), host.get_program(4, 3, 4, 2)
-    # (gg|dp): enough accumulators, but pair matrices five times as large;
-    # (gd|gs): small matrices, but a side without HRR
-    skinny, with_s = host.get_program(4, 4, 2, 1), host.get_program(4, 2, 4, 0)
+    # (gg|ds): enough accumulators, but pair matrices 13 times as large;
+    # (gd|gs): an s shell, which no longer keeps the interpreter
+    skinny, with_s = host.get_program(4, 4, 2, 0), host.get_program(4, 2, 4, 0)
     assert mid.n_acc < tiers.PAIRMAP_ACC_MIN <= min(skinny.n_acc, with_s.n_acc, big.n_acc)
     assert pairmaps.matrix_doubles(skinny) > tiers.PAIRMAP_MATRIX_RATIO * skinny.n_acc
     for p in (with_s, big):
         assert pairmaps.matrix_doubles(p) <= tiers.PAIRMAP_MATRIX_RATIO * p.n_acc
-    assert tiers.variant_for(skinny, 'warp').ctr == tiers.variant_for(with_s, 'warp').ctr == 'ops'
-    assert tiers.variant_for(mid, 'warp').ctr == 'ops'
+    assert tiers.variant_for(skinny, 'warp').ctr == tiers.variant_for(mid, 'warp').ctr == 'ops'
+    assert tiers.variant_for(with_s, 'warp').ctr == 'pairmap'
     assert tiers.variant_for(big, 'warp').ctr == tiers.variant_for(big, 'global').ctr == 'pairmap'
     # only the levels form with one contraction tuple has the choice
     assert tiers.variant_for(big, 'shared').ctr == 'ops'
