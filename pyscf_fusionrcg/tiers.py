@@ -78,12 +78,13 @@ CTR_ENV = 'FUSIONRCG_CTR'
 #: interpreter, for accumulators and matrices / accumulators: every class
 #: measured wins, (ff|dd) 0.34 2294 1.9 to (gg|gs) 0.75 2175 5.5; with an s
 #: shell, which lost at 421473c (accumulators in shared memory, cuBLAS
-#: products): (gs|fd) 0.74
-#: 690 2.5, (ff|fs) 0.61 740 5.0, (gf|fs) 0.61, (gd|gs) 0.75, (gs|ff) 0.71;
+#: products): (gs|fd) 0.74 690 2.5, (ff|fs) 0.61 740 5.0, (gf|fs) 0.61,
+#: (gd|gs) 0.75, (gs|ff) 0.71;
 #: with large matrices (gf|pp) 0.50 900 7.1, (gg|pp) 0.53 1305 9.1, (gg|dp)
-#: 0.49 2320 5.2.  (gg|ds), 870 and 13.5, stays with the interpreter unmeasured.
+#: 0.49 2320 5.2, (gg|ds) 0.65 870 13.5 (rcg_pairmap_kernels_rule, 3a0b5b2).
+#: Unmeasured beyond: (hg|ds) 16.5, (hh|ds) 20.2, (hh|ps) 40.
 PAIRMAP_ACC_MIN = 690
-PAIRMAP_MATRIX_RATIO = 9.1
+PAIRMAP_MATRIX_RATIO = 13.6
 
 _lock = threading.Lock()
 _decisions: dict = {}

@@ -44,9 +44,9 @@ def test_form_follows_program_size():
 def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     mid, big = host.get_program(3, 3, 2, 0), host.get_program(4, 3, 4, 2)
-    # (gg|ds): enough accumulators, but pair matrices 13 times as large;
+    # (hh|ds): enough accumulators, but pair matrices 20 times as large;
     # (gd|gs): an s shell, which no longer keeps the interpreter
-    skinny, with_s = host.get_program(4, 4, 2, 0), host.get_program(4, 2, 4, 0)
+    skinny, with_s = host.get_program(5, 5, 2, 0), host.get_program(4, 2, 4, 0)
     assert mid.n_acc < tiers.PAIRMAP_ACC_MIN <= min(skinny.n_acc, with_s.n_acc, big.n_acc)
     assert pairmaps.matrix_doubles(skinny) > tiers.PAIRMAP_MATRIX_RATIO * skinny.n_acc
     for p in (with_s, big):
