@@ -34,7 +34,7 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when 
 from _common import environment_meta, molecules_dir, print_record, write_results  # noqa: E402
 
 from pyscf_fusionrcg import launch  # noqa: E402
-from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan, _Digestion, digest_layout  # noqa: E402
+from pyscf_fusionrcg.gpu_jk import QUARTET_DIGEST_MAX, JKPlan, _Digestion, digest_layout, slabs_fit  # noqa: E402
 
 
 def _digest_ms(cp, digestion, args, repeat):
@@ -62,7 +62,7 @@ def class_records(mol, plan, dm, max_elements, repeat):
 
     def kinds_of(dims):
         return (['element'] + ['quartet'] * (prod(dims) <= max_elements)
-                + ['slab'] * (prod(dims) > QUARTET_DIGEST_MAX >= prod(dims[1:])))
+                + ['slab'] * (prod(dims) > QUARTET_DIGEST_MAX and slabs_fit(dims)))
 
     wanted = sorted({(c.digestion.dims, k) for c in plan.classes for k in kinds_of(c.digestion.dims)})
     device = cp.cuda.Device()

@@ -107,9 +107,15 @@ def digest_layout(dims, kind=None) -> tuple:
                 else 'slab' if dims[1] > 1 and slab <= SLAB_DIGEST_MAX else 'element')
     if kind != 'slab':
         return kind, dims, 1
-    if slab > QUARTET_DIGEST_MAX:
+    if not slabs_fit(dims):
         raise ValueError(f'blocks of {dims} have no slabs of at most {QUARTET_DIGEST_MAX} elements')
     return 'slab', (1,) + dims[1:], dims[0]
+
+
+def slabs_fit(dims) -> bool:
+    """Whether blocks of ``dims`` can be digested as slabs: each slab (one value
+    of the leading index) a whole block fr_digest_quartet takes."""
+    return prod(int(d) for d in dims[1:]) <= QUARTET_DIGEST_MAX
 
 
 class _Digestion:
