@@ -7,7 +7,7 @@ For each class (by default the warp-tier classes that take the most time in
 warp fetches, and the shared-memory wavefronts of its operand, pair-product
 and result accesses, against the same accesses without bank conflicts.  The
 primitive stage runs once per primitive quartet; the contracted stage once
-per quartet (pairmap classes run it as cuBLAS products instead).  Next to
+per quartet (pairmap classes run it as the side passes instead: no op stream).  Next to
 them the breakdown's measured microseconds per quartet, and what one quartet
 costs an SM at one wavefront or row per cycle (1.98 GHz) if the primitive
 stage ran ``--primitives`` times: a bound to compare with the measured time.
@@ -67,7 +67,8 @@ def main(argv=None):
             rec[f'{stage}_levels'] = t['levels']
             rec[f'{stage}_rows'] = t['record_rows']
             rec[f'{stage}_wavefronts'] = t['shared_wavefronts']
-            rec[f'{stage}_conflicts'] = t['shared_wavefronts'] / t['conflict_free']
+            # a pairmap variant has no contracted-stage stream: no accesses, no ratio
+            rec[f'{stage}_conflicts'] = t['shared_wavefronts'] / t['conflict_free'] if t['conflict_free'] else None
         prim = traffic['primitive']['record_rows'] + traffic['primitive']['shared_wavefronts']
         ctr = traffic['contracted']['record_rows'] + traffic['contracted']['shared_wavefronts']
         cycles = args.primitives * prim + (ctr if var.ctr == 'ops' else 0)
@@ -83,8 +84,8 @@ def main(argv=None):
                                 'accesses; conflicts: wavefronts / the conflict-free count. bound_us_per_quartet: '
                                 f'{args.primitives} primitive stages (+ the contracted stage where it is interpreted, '
                                 f'ctr=ops) at one row or wavefront per cycle of one SM, {CLOCK_GHZ} GHz, over '
-                                f'{H200_SMS} SMs; the pairmap products are not counted. measured: the breakdown '
-                                "(H200, ERI kernels incl. the pairmap products).")
+                                f'{H200_SMS} SMs; the pairmap side passes are not counted. measured: the breakdown '
+                                "(H200, ERI kernels incl. the pairmap side passes).")
     print('wrote', *paths)
     return 0
 
