@@ -164,6 +164,7 @@ files every time a script writes them. Run all of them on a GPU host with
 | `rcg_levels_tuning.py` | the warp tier's interpreter under other level widths and register budgets (at 070a97e also prefetch depths), on the same quartets |
 | `rcg_boys_counts.py` | what the Boys series asks of a molecule's primitive quartets: the share below the switch point, its terms, the warps that wait for it (counted on the CPU) |
 | `rcg_digest_runs.py` | what the digestion's warp sums cost on a plan's quartet order, segmented scan against reduce-and-scatter (counted on the CPU) |
+| `rcg_plan_sizes.py` | whether a molecule's screened quartets fit on the GPU as a plan kept across builds, and the share its guess density keeps (counted on the CPU) |
 | `rcg_pairmap_kernels.py` | the levels tiers' contracted stage in the interpreter vs as pair-matrix products, per class, on the same quartets (no PySCF needed) |
 
 Current results (newest run of each script):
