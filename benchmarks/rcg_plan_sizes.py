@@ -6,7 +6,8 @@ per centre) when they fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory;
 otherwise every build of that geometry screens and orders its quartets anew,
 one chunk at a time.  Per case this counts the plan's quartets exactly
 (``schwarz_candidates``, as a density change does), the memory they take, and
-whether that fits the share of ``--gpu-memory-gib``; and, on ``--samples``
+whether that fits the share of ``--gpu-memory-gib``; what the same plan would
+take as ket prefixes per bra pair (:func:`prefix_rows`); and, on ``--samples``
 unique quartets drawn at random, the share of the plan that the guess
 density's own shell blocks keep (``kept_quartets``): what a build on that
 density computes.
@@ -35,6 +36,33 @@ CASES = ('organic/020_Vitamin_C.xyz:def2-TZVP', 'organic/057_Tamoxifen.xyz:def2-
 H200_GIB = 139.8
 #: Bytes of one ordered quartet of a plan: four int32 shell indices.
 QUARTET_BYTES = 4 * np.dtype(np.int32).itemsize
+#: Bytes of one row of a plan kept as ket prefixes: a bra pair, a ket sub-class
+#: and how many of its pairs (by descending Schwarz bound) pass, in int32.
+PREFIX_ROW_BYTES = 3 * np.dtype(np.int32).itemsize
+
+
+def prefix_rows(mol, q, density_max, tol):
+    """Rows of the same plan kept as ket prefixes: with one density bound for
+    every block, the kets of a bra pair that pass are, within each pair
+    sub-class (l_a, l_b, n_a, n_b) sorted by descending bound, a prefix; count
+    the (bra pair, ket sub-class) combinations with a prefix, each unordered
+    sub-class combination once (within one sub-class an upper bound: there the
+    kets come no later than the bra pair)."""
+    from pyscf import gto
+    ls, nctr = mol._bas[:, gto.ANG_OF], mol._bas[:, gto.NCTR_OF]
+    a, b = np.tril_indices(mol.nbas)
+    hi = np.where(ls[a] >= ls[b], a, b)
+    lo = np.where(ls[a] >= ls[b], b, a)
+    sub = np.stack((ls[hi], ls[lo], nctr[hi], nctr[lo]), axis=1)
+    _, label = np.unique(sub, axis=0, return_inverse=True)
+    label = label.ravel()
+    bounds = q[a, b]
+    classes = [np.sort(bounds[label == c]) for c in range(label.max() + 1)]
+    rows = 0
+    for x, bra in enumerate(classes):       # the bra the later sub-class, as build_tasks orients
+        for ket in classes[:x + 1]:
+            rows += len(bra) - np.searchsorted(bra, tol / (ket[-1] * density_max), side='left')
+    return int(rows)
 
 
 def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
@@ -54,8 +82,10 @@ def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
     kept = kept_quartets(quartets[in_plan], q32, d32, tol)
     share = float(kept.mean()) if len(kept) else 0.0
     plan_bytes = planned * QUARTET_BYTES
+    rows = prefix_rows(mol, q, float(dcond.max()), tol)
     return dict(nao=mol.nao, nbas=mol.nbas, shell_pairs=len(pair_bounds),
                 plan_quartets=planned, plan_gib=plan_bytes / 2**30,
+                prefix_rows=rows, prefix_plan_mib=rows * PREFIX_ROW_BYTES / 2**20,
                 allowed_gib=PLAN_MEMORY_SHARE * gpu_bytes / 2**30,
                 plan_kept=plan_bytes <= PLAN_MEMORY_SHARE * gpu_bytes,
                 guess_kept_share=share,
@@ -90,7 +120,9 @@ def main(argv=None):
                           title='FusionRCG plan sizes on the guess density (counted, no GPU)',
                           notes=f'plan_quartets: the unique quartets of a plan (Schwarz screening with the minao '
                                 f'guess density\'s largest element), exact; plan_gib at {QUARTET_BYTES} bytes each; '
-                                f'plan_kept: whether they fit in allowed_gib (PLAN_MEMORY_SHARE of '
+                                f'prefix_plan_mib: the same plan as (bra pair, ket sub-class, prefix length) rows of '
+                                f'{PREFIX_ROW_BYTES} bytes (prefix_rows); '
+                                f'plan_kept: whether the quartets fit in allowed_gib (PLAN_MEMORY_SHARE of '
                                 f'{args.gpu_memory_gib} GiB), else every build screens anew; guess_kept_share: the '
                                 f'share of the plan that the guess density\'s own shell blocks keep, on '
                                 f'{args.samples} random unique quartets (the in-plan ones: sampled_in_plan), with '
