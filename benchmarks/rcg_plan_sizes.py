@@ -44,25 +44,21 @@ PREFIX_ROW_BYTES = 3 * np.dtype(np.int32).itemsize
 def prefix_rows(mol, q, density_max, tol):
     """Rows of the same plan kept as ket prefixes: with one density bound for
     every block, the kets of a bra pair that pass are, within each pair
-    sub-class (l_a, l_b, n_a, n_b) sorted by descending bound, a prefix; count
-    the (bra pair, ket sub-class) combinations with a prefix, each unordered
-    sub-class combination once (within one sub-class an upper bound: there the
-    kets come no later than the bra pair)."""
+    sub-class (screening's pair groups, by descending bound), a prefix; count
+    the (bra pair, ket sub-class) combinations with a prefix, for the
+    combinations ``iter_tasks`` screens (within one l-class an upper bound:
+    there the kets come no later than the bra pair)."""
+    from itertools import product
+
     from pyscf import gto
-    ls, nctr = mol._bas[:, gto.ANG_OF], mol._bas[:, gto.NCTR_OF]
-    a, b = np.tril_indices(mol.nbas)
-    hi = np.where(ls[a] >= ls[b], a, b)
-    lo = np.where(ls[a] >= ls[b], b, a)
-    sub = np.stack((ls[hi], ls[lo], nctr[hi], nctr[lo]), axis=1)
-    _, label = np.unique(sub, axis=0, return_inverse=True)
-    label = label.ravel()
-    bounds = q[a, b]
-    classes = [np.sort(bounds[label == c]) for c in range(label.max() + 1)]
-    rows = 0
-    for x, bra in enumerate(classes):       # the bra the later sub-class, as build_tasks orients
-        for ket in classes[:x + 1]:
-            rows += len(bra) - np.searchsorted(bra, tol / (ket[-1] * density_max), side='left')
-    return int(rows)
+
+    from pyscf_fusionrcg.screening import _ket_counts, _pair_classes
+    ls, nctr = (mol._bas[:, col].astype(np.int64) for col in (gto.ANG_OF, gto.NCTR_OF))
+    groups = _pair_classes(ls, nctr, q, np.ones(q.shape, dtype=bool))
+    lkeys = sorted(groups, reverse=True)
+    combos = [(bra, ket) for n, lb in enumerate(lkeys) for lk in lkeys[n:]
+              for bra, ket in product(groups[lb], groups[lk])]
+    return sum(int(np.count_nonzero(_ket_counts(bra.q, ket, density_max, tol))) for bra, ket in combos)
 
 
 def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
