@@ -1,6 +1,7 @@
 """Where one FusionRCG J+K build spends its time on a GPU, next to GPU4PySCF's build.
 
-On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
+On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
+``--density guess``: PySCF's minao guess, as scf_vs_gpu4pyscf's guess cases):
 
 * the wall time of GPU4PySCF 1.9's ``get_jk`` and of FusionRCG's, median of
   ``--repeat`` builds after a warm-up, in one process on one GPU, and the
@@ -10,10 +11,12 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default):
   screening per molecule) split into the ERI kernels, the digestion
   kernels and the kernels that do both (small register-tier blocks,
   ``launch.jk_kernel``) of every class (CUDA events,
-  ``gpu_jk.get_jk_gpu(profile=...)``) and the rest (host work between
-  launches); the wall of ``get_jk_gpu`` on the plan without events (what the
-  plugin adds is the difference); the plan's own time and quartet count, and
-  how many quartets screening the density's own blocks would keep;
+  ``gpu_jk.get_jk_gpu(profile=...)``, on the plan filtered to the density's
+  own blocks, as the plugin builds) and the rest (host work between
+  launches); the walls of ``get_jk_gpu`` without events on that filtered
+  plan, on the whole plan, and streamed (screened and sorted in the build,
+  what the plugin does when a plan does not fit); the plan's own time,
+  quartet count and memory, and how many quartets the density's own blocks keep;
 * per class: quartets, tier, ERI and digestion milliseconds, microseconds per
   quartet, and the share of the build: the classes that hold the build back;
   and the same summed over the classes of each highest angular momentum (with
@@ -43,6 +46,7 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
     python benchmarks/rcg_jk_breakdown.py --basis def2-QZVP --pairmap passes,products
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
+    python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/005.xyz --basis def2-QZVP --density guess
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-change 1e-1,1e-3,1e-5
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-cache /tmp/fusion-dm
 """
@@ -86,24 +90,32 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     fn = lambda: mf.get_jk(mol, dm)  # noqa: E731
     diff = max(float(abs(a - b).max()) for a, b in zip(fn(), ref))
     wall = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
+    plugin_plan = any('plan' in plans for *_, plans in mf._fusionrcg_cache.values())
     # the plugin's build split into its parts: the plan (once per geometry), then a build from it
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
     cupy.get_default_memory_pool().free_all_blocks()
     block_quartets = sum(len(t) for t in iter_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
     plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond), sync)
-    bare = lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan)  # noqa: E731
-    bare_ms = statistics.median(_timed(bare, sync)[0] for _ in range(args.repeat))
+    dcond = shell_density_max(mol, dms)
+    builds = {'on the plan filtered to the density\'s blocks, no events': lambda: plan.restricted(dcond),
+              'on the whole plan, no events': lambda: plan,
+              'streamed: screened and sorted in the build': lambda: iter_tasks(mol, dms, 0.0, tol, q_cond,
+                                                                               xp=cupy)}
+    walls = {way: statistics.median(_timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks()), sync)[0]
+                                    for _ in range(args.repeat)) for way, tasks in builds.items()}
     profile = {}
-    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan, profile=profile), sync)
+    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan.restricted(dcond), profile=profile),
+                      sync)
     total = jk_ms
     stages = {key: sum(r[key] for r in profile.values()) for key in _STAGES}
-    records = [dict(part='FusionRCG J+K (wall, plugin, plan reused)', ms=wall,
-                    share=1.0, speedup=baseline / wall, max_abs_diff=diff),
-               dict(part='FusionRCG J+K (wall, get_jk_gpu on the plan, no events)', ms=bare_ms,
-                    speedup=baseline / bare_ms),
-               dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
-                    quartets=plan.quartets),
-               dict(part="block screening of this density's own blocks (not used)", quartets=block_quartets)]
+    records = [dict(part='FusionRCG J+K (wall, plugin, plan reused' + ('' if plugin_plan else ': did not fit, streamed')
+                    + ')', ms=wall, share=1.0, speedup=baseline / wall, max_abs_diff=diff)]
+    records += [dict(part=f'FusionRCG J+K (wall, get_jk_gpu {way})', ms=ms, speedup=baseline / ms)
+                for way, ms in walls.items()]
+    records += [dict(part='plan: screening and ordering (once per geometry)', ms=plan_ms,
+                     quartets=plan.quartets, gib=plan.nbytes / 2**30),
+                dict(part="the density's own blocks: the plan filtered to them (profiled below)",
+                     quartets=block_quartets)]
     records += [dict(part=f'{title}, all classes', ms=stages[key], share=stages[key] / total)
                 for key, title in _STAGES.items()]
     rest = jk_ms - sum(stages.values())
@@ -206,6 +218,8 @@ def main(argv=None):
                     help='digesting kernels on (1) or off (0), comma-separated to run both')
     ap.add_argument('--pairmap', default='passes',
                     help='forms of the pairmap contracted stage (passes, products), comma-separated')
+    ap.add_argument('--density', choices=('converged', 'guess'), default='converged',
+                    help="the density built on: the converged RHF one or PySCF's minao guess (no SCF)")
     ap.add_argument('--density-cache', default=None,
                     help='directory keeping the converged density per molecule and basis between runs')
     ap.add_argument('--fused-max', type=int, default=None,
@@ -227,7 +241,11 @@ def main(argv=None):
     sync = cupy.cuda.Device().synchronize
     mol = gto.M(atom=str(molecules_dir() / args.xyz), basis=args.basis, verbose=0)
     stock = scf.RHF(mol).to_gpu()
-    dm, density = _converged_density(mol, stock, args.density_cache, Path(args.xyz).stem, args.basis)
+    guess = cupy.asarray(stock.get_init_guess())
+    if args.density == 'guess':
+        dm, density = guess, 'minao guess'
+    else:
+        dm, density = _converged_density(mol, stock, args.density_cache, Path(args.xyz).stem, args.basis)
     dms = dm.reshape(1, mol.nao, mol.nao)
     q_cond = schwarz_bounds(mol, 0.0)
     fn = lambda: stock.get_jk(mol, dm)  # noqa: E731
@@ -235,7 +253,6 @@ def main(argv=None):
     baseline = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
     records = [dict(part='GPU4PySCF get_jk (wall)', ms=baseline)]
     changes = []
-    guess = cupy.asarray(stock.get_init_guess())
     for scale in (float(x) for x in args.density_change.split(',') if x.strip()):
         change = scale * (dm - guess)
         fn = lambda: stock.get_jk(mol, change)  # noqa: E731
@@ -252,7 +269,7 @@ def main(argv=None):
     for r in records:
         print_record(r)
     meta = environment_meta()
-    meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, repeat=args.repeat,
+    meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, nbas=mol.nbas, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
                 fused_max=launch.FUSED_DIGEST_MAX, pairmap=args.pairmap, density_change=args.density_change)
     paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '

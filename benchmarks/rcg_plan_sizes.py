@@ -1,8 +1,8 @@
 """Whether a molecule's J/K plan fits on the GPU, counted on the CPU (no GPU).
 
 ``JKPlan.screen`` keeps one geometry's screened, ordered quartets on the device
-(Schwarz screening with the density's largest element, one int32 shell index
-per centre) when they fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory;
+(Schwarz screening with the density's largest element, a 16-bit shell index
+per centre: ``gpu_jk.PLAN_QUARTET_BYTES``) when they fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory;
 otherwise every build of that geometry screens and orders its quartets anew,
 one chunk at a time.  Per case this counts the plan's quartets exactly
 (``schwarz_candidates``, as a density change does), the memory they take, and
@@ -34,8 +34,6 @@ CASES = ('organic/020_Vitamin_C.xyz:def2-TZVP', 'organic/057_Tamoxifen.xyz:def2-
          'gly/gly30.xyz:def2-TZVP')
 #: An H200's memory as CuPy reports it.
 H200_GIB = 139.8
-#: Bytes of one ordered quartet of a plan: four int32 shell indices.
-QUARTET_BYTES = 4 * np.dtype(np.int32).itemsize
 #: Bytes of one row of a plan kept as ket prefixes: a bra pair, a ket sub-class
 #: and how many of its pairs (by descending Schwarz bound) pass, in int32.
 PREFIX_ROW_BYTES = 3 * np.dtype(np.int32).itemsize
@@ -63,6 +61,7 @@ def prefix_rows(mol, q, density_max, tol):
 
 def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
     """The plan counts of one molecule and density (one record)."""
+    from pyscf_fusionrcg.gpu_jk import PLAN_QUARTET_BYTES
     from pyscf_fusionrcg.jk import PLAN_MEMORY_SHARE
     from pyscf_fusionrcg.screening import (kept_quartets, schwarz_bounds, schwarz_candidates,
                                            shell_density_max, sorted_pair_bounds)
@@ -77,7 +76,7 @@ def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
     in_plan = kept_quartets(quartets, q32, np.full_like(d32, d32.max()), tol)
     kept = kept_quartets(quartets[in_plan], q32, d32, tol)
     share = float(kept.mean()) if len(kept) else 0.0
-    plan_bytes = planned * QUARTET_BYTES
+    plan_bytes = planned * PLAN_QUARTET_BYTES
     rows = prefix_rows(mol, q, float(dcond.max()), tol)
     return dict(nao=mol.nao, nbas=mol.nbas, shell_pairs=len(pair_bounds),
                 plan_quartets=planned, plan_gib=plan_bytes / 2**30,
@@ -90,6 +89,7 @@ def plan_size(mol, dm, tol, samples, gpu_bytes, rng):
 
 
 def main(argv=None):
+    from pyscf_fusionrcg.gpu_jk import PLAN_QUARTET_BYTES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--cases', default=','.join(CASES), help='xyz:basis, xyz relative to $FUSION_MOLECULES')
     ap.add_argument('--samples', type=int, default=2_000_000, help='unique quartets drawn per case')
@@ -115,7 +115,7 @@ def main(argv=None):
     paths = write_results(args.name, records, meta,
                           title='FusionRCG plan sizes on the guess density (counted, no GPU)',
                           notes=f'plan_quartets: the unique quartets of a plan (Schwarz screening with the minao '
-                                f'guess density\'s largest element), exact; plan_gib at {QUARTET_BYTES} bytes each; '
+                                f'guess density\'s largest element), exact; plan_gib at {PLAN_QUARTET_BYTES} bytes each; '
                                 f'prefix_plan_mib: the same plan as (bra pair, ket sub-class, prefix length) rows of '
                                 f'{PREFIX_ROW_BYTES} bytes (prefix_rows); '
                                 f'plan_kept: whether the quartets fit in allowed_gib (PLAN_MEMORY_SHARE of '

@@ -13,8 +13,9 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
 * ``tasks``: :func:`pyscf_fusionrcg.screening.build_tasks` output for these
   densities and omega (NumPy or CuPy task arrays); the 8-fold degeneracy
   convention is that module's.  Or a :class:`JKPlan`: the same quartets
-  already oriented and ordered on the device, kept across builds, or such a
-  plan kept to the quartets of a smaller density (:meth:`JKPlan.restricted`).
+  already oriented and ordered on the device, kept across builds (all of
+  them), or such a plan kept to the quartets of a density's own shell blocks
+  (:meth:`JKPlan.restricted`, what the plugin's builds use).
   Or an :func:`~pyscf_fusionrcg.screening.iter_tasks` stream: the classes are
   then screened, ordered and digested one chunk at a time (:class:`StreamedPlan`).
 * ``tier``: force a storage tier for every class (experiments; a plan
@@ -48,7 +49,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .screening import TaskStream, iter_tasks, kept_quartets, schwarz_bounds, sorted_pair_bounds
+from .screening import (CHUNK_QUARTETS, TaskStream, iter_tasks, joined_rows, schwarz_bounds,
+                        sorted_pair_bounds)
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
@@ -86,8 +88,14 @@ PLAN_REUSE_RANGE = 8.0
 #: quartet; screening ~80 per candidate and orienting and sorting ~450 per
 #: survivor), not yet timed on a GPU.
 PLAN_RESTRICT_SHARE = 0.25
-#: Rows filtered at once by :meth:`JKPlan.restricted` (bounds its temporaries).
+#: Rows filtered at once by :meth:`JKPlan.restricted`, and decoded at once
+#: for the kernels from an unfiltered plan (bounds their temporaries).
 _RESTRICT_ROWS = 1 << 24
+#: A plan keeps its shell indices in 16 bits (csrc/fusionrcg/plan.cu reads
+#: them so): molecules with more shells stream their builds.
+PLAN_INDEX_DTYPE = np.uint16
+PLAN_QUARTET_BYTES = 4 * np.dtype(PLAN_INDEX_DTYPE).itemsize
+PLAN_MAX_SHELLS = int(np.iinfo(PLAN_INDEX_DTYPE).max) + 1
 
 
 def digest_layout(dims, kind=None) -> tuple:
@@ -175,10 +183,20 @@ def _prepare_digestions(kernels: dict) -> None:
 @dataclass
 class _ClassPlan:
     kern: launch.ClassKernel
-    quartets: object        # CuPy (n, 4) int32: oriented, in primitive order
-                            # (the digestion derives each one's degeneracy)
+    quartets: object        # CuPy (n, 4) shell indices: oriented, in primitive order
+                            # (the digestion derives each one's degeneracy); int32
+                            # for the kernels, uint16 where a JKPlan keeps them
     digestion: _Digestion   # for the AO block dims of the class and contraction shape;
                             # None where the kernel digests its blocks itself
+
+    def rows(self, chunk=_RESTRICT_ROWS):
+        """Views of at most ``chunk`` of the quartets each, in order."""
+        return (self.quartets[lo:lo + chunk] for lo in range(0, len(self.quartets), chunk))
+
+    def with_quartets(self, quartets):
+        """The class with other quartets, as int32 for the kernels."""
+        return _ClassPlan(self.kern, launch._cupy().ascontiguousarray(quartets, dtype=np.int32),
+                          self.digestion)
 
 
 def _class_kernels(shapes, cart, omega, tier) -> dict:
@@ -217,7 +235,9 @@ class PlanTooLarge(MemoryError):
 
 class JKPlan:
     """Every class's screened quartets on the device, oriented and ordered for
-    launch (``launch.orient``, ``launch.primitive_order``), with the kernels.
+    launch (``launch.orient``, ``launch.primitive_order``), with the kernels;
+    kept as 16-bit shell indices (8 bytes a quartet; the kernels get int32
+    copies of a few million at a time as a build reaches them).
 
     Screening, orienting and ordering the tens of millions of quartets of a
     triple-zeta molecule take about a fifth of a J+K build; a plan does it once
@@ -234,13 +254,13 @@ class JKPlan:
         cp = launch._cupy()
         self.omega, self.tier, self.bound = float(omega), tier, bound
         self.tol = self.q32 = self.pair_bounds = None    # the screening of a plan made by screen()
-        self.nao = mol.nao
+        self.nao, self.nbas = mol.nao, mol.nbas
         self.basis = launch.DeviceBasis(mol)
         self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
         self._cart = bool(mol.cart)
         ordered, nbytes = [], 0
         for t in tasks:
-            q = self._ordered(t)
+            q = self._kept(t)
             nbytes += q.nbytes
             if max_bytes is not None and nbytes > max_bytes:
                 raise PlanTooLarge(nbytes, max_bytes)
@@ -269,12 +289,20 @@ class JKPlan:
         order = launch.primitive_order(self.basis, oriented)
         return launch._cupy().ascontiguousarray(oriented[order])
 
+    def _kept(self, t):
+        """The ordered quartets of ``t`` as a plan keeps them."""
+        if self.nbas > PLAN_MAX_SHELLS:
+            raise ValueError(f'a J/K plan keeps 16-bit shell indices, and this molecule has {self.nbas} '
+                             f'shells (at most {PLAN_MAX_SHELLS}): stream its tasks (iter_tasks) instead')
+        return self._ordered(t).astype(PLAN_INDEX_DTYPE)
+
     @staticmethod
     def _class_plan(kern, nctr, quartets):
         return _ClassPlan(kern, quartets, None if kern.variant.digest else _digestion(_block_dims(kern, nctr)))
 
     def __iter__(self):
-        return iter(self.classes)
+        """Every class, all its quartets (unfiltered), a few million at a time."""
+        return (c.with_quartets(rows) for c in self.classes for rows in c.rows())
 
     def covers(self, density_max: float) -> bool:
         """True when the plan's quartets are right (every quartet that matters is
@@ -285,7 +313,10 @@ class JKPlan:
 
     def restricted(self, dcond, with_j=True, with_k=True) -> RestrictedPlan:
         """The plan kept to the quartets that screening a density of shell
-        block maxima ``dcond`` (at most :attr:`bound`) would keep."""
+        block maxima ``dcond`` (at most :attr:`bound`) would keep: a build of a
+        density its bound covers computes no more quartets than one that
+        screens it anew (the guess density of (H2O)20/def2-QZVP keeps two
+        thirds of its plan, benchmarks/rcg_plan_sizes.py)."""
         if self.tol is None:
             raise ValueError('only a plan made by JKPlan.screen can be restricted')
         return RestrictedPlan(self, dcond, with_j, with_k)
@@ -301,24 +332,37 @@ class JKPlan:
 
 class RestrictedPlan:
     """A screened plan's classes kept to the quartets of a smaller density
-    (:func:`~pyscf_fusionrcg.screening.kept_quartets`), in the plan's order, so
-    that nothing is sorted again; each class is filtered when a build reaches
-    it and dropped after.  Iterable once."""
+    (the test of :func:`~pyscf_fusionrcg.screening.kept_quartets`, in one pass
+    of ``csrc/fusionrcg/plan.cu``), in the plan's order, so that nothing is
+    sorted again; each class is filtered when a build reaches it, handed on a
+    few million quartets at a time and dropped after.  Iterable once."""
 
     def __init__(self, plan: JKPlan, dcond, with_j=True, with_k=True):
         cp = launch._cupy()
         self.nao, self.omega, self.basis, self.ao_loc = plan.nao, plan.omega, plan.basis, plan.ao_loc
-        self._plan, self._with = plan, (with_j, with_k)
-        self._d32 = cp.asarray(np.asarray(dcond, dtype=np.float32))
+        self._plan, self._with = plan, tuple(np.int32(bool(w)) for w in (with_j, with_k))
+        self._d32 = cp.ascontiguousarray(cp.asarray(dcond, dtype=cp.float32))
 
     def __iter__(self):
         cp, plan = launch._cupy(), self._plan
+        kernel = _plan_kept_kernel()
+        keep = cp.empty(_RESTRICT_ROWS, dtype=cp.bool_)
         for c in plan.classes:
-            rows = [c.quartets[lo:lo + _RESTRICT_ROWS] for lo in range(0, len(c.quartets), _RESTRICT_ROWS)]
-            rows = [r[kept_quartets(r, plan.q32, self._d32, plan.tol, *self._with, xp=cp)] for r in rows]
-            rows = [r for r in rows if len(r)]
-            if rows:
-                yield _ClassPlan(c.kern, cp.concatenate(rows) if len(rows) > 1 else rows[0], c.digestion)
+            def kept():
+                for rows in c.rows():
+                    n = len(rows)
+                    kernel((-(-n // _DIGEST_BLOCK),), (_DIGEST_BLOCK,),
+                           (rows, np.int32(n), plan.q32, self._d32, np.int32(plan.nbas),
+                            np.float32(plan.tol), *self._with, keep))
+                    yield rows[keep[:n]]
+            for rows in joined_rows(kept(), CHUNK_QUARTETS, cp):
+                yield c.with_quartets(rows)
+
+
+@lru_cache(maxsize=None)
+def _plan_kept_kernel():
+    from gpucore import compile_file
+    return compile_file('fusionrcg/plan.cu').get_kernel('fr_plan_kept')
 
 
 class StreamedPlan(JKPlan):

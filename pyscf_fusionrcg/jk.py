@@ -138,38 +138,43 @@ PLAN_MEMORY_SHARE = 0.5
 
 
 def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=True, with_k=True):
-    """The plan in ``plans`` if it covers ``dms``; for a density far smaller
-    than the plan's bound (an SCF's density change: screening its own blocks
-    keeps far fewer quartets) the plan restricted to those blocks' quartets
-    when screening them anew would look at ``PLAN_RESTRICT_SHARE`` of the
-    plan's count or more, else None; None for every density of a geometry
-    whose plan did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory
-    (such builds stream their classes); else a new plan, kept in ``plans``."""
+    """The plan in ``plans`` kept to the quartets of ``dms``' own shell blocks
+    (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`: the quartets screening
+    them would keep, in the plan's order, without sorting) while the plan
+    covers the density; for a density far smaller than the plan's bound (an
+    SCF's density change, whose own blocks keep far fewer quartets) the same
+    when screening it anew would look at ``PLAN_RESTRICT_SHARE`` of the plan's
+    count or more, else None; None for every density of a geometry whose plan
+    did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory or has more
+    shells than a plan indexes (such builds stream their classes); else a new
+    plan, kept in ``plans``, restricted the same way."""
     import cupy
-    from pyscf_fusionrcg.gpu_jk import PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
+    from pyscf_fusionrcg.gpu_jk import PLAN_MAX_SHELLS, PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
     if plans.get("too_large"):
+        return None
+    if mol.nbas > PLAN_MAX_SHELLS:
+        logger.info(mol, "FusionRCG: %d shells are more than a plan indexes (%d); this geometry's builds "
+                    "stream their classes", mol.nbas, PLAN_MAX_SHELLS)
+        plans["too_large"] = True
         return None
     dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
     plan = plans.get("plan")
-    if plan is not None and plan.tier == tier and plan.tol == direct_scf_tol:
-        if plan.covers(dmax):
-            return plan
-        if dmax < plan.bound:
-            if schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets:
-                return None
-            return plan.restricted(shell_density_max(mol, dms), with_j, with_k)
-    plans.pop("plan", None)     # free the old plan's arrays before screening again
-    pool = cupy.get_default_memory_pool()
-    free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
-    try:
-        plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier,
-                                      max_bytes=int(PLAN_MEMORY_SHARE * free))
-    except PlanTooLarge as err:
-        pool.free_all_blocks()
-        logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
-        plans["too_large"] = True
+    if plan is None or plan.tier != tier or plan.tol != direct_scf_tol or dmax > plan.bound:
+        plans.pop("plan", None)     # free the old plan's arrays before screening again
+        pool = cupy.get_default_memory_pool()
+        free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
+        try:
+            plan = plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier,
+                                                 max_bytes=int(PLAN_MEMORY_SHARE * free))
+        except PlanTooLarge as err:
+            pool.free_all_blocks()
+            logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
+            plans["too_large"] = True
+            return None
+    if (not plan.covers(dmax)
+            and schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets):
         return None
-    return plans["plan"]
+    return plan.restricted(shell_density_max(mol, dms), with_j, with_k)
 
 
 def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):

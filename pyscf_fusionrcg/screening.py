@@ -225,7 +225,7 @@ def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
             bra, ket = dev[lb][ib], dev[lk][ik]
             tiles = _screen(groups[lb][ib], groups[lk][ik], bra, ket, lb == lk, d32, dmax,
                             direct_scf_tol, with_j, with_k, tile, xp)
-            for q in _joined(tiles, chunk, xp):
+            for q in joined_rows(tiles, chunk, xp):
                 yield ClassTasks(lb + lk, bra.n + ket.n, q)
 
     return TaskStream(shapes, chunks())
@@ -239,7 +239,7 @@ def _ket_counts(bra_q, ket_h, dmax, tol):
     return np.searchsorted(-ket_h.q, -limit, side="right")
 
 
-def _joined(pieces, chunk, xp):
+def joined_rows(pieces, chunk, xp):
     """The rows of the (n_i, 4) int32 arrays ``pieces``, in order, as contiguous
     arrays of ``chunk`` rows (the last one shorter; None: all in one)."""
     held, n = [], 0
@@ -302,8 +302,9 @@ def kept_quartets(quartets, q32, d32, tol, with_j=True, with_k=True, xp=np):
     block maxima ``d32`` (float32 (nbas, nbas), :func:`shell_density_max`)
     and the float32 Schwarz bounds ``q32``.  Filtering a plan screened with a
     larger density bound this way keeps exactly the quartets that screening
-    the smaller density itself would: a density change of an SCF cycle
-    reuses the plan's ordered quartets instead of sorting its own."""
+    the smaller density itself would: a build reuses the plan's ordered
+    quartets instead of sorting its own (``gpu_jk.RestrictedPlan`` runs
+    this test in one kernel, ``csrc/fusionrcg/plan.cu``)."""
     a, b, c, d = (quartets[:, i] for i in range(4))
     dm = None
     if with_j:

@@ -286,6 +286,33 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     assert plans['plan'] is not plan and plans['plan'].tol == 1e-11
 
 
+@pytest.mark.parametrize('with_j,with_k', [(True, True), (True, False), (False, True)])
+def test_restricted_plan_keeps_what_kept_quartets_keeps(with_j, with_k):
+    """A plan keeps 16-bit shell indices (8 bytes a quartet); restricting it
+    to a density's blocks (plan.cu's one-pass test) keeps exactly the rows
+    screening.kept_quartets keeps, in the plan's order, as int32 for the
+    kernels; iterating the whole plan hands on every row."""
+    import cupy as cp
+    from pyscf_fusionrcg.gpu_jk import JKPlan
+    from pyscf_fusionrcg.screening import kept_quartets, shell_density_max
+    mol = vitamin_c('def2-SVP')
+    dm = minao_dm(mol)
+    plan = JKPlan.screen(mol, 4 * float(np.abs(dm).max()))
+    assert all(c.quartets.dtype == np.uint16 for c in plan.classes)
+    assert plan.nbytes == 8 * plan.quartets
+    whole = cp.concatenate([c.quartets.astype(cp.int32) for c in plan.classes])
+    listed = list(plan)
+    assert all(c.quartets.dtype == np.int32 for c in listed)
+    assert bool((cp.concatenate([c.quartets for c in listed]) == whole).all())
+    dcond = shell_density_max(mol, dm)
+    want = whole[kept_quartets(whole, plan.q32, cp.asarray(dcond, dtype=cp.float32), plan.tol,
+                               with_j, with_k, xp=cp)]
+    got = [c.quartets for c in plan.restricted(dcond, with_j, with_k)]
+    assert all(c.dtype == np.int32 and c.flags.c_contiguous for c in got)
+    got = cp.concatenate(got)
+    assert 0 < len(got) < len(whole) and got.shape == want.shape and bool((got == want).all())
+
+
 def _spy(fn, taken, name):
     def call(*args, **kwargs):
         taken.append(name)
@@ -331,6 +358,23 @@ def test_a_plan_that_does_not_fit_streams_the_builds(monkeypatch):
     assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
     vj2, _ = get_jk(mol, 2 * dm, backend='gpu', plans=plans)
     assert plans == {'too_large': True} and np.abs(vj2 - 2 * ref_j).max() < 2 * TOL
+
+
+def test_a_molecule_beyond_the_plan_indices_streams_the_builds(monkeypatch):
+    """A plan keeps 16-bit shell indices: for a molecule with more shells
+    JKPlan says so, and get_jk streams every build (same J/K)."""
+    from pyscf_fusionrcg import gpu_jk
+    mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
+                basis='def2-TZVP', verbose=0)
+    dm = minao_dm(mol)
+    monkeypatch.setattr(gpu_jk, 'PLAN_MAX_SHELLS', mol.nbas - 1)
+    with pytest.raises(ValueError, match='16-bit shell indices.*stream its tasks'):
+        gpu_jk.JKPlan.screen(mol, float(np.abs(dm).max()))
+    plans = {}
+    ref_j, ref_k = reference_jk(mol, dm)
+    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
+    assert plans == {'too_large': True}
+    assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
 
 
 def test_plan_for_another_basis_or_operator_is_refused():
