@@ -120,7 +120,9 @@ def main(argv=None):
                                 f'{PREFIX_ROW_BYTES} bytes (prefix_rows); '
                                 f'plan_kept: whether the quartets fit in allowed_gib (PLAN_MEMORY_SHARE of '
                                 f'{args.gpu_memory_gib} GiB), else every build screens anew; guess_kept_share: the '
-                                f'share of the plan that the guess density\'s own shell blocks keep, on '
+                                f'share of the plan that the guess density\'s own shell blocks keep (PySCF\'s '
+                                f'minao guess; GPU4PySCF\'s, which scf_vs_gpu4pyscf.py --density guess builds on, '
+                                f'keeps other shares: rcg_jk_breakdown.py --density guess counts them), on '
                                 f'{args.samples} random unique quartets (the in-plan ones: sampled_in_plan), with '
                                 f'its standard error.')
     print('wrote', *paths)

@@ -88,9 +88,10 @@ PLAN_REUSE_RANGE = 8.0
 #: quartet; screening ~80 per candidate and orienting and sorting ~450 per
 #: survivor), not yet timed on a GPU.
 PLAN_RESTRICT_SHARE = 0.25
-#: Rows filtered at once by :meth:`JKPlan.restricted`, and decoded at once
-#: for the kernels from an unfiltered plan (bounds their temporaries).
-_RESTRICT_ROWS = 1 << 24
+#: Rows of a plan filtered at once by :meth:`JKPlan.restricted`, or decoded
+#: at once for the kernels from an unfiltered plan (bounds their temporaries
+#: to 1 GiB).
+_RESTRICT_ROWS = 1 << 26
 #: A plan keeps its shell indices in 16 bits (csrc/fusionrcg/plan.cu reads
 #: them so): molecules with more shells stream their builds.
 PLAN_INDEX_DTYPE = np.uint16
@@ -189,9 +190,10 @@ class _ClassPlan:
     digestion: _Digestion   # for the AO block dims of the class and contraction shape;
                             # None where the kernel digests its blocks itself
 
-    def rows(self, chunk=_RESTRICT_ROWS):
-        """Views of at most ``chunk`` of the quartets each, in order."""
-        return (self.quartets[lo:lo + chunk] for lo in range(0, len(self.quartets), chunk))
+    def rows(self):
+        """Views of at most ``_RESTRICT_ROWS`` of the quartets each, in order."""
+        step = _RESTRICT_ROWS
+        return (self.quartets[lo:lo + step] for lo in range(0, len(self.quartets), step))
 
     def with_quartets(self, quartets):
         """The class with other quartets, as int32 for the kernels."""
@@ -332,10 +334,11 @@ class JKPlan:
 
 class RestrictedPlan:
     """A screened plan's classes kept to the quartets of a smaller density
-    (the test of :func:`~pyscf_fusionrcg.screening.kept_quartets`, in one pass
-    of ``csrc/fusionrcg/plan.cu``), in the plan's order, so that nothing is
-    sorted again; each class is filtered when a build reaches it, handed on a
-    few million quartets at a time and dropped after.  Iterable once."""
+    (the test of :func:`~pyscf_fusionrcg.screening.kept_quartets`, counted and
+    compacted by ``csrc/fusionrcg/plan.cu``), in the plan's order, so that
+    nothing is sorted again; each class is filtered when a build reaches it,
+    handed on at most ``CHUNK_QUARTETS`` at a time and dropped after.
+    Iterable once."""
 
     def __init__(self, plan: JKPlan, dcond, with_j=True, with_k=True):
         cp = launch._cupy()
@@ -344,25 +347,38 @@ class RestrictedPlan:
         self._d32 = cp.ascontiguousarray(cp.asarray(dcond, dtype=cp.float32))
 
     def __iter__(self):
-        cp, plan = launch._cupy(), self._plan
-        kernel = _plan_kept_kernel()
-        keep = cp.empty(_RESTRICT_ROWS, dtype=cp.bool_)
-        for c in plan.classes:
-            def kept():
-                for rows in c.rows():
-                    n = len(rows)
-                    kernel((-(-n // _DIGEST_BLOCK),), (_DIGEST_BLOCK,),
-                           (rows, np.int32(n), plan.q32, self._d32, np.int32(plan.nbas),
-                            np.float32(plan.tol), *self._with, keep))
-                    yield rows[keep[:n]]
-            for rows in joined_rows(kept(), CHUNK_QUARTETS, cp):
+        cp = launch._cupy()
+        for c in self._plan.classes:
+            for rows in joined_rows(map(self._kept, c.rows()), CHUNK_QUARTETS, cp):
                 yield c.with_quartets(rows)
+
+    def _kept(self, rows):
+        """The rows (uint16, of one class) the density keeps, int32, in order."""
+        cp, plan = launch._cupy(), self._plan
+        count, compact = _plan_kernels()
+        n = len(rows)
+        tiles = -(-n // (_PLAN_ROUNDS * _PLAN_BLOCK))
+        args = (rows, np.int32(n), plan.q32, self._d32, np.int32(plan.nbas), np.float32(plan.tol), *self._with)
+        counts = cp.empty(tiles, dtype=cp.int32)
+        count((tiles,), (_PLAN_BLOCK,), args + (counts,))
+        ends = cp.cumsum(counts, dtype=cp.int64)
+        kept = cp.empty((int(ends[-1]), 4), dtype=cp.int32)
+        if len(kept):
+            compact((tiles,), (_PLAN_BLOCK,), args + (ends - counts, kept))
+        return kept
+
+
+#: plan.cu's screening of a plan: threads per block, and rows per thread.
+_PLAN_BLOCK = 256
+_PLAN_ROUNDS = 8
 
 
 @lru_cache(maxsize=None)
-def _plan_kept_kernel():
+def _plan_kernels():
+    """plan.cu's (fr_plan_count, fr_plan_compact)."""
     from gpucore import compile_file
-    return compile_file('fusionrcg/plan.cu').get_kernel('fr_plan_kept')
+    module = compile_file('fusionrcg/plan.cu', defines={'FR_PLAN_ROUNDS': _PLAN_ROUNDS})
+    return module.get_kernel('fr_plan_count'), module.get_kernel('fr_plan_compact')
 
 
 class StreamedPlan(JKPlan):

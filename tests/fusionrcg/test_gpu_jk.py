@@ -286,15 +286,20 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     assert plans['plan'] is not plan and plans['plan'].tol == 1e-11
 
 
-@pytest.mark.parametrize('with_j,with_k', [(True, True), (True, False), (False, True)])
-def test_restricted_plan_keeps_what_kept_quartets_keeps(with_j, with_k):
+@pytest.mark.parametrize('with_j,with_k,rows', [(True, True, None), (True, False, None), (False, True, None),
+                                                (True, True, 10_001)])
+def test_restricted_plan_keeps_what_kept_quartets_keeps(monkeypatch, with_j, with_k, rows):
     """A plan keeps 16-bit shell indices (8 bytes a quartet); restricting it
-    to a density's blocks (plan.cu's one-pass test) keeps exactly the rows
+    to a density's blocks (plan.cu's count and compaction, also over pieces
+    of ``rows`` that end inside a tile) keeps exactly the rows
     screening.kept_quartets keeps, in the plan's order, as int32 for the
     kernels; iterating the whole plan hands on every row."""
     import cupy as cp
+    from pyscf_fusionrcg import gpu_jk
     from pyscf_fusionrcg.gpu_jk import JKPlan
     from pyscf_fusionrcg.screening import kept_quartets, shell_density_max
+    if rows is not None:
+        monkeypatch.setattr(gpu_jk, '_RESTRICT_ROWS', rows)
     mol = vitamin_c('def2-SVP')
     dm = minao_dm(mol)
     plan = JKPlan.screen(mol, 4 * float(np.abs(dm).max()))
