@@ -84,9 +84,10 @@ PLAN_REUSE_RANGE = 8.0
 #: Such a smaller density filters the plan's quartets (:meth:`JKPlan.restricted`)
 #: when screening it anew would look at least this share of the plan's count
 #: (:func:`~pyscf_fusionrcg.screening.schwarz_candidates`), else it is screened
-#: and sorted anew.  From the bytes each moves (a filter reads ~130 per plan
-#: quartet; screening ~80 per candidate and orienting and sorting ~450 per
-#: survivor), not yet timed on a GPU.
+#: and sorted anew.  From the bytes each moves (a filter reads a plan
+#: quartet's 8 bytes twice and writes 16 per kept one; screening ~80 per
+#: candidate and orienting and sorting ~450 per survivor); not timed on a GPU
+#: for density changes.
 PLAN_RESTRICT_SHARE = 0.25
 #: Rows of a plan filtered at once by :meth:`JKPlan.restricted`, or decoded
 #: at once for the kernels from an unfiltered plan (bounds their temporaries
@@ -317,8 +318,8 @@ class JKPlan:
         """The plan kept to the quartets that screening a density of shell
         block maxima ``dcond`` (at most :attr:`bound`) would keep: a build of a
         density its bound covers computes no more quartets than one that
-        screens it anew (the guess density of (H2O)20/def2-QZVP keeps two
-        thirds of its plan, benchmarks/rcg_plan_sizes.py)."""
+        screens it anew (GPU4PySCF's guess density of (H2O)20/def2-QZVP
+        keeps 3.9% of its plan, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
         if self.tol is None:
             raise ValueError('only a plan made by JKPlan.screen can be restricted')
         return RestrictedPlan(self, dcond, with_j, with_k)
