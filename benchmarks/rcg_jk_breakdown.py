@@ -1,7 +1,7 @@
 """Where one FusionRCG J+K build spends its time on a GPU, next to GPU4PySCF's build.
 
 On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
-``--density guess``: PySCF's minao guess, as scf_vs_gpu4pyscf's guess cases):
+``--density guess``: GPU4PySCF's minao guess, the density of scf_vs_gpu4pyscf's guess cases):
 
 * the wall time of GPU4PySCF 1.9's ``get_jk`` and of FusionRCG's, median of
   ``--repeat`` builds after a warm-up, in one process on one GPU, and the
@@ -219,7 +219,7 @@ def main(argv=None):
     ap.add_argument('--pairmap', default='passes',
                     help='forms of the pairmap contracted stage (passes, products), comma-separated')
     ap.add_argument('--density', choices=('converged', 'guess'), default='converged',
-                    help="the density built on: the converged RHF one or PySCF's minao guess (no SCF)")
+                    help="the density built on: the converged RHF one or GPU4PySCF's minao guess (no SCF)")
     ap.add_argument('--density-cache', default=None,
                     help='directory keeping the converged density per molecule and basis between runs')
     ap.add_argument('--fused-max', type=int, default=None,
