@@ -93,13 +93,15 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
         dms = dms.reshape(-1, shape[-2], shape[-1])
         if q_cond is None:
             q_cond = schwarz_bounds(mol, omega)
+        dcond = shell_density_max(mol, dms)     # on the GPU, once per build
         tasks = None
         if plans is not None:
-            tasks = _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, gpu_options.get("tier"),
+            tasks = _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, gpu_options.get("tier"),
                                  with_j, with_k)
         if tasks is None:
             # Screened on the GPU, class by class as the build reaches it.
-            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy)
+            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy,
+                               block_max=dcond)
         vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, **gpu_options)
         out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
@@ -138,10 +140,11 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
 PLAN_MEMORY_SHARE = 0.6
 
 
-def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=True, with_k=True):
-    """The plan in ``plans`` kept to the quartets of ``dms``' own shell blocks
-    (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`: the quartets screening
-    them would keep, in the plan's order, without sorting) while the plan
+def _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, tier, with_j=True, with_k=True):
+    """The plan in ``plans`` kept to the quartets of a density's own shell
+    blocks, whose maxima are ``dcond`` (:func:`~pyscf_fusionrcg.screening.shell_density_max`),
+    as :meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted` keeps them (the
+    quartets screening them would keep, in the plan's order, without sorting), while the plan
     covers the density; for a density far smaller than the plan's bound (an
     SCF's density change, whose own blocks keep far fewer quartets) the same
     when screening it anew would look at ``PLAN_RESTRICT_SHARE`` of the plan's
@@ -158,7 +161,7 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=Tr
                     "stream their classes", mol.nbas, PLAN_MAX_SHELLS)
         plans["too_large"] = True
         return None
-    dmax = float(cupy.abs(dms).max()) if dms.size else 0.0
+    dmax = float(dcond.max()) if dcond.size else 0.0
     plan = plans.get("plan")
     if plan is None or plan.tier != tier or plan.tol != direct_scf_tol or dmax > plan.bound:
         plans.pop("plan", None)     # free the old plan's arrays before screening again
@@ -175,7 +178,7 @@ def _cached_plan(plans, mol, dms, omega, direct_scf_tol, q_cond, tier, with_j=Tr
     if (not plan.covers(dmax)
             and schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets):
         return None
-    return plan.restricted(shell_density_max(mol, dms), with_j, with_k)
+    return plan.restricted(dcond, with_j, with_k)
 
 
 def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):

@@ -130,7 +130,12 @@ def schwarz_bounds(mol, omega=0.0):
 
 
 def shell_density_max(mol, dms):
-    """Largest ``|D|`` of each shell block over all matrices and both orientations."""
+    """Largest ``|D|`` of each shell block over all matrices and both
+    orientations, (nbas, nbas) float64; for CuPy ``dms`` computed on the
+    device and returned as CuPy (``gpu_jk.device_shell_density_max``)."""
+    if on_gpu(dms):
+        from pyscf_fusionrcg.gpu_jk import device_shell_density_max
+        return device_shell_density_max(mol, dms)
     d = np.abs(to_host(dms)).reshape(-1, mol.nao, mol.nao).max(axis=0)
     loc = mol.ao_loc[:-1]
     d = np.maximum.reduceat(np.maximum.reduceat(d, loc, axis=0), loc, axis=1)
@@ -189,17 +194,20 @@ def build_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
 
 def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
                with_j=True, with_k=True, xp=np, density_bound=None,
-               chunk=CHUNK_QUARTETS) -> TaskStream:
+               chunk=CHUNK_QUARTETS, block_max=None) -> TaskStream:
     """:func:`build_tasks`' quartets, in the same order, as a :class:`TaskStream`
     of ClassTasks of at most ``chunk`` quartets each (None: one per class),
-    each screened when the consumer asks for it."""
+    each screened when the consumer asks for it.  ``block_max``: the
+    :func:`shell_density_max` of ``dms`` when the caller has it already."""
     if q_cond is None:
         q_cond = schwarz_bounds(mol, omega)
     q_cond = to_host(q_cond)
-    if density_bound is None:
-        dcond = shell_density_max(mol, dms)
-    else:
+    if density_bound is not None:
         dcond = np.full((mol.nbas, mol.nbas), float(density_bound))
+    elif block_max is not None:
+        dcond = block_max
+    else:
+        dcond = shell_density_max(mol, dms)
     dmax = float(dcond.max()) if dcond.size else 0.0
     if dmax == 0.0 or not (with_j or with_k):
         return TaskStream(set(), iter(()))
@@ -219,7 +227,8 @@ def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
 
     def chunks():
         dev = {key: [p.to(xp) for p in subs] for key, subs in groups.items()}
-        d32 = xp.asarray(dcond.astype(np.float32))
+        d32 = dcond.astype(np.float32)
+        d32 = to_host(d32) if xp is np else xp.asarray(d32)
         tile = _TILE.get(xp.__name__, _TILE["numpy"])
         for lb, lk, ib, ik in combos:
             bra, ket = dev[lb][ib], dev[lk][ik]

@@ -16,7 +16,9 @@
 // Each thread block takes a tile of FR_PLAN_ROUNDS (defined by the caller)
 // times blockDim.x consecutive rows (blockDim.x a multiple of 32, at most
 // 1024), one row per thread a round.
-
+//
+// The block maxima themselves come from fr_shell_block_max, on the device,
+// so that a build does not copy its density to the host to screen it.
 
 __device__ __forceinline__ bool fr_plan_keeps(const ushort4 s, const float* __restrict__ q32,
                                               const float* __restrict__ d32, int nbas, float tol,
@@ -74,4 +76,26 @@ extern "C" __global__ void fr_plan_compact(
     out += total;
     __syncthreads();    // warp_counts is written again in the next round
   }
+}
+
+// block_max[i * nbas + j] = max |dms[s, p, q]| over the sets s and the AOs p
+// of shell i, q of shell j (ao_loc: nbas + 1 offsets), one thread a block;
+// a NaN is kept, as NumPy's max keeps it.  The caller takes the larger of
+// both orientations (screening.shell_density_max).
+extern "C" __global__ void fr_shell_block_max(
+    const double* __restrict__ dms, int nset, int nao, const int* __restrict__ ao_loc, int nbas,
+    double* __restrict__ block_max) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y * blockDim.y + threadIdx.y;
+  if (i >= nbas || j >= nbas) return;
+  const int p0 = ao_loc[i], p1 = ao_loc[i + 1], q0 = ao_loc[j], q1 = ao_loc[j + 1];
+  double m = 0.0;
+  for (int s = 0; s < nset; ++s)
+    for (int p = p0; p < p1; ++p) {
+      const double* row = dms + ((long long)s * nao + p) * nao;
+      for (int q = q0; q < q1; ++q) {
+        const double v = fabs(row[q]);
+        m = (v > m || v != v) ? v : m;
+      }
+    }
+  block_max[(long long)i * nbas + j] = m;
 }

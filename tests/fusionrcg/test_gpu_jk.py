@@ -257,8 +257,9 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     """A density change far below the plan's bound either filters the plan's
     quartets (RestrictedPlan, when screening it anew would look at
     PLAN_RESTRICT_SHARE of the plan or more) or is screened and sorted anew;
-    both give the J/K of PySCF, and each other's to 1e-12.  A new screening
-    threshold makes a new plan."""
+    both give the J/K of PySCF, and each other's to 1e-12.  Either way the
+    build takes its density's block maxima once, on the device.  A new
+    screening threshold makes a new plan."""
     import cupy as cp
     from pyscf_fusionrcg import gpu_jk, jk
     mol = vitamin_c('def2-SVP')
@@ -271,11 +272,14 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     taken = []
     monkeypatch.setattr(gpu_jk.RestrictedPlan, '__init__', _spy(gpu_jk.RestrictedPlan.__init__, taken, 'filtered'))
     monkeypatch.setattr(jk, 'iter_tasks', _spy(jk.iter_tasks, taken, 'screened'))
+    monkeypatch.setattr(gpu_jk, 'device_shell_density_max',
+                        _spy(gpu_jk.device_shell_density_max, taken, 'block maxima'))
     out = {}
     for share, path in ((0.0, 'filtered'), (float('inf'), 'screened')):
         monkeypatch.setattr(gpu_jk, 'PLAN_RESTRICT_SHARE', share)
+        del taken[:]
         out[path] = get_jk(mol, cp.asarray(change), backend='gpu', plans=plans, with_j=with_j, with_k=with_k)
-        assert taken[-1] == path and plans['plan'] is plan
+        assert taken == ['block maxima', path] and plans['plan'] is plan
     for got, want, ref in zip(out['filtered'], out['screened'], (ref_j, ref_k)):
         if ref is None or got is None:
             assert got is None and want is None
@@ -284,6 +288,24 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
         assert np.abs(got.get() - ref).max() < TOL
     get_jk(mol, dm, backend='gpu', plans=plans, direct_scf_tol=1e-11)
     assert plans['plan'] is not plan and plans['plan'].tol == 1e-11
+
+
+def test_device_block_maxima_equal_the_hosts():
+    """shell_density_max of a CuPy density (plan.cu's fr_shell_block_max) is
+    the host's to the last bit, over several non-symmetric matrices, and keeps
+    a NaN in its block (both orientations), as NumPy does."""
+    import cupy as cp
+    from pyscf_fusionrcg.screening import shell_density_max
+    mol = vitamin_c('def2-TZVP')
+    rng = np.random.default_rng(7)
+    dms = rng.standard_normal((3, mol.nao, mol.nao)) * np.exp(-rng.uniform(0, 20, (3, mol.nao, mol.nao)))
+    got = shell_density_max(mol, cp.asarray(dms))
+    assert isinstance(got, cp.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got.get(), shell_density_max(mol, dms))
+    dms[2, mol.ao_loc[5] + 1, mol.ao_loc[9]] = np.nan
+    got, want = shell_density_max(mol, cp.asarray(dms)).get(), shell_density_max(mol, dms)
+    assert np.isnan(got[5, 9]) and np.isnan(got[9, 5]) and np.isnan(got).sum() == 2
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize('with_j,with_k,rows', [(True, True, None), (True, False, None), (False, True, None),

@@ -44,6 +44,18 @@ def test_shell_density_max_covers_both_orientations(water_ccpvdz):
     assert d.sum() == 6.0
 
 
+def test_tasks_from_given_block_maxima_do_not_read_the_density(water_ccpvdz):
+    """iter_tasks with the density's block maxima (``block_max``, as a GPU
+    build passes them) screens the same quartets without reading ``dms``."""
+    mol = water_ccpvdz
+    dm = _rand_dm(mol)
+    want = build_tasks(mol, dm, direct_scf_tol=1e-8)
+    got = list(iter_tasks(mol, None, direct_scf_tol=1e-8, chunk=None, block_max=shell_density_max(mol, dm)))
+    assert [(t.key, t.nctr) for t in got] == [(t.key, t.nctr) for t in want]
+    assert all(np.array_equal(g.quartets, w.quartets) for g, w in zip(got, want))
+    assert sum(map(len, got)) > 0
+
+
 def test_unscreened_tasks_enumerate_each_unique_quartet_once(water_ccpvdz):
     mol = water_ccpvdz
     tasks = build_tasks(mol, _rand_dm(mol), direct_scf_tol=0.0)
