@@ -388,8 +388,9 @@ def _plan_kernel(name):
 def device_shell_density_max(mol, dms):
     """:func:`~pyscf_fusionrcg.screening.shell_density_max` of CuPy ``dms``,
     on the device (CuPy float64 (nbas, nbas), the same numbers): a build
-    screens its density without copying it to the host, which took longer
-    than the ERIs of a screened guess build (74 ms for (H2O)20/def2-QZVP)."""
+    screens its density without copying it to the host and reducing it there,
+    which made the plugin's (H2O)20/def2-QZVP guess build take 431 ms instead
+    of 330 (H200, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
     cp = launch._cupy()
     nao, nbas = mol.nao, mol.nbas
     d = cp.ascontiguousarray(cp.asarray(dms).reshape(-1, nao, nao), dtype=cp.float64)
