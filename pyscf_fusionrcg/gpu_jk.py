@@ -86,8 +86,10 @@ PLAN_REUSE_RANGE = 8.0
 #: (:func:`~pyscf_fusionrcg.screening.schwarz_candidates`), else it is screened
 #: and sorted anew.  From the bytes each moves (a filter reads a plan
 #: quartet's 8 bytes twice and writes 16 per kept one; screening ~80 per
-#: candidate and orienting and sorting ~450 per survivor); not timed on a GPU
-#: for density changes.
+#: candidate and orienting and sorting ~450 per survivor).  Timed on an H200
+#: only above it: Tamoxifen/def2-TZVP's density changes at shares 0.90 to 0.36
+#: build in 1218 to 423 ms from the filtered plan and 2015 to 809 ms screened
+#: anew (benchmarks/results/rcg_jk_breakdown_tamoxifen_change).
 PLAN_RESTRICT_SHARE = 0.25
 #: Rows of a plan filtered at once by :meth:`JKPlan.restricted`, or decoded
 #: at once for the kernels from an unfiltered plan (bounds their temporaries
