@@ -395,7 +395,10 @@ def device_shell_density_max(mol, dms):
     of 330 (H200, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
     cp = launch._cupy()
     nao, nbas = mol.nao, mol.nbas
-    d = cp.ascontiguousarray(cp.asarray(dms).reshape(-1, nao, nao), dtype=cp.float64)
+    d = cp.asarray(dms).reshape(-1, nao, nao)
+    if d.dtype.kind == 'c':
+        d = cp.abs(d)       # the modulus bounds both parts, as the host's np.abs does
+    d = cp.ascontiguousarray(d, dtype=cp.float64)
     out = cp.empty((nbas, nbas))
     if nbas:
         ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))

@@ -293,7 +293,9 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
 def test_device_block_maxima_equal_the_hosts():
     """shell_density_max of a CuPy density (plan.cu's fr_shell_block_max) is
     the host's to the last bit, over several non-symmetric matrices, and keeps
-    a NaN in its block (both orientations), as NumPy does."""
+    a NaN in its block (both orientations), as NumPy does; for a complex
+    density it bounds the modulus, as the host does (a build of one screens
+    both of its parts with it)."""
     import cupy as cp
     from pyscf_fusionrcg.screening import shell_density_max
     mol = vitamin_c('def2-TZVP')
@@ -302,6 +304,10 @@ def test_device_block_maxima_equal_the_hosts():
     got = shell_density_max(mol, cp.asarray(dms))
     assert isinstance(got, cp.ndarray) and got.dtype == np.float64
     np.testing.assert_array_equal(got.get(), shell_density_max(mol, dms))
+    z = dms[0] + 1j * dms[1]
+    got = shell_density_max(mol, cp.asarray(z)).get()
+    np.testing.assert_allclose(got, shell_density_max(mol, z), rtol=1e-15, atol=0)
+    assert (got >= shell_density_max(mol, dms[1])).all() and (got > shell_density_max(mol, dms[0])).any()
     dms[2, mol.ao_loc[5] + 1, mol.ao_loc[9]] = np.nan
     got, want = shell_density_max(mol, cp.asarray(dms)).get(), shell_density_max(mol, dms)
     assert np.isnan(got[5, 9]) and np.isnan(got[9, 5]) and np.isnan(got).sum() == 2
