@@ -307,7 +307,8 @@ def test_device_block_maxima_equal_the_hosts():
     z = dms[0] + 1j * dms[1]
     got = shell_density_max(mol, cp.asarray(z)).get()
     np.testing.assert_allclose(got, shell_density_max(mol, z), rtol=1e-15, atol=0)
-    assert (got >= shell_density_max(mol, dms[1])).all() and (got > shell_density_max(mol, dms[0])).any()
+    for part in dms[:2]:    # the modulus, to its last bit
+        assert (got >= (1 - 2**-52) * shell_density_max(mol, part)).all()
     dms[2, mol.ao_loc[5] + 1, mol.ao_loc[9]] = np.nan
     got, want = shell_density_max(mol, cp.asarray(dms)).get(), shell_density_max(mol, dms)
     assert np.isnan(got[5, 9]) and np.isnan(got[9, 5]) and np.isnan(got).sum() == 2
