@@ -426,3 +426,15 @@ def test_plan_for_another_basis_or_operator_is_refused():
     plan = JKPlan(large, build_tasks(large, dm, omega=0.3), omega=0.3)
     with pytest.raises(ValueError, match='omega=0.3.*omega=0.0'):
         get_jk_gpu(large, dm, tasks=plan)
+
+
+def test_complex_density_gives_the_jk_of_its_parts():
+    """A complex density (screened by its modulus' block maxima) gives J and K
+    linear in its real and imaginary parts, each equal to PySCF's."""
+    mol = gto.M(atom='O 0 0 0; H 0 0.76 0.59; H 0 -0.76 0.59', basis='def2-SVP', verbose=0)
+    rng = np.random.default_rng(3)
+    re, im = (rng.standard_normal((mol.nao, mol.nao)) for _ in range(2))
+    im *= 1e-3
+    vj, vk = get_jk(mol, re + 1j * im, hermi=0, backend='gpu')
+    for v, parts in zip((vj, vk), zip(*(scf.hf.get_jk(mol, x, hermi=0) for x in (re, im)))):
+        np.testing.assert_allclose(v, parts[0] + 1j * parts[1], atol=TOL, rtol=0)
