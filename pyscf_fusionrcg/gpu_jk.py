@@ -469,11 +469,13 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     nao = mol.nao
     d = cp.asarray(dms).reshape(-1, nao, nao)
     if d.dtype.kind == 'c':
-        # the integrals are real: J and K are linear in the density
-        jr, kr = get_jk_gpu(mol, d.real.copy(), 0, with_j, with_k, omega, tasks, tier, budget, profile)
-        ji, ki = get_jk_gpu(mol, d.imag.copy(), 0, with_j, with_k, omega, tasks, tier, budget, profile)
-        vj = jr + 1j * ji if with_j else None
-        vk = kr + 1j * ki if with_k else None
+        # The integrals are real: J and K are linear in the density.  Both
+        # parts go as sets of one build: a plan or stream is iterable once.
+        n = len(d)
+        parts = cp.concatenate((d.real, d.imag))
+        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, tier, budget, profile)
+        vj = vj[:n] + 1j * vj[n:] if with_j else None
+        vk = vk[:n] + 1j * vk[n:] if with_k else None
         return _out(vj, on_device), _out(vk, on_device)
     d = cp.ascontiguousarray(d, dtype=cp.float64)
     nset = len(d)
