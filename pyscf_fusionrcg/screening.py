@@ -158,20 +158,22 @@ class _Pairs:
 
 def _pair_classes(ls, nctr, q, keep):
     """Canonical pairs (l_a > l_b, or l_a == l_b and a >= b) grouped per l-class, then nctr."""
-    a, b = np.nonzero(keep)
+    a, b = np.nonzero(keep)             # row by row: the canonical pair order, (a, b) ascending
     sel = (ls[a] > ls[b]) | ((ls[a] == ls[b]) & (a >= b))
     a, b = a[sel], b[sel]
-    order = np.lexsort((b, a))          # canonical pair order: (a, b) ascending
-    a, b = a[order], b[order]
     rank = np.arange(len(a))
+    # (l_a, l_b, n_a, n_b) as one integer ordered as the tuples: one stable
+    # sort groups the pairs (np.unique over rows took 0.17 s for (H2O)20/def2-QZVP)
+    width = int(max(ls.max(), nctr.max())) + 1 if len(ls) else 1
+    sub = ((ls[a] * width + ls[b]) * width + nctr[a]) * width + nctr[b]
+    by_sub = np.argsort(sub, kind="stable")
+    keys, starts = np.unique(sub[by_sub], return_index=True)
     groups = {}
-    sub = np.stack((ls[a], ls[b], nctr[a], nctr[b]), axis=1)
-    for key in np.unique(sub, axis=0):
-        idx = np.nonzero((sub == key).all(axis=1))[0]
+    for key, idx in zip(keys, np.split(by_sub, starts[1:])):
         idx = idx[np.argsort(-q[a[idx], b[idx]], kind="stable")]
-        l, n = tuple(int(x) for x in key[:2]), tuple(int(x) for x in key[2:])
-        groups.setdefault(l, []).append(
-            _Pairs(n, a[idx].astype(np.int32), b[idx].astype(np.int32),
+        la, lb, na, nb = (int(x) for x in np.unravel_index(key, (width,) * 4))
+        groups.setdefault((la, lb), []).append(
+            _Pairs((na, nb), a[idx].astype(np.int32), b[idx].astype(np.int32),
                    q[a[idx], b[idx]], rank[idx].astype(np.int32)))
     return groups
 
