@@ -211,6 +211,10 @@ def iter_tasks(mol, dms, omega=0.0, direct_scf_tol=1e-13, q_cond=None,
     else:
         dcond = shell_density_max(mol, dms)
     dmax = float(dcond.max()) if dcond.size else 0.0
+    if not np.isfinite(dmax):
+        # NaN would pass no bound: every quartet screened away, J = K = 0
+        raise ValueError(f"FusionRCG: the density matrix has NaN or infinite elements (largest |D| = {dmax}); "
+                         "its J and K are undefined")
     if dmax == 0.0 or not (with_j or with_k):
         return TaskStream(set(), iter(()))
     ls = mol._bas[:, gto.ANG_OF].astype(np.int64)

@@ -56,6 +56,21 @@ def test_tasks_from_given_block_maxima_do_not_read_the_density(water_ccpvdz):
     assert sum(map(len, got)) > 0
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_density_is_refused_not_screened_away(water_ccpvdz, bad):
+    """A NaN passes no screening bound: the tasks would be empty and J = K = 0.
+    The screening (of every path: tasks, plans, get_jk) refuses it instead."""
+    mol = water_ccpvdz
+    dm = _rand_dm(mol)
+    dm[3, 5] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        build_tasks(mol, dm)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        get_jk(mol, dm, engine=LibcintBlocks(mol))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        iter_tasks(mol, None, density_bound=bad)
+
+
 def test_unscreened_tasks_enumerate_each_unique_quartet_once(water_ccpvdz):
     mol = water_ccpvdz
     tasks = build_tasks(mol, _rand_dm(mol), direct_scf_tol=0.0)
