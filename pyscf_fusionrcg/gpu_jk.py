@@ -339,9 +339,9 @@ class RestrictedPlan:
     """A screened plan's classes kept to the quartets of a smaller density
     (the test of :func:`~pyscf_fusionrcg.screening.kept_quartets`, counted and
     compacted by ``csrc/fusionrcg/plan.cu``), in the plan's order, so that
-    nothing is sorted again; each class is filtered when a build reaches it,
-    handed on at most ``CHUNK_QUARTETS`` at a time and dropped after.
-    Iterable once."""
+    nothing is sorted again.  Every class is counted first, with one read of
+    the counts by the host; each is compacted when a build reaches it, handed
+    on at most ``CHUNK_QUARTETS`` at a time and dropped after.  Iterable once."""
 
     def __init__(self, plan: JKPlan, dcond, with_j=True, with_k=True):
         cp = launch._cupy()
@@ -351,24 +351,49 @@ class RestrictedPlan:
 
     def __iter__(self):
         cp = launch._cupy()
-        for c in self._plan.classes:
-            for rows in joined_rows(map(self._kept, c.rows()), CHUNK_QUARTETS, cp):
+        counted = [(c, [self._counted(rows) for rows in c.rows()]) for c in self._plan.classes]
+        totals = _host_totals(cp, [ends for _, pieces in counted for _, _, ends in pieces])
+        first = 0
+        for c, pieces in counted:
+            n_kept, first = totals[first:first + len(pieces)], first + len(pieces)
+            kept = (self._compact(rows, ends - counts, n)
+                    for (rows, counts, ends), n in zip(pieces, n_kept))
+            for rows in joined_rows(kept, CHUNK_QUARTETS, cp):
                 yield c.with_quartets(rows)
 
-    def _kept(self, rows):
-        """The rows (uint16, of one class) the density keeps, int32, in order."""
-        cp, plan = launch._cupy(), self._plan
-        count, compact = _plan_kernel('fr_plan_count'), _plan_kernel('fr_plan_compact')
-        n = len(rows)
-        tiles = -(-n // (_PLAN_ROUNDS * _PLAN_BLOCK))
-        args = (rows, np.int32(n), plan.q32, self._d32, np.int32(plan.nbas), np.float32(plan.tol), *self._with)
+    def _args(self, rows):
+        plan = self._plan
+        return (rows, np.int32(len(rows)), plan.q32, self._d32, np.int32(plan.nbas), np.float32(plan.tol),
+                *self._with)
+
+    def _counted(self, rows):
+        """(rows, kept rows of each tile, their running sum) for rows (uint16,
+        of one class): plan.cu's first pass, on the device only."""
+        cp = launch._cupy()
+        tiles = -(-len(rows) // (_PLAN_ROUNDS * _PLAN_BLOCK))
         counts = cp.empty(tiles, dtype=cp.int32)
-        count((tiles,), (_PLAN_BLOCK,), args + (counts,))
-        ends = cp.cumsum(counts, dtype=cp.int64)
-        kept = cp.empty((int(ends[-1]), 4), dtype=cp.int32)
-        if len(kept):
-            compact((tiles,), (_PLAN_BLOCK,), args + (ends - counts, kept))
+        _plan_kernel('fr_plan_count')((tiles,), (_PLAN_BLOCK,), self._args(rows) + (counts,))
+        return rows, counts, cp.cumsum(counts, dtype=cp.int64)
+
+    def _compact(self, rows, starts, n_kept):
+        """The ``n_kept`` rows the density keeps, int32, in order (plan.cu's
+        second pass, each tile's rows from ``starts`` on)."""
+        cp = launch._cupy()
+        kept = cp.empty((n_kept, 4), dtype=cp.int32)
+        if n_kept:
+            _plan_kernel('fr_plan_compact')((len(starts),), (_PLAN_BLOCK,), self._args(rows) + (starts, kept))
         return kept
+
+
+def _host_totals(cp, ends) -> list:
+    """The last element of each of the device arrays ``ends``, in one copy to
+    the host: a build of a filtered plan counts every class first and then
+    waits once, not once a class, with the GPU idle while the host launched
+    the next one (90 of the 330 ms of a (H2O)20/def2-QZVP guess build on an
+    H200, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
+    if not ends:
+        return []
+    return cp.stack([e[-1] for e in ends]).get().tolist()
 
 
 #: plan.cu's screening of a plan: threads per block, and rows per thread.

@@ -322,7 +322,8 @@ def test_restricted_plan_keeps_what_kept_quartets_keeps(monkeypatch, with_j, wit
     to a density's blocks (plan.cu's count and compaction, also over pieces
     of ``rows`` that end inside a tile) keeps exactly the rows
     screening.kept_quartets keeps, in the plan's order, as int32 for the
-    kernels; iterating the whole plan hands on every row."""
+    kernels, with one read of the counts by the host; iterating the whole
+    plan hands on every row."""
     import cupy as cp
     from pyscf_fusionrcg import gpu_jk
     from pyscf_fusionrcg.gpu_jk import JKPlan
@@ -341,7 +342,10 @@ def test_restricted_plan_keeps_what_kept_quartets_keeps(monkeypatch, with_j, wit
     dcond = shell_density_max(mol, dm)
     want = whole[kept_quartets(whole, plan.q32, cp.asarray(dcond, dtype=cp.float32), plan.tol,
                                with_j, with_k, xp=cp)]
+    reads = []
+    monkeypatch.setattr(gpu_jk, '_host_totals', _spy(gpu_jk._host_totals, reads, 'counts'))
     got = [c.quartets for c in plan.restricted(dcond, with_j, with_k)]
+    assert reads == ['counts']      # the host waits once a build, not once a class
     assert all(c.dtype == np.int32 and c.flags.c_contiguous for c in got)
     got = cp.concatenate(got)
     assert 0 < len(got) < len(whole) and got.shape == want.shape and bool((got == want).all())
