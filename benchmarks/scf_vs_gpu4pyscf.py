@@ -7,7 +7,8 @@ what follows); whole RHF and B3LYP SCFs with GPU4PySCF's driver, J/K from Fusion
 (``mf.to_gpu().apply(fusionrcg)``) against stock GPU4PySCF, with the energy
 difference; then, on the same converged RHF density, one J+K build, J alone
 and K alone (median of --repeat after a warm-up call) with the largest
-difference of the matrices.  With ``--density guess`` the builds are timed on
+difference of the matrices (with ``--no-scf``, or for a case without SCFs,
+only our RHF runs, untimed, to make that density).  With ``--density guess`` the builds are timed on
 the guess density and no SCF runs: for systems whose SCFs outlast a time limit
 (../shared/BRIEF.md has GPU4PySCF's guess-density builds too; a converged
 density costs far more).  Results go to
@@ -74,7 +75,8 @@ def parse_args(argv=None):
                    help=f"only {', '.join(QUICK)} (unless --cases), 1 repeat, RHF only")
     p.add_argument("--molecules-dir", type=pathlib.Path, default=molecules_dir())
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--no-scf", action="store_true", help="builds only")
+    p.add_argument("--no-scf", action="store_true",
+                   help="builds only (on the converged density, the density of our RHF, untimed)")
     p.add_argument("--scf-methods", default="RHF,B3LYP",
                    help="whole SCFs timed, of RHF,B3LYP (the RHF always runs: its density is the builds')")
     p.add_argument("--builds", default=",".join(BUILDS),
@@ -246,7 +248,8 @@ def run_case(case, args, save):
         extra = dict(e_fusionrcg=float(e), cycles_fusionrcg=mf.cycles, jk_fusionrcg_s=sum(builds.seconds),
                      builds_fusionrcg_s=builds.seconds)
         t_ref, mf_ref = None, None
-        if case.baseline and not case.slow_baseline:
+        kept = case.scf and not args.no_scf
+        if kept and case.baseline and not case.slow_baseline:
             mf_ref = make(mol).to_gpu()
             builds = BuildTimes(mf_ref)
             t_ref, e_ref = _once(mf_ref.kernel)
@@ -255,9 +258,8 @@ def run_case(case, args, save):
                          builds_gpu4pyscf_s=builds.seconds)
         if dm is None:   # the first method is RHF: its density is the one for the builds
             dm = (mf if mf_ref is None else mf_ref).make_rdm1()
-        rec = _record(common, label, t, t_ref, **extra)
-        if case.scf and not args.no_scf:
-            save(rec)
+        if kept:
+            save(_record(common, label, t, t_ref, **extra))
         del mf
         cupy.get_default_memory_pool().free_all_blocks()
 
