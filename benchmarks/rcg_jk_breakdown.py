@@ -12,8 +12,9 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
   kernels and the kernels that do both (small register-tier blocks,
   ``launch.jk_kernel``) of every class (CUDA events,
   ``gpu_jk.get_jk_gpu(profile=...)``, on the plan filtered to the density's
-  own blocks, as the plugin builds) and the rest (host work between
-  launches); the walls of ``get_jk_gpu`` without events on that filtered
+  own blocks, as the plugin builds) and the rest outside those kernels (the
+  plan filter's passes, timed alone too, the density's preparation and host
+  work between launches); the walls of ``get_jk_gpu`` without events on that filtered
   plan, on the whole plan, and streamed (screened and sorted in the build,
   what the plugin does when a plan does not fit); the plan's own time,
   quartet count and memory, and how many quartets the density's own blocks keep;
@@ -119,7 +120,11 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     records += [dict(part=f'{title}, all classes', ms=stages[key], share=stages[key] / total)
                 for key, title in _STAGES.items()]
     rest = jk_ms - sum(stages.values())
-    records.append(dict(part='rest (host work between launches)', ms=rest, share=rest / total))
+    records.append(dict(part='rest: outside the class kernels (the filter below, the density\'s preparation, '
+                             'host work between launches)', ms=rest, share=rest / total))
+    filter_ms, _ = _timed(lambda: sum(len(c.quartets) for c in plan.restricted(dcond)), sync)
+    records.append(dict(part="of it, the plan filter alone: every class counted and compacted, no kernels",
+                        ms=filter_ms, share=filter_ms / total))
     for scale, change, ref_ms, ref_change in changes:
         dch = change.reshape(dms.shape)
         share = schwarz_candidates(plan.pair_bounds, float(abs(change).max()), tol) / plan.quartets

@@ -388,9 +388,11 @@ class RestrictedPlan:
 def _host_totals(cp, ends) -> list:
     """The last element of each of the device arrays ``ends``, in one copy to
     the host: a build of a filtered plan counts every class first and then
-    waits once, not once a class, with the GPU idle while the host launched
-    the next one (90 of the 330 ms of a (H2O)20/def2-QZVP guess build on an
-    H200, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
+    waits once, not once a class with the GPU idle until the host launched the
+    next class (a (H2O)20/def2-QZVP guess build from the filtered plan took
+    351 ms that way and 316 ms this way on an H200,
+    benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess at a0d09ad and
+    20c19f5)."""
     if not ends:
         return []
     return cp.stack([e[-1] for e in ends]).get().tolist()
