@@ -154,18 +154,22 @@ def peak_live(program: ir.Program) -> int:
 # ------------------------------------------------------------- primitive stage
 
 def _prim_dfs(rcg: RCG, side: str, rule: str, targets):
-    """Depth-first primitive stage; each target is accumulated when it exists.
+    """Depth-first primitive stage; each target is accumulated when it exists
+    (and only the targets: a vertex of another target's cone is not).
 
     Temporaries are numbered from ``n_acc`` in evaluation order.
     """
     reg = vrr_registry(side, rule, rcg.topology.bra_build, rcg.topology.ket_build)
     n_acc = rcg.n_acc
+    roots = [reg.node(t) for t in targets]
+    own = set(roots)
     acc_of = {}
     ket = rcg.built('ket')
     for i, e in enumerate(rcg.built('bra')):
         for j, f in enumerate(ket):
-            acc_of.setdefault(reg.node((e, f, 0)), []).append(i * len(ket) + j)
-    roots = [reg.node(t) for t in targets]
+            g = reg.node((e, f, 0))
+            if g in own:
+                acc_of.setdefault(g, []).append(i * len(ket) + j)
     kids_of, coefs, syms, keys = reg.kids, reg.coefs, reg.syms, reg.keys
     local = [-1] * len(kids_of)
     levels = []
@@ -488,6 +492,13 @@ def orchestrate(la, lb, lc, ld, cart=False, fused=True, topology: Topology = Non
     choice (evaluation orders are still orchestrated); ``builds`` sets the
     build centres (``Topology.bra_build`` / ``ket_build``) of the search.
     """
+    rcg, orders = _chosen(la, lb, lc, ld, cart, fused, topology, builds)
+    prim, n = _prim_stage(rcg)
+    return _program(rcg, prim, n, orders, naive=False)
+
+
+def _chosen(la, lb, lc, ld, cart, fused, topology=None, builds=(None, None)):
+    """(RCG, contracted-stage orders) of the topology :func:`orchestrate` takes."""
     if topology is None:
         side = vrr_side(la, lb, lc, ld)
         candidates = [Topology(side, VRR_RULE, first, rule, *builds)
@@ -500,6 +511,19 @@ def orchestrate(la, lb, lc, ld, cart=False, fused=True, topology: Topology = Non
         orders, p = _ctr_plan(rcg)
         if best is None or p < best[0]:
             best = (p, rcg, orders)
-    _, rcg, orders = best
-    prim, n = _prim_stage(rcg)
-    return _program(rcg, prim, n, orders, naive=False)
+    return best[1], best[2]
+
+
+def split_primitive_stage(la, lb, lc, ld, pieces: int, cart=False):
+    """The orchestrated program's primitive stage cut into ``pieces`` by its
+    accumulator targets (consecutive runs of the stage's target order), each
+    a depth-first VRR of its own targets that recomputes what it shares with
+    the others: what each thread would run in a form that spreads one
+    quartet's VRR over ``pieces`` threads, each in its own registers
+    (``benchmarks/rcg_split_vrr.py`` counts its cost).  ``[(table, n_temps)]``,
+    the accumulators numbered as the whole program's."""
+    rcg, _ = _chosen(la, lb, lc, ld, cart, True)
+    topo = rcg.topology
+    targets = _prim_targets(rcg, topo.vrr_side)
+    return [_prim_dfs(rcg, topo.vrr_side, topo.vrr_dir, [targets[i] for i in part])
+            for part in np.array_split(np.arange(len(targets)), pieces)]

@@ -111,3 +111,45 @@ def test_c_statements():
     assert any('pa_' in s or 'qc_' in s for s in lines)
     assert any(s.startswith('out[') for s in lines)
     assert all(s.endswith(';') for s in lines)
+
+
+def _accumulators(table: ir.OpTable, n_temps: int, n_acc: int, g, sym) -> np.ndarray:
+    """One primitive quartet of a primitive-stage table, op by op, with Boys
+    values ``g[m]`` and symbol values ``sym``: what it adds to each accumulator
+    (NaN where it adds nothing)."""
+    t = np.full(n_temps, np.nan)
+    acc = np.full(n_acc, np.nan)
+    for i in range(len(table)):
+        terms = range(table.ptr[i], table.ptr[i + 1])
+        if table.kind[i] == ir.BOYS:
+            t[table.dst[i]] = g[table.arg[i]]
+        elif table.kind[i] == ir.LINCOMB:
+            t[table.dst[i]] = sum(table.coef[j] * sym[table.sym[j]] * t[table.src[j]] for j in terms)
+        else:
+            (j,) = terms
+            assert np.isnan(acc[table.dst[i]])      # one accumulate each
+            acc[table.dst[i]] = t[table.src[j]]
+    return acc
+
+
+@pytest.mark.parametrize('ls,pieces', [((2, 1, 2, 1), 3), ((3, 1, 2, 0), 7), ((1, 2, 0, 3), 4), ((1, 0, 1, 0), 1)])
+def test_split_primitive_stage_gives_each_accumulator_once(ls, pieces):
+    """The pieces of split_primitive_stage add to every accumulator of the
+    program exactly once between them, each piece computing what it reads,
+    with the values the whole primitive stage gives."""
+    from pyscf_fusionrcg.schedule import split_primitive_stage
+    p = get_program(*ls)
+    rng = np.random.default_rng(7)
+    g, sym = rng.uniform(0.1, 1.0, p.max_m + 1), rng.uniform(-1.0, 1.0, len(ir.Sym))
+    sym[ir.Sym.ONE] = 1.0
+    want = _accumulators(p.prim, p.n_temps, p.n_acc, g, sym)
+    parts = split_primitive_stage(*ls, pieces)
+    assert len(parts) == pieces
+    got = np.full(p.n_acc, np.nan)
+    for table, n_temps in parts:
+        acc = _accumulators(table, n_temps, p.n_acc, g, sym)
+        mine = ~np.isnan(acc)
+        assert mine.any() and np.isnan(got[mine]).all()     # disjoint pieces
+        got[mine] = acc[mine]
+    assert not np.isnan(want).any()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
