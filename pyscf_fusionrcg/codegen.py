@@ -58,8 +58,12 @@ How the ops are executed is the *form*:
 How the contracted stage runs is the variant's ``ctr``: ``'ops'`` (the
 program's ops, in the form above) or, for the levels form with one
 contraction tuple, ``'pairmap'``: the kernel stops after the primitive stage
-and writes each quartet's accumulators, ``out[q * n_acc + k]``, for the pair
-matrix products of :mod:`pyscf_fusionrcg.pairmaps`.
+and writes each quartet's accumulators, ``out[q * n_acc + k]``, for the side
+passes or the pair matrix products of :mod:`pyscf_fusionrcg.pairmaps`.  The
+register tier's straight form can do the same (asked for by name, see
+``tiers.ctr_mode``), adding each primitive quartet into ``out[k * nq + q]``
+(its threads take a quartet each: that layout coalesces), for the side
+passes only.
 
 Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
@@ -162,9 +166,10 @@ class Variant:
             raise ValueError('group must divide the number of contraction tuples')
         if self.ctr not in CTR_MODES:
             raise ValueError(f'ctr must be one of {CTR_MODES}, not {self.ctr!r}')
-        if self.ctr == 'pairmap' and (self.form != 'levels' or prod(self.nctr) != 1):
+        if self.ctr == 'pairmap' and (self.form == 'table' or prod(self.nctr) != 1 or self.digest):
             raise ValueError("the 'pairmap' contracted stage needs the levels form (warp or global "
-                             "tier) and one contraction tuple; use ctr='ops' here")
+                             "tier) or the register tier, one contraction tuple and no digestion; "
+                             "use ctr='ops' here")
         if self.digest and (self.tier != 'register' or prod(self.nctr) != 1):
             raise ValueError('only the register tier with one contraction tuple digests its blocks '
                              'in the ERI kernel')
@@ -916,6 +921,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     memory = variant.tier != 'register'
     tab = form in ('table', 'levels')
     lev = form == 'levels'
+    acc_out = variant.ctr == 'pairmap'     # accumulators in out (encode_table; the straight form below)
     seq = None if tab else sequence(program, G)
     slots = assign_slots(program, G)[0].tolist() if memory and not tab else None
     NT, NA = program.n_temps, program.n_acc
@@ -938,6 +944,10 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             a, b = ptrs[k], ptrs[k + 1]
             if kind == _ZERO:
                 out.append(f'{ind}{ref(d)} = 0.0;' if memory else f'{ind}double {ref(d)} = 0.0;')
+                continue
+            if kind == _ACC and acc_out:
+                out.append(f'{ind}out[{d} * ostride] = (acc_add ? out[{d} * ostride] : 0.0) + '
+                           f'wt0 * {ref(srcs[a])};')
                 continue
             if kind == _ACC:
                 out.append(f'{ind}{ref(d)} += wt{gs[k]} * {ref(srcs[a])};')
@@ -1000,17 +1010,16 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     n_zero = 0 if tab else int((seq.kind == _ZERO).sum())
     mmax = program.max_m
     boys0 = _SYM_SLOTS + G
-    acc_out = variant.ctr == 'pairmap'     # accumulators in out (encode_table)
+    if acc_out:
+        add('  bool acc_add = false;  // until a primitive quartet has set the accumulators')
     if lev:
-        if acc_out:
-            add('  bool acc_add = false;  // until a primitive quartet has set the accumulators')
-        else:
+        if not acc_out:
             add(f'  for (int k = lane; k < n_acc; k += FR_LANES) sp[{_reserved(program, G)} + k] = 0.0;')
         add('  if (lane == 0) sp[0] = 1.0;')
     elif tab:
         add(f'  for (int k = 0; k < n_acc; ++k) sp[({_reserved(program, G)} + k) * {stride}] = 0.0;')
         add('  sp[0] = 1.0;')
-    if not tab:
+    if not tab and not acc_out:
         L.extend(statements(0, n_zero, '  '))
     add('  for (int ia = 0; ia < npa; ++ia) {')
     add('    const double ai = ea[ia];')
@@ -1091,14 +1100,20 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             add(f'{ind}run_ops<{stride}>(prim_code, prim_words, sp, out, ostride, ooff);')
     else:
         L.extend(statements(n_zero, seq.end_body + 1, ind))
+        if acc_out:
+            add(f'{ind}acc_add = true;')
     add('        }')
     add('      }')
     add('    }')
     add('  }')
     if acc_out:
-        # the accumulators are in out; pairmaps.py's products run the contracted stage
+        # the accumulators are in out; the side passes (or pairmaps.py's products) run the
+        # contracted stage
         add('  if (!acc_add)  // every primitive quartet was screened out')
-        add('    for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = 0.0;')
+        if lev:
+            add('    for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = 0.0;')
+        else:
+            add(f'    for (int k = 0; k < {NA}; ++k) out[k * ostride] = 0.0;')
         add('}')
         return '\n'.join(L) + '\n'
     # contracted stage
@@ -1210,8 +1225,10 @@ def emit_kernel_source(program: ir.Program, variant: Variant) -> tuple[str, str]
     L.append(f'  for (long item = {first}; item < n_items; item += {step}) {{')
     L.append('    const int q = (int)(item % nq);')
     L.append('    const int grp = (int)(item / nq);')
-    # the pairmap form writes each quartet's accumulators together, [quartet][accumulator]
-    dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' else 'out + q, nq'
+    # the levels form of a pairmap variant writes each quartet's accumulators together,
+    # [quartet][accumulator] (the lanes of a warp share a quartet); the register tier's
+    # threads take one quartet each, so that layout would not coalesce: [accumulator][quartet]
+    dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' and warp else 'out + q, nq'
     L += _quartet_call(fn, f'grp * {variant.group}', dest, args + (', lane' if warp else ''))
     L.append('  }')
     L.append('}')
@@ -1343,20 +1360,27 @@ def _side_function(program: ir.Program, side: str, fname: str) -> list:
     return L
 
 
-def side_pass_source(program: ir.Program) -> tuple[str, str]:
+def side_pass_source(program: ir.Program, acc_major: bool = False) -> tuple[str, str]:
     """(CUDA source, kernel name) of the side passes of a class.
 
-    Arguments: ``acc`` ([quartet][bra start][ket start], the pairmap
-    variant's output), ``ab`` and ``cd`` (nq, 3) pair vectors, ``out`` (the
+    Arguments: ``acc`` ([quartet][bra start][ket start], the levels form's
+    pairmap output; ``acc_major``: [bra start][ket start][quartet], the
+    register tier's), ``ab`` and ``cd`` (nq, 3) pair vectors, ``out`` (the
     blocks, [element][quartet] as the digestion reads them), ``nq``.  A block
     takes :func:`pass_quartets` quartets and :func:`pass_shared_bytes` of
-    dynamic shared memory; the grid covers ``nq`` (no striding)."""
+    dynamic shared memory; the grid covers ``nq`` (no striding).  The bra
+    pass's threads take consecutive accumulators of a quartet, or with
+    ``acc_major`` consecutive quartets of an accumulator: loads that coalesce."""
     nbf, nbs, nks, nkf = pass_dims(program)
     qb, stride = pass_quartets(program), _pass_stride(program)
     if not qb:
         raise ValueError(f'{program.name}: one quartet of the side passes needs {8 * stride} bytes of shared '
                          f'memory, above {PASS_SHARED_BYTES}')
-    name = f'fr_passes_{program.name}_{"cart" if program.cart else "sph"}'
+    name = f'fr_passes_{program.name}_{"cart" if program.cart else "sph"}{"_am" if acc_major else ""}'
+    if acc_major:
+        split, start = f'const int v = it / {qb}, ql = it - v * {qb};', f'acc + (long)v * nq + q, (long){nks} * nq'
+    else:
+        split, start = f'const int ql = it / {nks}, v = it - ql * {nks};', f'acc + q * {nbs * nks} + v, {nks}'
     L = [_prelude()]
     L += _side_function(program, 'bra', f'{name}_bra')
     L += _side_function(program, 'ket', f'{name}_ket')
@@ -1366,9 +1390,9 @@ def side_pass_source(program: ir.Program) -> tuple[str, str]:
           '  extern __shared__ double fr_smem[];',
           f'  const long q0 = (long)blockIdx.x * {qb};',
           f'  for (int it = threadIdx.x; it < {qb * nks}; it += blockDim.x) {{',
-          f'    const int ql = it / {nks}, v = it - ql * {nks};',
+          f'    {split}',
           '    const long q = q0 + ql;',
-          f'    if (q < nq) {name}_bra(acc + q * {nbs * nks} + v, {nks}, ab[3 * q], ab[3 * q + 1], ab[3 * q + 2],',
+          f'    if (q < nq) {name}_bra({start}, ab[3 * q], ab[3 * q + 1], ab[3 * q + 2],',
           f'                           fr_smem + ql * {stride} + v, {nks});',
           '  }',
           '  __syncthreads();',

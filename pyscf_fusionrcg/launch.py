@@ -106,7 +106,7 @@ class ClassKernel:
         self.items_per_block = codegen.items_per_block(p, v)
         self.scratch_per_block = codegen.scratch_per_block(p, v)
         self.pairmap = v.ctr == 'pairmap'
-        self.products = contracted_stage(p, cp) if self.pairmap else None
+        self.products = contracted_stage(p, cp, acc_major=v.form == 'straight') if self.pairmap else None
         #: doubles per quartet besides the block: accumulators and the products' temporaries
         self.work_per_quartet = p.n_acc + self.products.work_doubles if self.pairmap else 0
 
@@ -157,13 +157,14 @@ class ClassKernel:
 class SidePasses:
     """The pairmap contracted stage as the generated side passes
     (codegen.side_pass_source), called as :class:`pairmaps.PairProducts` is:
-    ``(acc, ab, cd, out, work=None)``, with no work buffer."""
+    ``(acc, ab, cd, out, work=None)``, with no work buffer; ``acc_major``:
+    the accumulators [accumulator][quartet], as the register tier writes them."""
 
     work_doubles = 0
 
-    def __init__(self, program):
+    def __init__(self, program, acc_major=False):
         from gpucore import compile_source
-        source, name = codegen.side_pass_source(program)
+        source, name = codegen.side_pass_source(program, acc_major)
         self.kernel = compile_source(source, name=name).get_kernel(name)
         self.quartets_per_block = codegen.pass_quartets(program)
         self.shared = codegen.pass_shared_bytes(program)
@@ -178,13 +179,19 @@ class SidePasses:
         return out
 
 
-def contracted_stage(program, cp):
-    """The pairmap contracted stage of a class (:data:`PAIRMAP_ENV`)."""
+def contracted_stage(program, cp, acc_major=False):
+    """The pairmap contracted stage of a class (:data:`PAIRMAP_ENV`);
+    ``acc_major``: on the register tier's [accumulator][quartet] accumulators,
+    which only the side passes read."""
     stage = os.environ.get(PAIRMAP_ENV, 'passes')
     if stage not in PAIRMAP_STAGES:
         raise ValueError(f'${PAIRMAP_ENV} must be one of {PAIRMAP_STAGES}, not {stage!r}')
     if stage == 'passes' and codegen.pass_quartets(program):
-        return SidePasses(program)
+        return SidePasses(program, acc_major)
+    if acc_major:
+        raise ValueError(f'{program.name}: the register tier\'s pairmap accumulators are read by the side '
+                         f'passes only, and ' + ('they do not fit this class' if stage == 'passes' else
+                                                  f'${PAIRMAP_ENV} asks for {stage!r}'))
     return pairmaps.PairProducts(program, cp)
 
 
@@ -211,7 +218,7 @@ def fuses_digestion(kern: ClassKernel) -> bool:
     (:data:`FUSED_DIGEST_MAX`, :data:`FUSE_ENV`)."""
     v = kern.variant
     return (os.environ.get(FUSE_ENV, '1') != '0' and v.tier == 'register' and prod(v.nctr) == 1
-            and kern.nelem <= FUSED_DIGEST_MAX)
+            and v.ctr == 'ops' and kern.nelem <= FUSED_DIGEST_MAX)
 
 
 def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassKernel:

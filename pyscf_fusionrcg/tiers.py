@@ -46,7 +46,13 @@ beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
 run the levels form.  There, for classes of one contraction tuple from
 about seven hundred accumulators on (:func:`pairmap_pays`), the interpreter
 runs only the primitive stage and the contracted stage works on pair
-matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.
+matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.  Asked for
+by name (``ctr='pairmap'``), the register tier does the same: its
+straight-line kernel then keeps only the primitive stage's intermediates in
+registers (the accumulators, most of what made large classes spill, go to
+device memory, [accumulator][quartet]), and the side passes run the
+contracted stage.  That form is not yet measured on a GPU, so no route takes
+it by itself.
 """
 from __future__ import annotations
 
@@ -125,12 +131,15 @@ def requested_ctr(ctr=None) -> str:
 
 
 def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
-    """'pairmap' or 'ops' for a variant: pairmap needs the levels form and one
-    contraction tuple; 'auto' (see :func:`requested_ctr`) takes it where
-    :func:`pairmap_pays`."""
+    """'pairmap' or 'ops' for a variant: pairmap needs one contraction tuple
+    and the levels form, where 'auto' (see :func:`requested_ctr`) takes it
+    where :func:`pairmap_pays`, or the straight form (the register tier), only
+    when asked for by name: there it is an experiment, not yet measured."""
     ctr = requested_ctr(ctr)
-    if form != 'levels' or any(int(n) != 1 for n in nctr) or ctr == 'ops':
+    if form not in ('levels', 'straight') or any(int(n) != 1 for n in nctr) or ctr == 'ops':
         return 'ops'
+    if form == 'straight':
+        return ctr if ctr == 'pairmap' else 'ops'
     return 'pairmap' if ctr == 'pairmap' or pairmap_pays(program) else 'ops'
 
 
@@ -158,14 +167,15 @@ def compile_variant(program: ir.Program, variant: codegen.Variant):
     return module.get_kernel(name), module.from_cache
 
 
-def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> dict:
+def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1), ctr=None) -> dict:
     """Registers / spill bytes / shared bytes of a variant from ``nvcc -arch=sm_90
     -Xptxas -v``: the compiler's report without a GPU (CI, offline checks).
-    ``tier`` defaults to :func:`choose_tier` (no measured re-routing)."""
-    variant = variant_for(program, tier or choose_tier(program), omega, nctr)
+    ``tier`` defaults to :func:`choose_tier` (no measured re-routing), ``ctr``
+    as :func:`ctr_mode` takes it."""
+    variant = variant_for(program, tier or choose_tier(program), omega, nctr, ctr)
     stats = _nvcc_stats(*codegen.kernel_source(program, variant))
     stats['shared_bytes'] += codegen.shared_bytes(program, variant)
-    return dict(stats, tier=variant.tier, form=variant.form,
+    return dict(stats, tier=variant.tier, form=variant.form, ctr=variant.ctr,
                 kernel=codegen.kernel_name(program, variant))
 
 
@@ -276,9 +286,11 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     """
     tier = tier or os.environ.get(TIER_ENV) or None
     nctr = tuple(int(n) for n in nctr)
-    ctr = ctr_mode(program, 'levels', nctr, ctr)     # the mode a levels variant would take
+    ctr = requested_ctr(ctr)
+    # the mode a levels variant would take, and the request (the register tier's differs)
     key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'
-           f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr}|{_arch()}')
+           f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr_mode(program, "levels", nctr, ctr)}|'
+           f'{ctr}|{_arch()}')
     with _lock:
         hit = _decisions.get(key)
         if hit is None:

@@ -111,15 +111,18 @@ def test_small_budget_splits_batches(synth):
         eng.quartet_blocks(synth.quartets(ls), budget=1024)
 
 
-@pytest.mark.parametrize('tier', ['warp', 'global'])
-def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tier):
-    """The levels tiers' default pairmap contracted stage against the same
-    kernels running the program's contracted ops, and both against libcint;
-    a budget of three quartets a batch splits the pairmap buffers too."""
+@pytest.mark.parametrize('tier,classes', [('warp', [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]),
+                                           ('global', [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]),
+                                           ('register', [(2, 2, 2, 0), (3, 1, 2, 0)])])
+def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tier, classes):
+    """The levels tiers' default pairmap contracted stage (and the register
+    tier's, asked for by name) against the same kernels running the program's
+    contracted ops, and both against libcint; a budget of three quartets a
+    batch splits the pairmap buffers too."""
     from pyscf_fusionrcg import tiers
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
-    for ls in [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]:
+    for ls in classes:
         q = synth.quartets(ls)
         monkeypatch.setenv(tiers.CTR_ENV, 'pairmap')
         kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier)

@@ -58,6 +58,10 @@ def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     assert tiers.variant_for(big, 'shared').ctr == 'ops'
     assert tiers.variant_for(big, 'warp', nctr=(1, 2, 1, 1)).ctr == 'ops'
     assert tiers.variant_for(mid, 'warp', ctr='pairmap').ctr == 'pairmap'
+    # the register tier's pairmap stage is an experiment: only when asked for
+    assert tiers.variant_for(big, 'register').ctr == 'ops'
+    assert tiers.variant_for(big, 'register', ctr='pairmap').ctr == 'pairmap'
+    assert tiers.variant_for(big, 'register', nctr=(1, 2, 1, 1), ctr='pairmap').ctr == 'ops'
     monkeypatch.setenv(tiers.CTR_ENV, 'ops')
     assert tiers.variant_for(big, 'warp').ctr == 'ops'
     monkeypatch.setenv(tiers.CTR_ENV, 'dense')
@@ -127,6 +131,30 @@ def test_decisions_saved_by_several_processes_at_once_are_all_kept(fresh_cache):
     assert [p.exitcode for p in procs] == [0] * 6
     saved = json.loads(fresh_cache.read_text())
     assert sorted(v['k'] for v in saved.values()) == list(range(240))
+
+
+def test_routes_asked_for_different_contracted_stages_are_kept_apart(monkeypatch, fresh_cache):
+    """A register-tier class routed with ctr='pairmap' is another kernel than
+    the one 'auto' routes (which takes the pairmap stage on the levels tiers
+    only): the two decisions do not share a cache entry."""
+    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, calls))
+    prog = host.get_program(4, 3, 4, 2)
+    assert tiers.pairmap_pays(prog)
+    assert tiers.route(prog, tier='register')[0].ctr == 'ops'
+    assert tiers.route(prog, tier='register', ctr='pairmap')[0].ctr == 'pairmap'
+    assert calls == ['register', 'register']
+
+
+def test_a_register_pairmap_kernel_does_not_digest(monkeypatch):
+    """The digesting variant computes blocks in registers; a pairmap one
+    leaves them to the side passes, so a J/K build never asks it to digest."""
+    prog = host.get_program(1, 0, 0, 0)
+    kern = type('K', (), {'variant': codegen.make_variant(prog, 'register', ctr='pairmap'), 'nelem': 3})()
+    plain = type('K', (), {'variant': codegen.make_variant(prog, 'register'), 'nelem': 3})()
+    monkeypatch.delenv(launch.FUSE_ENV, raising=False)
+    assert launch.fuses_digestion(plain) and not launch.fuses_digestion(kern)
 
 
 def test_override_forces_the_tier(monkeypatch, fresh_cache):
