@@ -23,7 +23,9 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
   and the same summed over the classes of each highest angular momentum (with
   cc-pV5Z: what the h classes, which GPU4PySCF computes on the CPU, cost us);
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
-  mode of the levels tiers (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``), and
+  mode (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``: ``pairmap`` forces it on
+  the levels tiers and offers the register tier its pairmap form, which a
+  class keeps where it spills little enough), and
   with ``--fuse 1,0`` once with and once without the digesting kernels
   (``$FUSIONRCG_FUSE``), side by side in the one table; ``--fused-max``
   moves the largest block a digesting kernel takes

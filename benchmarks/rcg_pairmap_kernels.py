@@ -96,8 +96,10 @@ def measure(ls, nq_max, repeat, rng):
     basis = launch.DeviceBasis(mol)
     first = {l: int(np.nonzero(mol._bas[:, 1] == l)[0][0]) for l in set(ls)}
     ops = launch.get_kernel(ls, ctr='ops')
-    pm = launch.get_kernel(ls, ctr='pairmap')
-    assert not ops.pairmap and pm.pairmap, (ops.name, pm.name)
+    # the levels form's two contracted stages, on the tier the class routes to (asked for
+    # pairmap with no tier, a class the register tier holds would take its pairmap form)
+    pm = launch.get_kernel(ls, ctr='pairmap', tier=ops.variant.tier)
+    assert ops.variant.form == 'levels' and not ops.pairmap and pm.pairmap, (ops.name, pm.name)
     products = pairmaps.PairProducts(pm.program, cp)
     passes = launch.SidePasses(pm.program)
     per_quartet = 8 * (3 * pm.nelem + pm.program.n_acc + products.work_doubles)
