@@ -51,8 +51,9 @@ by name (``ctr='pairmap'``), the register tier does the same: its
 straight-line kernel then keeps only the primitive stage's intermediates in
 registers (the accumulators, most of what made large classes spill, go to
 device memory, [accumulator][quartet]), and the side passes run the
-contracted stage.  That form is not yet measured on a GPU, so no route takes
-it by itself.
+contracted stage; the route then sizes the register tier by the primitive
+stage alone and keeps that form where it spills at most ``SPILL_BYTES_MAX``.
+It is not yet measured on a GPU, so only a request takes it.
 """
 from __future__ import annotations
 
@@ -96,17 +97,20 @@ _lock = threading.Lock()
 _decisions: dict = {}
 
 
-def choose_tier(program: ir.Program) -> str:
-    """Static tier from the program's size (thresholds above)."""
-    if n_statements(program) <= REG_STATEMENTS_MAX:
+def choose_tier(program: ir.Program, register_ctr='ops') -> str:
+    """Static tier from the program's size (thresholds above); the register
+    tier's size is its pairmap form's, the primitive stage alone, where that
+    is the mode it would take (``register_ctr``, :func:`ctr_mode`)."""
+    size = n_statements(program, primitive_only=True) if register_ctr == 'pairmap' else n_statements(program)
+    if size <= REG_STATEMENTS_MAX:
         return 'register'
     if _fits(program, variant_for(program, 'warp')):
         return 'warp'
     return 'global'
 
 
-def n_statements(program: ir.Program) -> int:
-    return len(program.prim) + len(program.ctr)
+def n_statements(program: ir.Program, primitive_only=False) -> int:
+    return len(program.prim) + (0 if primitive_only else len(program.ctr))
 
 
 def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ctr=None) -> codegen.Variant:
@@ -305,7 +309,7 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
             raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
         stats = measure(program, variant)
     else:
-        start = choose_tier(program)
+        start = choose_tier(program, ctr_mode(program, 'straight', nctr, ctr))
         order = [t for t in codegen.TIERS[codegen.TIERS.index(start):] if t != 'shared' or t == start]
         for t in order:
             variant = variant_for(program, t, omega, nctr, ctr)

@@ -147,6 +147,27 @@ def test_routes_asked_for_different_contracted_stages_are_kept_apart(monkeypatch
     assert calls == ['register', 'register']
 
 
+def test_asked_for_pairmap_the_register_tier_is_tried_by_its_primitive_stage(monkeypatch, fresh_cache):
+    """(fd|fp) has more statements than the register tier takes, but its
+    primitive stage alone (the register tier's pairmap form) fits: asked for
+    ctr='pairmap', the route measures that form first, and moves on to the
+    warp tier when it spills too much; with several contraction tuples (no
+    pairmap form there) it starts at the warp tier as before."""
+    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
+    prog = host.get_program(3, 2, 3, 1)
+    assert tiers.n_statements(prog, True) <= tiers.REG_STATEMENTS_MAX < tiers.n_statements(prog)
+    assert tiers.choose_tier(prog) == 'warp' and tiers.choose_tier(prog, 'pairmap') == 'register'
+    calls = []
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0, 'warp': 0}, calls))
+    assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
+    variant = tiers.route(prog, ctr='pairmap')[0]
+    assert (variant.tier, variant.ctr) == ('register', 'pairmap') and calls == ['warp', 'register']
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': tiers.SPILL_BYTES_MAX + 8, 'warp': 0}, calls))
+    variant = tiers.route(prog, omega=0.3, ctr='pairmap')[0]
+    assert (variant.tier, variant.ctr) == ('warp', 'pairmap') and calls[2:] == ['register', 'warp']
+    assert tiers.route(prog, nctr=(1, 2, 1, 1), ctr='pairmap')[0].tier == 'warp' and calls[4:] == ['warp']
+
+
 def test_a_register_pairmap_kernel_does_not_digest(monkeypatch):
     """The digesting variant computes blocks in registers; a pairmap one
     leaves them to the side passes, so a J/K build never asks it to digest."""
@@ -168,7 +189,7 @@ def test_override_forces_the_tier(monkeypatch, fresh_cache):
 
 def test_shared_tier_that_cannot_fit_is_skipped(monkeypatch, fresh_cache):
     prog = host.get_program(2, 2, 2, 2)          # 1127 slots: no warp fits 227 KiB
-    monkeypatch.setattr(tiers, 'choose_tier', lambda p: 'shared')
+    monkeypatch.setattr(tiers, 'choose_tier', lambda p, register_ctr='ops': 'shared')
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'warp': 0}, calls))
     assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
