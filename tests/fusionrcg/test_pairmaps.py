@@ -303,3 +303,14 @@ def test_side_passes_cost_less_than_the_products():
         passes, products = codegen.pass_cost(prog), pairmaps.PairProducts(prog).cost()
         assert passes['bytes'] == 8 * (prog.n_acc + int(np.prod(prog.shape))), prog.name
         assert passes['fma'] < products['fma'] and passes['bytes'] < products['bytes'], prog.name
+
+
+def test_register_pairmap_accumulators_are_left_to_the_side_passes_only(monkeypatch):
+    """The register tier writes its accumulators [accumulator][quartet],
+    which the products do not read: asked for them, contracted_stage says so
+    instead of handing them a layout they would misread."""
+    prog = host.get_program(2, 2, 2, 0)
+    monkeypatch.setenv(launch.PAIRMAP_ENV, 'products')
+    with pytest.raises(ValueError, match="read by the side passes only, and .* asks for 'products'"):
+        launch.contracted_stage(prog, np, acc_major=True)
+    assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)
