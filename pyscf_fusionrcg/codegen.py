@@ -1094,14 +1094,12 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             add(f'{ind}fr_syncwarp();')
             add(f'{ind}run_levels<{level_op_words(program)}>(prim_code, prim_levels, n_prim_levels, sp, '
                 f'out, ostride, ooff, lane, {"acc_add" if acc_out else "false"});')
-            if acc_out:
-                add(f'{ind}acc_add = true;')
         else:
             add(f'{ind}run_ops<{stride}>(prim_code, prim_words, sp, out, ostride, ooff);')
     else:
         L.extend(statements(n_zero, seq.end_body + 1, ind))
-        if acc_out:
-            add(f'{ind}acc_add = true;')
+    if acc_out:
+        add(f'{ind}acc_add = true;')
     add('        }')
     add('      }')
     add('    }')
