@@ -97,11 +97,12 @@ _lock = threading.Lock()
 _decisions: dict = {}
 
 
-def choose_tier(program: ir.Program, register_ctr='ops') -> str:
+def choose_tier(program: ir.Program, nctr=(1, 1, 1, 1), ctr=None) -> str:
     """Static tier from the program's size (thresholds above); the register
-    tier's size is its pairmap form's, the primitive stage alone, where that
-    is the mode it would take (``register_ctr``, :func:`ctr_mode`)."""
-    size = n_statements(program, primitive_only=True) if register_ctr == 'pairmap' else n_statements(program)
+    tier's size is its pairmap form's, the primitive stage alone, where
+    :func:`ctr_mode` gives it that form (``ctr`` asked for)."""
+    pairmap = ctr_mode(program, 'straight', nctr, ctr) == 'pairmap'
+    size = n_statements(program, primitive_only=True) if pairmap else n_statements(program)
     if size <= REG_STATEMENTS_MAX:
         return 'register'
     if _fits(program, variant_for(program, 'warp')):
@@ -176,7 +177,7 @@ def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1), ctr
     -Xptxas -v``: the compiler's report without a GPU (CI, offline checks).
     ``tier`` defaults to :func:`choose_tier` (no measured re-routing), ``ctr``
     as :func:`ctr_mode` takes it."""
-    variant = variant_for(program, tier or choose_tier(program), omega, nctr, ctr)
+    variant = variant_for(program, tier or choose_tier(program, nctr, ctr), omega, nctr, ctr)
     stats = _nvcc_stats(*codegen.kernel_source(program, variant))
     stats['shared_bytes'] += codegen.shared_bytes(program, variant)
     return dict(stats, tier=variant.tier, form=variant.form, ctr=variant.ctr,
@@ -290,11 +291,9 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     """
     tier = tier or os.environ.get(TIER_ENV) or None
     nctr = tuple(int(n) for n in nctr)
-    ctr = requested_ctr(ctr)
-    # the mode a levels variant would take, and the request (the register tier's differs)
+    ctr = requested_ctr(ctr)    # each tier's mode follows from it (ctr_mode)
     key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'
-           f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr_mode(program, "levels", nctr, ctr)}|'
-           f'{ctr}|{_arch()}')
+           f'{"".join(map(str, nctr))}|{tier or "auto"}|{ctr}|{_arch()}')
     with _lock:
         hit = _decisions.get(key)
         if hit is None:
@@ -309,7 +308,7 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
             raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
         stats = measure(program, variant)
     else:
-        start = choose_tier(program, ctr_mode(program, 'straight', nctr, ctr))
+        start = choose_tier(program, nctr, ctr)
         order = [t for t in codegen.TIERS[codegen.TIERS.index(start):] if t != 'shared' or t == start]
         for t in order:
             variant = variant_for(program, t, omega, nctr, ctr)

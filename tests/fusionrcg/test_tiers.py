@@ -156,7 +156,7 @@ def test_asked_for_pairmap_the_register_tier_is_tried_by_its_primitive_stage(mon
     monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     prog = host.get_program(3, 2, 3, 1)
     assert tiers.n_statements(prog, True) <= tiers.REG_STATEMENTS_MAX < tiers.n_statements(prog)
-    assert tiers.choose_tier(prog) == 'warp' and tiers.choose_tier(prog, 'pairmap') == 'register'
+    assert tiers.choose_tier(prog) == 'warp' and tiers.choose_tier(prog, ctr='pairmap') == 'register'
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0, 'warp': 0}, calls))
     assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
@@ -189,7 +189,7 @@ def test_override_forces_the_tier(monkeypatch, fresh_cache):
 
 def test_shared_tier_that_cannot_fit_is_skipped(monkeypatch, fresh_cache):
     prog = host.get_program(2, 2, 2, 2)          # 1127 slots: no warp fits 227 KiB
-    monkeypatch.setattr(tiers, 'choose_tier', lambda p, register_ctr='ops': 'shared')
+    monkeypatch.setattr(tiers, 'choose_tier', lambda p, nctr=None, ctr=None: 'shared')
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'warp': 0}, calls))
     assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
