@@ -191,7 +191,8 @@ def contracted_stage(program, cp, acc_major=False):
     if acc_major:
         raise ValueError(f'{program.name}: the register tier\'s pairmap accumulators are read by the side '
                          f'passes only, and ' + ('they do not fit this class' if stage == 'passes' else
-                                                  f'${PAIRMAP_ENV} asks for {stage!r}'))
+                                                  f'${PAIRMAP_ENV} asks for {stage!r}')
+                         + "; run it with ctr='ops' or on the warp tier")
     return pairmaps.PairProducts(program, cp)
 
 

@@ -311,6 +311,7 @@ def test_register_pairmap_accumulators_are_left_to_the_side_passes_only(monkeypa
     instead of handing them a layout they would misread."""
     prog = host.get_program(2, 2, 2, 0)
     monkeypatch.setenv(launch.PAIRMAP_ENV, 'products')
-    with pytest.raises(ValueError, match="read by the side passes only, and .* asks for 'products'"):
+    with pytest.raises(ValueError, match="read by the side passes only, and .* asks for 'products'; "
+                                         "run it with ctr='ops' or on the warp tier"):
         launch.contracted_stage(prog, np, acc_major=True)
     assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)
