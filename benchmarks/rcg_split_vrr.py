@@ -40,12 +40,14 @@ def piece_counts(table: ir.OpTable, n_temps: int) -> dict:
     return dict(ops=len(table) - accumulates, acc=accumulates, peak=peak, peak_with_acc=peak + accumulates)
 
 
-def split_record(name: str, pieces: int) -> dict:
-    parts = [piece_counts(*p) for p in schedule.split_primitive_stage(*report.parse_class(name), pieces)]
-    whole = piece_counts(*schedule.split_primitive_stage(*report.parse_class(name), 1)[0])
-    return dict(cls=name, pieces=pieces, ops=whole['ops'],
-                recomputed=sum(p['ops'] for p in parts) / whole['ops'],
-                **{f'piece_{k}': max(p[k] for p in parts) for k in ('ops', 'acc', 'peak', 'peak_with_acc')})
+def split_records(name: str, counts) -> list:
+    """One record per count of pieces, against the whole stage (one piece)."""
+    ls = report.parse_class(name)
+    ops = piece_counts(*schedule.split_primitive_stage(*ls, 1)[0])['ops']
+    split = [[piece_counts(*p) for p in schedule.split_primitive_stage(*ls, k)] for k in counts]
+    return [dict(cls=name, pieces=k, ops=ops, recomputed=sum(p['ops'] for p in parts) / ops,
+                 **{f'piece_{key}': max(p[key] for p in parts) for key in ('ops', 'acc', 'peak', 'peak_with_acc')})
+            for k, parts in zip(counts, split)]
 
 
 def main(argv=None):
@@ -58,11 +60,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     names = args.classes or [n for n, (tier, _) in measured(Path(args.breakdown)).items()
                              if tier == 'warp'][:args.top]
+    counts = [int(x) for x in args.pieces.split(',')]
     records = []
     for name in names:
-        for k in (int(x) for x in args.pieces.split(',')):
-            records.append(split_record(name, k))
-            print_record(records[-1])
+        for rec in split_records(name, counts):
+            records.append(rec)
+            print_record(rec)
     meta = environment_meta()
     meta.update(breakdown=args.breakdown)
     paths = write_results(args.name, records, meta, title="One quartet's VRR spread over threads: what each runs",
