@@ -212,6 +212,12 @@ def by_highest_l(profile: dict, total_ms: float) -> list:
             for top, acc in sorted(sums.items())]
 
 
+def results_title(meta: dict) -> str:
+    """The results' heading: molecule, basis and the density built on, which
+    changes the kept quartets many times over (a guess density keeps far fewer)."""
+    return f"FusionRCG J+K breakdown, {meta['molecule']} / {meta['basis']}, density: {meta['density']}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
@@ -279,8 +285,7 @@ def main(argv=None):
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, nbas=mol.nbas, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
                 fused_max=launch.FUSED_DIGEST_MAX, pairmap=args.pairmap, density_change=args.density_change)
-    paths = write_results(args.name, records, meta, title=f'FusionRCG J+K breakdown, {Path(args.xyz).stem} / '
-                          f'{args.basis}',
+    paths = write_results(args.name, records, meta, title=results_title(meta),
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
                                 'host gaps while the GPU waits included); walls: median of --repeat builds. '
                                 'The tier is the routed one for the class with one contracted function per shell; '
