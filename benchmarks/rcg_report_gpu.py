@@ -131,7 +131,7 @@ def main(argv=None):
                             args.register_ops_max, args.jobs)
     records = []
     for ls in classes:
-        row = report.class_row(ls, tiers)
+        row = report.class_row(ls)
         kern = launch.get_kernel(ls)
         row['compile_s'] = compile_s[(ls, None)]
         row.update(tier=kern.stats['tier'], form=kern.stats['form'],

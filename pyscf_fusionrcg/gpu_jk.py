@@ -49,8 +49,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .screening import (CHUNK_QUARTETS, TaskStream, iter_tasks, joined_rows, schwarz_bounds,
-                        sorted_pair_bounds)
+from .screening import (CHUNK_QUARTETS, PLAN_BLOCK, PLAN_ROUNDS, TaskStream, iter_tasks, joined_rows,
+                        plan_kernel, schwarz_bounds, sorted_pair_bounds)
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
@@ -370,9 +370,9 @@ class RestrictedPlan:
         """(rows, kept rows of each tile, their running sum) for rows (uint16,
         of one class): plan.cu's first pass, on the device only."""
         cp = launch._cupy()
-        tiles = -(-len(rows) // (_PLAN_ROUNDS * _PLAN_BLOCK))
+        tiles = -(-len(rows) // (PLAN_ROUNDS * PLAN_BLOCK))
         counts = cp.empty(tiles, dtype=cp.int32)
-        _plan_kernel('fr_plan_count')((tiles,), (_PLAN_BLOCK,), self._args(rows) + (counts,))
+        plan_kernel('fr_plan_count')((tiles,), (PLAN_BLOCK,), self._args(rows) + (counts,))
         return rows, counts, cp.cumsum(counts, dtype=cp.int64)
 
     def _compact(self, rows, starts, n_kept):
@@ -381,7 +381,7 @@ class RestrictedPlan:
         cp = launch._cupy()
         kept = cp.empty((n_kept, 4), dtype=cp.int32)
         if n_kept:
-            _plan_kernel('fr_plan_compact')((len(starts),), (_PLAN_BLOCK,), self._args(rows) + (starts, kept))
+            plan_kernel('fr_plan_compact')((len(starts),), (PLAN_BLOCK,), self._args(rows) + (starts, kept))
         return kept
 
 
@@ -396,44 +396,6 @@ def _host_totals(cp, ends) -> list:
     if not ends:
         return []
     return cp.stack([e[-1] for e in ends]).get().tolist()
-
-
-#: plan.cu's screening of a plan: threads per block, and rows per thread.
-_PLAN_BLOCK = 256
-_PLAN_ROUNDS = 8
-
-
-#: plan.cu's fr_shell_block_max: threads per block (shell j, shell i).
-_BLOCK_MAX_THREADS = (32, 8)
-
-
-@lru_cache(maxsize=None)
-def _plan_kernel(name):
-    """A kernel of csrc/fusionrcg/plan.cu."""
-    from gpucore import compile_file
-    return compile_file('fusionrcg/plan.cu', defines={'FR_PLAN_ROUNDS': _PLAN_ROUNDS}).get_kernel(name)
-
-
-def device_shell_density_max(mol, dms):
-    """:func:`~pyscf_fusionrcg.screening.shell_density_max` of CuPy ``dms``,
-    on the device (CuPy float64 (nbas, nbas), the same numbers): a build
-    screens its density without copying it to the host and reducing it there,
-    which made the plugin's (H2O)20/def2-QZVP guess build take 431 ms instead
-    of 330 (H200, benchmarks/results/rcg_jk_breakdown_water20_qzvp_guess)."""
-    cp = launch._cupy()
-    nao, nbas = mol.nao, mol.nbas
-    d = cp.asarray(dms).reshape(-1, nao, nao)
-    if d.dtype.kind == 'c':
-        d = cp.abs(d)       # the modulus bounds both parts, as the host's np.abs does
-    d = cp.ascontiguousarray(d, dtype=cp.float64)
-    out = cp.empty((nbas, nbas))
-    if nbas:
-        ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
-        tx, ty = _BLOCK_MAX_THREADS
-        grid = (-(-nbas // tx), -(-nbas // ty))
-        _plan_kernel('fr_shell_block_max')(
-            grid, _BLOCK_MAX_THREADS, (d, np.int32(len(d)), np.int32(nao), ao_loc, np.int32(nbas), out))
-    return cp.maximum(out, out.T)
 
 
 class StreamedPlan(JKPlan):

@@ -172,6 +172,22 @@ class Output:
 Op = Union[Boys, LinComb, Accumulate, Output]
 
 
+#: Highest shell angular momentum (i functions) the plugin accepts.
+MAX_L = 6
+#: Letters of the angular momenta, for class names such as 'gdfd'.
+LETTERS = 'spdfghik'
+
+
+def class_name(ls) -> str:
+    """'gdfd' for (4, 2, 3, 2)."""
+    return ''.join(LETTERS[l] for l in ls)
+
+
+def parse_class(name: str):
+    """(4, 2, 3, 2) for 'gdfd'."""
+    return tuple(LETTERS.index(c) for c in name.lower())
+
+
 def ncart(l: int) -> int:
     return (l + 1) * (l + 2) // 2
 

@@ -30,7 +30,7 @@ from math import prod
 
 import numpy as np
 
-from . import codegen, host, pairmaps, report, tiers
+from . import codegen, host, ir, kernels, pairmaps, tiers
 
 ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
 PTR_COORD = 1
@@ -88,23 +88,24 @@ class ClassKernel:
         self.variant, self.stats = tiers.route(self.program, omega, nctr, tier, ctr)
         if digest:
             self.variant = dataclasses.replace(self.variant, digest=True)
-        self.kernel, self.from_cache = tiers.compile_variant(self.program, self.variant)
+        self.kernel, self.from_cache = kernels.compile_variant(self.program, self.variant)
         p, v = self.program, self.variant
+        table = kernels.variant_table(p, v)
         if digest:      # the route measured the plain variant; the digesting one holds more
             self.stats = dict(self.stats, **tiers.kernel_stats(self.kernel, p, v),
                               kernel=codegen.kernel_name(p, v))
-        self.block = codegen.block_size(p, v)
-        self.shared = codegen.shared_bytes(p, v)
+        self.block = codegen.block_size(p, v, table)
+        self.shared = codegen.shared_bytes(p, v, table)
         if self.shared > 48 * 1024:
             self.kernel.set_max_dynamic_shared(self.shared)
-        self.n_slots = codegen.scratch_doubles(p, v)
+        self.n_slots = codegen.scratch_doubles(p, v, table)
         self.nelem = prod(p.shape) * prod(v.nctr)
         self.table = None
-        if v.form in ('table', 'levels'):
+        if table is not None:
             self.table = tuple(cp.asarray(a) if isinstance(a, np.ndarray) else np.int32(a)
-                               for a in codegen.table(p, v).stream_args())
-        self.items_per_block = codegen.items_per_block(p, v)
-        self.scratch_per_block = codegen.scratch_per_block(p, v)
+                               for a in table.stream_args())
+        self.items_per_block = codegen.items_per_block(p, v, table)
+        self.scratch_per_block = codegen.scratch_per_block(p, v, table)
         self.pairmap = v.ctr == 'pairmap'
         self.products = contracted_stage(p, cp, acc_major=v.form == 'straight') if self.pairmap else None
         #: doubles per quartet besides the block: accumulators and the products' temporaries
@@ -163,9 +164,7 @@ class SidePasses:
     work_doubles = 0
 
     def __init__(self, program, acc_major=False):
-        from gpucore import compile_source
-        source, name = codegen.side_pass_source(program, acc_major)
-        self.kernel = compile_source(source, name=name).get_kernel(name)
+        self.kernel = kernels.compile_side_passes(program, acc_major)
         self.quartets_per_block = codegen.pass_quartets(program)
         self.shared = codegen.pass_shared_bytes(program)
         if self.shared > 48 * 1024:
@@ -437,7 +436,7 @@ def precompile(lmax: int = 4, cart: bool = False) -> list[str]:
     for ls in canonical_classes(lmax):
         k = jk_kernel(ls, cart)
         s = k.stats
-        name = report.class_name(ls)
+        name = ir.class_name(ls)
         lines.append(f'({name[:2]}|{name[2:]}) '
                      f'{"cached" if k.from_cache else "compiled"} tier={s["tier"]} form={s["form"]} '
                      f'registers={s["registers"]} spill_bytes={s["spill_bytes"]} '

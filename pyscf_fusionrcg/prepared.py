@@ -1,29 +1,24 @@
 """On-disk cache of what the host prepares per class: programs, op-stream tables, kernel sources.
 
 Why: before its first launch a class needs its program (graph, schedule,
-spherical fusion: :func:`pyscf_fusionrcg.host.get_program`), for the warp and
-global tiers its op stream (:func:`pyscf_fusionrcg.codegen.table`), its CUDA
-text (:func:`pyscf_fusionrcg.codegen.kernel_source`, which gpucore hashes to
-find the cached cubin) and, for the pairmap contracted stage, its pair
-matrices' polynomials (:func:`pyscf_fusionrcg.pairmaps.side_map`).  All of it
-is pure Python: about 15 s on one core for the 120 classes up to (gg|gg), in
-every new process, even when every cubin is already on disk.  These objects
-depend only on the class, Cartesian or spherical functions, the variant and
-the generator, so they are kept beside the cubins and the tier decisions
-(``gpucore.cache_dir()``) and a later process unpickles them instead.
+spherical fusion: :func:`pyscf_fusionrcg.host.get_program`), for the op-stream
+forms its table and its CUDA text (:mod:`pyscf_fusionrcg.kernels`, whose text
+gpucore hashes to find the cached cubin).  All of it is pure Python, seconds
+per large class in every new process even when every cubin is on disk; it
+depends only on the class, Cartesian or spherical functions, the variant and
+the generator, so it is kept beside the cubins and the tier decisions
+(``gpucore.cache_dir()``) and a later process unpickles it instead.
 
-Keys: a program by ``host._key`` (class, Cartesian, VRR build centres); a
-table or source by its program's key and every field of the
-:class:`~pyscf_fusionrcg.codegen.Variant`; a side map by ``side_map``'s own
-key (side, Cartesian, the pair's l, its graph phases); every key also by
-:func:`settings` (the generator modules' constants, which tuning scripts
-change at run time).  The files live in a folder named by :func:`version`, a
-digest of the generator sources (``tiers._code_version()`` plus ``host.py``
-and this module), the Python and NumPy versions and
+This is a base module: it imports nothing of the generator and is handed
+keys and builders.  Keys: a program by ``host._key`` (class, Cartesian, VRR
+build centres); a table or source by its program's key and every field of
+the variant.  The files live in a folder named by :func:`version`, a digest
+of the generator sources (:data:`GENERATOR_SOURCES`, the CUDA headers, then
+``host.py`` and this module), the Python and NumPy versions and
 :data:`FORMAT`: any change of the generator or of the pickled classes misses
 instead of loading stale objects.  Tables and sources are only cached for
 programs that came through :func:`program` (whose key is known); others are
-built as before.
+built every time.
 
 Robustness: a file holds a magic line, its full key, the lengths of the
 pickle and of its arrays' out-of-band buffers and a CRC-32 of all of it.  A
@@ -33,9 +28,9 @@ missing or unwritable folder only costs the rebuild.  Writes go to a
 temporary file of this process and thread, then ``os.replace``
 (``gpucore.write_atomic``): readers see the old file, the new one, or none.  The
 files are pickles, trusted as the cubins beside them are.
-``$FUSIONRCG_PREPARED=0`` turns the cache off.
+``Options.prepared_cache`` (``$FUSIONRCG_PREPARED=0``) turns the cache off.
 
-Size: about 90 MB for the classes up to (gg|gg).  Every generator version
+Every generator version
 has its own folder, so an upgrade or an edited checkout starts a new one;
 the first process of a version to use its folder marks it used and removes
 the least recently used beyond :data:`KEEP_VERSIONS` (a process still on a
@@ -87,14 +82,36 @@ def enabled() -> bool:
     return os.environ.get(ENV, '1') != '0'
 
 
+#: The sources whose text decides what the generator builds (besides ``host.py``
+#: and this module, in :func:`version`): a routing decision or a prepared object
+#: is only valid for them.  ``boys.py``: the Boys tables the generated code carries.
+GENERATOR_SOURCES = ('ir.py', 'graph.py', 'schedule.py', 'spherical.py', 'codegen/*.py', 'pairmaps.py',
+                     'tiers.py', 'boys.py')
+
+
+@lru_cache(maxsize=1)
+def generator_version() -> str:
+    """Digest of the generator sources and of the CUDA headers the kernels
+    include (``fusionrcg/*.cuh`` where gpucore finds the shipped sources)."""
+    from gpucore import csrc_root
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for pattern in GENERATOR_SOURCES:
+        for path in sorted(here.glob(pattern)):
+            h.update(path.relative_to(here).as_posix().encode())
+            h.update(path.read_bytes())
+    for path in sorted((csrc_root() / 'fusionrcg').glob('*.cuh')):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @lru_cache(maxsize=1)
 def version() -> str:
     """Digest of everything the cached objects depend on besides their keys."""
-    from . import tiers             # tiers imports codegen, which imports this module
     h = hashlib.sha256()
-    h.update(tiers._code_version().encode())
+    h.update(generator_version().encode())
     here = Path(__file__).resolve().parent
-    for name in ('host.py', 'prepared.py'):     # the generator modules are in tiers' digest
+    for name in ('host.py', 'prepared.py'):
         h.update((here / name).read_bytes())
     h.update(f'{FORMAT}|{sys.version_info[:2]}|{np.__version__}'.encode())
     return h.hexdigest()[:16]
@@ -165,17 +182,6 @@ def _gc_paused():
             _gc_holds -= 1
             if _gc_holds == 0 and _gc_was_on:
                 gc.enable()
-
-
-def settings() -> str:
-    """The generator modules' upper-case constants as they are now: scripts
-    such as ``benchmarks/rcg_levels_tuning.py`` set them at run time, and
-    what they build must neither be stored nor found under the defaults' keys."""
-    from . import codegen, graph, schedule, spherical
-    items = [(m.__name__, k, v) for m in (graph, schedule, spherical, codegen)
-             for k, v in sorted(vars(m).items())
-             if k.isupper() and isinstance(v, (bool, int, float, str, tuple))]
-    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 def _pad(n: int) -> int:
@@ -257,7 +263,6 @@ def cached(kind: str, key: str, build, check=None, compress=False):
     """
     if not enabled():
         return build()
-    key = f'{key}|{settings()}'
     path = _path(kind, key)
     if path is None:
         return build()

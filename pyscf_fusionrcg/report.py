@@ -6,8 +6,7 @@ For every class (la, lb, lc, ld) with all l <= L (spherical output):
 * ``peak_live_unfused``: orchestrated program, transforms at the end;
 * ``peak_live``: orchestrated program with stepwise fusion (``host.get_program``);
 * ``block_cart`` / ``block_sph``: Cartesian / spherical components of (ab|cd);
-* ``tier``: ``pyscf_fusionrcg.tiers.choose_tier(program)`` if that module
-  exists, else "n/a";
+* ``tier``: ``pyscf_fusionrcg.tiers.choose_tier(program)``;
 * ``registers`` / ``spill_bytes``: from ``tiers.compile_stats(program)`` where
   a GPU compiler is available, else None.
 
@@ -18,40 +17,20 @@ intermediates (see ``schedule`` for the exact rule).
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import sys
 
-from . import ir
+from . import ir, tiers
+from .ir import LETTERS, class_name, parse_class  # noqa: F401  (the report's names for classes)
 from .host import get_program
 from .schedule import naive, orchestrate, peak_live
 
-LETTERS = 'spdfghik'
 
-
-def class_name(ls) -> str:
-    return ''.join(LETTERS[l] for l in ls)
-
-
-def parse_class(name: str):
-    return tuple(LETTERS.index(c) for c in name.lower())
-
-
-def _tiers():
+def _gpu_stats(program):
+    """(registers, spill_bytes) of the routed kernel; (None, None) without a GPU."""
     try:
-        return importlib.import_module('pyscf_fusionrcg.tiers')
-    except ImportError:
-        return None
-
-
-def _gpu_stats(tiers, program):
-    """(registers, spill_bytes) from the GPU hook; (None, None) without a GPU."""
-    hook = getattr(tiers, 'compile_stats', None) if tiers else None
-    if hook is None:
-        return None, None
-    try:
-        stats = hook(program)
+        stats = tiers.compile_stats(program)
     except Exception:        # no GPU / no compiler on this machine: keys stay None
         return None, None
     if not stats:
@@ -59,10 +38,10 @@ def _gpu_stats(tiers, program):
     return stats.get('registers'), stats.get('spill_bytes')
 
 
-def class_row(ls, tiers=None, gpu_stats=True) -> dict:
+def class_row(ls, gpu_stats=True) -> dict:
     """Report entry of one class (spherical output)."""
     prog = get_program(*ls)
-    regs, spill = _gpu_stats(tiers, prog) if gpu_stats else (None, None)
+    regs, spill = _gpu_stats(prog) if gpu_stats else (None, None)
     block_cart = block_sph = 1
     for l in ls:
         block_cart *= ir.ncart(l)
@@ -74,7 +53,7 @@ def class_row(ls, tiers=None, gpu_stats=True) -> dict:
         'peak_live': peak_live(prog),
         'block_cart': block_cart,
         'block_sph': block_sph,
-        'tier': str(tiers.choose_tier(prog)) if tiers else 'n/a',
+        'tier': str(tiers.choose_tier(prog)),
         'registers': regs,
         'spill_bytes': spill,
     }
@@ -89,9 +68,8 @@ def rows(lmax: int = None, classes=None, gpu_stats=True):
 
     ``gpu_stats=False`` skips ``tiers.compile_stats`` (it compiles a kernel
     per class where a CUDA compiler is installed)."""
-    tiers = _tiers()
     todo = classes if classes else itertools.product(range(lmax + 1), repeat=4)
-    return [class_row(tuple(ls), tiers, gpu_stats) for ls in todo]
+    return [class_row(tuple(ls), gpu_stats) for ls in todo]
 
 
 def format_table(entries) -> str:

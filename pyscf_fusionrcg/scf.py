@@ -14,21 +14,17 @@ from pyscf import gto, lib
 from pyscf.lib import logger
 
 from pyscf_fusionrcg import jk as _jk
+from pyscf_fusionrcg.ir import MAX_L
 from pyscf_fusionrcg.screening import schwarz_bounds
 
 BACKENDS = ("auto", "gpu", "cpu")
 #: Mean-field families whose J/K have PySCF's (nao, nao) shapes.
 _SUPPORTED = ("RHF", "UHF", "ROHF")
-_DEFAULT_MAX_L = 6
 
 
 def max_l():
-    """Highest angular momentum the engine supports (``host.MAX_L``)."""
-    try:
-        from pyscf_fusionrcg import host
-    except ImportError:
-        return _DEFAULT_MAX_L
-    return getattr(host, "MAX_L", _DEFAULT_MAX_L)
+    """Highest angular momentum the engine supports (``ir.MAX_L``)."""
+    return MAX_L
 
 
 def _check_mean_field(mf):

@@ -49,6 +49,7 @@ cannot hold them all at once ((H2O)20/def2-QZVP has more than fit in an H200).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -132,14 +133,50 @@ def schwarz_bounds(mol, omega=0.0):
 def shell_density_max(mol, dms):
     """Largest ``|D|`` of each shell block over all matrices and both
     orientations, (nbas, nbas) float64; for CuPy ``dms`` computed on the
-    device and returned as CuPy (``gpu_jk.device_shell_density_max``)."""
+    device and returned as CuPy (:func:`device_shell_density_max`)."""
     if on_gpu(dms):
-        from pyscf_fusionrcg.gpu_jk import device_shell_density_max
         return device_shell_density_max(mol, dms)
     d = np.abs(to_host(dms)).reshape(-1, mol.nao, mol.nao).max(axis=0)
     loc = mol.ao_loc[:-1]
     d = np.maximum.reduceat(np.maximum.reduceat(d, loc, axis=0), loc, axis=1)
     return np.maximum(d, d.T)
+
+
+#: plan.cu's screening of a plan: threads per block, and rows per thread.
+PLAN_BLOCK = 256
+PLAN_ROUNDS = 8
+
+
+#: plan.cu's fr_shell_block_max: threads per block (shell j, shell i).
+_BLOCK_MAX_THREADS = (32, 8)
+
+
+@lru_cache(maxsize=None)
+def plan_kernel(name):
+    """A kernel of csrc/fusionrcg/plan.cu."""
+    from gpucore import compile_file
+    return compile_file('fusionrcg/plan.cu', defines={'FRPLAN_ROUNDS': PLAN_ROUNDS}).get_kernel(name)
+
+
+def device_shell_density_max(mol, dms):
+    """:func:`shell_density_max` of CuPy ``dms``,
+    on the device (CuPy float64 (nbas, nbas), the same numbers): a build
+    screens its density without copying it to the host."""
+    cp = _cupy()
+    nao, nbas = mol.nao, mol.nbas
+    d = cp.asarray(dms).reshape(-1, nao, nao)
+    if d.dtype.kind == 'c':
+        d = cp.abs(d)       # the modulus bounds both parts, as the host's np.abs does
+    d = cp.ascontiguousarray(d, dtype=cp.float64)
+    out = cp.empty((nbas, nbas))
+    if nbas:
+        ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+        tx, ty = _BLOCK_MAX_THREADS
+        grid = (-(-nbas // tx), -(-nbas // ty))
+        plan_kernel('fr_shell_block_max')(
+            grid, _BLOCK_MAX_THREADS, (d, np.int32(len(d)), np.int32(nao), ao_loc, np.int32(nbas), out))
+    return cp.maximum(out, out.T)
+
 
 
 @dataclass

@@ -57,7 +57,6 @@ It is not yet measured on a GPU, so only a request takes it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -65,10 +64,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from functools import lru_cache
 from pathlib import Path
 
-from . import codegen, ir, pairmaps
+from . import codegen, ir, kernels, pairmaps, prepared
 
 REG_STATEMENTS_MAX = 8000
 SPILL_BYTES_MAX = 10240
@@ -156,21 +154,13 @@ def pairmap_pays(program: ir.Program) -> bool:
 
 def _fits(program, variant) -> bool:
     if variant.tier == 'shared':
-        return codegen.shared_block(program, variant) >= 32
+        return codegen.shared_block(program, variant, kernels.variant_table(program, variant)) >= 32
     if variant.tier == 'warp':
-        return codegen.warp_block(program, variant) >= 32
+        return codegen.warp_block(program, variant, kernels.variant_table(program, variant)) >= 32
     return True
 
 
 # ----------------------------------------------------------------- measuring
-
-def compile_variant(program: ir.Program, variant: codegen.Variant):
-    """Compile a variant with NVRTC (gpucore): (kernel, from_cache)."""
-    from gpucore import compile_source
-    source, name = codegen.kernel_source(program, variant)
-    module = compile_source(source, name=name)
-    return module.get_kernel(name), module.from_cache
-
 
 def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1), ctr=None) -> dict:
     """Registers / spill bytes / shared bytes of a variant from ``nvcc -arch=sm_90
@@ -178,15 +168,16 @@ def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1), ctr
     ``tier`` defaults to :func:`choose_tier` (no measured re-routing), ``ctr``
     as :func:`ctr_mode` takes it."""
     variant = variant_for(program, tier or choose_tier(program, nctr, ctr), omega, nctr, ctr)
-    stats = _nvcc_stats(*codegen.kernel_source(program, variant))
-    stats['shared_bytes'] += codegen.shared_bytes(program, variant)
+    stats = _nvcc_stats(*kernels.kernel_source(program, variant))
+    stats['shared_bytes'] += codegen.shared_bytes(program, variant, kernels.variant_table(program, variant))
     return dict(stats, tier=variant.tier, form=variant.form, ctr=variant.ctr,
                 kernel=codegen.kernel_name(program, variant))
 
 
 def _nvcc_stats(source: str, name: str) -> dict:
     nvcc = shutil.which('nvcc') or '/usr/local/cuda/bin/nvcc'
-    csrc = Path(__file__).resolve().parent.parent / 'csrc'
+    from gpucore import csrc_root
+    csrc = csrc_root()
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / f'{name}.cu'
         cu.write_text(source)
@@ -213,7 +204,7 @@ def measure(program: ir.Program, variant: codegen.Variant) -> dict:
     dynamic shared memory of the shared tier.  Raises GPUUnavailableError
     without a GPU (see :func:`nvcc_stats` for an offline report).
     """
-    kernel, _ = compile_variant(program, variant)
+    kernel, _ = kernels.compile_variant(program, variant)
     return kernel_stats(kernel, program, variant)
 
 
@@ -221,24 +212,12 @@ def kernel_stats(kernel, program: ir.Program, variant: codegen.Variant) -> dict:
     """:func:`measure`'s figures of a kernel already compiled for ``variant``."""
     att = kernel.attributes()
     return {'registers': att['num_regs'], 'spill_bytes': att['local_size_bytes'],
-            'shared_bytes': att['shared_size_bytes'] + codegen.shared_bytes(program, variant),
+            'shared_bytes': att['shared_size_bytes'] + codegen.shared_bytes(
+                program, variant, kernels.variant_table(program, variant)),
             'compiler': 'nvrtc'}
 
 
 # ------------------------------------------------------------------- routing
-
-@lru_cache(maxsize=1)
-def _code_version() -> str:
-    """Digest of the generator sources: a routing decision is only valid for them."""
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in ('ir.py', 'graph.py', 'schedule.py', 'spherical.py', 'codegen.py', 'pairmaps.py', 'tiers.py',
-                 'boys.py'):     # boys.py: the Boys tables the generated code carries
-        h.update((here / name).read_bytes())
-    for path in sorted((here.parent / 'csrc' / 'fusionrcg').glob('*.cuh')):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
 
 def _arch() -> str:
     from gpucore import gpu_available, require_gpu
@@ -250,7 +229,7 @@ def _arch() -> str:
 def _disk_path() -> Path | None:
     try:
         from gpucore import cache_dir
-        return cache_dir() / f'fusionrcg-tiers-{_code_version()}.json'
+        return cache_dir() / f'fusionrcg-tiers-{prepared.generator_version()}.json'
     except Exception:       # an unwritable cache only costs re-measuring
         return None
 

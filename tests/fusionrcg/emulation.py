@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen
+from pyscf_fusionrcg import kernels
 
 CSRC = pathlib.Path(__file__).resolve().parents[2] / 'csrc'
 GXX = shutil.which('g++')
@@ -43,7 +43,7 @@ def stream_ctypes(prog, var):
     if var.form not in ('table', 'levels'):
         return []
     return [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(a)
-            for a in codegen.table(prog, var).stream_args()]
+            for a in kernels.table(prog, var).stream_args()]
 
 
 # ------------------------------------------------- kernels emulated on the CPU

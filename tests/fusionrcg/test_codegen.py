@@ -15,7 +15,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, launch, tiers
+from pyscf_fusionrcg import codegen, host, kernels, launch, tiers
+from pyscf_fusionrcg.codegen import emit, statements
 
 from emulation import (CSRC, GXX, NVCC, build_many, emulated, emulated_many, needs_gxx, needs_nvcc,
                        stream_ctypes)
@@ -229,7 +230,7 @@ def test_boys_of_a_compile_time_order_match_mpmath_and_the_series():
     grid points, midpoints (the farthest from a grid point) and around the
     switch point, for top orders up to 28."""
     from pyscf_fusionrcg.boys import TAYLOR_STEPS, series_limit
-    src = '#include "fusionrcg/boys.cuh"\n' + ''.join(codegen._boys_table_source(m) for m in _TAYLOR_ORDERS)
+    src = '#include "fusionrcg/boys.cuh"\n' + ''.join(emit._boys_table_source(m) for m in _TAYLOR_ORDERS)
     src += _BOYS_WRAPPER.replace('#include "fusionrcg/boys.cuh"', '')
     for m in _TAYLOR_ORDERS:
         src += (f'extern "C" void boys_top_{m}(const double* t, int n, double* out) {{\n'
@@ -274,7 +275,7 @@ def test_table_kernels_are_shared_between_classes():
     """The table form's text depends only on (max_m, operator, tier) for nctr = 1."""
     a, b = host.get_program(2, 2, 0, 0), host.get_program(1, 1, 1, 1)
     va, vb = (codegen.make_variant(p, 'global', form='table') for p in (a, b))
-    assert codegen.kernel_source(a, va) == codegen.kernel_source(b, vb)
+    assert kernels.kernel_source(a, va) == kernels.kernel_source(b, vb)
     big = host.get_program(2, 2, 2, 2)
     assert tiers.variant_for(big, 'shared').form == 'table'
     assert tiers.variant_for(big, 'global').form == 'levels'
@@ -288,12 +289,12 @@ def test_levels_are_free_of_hazards(ls, group):
     its readers (the levels form's CPU runs go backwards through a level too)."""
     prog = host.get_program(*ls)
     seq, level, _ = codegen.level_sequence(prog, group)
-    slots, n_slots = codegen._assign(seq, first=0, level=level)
+    slots, n_slots = statements._assign(seq, first=0, level=level)
     assert np.all(np.diff(level) >= 0)
     assert np.bincount(level)[1:].max() <= codegen.LEVEL_WIDTH
     written_at = {}
     for k in range(len(seq.kind)):
-        if seq.kind[k] in (codegen._BOYS, codegen._LIN, codegen._ZERO):
+        if seq.kind[k] in (statements._BOYS, statements._LIN, statements._ZERO):
             written_at[int(seq.dst[k])] = level[k]
     for lv in np.unique(level):
         ks = np.nonzero(level == lv)[0]
@@ -301,9 +302,9 @@ def test_levels_are_free_of_hazards(ls, group):
         for k in ks:
             srcs = seq.src[seq.ptr[k]:seq.ptr[k + 1]]
             for s_ in srcs:
-                assert written_at.get(int(s_), -1) < lv or seq.kind[k] == codegen._ZERO
+                assert written_at.get(int(s_), -1) < lv or seq.kind[k] == statements._ZERO
                 reads.setdefault(int(slots[s_]), set()).add(k)
-            if seq.kind[k] != codegen._OUTPUT:
+            if seq.kind[k] != statements._OUTPUT:
                 w = int(slots[seq.dst[k]])
                 assert w not in writes, f'level {lv}: slot {w} written twice'
                 writes[w] = k
@@ -320,11 +321,11 @@ def test_levels_store_to_distinct_banks_per_half_warp(ls):
     first-free choice gave 13-27% of them, this one 93-94%)."""
     prog = host.get_program(*ls)
     seq, level, _ = codegen.level_sequence(prog, 1)
-    slots, _ = codegen._assign(seq, first=0, level=level)
+    slots, _ = statements._assign(seq, first=0, level=level)
     position = np.arange(len(level)) - np.searchsorted(level, level)
-    stores = np.isin(seq.kind, (codegen._BOYS, codegen._LIN))
+    stores = np.isin(seq.kind, (statements._BOYS, statements._LIN))
     half_warp = (level * codegen.LEVEL_WIDTH + position) // 16
-    banks = slots[seq.dst[stores]] % codegen.SHARED_BANKS_64
+    banks = slots[seq.dst[stores]] % statements.SHARED_BANKS_64
     groups = np.unique(half_warp[stores])
     distinct = sum(len(set(banks[half_warp[stores] == g])) == np.sum(half_warp[stores] == g) for g in groups)
     assert distinct >= 0.85 * len(groups)
@@ -336,11 +337,11 @@ def test_level_schedule_takes_the_lowest_ready_statements_first(ls, width):
     it reads; a level takes the lowest-numbered ready statements, as many as
     ``width`` allows, and only leaves ready ones behind when it is full."""
     seq = codegen.sequence(host.get_program(*ls), 1)
-    n_zero = int((seq.kind == codegen._ZERO).sum())
+    n_zero = int((seq.kind == statements._ZERO).sum())
     for lo, hi in ((n_zero, seq.end_body + 1), (seq.end_body + 1, len(seq.kind))):
         level = codegen.level_schedule(seq, lo, hi, width)
         writer = {int(seq.dst[k]): k - lo for k in range(lo, hi)
-                  if seq.kind[k] in (codegen._BOYS, codegen._LIN)}
+                  if seq.kind[k] in (statements._BOYS, statements._LIN)}
         needs = [{writer[int(x)] for x in seq.src[seq.ptr[k]:seq.ptr[k + 1]] if int(x) in writer}
                  for k in range(lo, hi)]
         for lv in range(int(level.max()) + 1):
@@ -403,7 +404,7 @@ def test_digesting_kernel_compiles_with_nvcc():
     import dataclasses
     prog = host.get_program(2, 0, 1, 0)
     var = dataclasses.replace(tiers.variant_for(prog, 'register'), digest=True)
-    stats = tiers._nvcc_stats(*codegen.kernel_source(prog, var))
+    stats = tiers._nvcc_stats(*kernels.kernel_source(prog, var))
     assert 0 < stats['registers'] <= 255 and stats['spill_bytes'] == 0
 
 
@@ -447,8 +448,8 @@ def _check_emulated(synth, ls, tier, form, cart, omega):
     prog = host.get_program(*ls, cart=cart)
     nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
     var = codegen.make_variant(prog, tier, omega, nctr, form)
-    src, name = codegen.kernel_source(prog, var)
-    targs, tpass = codegen._stream_signature(form)
+    src, name = kernels.kernel_source(prog, var)
+    targs, tpass = emit._stream_signature(form)
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
              f'{{ fr_launch{"_warps" if lanes else ""}({name}, grid, block, q, nq, shl, env, omega, out, '
@@ -626,7 +627,7 @@ def test_digesting_kernels_emulated_on_cpu(hermi, repeat):
         prog = host.get_program(*t.key)
         assert np.prod(prog.shape) <= launch.FUSED_DIGEST_MAX and tiers.choose_tier(prog) == 'register'
         var = dataclasses.replace(tiers.variant_for(prog, 'register'), digest=True)
-        src, name = codegen.kernel_source(prog, var)
+        src, name = kernels.kernel_source(prog, var)
         sources.append([src, (
             'extern "C" void run(int grid, const int* q, int nq, const int* shl, const double* env, '
             'const int* ao, int nao, const double* dmj, double* jh, int nj, const double* dmk, double* kh, '
@@ -673,75 +674,13 @@ def test_only_the_register_tier_with_one_tuple_digests():
         codegen.Variant('register', nctr=(2, 1, 1, 1), digest=True)
 
 
-def test_bank_wavefronts_count_the_most_loaded_bank_per_half_warp():
-    """Shared-memory wavefronts of 64-bit accesses: distinct slots in one bank
-    (equal modulo 16) serialise, lanes reading one slot share it."""
-    from pyscf_fusionrcg.codegen import _bank_wavefronts
-    lane = np.arange(32)
-    assert _bank_wavefronts(lane[None]) == dict(shared_wavefronts=2, conflict_free=2)
-    assert _bank_wavefronts((16 * lane)[None])['shared_wavefronts'] == 32
-    assert _bank_wavefronts(np.full((1, 32), 5))['shared_wavefronts'] == 2       # one slot: broadcast
-    one = np.full((1, 32), -1)
-    one[0, 20] = 7
-    assert _bank_wavefronts(one) == dict(shared_wavefronts=1, conflict_free=1)
-    two = np.where(lane < 16, lane % 2 * 16, -1)[None]                            # slots 0 and 16
-    assert _bank_wavefronts(two) == dict(shared_wavefronts=2, conflict_free=1)
-
-
-def test_level_traffic_matches_a_lane_by_lane_decode():
-    """codegen.level_traffic against a plain decode of the level records as
-    run_levels reads them: record words, then per op row of a level every
-    word after the header as a term's operand and pair-product slots (zero
-    words, past an op's terms or of a lane without an op, read slot 0), an
-    add's and a store's destination."""
-    from pyscf_fusionrcg.codegen import _bank_wavefronts
-    prog = host.get_program(2, 1, 2, 1)
-    var = codegen.make_variant(prog, 'warp')
-    t = codegen.table(prog, var)
-    words = codegen.level_op_words(prog)
-    got = codegen.level_traffic(prog, var)
-    for stage, rec, levels in (('primitive', t.prim, t.prim_levels), ('contracted', t.ctr, t.ctr_levels)):
-        rows, fetched = [], 0
-        for base, shape in levels.reshape(-1, 2).tolist():
-            count, row = shape & 0xFF, base
-            for k in range(codegen.LEVEL_OPS_PER_LANE):
-                width = shape >> (8 + codegen.LEVEL_ROW_BITS * k) & ((1 << codegen.LEVEL_ROW_BITS) - 1)
-                fetched += width                                # fr_fetch_level's loads
-                ops = [[int(rec[row + j * 32 + ln]) for j in range(width)] + [0] * (words - width)
-                       if 32 * k + ln < count else [0] * words for ln in range(32)]
-                row += 32 * width
-                # one row of 32 lanes per load or store instruction
-                access = {}
-                for ln, op in enumerate(ops):
-                    h = op[0]
-                    mine = {}
-                    for jj in range(1, words):
-                        mine['operand', jj] = op[jj] & ((1 << 17) - 1)
-                        mine['pair product', jj] = op[jj] >> 17
-                    if h and h & 3 < 2:         # a slot's store (outputs and kind 3 go to out)
-                        mine['store'] = h >> 6
-                        if h & 3 == 1:
-                            mine['added to'] = h >> 6
-                    for key, sl in mine.items():
-                        access.setdefault(key, [-1] * 32)[ln] = sl
-                rows += list(access.values())
-        want = _bank_wavefronts(np.array(rows))
-        assert got[stage]['shared_wavefronts'] == want['shared_wavefronts'], stage
-        assert got[stage]['conflict_free'] == want['conflict_free'], stage
-        assert got[stage]['record_rows'] == fetched < len(levels) // 2 * codegen.LEVEL_OPS_PER_LANE * words
-        assert want['conflict_free'] < want['shared_wavefronts'] < 16 * want['conflict_free']
-    with pytest.raises(ValueError, match='levels form'):
-        codegen.level_traffic(prog, codegen.make_variant(prog, 'register'))
-
-
-@pytest.mark.parametrize('ls', [(2, 1, 2, 1), (3, 2, 3, 1), (2, 2, 2, 2)])
 def test_level_records_hold_only_the_rows_fr_fetch_level_loads(ls):
     """Each op row of a level is as wide as its longest op (a level's ops
     longest first, so the second row holds the shorter ones), the records are
     those rows and nothing more, and every word fr_fetch_level loads lies
     inside them."""
     prog = host.get_program(*ls)
-    t = codegen.table(prog, codegen.make_variant(prog, 'warp'))
+    t = kernels.table(prog, codegen.make_variant(prog, 'warp'))
     narrower = 0
     for rec, levels in ((t.prim, t.prim_levels), (t.ctr, t.ctr_levels)):
         base, count, width = codegen.level_rows(levels)

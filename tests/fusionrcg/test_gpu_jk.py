@@ -264,7 +264,7 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     build takes its density's block maxima once, on the device.  A new
     screening threshold makes a new plan."""
     import cupy as cp
-    from pyscf_fusionrcg import gpu_jk, jk
+    from pyscf_fusionrcg import gpu_jk, jk, screening
     mol = vitamin_c('def2-SVP')
     dm = minao_dm(mol)
     change = 1e-4 * dm * np.exp(-0.02 * np.add.outer(np.arange(mol.nao), np.arange(mol.nao)))
@@ -275,8 +275,8 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     taken = []
     monkeypatch.setattr(gpu_jk.RestrictedPlan, '__init__', _spy(gpu_jk.RestrictedPlan.__init__, taken, 'filtered'))
     monkeypatch.setattr(jk, 'iter_tasks', _spy(jk.iter_tasks, taken, 'screened'))
-    monkeypatch.setattr(gpu_jk, 'device_shell_density_max',
-                        _spy(gpu_jk.device_shell_density_max, taken, 'block maxima'))
+    monkeypatch.setattr(screening, "device_shell_density_max",
+                        _spy(screening.device_shell_density_max, taken, 'block maxima'))
     out = {}
     for share, path in ((0.0, 'filtered'), (float('inf'), 'screened')):
         monkeypatch.setattr(gpu_jk, 'PLAN_RESTRICT_SHARE', share)

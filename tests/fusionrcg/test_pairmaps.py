@@ -9,7 +9,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, launch, pairmaps
+from pyscf_fusionrcg import codegen, host, kernels, launch, pairmaps
+from pyscf_fusionrcg.codegen import emit, encoding, statements
 
 from emulation import emulated, needs_gxx, needs_nvcc, stream_ctypes
 
@@ -94,9 +95,9 @@ def _pairmap_kernel(prog, var, tmp, lanes=False):
     straight form) built under the emulation (with ``lanes``, the 32 lanes of
     a levels kernel as host threads), as a function (q, shl, env, omega) ->
     accumulators, [quartet][accumulator], written over NaN."""
-    src, name = codegen.kernel_source(prog, var)
+    src, name = kernels.kernel_source(prog, var)
     assert name.endswith('_pm')
-    targs, tpass = codegen._stream_signature(var.form)
+    targs, tpass = emit._stream_signature(var.form)
     entry = (f'extern "C" void run(int grid, int block, const int* q, int nq, const int* shl, '
              f'const double* env, double omega, double* out, double* scratch, int ns{targs}) '
              f'{{ fr_launch{"_warps" if lanes else ""}({name}, grid, block, q, nq, shl, env, omega, out, scratch, '
@@ -154,7 +155,7 @@ def test_a_pairmap_stream_keeps_its_accumulators_in_out():
     are the primitive temporaries: fewer than the accumulators alone for
     (gf|fd), so that more warps fit an SM."""
     prog = host.get_program(4, 3, 3, 2)
-    pm, ops = (codegen.table(prog, codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr=c))
+    pm, ops = (kernels.table(prog, codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr=c))
                for c in ('pairmap', 'ops'))
     assert len(pm.ctr) == 0 and len(pm.ctr_levels) == 0 and pm.n_acc == ops.n_acc == prog.n_acc
     base, count, width = codegen.level_rows(pm.prim_levels)
@@ -162,9 +163,9 @@ def test_a_pairmap_stream_keeps_its_accumulators_in_out():
     heads = np.concatenate([pm.prim[base[L] + 32 * row_start[L, k] + np.arange(32)]
                             for L in range(len(base)) for k in range(width.shape[1]) if width[L, k]])
     heads = heads[heads != 0].astype(np.int64)
-    acc = heads[(heads & 3) == codegen._ACC_OUT] >> 6
+    acc = heads[(heads & 3) == encoding._ACC_OUT] >> 6
     assert np.array_equal(np.sort(acc), np.arange(prog.n_acc))
-    assert not ((heads & 3) == codegen._ADD).any()
+    assert not ((heads & 3) == encoding._ADD).any()
     assert pm.n_slots < prog.n_acc < ops.n_slots
     assert codegen.warp_block(prog, codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels',
                                                          ctr='pairmap')) == 32 * codegen.WARP_BLOCK_WARPS
@@ -177,8 +178,8 @@ def test_a_pairmap_stream_that_misses_an_accumulator_is_refused(monkeypatch):
     prog = host.get_program(2, 2, 2, 0)
     var = codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), 'levels', ctr='pairmap')
     seq, level, n_body = codegen.level_sequence(prog, 1)
-    keep = np.arange(len(seq.kind)) != np.nonzero(seq.kind == codegen._ACC)[0][-1]
-    doctored = (codegen._permuted(seq, np.nonzero(keep)[0], seq.end_body - 1), level[keep], n_body)
+    keep = np.arange(len(seq.kind)) != np.nonzero(seq.kind == statements._ACC)[0][-1]
+    doctored = (statements._permuted(seq, np.nonzero(keep)[0], seq.end_body - 1), level[keep], n_body)
     monkeypatch.setattr(codegen, 'level_sequence', lambda program, group=1: doctored)
     with pytest.raises(AssertionError, match='every accumulator once'):
         codegen.encode_table(prog, var)

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, ir, pairmaps, prepared, tiers
+from pyscf_fusionrcg import codegen, host, ir, kernels, pairmaps, prepared, tiers
 
 REGISTER = (2, 1, 1, 0)     # register tier, straight form: the source is what is cached
 WARP = (2, 2, 2, 2)         # warp tier, levels form, pairmap: table, source and side maps
@@ -18,7 +18,7 @@ WARP = (2, 2, 2, 2)         # warp tier, levels form, pairmap: table, source and
 def _forget():
     """What a new process would not have: programs, tables, side maps in memory."""
     host.clear_cache()
-    codegen.table.cache_clear()
+    kernels.table.cache_clear()
     pairmaps._MAPS.clear()
 
 
@@ -45,9 +45,9 @@ def _prepare(ls):
     """What launch.ClassKernel builds for a class, on the host."""
     p = host.get_program(*ls)
     v = tiers.variant_for(p, tiers.choose_tier(p))
-    table = codegen.table(p, v) if v.form in ('table', 'levels') else None
+    table = kernels.table(p, v) if v.form in ('table', 'levels') else None
     maps = (pairmaps.side_map(p, 'bra'), pairmaps.side_map(p, 'ket')) if v.ctr == 'pairmap' else None
-    return p, v, table, codegen.kernel_source(p, v), maps
+    return p, v, table, kernels.kernel_source(p, v), maps
 
 
 def _fresh(ls, monkeypatch):
@@ -111,29 +111,15 @@ def test_round_trip_equals_fresh_build_without_rebuilding(ls, cache, tmp_path, m
         pairmaps.PairProducts(got[0])
 
 
-def test_changed_generator_constants_miss(cache, tmp_path, monkeypatch):
-    p = host.get_program(*WARP)
-    v = tiers.variant_for(p, 'warp')
-    table = codegen.table(p, v)
-    monkeypatch.setattr(codegen, 'LEVEL_OPS_PER_LANE', 1)     # as benchmarks/rcg_levels_tuning.py
-    monkeypatch.setattr(codegen, 'LEVEL_WIDTH', 32)
-    _forget()
-    cache.clear()
-    p = host.get_program(*WARP)
-    narrow = codegen.table(p, v)
-    assert 'orchestrate' in cache and 'encode_table' in cache
-    assert len(narrow.prim_levels) > len(table.prim_levels)
-
-
 def test_variants_of_one_program_are_kept_apart(cache, tmp_path):
     p = host.get_program(*WARP)
     warp, glob = tiers.variant_for(p, 'warp'), tiers.variant_for(p, 'global')
-    sources = codegen.kernel_source(p, warp), codegen.kernel_source(p, glob)
+    sources = kernels.kernel_source(p, warp), kernels.kernel_source(p, glob)
     assert sources[0] != sources[1]
     _forget()
     cache.clear()
     p = host.get_program(*WARP)
-    assert (codegen.kernel_source(p, warp), codegen.kernel_source(p, glob)) == sources
+    assert (kernels.kernel_source(p, warp), kernels.kernel_source(p, glob)) == sources
     assert cache == []
 
 
@@ -141,7 +127,7 @@ def test_changed_code_digest_misses(cache, tmp_path, monkeypatch):
     _prepare(REGISTER)
     first = _files(tmp_path)
     # any change of a generator source changes the folder name
-    monkeypatch.setattr(tiers, '_code_version', lambda: 'another generator')
+    monkeypatch.setattr(prepared, 'generator_version', lambda: 'another generator')
     assert prepared.version.__wrapped__() != prepared.version()
     monkeypatch.setattr(prepared, 'version', prepared.version.__wrapped__)
     _forget()
@@ -185,7 +171,7 @@ def test_corrupt_file_is_rebuilt_and_repaired(damage, cache, tmp_path, monkeypat
 def test_loaded_object_of_the_wrong_type_is_rebuilt(cache, tmp_path, monkeypatch):
     want = _fresh(REGISTER, monkeypatch)
     _prepare(REGISTER)
-    key = f'program|{host._key(*REGISTER, False, None)!r}|{prepared.settings()}'
+    key = f'program|{host._key(*REGISTER, False, None)!r}'
     path = prepared._path('program', key)
     assert path in _files(tmp_path)
     fields = prepared._read(path, key)
@@ -225,9 +211,9 @@ def test_programs_from_elsewhere_are_not_cached(cache, tmp_path):
     other = dataclasses.replace(p)          # same content, but not made by prepared.program
     v = tiers.variant_for(p, 'register')
     cache.clear()
-    source = codegen.kernel_source(other, v)
+    source = kernels.kernel_source(other, v)
     assert cache == ['emit_kernel_source'] and len(_files(tmp_path)) == 1     # the program only
-    assert codegen.kernel_source(p, v) == source and len(_files(tmp_path)) == 2
+    assert kernels.kernel_source(p, v) == source and len(_files(tmp_path)) == 2
 
 
 def test_threads_share_one_cache(cache, tmp_path, monkeypatch):
