@@ -23,15 +23,13 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
   and the same summed over the classes of each highest angular momentum (with
   cc-pV5Z: what the h classes, which GPU4PySCF computes on the CPU, cost us);
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
-  mode (``$FUSIONRCG_CTR``, see ``tiers.ctr_mode``: ``pairmap`` forces it on
+  mode (``Options.ctr``, see ``tiers.ctr_mode``: ``pairmap`` forces it on
   the levels tiers and offers the register tier its pairmap form, which a
   class keeps where it spills little enough), and
   with ``--fuse 1,0`` once with and once without the digesting kernels
-  (``$FUSIONRCG_FUSE``), side by side in the one table; ``--fused-max``
+  (``Options.fuse_digestion``), side by side in the one table; ``--fused-max``
   moves the largest block a digesting kernel takes
   (``launch.FUSED_DIGEST_MAX``), to see what fusing larger blocks is worth;
-  ``--pairmap passes,products`` runs it once per form of the pairmap
-  contracted stage (``$FUSIONRCG_PAIRMAP``, see ``launch.contracted_stage``);
 * with ``--density-change 1e-2,1e-4``: builds on density changes of that
   size (the scale times the converged density less the guess, as an
   incremental SCF cycle builds), FusionRCG's from the plan filtered to the
@@ -47,7 +45,6 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
-    python benchmarks/rcg_jk_breakdown.py --basis def2-QZVP --pairmap passes,products
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/005.xyz --basis def2-QZVP --density guess
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-change 1e-1,1e-3,1e-5
@@ -56,7 +53,6 @@ Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -78,17 +74,17 @@ def _timed(fn, sync):
     return 1e3 * (time.perf_counter() - t0), out
 
 
-def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
-    """Records of FusionRCG's build (the modes in the environment); ``changes``:
+def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync, options):
+    """Records of FusionRCG's build with ``options``; ``changes``:
     (scale, density change, GPU4PySCF's ms and J/K of it) for --density-change."""
     import cupy
     from pyscf import scf
 
-    from pyscf_fusionrcg import fusionrcg, launch, tiers
+    from pyscf_fusionrcg import fusionrcg, launch
     from pyscf_fusionrcg.gpu_jk import PLAN_RESTRICT_SHARE, JKPlan, get_jk_gpu
     from pyscf_fusionrcg.screening import iter_tasks, schwarz_candidates, shell_density_max
 
-    mf = scf.RHF(mol).to_gpu().apply(fusionrcg, backend='gpu')
+    mf = scf.RHF(mol).to_gpu().apply(fusionrcg, options=options.replace(backend='gpu'))
     tol = mf.direct_scf_tol
     fn = lambda: mf.get_jk(mol, dm)  # noqa: E731
     diff = max(float(abs(a - b).max()) for a, b in zip(fn(), ref))
@@ -98,16 +94,17 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
     cupy.get_default_memory_pool().free_all_blocks()
     block_quartets = sum(len(t) for t in iter_tasks(mol, dms, 0.0, tol, q_cond, xp=cupy))
-    plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond), sync)
+    plan_ms, plan = _timed(lambda: JKPlan.screen(mol, float(abs(dm).max()), 0.0, tol, q_cond, options), sync)
     dcond = shell_density_max(mol, dms)
     builds = {'on the plan filtered to the density\'s blocks, no events': lambda: plan.restricted(dcond),
               'on the whole plan, no events': lambda: plan,
               'streamed: screened and sorted in the build': lambda: iter_tasks(mol, dms, 0.0, tol, q_cond,
                                                                                xp=cupy)}
-    walls = {way: statistics.median(_timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks()), sync)[0]
+    walls = {way: statistics.median(_timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, tasks(), options), sync)[0]
                                     for _ in range(args.repeat)) for way, tasks in builds.items()}
     profile = {}
-    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan.restricted(dcond), profile=profile),
+    jk_ms, _ = _timed(lambda: get_jk_gpu(mol, dms, 1, True, True, 0.0, plan.restricted(dcond), options,
+                                                  profile=profile),
                       sync)
     total = jk_ms
     stages = {key: sum(r[key] for r in profile.values()) for key in _STAGES}
@@ -133,7 +130,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
         ways = {'filtered plan': lambda: plan.restricted(shell_density_max(mol, dch)),
                 'screened anew': lambda: iter_tasks(mol, dch, 0.0, tol, q_cond, xp=cupy)}
         for way, tasks in ways.items():
-            build = lambda: get_jk_gpu(mol, dch, 1, True, True, 0.0, tasks())  # noqa: E731
+            build = lambda: get_jk_gpu(mol, dch, 1, True, True, 0.0, tasks(), options)  # noqa: E731
             got = build()
             ms = statistics.median(_timed(build, sync)[0] for _ in range(args.repeat))
             chosen = (share >= PLAN_RESTRICT_SHARE) == (way == 'filtered plan')
@@ -144,15 +141,14 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync):
     ranked = sorted(profile.items(), key=lambda kv: -_class_ms(kv[1]))
     for name, row in ranked[:args.top]:
         ls = parse_class(name)
-        kern = launch.jk_kernel(ls)
+        kern = launch.jk_kernel(ls, options=options)
         records.append(dict(part=f'class {name}', ms=_class_ms(row), share=_class_ms(row) / total,
                             quartets=row['quartets'],
                             tier=kern.stats['tier'] + (' (digests)' if kern.variant.digest else ''),
                             **{key: row[key] for key in _STAGES},
                             eri_us_per_quartet=1e3 * (row['eri_ms'] + row['fused_ms']) / max(row['quartets'], 1)))
     for r in records:
-        r.update(ctr=os.environ[tiers.CTR_ENV], fuse=os.environ[launch.FUSE_ENV],
-                 pairmap=os.environ[launch.PAIRMAP_ENV])
+        r.update(ctr=options.ctr, fuse=int(options.fuse_digestion))
     return records
 
 
@@ -229,8 +225,6 @@ def main(argv=None):
                     help="contracted-stage modes of the levels tiers to run, comma-separated (auto, pairmap, ops)")
     ap.add_argument('--fuse', default='1',
                     help='digesting kernels on (1) or off (0), comma-separated to run both')
-    ap.add_argument('--pairmap', default='passes',
-                    help='forms of the pairmap contracted stage (passes, products), comma-separated')
     ap.add_argument('--density', choices=('converged', 'guess'), default='converged',
                     help="the density built on: the converged RHF one or GPU4PySCF's minao guess (no SCF)")
     ap.add_argument('--density-cache', default=None,
@@ -245,7 +239,8 @@ def main(argv=None):
     from pyscf import gto, scf
 
     from gpucore import require_gpu
-    from pyscf_fusionrcg import launch, tiers
+    from pyscf_fusionrcg import launch
+    from pyscf_fusionrcg.options import Options
     from pyscf_fusionrcg.screening import schwarz_bounds
 
     require_gpu('the J/K breakdown')
@@ -275,16 +270,14 @@ def main(argv=None):
         changes.append((scale, change, ms, ref_change))
     for ctr in args.ctr.split(','):
         for fuse in args.fuse.split(','):
-            for stage in args.pairmap.split(','):
-                os.environ[tiers.CTR_ENV], os.environ[launch.FUSE_ENV] = ctr, fuse
-                os.environ[launch.PAIRMAP_ENV] = stage
-                records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync)
+            options = Options(ctr=ctr, fuse_digestion=fuse != '0')
+            records += _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync, options)
     for r in records:
         print_record(r)
     meta = environment_meta()
     meta.update(molecule=Path(args.xyz).stem, basis=args.basis, nao=mol.nao, nbas=mol.nbas, repeat=args.repeat,
                 density=density, direct_scf_tol=stock.direct_scf_tol, ctr=args.ctr, fuse=args.fuse,
-                fused_max=launch.FUSED_DIGEST_MAX, pairmap=args.pairmap, density_change=args.density_change)
+                fused_max=launch.FUSED_DIGEST_MAX, density_change=args.density_change)
     paths = write_results(args.name, records, meta, title=results_title(meta),
                           notes='ms: GPU milliseconds from CUDA events (classes: summed over their batches, '
                                 'host gaps while the GPU waits included); walls: median of --repeat builds. '

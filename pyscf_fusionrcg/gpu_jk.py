@@ -3,7 +3,7 @@
 Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)::
 
     vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks,
-                        tier=None, budget=None)
+                        options=None, budget=None)
 
 * ``dms``: (nset, nao, nao) NumPy or CuPy (real or complex); several sets
   (e.g. UHF's alpha and beta) are digested together from one set of blocks.
@@ -18,7 +18,9 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
   (:meth:`JKPlan.restricted`, what the plugin's builds use).
   Or an :func:`~pyscf_fusionrcg.screening.iter_tasks` stream: the classes are
   then screened, ordered and digested one chunk at a time (:class:`StreamedPlan`).
-* ``tier``: force a storage tier for every class (experiments; a plan
+* ``options``: :class:`~pyscf_fusionrcg.options.Options` (the kernels'
+  tier, contracted stage and fused digestion, the scratch budget, the
+  progress bar; default :func:`~pyscf_fusionrcg.options.from_env`; a plan
   carries its own);
   ``budget``: scratch bytes per class (see :func:`launch.budget_bytes`);
   ``profile``: a dict that receives, per class, the quartet count and the
@@ -49,32 +51,20 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
+from .options import Options, from_env
 from .screening import (CHUNK_QUARTETS, PLAN_BLOCK, PLAN_ROUNDS, TaskStream, iter_tasks, joined_rows,
                         plan_kernel, schwarz_bounds, sorted_pair_bounds)
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
-#: (digest.cu's fr_digest_quartet), the whole block in registers.  H200,
-#: Tamoxifen/def2-TZVP, benchmarks/rcg_digest_kernels.py, fr_digest (one
-#: thread per quartet and output element) / fr_digest_quartet time by block
-#: size: 1.7-3.5x up to 45 elements, then 2.8x at 49 (216 bytes spilled), 2.7x
-#: at 63, 2.3x at 75, 1.6x at 81 (384 bytes), and 0.9-1.0x at 105 and 135
-#: (1.5 and 0.8 KB spilled).
+#: (digest.cu's fr_digest_quartet), the whole block in registers (docs/routing.md).
 QUARTET_DIGEST_MAX = 81
 #: Larger blocks go in slabs, one thread per quartet and value of the leading
 #: index, where a slab has at most this many elements and the second index
-#: more than one (:func:`digest_layout`).  Same benchmark (5f5dc27), fr_digest
-#: / slabs: 1.8-2.1x for slabs of 15-35 elements with a last index of one
-#: function ((fp|ds), (dd|ds), (fd|ds), (fd|fs), ...), 1.1-1.4x for 27-49
-#: ((dp|pp), (dp|dp), (fd|pp), (ff|fs)), 1.12x at 63 ((fp|fp), (ff|pp)), but
-#: 0.79-1.09x at 75 ((fp|dd), (fd|dp), (dd|dp)); 0.77 and 0.60x where the
-#: second index is an s ((fs|dp), (fs|dd)); and 0.4-0.6x with two indices
-#: fixed (slabs of (dd|dd), (fd|fp), (ff|ff)).  Those stay with fr_digest.
+#: more than one (:func:`digest_layout`, docs/routing.md).
 SLAB_DIGEST_MAX = 63
-#: Seconds of kernel preparation before its progress bar shows, and the
-#: variable that turns the bar off ('0').
+#: Seconds of kernel preparation before its progress bar shows.
 PROGRESS_DELAY_S = 2.0
-PROGRESS_ENV = 'FUSIONRCG_PROGRESS'
 _COMPILE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 #: A plan screened for densities up to ``bound`` serves densities whose largest
@@ -84,12 +74,7 @@ PLAN_REUSE_RANGE = 8.0
 #: Such a smaller density filters the plan's quartets (:meth:`JKPlan.restricted`)
 #: when screening it anew would look at least this share of the plan's count
 #: (:func:`~pyscf_fusionrcg.screening.schwarz_candidates`), else it is screened
-#: and sorted anew.  From the bytes each moves (a filter reads a plan
-#: quartet's 8 bytes twice and writes 16 per kept one; screening ~80 per
-#: candidate and orienting and sorting ~450 per survivor).  Timed on an H200
-#: only above it: Tamoxifen/def2-TZVP's density changes at shares 0.90 to 0.36
-#: build in 1218 to 423 ms from the filtered plan and 2015 to 809 ms screened
-#: anew (benchmarks/results/rcg_jk_breakdown_tamoxifen_change).
+#: and sorted anew (docs/routing.md).
 PLAN_RESTRICT_SHARE = 0.25
 #: Rows of a plan filtered at once by :meth:`JKPlan.restricted`, or decoded
 #: at once for the kernels from an unfiltered plan (bounds their temporaries
@@ -204,25 +189,25 @@ class _ClassPlan:
                           self.digestion)
 
 
-def _class_kernels(shapes, cart, omega, tier) -> dict:
+def _class_kernels(shapes, cart, omega, options: Options) -> dict:
     """The kernel of every (class, contraction shape) (:func:`launch.jk_kernel`),
     first uses compiled by a
     few threads at once (NVRTC releases the GIL; a triple-zeta molecule's
     register-tier classes take 1-20 s each, and a cc-pV5Z molecule's 400
     classes minutes the first time in a process), with a progress bar on
-    stderr once that takes more than ``PROGRESS_DELAY_S`` (``$FUSIONRCG_PROGRESS=0``
-    turns it off)."""
+    stderr once that takes more than ``PROGRESS_DELAY_S`` (unless
+    ``options.progress`` is off)."""
     device = launch._cupy().cuda.Device()
 
     def kernel(shape):
         with device:    # the worker thread loads modules into this device's context
-            return launch.jk_kernel(shape[0], cart, omega, shape[1], tier)
+            return launch.jk_kernel(shape[0], cart, omega, shape[1], options)
 
     shapes = sorted(shapes)
     kernels = {}
     with ThreadPoolExecutor(max_workers=_COMPILE_THREADS) as pool, \
             tqdm(total=len(shapes), desc='FusionRCG kernels', unit='class', delay=PROGRESS_DELAY_S,
-                 leave=False, disable=os.environ.get(PROGRESS_ENV, '1') == '0') as bar:
+                 leave=False, disable=not options.progress) as bar:
         for shape, kern in zip(shapes, pool.map(kernel, shapes)):
             kernels[shape] = kern
             bar.update()
@@ -255,9 +240,10 @@ class JKPlan:
     the ordered quartets pass it.
     """
 
-    def __init__(self, mol, tasks, omega=0.0, tier=None, bound=None, max_bytes=None):
+    def __init__(self, mol, tasks, omega=0.0, options: Options = None, bound=None, max_bytes=None):
         cp = launch._cupy()
-        self.omega, self.tier, self.bound = float(omega), tier, bound
+        self.options = options = options or from_env()
+        self.omega, self.bound = float(omega), bound
         self.tol = self.q32 = self.pair_bounds = None    # the screening of a plan made by screen()
         self.nao, self.nbas = mol.nao, mol.nbas
         self.basis = launch.DeviceBasis(mol)
@@ -270,12 +256,12 @@ class JKPlan:
             if max_bytes is not None and nbytes > max_bytes:
                 raise PlanTooLarge(nbytes, max_bytes)
             ordered.append((t.key, t.nctr, q))
-        kernels = _class_kernels({(k, n) for k, n, _ in ordered}, self._cart, omega, tier)
+        kernels = _class_kernels({(k, n) for k, n, _ in ordered}, self._cart, omega, options)
         _prepare_digestions(kernels)
         self.classes = [self._class_plan(kernels[k, n], n, q) for k, n, q in ordered]
 
     @classmethod
-    def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, tier=None,
+    def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, options=None,
                max_bytes=None):
         """A plan for every density with ``max |D| <= density_max`` (Schwarz
         screening with that bound on every block)."""
@@ -284,7 +270,7 @@ class JKPlan:
             q_cond = schwarz_bounds(mol, omega)
         tasks = iter_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
                            density_bound=density_max)
-        plan = cls(mol, tasks, omega, tier, float(density_max), max_bytes)
+        plan = cls(mol, tasks, omega, options, float(density_max), max_bytes)
         plan.tol, plan.q32 = float(direct_scf_tol), cupy.asarray(np.asarray(q_cond, dtype=np.float32))
         plan.pair_bounds = sorted_pair_bounds(q_cond)   # for the candidate counts of density changes
         return plan
@@ -346,6 +332,7 @@ class RestrictedPlan:
     def __init__(self, plan: JKPlan, dcond, with_j=True, with_k=True):
         cp = launch._cupy()
         self.nao, self.omega, self.basis, self.ao_loc = plan.nao, plan.omega, plan.basis, plan.ao_loc
+        self.options = plan.options
         self._plan, self._with = plan, tuple(np.int32(bool(w)) for w in (with_j, with_k))
         self._d32 = cp.ascontiguousarray(cp.asarray(dcond, dtype=cp.float32))
 
@@ -404,9 +391,9 @@ class StreamedPlan(JKPlan):
     the memory of one chunk.  Its kernels are prepared first, for every shape
     the stream can have.  Iterable once."""
 
-    def __init__(self, mol, stream, omega=0.0, tier=None):
-        super().__init__(mol, (), omega, tier)
-        self._kernels = _class_kernels(stream.shapes, self._cart, omega, tier)
+    def __init__(self, mol, stream, omega=0.0, options: Options = None):
+        super().__init__(mol, (), omega, options)
+        self._kernels = _class_kernels(stream.shapes, self._cart, omega, self.options)
         _prepare_digestions(self._kernels)
         self._stream = stream
 
@@ -451,7 +438,7 @@ class _ClassTimer:
 
 
 def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
-               tier=None, budget=None, profile=None):
+               options: Options = None, budget=None, profile=None):
     """J/K of ``dms`` from the screened ``tasks`` (see the module docstring)."""
     cp = launch._cupy()
     on_device = isinstance(dms, cp.ndarray)
@@ -462,7 +449,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         # parts go as sets of one build: a plan or stream is iterable once.
         n = len(d)
         parts = cp.concatenate((d.real, d.imag))
-        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, tier, budget, profile)
+        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, options, budget, profile)
         vj = vj[:n] + 1j * vj[n:] if with_j else None
         vk = vk[:n] + 1j * vk[n:] if with_k else None
         return _out(vj, on_device), _out(vk, on_device)
@@ -479,9 +466,11 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     if isinstance(tasks, (JKPlan, RestrictedPlan)):
         plan = tasks
     elif isinstance(tasks, TaskStream):
-        plan = StreamedPlan(mol, tasks, omega, tier)
+        plan = StreamedPlan(mol, tasks, omega, options)
     else:
-        plan = JKPlan(mol, tasks, omega, tier)
+        plan = JKPlan(mol, tasks, omega, options)
+    if budget is None and plan.options.scratch_mb:
+        budget = launch.budget_bytes(plan.options.scratch_mb)
     if plan.nao != nao or plan.omega != float(omega):
         raise ValueError(f'the J/K plan is for nao={plan.nao}, omega={plan.omega}; '
                          f'this build has nao={nao}, omega={float(omega)}')

@@ -63,7 +63,7 @@ def _gpu_get_jk():
 
 
 def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu",
-           direct_scf_tol=1e-13, engine=None, q_cond=None, plans=None, **gpu_options):
+           direct_scf_tol=1e-13, engine=None, q_cond=None, plans=None, options=None):
     """J and K matrices like ``pyscf.scf.hf.get_jk``, computed by FusionRCG.
 
     ``dm``: (nao, nao) or stacked (n, nao, nao) (e.g. UHF's alpha/beta).
@@ -74,7 +74,7 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
     engine); ``q_cond``: cached :func:`~pyscf_fusionrcg.screening.schwarz_bounds`.
     Returns ``(vj, vk)`` shaped like ``dm`` (NumPy or CuPy as ``dm``), None for
     the one not asked.  ``backend='gpu'`` calls ``gpu_jk.get_jk_gpu(mol, dms,
-    hermi, with_j, with_k, omega, tasks, **gpu_options)`` with CuPy ``dms``
+    hermi, with_j, with_k, omega, tasks, options)`` with CuPy ``dms``
     (nset, nao, nao) and the task list built with ``xp=cupy``; ``plans``: a
     dict the caller keeps for this geometry and operator, in which the GPU
     path keeps a :class:`~pyscf_fusionrcg.gpu_jk.JKPlan` screened with the
@@ -96,13 +96,13 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
         dcond = shell_density_max(mol, dms)     # on the GPU, once per build
         tasks = None
         if plans is not None:
-            tasks = _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, gpu_options.get("tier"),
+            tasks = _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, options,
                                  with_j, with_k)
         if tasks is None:
             # Screened on the GPU, class by class as the build reaches it.
             tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy,
                                block_max=dcond)
-        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, **gpu_options)
+        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, options)
         out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
     if backend != "cpu":
@@ -135,12 +135,11 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
 
 
 #: The share of the free GPU memory a plan may take: the rest is left to the
-#: builds' blocks and to the SCF.  0.6 keeps gly30/def2-TZVP's plan (75 GiB,
-#: benchmarks/rcg_plan_sizes.py) on an H200 (139 GiB).
+#: builds' blocks and to the SCF (docs/routing.md).
 PLAN_MEMORY_SHARE = 0.6
 
 
-def _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, tier, with_j=True, with_k=True):
+def _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, options, with_j=True, with_k=True):
     """The plan in ``plans`` kept to the quartets of a density's own shell
     blocks, whose maxima are ``dcond`` (:func:`~pyscf_fusionrcg.screening.shell_density_max`),
     as :meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted` keeps them (the
@@ -163,12 +162,12 @@ def _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, tier, with_j=
         return None
     dmax = float(dcond.max()) if dcond.size else 0.0
     plan = plans.get("plan")
-    if plan is None or plan.tier != tier or plan.tol != direct_scf_tol or dmax > plan.bound:
+    if plan is None or plan.options != options or plan.tol != direct_scf_tol or dmax > plan.bound:
         plans.pop("plan", None)     # free the old plan's arrays before screening again
         pool = cupy.get_default_memory_pool()
         free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
         try:
-            plan = plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, tier,
+            plan = plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, options,
                                                  max_bytes=int(PLAN_MEMORY_SHARE * free))
         except PlanTooLarge as err:
             pool.free_all_blocks()

@@ -24,45 +24,25 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from math import prod
 
 import numpy as np
 
 from . import codegen, host, ir, kernels, pairmaps, tiers
+from .options import Options, from_env
 
 ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
 PTR_COORD = 1
 
-#: Scratch budget (bytes) of one class launch sequence: $FUSIONRCG_SCRATCH_MB,
-#: else a quarter of the free device memory, at most 8 GiB.
-BUDGET_ENV = 'FUSIONRCG_SCRATCH_MB'
+#: Most scratch (bytes) of one class launch sequence when ``Options.scratch_mb``
+#: is not given (a quarter of the free device memory, at most this).
 BUDGET_MAX = 8 << 30
-#: Global tier: resident blocks per SM at most (the grid strides over the rest);
-#: more would only add scratch traffic, since ~160 registers allow ~6 blocks of 64.
+#: Global tier: resident blocks per SM at most (the grid strides over the rest).
 GLOBAL_BLOCKS_PER_SM = 6
-#: J/K builds run register-tier classes of one contraction tuple whose blocks
-#: have at most this many elements with the kernel variant that digests each
-#: block into J and K where it was computed (codegen's digesting kernel):
-#: the block is neither written to device memory nor read back, and no
-#: digestion kernel runs.  $FUSIONRCG_FUSE=0 turns it off (comparisons).
-#: H200, benchmarks/rcg_jk_breakdown.py --fuse 1,0 --fused-max 640 (7f07cf8),
-#: ERI + digestion kernels / digesting kernel per class, summed by block size:
-#: Tamoxifen/def2-TZVP 1.11x up to 81 elements, 1.11x for 82-200, 1.10x for
-#: 201-320 (e.g. (dp|pp) 1.46, (fp|pp) 1.28, (fd|pp) 1.16), 1.01x for 375-441
-#: and 0.95x for the two classes of 525 ((fd|dp), (fp|dd), also 0.97x with
-#: VitC/def2-QZVP), so the largest blocks stay unfused.  The limit was 81,
-#: for a block to stay in registers; the measurement says that whatever a
-#: larger block costs the fused kernel, the unfused block's round trip through
-#: device memory and its second launch cost more, up to 441 elements.
+#: Largest block (elements) of a register-tier class of one contraction tuple
+#: that J/K builds digest inside its integral kernel (docs/routing.md).
 FUSED_DIGEST_MAX = 441
-FUSE_ENV = 'FUSIONRCG_FUSE'
-#: The pairmap contracted stage: 'passes' (:class:`SidePasses`, where a
-#: block of quartets fits) or 'products' (pairmaps.PairProducts), for
-#: comparisons.
-PAIRMAP_ENV = 'FUSIONRCG_PAIRMAP'
-PAIRMAP_STAGES = ('passes', 'products')
 
 _lock = threading.Lock()
 _kernels: dict = {}
@@ -82,7 +62,7 @@ def canonical_classes(lmax: int):
 class ClassKernel:
     """One compiled class kernel with its launch geometry (and op stream)."""
 
-    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None, digest=False):
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='auto', digest=False):
         cp = _cupy()
         self.program = host.get_program(*ls, cart=cart)
         self.variant, self.stats = tiers.route(self.program, omega, nctr, tier, ctr)
@@ -96,6 +76,11 @@ class ClassKernel:
                               kernel=codegen.kernel_name(p, v))
         self.block = codegen.block_size(p, v, table)
         self.shared = codegen.shared_bytes(p, v, table)
+        limit = cp.cuda.Device().attributes['MaxSharedMemoryPerBlockOptin']
+        if self.shared > limit:
+            raise RuntimeError(f'FusionRCG {p.name}: the {v.tier} tier needs {self.shared} bytes of shared memory '
+                               f'per block, this GPU allows {limit} (the kernels are sized for compute '
+                               'capability 9.0); force another tier with tier=\'global\'')
         if self.shared > 48 * 1024:
             self.kernel.set_max_dynamic_shared(self.shared)
         self.n_slots = codegen.scratch_doubles(p, v, table)
@@ -179,31 +164,26 @@ class SidePasses:
 
 
 def contracted_stage(program, cp, acc_major=False):
-    """The pairmap contracted stage of a class (:data:`PAIRMAP_ENV`);
+    """The pairmap contracted stage of a class: the side passes where a block
+    of quartets fits their shared memory, else :class:`pairmaps.PairProducts`;
     ``acc_major``: on the register tier's [accumulator][quartet] accumulators,
     which only the side passes read."""
-    stage = os.environ.get(PAIRMAP_ENV, 'passes')
-    if stage not in PAIRMAP_STAGES:
-        raise ValueError(f'${PAIRMAP_ENV} must be one of {PAIRMAP_STAGES}, not {stage!r}')
-    if stage == 'passes' and codegen.pass_quartets(program):
+    if codegen.pass_quartets(program):
         return SidePasses(program, acc_major)
     if acc_major:
         raise ValueError(f'{program.name}: the register tier\'s pairmap accumulators are read by the side '
-                         f'passes only, and ' + ('they do not fit this class' if stage == 'passes' else
-                                                  f'${PAIRMAP_ENV} asks for {stage!r}')
-                         + "; run it with ctr='ops' or on the warp tier")
+                         "passes only, and they do not fit this class; run it with ctr='ops' or on the warp tier")
     return pairmaps.PairProducts(program, cp)
 
 
-def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None,
+def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='auto',
                digest=False) -> ClassKernel:
     """Cached :class:`ClassKernel` (the kernel depends on omega only through its
     sign); ``tier`` and ``ctr`` as :func:`tiers.route`'s; ``digest``: the
     routed variant that digests its blocks (a register-tier class of one
     contraction tuple, see :func:`jk_kernel`)."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
-           tuple(int(n) for n in nctr), tier or os.environ.get(tiers.TIER_ENV),
-           tiers.requested_ctr(ctr), bool(digest), os.environ.get(PAIRMAP_ENV))
+           tuple(int(n) for n in nctr), tier, tiers.requested_ctr(ctr), bool(digest))
     with _lock:
         k = _kernels.get(key)
     if k is None:
@@ -213,19 +193,22 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
     return k
 
 
-def fuses_digestion(kern: ClassKernel) -> bool:
+def fuses_digestion(kern: ClassKernel, options: Options) -> bool:
     """Whether a J/K build runs this routed kernel's digesting variant
-    (:data:`FUSED_DIGEST_MAX`, :data:`FUSE_ENV`)."""
+    (:data:`FUSED_DIGEST_MAX`, ``options.fuse_digestion``)."""
     v = kern.variant
-    return (os.environ.get(FUSE_ENV, '1') != '0' and v.tier == 'register' and prod(v.nctr) == 1
+    return (options.fuse_digestion and v.tier == 'register' and prod(v.nctr) == 1
             and v.ctr == 'ops' and kern.nelem <= FUSED_DIGEST_MAX)
 
 
-def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> ClassKernel:
-    """The kernel a J/K build runs for a class: the routed one, or its
-    digesting variant where :func:`fuses_digestion`."""
-    kern = get_kernel(ls, cart, omega, nctr, tier)
-    return get_kernel(ls, cart, omega, nctr, tier, digest=True) if fuses_digestion(kern) else kern
+def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), options: Options = None) -> ClassKernel:
+    """The kernel a J/K build runs for a class: the routed one (``options.tier``
+    and ``options.ctr``), or its digesting variant where :func:`fuses_digestion`."""
+    options = options or Options()
+    kern = get_kernel(ls, cart, omega, nctr, options.tier, options.ctr)
+    if fuses_digestion(kern, options):
+        return get_kernel(ls, cart, omega, nctr, options.tier, options.ctr, digest=True)
+    return kern
 
 
 class ShellKeys:
@@ -268,11 +251,11 @@ class DeviceBasis:
         self.coords = cp.asarray(host.shell_centres(mol))
 
 
-def budget_bytes() -> int:
-    """Scratch budget of a class (see :data:`BUDGET_ENV`)."""
-    env = os.environ.get(BUDGET_ENV)
-    if env:
-        return int(float(env) * (1 << 20))
+def budget_bytes(scratch_mb: float = None) -> int:
+    """Scratch budget of a class: ``scratch_mb`` MiB, else a quarter of the free
+    device memory, at most :data:`BUDGET_MAX`."""
+    if scratch_mb:
+        return int(float(scratch_mb) * (1 << 20))
     free, _ = _cupy().cuda.runtime.memGetInfo()
     return int(min(BUDGET_MAX, free // 4))
 
@@ -326,7 +309,8 @@ def primitive_order(basis, quartets):
 def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):
     """Yield ``(lo, hi, out)`` over batches of ``quartets`` ((n, 4), NumPy or CuPy):
     ``out`` the CuPy ``(nelem, hi - lo)`` blocks ([element][quartet]); valid
-    until the next batch is requested (the buffer is reused)."""
+    until the next batch is requested (the buffer is reused).  ``budget``:
+    bytes of scratch (None: :func:`budget_bytes`'s default)."""
     cp = _cupy()
     n = len(quartets)
     if n == 0:
@@ -337,14 +321,14 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
     if per_quartet > budget:
         raise MemoryError(
             f'FusionRCG {kern.program.name}: one quartet needs {per_quartet / 2**20:.2f} MiB of output, '
-            f'the budget is {budget / 2**20:.2f} MiB (raise ${BUDGET_ENV})')
+            f'the budget is {budget / 2**20:.2f} MiB (raise Options.scratch_mb, $FUSIONRCG_SCRATCH_MB)')
     if kern.variant.tier == 'global':
         per_block = 8 * kern.scratch_per_block
         if per_block + per_quartet > budget:
             raise MemoryError(
                 f'FusionRCG {kern.program.name}: one block of the global tier needs '
                 f'{(per_block + per_quartet) / 2**20:.1f} MiB of scratch, the budget is '
-                f'{budget / 2**20:.1f} MiB (raise ${BUDGET_ENV})')
+                f'{budget / 2**20:.1f} MiB (raise Options.scratch_mb, $FUSIONRCG_SCRATCH_MB)')
         blocks = kern.global_blocks(n * kern.variant.n_groups, budget // 2)
     step = max(1, min(n, (budget - 8 * kern.scratch_per_block * (blocks or 0)) // per_quartet))
     qdev = cp.ascontiguousarray(cp.asarray(quartets), dtype=cp.int32)
@@ -396,14 +380,15 @@ class GPUEngine:
     """Contracted ERI blocks of shell quartets on the GPU (interface of HostEngine).
 
     ``omega``: as PySCF's ``mol.omega`` (> 0: erf, < 0: erfc); 0 means use
-    ``mol.omega``.  ``tier`` forces a storage tier (experiments).
+    ``mol.omega``.  ``options``: :class:`~pyscf_fusionrcg.options.Options`
+    (its ``tier``, ``ctr`` and ``scratch_mb``; default :func:`from_env`).
     """
 
-    def __init__(self, mol, omega=0.0, tier=None):
+    def __init__(self, mol, omega=0.0, options: Options = None):
         self.mol = mol
         self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
         self.cart = bool(mol.cart)
-        self.tier = tier
+        self.options = options or from_env()
         self.basis = DeviceBasis(mol)
 
     def quartet_blocks(self, shls, as_cupy=False, budget=None):
@@ -413,11 +398,13 @@ class GPUEngine:
         if len(shls) == 0:
             raise ValueError('quartet_blocks needs at least one quartet')
         ls, nctr = _class_of(self.mol, shls)
-        kern = get_kernel(ls, self.cart, self.omega, nctr, self.tier)
+        kern = get_kernel(ls, self.cart, self.omega, nctr, self.options.tier, self.options.ctr)
         dims = tuple(n * c for n, c in zip(kern.program.shape, nctr))
         oriented, swap_bra, swap_ket = orient(self.basis, shls)
         pos = primitive_order(self.basis, oriented)
         res = cp.empty((len(shls),) + dims)
+        if budget is None and self.options.scratch_mb:
+            budget = budget_bytes(self.options.scratch_mb)
         for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget):
             res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
         # equal (l, nctr) pairs are square in their two indices
@@ -428,13 +415,13 @@ class GPUEngine:
         return res if as_cupy else res.get()
 
 
-def precompile(lmax: int = 4, cart: bool = False) -> list[str]:
+def precompile(lmax: int = 4, cart: bool = False, options: Options = None) -> list[str]:
     """Compile (or load from the cache) every canonical class up to ``lmax``
     as a J/K build runs it (:func:`jk_kernel`); one line per class:
     compiled/cached, tier, form, registers, spill bytes, kernel."""
     lines = []
     for ls in canonical_classes(lmax):
-        k = jk_kernel(ls, cart)
+        k = jk_kernel(ls, cart, options=options or from_env())
         s = k.stats
         name = ir.class_name(ls)
         lines.append(f'({name[:2]}|{name[2:]}) '

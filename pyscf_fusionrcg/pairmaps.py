@@ -17,8 +17,8 @@ On the GPU the large classes (levels form, where ``tiers.pairmap_pays``)
 run only their primitive stage in the interpreter and hand the
 accumulators to the side passes (``launch.SidePasses``: generated code that
 runs the graph's bra steps on each ket column, then its ket steps on each
-row, :func:`side_nodes`), or, with ``$FUSIONRCG_PAIRMAP=products``, to
-:class:`PairProducts`: each quartet's two matrices from one GEMM over its
+row, :func:`side_nodes`), or, for a class whose passes do not fit their
+shared memory, to :class:`PairProducts`: each quartet's two matrices from one GEMM over its
 pair vectors' monomials, then two batched GEMMs (cuBLAS, through CuPy).  The contracted
 stage is 61-72% of the warp-tier classes' interpreter levels; dense products
 have no per-op decoding, though they do up to ~3x the multiplications of the

@@ -58,7 +58,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ENV = 'FUSIONRCG_PREPARED'
 #: Layout of the files and of what they hold; bump to orphan old caches.
 FORMAT = 2
 _MAGIC = f'FRPREP{FORMAT}\n'.encode()
@@ -78,8 +77,9 @@ _lock = threading.Lock()
 
 
 def enabled() -> bool:
-    """False when ``$FUSIONRCG_PREPARED`` is '0' (read on every call, as the tests switch it)."""
-    return os.environ.get(ENV, '1') != '0'
+    """Whether the cache is on (:func:`~pyscf_fusionrcg.options.prepared_cache_enabled`)."""
+    from .options import prepared_cache_enabled
+    return prepared_cache_enabled()
 
 
 #: The sources whose text decides what the generator builds (besides ``host.py``

@@ -15,9 +15,9 @@ from pyscf.lib import logger
 
 from pyscf_fusionrcg import jk as _jk
 from pyscf_fusionrcg.ir import MAX_L
+from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.screening import schwarz_bounds
 
-BACKENDS = ("auto", "gpu", "cpu")
 #: Mean-field families whose J/K have PySCF's (nao, nao) shapes.
 _SUPPORTED = ("RHF", "UHF", "ROHF")
 
@@ -53,8 +53,6 @@ def _check_mol(mol):
 def _resolve_backend(mf, backend):
     """'gpu', 'cpu' or 'native' (the object's own J/K, when 'auto' finds no GPU)."""
     from gpucore import GPUUnavailableError, gpu_available, unavailable_reason
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if backend == "cpu":
         return "cpu"
     if gpu_available():
@@ -69,23 +67,32 @@ def _resolve_backend(mf, backend):
     return "native"
 
 
-def fusionrcg(mf, backend="auto", direct_scf_tol=None, tier=None):
+def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options = None, **more):
     """Serve ``mf``'s J and K with FusionRCG; returns the (re-classed) SCF object.
 
-    backend: 'auto' (GPU when available, else the object's own J/K with a
-    warning), 'gpu' (GPUUnavailableError without a GPU) or 'cpu' (the engine's
-    host path).  direct_scf_tol: screening threshold (None: ``mf.direct_scf_tol``
-    at call time).  tier: force one storage tier of the GPU kernels (passed
-    to the GPU engine; None lets it choose).
+    backend: 'auto' (the default: GPU when available, else the object's own
+    J/K with a warning), 'gpu' (GPUUnavailableError without a GPU) or 'cpu'
+    (the engine's host path).  direct_scf_tol: screening threshold (None:
+    ``mf.direct_scf_tol`` at call time).  tier: force one storage tier of the
+    GPU kernels (None lets the routing choose).  The other options of
+    :class:`~pyscf_fusionrcg.options.Options` (``ctr``, ``fuse_digestion``,
+    ``scratch_mb``, ``progress``) go by keyword too, or whole as ``options``;
+    what is not given comes from the environment (``FUSIONRCG_*``), else the
+    defaults.
     """
+    given = dict(backend=backend, direct_scf_tol=direct_scf_tol, tier=tier, **more)
+    if options is None:
+        options = from_env(**given)
+    elif any(v is not None for v in given.values()):
+        options = options.replace(**{k: v for k, v in given.items() if v is not None})
     _check_mean_field(mf)
     _check_mol(mf.mol)
-    path = _resolve_backend(mf, backend)
+    path = _resolve_backend(mf, options.backend)
     if isinstance(mf, _FusionRCGMixin):
         mf = mf.copy()
-        mf._fusionrcg_configure(backend, direct_scf_tol, tier, path)
+        mf._fusionrcg_configure(options, path)
         return mf
-    obj = _FusionRCGMixin(mf, backend, direct_scf_tol, tier, path)
+    obj = _FusionRCGMixin(mf, options, path)
     return lib.set_class(obj, (_FusionRCGMixin, mf.__class__))
 
 
@@ -147,17 +154,15 @@ class _FusionRCGMixin:
     """J/K from FusionRCG; everything else from the wrapped SCF class."""
 
     __name_mixin__ = "FusionRCG"
-    _keys = {"fusionrcg_backend", "fusionrcg_direct_scf_tol", "fusionrcg_tier"}
+    _keys = {"fusionrcg_options"}
 
-    def __init__(self, mf, backend, direct_scf_tol, tier, path):
+    def __init__(self, mf, options, path):
         self.__dict__.update(mf.__dict__)
         self._eri = None    # with an in-core ERI, get_veff would not build incrementally
-        self._fusionrcg_configure(backend, direct_scf_tol, tier, path)
+        self._fusionrcg_configure(options, path)
 
-    def _fusionrcg_configure(self, backend, direct_scf_tol, tier, path):
-        self.fusionrcg_backend = backend
-        self.fusionrcg_direct_scf_tol = direct_scf_tol
-        self.fusionrcg_tier = tier
+    def _fusionrcg_configure(self, options, path):
+        self.fusionrcg_options = options
         self._fusionrcg_path = path
         # (mol fingerprint, omega) -> (engine or None, Schwarz bounds, GPU plans);
         # only the current geometry's entries are kept
@@ -167,8 +172,7 @@ class _FusionRCGMixin:
     def undo_fusionrcg(self):
         """The same object with its original class and PySCF's own J/K."""
         obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGMixin))
-        for key in ("fusionrcg_backend", "fusionrcg_direct_scf_tol", "fusionrcg_tier",
-                    "_fusionrcg_path", "_fusionrcg_cache", "_fusionrcg_paired"):
+        for key in ("fusionrcg_options", "_fusionrcg_path", "_fusionrcg_cache", "_fusionrcg_paired"):
             obj.__dict__.pop(key, None)
         return obj
 
@@ -179,22 +183,23 @@ class _FusionRCGMixin:
 
     def to_gpu(self):
         """GPU4PySCF twin, with the plugin re-applied with the same settings."""
-        return fusionrcg(self.undo_fusionrcg().to_gpu(), self.fusionrcg_backend,
-                         self.fusionrcg_direct_scf_tol, self.fusionrcg_tier)
+        return fusionrcg(self.undo_fusionrcg().to_gpu(), options=self.fusionrcg_options)
 
     def dump_flags(self, verbose=None):
         super().dump_flags(verbose)
         log = logger.new_logger(self, verbose)
         log.info("******** FusionRCG J/K ********")
-        log.info("backend = %s (requested %s)", self._fusionrcg_path, self.fusionrcg_backend)
+        opts = self.fusionrcg_options
+        log.info("backend = %s (requested %s)", self._fusionrcg_path, opts.backend)
         log.info("direct_scf_tol = %g", self._fusionrcg_tol())
-        log.info("tier = %s", self.fusionrcg_tier or "automatic")
+        log.info("tier = %s", opts.tier or "automatic")
+        log.info("contracted stage = %s, fused digestion = %s", opts.ctr, opts.fuse_digestion)
         if self.mol.has_ecp():
             log.info("ECP: enters the one-electron Hamiltonian only; J/K are unaffected")
         return self
 
     def _fusionrcg_tol(self):
-        tol = self.fusionrcg_direct_scf_tol
+        tol = self.fusionrcg_options.direct_scf_tol
         return self.direct_scf_tol if tol is None else tol
 
     def _fusionrcg_setup(self, mol, omega):
@@ -214,9 +219,8 @@ class _FusionRCGMixin:
         """One FusionRCG build for one operator (NumPy or CuPy in and out, as dm)."""
         engine, q_cond, plans = self._fusionrcg_setup(mol, omega)
         backend = self._fusionrcg_path
-        opts = {"tier": self.fusionrcg_tier} if backend == "gpu" and self.fusionrcg_tier else {}
         return _jk.get_jk(mol, dm, hermi, with_j, with_k, omega, backend, self._fusionrcg_tol(),
-                          engine, q_cond, plans if backend == "gpu" else None, **opts)
+                          engine, q_cond, plans if backend == "gpu" else None, self.fusionrcg_options)
 
     def get_jk(self, mol=None, dm=None, hermi=1, with_j=True, with_k=True, omega=None,
                lr_factor=None, sr_factor=None):

@@ -2,63 +2,38 @@
 
 Static choice (:func:`choose_tier`) from the size of the program:
 
-* ``register`` when it has at most ``REG_STATEMENTS_MAX`` (8000) statements:
-  one thread per quartet, straight-line code on plain locals.  ptxas spills
-  beyond ~64 live doubles, yet spilling kilobytes to L1/L2-cached local
-  memory beats the warp tier's op-stream interpreter by 2-5x (H100, Vitamin
-  C / def2-TZVP shells, 131 072 quartets, ``benchmarks/rcg_report_gpu.py
-  --compare-tiers --tiers register warp --register-ops-max 8000``, us per
-  quartet register / warp: (dp|dp) 0.027 / 0.059 with 2.6 KB spilled,
-  (fp|ds) 0.0085 / 0.040, (fp|dp) 0.050 / 0.095, (dd|dp) 0.026 / 0.093 with
-  5.5 KB, (fd|dp) 0.046 / 0.160 with 9.0 KB; results/rcg_register_vs_warp*;
-  re-measured with the level-major records, warp 0.063, 0.047, 0.087, 0.074,
-  0.105: still 1.8-5.5x, results/rcg_register_vs_warp_levels);
-  NVRTC takes 1-20 s per class there, once (the cubins are cached on disk);
+* ``register`` when it has at most ``REG_STATEMENTS_MAX`` statements: one
+  thread per quartet, straight-line code on plain locals (ptxas spills the
+  excess to cached local memory, which still beats the interpreter);
 * ``warp`` when the slots of one work item, shared by the 32 lanes of a warp
-  (the levels form), fit a block: about 29 000 doubles, every class up to
-  (gg|gg) (there it was 4-20x faster than the global tier), and since the
-  pairmap stage's accumulators are not slots, every class up to (hh|hh)
-  ((hh|hh): 5131 slots, 68 132 with them);
-* ``global`` otherwise: the levels form again, one warp per quartet, its
-  slots in global scratch (classes of i functions, l = 6, and beyond).
+  (the levels form), fit a block's shared memory;
+* ``global`` otherwise: the levels form again, its slots in global scratch.
 
-The ``shared`` tier (one thread per quartet, its slots in shared memory, a
-block of at most 128 threads) is slower than the warp tier wherever both
-were measured, so only an explicit ``tier='shared'`` selects it.
+The ``shared`` tier (one thread per quartet, its slots in shared memory) lost
+to the warp tier wherever both were measured, so only an explicit
+``tier='shared'`` selects it.
 
 Measured routing (:func:`route`): the register variant is compiled and kept
-only if ptxas spills at most ``SPILL_BYTES_MAX`` bytes per thread (a little
-above the largest measured winner; general contractions multiply the
-accumulators; past it the register tier loses: (gp|fp), 7896 statements and
-11.7 KB spilled, 0.42 us per quartet against the warp tier's 0.21, H200,
-results/rcg_register_vs_warp_qzvp); otherwise
-the class moves to the warp tier, and to the global tier when one warp's
-slots do not fit.  Decisions are cached in memory and on
+only if the compiler reports at most ``SPILL_BYTES_MAX`` spilled bytes per
+thread; otherwise the class moves to the warp tier, and to the global tier
+when one warp's slots do not fit.  Decisions are cached in memory and on
 disk (next to gpucore's kernel cache) per (class, Cartesian, operator,
-contraction shape, architecture, code version).  ``tier=`` overrides the
-choice for experiments, as does ``$FUSIONRCG_TIER``.  Measuring needs the GPU
-(NVRTC for its architecture and the driver's attributes); :func:`nvcc_stats`
-gives ptxas's report for sm_90 without one.
+contraction shape, request, architecture, generator version).  Measuring
+needs the GPU (NVRTC for its architecture and the driver's attributes);
+:func:`nvcc_stats` gives ptxas's report for sm_90 without one.
 
-Form (:func:`variant_for`): the shared tier runs straight-line code for
-programs up to ``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter
-beyond (see :mod:`pyscf_fusionrcg.codegen` for why); the warp and global tiers
-run the levels form.  There, for classes of one contraction tuple from
-about seven hundred accumulators on (:func:`pairmap_pays`), the interpreter
-runs only the primitive stage and the contracted stage works on pair
-matrices (:mod:`pyscf_fusionrcg.pairmaps`), see :func:`ctr_mode`.  Asked for
-by name (``ctr='pairmap'``), the register tier does the same: its
-straight-line kernel then keeps only the primitive stage's intermediates in
-registers (the accumulators, most of what made large classes spill, go to
-device memory, [accumulator][quartet]), and the side passes run the
-contracted stage; the route then sizes the register tier by the primitive
-stage alone and keeps that form where it spills at most ``SPILL_BYTES_MAX``.
-It is not yet measured on a GPU, so only a request takes it.
+Form (:func:`variant_for`): the shared tier runs straight-line code up to
+``STRAIGHT_OPS_MAX`` statements and the op-stream interpreter beyond; the warp
+and global tiers run the levels form, and for classes of one contraction
+tuple where :func:`pairmap_pays`, only the primitive stage in the
+interpreter, the contracted stage in the side passes (:func:`ctr_mode`).
+Asked for by name (``ctr='pairmap'``), the register tier does the same.
+
+The measurements behind every bound here are in ``docs/routing.md``.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -68,26 +43,15 @@ from pathlib import Path
 
 from . import codegen, ir, kernels, pairmaps, prepared
 
+#: Largest program (statements) the register tier is tried for.
 REG_STATEMENTS_MAX = 8000
+#: Most spilled bytes per thread a register-tier kernel may have and be kept.
 SPILL_BYTES_MAX = 10240
+#: Largest program (statements) the shared tier runs as straight-line code.
 STRAIGHT_OPS_MAX = 1500
-TIER_ENV = 'FUSIONRCG_TIER'
-CTR_ENV = 'FUSIONRCG_CTR'
-#: Where the pairmap contracted stage beats the interpreter's: from
-#: PAIRMAP_ACC_MIN accumulators on, unless a quartet's pair matrices exceed
-#: PAIRMAP_MATRIX_RATIO times its accumulators (a small pair against a large
-#: one: the passes then mostly write and read matrices).  Both bounds are the
-#: edges of what was measured to win, not a measured loss.  H200,
-#: benchmarks/rcg_pairmap_kernels.py, rcg_pairmap_kernels_ilp and _ilp_small
-#: (9b5b989: accumulators in ``out``, side passes), (pairmap kernel + passes) /
-#: interpreter, for accumulators and matrices / accumulators: every class
-#: measured wins, (ff|dd) 0.34 2294 1.9 to (gg|gs) 0.75 2175 5.5; with an s
-#: shell, which lost at 421473c (accumulators in shared memory, cuBLAS
-#: products): (gs|fd) 0.74 690 2.5, (ff|fs) 0.61 740 5.0, (gf|fs) 0.61,
-#: (gd|gs) 0.75, (gs|ff) 0.71;
-#: with large matrices (gf|pp) 0.50 900 7.1, (gg|pp) 0.53 1305 9.1, (gg|dp)
-#: 0.49 2320 5.2, (gg|ds) 0.65 870 13.5 (rcg_pairmap_kernels_rule, 3a0b5b2).
-#: Unmeasured beyond: (hg|ds) 16.5, (hh|ds) 20.2, (hh|ps) 40.
+#: The pairmap contracted stage is taken from PAIRMAP_ACC_MIN accumulators
+#: on, unless a quartet's pair matrices exceed PAIRMAP_MATRIX_RATIO times its
+#: accumulators: the edges of what was measured to win.
 PAIRMAP_ACC_MIN = 690
 PAIRMAP_MATRIX_RATIO = 13.6
 
@@ -125,9 +89,9 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
 
 
 def requested_ctr(ctr=None) -> str:
-    """The contracted-stage mode asked for: ``ctr``, else ``$FUSIONRCG_CTR``,
-    else 'auto'; 'pairmap' and 'ops' force one where the form allows a choice."""
-    ctr = ctr or os.environ.get(CTR_ENV) or 'auto'
+    """The contracted-stage mode asked for (``Options.ctr``; None: 'auto');
+    'pairmap' and 'ops' force one where the form allows a choice."""
+    ctr = ctr or 'auto'
     if ctr not in codegen.CTR_MODES + ('auto',):
         raise ValueError(f"contracted stage must be one of {codegen.CTR_MODES + ('auto',)}, not {ctr!r}")
     return ctr
@@ -261,14 +225,14 @@ def _save_disk(key: str, value: dict) -> None:
 def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None):
     """(variant, stats) of the tier a class runs in, measured and cached.
 
-    ``tier`` (or ``$FUSIONRCG_TIER``) forces a tier, ``ctr`` the contracted
+    ``tier`` forces a tier, ``ctr`` the contracted
     stage's mode where the tier allows a choice (:func:`ctr_mode`); otherwise start from
     :func:`choose_tier` and move down while the compiler reports more than
     ``SPILL_BYTES_MAX`` spill bytes or the variant does not fit (the warp
     tier's interpreter does not spill the slots, so it ends the search when
     it fits).
     """
-    tier = tier or os.environ.get(TIER_ENV) or None
+    tier = tier or None
     nctr = tuple(int(n) for n in nctr)
     ctr = requested_ctr(ctr)    # each tier's mode follows from it (ctr_mode)
     key = (f'{program.name}|{int(program.cart)}|{codegen.omega_kind(omega)}|'

@@ -98,3 +98,11 @@ def test_no_module_is_too_long(package):
     long = {m: n for m, p in _modules(package).items()
             if (n := len(p.read_text().splitlines())) > MODULE_LINES_MAX}
     assert not long, f"modules over {MODULE_LINES_MAX} lines: {long}"
+
+
+def test_the_engine_reads_the_environment_in_one_module():
+    """Options come down as one object; only pyscf_fusionrcg/options.py reads
+    the environment (to fill that object's defaults)."""
+    readers = sorted(str(p.relative_to(REPO)) for p in (REPO / "pyscf_fusionrcg").rglob("*.py")
+                     if "os.environ" in p.read_text() or "getenv(" in p.read_text())
+    assert readers == ["pyscf_fusionrcg/options.py"]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from pyscf import gto, scf
 
-from pyscf_fusionrcg import launch, tiers
+from pyscf_fusionrcg import launch
 from pyscf_fusionrcg.jk import get_jk
+from pyscf_fusionrcg.options import Options
 
 pytestmark = pytest.mark.gpu
 
@@ -72,7 +73,7 @@ def test_engine_blocks_match_libcint(synth, cart, omega):
 def test_every_tier_computes_the_same_blocks(synth, tier):
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
-    eng = GPUEngine(mol, tier=tier)
+    eng = GPUEngine(mol, options=Options(tier=tier))
     for ls in [(0, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 0), (2, 1, 1, 0)]:
         got = synth.assemble(eng.quartet_blocks(synth.quartets(ls)))
         assert synth.rel_err(got, synth.reference(mol, ls)) < 1e-12, (ls, tier)
@@ -84,11 +85,10 @@ def test_classes_sharing_a_warp_kernel_keep_their_shared_memory(synth, monkeypat
     and 69 KB of shared memory: setting up the smaller one must not lower the
     kernel's limit below what the larger one launches with."""
     from pyscf_fusionrcg.launch import GPUEngine
-    monkeypatch.setenv(tiers.CTR_ENV, 'ops')
     mol = synth.mol(False)
-    eng = GPUEngine(mol)
+    eng = GPUEngine(mol, options=Options(ctr='ops'))
     big, small = (4, 4, 2, 1), (4, 3, 4, 0)
-    kb, ks = (launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1)) for ls in (big, small))
+    kb, ks = (launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), None, 'ops') for ls in (big, small))
     assert kb.variant.tier == ks.variant.tier == 'warp' and kb.name == ks.name
     assert kb.shared > ks.shared > 48 * 1024
     for ls in (big, small, big):
@@ -119,20 +119,18 @@ def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tie
     tier's, asked for by name) against the same kernels running the program's
     contracted ops, and both against libcint; a budget of three quartets a
     batch splits the pairmap buffers too."""
-    from pyscf_fusionrcg import tiers
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
+    pairmap, interpreted = Options(tier=tier, ctr='pairmap'), Options(tier=tier, ctr='ops')
     for ls in classes:
         q = synth.quartets(ls)
-        monkeypatch.setenv(tiers.CTR_ENV, 'pairmap')
-        kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier)
+        kern = launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier, 'pairmap')
         assert kern.pairmap and kern.name.endswith('_pm')
-        pm = GPUEngine(mol, tier=tier).quartet_blocks(q)
+        pm = GPUEngine(mol, options=pairmap).quartet_blocks(q)
         tiny = 8 * (kern.nelem + kern.work_per_quartet) * 3 + 8 * kern.scratch_per_block
-        assert np.abs(GPUEngine(mol, tier=tier).quartet_blocks(q, budget=tiny) - pm).max() <= 1e-14 * np.abs(pm).max()
-        monkeypatch.setenv(tiers.CTR_ENV, 'ops')
-        assert not launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier).pairmap
-        ops = GPUEngine(mol, tier=tier).quartet_blocks(q)
+        assert np.abs(GPUEngine(mol, options=pairmap).quartet_blocks(q, budget=tiny) - pm).max() <= 1e-14 * np.abs(pm).max()
+        assert not launch.get_kernel(ls, False, 0.0, (1, 1, 1, 1), tier, 'ops').pairmap
+        ops = GPUEngine(mol, options=interpreted).quartet_blocks(q)
         ref = synth.reference(mol, ls)
         assert synth.rel_err(synth.assemble(pm), ref) < 1e-12, ls
         assert np.abs(pm - ops).max() < 1e-12 * np.abs(ops).max(), ls
@@ -184,7 +182,7 @@ def test_j_only_k_only_and_cupy_in_cupy_out():
 def test_digesting_kernels_match_separate_digestion(monkeypatch):
     """J/K with the small register-tier classes digested inside their ERI
     kernels (launch.jk_kernel, the default) equal those with every class in
-    an ERI and a digestion kernel ($FUSIONRCG_FUSE=0), and PySCF's, for one
+    an ERI and a digestion kernel (Options(fuse_digestion=False)), and PySCF's, for one
     and two density sets (UHF); every fused class is one launch."""
     import cupy as cp
     from pyscf_fusionrcg.gpu_jk import get_jk_gpu
@@ -200,9 +198,7 @@ def test_digesting_kernels_match_separate_digestion(monkeypatch):
         profile = {}
         fused = get_jk_gpu(mol, d, tasks=tasks, profile=profile)
         assert any(r['fused_ms'] > 0 for r in profile.values())
-        monkeypatch.setenv(launch.FUSE_ENV, '0')
-        apart = get_jk_gpu(mol, d, tasks=tasks)
-        monkeypatch.delenv(launch.FUSE_ENV)
+        apart = get_jk_gpu(mol, d, tasks=tasks, options=Options(fuse_digestion=False))
         for a, b in zip(fused, apart):
             assert float(abs(a - b).max()) < 1e-12
         ref_j, ref_k = reference_jk(mol, dms)

@@ -156,7 +156,8 @@ def test_gpu_backend_matches_pyscf(omega, hermi):
 @pytest.mark.parametrize("progress", ["1", "0"])
 def test_kernel_preparation_shows_progress_unless_turned_off(monkeypatch, capsys, progress):
     """gpu_jk prepares a plan's kernels on a few threads behind a progress bar
-    (stderr), off with $FUSIONRCG_PROGRESS=0; every shape gets its kernel.
+    (stderr), off with Options(progress=False) ($FUSIONRCG_PROGRESS=0); every
+    shape gets its kernel.
     Fakes stand in for the device and the compiler."""
     import contextlib
     from types import SimpleNamespace
@@ -164,11 +165,12 @@ def test_kernel_preparation_shows_progress_unless_turned_off(monkeypatch, capsys
     from pyscf_fusionrcg import gpu_jk, launch
     fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=contextlib.nullcontext))
     monkeypatch.setattr(launch, "_cupy", lambda: fake_cupy)
-    monkeypatch.setattr(launch, "jk_kernel", lambda ls, cart, omega, nctr, tier: (ls, nctr, tier))
+    from pyscf_fusionrcg.options import from_env
+    monkeypatch.setattr(launch, "jk_kernel", lambda ls, cart, omega, nctr, options: (ls, nctr, options.tier))
     monkeypatch.setattr(gpu_jk, "PROGRESS_DELAY_S", 0.0)
-    monkeypatch.setenv(gpu_jk.PROGRESS_ENV, progress)
+    monkeypatch.setenv("FUSIONRCG_PROGRESS", progress)
     shapes = {((l, 0, 0, 0), (1, 1, 1, 1)) for l in range(5)} | {((2, 2, 1, 0), (2, 1, 1, 1))}
-    kernels = gpu_jk._class_kernels(shapes, False, 0.0, "warp")
+    kernels = gpu_jk._class_kernels(shapes, False, 0.0, from_env(tier="warp"))
     assert kernels == {s: (s[0], s[1], "warp") for s in shapes}
     err = capsys.readouterr().err
     assert ("FusionRCG kernels" in err and "/6 " in err) == (progress == "1"), err

@@ -180,7 +180,7 @@ def test_a_pairmap_stream_that_misses_an_accumulator_is_refused(monkeypatch):
     seq, level, n_body = codegen.level_sequence(prog, 1)
     keep = np.arange(len(seq.kind)) != np.nonzero(seq.kind == statements._ACC)[0][-1]
     doctored = (statements._permuted(seq, np.nonzero(keep)[0], seq.end_body - 1), level[keep], n_body)
-    monkeypatch.setattr(codegen, 'level_sequence', lambda program, group=1: doctored)
+    monkeypatch.setattr(encoding, 'level_sequence', lambda program, group=1: doctored)
     with pytest.raises(AssertionError, match='every accumulator once'):
         codegen.encode_table(prog, var)
 
@@ -266,14 +266,10 @@ def test_side_passes_build_with_nvcc():
         assert stats['registers'] <= 255 and (spills or stats['spill_bytes'] == 0), (ls, stats)
 
 
-def test_the_pairmap_stage_is_chosen_by_the_environment(monkeypatch):
-    from pyscf_fusionrcg import launch
+def test_the_pairmap_stage_takes_the_products_where_the_passes_do_not_fit(monkeypatch):
     prog = host.get_program(3, 2, 3, 1)
-    monkeypatch.setenv(launch.PAIRMAP_ENV, 'products')
+    monkeypatch.setattr(codegen, 'pass_quartets', lambda p: 0)
     assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)
-    monkeypatch.setenv(launch.PAIRMAP_ENV, 'matrices')
-    with pytest.raises(ValueError, match='FUSIONRCG_PAIRMAP'):
-        launch.contracted_stage(prog, np)
 
 
 @pytest.mark.gpu
@@ -311,8 +307,8 @@ def test_register_pairmap_accumulators_are_left_to_the_side_passes_only(monkeypa
     which the products do not read: asked for them, contracted_stage says so
     instead of handing them a layout they would misread."""
     prog = host.get_program(2, 2, 2, 0)
-    monkeypatch.setenv(launch.PAIRMAP_ENV, 'products')
-    with pytest.raises(ValueError, match="read by the side passes only, and .* asks for 'products'; "
+    monkeypatch.setattr(codegen, 'pass_quartets', lambda p: 0)
+    with pytest.raises(ValueError, match="read by the side passes only, and they do not fit this class; "
                                          "run it with ctr='ops' or on the warp tier"):
         launch.contracted_stage(prog, np, acc_major=True)
     assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pyscf_fusionrcg import codegen, host, ir, kernels, pairmaps, prepared, tiers
+from pyscf_fusionrcg.options import PREPARED_ENV
 
 REGISTER = (2, 1, 1, 0)     # register tier, straight form: the source is what is cached
 WARP = (2, 2, 2, 2)         # warp tier, levels form, pairmap: table, source and side maps
@@ -26,7 +27,7 @@ def _forget():
 def cache(tmp_path, monkeypatch):
     """A fresh cache folder, the cache on, and counters of every builder call."""
     monkeypatch.setenv('FUSION_KERNEL_CACHE', str(tmp_path / 'kernels'))
-    monkeypatch.delenv(prepared.ENV, raising=False)
+    monkeypatch.delenv(PREPARED_ENV, raising=False)
     calls = []
     for mod, name in ((host, 'orchestrate'), (codegen, 'encode_table'),
                       (codegen, 'emit_kernel_source'), (pairmaps, '_side_map')):
@@ -52,12 +53,12 @@ def _prepare(ls):
 
 def _fresh(ls, monkeypatch):
     """The same, built with the cache off."""
-    monkeypatch.setenv(prepared.ENV, '0')
+    monkeypatch.setenv(PREPARED_ENV, '0')
     _forget()
     try:
         return _prepare(ls)
     finally:
-        monkeypatch.delenv(prepared.ENV)
+        monkeypatch.delenv(PREPARED_ENV)
         _forget()
 
 
@@ -201,7 +202,7 @@ def test_unwritable_cache_still_works(where, cache, tmp_path, monkeypatch):
 
 
 def test_environment_variable_turns_it_off(cache, tmp_path, monkeypatch):
-    monkeypatch.setenv(prepared.ENV, '0')
+    monkeypatch.setenv(PREPARED_ENV, '0')
     _prepare(REGISTER)
     assert not (tmp_path / 'kernels' / 'fusionrcg-prepared').exists()
 

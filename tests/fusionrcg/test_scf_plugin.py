@@ -139,9 +139,9 @@ def test_undo_reset_copy_and_reapply():
     assert type(mf).__name__ == "FusionRCGRHF"
     assert mf.reset() is mf and isinstance(mf, _FusionRCGMixin)
     cp = mf.copy()
-    assert isinstance(cp, _FusionRCGMixin) and cp.fusionrcg_direct_scf_tol == 1e-12
+    assert isinstance(cp, _FusionRCGMixin) and cp.fusionrcg_options.direct_scf_tol == 1e-12
     again = mf.apply(fusionrcg, backend="cpu")
-    assert again.fusionrcg_direct_scf_tol is None
+    assert again.fusionrcg_options.direct_scf_tol is None
     assert [c for c in type(again).__mro__ if c is _FusionRCGMixin] == [_FusionRCGMixin]
     plain = mf.undo_fusionrcg()
     assert type(plain) is scf.hf.RHF
@@ -273,4 +273,4 @@ def test_auto_uses_the_gpu_and_to_gpu_keeps_the_plugin():
     assert mf._fusionrcg_path == "gpu"
     pytest.importorskip("gpu4pyscf")
     g = mf.to_gpu()
-    assert isinstance(g, _FusionRCGMixin) and g.fusionrcg_backend == "auto"
+    assert isinstance(g, _FusionRCGMixin) and g.fusionrcg_options.backend == "auto"

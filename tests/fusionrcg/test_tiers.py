@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from pyscf_fusionrcg import codegen, host, launch, pairmaps, tiers
+from pyscf_fusionrcg import codegen, host, kernels, launch, pairmaps, tiers
+from pyscf_fusionrcg.options import Options
 
 
 @pytest.fixture
@@ -15,7 +16,6 @@ def fresh_cache(monkeypatch, tmp_path):
     """Routing decisions in a private file, none in memory."""
     monkeypatch.setattr(tiers, '_decisions', {})
     monkeypatch.setattr(tiers, '_disk_path', lambda: tmp_path / 'tiers.json')
-    monkeypatch.delenv(tiers.TIER_ENV, raising=False)
     return tmp_path / 'tiers.json'
 
 
@@ -28,7 +28,7 @@ def test_static_choice_follows_program_size(monkeypatch):
     for size, tier in ((tiers.REG_STATEMENTS_MAX, 'register'), (tiers.REG_STATEMENTS_MAX + 1, 'warp')):
         monkeypatch.setattr(tiers, 'n_statements', lambda p, v=size: v)
         assert tiers.choose_tier(prog) == tier
-    monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)   # one warp's slots do not fit
+    monkeypatch.setattr(codegen, 'warp_block', lambda p, v, t=None: 0)   # one warp's slots do not fit
     assert tiers.choose_tier(prog) == 'global'
 
 
@@ -42,7 +42,6 @@ def test_form_follows_program_size():
 
 
 def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
-    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     mid, big = host.get_program(3, 3, 2, 0), host.get_program(4, 3, 4, 2)
     # (hh|ds): enough accumulators, but pair matrices 20 times as large;
     # (gd|gs): an s shell, which no longer keeps the interpreter
@@ -62,11 +61,9 @@ def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     assert tiers.variant_for(big, 'register').ctr == 'ops'
     assert tiers.variant_for(big, 'register', ctr='pairmap').ctr == 'pairmap'
     assert tiers.variant_for(big, 'register', nctr=(1, 2, 1, 1), ctr='pairmap').ctr == 'ops'
-    monkeypatch.setenv(tiers.CTR_ENV, 'ops')
-    assert tiers.variant_for(big, 'warp').ctr == 'ops'
-    monkeypatch.setenv(tiers.CTR_ENV, 'dense')
+    assert tiers.variant_for(big, 'warp', ctr='ops').ctr == 'ops'
     with pytest.raises(ValueError, match='contracted stage must be one of'):
-        tiers.variant_for(big, 'warp')
+        tiers.variant_for(big, 'warp', ctr='dense')
 
 
 def _fake_measure(spills, calls):
@@ -95,7 +92,7 @@ def test_spilling_register_variant_moves_to_warp_then_global(monkeypatch, fresh_
     calls.clear()
     monkeypatch.setattr(tiers, '_decisions', {})
     fresh_cache.unlink()
-    monkeypatch.setattr(codegen, 'warp_block', lambda p, v: 0)
+    monkeypatch.setattr(codegen, 'warp_block', lambda p, v, t=None: 0)
     variant, stats = tiers.route(prog2)
     assert variant.tier == 'global' and calls == ['register', 'global']
 
@@ -137,7 +134,6 @@ def test_routes_asked_for_different_contracted_stages_are_kept_apart(monkeypatch
     """A register-tier class routed with ctr='pairmap' is another kernel than
     the one 'auto' routes (which takes the pairmap stage on the levels tiers
     only): the two decisions do not share a cache entry."""
-    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, calls))
     prog = host.get_program(4, 3, 4, 2)
@@ -153,7 +149,6 @@ def test_asked_for_pairmap_the_register_tier_is_tried_by_its_primitive_stage(mon
     ctr='pairmap', the route measures that form first, and moves on to the
     warp tier when it spills too much; with several contraction tuples (no
     pairmap form there) it starts at the warp tier as before."""
-    monkeypatch.delenv(tiers.CTR_ENV, raising=False)
     prog = host.get_program(3, 2, 3, 1)
     assert tiers.n_statements(prog, True) <= tiers.REG_STATEMENTS_MAX < tiers.n_statements(prog)
     assert tiers.choose_tier(prog) == 'warp' and tiers.choose_tier(prog, ctr='pairmap') == 'register'
@@ -174,8 +169,9 @@ def test_a_register_pairmap_kernel_does_not_digest(monkeypatch):
     prog = host.get_program(1, 0, 0, 0)
     kern = type('K', (), {'variant': codegen.make_variant(prog, 'register', ctr='pairmap'), 'nelem': 3})()
     plain = type('K', (), {'variant': codegen.make_variant(prog, 'register'), 'nelem': 3})()
-    monkeypatch.delenv(launch.FUSE_ENV, raising=False)
-    assert launch.fuses_digestion(plain) and not launch.fuses_digestion(kern)
+    on, off = Options(), Options(fuse_digestion=False)
+    assert launch.fuses_digestion(plain, on) and not launch.fuses_digestion(kern, on)
+    assert not launch.fuses_digestion(plain, off)
 
 
 def test_override_forces_the_tier(monkeypatch, fresh_cache):
@@ -183,8 +179,7 @@ def test_override_forces_the_tier(monkeypatch, fresh_cache):
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'global': 0, 'shared': 0}, calls))
     prog = host.get_program(0, 0, 0, 0)
     assert tiers.route(prog, tier='global')[0].tier == 'global'
-    monkeypatch.setenv(tiers.TIER_ENV, 'shared')
-    assert tiers.route(prog)[0].tier == 'shared'
+    assert tiers.route(prog, tier='shared')[0].tier == 'shared'
 
 
 def test_shared_tier_that_cannot_fit_is_skipped(monkeypatch, fresh_cache):
@@ -246,11 +241,29 @@ class _FakeKernel:
 def test_digesting_kernel_reports_its_own_registers(monkeypatch, fresh_cache):
     """The route measures the plain variant; a digesting ClassKernel's stats are
     those of the kernel it runs (its registers and spills), not the plain one's."""
-    monkeypatch.setattr(launch, '_cupy', lambda: None)
+    monkeypatch.setattr(launch, '_cupy', lambda: _fake_cupy(227 * 1024))
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, []))
-    monkeypatch.setattr(tiers, 'compile_variant', lambda p, v: (_FakeKernel(v), True))
+    monkeypatch.setattr(kernels, 'compile_variant', lambda p, v: (_FakeKernel(v), True))
     plain = launch.ClassKernel((1, 0, 0, 0))
     fused = launch.ClassKernel((1, 0, 0, 0), digest=True)
     assert (plain.stats['registers'], plain.stats['kernel']) == (255, plain.name)
     assert fused.stats['kernel'] == fused.name != plain.name
     assert (fused.stats['registers'], fused.stats['spill_bytes'], fused.stats['tier']) == (96, 8, 'register')
+
+
+def _fake_cupy(shared_per_block):
+    """What ClassKernel asks of CuPy, for a GPU with this much shared memory a block."""
+    from types import SimpleNamespace
+    device = SimpleNamespace(attributes={'MaxSharedMemoryPerBlockOptin': shared_per_block})
+    return SimpleNamespace(cuda=SimpleNamespace(Device=lambda: device))
+
+
+def test_a_gpu_with_less_shared_memory_refuses_the_warp_tier_clearly(monkeypatch, fresh_cache):
+    """The warp tier is sized for 227 KiB a block (compute capability 9.0): on
+    a GPU that allows less, the kernel says so and how to run anyway."""
+    monkeypatch.setattr(launch, '_cupy', lambda: _fake_cupy(48 * 1024))
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'warp': 0}, []))
+    monkeypatch.setattr(kernels, 'compile_variant', lambda p, v: (_FakeKernel(v), True))
+    with pytest.raises(RuntimeError, match=r"needs \d+ bytes of shared memory per block, this GPU allows 49152.*"
+                                           r"tier='global'"):
+        launch.ClassKernel((4, 4, 2, 1), tier='warp', ctr='ops')

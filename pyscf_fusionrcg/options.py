@@ -1,0 +1,105 @@
+"""The plugin's options: one object from ``fusionrcg(...)`` down to the kernels.
+
+:class:`Options` holds every choice a user can make about how FusionRCG builds
+J and K.  ``fusionrcg(mf, ...)`` makes one (:func:`from_env`) and hands it down
+through the J/K context, the GPU build and the kernel routing; nothing below
+reads the environment.  The environment variables are read here alone, and
+only fill the defaults of what the caller did not give:
+
+=========================  ==========================================
+``FUSIONRCG_TIER``         ``tier``
+``FUSIONRCG_CTR``          ``ctr``
+``FUSIONRCG_FUSE=0``       ``fuse_digestion=False``
+``FUSIONRCG_SCRATCH_MB``   ``scratch_mb``
+``FUSIONRCG_PROGRESS=0``   ``progress=False``
+``FUSIONRCG_PREPARED=0``   the on-disk cache of prepared objects off
+                           (:func:`prepared_cache_enabled`, per process)
+=========================  ==========================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from .codegen.variant import CTR_MODES, TIERS
+
+BACKENDS = ("auto", "gpu", "cpu")
+CTR_CHOICES = ("auto",) + CTR_MODES
+
+#: Each option that an environment variable can set, and how its text reads.
+ENV = {
+    "tier": ("FUSIONRCG_TIER", str),
+    "ctr": ("FUSIONRCG_CTR", str),
+    "fuse_digestion": ("FUSIONRCG_FUSE", lambda v: v != "0"),
+    "scratch_mb": ("FUSIONRCG_SCRATCH_MB", float),
+    "progress": ("FUSIONRCG_PROGRESS", lambda v: v != "0"),
+}
+PREPARED_ENV = "FUSIONRCG_PREPARED"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How FusionRCG builds J and K.
+
+    backend: 'auto' (the GPU when there is one, else the SCF object's own J/K),
+        'gpu' or 'cpu' (the engine's host path, a slow reference).
+    direct_scf_tol: screening threshold; None takes ``mf.direct_scf_tol``.
+    tier: force one storage tier of the GPU kernels for every class
+        ('register', 'shared', 'warp', 'global'); None lets the routing choose.
+    ctr: the contracted stage of the warp and global tiers: 'auto' (by the
+        routing rule), 'ops' or 'pairmap'.
+    fuse_digestion: small register-tier blocks are digested into J and K inside
+        their integral kernel (False: separate kernels, for comparisons).
+    scratch_mb: device scratch per integral class; None takes a quarter of
+        the free GPU memory, at most 8 GiB.
+    progress: a progress bar while kernels are prepared.
+    """
+    backend: str = "auto"
+    direct_scf_tol: float | None = None
+    tier: str | None = None
+    ctr: str = "auto"
+    fuse_digestion: bool = True
+    scratch_mb: float | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
+        if self.tier is not None and self.tier not in TIERS:
+            raise ValueError(f"tier must be one of {TIERS} or None, not {self.tier!r}")
+        if self.ctr not in CTR_CHOICES:
+            raise ValueError(f"contracted stage must be one of {CTR_CHOICES}, not {self.ctr!r}")
+        if self.direct_scf_tol is not None and not float(self.direct_scf_tol) >= 0:
+            raise ValueError(f"direct_scf_tol must be a number >= 0, not {self.direct_scf_tol!r}")
+        if self.scratch_mb is not None and not float(self.scratch_mb) > 0:
+            raise ValueError(f"scratch_mb must be a positive number of MiB, not {self.scratch_mb!r}")
+
+    def replace(self, **changes) -> "Options":
+        return dataclasses.replace(self, **changes)
+
+
+def from_env(**given) -> Options:
+    """Options with the values ``given`` (None counts as not given), the others
+    from the environment (:data:`ENV`), else the defaults."""
+    fields = {f.name for f in dataclasses.fields(Options)}
+    unknown = set(given) - fields
+    if unknown:
+        raise TypeError(f"unknown FusionRCG option(s): {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(sorted(fields))}")
+    values = {}
+    for name, (var, parse) in ENV.items():
+        text = os.environ.get(var)
+        if text:
+            try:
+                values[name] = parse(text)
+            except ValueError:
+                raise ValueError(f"${var}={text!r} is not a valid {name}") from None
+    values.update({k: v for k, v in given.items() if v is not None})
+    return Options(**values)
+
+
+def prepared_cache_enabled() -> bool:
+    """False when ``$FUSIONRCG_PREPARED`` is '0'.  The cache is one per process,
+    so this is read on every use (tests switch it)."""
+    return os.environ.get(PREPARED_ENV, "1") != "0"
