@@ -18,13 +18,15 @@ import subprocess
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-#: The benchmark geometries: $FUSION_MOLECULES, else ../shared/molecules beside the repository.
+#: The geometries shipped with the benchmarks (``benchmarks/molecules``).
+MOLECULES_DIR = Path(__file__).resolve().parent / "molecules"
+#: An environment variable naming another folder of geometries (same layout) instead.
 MOLECULES_ENV = "FUSION_MOLECULES"
 
 
 def molecules_dir() -> Path:
-    """Where the benchmarks read their geometries (see :data:`MOLECULES_ENV`)."""
-    return Path(os.environ.get(MOLECULES_ENV, RESULTS_DIR.parents[2] / "shared" / "molecules"))
+    """Where the benchmarks read their geometries: ``$FUSION_MOLECULES``, else :data:`MOLECULES_DIR`."""
+    return Path(os.environ.get(MOLECULES_ENV) or MOLECULES_DIR)
 
 
 def print_record(record: dict) -> None:

@@ -220,7 +220,7 @@ def results_title(meta: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
+    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to benchmarks/molecules (or $FUSION_MOLECULES)')
     ap.add_argument('--basis', default='def2-TZVP')
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')

@@ -10,8 +10,8 @@ and K alone (median of --repeat after a warm-up call) with the largest
 difference of the matrices (with ``--no-scf``, or for a case without SCFs,
 only our RHF runs, untimed, to make that density).  With ``--density guess`` the builds are timed on
 the guess density and no SCF runs: for systems whose SCFs outlast a time limit
-(../shared/BRIEF.md has GPU4PySCF's guess-density builds too; a converged
-density costs far more).  Results go to
+(a converged density costs far more).  Geometries come from benchmarks/molecules
+(or ``--molecules-dir``, or $FUSION_MOLECULES).  Results go to
 benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
 
     python benchmarks/scf_vs_gpu4pyscf.py --dry-run           # list the cases
