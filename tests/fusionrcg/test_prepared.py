@@ -115,7 +115,7 @@ def test_changed_generator_constants_miss(cache, tmp_path, monkeypatch):
     p = host.get_program(*WARP)
     v = tiers.variant_for(p, 'warp')
     table = codegen.table(p, v)
-    monkeypatch.setattr(codegen, 'LEVEL_OPS_PER_LANE', 1)     # as benchmarks/rcg_levels_tuning.py
+    monkeypatch.setattr(codegen, 'LEVEL_OPS_PER_LANE', 1)     # a tuning run's narrower levels
     monkeypatch.setattr(codegen, 'LEVEL_WIDTH', 32)
     _forget()
     cache.clear()
