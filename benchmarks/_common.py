@@ -18,13 +18,15 @@ import subprocess
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-#: The benchmark geometries: $FUSION_MOLECULES, else ../shared/molecules beside the repository.
+#: The geometries shipped with the benchmarks (``benchmarks/molecules``).
+MOLECULES_DIR = Path(__file__).resolve().parent / "molecules"
+#: An environment variable naming another folder of geometries (same layout) instead.
 MOLECULES_ENV = "FUSION_MOLECULES"
 
 
 def molecules_dir() -> Path:
-    """Where the benchmarks read their geometries (see :data:`MOLECULES_ENV`)."""
-    return Path(os.environ.get(MOLECULES_ENV, RESULTS_DIR.parents[2] / "shared" / "molecules"))
+    """Where the benchmarks read their geometries: ``$FUSION_MOLECULES``, else :data:`MOLECULES_DIR`."""
+    return Path(os.environ.get(MOLECULES_ENV) or MOLECULES_DIR)
 
 
 def print_record(record: dict) -> None:
@@ -146,38 +148,84 @@ def write_results(name: str, records: list[dict], meta: dict | None = None, *, t
     return json_path, md_path
 
 
+#: The lasting benchmarks: script stem -> (what it measures, the command that runs it).
+#: benchmarks/README.md lists them in this order, each with its result sets.
+BENCHMARKS = {
+    "scf_vs_gpu4pyscf": ("J/K builds and whole SCFs, FusionRCG against GPU4PySCF on the same GPU and "
+                         "density", "python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp"),
+    "rcg_jk_breakdown": ("one FusionRCG J+K build split into plan, ERI and digestion time per class, "
+                         "next to GPU4PySCF's build", "python benchmarks/rcg_jk_breakdown.py"),
+    "rcg_report_gpu": ("per integral class: live intermediates, tier, registers and spills from the "
+                       "compiler, kernel time per quartet", "python benchmarks/rcg_report_gpu.py"),
+    "schnet_throughput": ("one FlashSchNet force evaluation, fused (fp32, bf16, fp16) against the plain "
+                          "PyTorch SchNet", "python benchmarks/schnet_throughput.py"),
+    "schnet_kernel_breakdown": ("time per fused kernel and per torch part of one force evaluation",
+                                "python benchmarks/schnet_kernel_breakdown.py"),
+    "md_throughput": ("batched replica MD and ASE steps per second, fused against the reference driven "
+                      "the same way", "python benchmarks/md_throughput.py"),
+}
+
+#: Result tables longer than this show their first rows here and link to the rest.
+INDEX_ROWS = 8
+
 INDEX_HEADER = """# Benchmarks
 
-Each script here measures its own baseline side by side in one run, on one GPU, and
-writes `results/<name>.json` and `results/<name>.md`; this page is rebuilt from those
-files every time a script writes them. Run all of them on a GPU host with
-`tools/gpu_check.sh LOGDIR`.
-
-| script | what it compares |
-|---|---|
-| `schnet_throughput.py` | one FlashSchNet force evaluation, fused (fp32, bf16, fp16) vs the plain PyTorch SchNet |
-| `schnet_kernel_breakdown.py` | time per fused kernel and per torch part of one force evaluation |
-| `md_throughput.py` | batched replica MD and ASE steps/s, fused vs reference driven the same way |
-| `rcg_report_gpu.py` | FusionRCG per-class live intermediates, tier, registers and spills from the compiler |
-| `scf_vs_gpu4pyscf.py` | J/K builds and whole SCF, FusionRCG vs GPU4PySCF on the same GPU and density |
-| `rcg_jk_breakdown.py` | one FusionRCG J+K build split into screening, ERI and digestion time per class, next to GPU4PySCF's |
-| `rcg_levels_tuning.py` | the warp tier's interpreter under other level widths and register budgets (at 070a97e also prefetch depths), on the same quartets |
-| `rcg_boys_counts.py` | what the Boys series asks of a molecule's primitive quartets: the share below the switch point, its terms, the warps that wait for it (counted on the CPU) |
-| `rcg_digest_runs.py` | what the digestion's warp sums cost on a plan's quartet order, segmented scan against reduce-and-scatter (counted on the CPU) |
-| `rcg_plan_sizes.py` | whether a molecule's screened quartets fit on the GPU as a plan kept across builds, and the share its guess density keeps (counted on the CPU) |
-| `rcg_pairmap_kernels.py` | the levels tiers' contracted stage in the interpreter vs as pair-matrix products, per class, on the same quartets (no PySCF needed) |
-
-Current results (newest run of each script):
+Each script here runs its own baseline side by side in one process on one GPU and
+writes `results/<name>.json` and `results/<name>.md` (GPU, versions, date and commit
+with every table). This page is rebuilt from those files whenever a script writes
+one (`_common.update_index`); do not edit it by hand. All of them run on a GPU host
+with `tools/gpu_check.sh LOGDIR`. Geometries come from `molecules/`. Earlier figures
+and the one-off investigations are summarised in `docs/history.md` and
+`docs/investigations.md`.
 """
 
 
-def update_index() -> Path:
-    """Rebuild ``benchmarks/README.md`` from every results/*.md, so it shows the current tables."""
-    parts = [INDEX_HEADER]
+def script_of(result: str) -> str | None:
+    """The lasting benchmark that writes result set ``result`` (the longest stem it starts with)."""
+    stems = [s for s in BENCHMARKS if result == s or result.startswith(s + "_")]
+    return max(stems, key=len) if stems else None
+
+
+def _summary(md: Path) -> list[str]:
+    """A result file's title, GPU and versions lines, and its table cut to INDEX_ROWS rows."""
+    lines = md.read_text().strip().splitlines()
+    title = lines[0].lstrip("# ").strip() if lines else md.stem
+    meta = [line for line in lines[1:] if line.startswith(("GPU:", "Versions:"))]
+    table = [line for line in lines if line.startswith("|")]
+    out = [f"### [{md.stem}](results/{md.name}): {title}", "", *(line + "  " for line in meta), ""]
+    if table:
+        rows = table[2:]
+        out += table[:2] + rows[:INDEX_ROWS]
+        if len(rows) > INDEX_ROWS:
+            out += ["", f"{len(rows) - INDEX_ROWS} more rows in [results/{md.name}](results/{md.name})."]
+        out.append("")
+    return out
+
+
+def index_text() -> str:
+    """``benchmarks/README.md`` as the result files make it: each lasting benchmark with its result sets."""
+    by_script: dict[str | None, list[Path]] = {}
     for md in sorted(RESULTS_DIR.glob("*.md")):
-        text = md.read_text().strip()
-        # Demote each result's title by one level under this page's own.
-        parts.append("\n".join(("#" + line) if line.startswith("#") else line for line in text.splitlines()))
+        by_script.setdefault(script_of(md.stem), []).append(md)
+    parts = [INDEX_HEADER, "| script | what it measures |", "|---|---|"]
+    parts += [f"| [`{stem}.py`]({stem}.py) | {what} |" for stem, (what, _) in BENCHMARKS.items()]
+    parts.append("")
+    for stem, (what, command) in BENCHMARKS.items():
+        parts += [f"## {stem}", "", what[0].upper() + what[1:] + ".", "", "```bash", command, "```", ""]
+        sets = by_script.get(stem, [])
+        if not sets:
+            parts += ["No results yet.", ""]
+        for md in sets:
+            parts += _summary(md)
+    if by_script.get(None):
+        parts += ["## Results of no script here", ""]
+        for md in by_script[None]:
+            parts += _summary(md)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def update_index() -> Path:
+    """Rebuild ``benchmarks/README.md`` from every results/*.md (:func:`index_text`)."""
     index = RESULTS_DIR.parent / "README.md"
-    index.write_text("\n\n".join(parts) + "\n")
+    index.write_text(index_text())
     return index

@@ -40,15 +40,21 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
 
 Writes benchmarks/results/rcg_jk_breakdown.json and .md.
 
-    python benchmarks/rcg_jk_breakdown.py
-    python benchmarks/rcg_jk_breakdown.py --xyz organic/020_Vitamin_C.xyz --basis def2-QZVP
     python benchmarks/rcg_jk_breakdown.py --ctr auto,pairmap,ops --name rcg_jk_breakdown_ctr
-    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --fused-max 200
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1
     python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/005.xyz --basis def2-QZVP --density guess
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-change 1e-1,1e-3,1e-5
     python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --density-cache /tmp/fusion-dm
+
+The result sets in benchmarks/results:
+
+    python benchmarks/rcg_jk_breakdown.py --ctr auto,ops                           # rcg_jk_breakdown
+    python benchmarks/rcg_jk_breakdown.py --basis def2-QZVP --repeat 1 --name rcg_jk_breakdown_qzvp
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --fuse 1,0 --density-change 1e-1,1e-3,1e-5 --name rcg_jk_breakdown_tamoxifen
+    python benchmarks/rcg_jk_breakdown.py --xyz organic/057_Tamoxifen.xyz --repeat 1 --density-change 1e-1,1e-3,1e-5,1e-7 --name rcg_jk_breakdown_tamoxifen_change
+    python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/003.xyz --basis cc-pV5Z --repeat 1 --name rcg_jk_breakdown_water5_cc_pv5z
+    python benchmarks/rcg_jk_breakdown.py --xyz water_clusters/005.xyz --basis def2-QZVP --density guess --repeat 1 --name rcg_jk_breakdown_water20_qzvp_guess
 """
 from __future__ import annotations
 
@@ -216,7 +222,7 @@ def results_title(meta: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to $FUSION_MOLECULES')
+    ap.add_argument('--xyz', default='organic/020_Vitamin_C.xyz', help='relative to benchmarks/molecules (or $FUSION_MOLECULES)')
     ap.add_argument('--basis', default='def2-TZVP')
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--top', type=int, default=25, help='classes listed (by time)')

@@ -10,16 +10,24 @@ and K alone (median of --repeat after a warm-up call) with the largest
 difference of the matrices (with ``--no-scf``, or for a case without SCFs,
 only our RHF runs, untimed, to make that density).  With ``--density guess`` the builds are timed on
 the guess density and no SCF runs: for systems whose SCFs outlast a time limit
-(../shared/BRIEF.md has GPU4PySCF's guess-density builds too; a converged
-density costs far more).  Results go to
+(a converged density costs far more).  Geometries come from benchmarks/molecules
+(or ``--molecules-dir``, or $FUSION_MOLECULES).  Results go to
 benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
 
     python benchmarks/scf_vs_gpu4pyscf.py --dry-run           # list the cases
     python benchmarks/scf_vs_gpu4pyscf.py --quick             # one small case
     python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp,tamoxifen-def2-tzvp
-    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-qzvp --name scf_vs_gpu4pyscf_qzvp
     python benchmarks/scf_vs_gpu4pyscf.py --cases water10-cc-pv5z --builds J+K   # GPU4PySCF's J and K alone take minutes there
-    python benchmarks/scf_vs_gpu4pyscf.py --cases water20-def2-qzvp --builds J+K --density guess
+
+The result sets in benchmarks/results, one case each:
+
+    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp                  # scf_vs_gpu4pyscf
+    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-qzvp --scf-methods RHF --name scf_vs_gpu4pyscf_qzvp
+    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-qzvp --no-scf --name scf_vs_gpu4pyscf_qzvp_builds
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water-cc-pv5z --builds J+K --name scf_vs_gpu4pyscf_cc_pv5z
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water5-cc-pv5z --builds J+K --repeat 1 --name scf_vs_gpu4pyscf_water5_cc_pv5z
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water20-def2-qzvp --builds J+K --density guess --name scf_vs_gpu4pyscf_water20_qzvp_guess
+    python benchmarks/scf_vs_gpu4pyscf.py --cases gly30-def2-tzvp --builds J+K --density guess --name scf_vs_gpu4pyscf_gly30_tzvp_guess
 
 Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]``).
 """

@@ -10,8 +10,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def molecules_dir() -> pathlib.Path:
-    """Benchmark geometries: $FUSION_MOLECULES, else ../shared/molecules beside the checkout."""
-    return pathlib.Path(os.environ.get("FUSION_MOLECULES", REPO.parent / "shared" / "molecules"))
+    """Benchmark geometries: $FUSION_MOLECULES, else the ones shipped in benchmarks/molecules."""
+    return pathlib.Path(os.environ.get("FUSION_MOLECULES") or REPO / "benchmarks" / "molecules")
 
 
 def pytest_collection_modifyitems(config, items):

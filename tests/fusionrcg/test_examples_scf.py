@@ -116,39 +116,3 @@ def test_breakdown_sums_the_classes_per_highest_l():
     assert (h["classes"], h["quartets"], h["eri_ms"], h["digest_ms"], h["fused_ms"], h["ms"]) == (2, 15, 7.0, 1.0, 2.0, 10.0)
     assert h["share"] == 0.4 and sum(r["ms"] for r in rows) == 20.0   # the rest is not in a class
 
-
-def test_levels_traffic_counts_the_primitive_quartets_the_kernels_run():
-    """rcg_levels_traffic's bound runs the primitive stage as often as the
-    kernels do: every primitive pair of a shell pair but those past
-    FR_EXP_CUTOFF (eri_common.cuh), averaged over the screened quartets."""
-    import numpy as np
-    from pyscf import gto
-    from pyscf_fusionrcg.screening import build_tasks
-    spec = importlib.util.spec_from_file_location("rcg_levels_traffic",
-                                                  REPO / "benchmarks/rcg_levels_traffic.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.exp_cutoff() == 50.0
-    near = gto.M(atom="H 0 0 0; H 0 0 0.74", basis="cc-pVDZ", verbose=0)
-    far = gto.M(atom="H 0 0 0; H 0 0 12", basis="cc-pVDZ", verbose=0)
-    full = np.outer([near.bas_nprim(i) for i in range(near.nbas)], [near.bas_nprim(i) for i in range(near.nbas)])
-    assert (bench.primitive_pairs(near) == full).all()
-    cut = bench.primitive_pairs(far)
-    same = np.equal.outer(far._bas[:, gto.ATOM_OF], far._bas[:, gto.ATOM_OF])
-    assert (cut[same] == full[same]).all() and (cut <= full).all() and cut[0, 3] < full[0, 3]
-
-    mol = gto.M(atom="O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692", basis="cc-pVDZ", verbose=0)
-    got = bench.mean_primitives(mol)
-    pairs = bench.primitive_pairs(mol)
-    from pyscf import scf
-    from pyscf_fusionrcg.report import class_name
-    from pyscf_fusionrcg.screening import shell_density_max
-    bound = float(shell_density_max(mol, scf.RHF(mol).get_init_guess()).max())
-    runs, counts = {}, {}
-    for t in build_tasks(mol, None, density_bound=bound):
-        name = class_name(t.key)
-        for a, b, c, d in t.quartets:
-            runs[name] = runs.get(name, 0) + pairs[a, b] * pairs[c, d]
-            counts[name] = counts.get(name, 0) + 1
-    assert set(got) == set(counts) and got["dddd"] == 1.0 and got["ssss"] > 10
-    assert all(abs(got[n] - runs[n] / counts[n]) < 1e-12 * got[n] for n in got)

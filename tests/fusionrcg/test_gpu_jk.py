@@ -22,13 +22,14 @@ TOL = 1e-9
 
 
 def molecules_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get('FUSION_MOLECULES', REPO.parent / 'shared' / 'molecules'))
+    """$FUSION_MOLECULES, else the geometries shipped in benchmarks/molecules."""
+    return pathlib.Path(os.environ.get('FUSION_MOLECULES') or REPO / 'benchmarks' / 'molecules')
 
 
 def vitamin_c(basis):
     path = molecules_dir() / 'organic' / '020_Vitamin_C.xyz'
     if not path.is_file():
-        pytest.skip(f'{path} not found (set FUSION_MOLECULES)')
+        pytest.skip(f'{path} not found (FUSION_MOLECULES names another folder?)')
     return gto.M(atom=str(path), basis=basis, verbose=0)
 
 

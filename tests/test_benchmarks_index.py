@@ -1,0 +1,68 @@
+"""benchmarks/: every result set comes from a script here, the index shows them all,
+and every geometry the benchmarks and tests name ships in the repository."""
+import importlib.util
+import pathlib
+import re
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+MOLECULES = BENCH / "molecules"
+XYZ = re.compile(r"[\w-]+/[\w.-]+\.xyz")
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def common():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield _module("_common")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _scripts():
+    return {p.stem: p.read_text() for p in BENCH.glob("*.py") if not p.stem.startswith("_")}
+
+
+def test_every_result_set_has_a_script_that_names_it(common):
+    scripts = _scripts()
+    stems = sorted({p.name.split(".")[0] for p in RESULTS.iterdir() if p.is_file()})
+    assert stems
+    for stem in stems:
+        owner = common.script_of(stem)
+        assert owner in scripts, f"results/{stem}.*: no lasting benchmark writes it"
+        assert re.search(rf"\b{re.escape(stem)}\b", scripts[owner]), \
+            f"results/{stem}.*: benchmarks/{owner}.py does not name it (its docstring lists the runs)"
+        assert (RESULTS / f"{stem}.json").is_file() and (RESULTS / f"{stem}.md").is_file(), stem
+
+
+def test_every_lasting_benchmark_is_a_script(common):
+    assert set(common.BENCHMARKS) == set(_scripts())
+
+
+def test_index_is_current(common):
+    assert (BENCH / "README.md").read_text() == common.index_text(), \
+        "benchmarks/README.md is stale: run python -c 'import _common; _common.update_index()' in benchmarks/"
+
+
+def test_molecules_ship_in_the_repository(common, monkeypatch):
+    monkeypatch.delenv(common.MOLECULES_ENV, raising=False)
+    assert common.molecules_dir() == MOLECULES
+    named = {"organic/020_Vitamin_C.xyz"}      # tests/fusionrcg/test_gpu_jk.py
+    for path in BENCH.glob("*.py"):
+        named |= set(XYZ.findall(path.read_text()))
+    named |= {case.xyz for case in _module("scf_vs_gpu4pyscf").CASES.values()}
+    assert "gly/gly30.xyz" in named
+    missing = sorted(name for name in named if not (MOLECULES / name).is_file())
+    assert not missing, f"not in benchmarks/molecules: {missing}"
