@@ -51,8 +51,9 @@ from ase.io import Trajectory, read
 from tqdm import tqdm
 
 from .calculator import ForceEngine, check_finite_positions, check_periodic_cell
-from .neighbors import (STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_SIZE, STAT_STEP, STAT_TOTAL,
-                        StaticNeighborList, capacity_for, new_stat)
+from .neighbors import StaticNeighborList, capacity_for
+from .step_status import (NON_FINITE, STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL,
+                          first_bad_step, new_md_status, replica_slots)
 
 __all__ = ["run_replicas", "ReplicaResult", "SimulationError", "CHECKPOINT_NAME"]
 
@@ -318,11 +319,7 @@ class _Simulation:
         start = checkpoint["positions"] if checkpoint is not None else np.concatenate([a.positions for a in atoms_list])
         self.x = torch.as_tensor(start).to(device=device, dtype=dtype).reshape(R * N, 3).clone()
         self.noise = torch.zeros_like(self.x)
-        # Device-side status: the STAT_* slots shared with the neighbour-list kernels
-        # (builds, edge totals, first overflowing step, current step), then per
-        # replica the first step it went bad (-1: none) and how (1 too fast, 2 non-finite).
-        self.stat = new_stat(device, 2 * R)
-        self.stat[STAT_SIZE:STAT_SIZE + R] = -1
+        self.stat = new_md_status(device, R)  # device-side status, see step_status
         self.gate = torch.zeros(1, dtype=torch.int32, device=device)  # rebuild the neighbour list in this step
         self.rebuild_threshold = (0.5 * self.skin) ** 2
         self.nl = StaticNeighborList(engine.cutoff, skin, self.batch, R, cell=self.cell, pbc=self.pbc, dtype=dtype,
@@ -384,9 +381,9 @@ class _Simulation:
         self.gate.copy_(moved > self.rebuild_threshold)
         finite = torch.isfinite(x).all(1) & torch.isfinite(v).all(1)
         fast = v.square().sum(1) * self.dt ** 2 > self.max_displacement ** 2
-        # per atom: 2 = non-finite, 1 = too fast, 0 = fine; per replica: the worst
-        code = torch.where(finite, fast.to(x.dtype), 2.0).view(R, self.N).amax(1).long()
-        first, kind = stat[STAT_SIZE:STAT_SIZE + R], stat[STAT_SIZE + R:]
+        # per atom: NON_FINITE, TOO_FAST (1) or 0 = fine; per replica: the worst
+        code = torch.where(finite, fast.to(x.dtype), float(NON_FINITE)).view(R, self.N).amax(1).long()
+        first, kind = replica_slots(stat, R)
         newly = (code > 0) & (first < 0)
         first.copy_(torch.where(newly, stat[STAT_STEP], first))
         kind.copy_(torch.where(newly, code, kind))
@@ -474,14 +471,6 @@ class _Simulation:
         return self.padding_steps / self.steps_counted if self.steps_counted else 0.0
 
     # -- advancing --
-    def _bad(self, st: np.ndarray):
-        """(first bad step, per-replica codes of the replicas that went bad then) or None."""
-        first, kind = st[STAT_SIZE:STAT_SIZE + self.R], st[STAT_SIZE + self.R:]
-        if np.all(first < 0):
-            return None
-        step = int(first[first >= 0].min())
-        return step, np.where(first == step, kind, 0)
-
     def advance(self, n_steps: int):
         """Up to ``n_steps`` steps; returns None, or (step, codes) for the first step
         in which a replica went bad (codes per replica: 0 fine, 1 too fast, 2
@@ -502,7 +491,7 @@ class _Simulation:
         self.part1()
         st = self.stat.cpu().numpy()
         self.host_syncs += 1
-        bad = self._bad(st)
+        bad = first_bad_step(st, self.R)
         if bad is not None:
             return bad
         if bool(self.gate.item()):
@@ -530,7 +519,7 @@ class _Simulation:
             self.host_syncs += 1
             if st[STAT_ERROR]:
                 raise RuntimeError("neighbour-list kernels produced an asymmetric list (internal error)")
-            bad = self._bad(st)
+            bad = first_bad_step(st, self.R)
             overflow = int(st[STAT_OVERFLOW])
             if overflow >= 0 and (bad is None or bad[0] >= overflow):
                 self.overflows += 1
@@ -700,7 +689,7 @@ def _instability(bad, frames, writers, max_displacement) -> SimulationError:
     per-replica codes), see ``_Simulation.advance``."""
     step, codes = bad
     failed = np.flatnonzero(codes).tolist()
-    what = "; ".join(f"replica {r}: " + ("non-finite coordinates or velocities" if codes[r] >= 2 else
+    what = "; ".join(f"replica {r}: " + ("non-finite coordinates or velocities" if codes[r] >= NON_FINITE else
                                          f"an atom moving more than {max_displacement} A per step") for r in failed)
     paths = writers.paths if writers is not None else []
     kept = f"; frames up to step {frames[-1]['step']} are kept" if frames else ""

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .step_status import STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL, new_stat
+
 __all__ = ["Graph", "NeighborList", "VerletNeighborList", "StaticNeighborList", "build_cpu", "build_torch",
-           "capacity_for", "new_stat"]
+           "capacity_for"]
 
 
 @dataclass
@@ -359,21 +361,6 @@ class VerletNeighborList(NeighborList):
 
 # ---------------------------------------------------------------- fixed-capacity graphs for MD
 
-# Slots of the int64 statistics vector the static builders update (NBR_STAT_* in
-# csrc/flashschnet/geometry.cu): committed builds, edges of the last attempted build,
-# the most edges any attempted build found (since the caller last reset it), the
-# first step whose build did not fit (-1: none), an internal-error flag, and the
-# current MD step (kept by the caller; read by the kernels to date an overflow).
-STAT_BUILDS, STAT_TOTAL, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_ERROR, STAT_STEP = range(6)
-STAT_SIZE = 6
-
-
-def new_stat(device, extra: int = 0) -> Tensor:
-    """A fresh statistics vector (``STAT_SIZE + extra`` int64 on ``device``)."""
-    stat = torch.zeros(STAT_SIZE + extra, dtype=torch.long, device=device)
-    stat[STAT_OVERFLOW] = -1
-    return stat
-
 
 def capacity_for(n_edges: int, margin: float) -> int:
     """Edge slots for ``n_edges`` edges plus a relative ``margin``, in multiples of 256."""
@@ -432,8 +419,9 @@ class StaticNeighborList:
     :meth:`rebuild` builds now (host-driven, synchronising; grows the buffers if
     needed). On a GPU with the CUDA core, :meth:`build_gated` enqueues the rebuild
     kernels, which do nothing unless a device flag is set and leave the old graph
-    untouched when the new one would not fit (recorded in a statistics vector, see
-    ``STAT_*``): no host synchronisation, so it can be captured in a CUDA graph.
+    untouched when the new one would not fit (recorded in a status vector, laid
+    out by :mod:`.step_status`): no host synchronisation, so it can be captured in
+    a CUDA graph.
     Elsewhere the graph comes from :class:`NeighborList` and is copied in
     (:meth:`pack`).
     """
@@ -594,8 +582,9 @@ class StaticNeighborList:
     def build_gated(self, pos: Tensor, x_ref: Tensor | None, gate: Tensor, stat: Tensor) -> None:
         """Enqueue a rebuild for ``pos`` that runs only if ``gate[0] != 0`` (int32 on
         the device) and commits only if it fits; then ``x_ref`` (if given) gets a
-        copy of ``pos``. ``stat`` (int64, see ``STAT_*``) collects the build count,
-        edge totals and the first overflowing step. No host synchronisation."""
+        copy of ``pos``. ``stat`` (int64, laid out by :mod:`.step_status`) collects
+        the build count, edge totals and the first overflowing step. No host
+        synchronisation."""
         if self.graph is None:
             raise RuntimeError("allocate() or rebuild() first")
         if self.emulate:
