@@ -14,6 +14,7 @@ _LAZY = {
     "load_model": "ase_flashschnet.model",
     "FlashSchNetCalculator": "ase_flashschnet.calculator",
     "run_replicas": "ase_flashschnet.md",
+    "MDConfig": "ase_flashschnet.md",
 }
 __all__ = [*_LAZY, "__version__"]
 

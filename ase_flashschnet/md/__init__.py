@@ -2,13 +2,14 @@
 
 All replicas form one disconnected graph (consecutive blocks of atoms, the
 layout the bonded priors expect) and advance together: one force call per
-step for the whole batch. :func:`run_replicas` is the entry point; it returns
-a :class:`ReplicaResult` and raises :class:`SimulationError` when a replica
-becomes unstable.
+step for the whole batch. :func:`run_replicas` is the entry point, with its
+settings in an :class:`MDConfig`; it returns a :class:`ReplicaResult` and
+raises :class:`SimulationError` when a replica becomes unstable.
 
 Modules:
 
 * :mod:`.run`: ``run_replicas``, from the structures to the result;
+* :mod:`.config`: ``MDConfig``, the settings of a run, checked;
 * :mod:`.simulation`: the state of a run and how it advances, in captured
   blocks of steps on a GPU or step by step from the host;
 * :mod:`.integrators`: BAOAB Langevin and velocity-Verlet NVE, and the guard
@@ -24,8 +25,9 @@ The device-side status vector that ties the step to the neighbour-list
 kernels is laid out in :mod:`ase_flashschnet.step_status`.
 """
 from .checkpoint import CHECKPOINT_NAME
+from .config import MDConfig
 from .results import ReplicaResult, SimulationError
 from .run import run_replicas
 from .simulation import Simulation as _Simulation  # noqa: F401  (benchmarks/md_throughput.py --profile builds one)
 
-__all__ = ["run_replicas", "ReplicaResult", "SimulationError", "CHECKPOINT_NAME"]
+__all__ = ["run_replicas", "MDConfig", "ReplicaResult", "SimulationError", "CHECKPOINT_NAME"]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..calculator import ForceEngine
 from .checkpoint import CHECKPOINT_NAME, TrajectoryWriters, checkpoint_structures, load_checkpoint, write_checkpoint
+from .config import MDConfig
 from .results import ReplicaResult, instability_error
 from .simulation import Simulation
 
@@ -47,45 +48,33 @@ def _next_multiple(step: int, interval: int) -> int:
     return (step // interval + 1) * interval
 
 
-def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0, temperature_K=300.0,
-                 friction_per_fs=0.01, integrator="baoab", device="auto", precision="fp32", skin=1.0,
-                 traj_interval=100, out_dir=None, checkpoint_interval=None, restart=None, progress=True,
-                 seed=None, cuda_graph=True, backend="auto", max_displacement=1.0, check_interval=20,
-                 edge_margin=0.05, neighbor_backend="auto") -> ReplicaResult:
+def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config: MDConfig | None = None,
+                 **options) -> ReplicaResult:
     """Run ``replicas`` copies of a structure (or one run per structure in a list)
-    as one batch on one device, until step ``steps``.
+    as one batch on one device, until step ``steps``, as ``config`` says.
 
-    ``temperature_K`` and ``friction_per_fs`` are scalars or one value per
-    replica; with 'nve' the temperature only seeds velocities (used when the
-    structures carry none). Frames are saved every ``traj_interval`` steps
-    (and at step 0); with ``out_dir`` they go to ``replica_NNN.traj`` too, and
-    a checkpoint (positions, velocities, forces, RNG state, step) to
-    ``checkpoint.pt`` every ``checkpoint_interval`` steps and at the end.
-    ``restart``: a checkpoint file or the folder holding one; the run then
-    continues from its step up to ``steps`` (the structures may be omitted).
+    ``model``: a model, a model file or a shipped model's name. ``config``: an
+    :class:`MDConfig` (default: all its defaults); keyword ``options`` name
+    its fields and replace them, so ``run_replicas(model, atoms, replicas=4,
+    steps=10, dt_fs=1.0)`` and ``run_replicas(model, atoms, replicas=4,
+    steps=10, config=MDConfig(dt_fs=1.0))`` are the same run. With
+    ``config.restart`` the run continues from the checkpoint's step up to
+    ``steps`` (the structures may then be omitted).
+
     A replica whose coordinates go non-finite, or an atom faster than
     ``max_displacement`` A per step, stops the run with :class:`SimulationError`
-    naming the step and replicas, after the frames so far are written.
-
-    On a GPU the steps run in blocks of up to ``check_interval`` captured steps
-    with a single host synchronisation per block (blocks also end at frame and
+    naming the step and replicas, after the frames so far are written. On a GPU
+    the steps run in blocks of up to ``check_interval`` captured steps with a
+    single host synchronisation per block (blocks also end at frame and
     checkpoint steps): instabilities are noticed at the end of the block but
     reported with the step they happened in, and no frame after it is saved.
-    The neighbour list (``neighbor_backend``: 'auto', or 'torch', 'vesin', 'ase'
-    for host-driven builds) holds pairs within cutoff + ``skin`` in buffers with
-    ``edge_margin`` spare slots; see :class:`~ase_flashschnet.neighbors.StaticNeighborList`.
     """
-    if traj_interval is None or int(traj_interval) < 1:
-        raise ValueError(f"traj_interval must be a positive number of steps, got {traj_interval!r}")
-    if checkpoint_interval and out_dir is None:
-        raise ValueError("checkpoint_interval needs out_dir, the folder the checkpoint is written to")
-    ckpt = load_checkpoint(restart) if restart is not None else None
+    config = MDConfig.from_options(config, options)
+    traj_interval, checkpoint_interval, out_dir = config.traj_interval, config.checkpoint_interval, config.out_dir
+    ckpt = load_checkpoint(config.restart) if config.restart is not None else None
     atoms_list = _replica_list(atoms_or_list, replicas, ckpt)
-    engine = ForceEngine(model, device=device, precision=precision, backend=backend)
-    sim = Simulation(engine, atoms_list, dt_fs=dt_fs, temperature_K=temperature_K,
-                     friction_per_fs=friction_per_fs, integrator=integrator, skin=skin, seed=seed,
-                     cuda_graph=cuda_graph, max_displacement=max_displacement, checkpoint=ckpt,
-                     check_interval=check_interval, edge_margin=edge_margin, neighbor_backend=neighbor_backend)
+    engine = ForceEngine(model, device=config.device, precision=config.precision, backend=config.backend)
+    sim = Simulation(engine, atoms_list, config, checkpoint=ckpt)
     start_step, steps = sim.step, int(steps)
     if steps < start_step:
         raise ValueError(f"steps={steps} is before the checkpoint's step {start_step}")
@@ -104,7 +93,7 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
             writers.write(snap)
         return snap
 
-    bar = tqdm(total=steps, initial=start_step, disable=not progress, unit="step", desc="MD", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, disable=not config.progress, unit="step", desc="MD", dynamic_ncols=True)
     on_gpu = engine.device.type == "cuda"
     try:
         # the current device decides where CUDA graphs and their streams live
@@ -119,7 +108,8 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
                     stops.append(_next_multiple(before, int(checkpoint_interval)))
                 bad = sim.advance(min(stops) - before)
                 if bad is not None:
-                    raise instability_error(bad, frames, writers.paths if writers is not None else [], max_displacement)
+                    paths = writers.paths if writers is not None else []
+                    raise instability_error(bad, frames, paths, config.max_displacement)
                 if sim.step % traj_interval == 0:
                     snap = save_frame()
                     bar.set_postfix(T=f"{snap['temperature'].mean():.0f}K", refresh=False)
@@ -148,7 +138,7 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, dt_fs=2.0
         kinetic_energies=stack("kinetic", (0, sim.R)),
         temperatures=stack("temperature", (0, sim.R)),
         final_positions=final["positions"], final_velocities=final["velocities"], numbers=sim.numbers,
-        dt_fs=sim.dt_fs, integrator=integrator, engine=engine.name, seed=sim.seed,
+        dt_fs=sim.dt_fs, integrator=config.integrator, engine=engine.name, seed=sim.seed,
         steps_run=steps - start_step, wall_time_s=wall, neighbor_builds=sim.neighbors.builds,
         neighbor_time_s=sim.neighbors.build_time,
         cuda_graph=sim.control.enabled and sim.control.captured, neighbor_mode=sim.neighbor_mode,

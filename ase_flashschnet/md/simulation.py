@@ -35,7 +35,8 @@ from ..step_status import STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW
 from ..step_status import first_bad_step, new_md_status
 from .checkpoint import check_matches, restore_dynamics
 from .graphs import GraphControl, GraphedCall
-from .integrators import INTEGRATORS, Integrator
+from .config import MDConfig
+from .integrators import Integrator
 from .neighbor_capacity import BlockStart, NeighborManager
 from .profiling import profile_steps
 
@@ -54,20 +55,19 @@ def _host(t: torch.Tensor) -> np.ndarray:
 
 class Simulation:
     """State and step of one batched run: ``R`` replicas of ``N`` atoms, as
-    consecutive blocks of atoms (see the module docstring)."""
+    consecutive blocks of atoms (see the module docstring).
 
-    def __init__(self, engine: ForceEngine, atoms_list, *, dt_fs, temperature_K, friction_per_fs, integrator,
-                 skin, seed, cuda_graph, max_displacement, checkpoint, check_interval=20, edge_margin=0.05,
-                 neighbor_backend="auto"):
-        if integrator not in INTEGRATORS:
-            raise ValueError(f"integrator must be 'baoab' or 'nve', got {integrator!r}")
-        if not dt_fs > 0:
-            raise ValueError(f"dt_fs must be positive, got {dt_fs}")
-        if int(check_interval) < 1:
-            raise ValueError(f"check_interval must be a positive number of steps, got {check_interval!r}")
+    Uses the dynamics, neighbour-list, graph and check settings of ``config``
+    (an :class:`MDConfig`, whose fields ``options`` may replace); starts from
+    ``checkpoint`` (a loaded one, see :func:`.checkpoint.load_checkpoint`) if given.
+    """
+
+    def __init__(self, engine: ForceEngine, atoms_list, config: MDConfig | None = None, *, checkpoint=None,
+                 **options):
+        self.config = config = MDConfig.from_options(config, options)
         self.engine = engine
-        self.dt_fs = float(dt_fs)
-        self.check_interval = int(check_interval)
+        self.dt_fs = float(config.dt_fs)
+        self.check_interval = int(config.check_interval)
         self.atoms_list = atoms_list
         R, N = len(atoms_list), len(atoms_list[0])
         self.R, self.N = R, N
@@ -94,23 +94,24 @@ class Simulation:
         self.batch = torch.arange(R, device=device).repeat_interleave(N)
         self.cell = tensor(self.cells) if self.pbc_np.any() else None
         self.pbc = torch.as_tensor(self.pbc_np, device=device) if self.pbc_np.any() else None
-        self.integrator = Integrator(integrator, self.dt_fs, masses, temperature_K, friction_per_fs, R, N,
-                                     max_displacement, tensor)
+        self.integrator = Integrator(config.integrator, self.dt_fs, masses, config.temperature_K,
+                                     config.friction_per_fs, R, N, config.max_displacement, tensor)
 
+        seed = config.seed
         self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
         if checkpoint is not None:
-            check_matches(checkpoint, R, N, self.numbers, integrator)
+            check_matches(checkpoint, R, N, self.numbers, config.integrator)
         start = checkpoint["positions"] if checkpoint is not None else np.concatenate([a.positions for a in atoms_list])
         self.x = torch.as_tensor(start).to(device=device, dtype=dtype).reshape(R * N, 3).clone()
         self.noise = torch.zeros_like(self.x)
         self.stat = new_md_status(device, R)
         self.gate = torch.zeros(1, dtype=torch.int32, device=device)  # rebuild the neighbour list in this step
-        self.nl = StaticNeighborList(engine.cutoff, skin, self.batch, R, cell=self.cell, pbc=self.pbc, dtype=dtype,
-                                     device=device, index_dtype=engine.graph_index_dtype, margin=edge_margin,
-                                     backend=neighbor_backend)
-        self.neighbors = NeighborManager(self.nl, skin)
+        self.nl = StaticNeighborList(engine.cutoff, config.skin, self.batch, R, cell=self.cell, pbc=self.pbc,
+                                     dtype=dtype, device=device, index_dtype=engine.graph_index_dtype,
+                                     margin=config.edge_margin, backend=config.neighbor_backend)
+        self.neighbors = NeighborManager(self.nl, config.skin)
         self.host_syncs = 0
         self.x_ref = self.x.clone()
 
@@ -129,7 +130,7 @@ class Simulation:
             self._build_now()
             self.v, self.f, self.e, self.seed = restore_dynamics(checkpoint, self.generator, device, dtype)
         self.stat[STAT_STEP] = self.step
-        self.control = GraphControl(cuda_graph, device)
+        self.control = GraphControl(config.cuda_graph, device)
         self.step_graph = GraphedCall(self.device_step, self.control)
         self.part1 = GraphedCall(self.first_half, self.control)
         self.part2 = GraphedCall(self.second_half, self.control)

@@ -9,7 +9,7 @@ from ase.build import molecule
 from ase.io import read
 
 from ase_flashschnet.calculator import ForceEngine
-from ase_flashschnet.md import SimulationError, run_replicas
+from ase_flashschnet.md import MDConfig, SimulationError, run_replicas
 from ase_flashschnet.model import SchNet, UnknownElementError
 
 # Energy conservation bound for test_nve_conserves_energy: 1000 velocity-Verlet
@@ -277,14 +277,13 @@ def test_gpu_in_graph_rebuilds_keep_the_forces_exact(cg_demo, backend, precision
     """After in-graph rebuilds (kernels writing the graph in place, read by the
     captured force call), the forces of the last step equal those of a fresh
     engine on a freshly built list at the same positions."""
-    from ase_flashschnet.md import _Simulation
+    from ase_flashschnet.md.simulation import Simulation
     from ase_flashschnet.neighbors import NeighborList
 
     model, chain = cg_demo
     engine = ForceEngine(model, device="cuda", precision=precision, backend=backend)
-    sim = _Simulation(engine, [chain.copy() for _ in range(4)], dt_fs=4.0, temperature_K=600, friction_per_fs=0.01,
-                      integrator="baoab", skin=0.5, seed=3, cuda_graph=True, max_displacement=1.0,
-                      checkpoint=None, check_interval=10)
+    config = MDConfig(dt_fs=4.0, temperature_K=600, friction_per_fs=0.01, skin=0.5, seed=3, check_interval=10)
+    sim = Simulation(engine, [chain.copy() for _ in range(4)], config)
     assert sim.neighbor_mode == "in-graph"
     with torch.cuda.device(engine.device):
         for _ in range(6):
