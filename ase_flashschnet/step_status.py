@@ -9,8 +9,9 @@ steps. Layout:
   last attempted build, the most edges any attempted build found (since the
   caller last reset it), the first step whose build did not fit (-1: none), an
   internal-error flag, and the current MD step (kept by the MD step; read by
-  the kernels to date an overflow). A :class:`~.neighbors.StaticNeighborList`
-  uses a vector of just these slots for its own host-driven builds.
+  the kernels to date an overflow). A
+  :class:`~.static_neighbors.StaticNeighborList` uses a vector of just these
+  slots for its own host-driven builds.
 * ``[STAT_SIZE, STAT_SIZE + R)``: per replica, the first step in which it went
   bad (-1: none);
 * ``[STAT_SIZE + R, STAT_SIZE + 2 R)``: per replica, how (:data:`TOO_FAST` or

@@ -29,7 +29,7 @@ class MDConfig:
     Neighbour list: pairs within cutoff + ``skin`` (A), rebuilt when an atom has
     moved more than skin/2, in buffers with ``edge_margin`` spare slots;
     ``neighbor_backend``: 'auto', or 'torch', 'vesin', 'ase' for host-driven
-    builds (see :class:`~ase_flashschnet.neighbors.StaticNeighborList`).
+    builds (see :class:`~ase_flashschnet.static_neighbors.StaticNeighborList`).
 
     Output: a frame every ``traj_interval`` steps (and at step 0), also written
     to ``out_dir`` as ``replica_NNN.traj`` when it is given, with a checkpoint

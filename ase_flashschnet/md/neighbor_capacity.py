@@ -1,7 +1,8 @@
 """The neighbour list of a batched MD run: builds, capacity, and roll-back.
 
-The list is a :class:`~ase_flashschnet.neighbors.StaticNeighborList`: all pairs
-within cutoff + skin, in buffers of fixed capacity that keep their addresses.
+The list is a :class:`~ase_flashschnet.static_neighbors.StaticNeighborList`:
+all pairs within cutoff + skin, in buffers of fixed capacity that keep their
+addresses.
 It is rebuilt in the step in which some atom has moved more than skin/2 since
 the last build: the exact criterion of a per-step check, no missed neighbour,
 no extra margin. On a GPU the rebuild runs inside the captured step, gated by
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from ..neighbors import StaticNeighborList, capacity_for
+from ..static_neighbors import StaticNeighborList, capacity_for
 from ..step_status import STAT_MAX_TOTAL, STAT_TOTAL
 
 __all__ = ["NeighborManager", "BlockStart"]

@@ -30,7 +30,7 @@ import torch
 from ase import units
 
 from ..calculator import ForceEngine, check_finite_positions, check_periodic_cell
-from ..neighbors import StaticNeighborList
+from ..static_neighbors import StaticNeighborList
 from ..step_status import STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL
 from ..step_status import first_bad_step, new_md_status
 from .checkpoint import check_matches, restore_dynamics

@@ -164,7 +164,7 @@ def test_overflowing_rebuild_is_rolled_back(model, ethanol, monkeypatch):
     """Buffers with no spare slot: rebuilds that find more edges overflow, the block
     is rolled back and run again with larger buffers; the trajectory is unchanged."""
     import ase_flashschnet.md.neighbor_capacity as capacity
-    import ase_flashschnet.neighbors as nb
+    import ase_flashschnet.static_neighbors as nb
 
     kwargs = dict(replicas=2, steps=80, dt_fs=0.5, temperature_K=600, precision="fp64", traj_interval=40,
                   progress=False, seed=4, skin=0.2)
@@ -305,7 +305,7 @@ def test_gpu_overflow_rollback_changes_nothing(small_model, ethanol, monkeypatch
     overflow whenever the edge count grows; each time the block is rolled back
     and redone with larger buffers. The trajectory matches a normal run."""
     import ase_flashschnet.md.neighbor_capacity as capacity
-    import ase_flashschnet.neighbors as nb
+    import ase_flashschnet.static_neighbors as nb
 
     model = small_model(cutoff=3.0, num_filters=64).float()
     kwargs = dict(replicas=4, steps=80, dt_fs=0.5, temperature_K=600, device="cuda", precision="fp32",

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ase_flashschnet.model import SchNet
-from ase_flashschnet.neighbors import Graph, StaticNeighborList, build_cpu, capacity_for
+from ase_flashschnet.neighbors import Graph, build_cpu
+from ase_flashschnet.static_neighbors import StaticNeighborList, capacity_for
 from ase_flashschnet.priors import Repulsion
 from ase_flashschnet.step_status import (STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL,
                                          new_stat)
