@@ -5,7 +5,9 @@
 
 Modules: ``model`` (the plain PyTorch reference, also the CPU path), ``neighbors``
 (CSR neighbour lists with a Verlet skin), ``fused`` (the fused CUDA kernels),
-``calculator`` (the ASE calculator), ``md`` (batched multi-replica MD), ``cli``.
+``calculator`` (the ASE calculator), ``md`` (batched multi-replica MD: ``run_replicas``
+and its settings, ``MDConfig``), ``static_neighbors`` and ``step_status`` (the
+fixed-capacity neighbour graphs and the device-side status vector of MD), ``cli``.
 """
 __version__ = "0.1.0"
 
@@ -14,6 +16,7 @@ _LAZY = {
     "load_model": "ase_flashschnet.model",
     "FlashSchNetCalculator": "ase_flashschnet.calculator",
     "run_replicas": "ase_flashschnet.md",
+    "MDConfig": "ase_flashschnet.md",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -1,4 +1,4 @@
-"""ASE calculator for FlashSchNet models, and the force engine shared with ``md.py``.
+"""ASE calculator for FlashSchNet models, and the force engine shared with batched MD (``ase_flashschnet.md``).
 
 Units: the model's energies are taken as eV and lengths as Angstrom, so the
 calculator reports eV, eV/A and (Voigt xx, yy, zz, yz, xz, xy) eV/A^3, with

@@ -22,10 +22,10 @@ from gpucore import GPUUnavailableError
 
 from . import shipped
 from .calculator import PRECISIONS, resolve_model
-from .md import SimulationError, run_replicas
+from .md import MDConfig, SimulationError, run_replicas
 from .model import UnknownElementError
 
-__all__ = ["main", "build_parser", "default_structure", "summary"]
+__all__ = ["main", "build_parser", "config_from_args", "default_structure", "summary"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true", help="run the steps eagerly on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def config_from_args(args) -> MDConfig:
+    """The run's settings from parsed command-line arguments."""
+    return MDConfig(
+        dt_fs=args.dt, temperature_K=args.temperature, friction_per_fs=args.friction, integrator=args.integrator,
+        device=args.device, precision=args.precision, skin=args.skin, traj_interval=args.traj_interval,
+        out_dir=args.out, checkpoint_interval=args.checkpoint_interval if args.out else None,
+        restart=args.restart, progress=not args.no_progress, seed=args.seed, cuda_graph=not args.no_cuda_graph)
 
 
 def default_structure(model_name: str):
@@ -96,13 +105,7 @@ def main(argv=None) -> int:
             atoms = default_structure(args.model)
             if atoms is None and args.restart is None:
                 raise ValueError(f"--structure is needed: model {args.model!r} brings no default structure")
-        result = run_replicas(
-            model, atoms, replicas=args.replicas, steps=args.steps, dt_fs=args.dt,
-            temperature_K=args.temperature, friction_per_fs=args.friction, integrator=args.integrator,
-            device=args.device, precision=args.precision, skin=args.skin, traj_interval=args.traj_interval,
-            out_dir=args.out, checkpoint_interval=args.checkpoint_interval if args.out else None,
-            restart=args.restart, progress=not args.no_progress, seed=args.seed,
-            cuda_graph=not args.no_cuda_graph)
+        result = run_replicas(model, atoms, replicas=args.replicas, steps=args.steps, config=config_from_args(args))
     except SimulationError as exc:
         print(f"flashschnet-md: {exc}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ from ase import units
 from ase.io import read
 from ase.md.langevin import Langevin
 
-from ase_flashschnet import FlashSchNetCalculator, SchNet, run_replicas, shipped
+from ase_flashschnet import FlashSchNetCalculator, MDConfig, SchNet, run_replicas, shipped
 from ase_flashschnet.priors import HarmonicAngles, HarmonicBonds
 
 
@@ -73,9 +73,9 @@ def main():
 
     # 2. Eight replicas at eight temperatures as one batch on one device.
     temperatures = np.linspace(250.0, 450.0, 8)
-    result = run_replicas(model, atoms, replicas=8, steps=args.steps, dt_fs=4.0, temperature_K=temperatures,
-                          friction_per_fs=0.01, device=args.device, traj_interval=10, out_dir=out, seed=0,
-                          progress=False)
+    config = MDConfig(dt_fs=4.0, temperature_K=temperatures, friction_per_fs=0.01, device=args.device,
+                      traj_interval=10, out_dir=out, seed=0, progress=False)
+    result = run_replicas(model, atoms, replicas=8, steps=args.steps, config=config)
     print(f"replicas: {result.engine}, {result.steps_per_second:.1f} steps/s, "
           f"{result.ns_per_day:.2f} ns/day aggregate at {result.dt_fs:g} fs; trajectories in {out}/")
 

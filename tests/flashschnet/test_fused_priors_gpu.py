@@ -30,8 +30,9 @@ from torch import nn
 import gpucore
 from ase_flashschnet import fused, shipped
 from ase_flashschnet.model import SchNet
-from ase_flashschnet.neighbors import StaticNeighborList, build_torch
+from ase_flashschnet.neighbors import build_torch
 from ase_flashschnet.priors import HarmonicAngles, HarmonicBonds, Repulsion
+from ase_flashschnet.static_neighbors import StaticNeighborList
 
 _HAS_GPU = gpucore.gpu_available() and torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not _HAS_GPU, reason="needs a CUDA GPU with CuPy and torch.cuda")

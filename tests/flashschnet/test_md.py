@@ -9,7 +9,7 @@ from ase.build import molecule
 from ase.io import read
 
 from ase_flashschnet.calculator import ForceEngine
-from ase_flashschnet.md import SimulationError, run_replicas
+from ase_flashschnet.md import MDConfig, SimulationError, run_replicas
 from ase_flashschnet.model import SchNet, UnknownElementError
 
 # Energy conservation bound for test_nve_conserves_energy: 1000 velocity-Verlet
@@ -163,14 +163,14 @@ def test_in_graph_control_flow_matches_host_steps(model, ethanol):
 def test_overflowing_rebuild_is_rolled_back(model, ethanol, monkeypatch):
     """Buffers with no spare slot: rebuilds that find more edges overflow, the block
     is rolled back and run again with larger buffers; the trajectory is unchanged."""
-    import ase_flashschnet.md as md
-    import ase_flashschnet.neighbors as nb
+    import ase_flashschnet.md.neighbor_capacity as capacity
+    import ase_flashschnet.static_neighbors as nb
 
     kwargs = dict(replicas=2, steps=80, dt_fs=0.5, temperature_K=600, precision="fp64", traj_interval=40,
                   progress=False, seed=4, skin=0.2)
     normal = run_replicas(model, ethanol, **kwargs)
     exact = lambda n, margin: max(1, int(n))  # noqa: E731
-    monkeypatch.setattr(md, "capacity_for", exact)
+    monkeypatch.setattr(capacity, "capacity_for", exact)
     monkeypatch.setattr(nb, "capacity_for", exact)
     tight = run_replicas(model, ethanol, neighbor_backend="emulate", check_interval=10, **kwargs)
     assert tight.neighbor_overflows >= 1
@@ -277,19 +277,18 @@ def test_gpu_in_graph_rebuilds_keep_the_forces_exact(cg_demo, backend, precision
     """After in-graph rebuilds (kernels writing the graph in place, read by the
     captured force call), the forces of the last step equal those of a fresh
     engine on a freshly built list at the same positions."""
-    from ase_flashschnet.md import _Simulation
+    from ase_flashschnet.md.simulation import Simulation
     from ase_flashschnet.neighbors import NeighborList
 
     model, chain = cg_demo
     engine = ForceEngine(model, device="cuda", precision=precision, backend=backend)
-    sim = _Simulation(engine, [chain.copy() for _ in range(4)], dt_fs=4.0, temperature_K=600, friction_per_fs=0.01,
-                      integrator="baoab", skin=0.5, seed=3, cuda_graph=True, max_displacement=1.0,
-                      checkpoint=None, check_interval=10)
+    config = MDConfig(dt_fs=4.0, temperature_K=600, friction_per_fs=0.01, skin=0.5, seed=3, check_interval=10)
+    sim = Simulation(engine, [chain.copy() for _ in range(4)], config)
     assert sim.neighbor_mode == "in-graph"
     with torch.cuda.device(engine.device):
         for _ in range(6):
             assert sim.advance(10) is None
-    assert sim.builds_in_graph >= 2 and sim.control.captured
+    assert sim.neighbors.builds_in_graph >= 2 and sim.control.captured
     fresh_engine = ForceEngine(model, device="cuda", precision=precision, backend=backend)
     graph = NeighborList(engine.cutoff, 0.5).build(sim.x.clone(), batch=sim.batch, n_systems=sim.R)
     _, forces = fresh_engine.energy_and_forces(sim.types, sim.x.clone(), graph)
@@ -305,15 +304,15 @@ def test_gpu_overflow_rollback_changes_nothing(small_model, ethanol, monkeypatch
     """Buffers without spare slots on the GPU: rebuilds inside the captured steps
     overflow whenever the edge count grows; each time the block is rolled back
     and redone with larger buffers. The trajectory matches a normal run."""
-    import ase_flashschnet.md as md
-    import ase_flashschnet.neighbors as nb
+    import ase_flashschnet.md.neighbor_capacity as capacity
+    import ase_flashschnet.static_neighbors as nb
 
     model = small_model(cutoff=3.0, num_filters=64).float()
     kwargs = dict(replicas=4, steps=80, dt_fs=0.5, temperature_K=600, device="cuda", precision="fp32",
                   backend="fused", traj_interval=40, progress=False, seed=4, skin=0.2, check_interval=10)
     normal = run_replicas(model, ethanol, **kwargs)
     exact = lambda n, margin: max(1, int(n))  # noqa: E731
-    monkeypatch.setattr(md, "capacity_for", exact)
+    monkeypatch.setattr(capacity, "capacity_for", exact)
     monkeypatch.setattr(nb, "capacity_for", exact)
     tight = run_replicas(model, ethanol, **kwargs)
     assert normal.neighbor_mode == tight.neighbor_mode == "in-graph" and tight.cuda_graph

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from ase_flashschnet.model import SchNet
-from ase_flashschnet.neighbors import (STAT_BUILDS, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL, Graph,
-                                       StaticNeighborList, build_cpu, capacity_for, new_stat)
+from ase_flashschnet.neighbors import Graph, build_cpu
+from ase_flashschnet.static_neighbors import StaticNeighborList, capacity_for
 from ase_flashschnet.priors import Repulsion
+from ase_flashschnet.step_status import (STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW, STAT_STEP, STAT_TOTAL,
+                                         new_stat)
 
 TRICLINIC = np.array([[3.1, 0.0, 0.0], [0.6, 3.4, 0.0], [-0.4, 0.5, 2.9]])
 FIELDS = ("edge_src", "edge_dst", "cell_shifts", "dst_ptr", "src_order", "src_ptr")
@@ -195,7 +197,7 @@ def test_gpu_gated_build_gate_overflow_and_nan(rng):
     bad[3] = float("nan")  # no edges for a NaN atom, no crash, everything in bounds
     nl.build_gated(bad, x_ref, gate, stat)
     st = stat.tolist()
-    assert st[STAT_BUILDS] == 1 and st[4] == 0
+    assert st[STAT_BUILDS] == 1 and st[STAT_ERROR] == 0
     ref = build_cpu(torch.cat([bad[:3], bad[4:]]).double().cpu(), 3.0, torch.cat([batch[:3], batch[4:]]),
                     n_systems=4, library="ase")
     g = nl.graph

@@ -1,0 +1,130 @@
+"""Checkpoints and trajectory files of batched MD.
+
+A checkpoint (``checkpoint.pt`` in the output folder, written atomically)
+holds everything the continuation depends on: positions, velocities, forces,
+energies, the step, the state of the Langevin noise generator, and the
+structures (elements, masses, cells). A run restarted from it draws the same
+noise and so repeats the original bit for bit. Trajectories are one ASE file
+per replica (``replica_NNN.traj``); on a restart the frames after the
+checkpoint's step are dropped, so the files continue where the checkpoint does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import Trajectory, read
+
+__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "checkpoint_structures", "check_matches", "write_checkpoint",
+           "restore_dynamics", "TrajectoryWriters"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "flashschnet-md-checkpoint"
+
+
+def load_checkpoint(restart) -> dict:
+    """The checkpoint in file ``restart``, or in the folder ``restart``; its ``path`` added."""
+    path = Path(restart)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a FlashSchNet MD checkpoint")
+    data["path"] = str(path)
+    return data
+
+
+def checkpoint_structures(ckpt: dict, replicas) -> list[Atoms]:
+    """The replicas' structures (no positions) as the checkpoint records them."""
+    R = ckpt["replicas"]
+    if replicas is not None and int(replicas) != R:
+        raise ValueError(f"replicas={replicas} but the checkpoint holds {R}")
+    numbers = ckpt["numbers"].numpy().reshape(R, -1)
+    masses = ckpt["masses"].numpy().reshape(R, -1)
+    cells, pbc = ckpt["cells"].numpy(), ckpt["pbc"].numpy()
+    return [Atoms(numbers=numbers[r], masses=masses[r], cell=cells[r], pbc=pbc[r]) for r in range(R)]
+
+
+def check_matches(ckpt: dict, replicas: int, n_atoms: int, numbers: np.ndarray, integrator: str) -> None:
+    """Refuse a checkpoint of other replicas or elements; warn about another integrator."""
+    if ckpt["replicas"] != replicas or ckpt["positions"].shape[0] != replicas * n_atoms:
+        per_replica = ckpt["positions"].shape[0] // ckpt["replicas"]
+        raise ValueError(f"checkpoint {ckpt['path']} has {ckpt['replicas']} replicas of {per_replica} atoms; "
+                         f"this run has {replicas} of {n_atoms}")
+    if not np.array_equal(ckpt["numbers"].numpy().reshape(replicas, n_atoms), numbers):
+        raise ValueError(f"checkpoint {ckpt['path']} holds different elements than the given structures")
+    if ckpt["integrator"] != integrator:
+        log.warning("restarting a %s run with integrator %s", ckpt["integrator"], integrator)
+
+
+def write_checkpoint(sim, path: Path) -> None:
+    """Everything the continuation of the simulation ``sim`` depends on, written atomically."""
+    data = {
+        "format": CHECKPOINT_FORMAT, "version": 1, "step": sim.step, "replicas": sim.R,
+        "positions": sim.x.cpu(), "velocities": sim.v.cpu(), "forces": sim.f.cpu(),
+        "energies": sim.e.cpu(), "rng_state": sim.generator.get_state(), "seed": sim.seed,
+        "numbers": torch.as_tensor(sim.numbers), "masses": torch.as_tensor(sim.masses_np),
+        "cells": torch.as_tensor(sim.cells), "pbc": torch.as_tensor(sim.pbc_np),
+        "integrator": sim.integrator.kind, "dt_fs": sim.dt_fs, "engine": sim.engine.name,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+
+
+def restore_dynamics(ckpt: dict, generator: torch.Generator, device, dtype):
+    """Velocities, forces and energies on ``device``, and the seed; ``generator``
+    continues the checkpointed noise stream."""
+    v = ckpt["velocities"].to(device=device, dtype=dtype)
+    f = ckpt["forces"].to(device=device, dtype=dtype)
+    e = ckpt["energies"].to(device=device, dtype=dtype)
+    seed, step = int(ckpt["seed"]), int(ckpt["step"])
+    try:
+        generator.set_state(ckpt["rng_state"])
+    except RuntimeError:  # a CPU generator's state on a GPU or the reverse
+        log.warning("checkpoint RNG state is from another device type; the noise continues from a new "
+                    "stream (seed %d, step %d), so the run will not repeat the original bit for bit", seed, step)
+        generator.manual_seed(seed + step)
+    return v, f, e, seed
+
+
+class TrajectoryWriters:
+    """One ASE trajectory per replica in ``out_dir``; with ``restart_step``, frames
+    after it are dropped and the files appended to."""
+
+    def __init__(self, out_dir, atoms_list, restart_step):
+        self.templates = atoms_list
+        self.paths = [str(Path(out_dir) / f"replica_{r:03d}.traj") for r in range(len(atoms_list))]
+        self.files = []
+        for path in self.paths:
+            if restart_step is not None and os.path.exists(path):
+                kept = [a for a in read(path, ":") if a.info.get("step", 0) <= restart_step]
+                with Trajectory(path, "w") as traj:
+                    for a in kept:
+                        traj.write(a)
+                self.files.append(Trajectory(path, "a"))
+            else:
+                self.files.append(Trajectory(path, "w"))
+
+    def write(self, snap: dict) -> None:
+        """One frame per replica from a snapshot (see ``Simulation.snapshot``)."""
+        for r, (traj, template) in enumerate(zip(self.files, self.templates)):
+            atoms = template.copy()
+            atoms.positions = snap["positions"][r]
+            atoms.set_velocities(snap["velocities"][r])
+            atoms.info["step"] = snap["step"]
+            atoms.calc = SinglePointCalculator(atoms, energy=float(snap["energy"][r]), forces=snap["forces"][r])
+            traj.write(atoms)
+
+    def close(self) -> None:
+        for traj in self.files:
+            traj.close()

@@ -1,0 +1,99 @@
+"""The settings of a batched MD run, in one validated object."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .integrators import INTEGRATORS
+
+__all__ = ["MDConfig"]
+
+
+@dataclass(frozen=True)
+class MDConfig:
+    """How :func:`~ase_flashschnet.md.run_replicas` runs: everything but the model,
+    the structures, the number of replicas and the step to run to.
+
+    Dynamics: ``dt_fs`` (time step, fs); ``temperature_K`` and
+    ``friction_per_fs`` (Langevin, 1/fs), each one number or one per replica;
+    ``integrator`` 'baoab' (Langevin) or 'nve' (velocity Verlet; the
+    temperature then only seeds velocities, used when the structures carry
+    none); ``seed`` of the initial velocities and the Langevin noise (None:
+    fresh entropy, reported in the result).
+
+    Force engine: ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'), ``precision``
+    and ``backend``, as :class:`~ase_flashschnet.calculator.ForceEngine` takes
+    them; ``cuda_graph``: replay the steps as captured CUDA graphs on a GPU.
+
+    Neighbour list: pairs within cutoff + ``skin`` (A), rebuilt when an atom has
+    moved more than skin/2, in buffers with ``edge_margin`` spare slots;
+    ``neighbor_backend``: 'auto', or 'torch', 'vesin', 'ase' for host-driven
+    builds (see :class:`~ase_flashschnet.static_neighbors.StaticNeighborList`).
+
+    Output: a frame every ``traj_interval`` steps (and at step 0), also written
+    to ``out_dir`` as ``replica_NNN.traj`` when it is given, with a checkpoint
+    there every ``checkpoint_interval`` steps and at the end (None or 0: no
+    checkpoints); ``restart``: a checkpoint file, or the folder holding one, to
+    continue from; ``progress``: show a progress bar.
+
+    Checks: an atom moving more than ``max_displacement`` A in one step stops
+    the run (as does a non-finite coordinate); on a GPU the status is read
+    every ``check_interval`` steps (blocks also end at frame and checkpoint
+    steps).
+
+    Values are checked here where the check needs no structure or device; the
+    force engine and the neighbour list check their own settings.
+    """
+
+    dt_fs: float = 2.0
+    temperature_K: Any = 300.0
+    friction_per_fs: Any = 0.01
+    integrator: str = "baoab"
+    device: Any = "auto"
+    precision: str = "fp32"
+    skin: float = 1.0
+    traj_interval: int = 100
+    out_dir: Any = None
+    checkpoint_interval: int | None = None
+    restart: Any = None
+    progress: bool = True
+    seed: int | None = None
+    cuda_graph: bool = True
+    backend: str = "auto"
+    max_displacement: float = 1.0
+    check_interval: int = 20
+    edge_margin: float = 0.05
+    neighbor_backend: str = "auto"
+
+    def __post_init__(self):
+        if self.integrator not in INTEGRATORS:
+            raise ValueError(f"integrator must be 'baoab' or 'nve', got {self.integrator!r}")
+        if not self.dt_fs > 0:
+            raise ValueError(f"dt_fs must be positive, got {self.dt_fs}")
+        if self.traj_interval is None or int(self.traj_interval) < 1:
+            raise ValueError(f"traj_interval must be a positive number of steps, got {self.traj_interval!r}")
+        if int(self.check_interval) < 1:
+            raise ValueError(f"check_interval must be a positive number of steps, got {self.check_interval!r}")
+        if self.checkpoint_interval is not None and int(self.checkpoint_interval) < 0:
+            raise ValueError(f"checkpoint_interval must be a number of steps (0 or None: no checkpoints), "
+                             f"got {self.checkpoint_interval!r}")
+        if self.checkpoint_interval and self.out_dir is None:
+            raise ValueError("checkpoint_interval needs out_dir, the folder the checkpoint is written to")
+        if not self.max_displacement > 0:
+            raise ValueError(f"max_displacement must be a positive distance in A, got {self.max_displacement!r}")
+
+    @classmethod
+    def from_options(cls, config: MDConfig | None, options: dict) -> MDConfig:
+        """``config`` (default: all defaults) with the fields in ``options`` replaced;
+        a key that names no field is a TypeError, as for any unknown keyword argument."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+                            f"not MDConfig fields ({', '.join(sorted(fields))})")
+        if config is None:
+            return cls(**options)
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be an MDConfig, got {type(config).__name__}")
+        return dataclasses.replace(config, **options) if options else config
