@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from pyscf.lib import logger
 
+from pyscf_fusionrcg.options import from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
 
@@ -85,6 +86,7 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
     if not (with_j or with_k):
         return None, None
     if backend == "gpu":
+        options = options or from_env()     # one object, so that a kept plan matches the next build's
         get_jk_gpu = _gpu_get_jk()
         import cupy
         host_in = not on_gpu(dm)

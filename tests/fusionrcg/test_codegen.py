@@ -674,6 +674,7 @@ def test_only_the_register_tier_with_one_tuple_digests():
         codegen.Variant('register', nctr=(2, 1, 1, 1), digest=True)
 
 
+@pytest.mark.parametrize('ls', [(2, 1, 2, 1), (3, 2, 3, 1), (2, 2, 2, 2)])
 def test_level_records_hold_only_the_rows_fr_fetch_level_loads(ls):
     """Each op row of a level is as wide as its longest op (a level's ops
     longest first, so the second row holds the shorter ones), the records are
