@@ -259,3 +259,18 @@ def test_old_version_folders_are_pruned(cache, tmp_path, monkeypatch):
     _forget()
     built = cache.count('orchestrate')
     assert host.get_program(*REGISTER).n_acc == p.n_acc and cache.count('orchestrate') == built
+
+
+def test_the_generator_version_covers_the_shipped_cuda_headers(tmp_path, monkeypatch):
+    """The digest reads the headers where gpucore finds the shipped sources
+    (an installed wheel's gpucore.csrc, a checkout's csrc/), so a changed
+    header misses the cache instead of reusing objects built for the old one."""
+    import gpucore
+    shipped = tmp_path / 'csrc'
+    (shipped / 'fusionrcg').mkdir(parents=True)
+    header = shipped / 'fusionrcg' / 'eri_common.cuh'
+    header.write_text('// one version\n')
+    monkeypatch.setattr(gpucore, 'csrc_root', lambda: shipped)
+    first = prepared.generator_version.__wrapped__()
+    header.write_text('// another version\n')
+    assert prepared.generator_version.__wrapped__() != first
