@@ -145,6 +145,8 @@ def shell_density_max(mol, dms):
 #: plan.cu's screening of a plan: threads per block, and rows per thread.
 PLAN_BLOCK = 256
 PLAN_ROUNDS = 8
+#: The macros plan.cu leaves to its caller.
+PLAN_DEFINES = {'FR_PLAN_ROUNDS': PLAN_ROUNDS}
 
 
 #: plan.cu's fr_shell_block_max: threads per block (shell j, shell i).
@@ -155,7 +157,7 @@ _BLOCK_MAX_THREADS = (32, 8)
 def plan_kernel(name):
     """A kernel of csrc/fusionrcg/plan.cu."""
     from gpucore import compile_file
-    return compile_file('fusionrcg/plan.cu', defines={'FRPLAN_ROUNDS': PLAN_ROUNDS}).get_kernel(name)
+    return compile_file('fusionrcg/plan.cu', defines=PLAN_DEFINES).get_kernel(name)
 
 
 def device_shell_density_max(mol, dms):

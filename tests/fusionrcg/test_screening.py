@@ -225,3 +225,17 @@ def test_schwarz_candidates_count_the_quartets_of_a_density_bound(two_waters, to
                                            density_bound=density_max))
     assert schwarz_candidates(sorted_pair_bounds(q), density_max, tol) == kept > 0
     assert schwarz_candidates(sorted_pair_bounds(q), 0.0, tol) == 0
+
+
+def test_plan_kernels_get_every_macro_plan_cu_leaves_to_its_caller():
+    """plan.cu uses FR_PLAN_ROUNDS without defining it: a misspelt define
+    would only show as a compile error on the GPU."""
+    import re
+
+    from gpucore import read_source
+    from pyscf_fusionrcg.screening import PLAN_DEFINES
+    text = read_source('fusionrcg/plan.cu')
+    code = re.sub(r'//.*', '', text)
+    used = set(re.findall(r'\bFR_[A-Z_]+\b', code))
+    defined = set(re.findall(r'#\s*define\s+(FR_[A-Z_]+)', code))
+    assert used - defined == set(PLAN_DEFINES) and used - defined
