@@ -469,8 +469,6 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         plan = StreamedPlan(mol, tasks, omega, options)
     else:
         plan = JKPlan(mol, tasks, omega, options)
-    if budget is None and plan.options.scratch_mb:
-        budget = launch.budget_bytes(plan.options.scratch_mb)
     if plan.nao != nao or plan.omega != float(omega):
         raise ValueError(f'the J/K plan is for nao={plan.nao}, omega={plan.omega}; '
                          f'this build has nao={nao}, omega={float(omega)}')
@@ -488,7 +486,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
                 kern.launch_digest(qdev, len(qdev), basis, omega, ao_loc, nao, sets)
                 timer.add(kern.program.name, 'fused', t0, timer.mark(), len(qdev))
                 continue
-            blocks = launch.class_blocks(kern, basis, qdev, omega, budget)
+            blocks = launch.class_blocks(kern, basis, qdev, omega, budget, plan.options.scratch_mb)
             while True:
                 t0 = timer.mark()
                 try:

@@ -306,16 +306,16 @@ def primitive_order(basis, quartets):
     return cp.argsort(key)
 
 
-def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None):
+def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=None, scratch_mb=None):
     """Yield ``(lo, hi, out)`` over batches of ``quartets`` ((n, 4), NumPy or CuPy):
     ``out`` the CuPy ``(nelem, hi - lo)`` blocks ([element][quartet]); valid
     until the next batch is requested (the buffer is reused).  ``budget``:
-    bytes of scratch (None: :func:`budget_bytes`'s default)."""
+    bytes of scratch (None: :func:`budget_bytes` of ``scratch_mb``)."""
     cp = _cupy()
     n = len(quartets)
     if n == 0:
         return
-    budget = budget_bytes() if budget is None else int(budget)
+    budget = budget_bytes(scratch_mb) if budget is None else int(budget)
     per_quartet = 8 * (kern.nelem + kern.work_per_quartet)
     scratch, blocks = None, None
     if per_quartet > budget:
@@ -403,9 +403,8 @@ class GPUEngine:
         oriented, swap_bra, swap_ket = orient(self.basis, shls)
         pos = primitive_order(self.basis, oriented)
         res = cp.empty((len(shls),) + dims)
-        if budget is None and self.options.scratch_mb:
-            budget = budget_bytes(self.options.scratch_mb)
-        for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget):
+        for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget,
+                                        self.options.scratch_mb):
             res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
         # equal (l, nctr) pairs are square in their two indices
         if bool(swap_bra.any()):

@@ -28,10 +28,11 @@ missing or unwritable folder only costs the rebuild.  Writes go to a
 temporary file of this process and thread, then ``os.replace``
 (``gpucore.write_atomic``): readers see the old file, the new one, or none.  The
 files are pickles, trusted as the cubins beside them are.
-``Options.prepared_cache`` (``$FUSIONRCG_PREPARED=0``) turns the cache off.
+``$FUSIONRCG_PREPARED=0`` turns the cache off
+(:func:`~pyscf_fusionrcg.options.prepared_cache_enabled`).
 
-Every generator version
-has its own folder, so an upgrade or an edited checkout starts a new one;
+Every generator version has its own folder, so an upgrade or an edited
+checkout starts a new one;
 the first process of a version to use its folder marks it used and removes
 the least recently used beyond :data:`KEEP_VERSIONS` (a process still on a
 removed version only rebuilds and stores again).
