@@ -95,7 +95,7 @@ def _fusionrcg_parts(args, mol, dm, dms, q_cond, baseline, ref, changes, sync, o
     fn = lambda: mf.get_jk(mol, dm)  # noqa: E731
     diff = max(float(abs(a - b).max()) for a, b in zip(fn(), ref))
     wall = statistics.median(_timed(fn, sync)[0] for _ in range(args.repeat))
-    plugin_plan = any('plan' in plans for *_, plans in mf._fusionrcg_cache.values())
+    plugin_plan = any(c.plan is not None for c in mf._fusionrcg_contexts.values())
     # the plugin's build split into its parts: the plan (once per geometry), then a build from it
     mf.reset()      # drop the plugin's plan first: Tamoxifen/def2-TZVP's takes 19 GB
     cupy.get_default_memory_pool().free_all_blocks()

@@ -1,16 +1,21 @@
-"""J/K digestion: screened unique shell quartets -> Coulomb and exchange matrices.
+"""J/K builds: the context one molecule keeps between builds, and the host digestion.
 
-Each unique quartet ``(ij|kl)`` is computed once, as a whole angular-momentum
-class at a time (``engine.quartet_blocks``), and digested for all 8 of its
-permutations with vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks,
-one ``bincount`` scatter per batch); the task lists and the digestion formulas
-are documented in :mod:`pyscf_fusionrcg.screening`.  Conventions are PySCF's::
+:class:`JKContext` owns what the builds of one molecule with one operator
+share (Schwarz bounds, the host engine, the GPU's screened plan) and sends
+each build to the GPU (:mod:`pyscf_fusionrcg.gpu_jk`) or to the host path;
+:func:`get_jk` is a one-off build.  On the host, each unique quartet
+``(ij|kl)`` is computed once, as a whole angular-momentum class at a time
+(``engine.quartet_blocks``), and digested for all 8 of its permutations with
+vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks, one ``bincount``
+scatter per batch); the task lists and the digestion formulas are documented
+in :mod:`pyscf_fusionrcg.screening`.  Conventions are PySCF's::
 
     vj[k, l] = sum_ij (ij|kl) dm[j, i]        vk[i, l] = sum_jk (ij|kl) dm[j, k]
 """
 from __future__ import annotations
 
 import numpy as np
+from pyscf import gto
 from pyscf.lib import logger
 
 from pyscf_fusionrcg.options import from_env
@@ -63,77 +68,11 @@ def _gpu_get_jk():
     return get_jk_gpu
 
 
-def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu",
-           direct_scf_tol=1e-13, engine=None, q_cond=None, plans=None, options=None):
-    """J and K matrices like ``pyscf.scf.hf.get_jk``, computed by FusionRCG.
-
-    ``dm``: (nao, nao) or stacked (n, nao, nao) (e.g. UHF's alpha/beta).
-    ``hermi=1`` assumes hermitian densities (K from half the work); any other
-    value treats them as general.  ``omega``: None takes ``mol.omega``; > 0 the
-    long-range erf, < 0 the short-range erfc operator (PySCF's convention).
-    ``engine``: a block provider for ``backend='cpu'`` (default: the host
-    engine); ``q_cond``: cached :func:`~pyscf_fusionrcg.screening.schwarz_bounds`.
-    Returns ``(vj, vk)`` shaped like ``dm`` (NumPy or CuPy as ``dm``), None for
-    the one not asked.  ``backend='gpu'`` calls ``gpu_jk.get_jk_gpu(mol, dms,
-    hermi, with_j, with_k, omega, tasks, options)`` with CuPy ``dms``
-    (nset, nao, nao) and the task list built with ``xp=cupy``; ``plans``: a
-    dict the caller keeps for this geometry and operator, in which the GPU
-    path keeps a :class:`~pyscf_fusionrcg.gpu_jk.JKPlan` screened with the
-    density's largest element and reuses it while it covers the density
-    (SCF cycles); without it every build screens its own density's blocks.
-    """
-    omega = float(mol.omega if omega is None else omega)
-    if not (with_j or with_k):
-        return None, None
-    if backend == "gpu":
-        options = options or from_env()     # one object, so that a kept plan matches the next build's
-        get_jk_gpu = _gpu_get_jk()
-        import cupy
-        host_in = not on_gpu(dm)
-        dms = cupy.asarray(dm)
-        shape = dms.shape
-        dms = dms.reshape(-1, shape[-2], shape[-1])
-        if q_cond is None:
-            q_cond = schwarz_bounds(mol, omega)
-        dcond = shell_density_max(mol, dms)     # on the GPU, once per build
-        tasks = None
-        if plans is not None:
-            tasks = _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, options,
-                                 with_j, with_k)
-        if tasks is None:
-            # Screened on the GPU, class by class as the build reaches it.
-            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy,
-                               block_max=dcond)
-        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, options)
-        out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
-        return tuple(to_host(v) if host_in and v is not None else v for v in out)
-    if backend != "cpu":
-        raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
-
-    if on_gpu(dm):
-        import cupy
-        vs = get_jk(mol, to_host(cupy.asarray(dm)), hermi, with_j, with_k, omega, backend,
-                    direct_scf_tol, engine, q_cond)
-        return tuple(None if v is None else cupy.asarray(v) for v in vs)
-    dm = np.asarray(dm)
-    if np.iscomplexobj(dm):
-        # The integrals are real: J and K are linear in dm, so do both parts.
-        jr, kr = get_jk(mol, dm.real, 0, with_j, with_k, omega, backend,
-                        direct_scf_tol, engine, q_cond)
-        ji, ki = get_jk(mol, dm.imag, 0, with_j, with_k, omega, backend,
-                        direct_scf_tol, engine, q_cond)
-        return (jr + 1j * ji if with_j else None, kr + 1j * ki if with_k else None)
-
-    shape = dm.shape
-    dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
-    if engine is None:
-        engine = cpu_engine(mol, omega)
-    if q_cond is None:
-        q_cond = schwarz_bounds(mol, omega)
-    tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, with_j, with_k)
-    vj, vk = digest_tasks(mol, dms, hermi, tasks, engine, with_j, with_k)
-    return (None if vj is None else vj.reshape(shape),
-            None if vk is None else vk.reshape(shape))
+def mol_fingerprint(mol) -> int:
+    """A hash of what the integrals depend on: atoms, basis, exponents and
+    coefficients, geometry and the Cartesian/spherical choice."""
+    return hash((mol._atm.tobytes(), mol._bas.tobytes(),
+                 mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
 
 
 #: The share of the free GPU memory a plan may take: the rest is left to the
@@ -141,45 +80,180 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
 PLAN_MEMORY_SHARE = 0.6
 
 
-def _cached_plan(plans, mol, dcond, omega, direct_scf_tol, q_cond, options, with_j=True, with_k=True):
-    """The plan in ``plans`` kept to the quartets of a density's own shell
-    blocks, whose maxima are ``dcond`` (:func:`~pyscf_fusionrcg.screening.shell_density_max`),
-    as :meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted` keeps them (the
-    quartets screening them would keep, in the plan's order, without sorting), while the plan
-    covers the density; for a density far smaller than the plan's bound (an
-    SCF's density change, whose own blocks keep far fewer quartets) the same
-    when screening it anew would look at ``PLAN_RESTRICT_SHARE`` of the plan's
-    count or more, else None; None for every density of a geometry whose plan
-    did not fit in ``PLAN_MEMORY_SHARE`` of the free GPU memory or has more
-    shells than a plan indexes (such builds stream their classes); else a new
-    plan, kept in ``plans``, restricted the same way."""
-    import cupy
-    from pyscf_fusionrcg.gpu_jk import PLAN_MAX_SHELLS, PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
-    if plans.get("too_large"):
-        return None
-    if mol.nbas > PLAN_MAX_SHELLS:
-        logger.info(mol, "FusionRCG: %d shells are more than a plan indexes (%d); this geometry's builds "
-                    "stream their classes", mol.nbas, PLAN_MAX_SHELLS)
-        plans["too_large"] = True
-        return None
-    dmax = float(dcond.max()) if dcond.size else 0.0
-    plan = plans.get("plan")
-    if plan is None or plan.options != options or plan.tol != direct_scf_tol or dmax > plan.bound:
-        plans.pop("plan", None)     # free the old plan's arrays before screening again
-        pool = cupy.get_default_memory_pool()
-        free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
-        try:
-            plan = plans["plan"] = JKPlan.screen(mol, dmax, omega, direct_scf_tol, q_cond, options,
-                                                 max_bytes=int(PLAN_MEMORY_SHARE * free))
-        except PlanTooLarge as err:
-            pool.free_all_blocks()
-            logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
-            plans["too_large"] = True
+class JKContext:
+    """What the J/K builds of one molecule with one operator keep between builds.
+
+    One context per (geometry and basis, ``omega``), as GPU4PySCF keeps one
+    ``_VHFOpt`` per molecule: the Schwarz bounds, the host engine
+    (``backend='cpu'``) and, on the GPU, the plan of screened quartets that the
+    builds of an SCF reuse (:meth:`get_jk`).  ``options`` (default
+    :func:`~pyscf_fusionrcg.options.from_env`) is fixed for the context's life,
+    so a kept plan always matches the builds it serves.  ``keep_plan=False``
+    screens every GPU build's own density instead (one-off builds).
+    ``engine`` and ``q_cond`` replace the host engine and the bounds
+    (cross-checks against libcint).
+    """
+
+    def __init__(self, mol, omega=None, backend="cpu", options=None, engine=None, q_cond=None,
+                 keep_plan=True):
+        if backend not in ("cpu", "gpu"):
+            raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
+        self.mol = mol
+        self.omega = float(mol.omega if omega is None else omega)
+        self.backend = backend
+        self.options = options or from_env()
+        self.fingerprint = mol_fingerprint(mol)
+        self.keep_plan = keep_plan
+        self._engine = engine
+        self._q_cond = q_cond
+        self.plan = None            # the kept gpu_jk.JKPlan
+        self.streams = False        # True once a plan proved too large: every build streams
+
+    def serves(self, mol, omega) -> bool:
+        """True when this context is the one for ``mol`` and the operator ``omega``."""
+        return self.omega == float(omega) and self.fingerprint == mol_fingerprint(mol)
+
+    @property
+    def q_cond(self):
+        """Schwarz bounds of the operator (:func:`~pyscf_fusionrcg.screening.schwarz_bounds`)."""
+        if self._q_cond is None:
+            self._q_cond = schwarz_bounds(self.mol, self.omega)
+        return self._q_cond
+
+    @property
+    def engine(self):
+        """The block provider of the host path (default :func:`cpu_engine`)."""
+        if self._engine is None:
+            self._engine = cpu_engine(self.mol, self.omega)
+        return self._engine
+
+    def get_jk(self, dm, hermi=1, with_j=True, with_k=True, direct_scf_tol=1e-13):
+        """``(vj, vk)`` of ``dm``, (nao, nao) or stacked (n, nao, nao) (a list of
+        matrices is stacked), shaped as ``dm`` and NumPy or CuPy as ``dm``;
+        None for the one not asked."""
+        dm = _density_array(self.mol, dm)
+        if not (with_j or with_k):
+            return None, None
+        if self.backend == "gpu":
+            return self._gpu_jk(dm, hermi, with_j, with_k, direct_scf_tol)
+        return self._host_jk(dm, hermi, with_j, with_k, direct_scf_tol)
+
+    def _host_jk(self, dm, hermi, with_j, with_k, direct_scf_tol):
+        if on_gpu(dm):
+            import cupy
+            vs = self._host_jk(to_host(cupy.asarray(dm)), hermi, with_j, with_k, direct_scf_tol)
+            return tuple(None if v is None else cupy.asarray(v) for v in vs)
+        dm = np.asarray(dm)
+        if np.iscomplexobj(dm):
+            # The integrals are real: J and K are linear in dm, so do both parts.
+            jr, kr = self._host_jk(dm.real, 0, with_j, with_k, direct_scf_tol)
+            ji, ki = self._host_jk(dm.imag, 0, with_j, with_k, direct_scf_tol)
+            return (jr + 1j * ji if with_j else None, kr + 1j * ki if with_k else None)
+        shape = dm.shape
+        dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
+        tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, with_j, with_k)
+        vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k)
+        return (None if vj is None else vj.reshape(shape),
+                None if vk is None else vk.reshape(shape))
+
+    def _gpu_jk(self, dm, hermi, with_j, with_k, direct_scf_tol):
+        """``gpu_jk.get_jk_gpu`` on the kept plan kept to the density's own
+        blocks when there is one (:meth:`_plan_tasks`), else on the classes
+        screened on the GPU as the build reaches them."""
+        get_jk_gpu = _gpu_get_jk()
+        import cupy
+        mol, omega = self.mol, self.omega
+        host_in = not on_gpu(dm)
+        dms = cupy.asarray(dm)
+        shape = dms.shape
+        dms = dms.reshape(-1, shape[-2], shape[-1])
+        dcond = shell_density_max(mol, dms)     # on the GPU, once per build
+        tasks = self._plan_tasks(dcond, direct_scf_tol, with_j, with_k) if self.keep_plan else None
+        if tasks is None:
+            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, self.q_cond, with_j, with_k, xp=cupy,
+                               block_max=dcond)
+        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, self.options)
+        out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
+        return tuple(to_host(v) if host_in and v is not None else v for v in out)
+
+    def _plan_tasks(self, dcond, direct_scf_tol, with_j=True, with_k=True):
+        """The kept plan restricted to the quartets of a density's own shell
+        blocks, whose maxima are ``dcond`` (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`:
+        the quartets screening them would keep, in the plan's order), while the
+        plan covers the density; for a density far smaller than the plan's
+        bound (an SCF's density change) the same when screening it anew would
+        look at ``PLAN_RESTRICT_SHARE`` of the plan's count or more, else None.
+        None for every build once a plan did not fit in ``PLAN_MEMORY_SHARE``
+        of the free GPU memory or the molecule has more shells than a plan
+        indexes (such builds stream their classes).  A new plan is screened
+        for the density's largest element when there is none, the threshold
+        changed or the density outgrew it."""
+        import cupy
+        from pyscf_fusionrcg.gpu_jk import PLAN_MAX_SHELLS, PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
+        mol = self.mol
+        if self.streams:
             return None
-    if (not plan.covers(dmax)
-            and schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) < PLAN_RESTRICT_SHARE * plan.quartets):
-        return None
-    return plan.restricted(dcond, with_j, with_k)
+        if mol.nbas > PLAN_MAX_SHELLS:
+            logger.info(mol, "FusionRCG: %d shells are more than a plan indexes (%d); this geometry's "
+                        "builds stream their classes", mol.nbas, PLAN_MAX_SHELLS)
+            self.streams = True
+            return None
+        dmax = float(dcond.max()) if dcond.size else 0.0
+        plan = self.plan
+        if plan is None or plan.tol != direct_scf_tol or dmax > plan.bound:
+            self.plan = None    # free the old plan's arrays before screening again
+            pool = cupy.get_default_memory_pool()
+            free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
+            try:
+                plan = self.plan = JKPlan.screen(mol, dmax, self.omega, direct_scf_tol, self.q_cond,
+                                                 self.options, max_bytes=int(PLAN_MEMORY_SHARE * free))
+            except PlanTooLarge as err:
+                pool.free_all_blocks()
+                logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
+                self.streams = True
+                return None
+        if (not plan.covers(dmax)
+                and schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol)
+                < PLAN_RESTRICT_SHARE * plan.quartets):
+            return None
+        return plan.restricted(dcond, with_j, with_k)
+
+
+def _density_array(mol, dm):
+    """``dm`` as one NumPy or CuPy array (a list of matrices stacked), with a
+    clear error unless it is (nao, nao) or (n, nao, nao) for ``mol``."""
+    if isinstance(dm, (list, tuple)):
+        if on_gpu(dm):
+            import cupy
+            dm = cupy.stack([cupy.asarray(d) for d in dm])
+        else:
+            dm = np.asarray(dm)
+    elif not hasattr(dm, "shape"):
+        dm = np.asarray(dm)
+    nao = mol.nao_nr()
+    if dm.ndim not in (2, 3) or tuple(dm.shape[-2:]) != (nao, nao):
+        raise ValueError(f"the density must be (nao, nao) or (n, nao, nao) with nao = {nao} for this "
+                         f"molecule and basis, not of shape {tuple(dm.shape)}")
+    return dm
+
+
+def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu",
+           direct_scf_tol=1e-13, engine=None, q_cond=None, options=None):
+    """J and K matrices like ``pyscf.scf.hf.get_jk``, computed by FusionRCG.
+
+    ``dm``: (nao, nao) or stacked (n, nao, nao) (e.g. UHF's alpha/beta).
+    ``hermi=1`` assumes hermitian densities (K from half the work); any other
+    value treats them as general.  ``omega``: None takes ``mol.omega``; > 0 the
+    long-range erf, < 0 the short-range erfc operator (PySCF's convention).
+    ``backend``: 'cpu' (the host path) or 'gpu'.  ``engine``: a block provider
+    for the host path (default: the host engine); ``q_cond``: cached
+    :func:`~pyscf_fusionrcg.screening.schwarz_bounds`.  Returns ``(vj, vk)``
+    shaped like ``dm`` (NumPy or CuPy as ``dm``), None for the one not asked.
+    A one-off build: for repeated builds of one molecule (an SCF) keep a
+    :class:`JKContext`, whose GPU builds reuse one screened plan.
+    """
+    context = JKContext(mol, omega, backend, options, engine, q_cond, keep_plan=False)
+    return context.get_jk(dm, hermi, with_j, with_k, direct_scf_tol)
 
 
 def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):

@@ -16,7 +16,6 @@ from pyscf.lib import logger
 from pyscf_fusionrcg import jk as _jk
 from pyscf_fusionrcg.ir import MAX_L
 from pyscf_fusionrcg.options import Options, from_env
-from pyscf_fusionrcg.screening import schwarz_bounds
 
 #: Mean-field families whose J/K have PySCF's (nao, nao) shapes.
 _SUPPORTED = ("RHF", "UHF", "ROHF")
@@ -96,17 +95,12 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     return lib.set_class(obj, (_FusionRCGMixin, mf.__class__))
 
 
-def _mol_fingerprint(mol):
-    return hash((mol._atm.tobytes(), mol._bas.tobytes(),
-                 mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
-
-
 class _DensityKey:
     """What a J or K request was for: geometry, hermiticity, operator and a
     copy of the density (compared element by element, NumPy or CuPy)."""
 
     def __init__(self, mol, dm, hermi, omega):
-        self.head = (_mol_fingerprint(mol), hermi, float(mol.omega if omega is None else omega))
+        self.head = (_jk.mol_fingerprint(mol), hermi, float(mol.omega if omega is None else omega))
         self.dm = dm.copy()
 
     def __eq__(self, other):
@@ -164,22 +158,36 @@ class _FusionRCGMixin:
     def _fusionrcg_configure(self, options, path):
         self.fusionrcg_options = options
         self._fusionrcg_path = path
-        # (mol fingerprint, omega) -> (engine or None, Schwarz bounds, GPU plans);
-        # only the current geometry's entries are kept
-        self._fusionrcg_cache = {}
+        self._fusionrcg_forget()
+
+    def _fusionrcg_forget(self):
+        """Drop what the builds kept: the J/K contexts (one per operator, all
+        of the current geometry) and the K kept along with a J."""
+        self._fusionrcg_contexts = {}
         self._fusionrcg_paired = _PairedK()
 
     def undo_fusionrcg(self):
         """The same object with its original class and PySCF's own J/K."""
         obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGMixin))
-        for key in ("fusionrcg_options", "_fusionrcg_path", "_fusionrcg_cache", "_fusionrcg_paired"):
+        for key in ("fusionrcg_options", "_fusionrcg_path", "_fusionrcg_contexts", "_fusionrcg_paired"):
             obj.__dict__.pop(key, None)
         return obj
 
     def reset(self, mol=None):
-        self._fusionrcg_cache = {}
-        self._fusionrcg_paired = _PairedK()
+        self._fusionrcg_forget()
         return super().reset(mol)
+
+    def copy(self):
+        """A shallow copy, as PySCF's, whose J/K builds keep their own contexts."""
+        obj = super().copy()
+        obj._fusionrcg_forget()
+        return obj
+
+    def density_fit(self, *args, **kwargs):
+        raise ValueError(
+            "density_fit() would replace FusionRCG's exact four-centre J/K by density-fitted "
+            "ones. For density fitting use mf.undo_fusionrcg().density_fit(); for exact J/K "
+            "keep this object as it is.")
 
     def to_gpu(self):
         """GPU4PySCF twin, with the plugin re-applied with the same settings."""
@@ -202,25 +210,23 @@ class _FusionRCGMixin:
         tol = self.fusionrcg_options.direct_scf_tol
         return self.direct_scf_tol if tol is None else tol
 
-    def _fusionrcg_setup(self, mol, omega):
-        """Cached (engine, Schwarz bounds, GPU plans) for this geometry and operator;
-        a new geometry (a scanner, an optimiser) drops the others' entries."""
-        fp = _mol_fingerprint(mol)
-        cache = self._fusionrcg_cache
-        if (fp, omega) not in cache:
+    def _fusionrcg_context(self, mol, omega):
+        """The :class:`~pyscf_fusionrcg.jk.JKContext` of this geometry and
+        operator; a new geometry (a scanner, an optimiser) drops the others."""
+        contexts = self._fusionrcg_contexts
+        context = contexts.get(omega)
+        if context is None or not context.serves(mol, omega):
             _check_mol(mol)
-            for key in [k for k in cache if k[0] != fp]:
-                del cache[key]
-            engine = _jk.cpu_engine(mol, omega) if self._fusionrcg_path == "cpu" else None
-            cache[fp, omega] = (engine, schwarz_bounds(mol, omega), {})
-        return cache[fp, omega]
+            if any(not c.serves(mol, c.omega) for c in contexts.values()):
+                contexts.clear()
+            context = contexts[omega] = _jk.JKContext(mol, omega, self._fusionrcg_path,
+                                                     self.fusionrcg_options)
+        return context
 
     def _fusionrcg_jk(self, mol, dm, hermi, with_j, with_k, omega):
         """One FusionRCG build for one operator (NumPy or CuPy in and out, as dm)."""
-        engine, q_cond, plans = self._fusionrcg_setup(mol, omega)
-        backend = self._fusionrcg_path
-        return _jk.get_jk(mol, dm, hermi, with_j, with_k, omega, backend, self._fusionrcg_tol(),
-                          engine, q_cond, plans if backend == "gpu" else None, self.fusionrcg_options)
+        context = self._fusionrcg_context(mol, omega)
+        return context.get_jk(dm, hermi, with_j, with_k, self._fusionrcg_tol())
 
     def get_jk(self, mol=None, dm=None, hermi=1, with_j=True, with_k=True, omega=None,
                lr_factor=None, sr_factor=None):

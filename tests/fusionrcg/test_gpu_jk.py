@@ -12,7 +12,7 @@ import pytest
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import launch
-from pyscf_fusionrcg.jk import get_jk
+from pyscf_fusionrcg.jk import JKContext, get_jk
 from pyscf_fusionrcg.options import Options
 
 pytestmark = pytest.mark.gpu
@@ -228,28 +228,28 @@ def test_profile_accounts_for_every_quartet():
 
 
 def test_plans_are_reused_within_their_density_range():
-    """jk.get_jk(plans=) screens one plan for the density's largest element,
+    """A JKContext screens one plan for the density's largest element,
     reuses it for densities it covers, builds a much smaller density change
-    from that density's own blocks, and gives the J/K of a build without plans."""
+    from that density's own blocks, and gives the J/K of a one-off build."""
     import cupy as cp
     from pyscf_fusionrcg.gpu_jk import PLAN_REUSE_RANGE, JKPlan
     mol = gto.M(atom='O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692',
                 basis='def2-TZVP', verbose=0)
     dm = minao_dm(mol)
     ref_j, ref_k = reference_jk(mol, dm)
-    plans = {}
-    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
-    plan = plans['plan']
+    context = JKContext(mol, backend='gpu')
+    vj, vk = context.get_jk(dm)
+    plan = context.plan
     assert isinstance(plan, JKPlan) and plan.bound == pytest.approx(np.abs(dm).max())
     assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
-    vj2, vk2 = get_jk(mol, cp.asarray(0.9 * dm), backend='gpu', plans=plans)
-    assert plans['plan'] is plan
+    vj2, vk2 = context.get_jk(cp.asarray(0.9 * dm))
+    assert context.plan is plan
     assert float(abs(vj2.get() - 0.9 * vj).max()) < TOL and float(abs(vk2.get() - 0.9 * vk).max()) < TOL
     small = dm / (2 * PLAN_REUSE_RANGE)
-    vj3, _ = get_jk(mol, small, backend='gpu', plans=plans)
-    assert plans['plan'] is plan and np.abs(vj3 - ref_j / (2 * PLAN_REUSE_RANGE)).max() < TOL
-    get_jk(mol, 2 * dm, backend='gpu', plans=plans)
-    assert plans['plan'] is not plan and plans['plan'].bound == pytest.approx(2 * np.abs(dm).max())
+    vj3, _ = context.get_jk(small)
+    assert context.plan is plan and np.abs(vj3 - ref_j / (2 * PLAN_REUSE_RANGE)).max() < TOL
+    context.get_jk(2 * dm)
+    assert context.plan is not plan and context.plan.bound == pytest.approx(2 * np.abs(dm).max())
 
 
 @pytest.mark.parametrize('with_j,with_k', [(True, True), (True, False), (False, True)])
@@ -266,9 +266,9 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     dm = minao_dm(mol)
     change = 1e-4 * dm * np.exp(-0.02 * np.add.outer(np.arange(mol.nao), np.arange(mol.nao)))
     ref_j, ref_k = reference_jk(mol, change)
-    plans = {}
-    get_jk(mol, dm, backend='gpu', plans=plans)
-    plan = plans['plan']
+    context = JKContext(mol, backend='gpu')
+    context.get_jk(dm)
+    plan = context.plan
     taken = []
     monkeypatch.setattr(gpu_jk.RestrictedPlan, '__init__', _spy(gpu_jk.RestrictedPlan.__init__, taken, 'filtered'))
     monkeypatch.setattr(jk, 'iter_tasks', _spy(jk.iter_tasks, taken, 'screened'))
@@ -278,16 +278,16 @@ def test_density_change_filters_the_plan_or_screens_anew_with_the_same_jk(monkey
     for share, path in ((0.0, 'filtered'), (float('inf'), 'screened')):
         monkeypatch.setattr(gpu_jk, 'PLAN_RESTRICT_SHARE', share)
         del taken[:]
-        out[path] = get_jk(mol, cp.asarray(change), backend='gpu', plans=plans, with_j=with_j, with_k=with_k)
-        assert taken == ['block maxima', path] and plans['plan'] is plan
+        out[path] = context.get_jk(cp.asarray(change), with_j=with_j, with_k=with_k)
+        assert taken == ['block maxima', path] and context.plan is plan
     for got, want, ref in zip(out['filtered'], out['screened'], (ref_j, ref_k)):
         if ref is None or got is None:
             assert got is None and want is None
             continue
         assert float(abs(got - want).max()) < 1e-12
         assert np.abs(got.get() - ref).max() < TOL
-    get_jk(mol, dm, backend='gpu', plans=plans, direct_scf_tol=1e-11)
-    assert plans['plan'] is not plan and plans['plan'].tol == 1e-11
+    context.get_jk(dm, direct_scf_tol=1e-11)
+    assert context.plan is not plan and context.plan.tol == 1e-11
 
 
 def test_device_block_maxima_equal_the_hosts():
@@ -389,13 +389,13 @@ def test_a_plan_that_does_not_fit_streams_the_builds(monkeypatch):
     with pytest.raises(PlanTooLarge, match='GiB of GPU memory'):
         JKPlan.screen(mol, float(np.abs(dm).max()), max_bytes=1000)
     monkeypatch.setattr(jk, 'PLAN_MEMORY_SHARE', 1e-9)     # about 140 bytes of an H200
-    plans = {}
+    context = JKContext(mol, backend='gpu')
     ref_j, ref_k = reference_jk(mol, dm)
-    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
-    assert plans == {'too_large': True}
+    vj, vk = context.get_jk(dm)
+    assert context.streams and context.plan is None
     assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
-    vj2, _ = get_jk(mol, 2 * dm, backend='gpu', plans=plans)
-    assert plans == {'too_large': True} and np.abs(vj2 - 2 * ref_j).max() < 2 * TOL
+    vj2, _ = context.get_jk(2 * dm)
+    assert context.streams and context.plan is None and np.abs(vj2 - 2 * ref_j).max() < 2 * TOL
 
 
 def test_a_molecule_beyond_the_plan_indices_streams_the_builds(monkeypatch):
@@ -408,10 +408,10 @@ def test_a_molecule_beyond_the_plan_indices_streams_the_builds(monkeypatch):
     monkeypatch.setattr(gpu_jk, 'PLAN_MAX_SHELLS', mol.nbas - 1)
     with pytest.raises(ValueError, match='16-bit shell indices.*stream its tasks'):
         gpu_jk.JKPlan.screen(mol, float(np.abs(dm).max()))
-    plans = {}
+    context = JKContext(mol, backend='gpu')
     ref_j, ref_k = reference_jk(mol, dm)
-    vj, vk = get_jk(mol, dm, backend='gpu', plans=plans)
-    assert plans == {'too_large': True}
+    vj, vk = context.get_jk(dm)
+    assert context.streams and context.plan is None
     assert np.abs(vj - ref_j).max() < TOL and np.abs(vk - ref_k).max() < TOL
 
 

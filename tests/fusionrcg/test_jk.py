@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pyscf import gto, scf
 
-from pyscf_fusionrcg.jk import LibcintBlocks, cpu_engine, get_jk
+from pyscf_fusionrcg.jk import JKContext, LibcintBlocks, cpu_engine, get_jk
 from pyscf_fusionrcg.screening import schwarz_bounds, to_host
 
 H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
@@ -114,6 +114,38 @@ def test_scf_density_matches_mf_get_jk():
     dm = mf.make_rdm1()
     for got, ref in zip(get_jk(mol, dm), mf.get_jk(mol, dm)):
         np.testing.assert_allclose(got, ref, atol=ATOL)
+
+
+def test_a_density_of_the_wrong_shape_is_refused_clearly():
+    mol = _mol("h2o-sto3g")
+    for bad in (np.zeros((3, 3)), np.zeros((mol.nao, mol.nao + 1)), np.zeros(mol.nao),
+                np.zeros((1, 2, mol.nao, mol.nao))):
+        with pytest.raises(ValueError, match=f"nao = {mol.nao} .*not of shape"):
+            get_jk(mol, bad)
+
+
+def test_a_list_of_densities_is_stacked():
+    mol = _mol("h2o-sto3g")
+    dms = _dms(mol, 2, 1)
+    for got, want in zip(get_jk(mol, list(dms)), get_jk(mol, dms)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_context_keeps_its_bounds_and_engine_for_its_molecule_and_operator():
+    mol = _mol("h2o-def2svp")
+    dm = _dms(mol, 1, 1)
+    context = JKContext(mol, omega=0.3)
+    vj, vk = context.get_jk(dm)
+    engine, q_cond = context.engine, context.q_cond
+    vj2, vk2 = context.get_jk(0.5 * dm)
+    assert context.engine is engine and context.q_cond is q_cond
+    np.testing.assert_allclose(vk2, 0.5 * vk, atol=1e-12)
+    rj, rk = scf.hf.get_jk(mol, dm, omega=0.3)
+    np.testing.assert_allclose(vj, rj, atol=ATOL)
+    np.testing.assert_allclose(vk, rk, atol=ATOL)
+    assert context.serves(mol, 0.3) and not context.serves(mol, 0.0)
+    moved = mol.set_geom_(mol.atom_coords() + 0.01, unit="Bohr", inplace=False)
+    assert not context.serves(moved, 0.3)
 
 
 def test_unknown_backend_is_refused():

@@ -70,12 +70,12 @@ def test_j_then_k_of_one_density_share_one_build(monkeypatch):
     ref = scf.RHF(mol)
     mf = scf.RHF(mol).apply(fusionrcg, backend="cpu")
     builds = []
-    real = plugin._jk.get_jk
+    real = plugin._jk.JKContext.get_jk
 
-    def counted(mol, dm, hermi, with_j, with_k, *args, **kw):
+    def counted(context, dm, hermi, with_j, with_k, *args, **kw):
         builds.append((with_j, with_k))
-        return real(mol, dm, hermi, with_j, with_k, *args, **kw)
-    monkeypatch.setattr(plugin._jk, "get_jk", counted)
+        return real(context, dm, hermi, with_j, with_k, *args, **kw)
+    monkeypatch.setattr(plugin._jk.JKContext, "get_jk", counted)
     dm = ref.get_init_guess(key="minao")
     vj_ref, vk_ref = ref.get_jk(mol, dm)
 
@@ -148,6 +148,29 @@ def test_undo_reset_copy_and_reapply():
     assert not any(k.startswith(("fusionrcg", "_fusionrcg")) for k in plain.__dict__)
 
 
+def test_a_copy_keeps_its_own_contexts():
+    """mf.copy() gives an object whose J/K builds keep their own contexts:
+    building with one leaves the other's untouched."""
+    mf = scf.RHF(_water()).apply(fusionrcg, backend="cpu")
+    dm = mf.get_init_guess()
+    mf.get_jk(dm=dm)
+    twin = mf.copy()
+    assert twin._fusionrcg_contexts == {} and len(mf._fusionrcg_contexts) == 1
+    context = mf._fusionrcg_contexts[0.0]
+    for a, b in zip(twin.get_jk(dm=dm), mf.get_jk(dm=dm)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert twin._fusionrcg_contexts[0.0] is not context and mf._fusionrcg_contexts[0.0] is context
+    assert twin._fusionrcg_paired is not mf._fusionrcg_paired
+
+
+def test_density_fit_after_fusionrcg_is_refused():
+    """density_fit() after the plugin would silently bypass it: refused, and
+    the error says how to get density fitting."""
+    mf = scf.RHF(_water()).apply(fusionrcg, backend="cpu")
+    with pytest.raises(ValueError, match=r"undo_fusionrcg\(\)\.density_fit\(\)"):
+        mf.density_fit()
+
+
 def test_scanner_keeps_the_mixin_across_geometries():
     mol = _water()
     ours = scf.RHF(mol).apply(fusionrcg, backend="cpu").as_scanner()
@@ -159,6 +182,9 @@ def test_scanner_keeps_the_mixin_across_geometries():
         atoms = [(mol.atom_symbol(i), geom[i]) for i in range(mol.natm)]
         assert ours(atoms) == pytest.approx(ref(atoms), abs=E_TOL)
         assert isinstance(ours, _FusionRCGMixin)
+        # the contexts kept are the current geometry's only
+        assert ours._fusionrcg_contexts and all(c.serves(ours.mol, c.omega)
+                                                for c in ours._fusionrcg_contexts.values())
 
 
 def test_dump_flags_logs_the_settings():
