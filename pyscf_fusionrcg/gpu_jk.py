@@ -26,7 +26,9 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
   ``profile``: a dict that receives, per class, the quartet count and the
   GPU milliseconds of its ERI kernels, of its digestion and of its kernel
   that does both (``eri_ms``, ``digest_ms``, ``fused_ms``; CUDA events; the
-  call synchronises once at the end), for ``benchmarks/rcg_jk_breakdown.py``.
+  call synchronises once at the end), for ``benchmarks/rcg_jk_breakdown.py``;
+  ``basis``: the molecule's :class:`~pyscf_fusionrcg.launch.DeviceBasis`
+  (a :class:`~pyscf_fusionrcg.jk.JKContext` keeps one), else uploaded anew.
 
 Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
 CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
@@ -237,17 +239,18 @@ class JKPlan:
     they are ordered; ``bound``: the density bound the tasks were screened with
     (``build_tasks(density_bound=)``), None for tasks screened for one
     particular density; ``max_bytes``: raise :class:`PlanTooLarge` as soon as
-    the ordered quartets pass it.
+    the ordered quartets pass it; ``basis``: the molecule's
+    :class:`~pyscf_fusionrcg.launch.DeviceBasis` when the caller keeps one.
     """
 
-    def __init__(self, mol, tasks, omega=0.0, options: Options = None, bound=None, max_bytes=None):
-        cp = launch._cupy()
+    def __init__(self, mol, tasks, omega=0.0, options: Options = None, bound=None, max_bytes=None,
+                 basis=None):
         self.options = options = options or from_env()
         self.omega, self.bound = float(omega), bound
         self.tol = self.q32 = self.pair_bounds = None    # the screening of a plan made by screen()
         self.nao, self.nbas = mol.nao, mol.nbas
-        self.basis = launch.DeviceBasis(mol)
-        self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
+        self.basis = launch.DeviceBasis(mol) if basis is None else basis
+        self.ao_loc = self.basis.ao_loc
         self._cart = bool(mol.cart)
         ordered, nbytes = [], 0
         for t in tasks:
@@ -262,7 +265,7 @@ class JKPlan:
 
     @classmethod
     def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, options=None,
-               max_bytes=None):
+               max_bytes=None, basis=None):
         """A plan for every density with ``max |D| <= density_max`` (Schwarz
         screening with that bound on every block)."""
         import cupy
@@ -270,7 +273,7 @@ class JKPlan:
             q_cond = schwarz_bounds(mol, omega)
         tasks = iter_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
                            density_bound=density_max)
-        plan = cls(mol, tasks, omega, options, float(density_max), max_bytes)
+        plan = cls(mol, tasks, omega, options, float(density_max), max_bytes, basis)
         plan.tol, plan.q32 = float(direct_scf_tol), cupy.asarray(np.asarray(q_cond, dtype=np.float32))
         plan.pair_bounds = sorted_pair_bounds(q_cond)   # for the candidate counts of density changes
         return plan
@@ -391,8 +394,8 @@ class StreamedPlan(JKPlan):
     the memory of one chunk.  Its kernels are prepared first, for every shape
     the stream can have.  Iterable once."""
 
-    def __init__(self, mol, stream, omega=0.0, options: Options = None):
-        super().__init__(mol, (), omega, options)
+    def __init__(self, mol, stream, omega=0.0, options: Options = None, basis=None):
+        super().__init__(mol, (), omega, options, basis=basis)
         self._kernels = _class_kernels(stream.shapes, self._cart, omega, self.options)
         _prepare_digestions(self._kernels)
         self._stream = stream
@@ -438,7 +441,7 @@ class _ClassTimer:
 
 
 def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
-               options: Options = None, budget=None, profile=None):
+               options: Options = None, budget=None, profile=None, basis=None):
     """J/K of ``dms`` from the screened ``tasks`` (see the module docstring)."""
     cp = launch._cupy()
     on_device = isinstance(dms, cp.ndarray)
@@ -449,7 +452,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         # parts go as sets of one build: a plan or stream is iterable once.
         n = len(d)
         parts = cp.concatenate((d.real, d.imag))
-        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, options, budget, profile)
+        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, options, budget, profile, basis)
         vj = vj[:n] + 1j * vj[n:] if with_j else None
         vk = vk[:n] + 1j * vk[n:] if with_k else None
         return _out(vj, on_device), _out(vk, on_device)
@@ -466,9 +469,9 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
     if isinstance(tasks, (JKPlan, RestrictedPlan)):
         plan = tasks
     elif isinstance(tasks, TaskStream):
-        plan = StreamedPlan(mol, tasks, omega, options)
+        plan = StreamedPlan(mol, tasks, omega, options, basis)
     else:
-        plan = JKPlan(mol, tasks, omega, options)
+        plan = JKPlan(mol, tasks, omega, options, basis=basis)
     if plan.nao != nao or plan.omega != float(omega):
         raise ValueError(f'the J/K plan is for nao={plan.nao}, omega={plan.omega}; '
                          f'this build has nao={nao}, omega={float(omega)}')

@@ -85,8 +85,8 @@ class JKContext:
 
     One context per (geometry and basis, ``omega``), as GPU4PySCF keeps one
     ``_VHFOpt`` per molecule: the Schwarz bounds, the host engine
-    (``backend='cpu'``) and, on the GPU, the plan of screened quartets that the
-    builds of an SCF reuse (:meth:`get_jk`).  ``options`` (default
+    (``backend='cpu'``) and, on the GPU, the basis on the device and the plan
+    of screened quartets that the builds of an SCF reuse (:meth:`get_jk`).  ``options`` (default
     :func:`~pyscf_fusionrcg.options.from_env`) is fixed for the context's life,
     so a kept plan always matches the builds it serves.  ``keep_plan=False``
     screens every GPU build's own density instead (one-off builds).
@@ -106,6 +106,7 @@ class JKContext:
         self.keep_plan = keep_plan
         self._engine = engine
         self._q_cond = q_cond
+        self._device_basis = None
         self.plan = None            # the kept gpu_jk.JKPlan
         self.streams = False        # True once a plan proved too large: every build streams
 
@@ -126,6 +127,14 @@ class JKContext:
         if self._engine is None:
             self._engine = cpu_engine(self.mol, self.omega)
         return self._engine
+
+    @property
+    def device_basis(self):
+        """The molecule's basis on the GPU (:class:`~pyscf_fusionrcg.launch.DeviceBasis`)."""
+        if self._device_basis is None:
+            from pyscf_fusionrcg.launch import DeviceBasis
+            self._device_basis = DeviceBasis(self.mol)
+        return self._device_basis
 
     def get_jk(self, dm, hermi=1, with_j=True, with_k=True, direct_scf_tol=1e-13):
         """``(vj, vk)`` of ``dm``, (nao, nao) or stacked (n, nao, nao) (a list of
@@ -172,7 +181,8 @@ class JKContext:
         if tasks is None:
             tasks = iter_tasks(mol, dms, omega, direct_scf_tol, self.q_cond, with_j, with_k, xp=cupy,
                                block_max=dcond)
-        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, self.options)
+        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, self.options,
+                            basis=self.device_basis)
         out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
 
@@ -206,7 +216,8 @@ class JKContext:
             free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
             try:
                 plan = self.plan = JKPlan.screen(mol, dmax, self.omega, direct_scf_tol, self.q_cond,
-                                                 self.options, max_bytes=int(PLAN_MEMORY_SHARE * free))
+                                                 self.options, int(PLAN_MEMORY_SHARE * free),
+                                                 self.device_basis)
             except PlanTooLarge as err:
                 pool.free_all_blocks()
                 logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)

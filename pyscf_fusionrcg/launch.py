@@ -247,6 +247,7 @@ class DeviceBasis:
                                                        (keys.nprim_rank, keys.l_nctr, keys.min_exp))
         self.nprim_levels = keys.nprim_levels
         self.env = cp.asarray(np.asarray(mol._env, dtype=np.float64))
+        self.ao_loc = cp.asarray(np.asarray(mol.ao_loc, dtype=np.int32))
         # each shell's centre, for the pairmap stage's pair vectors
         self.coords = cp.asarray(host.shell_centres(mol))
 
