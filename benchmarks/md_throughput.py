@@ -129,13 +129,13 @@ def replica_run(model, chain, label, backend, precision, replicas, args, device)
 
 
 def profile_run(model, chain, label, backend, precision, replicas, args, device):
-    """Time the pieces of a step (see ase_flashschnet.md._Simulation.profile)."""
+    """Time the pieces of a step (see ase_flashschnet.md.simulation.Simulation.profile)."""
     from ase_flashschnet.calculator import ForceEngine
-    from ase_flashschnet.md import _Simulation
+    from ase_flashschnet.md.simulation import Simulation
 
     base = dict(benchmark="profile", engine=label, precision=precision, replicas=replicas)
     engine = ForceEngine(model, device=device, precision=precision, backend=backend)
-    sim = _Simulation(engine, [chain.copy() for _ in range(replicas)], dt_fs=args.dt, temperature_K=300.0,
+    sim = Simulation(engine, [chain.copy() for _ in range(replicas)], dt_fs=args.dt, temperature_K=300.0,
                       friction_per_fs=0.001, integrator="baoab", skin=args.skin, seed=0, cuda_graph=True,
                       max_displacement=1.0, checkpoint=None, check_interval=args.check_interval,
                       edge_margin=args.edge_margin)

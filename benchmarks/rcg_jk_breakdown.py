@@ -69,7 +69,7 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when 
 
 from _common import (environment_meta, gpu4pyscf_driver_works, molecules_dir, print_record,  # noqa: E402
                      write_results)
-from pyscf_fusionrcg.report import LETTERS, parse_class  # noqa: E402
+from pyscf_fusionrcg.ir import LETTERS, parse_class  # noqa: E402
 
 
 def _timed(fn, sync):

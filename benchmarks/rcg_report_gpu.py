@@ -41,7 +41,7 @@ from _common import environment_meta, write_results  # noqa: E402
 
 from pyscf import gto  # noqa: E402
 
-from pyscf_fusionrcg import codegen, host, launch, report, tiers  # noqa: E402
+from pyscf_fusionrcg import codegen, host, ir, launch, report, tiers  # noqa: E402
 
 WATER = 'O 0 0 0.1173; H 0 0.7572 -0.4692; H 0 -0.7572 -0.4692'
 
@@ -125,7 +125,7 @@ def main(argv=None):
     mol = gto.M(atom=args.mol or WATER, basis=args.basis, verbose=0)
     basis = launch.DeviceBasis(mol)
     rng = np.random.default_rng(0)
-    classes = ([report.parse_class(c) for c in args.classes] if args.classes
+    classes = ([ir.parse_class(c) for c in args.classes] if args.classes
                else launch.canonical_classes(args.lmax))
     compile_s = compile_all(classes, args.tiers if args.compare_tiers else (),
                             args.register_ops_max, args.jobs)

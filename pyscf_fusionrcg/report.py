@@ -22,7 +22,7 @@ import json
 import sys
 
 from . import ir, tiers
-from .ir import LETTERS, class_name, parse_class  # noqa: F401  (the report's names for classes)
+from .ir import class_name, parse_class
 from .host import get_program
 from .schedule import naive, orchestrate, peak_live
 

@@ -28,6 +28,5 @@ from .checkpoint import CHECKPOINT_NAME
 from .config import MDConfig
 from .results import ReplicaResult, SimulationError
 from .run import run_replicas
-from .simulation import Simulation as _Simulation  # noqa: F401  (benchmarks/md_throughput.py --profile builds one)
 
 __all__ = ["run_replicas", "MDConfig", "ReplicaResult", "SimulationError", "CHECKPOINT_NAME"]

@@ -9,7 +9,8 @@ from ase.build import molecule
 
 from ase_flashschnet import MDConfig as TopLevelMDConfig
 from ase_flashschnet.calculator import ForceEngine
-from ase_flashschnet.md import MDConfig, _Simulation, run_replicas
+from ase_flashschnet.md import MDConfig, run_replicas
+from ase_flashschnet.md.simulation import Simulation
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_simulation_still_takes_keyword_settings(model_and_ethanol):
     """benchmarks/md_throughput.py --profile builds the simulation with keywords."""
     model, ethanol = model_and_ethanol
     engine = ForceEngine(model, device="cpu", precision="fp64")
-    sim = _Simulation(engine, [ethanol.copy(), ethanol.copy()], dt_fs=0.5, temperature_K=300.0,
+    sim = Simulation(engine, [ethanol.copy(), ethanol.copy()], dt_fs=0.5, temperature_K=300.0,
                       friction_per_fs=0.001, integrator="baoab", skin=0.5, seed=0, cuda_graph=True,
                       max_displacement=1.0, checkpoint=None, check_interval=5, edge_margin=0.05)
     assert sim.config.dt_fs == 0.5 and sim.advance(3) is None and sim.step == 3

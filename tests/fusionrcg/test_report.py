@@ -6,7 +6,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from pyscf_fusionrcg import report
+from pyscf_fusionrcg import ir, report
 
 KEYS = {'class', 'peak_live_naive', 'peak_live_unfused', 'peak_live', 'block_cart',
         'block_sph', 'tier', 'registers', 'spill_bytes'}
@@ -36,7 +36,7 @@ def test_table_output():
 
 
 def _check(row):
-    ls = report.parse_class(row['class'])
+    ls = ir.parse_class(row['class'])
     assert row['peak_live'] <= row['peak_live_unfused'] <= row['peak_live_naive'], row
     if sum(ls) >= 6:
         assert row['peak_live'] < row['peak_live_naive'], row
@@ -55,7 +55,7 @@ def test_properties_sample_up_to_f():
 
 @pytest.mark.parametrize('name', ['dddd', 'ffff', 'gggg'])
 def test_fusion_strictly_helps(name):
-    row = report.rows(classes=[report.parse_class(name)], gpu_stats=False)[0]
+    row = report.rows(classes=[ir.parse_class(name)], gpu_stats=False)[0]
     _check(row)
     assert row['peak_live'] < row['peak_live_unfused']
     if name == 'gggg':
