@@ -163,6 +163,9 @@ BENCHMARKS = {
                                 "python benchmarks/schnet_kernel_breakdown.py"),
     "md_throughput": ("batched replica MD and ASE steps per second, fused against the reference driven "
                       "the same way", "python benchmarks/md_throughput.py"),
+    "compare_trees": ("one change before and after: the J+K builds of Vitamin C def2-TZVP/QZVP and the "
+                      "SchNet throughput from two source trees on one GPU (compare_trees.sh)",
+                      "benchmarks/compare_trees.sh BEFORE_TREE"),
 }
 
 #: Result tables longer than this show their first rows here and link to the rest.
