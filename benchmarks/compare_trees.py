@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log_dir", type=Path)
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--note", default="", help="a sentence added to the notes (how the runs went)")
     args = parser.parse_args(argv)
     rows, meta, gpus = [], None, set()
     scf = _load(args.log_dir, "scf")
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
         return 1
     ratios = [r["after / before"] for r in rows if r["case"].split(" / ")[-1] != "warm-up"]
     notes = (f"Same GPU, one process per tree, one after the other. Ratio after/before of the timed rows "
-             f"(warm-up rows, which include compilation, excluded): {min(ratios):.3f} to {max(ratios):.3f}.")
+             f"(warm-up rows, which include compilation, excluded): {min(ratios):.3f} to {max(ratios):.3f}. "
+             + args.note).strip()
     json_path, md_path = write_results("compare_trees", rows, meta, title="Before and after one change",
                                        notes=notes, directory=args.results)
     print(md_path.read_text())
