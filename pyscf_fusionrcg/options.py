@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from .codegen.variant import CTR_MODES, TIERS
 
 BACKENDS = ("auto", "gpu", "cpu")
+#: What each backend means, as the command-line tools say it.
+BACKEND_HELP = ("auto: the GPU when one is usable, else the SCF object's own PySCF J/K "
+                "(with a warning); gpu: the GPU, an error without one; cpu: FusionRCG's "
+                "host path, a slow reference for checks")
 CTR_CHOICES = ("auto",) + CTR_MODES
 
 #: Each option that an environment variable can set, and how its text reads.
