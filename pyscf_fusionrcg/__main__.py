@@ -10,6 +10,7 @@ more than ``--tol`` Eh.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -25,7 +26,7 @@ H   0.0000000  -0.7572000  -0.4692000
 def _parser():
     p = argparse.ArgumentParser(prog="python -m pyscf_fusionrcg", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mol", help="XYZ file (default: an embedded water molecule)")
+    p.add_argument("--mol", help="XYZ file, or atoms as PySCF reads them (default: an embedded water molecule)")
     p.add_argument("--basis", default="def2-SVP")
     p.add_argument("--charge", type=int, default=0)
     p.add_argument("--spin", type=int, default=0, help="2S; > 0 runs UHF")
@@ -42,8 +43,17 @@ def _run(mf):
     return e, time.perf_counter() - t0
 
 
+def _looks_like_a_path(text):
+    """True for a ``--mol`` that names a file rather than atoms (PySCF reads
+    both, and would take a missing file's name for an atom symbol)."""
+    return text.lower().endswith(".xyz") or any(sep and sep in text for sep in (os.sep, os.altsep))
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.mol and _looks_like_a_path(args.mol) and not os.path.isfile(args.mol):
+        parser.error(f"--mol {args.mol}: no such file")
     from gpucore import gpu_available, unavailable_reason
     from pyscf import gto, scf
 

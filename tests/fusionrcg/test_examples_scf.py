@@ -95,6 +95,18 @@ def test_main_module_reads_xyz_and_runs_uhf(tmp_path, capsys):
     assert "UHF" in capsys.readouterr().out
 
 
+def test_main_module_names_a_missing_mol_file(tmp_path, capsys):
+    """A --mol that looks like a file but is none is a usage error (status 2),
+    not an atom symbol for PySCF; atoms given inline still work."""
+    from pyscf_fusionrcg.__main__ import main
+    for missing in ("missing.xyz", str(tmp_path / "water")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--mol", missing])
+        assert exc.value.code == 2
+        assert f"--mol {missing}: no such file" in capsys.readouterr().err
+    assert main(["--mol", "H 0 0 0; H 0 0 0.74", "--basis", "sto-3g", "--backend", "cpu"]) == 0
+
+
 def test_benchmark_dry_run_lists_cases(tmp_path):
     res = _run("benchmarks/scf_vs_gpu4pyscf.py", "--dry-run")
     assert res.returncode == 0, res.stderr
