@@ -57,7 +57,8 @@ class Options:
         their integral kernel (False: separate kernels, for comparisons).
     scratch_mb: device scratch per integral class; None takes a quarter of
         the free GPU memory, at most 8 GiB.
-    progress: a progress bar while kernels are prepared.
+    progress: a progress bar (after a couple of seconds) while GPU kernels are
+        prepared and while the host path builds J and K.
     """
     backend: str = "auto"
     direct_scf_tol: float | None = None
