@@ -42,6 +42,19 @@ def test_doctor_runs_without_traceback():
     assert "Traceback" not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("driver,extras", [((12, 4), ["cuda12"]), ((13, 0), ["cuda13"]),
+                                           (None, ["cuda12", "cuda13"]), ((11, 8), [])])
+def test_install_hint_names_the_package_extra_for_the_driver(monkeypatch, driver, extras):
+    """The hint works outside a checkout (the package's extra, not '.[cuda12]')
+    and picks the extra of the driver's CUDA where the driver says it."""
+    monkeypatch.setattr(loader, "driver_cuda_version", lambda: driver)
+    hint = loader.install_hint()
+    assert [e for e in ("cuda12", "cuda13") if f'pip install "fusion-chem-gpu[{e}]"' in hint] == extras, hint
+    assert ".[cuda" not in hint
+    if driver == (11, 8):
+        assert "supports CUDA 11.8" in hint, hint
+
+
 @pytest.mark.gpu
 def test_compile_launch_cupy_and_torch_then_cache(tmp_path, monkeypatch):
     import cupy
