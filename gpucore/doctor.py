@@ -48,36 +48,47 @@ def selftest(framework: str, n: int = 1 << 16) -> str:
     return f"{status} (max error {err:.1e}; module {source})"
 
 
+def _timed(check) -> str:
+    """``check()``'s verdict and its seconds; an exception is the verdict FAIL."""
+    t0 = time.perf_counter()
+    try:
+        verdict = check()
+    except Exception as exc:
+        verdict = f"FAIL: {exc.__class__.__name__}: {exc}"
+    return f"{verdict} [{time.perf_counter() - t0:.2f} s]"
+
+
+def _rows(pairs, indent: str = "") -> list[str]:
+    """``(label, value)`` pairs as lines whose values start in one column."""
+    width = max(len(label) for label, _ in pairs) + 1
+    return [f"{indent}{label:<{width}}{value}" for label, value in pairs]
+
+
 def report() -> list[str]:
-    lines = [
-        f"python      {sys.version.split()[0]} on {platform.platform()}",
-        *(f"{m:<11} {_version(m)}" for m in ("numpy", "scipy", "torch", "cupy", "pyscf", "ase", "gpu4pyscf")),
-        f"kernel cache {loader.cache_dir()}",
-        f"csrc         {loader.csrc_root()}",
+    rows = [
+        ("python", f"{sys.version.split()[0]} on {platform.platform()}"),
+        *((m, _version(m)) for m in ("numpy", "scipy", "torch", "cupy", "pyscf", "ase", "gpu4pyscf")),
+        ("kernel cache", loader.cache_dir()),
+        ("csrc", loader.csrc_root()),
     ]
     gpu = loader.gpu_available()
     if not gpu:
-        lines.append(f"GPU         unavailable: {loader.unavailable_reason()}")
+        rows.append(("GPU", f"unavailable: {loader.unavailable_reason()}"))
     else:
         cupy = loader.require_gpu()
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        lines += [
-            f"GPU         {name} (sm_{props['major']}{props['minor']}, "
-            f"{props['totalGlobalMem'] / 2**30:.1f} GiB, {props['multiProcessorCount']} SMs)",
-            f"CUDA        runtime {cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}",
+        rows += [
+            ("GPU", f"{name} (sm_{props['major']}{props['minor']}, "
+                    f"{props['totalGlobalMem'] / 2**30:.1f} GiB, {props['multiProcessorCount']} SMs)"),
+            ("CUDA", f"runtime {cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}"),
         ]
         try:
-            lines.append(f"NVRTC       {loader.nvrtc_version()}")
+            rows.append(("NVRTC", loader.nvrtc_version()))
         except Exception as exc:
-            lines.append(f"NVRTC       unavailable ({exc})")
-        for framework in ("cupy", "torch"):
-            t0 = time.perf_counter()
-            try:
-                verdict = selftest(framework)
-            except Exception as exc:
-                verdict = f"FAILED: {exc.__class__.__name__}: {exc}"
-            lines.append(f"self-test   {framework:<5} {verdict} [{time.perf_counter() - t0:.2f} s]")
+            rows.append(("NVRTC", f"unavailable ({exc})"))
+        rows += [("self-test", f"{framework:<5} {_timed(lambda: selftest(framework))}")
+                 for framework in ("cupy", "torch")]
     torch_cuda = False
     try:
         import torch
@@ -85,14 +96,13 @@ def report() -> list[str]:
         torch_cuda = torch.cuda.is_available()
     except Exception:
         pass
-    lines += [
-        "paths:",
-        f"  FusionRCG GPU J/K            {'available' if gpu else 'unavailable'}",
-        "  FusionRCG CPU host path      available",
-        f"  FlashSchNet fused GPU kernels {'available' if gpu and torch_cuda else 'unavailable'}",
-        "  FlashSchNet reference (CPU)  available",
+    paths = [
+        ("FusionRCG GPU J/K", "available" if gpu else "unavailable"),
+        ("FusionRCG CPU host path", "available"),
+        ("FlashSchNet fused GPU kernels", "available" if gpu and torch_cuda else "unavailable"),
+        ("FlashSchNet reference (CPU)", "available"),
     ]
-    return lines
+    return _rows(rows) + ["paths:"] + _rows(paths, indent="  ")
 
 
 def main(argv=None) -> int:

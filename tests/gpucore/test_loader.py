@@ -33,13 +33,39 @@ def test_without_gpu_the_error_says_why():
         gpucore.compile_file("common/selftest.cu")
 
 
-def test_doctor_runs_without_traceback():
-    out = subprocess.run(
+@pytest.fixture(scope="module")
+def doctor():
+    return subprocess.run(
         [sys.executable, "-m", "pyscf_fusionrcg.doctor"], capture_output=True, text=True, timeout=300
     )
-    assert out.returncode == 0, out.stderr
-    assert "FusionRCG CPU host path      available" in out.stdout
-    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_doctor_runs_without_traceback(doctor):
+    assert doctor.returncode == 0, doctor.stderr
+    assert "FusionRCG CPU host path" in doctor.stdout
+    assert "Traceback" not in doctor.stdout + doctor.stderr
+
+
+DOCTOR_LABELS = ("python", "numpy", "scipy", "torch", "cupy", "pyscf", "ase", "gpu4pyscf", "kernel cache",
+                 "csrc", "GPU", "CUDA", "NVRTC", "self-test")
+DOCTOR_PATHS = ("FusionRCG GPU J/K", "FusionRCG CPU host path", "FlashSchNet fused GPU kernels",
+                "FlashSchNet reference (CPU)")
+
+
+def test_doctor_values_start_in_one_column(doctor):
+    """Each block of the doctor's table (the facts, the paths) starts its
+    values in one column."""
+    head, _, paths = doctor.stdout.partition("paths:\n")
+
+    def columns(lines, labels):
+        found = set()
+        for line in lines:
+            label = max((l for l in labels if line.startswith(l + " ")), key=len)
+            found.add(len(line) - len(line[len(label):].lstrip()))
+        return found
+
+    assert len(columns(head.splitlines(), DOCTOR_LABELS)) == 1, head
+    assert len(columns([l[2:] for l in paths.splitlines()], DOCTOR_PATHS)) == 1, paths
 
 
 @pytest.mark.parametrize("driver,extras", [((12, 4), ["cuda12"]), ((13, 0), ["cuda13"]),
