@@ -1,8 +1,10 @@
 """``fusion-doctor``: what this machine can run, for bug reports.
 
 Prints versions, the GPU, CUDA and NVRTC found, compiles ``csrc/common/selftest.cu``
-and runs it through CuPy and PyTorch, then lists which paths of both packages are
-available. It never raises: a missing piece is reported as such.
+and runs it through CuPy and PyTorch, runs the CPU paths of both packages on a
+small case (FusionRCG's host J/K against PySCF's, the reference SchNet's forces
+against its energy's finite differences), then lists which paths of both
+packages are available. It never raises: a missing piece is reported as such.
 """
 from __future__ import annotations
 
@@ -48,6 +50,41 @@ def selftest(framework: str, n: int = 1 << 16) -> str:
     return f"{status} (max error {err:.1e}; module {source})"
 
 
+def _within(error: float, tol: float, what: str) -> str:
+    """OK or FAIL for a largest ``error`` against ``tol``."""
+    return f"{'OK' if error <= tol else 'FAIL'} ({what}: max error {error:.1e}, tolerance {tol:.0e})"
+
+
+def host_jk_check() -> str:
+    """FusionRCG's host-path J and K of water/STO-3G against PySCF's own."""
+    from pyscf import gto, scf
+
+    from pyscf_fusionrcg.jk import get_jk
+
+    mol = gto.M(atom="O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469", basis="sto-3g", verbose=0)
+    dm = scf.hf.init_guess_by_minao(mol)
+    vj, vk = get_jk(mol, dm, backend="cpu")
+    rj, rk = scf.hf.get_jk(mol, dm)
+    error = max(np.abs(vj - rj).max(), np.abs(vk - rk).max())
+    return _within(error, 1e-9, "water/STO-3G J and K against PySCF's")
+
+
+def schnet_check() -> str:
+    """The reference SchNet (fp64, CPU) on ethanol: the forces of the first
+    atom against central differences of the energy."""
+    from ase.build import molecule
+    from ase.calculators.fd import calculate_numerical_forces
+
+    from ase_flashschnet import FlashSchNetCalculator, SchNet
+
+    model = SchNet(hidden_channels=32, num_filters=32, num_interactions=2, cutoff=4.0, seed=0)
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = FlashSchNetCalculator(model, device="cpu", precision="fp64")
+    forces = atoms.get_forces()
+    numeric = calculate_numerical_forces(atoms, eps=1e-4, iatoms=[0])
+    return _within(float(np.abs(forces[0] - numeric[0]).max()), 1e-6, "ethanol forces against -dE/dx")
+
+
 def _timed(check) -> str:
     """``check()``'s verdict and its seconds; an exception is the verdict FAIL."""
     t0 = time.perf_counter()
@@ -89,6 +126,8 @@ def report() -> list[str]:
             rows.append(("NVRTC", f"unavailable ({exc})"))
         rows += [("self-test", f"{framework:<5} {_timed(lambda: selftest(framework))}")
                  for framework in ("cupy", "torch")]
+    checks = (("FusionRCG host J/K", host_jk_check), ("SchNet reference", schnet_check))
+    rows += [("CPU check", f"{name:<18} {_timed(check)}") for name, check in checks]
     torch_cuda = False
     try:
         import torch

@@ -47,7 +47,7 @@ def test_doctor_runs_without_traceback(doctor):
 
 
 DOCTOR_LABELS = ("python", "numpy", "scipy", "torch", "cupy", "pyscf", "ase", "gpu4pyscf", "kernel cache",
-                 "csrc", "GPU", "CUDA", "NVRTC", "self-test")
+                 "csrc", "GPU", "CUDA", "NVRTC", "self-test", "CPU check")
 DOCTOR_PATHS = ("FusionRCG GPU J/K", "FusionRCG CPU host path", "FlashSchNet fused GPU kernels",
                 "FlashSchNet reference (CPU)")
 
@@ -66,6 +66,28 @@ def test_doctor_values_start_in_one_column(doctor):
 
     assert len(columns(head.splitlines(), DOCTOR_LABELS)) == 1, head
     assert len(columns([l[2:] for l in paths.splitlines()], DOCTOR_PATHS)) == 1, paths
+
+
+def test_doctor_checks_the_cpu_paths(doctor):
+    """Without a GPU too, the doctor runs FusionRCG's host J/K and the
+    reference SchNet on a small case, each OK here."""
+    checks = [l for l in doctor.stdout.splitlines() if l.startswith("CPU check")]
+    names = ("FusionRCG host J/K", "SchNet reference")
+    assert len(checks) == 2 and all(name in c for name, c in zip(names, checks)), checks
+    assert all(" OK (" in c for c in checks), checks
+
+
+def test_doctor_reports_a_failed_check_with_its_error(monkeypatch):
+    """A check that raises, or misses its tolerance, is a FAIL row that says why."""
+    from gpucore import doctor
+
+    def broken():
+        raise RuntimeError("no integrals today")
+    monkeypatch.setattr(doctor, "host_jk_check", broken)
+    monkeypatch.setattr(doctor, "schnet_check", lambda: doctor._within(0.5, 1e-6, "forces"))
+    checks = [l for l in doctor.report() if l.startswith("CPU check")]
+    assert "FusionRCG host J/K FAIL: RuntimeError: no integrals today" in checks[0], checks
+    assert "SchNet reference   FAIL (forces: max error 5.0e-01, tolerance 1e-06)" in checks[1], checks
 
 
 @pytest.mark.parametrize("driver,extras", [((12, 4), ["cuda12"]), ((13, 0), ["cuda13"]),
