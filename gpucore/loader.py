@@ -25,13 +25,46 @@ from importlib import resources
 import numpy as np
 
 CACHE_ENV = "FUSION_KERNEL_CACHE"
-_INSTALL_HINT = (
-    "install CuPy for your CUDA version, e.g. `pip install .[cuda12]` or `.[cuda13]`"
-)
+#: The package's extras that bring CuPy (and GPU4PySCF), by CUDA major version.
+CUDA_EXTRAS = {12: "cuda12", 13: "cuda13"}
 
 
 class GPUUnavailableError(RuntimeError):
     """Raised when a GPU path is asked for on a machine that cannot run it."""
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """(major, minor) of the newest CUDA the NVIDIA driver supports, asked of
+    the driver library itself, so that it is known before CuPy is installed;
+    None where no driver library loads."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int()
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return version.value // 1000, version.value % 1000 // 10
+    return None
+
+
+def install_hint() -> str:
+    """What to install for the GPU paths: the extra of the package (not of a
+    checkout) that matches the driver's CUDA, or both where it is not known."""
+    version = driver_cuda_version()
+    if version is None:
+        options = " or ".join(f'`pip install "fusion-chem-gpu[{extra}]"` (CUDA {major})'
+                              for major, extra in CUDA_EXTRAS.items())
+        return f"install CuPy for your CUDA version: {options}"
+    major = version[0]
+    if major < min(CUDA_EXTRAS):
+        return (f"the NVIDIA driver supports CUDA {major}.{version[1]}; the GPU paths need a driver "
+                f"for CUDA {' or '.join(map(str, CUDA_EXTRAS))}")
+    extra = CUDA_EXTRAS.get(major, CUDA_EXTRAS[max(CUDA_EXTRAS)])
+    return (f"install CuPy for the driver's CUDA {major}.{version[1]}: "
+            f'`pip install "fusion-chem-gpu[{extra}]"`')
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,7 +73,7 @@ def _probe() -> tuple[object | None, str]:
     try:
         import cupy
     except Exception as exc:  # ImportError, or a CuPy built for another CUDA
-        return None, f"CuPy cannot be imported ({exc.__class__.__name__}: {exc}); {_INSTALL_HINT}"
+        return None, f"CuPy cannot be imported ({exc.__class__.__name__}: {exc}); {install_hint()}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:

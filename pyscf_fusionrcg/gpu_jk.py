@@ -53,7 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import launch
-from .options import Options, from_env
+from .options import PROGRESS_DELAY_S, Options, from_env
 from .screening import (CHUNK_QUARTETS, PLAN_BLOCK, PLAN_ROUNDS, TaskStream, iter_tasks, joined_rows,
                         plan_kernel, schwarz_bounds, sorted_pair_bounds)
 
@@ -65,8 +65,6 @@ QUARTET_DIGEST_MAX = 81
 #: index, where a slab has at most this many elements and the second index
 #: more than one (:func:`digest_layout`, docs/routing.md).
 SLAB_DIGEST_MAX = 63
-#: Seconds of kernel preparation before its progress bar shows.
-PROGRESS_DELAY_S = 2.0
 _COMPILE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 #: A plan screened for densities up to ``bound`` serves densities whose largest

@@ -17,13 +17,16 @@ from __future__ import annotations
 import numpy as np
 from pyscf import gto
 from pyscf.lib import logger
+from tqdm import tqdm
 
-from pyscf_fusionrcg.options import from_env
+from pyscf_fusionrcg.options import PROGRESS_DELAY_S, Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
 
 #: Doubles of integral blocks digested per batch (bounds the scratch memory).
 _BATCH_DOUBLES = 1 << 21
+#: Whether this process has said what the host path is for (:func:`cpu_engine`).
+_host_path_noted = False
 
 
 class LibcintBlocks:
@@ -48,8 +51,18 @@ class LibcintBlocks:
 
 
 def cpu_engine(mol, omega=0.0):
-    """The host path of FusionRCG (the orchestrated recurrence programs on the CPU)."""
+    """The host path of FusionRCG (the orchestrated recurrence programs on the CPU).
+
+    The first engine of a process that ``mol``'s verbosity lets speak (PySCF's
+    default does) says that the path is a reference for checks, far slower
+    than PySCF's own J/K: 'cpu' reads like the way to run on a CPU.
+    """
+    global _host_path_noted
     from pyscf_fusionrcg.host import HostEngine
+    if not _host_path_noted and mol.verbose >= logger.WARN:
+        logger.warn(mol, "FusionRCG's host path (backend='cpu') is a reference for checks, far slower "
+                    "than PySCF's own J/K; backend='auto' uses the GPU when there is one, else PySCF's J/K.")
+        _host_path_noted = True
     # HostEngine reads omega = 0 as "mol.omega": make that the operator asked for.
     with mol.with_range_coulomb(omega):
         return HostEngine(mol, omega=omega)
@@ -161,7 +174,7 @@ class JKContext:
         shape = dm.shape
         dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
         tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, with_j, with_k)
-        vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k)
+        vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k, self.options.progress)
         return (None if vj is None else vj.reshape(shape),
                 None if vk is None else vk.reshape(shape))
 
@@ -267,12 +280,15 @@ def get_jk(mol, dm, hermi=1, with_j=True, with_k=True, omega=None, backend="cpu"
     return context.get_jk(dm, hermi, with_j, with_k, direct_scf_tol)
 
 
-def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):
+def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progress=Options.progress):
     """J and K (nset, nao, nao) of NumPy ``dms`` from a task list and a block provider.
 
     The reference consumer of :func:`~pyscf_fusionrcg.screening.build_tasks`:
     blocks of one class are scaled by their degeneracy and scattered for all
-    8 permutations, in batches of at most ``_BATCH_DOUBLES``.
+    8 permutations, in batches of at most ``_BATCH_DOUBLES``.  A build that
+    takes longer than :data:`~pyscf_fusionrcg.options.PROGRESS_DELAY_S` shows a progress bar over the
+    quartets on stderr, unless ``progress`` is off (the host path takes
+    minutes where PySCF takes seconds).
     """
     dm_j = dms + dms.transpose(0, 2, 1) if with_j else None
     # K(D) for hermitian D is Kh + Kh.T; otherwise Kh[D] + Kh[D.T].T.
@@ -282,19 +298,22 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True):
     jh = np.zeros(dms.shape) if with_j else None
     kh = np.zeros(dm_k.shape) if with_k else None
     ao_loc = mol.ao_loc
-    for t in tasks:
-        blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
-        step = max(1, _BATCH_DOUBLES // int(blk))
-        degeneracy = t.degeneracy
-        for i0 in range(0, len(t), step):
-            shls = t.quartets[i0:i0 + step]
-            g = engine.quartet_blocks(shls)
-            g *= degeneracy[i0:i0 + step, None, None, None, None]
-            idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
-            if with_j:
-                _digest_j(g, idx, dm_j, jh)
-            if with_k:
-                _digest_k(g, idx, dm_k, kh)
+    with tqdm(total=sum(len(t) for t in tasks), desc="FusionRCG host J/K", unit="quartet", unit_scale=True,
+              delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
+        for t in tasks:
+            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
+            step = max(1, _BATCH_DOUBLES // int(blk))
+            degeneracy = t.degeneracy
+            for i0 in range(0, len(t), step):
+                shls = t.quartets[i0:i0 + step]
+                g = engine.quartet_blocks(shls)
+                g *= degeneracy[i0:i0 + step, None, None, None, None]
+                idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
+                if with_j:
+                    _digest_j(g, idx, dm_j, jh)
+                if with_k:
+                    _digest_k(g, idx, dm_k, kh)
+                bar.update(len(shls))
     vj = jh + jh.transpose(0, 2, 1) if with_j else None
     vk = None
     if with_k:

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from .codegen.variant import CTR_MODES, TIERS
 
 BACKENDS = ("auto", "gpu", "cpu")
+#: What each backend means, as the command-line tools say it.
+BACKEND_HELP = ("auto: the GPU when one is usable, else the SCF object's own PySCF J/K "
+                "(with a warning); gpu: the GPU, an error without one; cpu: FusionRCG's "
+                "host path, a slow reference for checks")
 CTR_CHOICES = ("auto",) + CTR_MODES
 
 #: Each option that an environment variable can set, and how its text reads.
@@ -36,6 +40,8 @@ ENV = {
     "progress": ("FUSIONRCG_PROGRESS", lambda v: v != "0"),
 }
 PREPARED_ENV = "FUSIONRCG_PREPARED"
+#: Seconds of kernel preparation or of a host-path build before its progress bar shows.
+PROGRESS_DELAY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class Options:
         their integral kernel (False: separate kernels, for comparisons).
     scratch_mb: device scratch per integral class; None takes a quarter of
         the free GPU memory, at most 8 GiB.
-    progress: a progress bar while kernels are prepared.
+    progress: a progress bar (after a couple of seconds) while GPU kernels are
+        prepared and while the host path builds J and K.
     """
     backend: str = "auto"
     direct_scf_tol: float | None = None

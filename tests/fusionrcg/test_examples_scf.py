@@ -1,4 +1,5 @@
 """Runnable surfaces: quickstart, notebook, ``python -m pyscf_fusionrcg``, benchmark dry run."""
+import ast
 import importlib.util
 import os
 import pathlib
@@ -46,6 +47,40 @@ def test_main_module_runs_the_default_job():
     assert "PySCF     E =" in res.stdout and "OK" in res.stdout
 
 
+@pytest.mark.parametrize("script", [("-m", "pyscf_fusionrcg"), ("examples/scf_quickstart.py",)])
+def test_backend_help_says_what_the_plugin_does(script):
+    """--help says what fusionrcg(backend=...) does (scf._resolve_backend):
+    'auto' is the GPU, else the SCF object's own PySCF J/K; 'cpu' the host
+    path, a slow reference; the scripts' docstrings say the same."""
+    res = _run(*script, "--help")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())     # argparse wraps the help
+    assert "auto: the GPU when one is usable, else the SCF object's own PySCF J/K" in text, text
+    assert "cpu: FusionRCG's host path, a slow reference for checks" in text, text
+    path = REPO / (script[0] if len(script) == 1 else "pyscf_fusionrcg/__main__.py")
+    doc = " ".join(ast.get_docstring(ast.parse(path.read_text())).split())
+    assert "own PySCF J/K" in doc and "slow reference" in doc, doc
+    assert "host path otherwise" not in doc and "host (CPU) path otherwise" not in doc, doc
+
+
+def test_main_module_auto_without_gpu_leaves_jk_to_pyscf(monkeypatch, capsys):
+    """Without a GPU, --backend auto (the default) runs PySCF's own J/K, as
+    fusionrcg(backend='auto') does, and says that this compares PySCF with itself."""
+    from gpucore import gpu_available
+
+    from pyscf_fusionrcg import jk
+    from pyscf_fusionrcg.__main__ import main
+    if gpu_available():
+        pytest.skip("this machine has a GPU")
+
+    def fusionrcg_jk(*args, **kwargs):
+        raise AssertionError("FusionRCG's J/K ran without a GPU under backend='auto'")
+    monkeypatch.setattr(jk, "get_jk", fusionrcg_jk)
+    assert main(["--basis", "sto-3g"]) == 0
+    out = capsys.readouterr().out
+    assert "FusionRCG backend = auto" in out and "both runs below are PySCF's own" in out, out
+
+
 def test_main_module_fails_when_energies_differ(capsys):
     from pyscf_fusionrcg.__main__ import main
     assert main(["--basis", "sto-3g", "--backend", "cpu", "--tol", "-1"]) == 1
@@ -58,6 +93,18 @@ def test_main_module_reads_xyz_and_runs_uhf(tmp_path, capsys):
     xyz.write_text("2\nOH radical\nO 0 0 0\nH 0 0 0.97\n")
     assert main(["--mol", str(xyz), "--basis", "sto-3g", "--spin", "1", "--backend", "cpu"]) == 0
     assert "UHF" in capsys.readouterr().out
+
+
+def test_main_module_names_a_missing_mol_file(tmp_path, capsys):
+    """A --mol that looks like a file but is none is a usage error (status 2),
+    not an atom symbol for PySCF; atoms given inline still work."""
+    from pyscf_fusionrcg.__main__ import main
+    for missing in ("missing.xyz", str(tmp_path / "water")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--mol", missing])
+        assert exc.value.code == 2
+        assert f"--mol {missing}: no such file" in capsys.readouterr().err
+    assert main(["--mol", "H 0 0 0; H 0 0 0.74", "--basis", "sto-3g", "--backend", "cpu"]) == 0
 
 
 def test_benchmark_dry_run_lists_cases(tmp_path):

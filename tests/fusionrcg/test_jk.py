@@ -206,3 +206,43 @@ def test_kernel_preparation_shows_progress_unless_turned_off(monkeypatch, capsys
     assert kernels == {s: (s[0], s[1], "warp") for s in shapes}
     err = capsys.readouterr().err
     assert ("FusionRCG kernels" in err and "/6 " in err) == (progress == "1"), err
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_host_build_shows_progress_unless_turned_off(monkeypatch, capsys, progress):
+    """The host path's digestion shows a progress bar over the quartets (stderr)
+    once a build takes PROGRESS_DELAY_S, off with Options(progress=False),
+    also for a complex density (built from two real ones)."""
+    from pyscf_fusionrcg import jk
+    from pyscf_fusionrcg.options import Options
+    monkeypatch.setattr(jk, "PROGRESS_DELAY_S", 0.0)
+    mol = _mol("h2o-sto3g")
+    dm = _dms(mol, 1, 1)
+    for d in (dm, dm + 0.1j * dm):
+        get_jk(mol, d, options=Options(backend="cpu", progress=progress))
+        err = capsys.readouterr().err
+        assert ("FusionRCG host J/K" in err and "quartet" in err) == progress, err
+
+
+def test_host_path_says_once_what_it_is_for(monkeypatch):
+    """The first host engine of a process that may speak (PySCF's default
+    verbosity) says that the path is a slow reference for checks; a molecule
+    at verbose 0 hears nothing and does not use up the message."""
+    import io
+
+    from pyscf.lib import logger
+
+    from pyscf_fusionrcg import jk
+    monkeypatch.setattr(jk, "_host_path_noted", False)
+    quiet = _mol("h2o-sto3g")
+    quiet.stdout = io.StringIO()
+    cpu_engine(quiet)
+    mol = _mol("h2o-sto3g")
+    mol.verbose, mol.stdout = logger.NOTE, io.StringIO()
+    for omega in (0.0, 0.3):
+        cpu_engine(mol, omega)
+    cpu_engine(_mol("nh3-631gs"))
+    assert quiet.stdout.getvalue() == ""
+    said = mol.stdout.getvalue()
+    assert said.count("FusionRCG's host path (backend='cpu') is a reference for checks, far slower "
+                      "than PySCF's own J/K") == 1, said

@@ -33,13 +33,74 @@ def test_without_gpu_the_error_says_why():
         gpucore.compile_file("common/selftest.cu")
 
 
-def test_doctor_runs_without_traceback():
-    out = subprocess.run(
+@pytest.fixture(scope="module")
+def doctor():
+    return subprocess.run(
         [sys.executable, "-m", "pyscf_fusionrcg.doctor"], capture_output=True, text=True, timeout=300
     )
-    assert out.returncode == 0, out.stderr
-    assert "FusionRCG CPU host path      available" in out.stdout
-    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_doctor_runs_without_traceback(doctor):
+    assert doctor.returncode == 0, doctor.stderr
+    assert "FusionRCG CPU host path" in doctor.stdout
+    assert "Traceback" not in doctor.stdout + doctor.stderr
+
+
+DOCTOR_LABELS = ("python", "numpy", "scipy", "torch", "cupy", "pyscf", "ase", "gpu4pyscf", "kernel cache",
+                 "csrc", "GPU", "CUDA", "NVRTC", "self-test", "CPU check")
+DOCTOR_PATHS = ("FusionRCG GPU J/K", "FusionRCG CPU host path", "FlashSchNet fused GPU kernels",
+                "FlashSchNet reference (CPU)")
+
+
+def test_doctor_values_start_in_one_column(doctor):
+    """Each block of the doctor's table (the facts, the paths) starts its
+    values in one column."""
+    head, _, paths = doctor.stdout.partition("paths:\n")
+
+    def columns(lines, labels):
+        found = set()
+        for line in lines:
+            label = max((l for l in labels if line.startswith(l + " ")), key=len)
+            found.add(len(line) - len(line[len(label):].lstrip()))
+        return found
+
+    assert len(columns(head.splitlines(), DOCTOR_LABELS)) == 1, head
+    assert len(columns([l[2:] for l in paths.splitlines()], DOCTOR_PATHS)) == 1, paths
+
+
+def test_doctor_checks_the_cpu_paths(doctor):
+    """Without a GPU too, the doctor runs FusionRCG's host J/K and the
+    reference SchNet on a small case, each OK here."""
+    checks = [l for l in doctor.stdout.splitlines() if l.startswith("CPU check")]
+    names = ("FusionRCG host J/K", "SchNet reference")
+    assert len(checks) == 2 and all(name in c for name, c in zip(names, checks)), checks
+    assert all(" OK (" in c for c in checks), checks
+
+
+def test_doctor_reports_a_failed_check_with_its_error(monkeypatch):
+    """A check that raises, or misses its tolerance, is a FAIL row that says why."""
+    from gpucore import doctor
+
+    def broken():
+        raise RuntimeError("no integrals today")
+    monkeypatch.setattr(doctor, "host_jk_check", broken)
+    monkeypatch.setattr(doctor, "schnet_check", lambda: doctor._within(0.5, 1e-6, "forces"))
+    checks = [l for l in doctor.report() if l.startswith("CPU check")]
+    assert "FusionRCG host J/K FAIL: RuntimeError: no integrals today" in checks[0], checks
+    assert "SchNet reference   FAIL (forces: max error 5.0e-01, tolerance 1e-06)" in checks[1], checks
+
+
+@pytest.mark.parametrize("driver,extras", [((12, 4), ["cuda12"]), ((13, 0), ["cuda13"]),
+                                           (None, ["cuda12", "cuda13"]), ((11, 8), [])])
+def test_install_hint_names_the_package_extra_for_the_driver(monkeypatch, driver, extras):
+    """The hint works outside a checkout (the package's extra, not '.[cuda12]')
+    and picks the extra of the driver's CUDA where the driver says it."""
+    monkeypatch.setattr(loader, "driver_cuda_version", lambda: driver)
+    hint = loader.install_hint()
+    assert [e for e in ("cuda12", "cuda13") if f'pip install "fusion-chem-gpu[{e}]"' in hint] == extras, hint
+    assert ".[cuda" not in hint
+    if driver == (11, 8):
+        assert "supports CUDA 11.8" in hint, hint
 
 
 @pytest.mark.gpu
