@@ -24,8 +24,7 @@ On the converged RHF density of one molecule (Vitamin C / def2-TZVP by default;
   cc-pV5Z: what the h classes, which GPU4PySCF computes on the CPU, cost us);
 * with ``--ctr pairmap,ops`` all of FusionRCG's part once per contracted-stage
   mode (``Options.ctr``, see ``tiers.ctr_mode``: ``pairmap`` forces it on
-  the levels tiers and offers the register tier its pairmap form, which a
-  class keeps where it spills little enough), and
+  the levels tiers, the other tiers run the ops whatever is asked), and
   with ``--fuse 1,0`` once with and once without the digesting kernels
   (``Options.fuse_digestion``), side by side in the one table; ``--fused-max``
   moves the largest block a digesting kernel takes

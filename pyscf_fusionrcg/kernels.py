@@ -42,8 +42,8 @@ def compile_variant(program: ir.Program, variant: codegen.Variant):
     return module.get_kernel(name), module.from_cache
 
 
-def compile_side_passes(program: ir.Program, acc_major: bool = False):
+def compile_side_passes(program: ir.Program):
     """The loaded side-pass kernel of a class (:func:`codegen.side_pass_source`)."""
     from gpucore import compile_source
-    source, name = codegen.side_pass_source(program, acc_major)
+    source, name = codegen.side_pass_source(program)
     return compile_source(source, name=name).get_kernel(name)

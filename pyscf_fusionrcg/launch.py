@@ -92,7 +92,7 @@ class ClassKernel:
         self.items_per_block = codegen.items_per_block(p, v, table)
         self.scratch_per_block = codegen.scratch_per_block(p, v, table)
         self.pairmap = v.ctr == 'pairmap'
-        self.products = contracted_stage(p, cp, acc_major=v.form == 'straight') if self.pairmap else None
+        self.products = contracted_stage(p, cp) if self.pairmap else None
         #: doubles per quartet besides the block: accumulators and the products' temporaries
         self.work_per_quartet = p.n_acc + self.products.work_doubles if self.pairmap else 0
 
@@ -143,13 +143,12 @@ class ClassKernel:
 class SidePasses:
     """The pairmap contracted stage as the generated side passes
     (codegen.side_pass_source), called as :class:`pairmaps.PairProducts` is:
-    ``(acc, ab, cd, out, work=None)``, with no work buffer; ``acc_major``:
-    the accumulators [accumulator][quartet], as the register tier writes them."""
+    ``(acc, ab, cd, out, work=None)``, with no work buffer."""
 
     work_doubles = 0
 
-    def __init__(self, program, acc_major=False):
-        self.kernel = kernels.compile_side_passes(program, acc_major)
+    def __init__(self, program):
+        self.kernel = kernels.compile_side_passes(program)
         self.quartets_per_block = codegen.pass_quartets(program)
         self.shared = codegen.pass_shared_bytes(program)
         if self.shared > 48 * 1024:
@@ -163,16 +162,11 @@ class SidePasses:
         return out
 
 
-def contracted_stage(program, cp, acc_major=False):
+def contracted_stage(program, cp):
     """The pairmap contracted stage of a class: the side passes where a block
-    of quartets fits their shared memory, else :class:`pairmaps.PairProducts`;
-    ``acc_major``: on the register tier's [accumulator][quartet] accumulators,
-    which only the side passes read."""
+    of quartets fits their shared memory, else :class:`pairmaps.PairProducts`."""
     if codegen.pass_quartets(program):
-        return SidePasses(program, acc_major)
-    if acc_major:
-        raise ValueError(f'{program.name}: the register tier\'s pairmap accumulators are read by the side '
-                         "passes only, and they do not fit this class; run it with ctr='ops' or on the warp tier")
+        return SidePasses(program)
     return pairmaps.PairProducts(program, cp)
 
 
@@ -198,7 +192,7 @@ def fuses_digestion(kern: ClassKernel, options: Options) -> bool:
     (:data:`FUSED_DIGEST_MAX`, ``options.fuse_digestion``)."""
     v = kern.variant
     return (options.fuse_digestion and v.tier == 'register' and prod(v.nctr) == 1
-            and v.ctr == 'ops' and kern.nelem <= FUSED_DIGEST_MAX)
+            and kern.nelem <= FUSED_DIGEST_MAX)
 
 
 def jk_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), options: Options = None) -> ClassKernel:

@@ -54,7 +54,8 @@ class Options:
     tier: force one storage tier of the GPU kernels for every class
         ('register', 'shared', 'warp', 'global'); None lets the routing choose.
     ctr: the contracted stage of the warp and global tiers: 'auto' (by the
-        routing rule), 'ops' or 'pairmap'.
+        routing rule), 'ops' or 'pairmap'.  The register and shared tiers
+        always run the ops: on them 'pairmap' gives 'ops'.
     fuse_digestion: small register-tier blocks are digested into J and K inside
         their integral kernel (False: separate kernels, for comparisons).
     scratch_mb: device scratch per integral class; None takes a quarter of

@@ -27,7 +27,8 @@ Form (:func:`variant_for`): the shared tier runs straight-line code up to
 and global tiers run the levels form, and for classes of one contraction
 tuple where :func:`pairmap_pays`, only the primitive stage in the
 interpreter, the contracted stage in the side passes (:func:`ctr_mode`).
-Asked for by name (``ctr='pairmap'``), the register tier does the same.
+The register and shared tiers always run the contracted stage's ops, whatever
+``ctr`` asks for.
 
 The measurements behind every bound here are in ``docs/routing.md``.
 """
@@ -59,21 +60,17 @@ _lock = threading.Lock()
 _decisions: dict = {}
 
 
-def choose_tier(program: ir.Program, nctr=(1, 1, 1, 1), ctr=None) -> str:
-    """Static tier from the program's size (thresholds above); the register
-    tier's size is its pairmap form's, the primitive stage alone, where
-    :func:`ctr_mode` gives it that form (``ctr`` asked for)."""
-    pairmap = ctr_mode(program, 'straight', nctr, ctr) == 'pairmap'
-    size = n_statements(program, primitive_only=True) if pairmap else n_statements(program)
-    if size <= REG_STATEMENTS_MAX:
+def choose_tier(program: ir.Program) -> str:
+    """Static tier from the program's size (thresholds above)."""
+    if n_statements(program) <= REG_STATEMENTS_MAX:
         return 'register'
     if _fits(program, variant_for(program, 'warp')):
         return 'warp'
     return 'global'
 
 
-def n_statements(program: ir.Program, primitive_only=False) -> int:
-    return len(program.prim) + (0 if primitive_only else len(program.ctr))
+def n_statements(program: ir.Program) -> int:
+    return len(program.prim) + len(program.ctr)
 
 
 def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ctr=None) -> codegen.Variant:
@@ -90,7 +87,8 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
 
 def requested_ctr(ctr=None) -> str:
     """The contracted-stage mode asked for (``Options.ctr``; None: 'auto');
-    'pairmap' and 'ops' force one where the form allows a choice."""
+    'pairmap' and 'ops' force one where the form allows a choice (the levels
+    form, :func:`ctr_mode`): elsewhere 'pairmap' gives 'ops'."""
     ctr = ctr or 'auto'
     if ctr not in codegen.CTR_MODES + ('auto',):
         raise ValueError(f"contracted stage must be one of {codegen.CTR_MODES + ('auto',)}, not {ctr!r}")
@@ -100,13 +98,10 @@ def requested_ctr(ctr=None) -> str:
 def ctr_mode(program: ir.Program, form: str, nctr=(1, 1, 1, 1), ctr=None) -> str:
     """'pairmap' or 'ops' for a variant: pairmap needs one contraction tuple
     and the levels form, where 'auto' (see :func:`requested_ctr`) takes it
-    where :func:`pairmap_pays`, or the straight form (the register tier), only
-    when asked for by name: there it is an experiment, not yet measured."""
+    where :func:`pairmap_pays`; every other form runs the ops."""
     ctr = requested_ctr(ctr)
-    if form not in ('levels', 'straight') or any(int(n) != 1 for n in nctr) or ctr == 'ops':
+    if form != 'levels' or any(int(n) != 1 for n in nctr) or ctr == 'ops':
         return 'ops'
-    if form == 'straight':
-        return ctr if ctr == 'pairmap' else 'ops'
     return 'pairmap' if ctr == 'pairmap' or pairmap_pays(program) else 'ops'
 
 
@@ -131,7 +126,7 @@ def nvcc_stats(program: ir.Program, tier=None, omega=0.0, nctr=(1, 1, 1, 1), ctr
     -Xptxas -v``: the compiler's report without a GPU (CI, offline checks).
     ``tier`` defaults to :func:`choose_tier` (no measured re-routing), ``ctr``
     as :func:`ctr_mode` takes it."""
-    variant = variant_for(program, tier or choose_tier(program, nctr, ctr), omega, nctr, ctr)
+    variant = variant_for(program, tier or choose_tier(program), omega, nctr, ctr)
     stats = _nvcc_stats(*kernels.kernel_source(program, variant))
     stats['shared_bytes'] += codegen.shared_bytes(program, variant, kernels.variant_table(program, variant))
     return dict(stats, tier=variant.tier, form=variant.form, ctr=variant.ctr,
@@ -251,7 +246,7 @@ def route(program: ir.Program, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr=None
             raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
         stats = measure(program, variant)
     else:
-        start = choose_tier(program, nctr, ctr)
+        start = choose_tier(program)
         order = [t for t in codegen.TIERS[codegen.TIERS.index(start):] if t != 'shared' or t == start]
         for t in order:
             variant = variant_for(program, t, omega, nctr, ctr)

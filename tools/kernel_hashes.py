@@ -45,7 +45,7 @@ def _digest(obj) -> str:
 def _variants(program, nctr, omega):
     """Every (label, variant) the class can take: the routed-by-size default and
     each tier with each form it allows."""
-    out = [("static", tiers.variant_for(program, tiers.choose_tier(program, nctr), omega, nctr))]
+    out = [("static", tiers.variant_for(program, tiers.choose_tier(program), omega, nctr))]
     for tier in codegen.TIERS:
         forms = {"register": ("straight",), "shared": ("straight", "table"), "warp": ("levels",),
                  "global": ("table", "levels")}[tier]
@@ -89,12 +89,11 @@ def hashes() -> dict:
                         if v.form in ("table", "levels"):
                             res[key + "|table"] = _digest(codegen.encode_table(program, v).stream_args())
                         res[key + "|host"] = _digest(codegen.host_source([(program, v)]))
-            for acc_major in (False, True):
-                try:
-                    src, name = codegen.side_pass_source(program, acc_major)
-                    res[f"{tag}|passes|{acc_major}"] = _digest(name + "\n" + src)
-                except ValueError as exc:
-                    res[f"{tag}|passes|{acc_major}"] = f"refused: {exc}"
+            try:
+                src, name = codegen.side_pass_source(program)
+                res[f"{tag}|passes"] = _digest(name + "\n" + src)
+            except ValueError as exc:
+                res[f"{tag}|passes"] = f"refused: {exc}"
     return res
 
 

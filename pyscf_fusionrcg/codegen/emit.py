@@ -109,7 +109,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     memory = variant.tier != 'register'
     tab = form in ('table', 'levels')
     lev = form == 'levels'
-    acc_out = variant.ctr == 'pairmap'     # accumulators in out (encode_table; the straight form below)
+    acc_out = variant.ctr == 'pairmap'     # levels form: accumulators in out (encode_table)
     seq = None if tab else sequence(program, G)
     slots = assign_slots(program, G)[0].tolist() if memory and not tab else None
     NT, NA = program.n_temps, program.n_acc
@@ -132,10 +132,6 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
             a, b = ptrs[k], ptrs[k + 1]
             if kind == _ZERO:
                 out.append(f'{ind}{ref(d)} = 0.0;' if memory else f'{ind}double {ref(d)} = 0.0;')
-                continue
-            if kind == _ACC and acc_out:
-                out.append(f'{ind}out[{d} * ostride] = (acc_add ? out[{d} * ostride] : 0.0) + '
-                           f'wt0 * {ref(srcs[a])};')
                 continue
             if kind == _ACC:
                 out.append(f'{ind}{ref(d)} += wt{gs[k]} * {ref(srcs[a])};')
@@ -207,7 +203,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     elif tab:
         add(f'  for (int k = 0; k < n_acc; ++k) sp[({_reserved(program, G)} + k) * {stride}] = 0.0;')
         add('  sp[0] = 1.0;')
-    if not tab and not acc_out:
+    if not tab:
         L.extend(statements(0, n_zero, '  '))
     add('  for (int ia = 0; ia < npa; ++ia) {')
     add('    const double ai = ea[ia];')
@@ -296,10 +292,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         # the accumulators are in out; the side passes (or pairmaps.py's products) run the
         # contracted stage
         add('  if (!acc_add)  // every primitive quartet was screened out')
-        if lev:
-            add('    for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = 0.0;')
-        else:
-            add(f'    for (int k = 0; k < {NA}; ++k) out[k * ostride] = 0.0;')
+        add('    for (int k = lane; k < n_acc; k += FR_LANES) out[k * ostride] = 0.0;')
         add('}')
         return '\n'.join(L) + '\n'
     # contracted stage
@@ -402,10 +395,9 @@ def emit_kernel_source(program: ir.Program, variant: Variant, table: Table = Non
     L.append(f'  for (long item = {first}; item < n_items; item += {step}) {{')
     L.append('    const int q = (int)(item % nq);')
     L.append('    const int grp = (int)(item / nq);')
-    # the levels form of a pairmap variant writes each quartet's accumulators together,
-    # [quartet][accumulator] (the lanes of a warp share a quartet); the register tier's
-    # threads take one quartet each, so that layout would not coalesce: [accumulator][quartet]
-    dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' and warp else 'out + q, nq'
+    # a pairmap variant (levels form) writes each quartet's accumulators together,
+    # [quartet][accumulator]: the lanes of a warp share a quartet
+    dest = 'out + (long)q * n_acc, 1' if variant.ctr == 'pairmap' else 'out + q, nq'
     L += _quartet_call(fn, f'grp * {variant.group}', dest, args + (', lane' if warp else ''))
     L.append('  }')
     L.append('}')

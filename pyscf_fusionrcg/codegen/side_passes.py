@@ -79,27 +79,22 @@ def _side_function(program: ir.Program, side: str, fname: str) -> list:
     return L
 
 
-def side_pass_source(program: ir.Program, acc_major: bool = False) -> tuple[str, str]:
+def side_pass_source(program: ir.Program) -> tuple[str, str]:
     """(CUDA source, kernel name) of the side passes of a class.
 
     Arguments: ``acc`` ([quartet][bra start][ket start], the levels form's
-    pairmap output; ``acc_major``: [bra start][ket start][quartet], the
-    register tier's), ``ab`` and ``cd`` (nq, 3) pair vectors, ``out`` (the
+    pairmap output), ``ab`` and ``cd`` (nq, 3) pair vectors, ``out`` (the
     blocks, [element][quartet] as the digestion reads them), ``nq``.  A block
     takes :func:`pass_quartets` quartets and :func:`pass_shared_bytes` of
     dynamic shared memory; the grid covers ``nq`` (no striding).  The bra
-    pass's threads take consecutive accumulators of a quartet, or with
-    ``acc_major`` consecutive quartets of an accumulator: loads that coalesce."""
+    pass's threads take consecutive accumulators of a quartet: loads that
+    coalesce."""
     nbf, nbs, nks, nkf = pass_dims(program)
     qb, stride = pass_quartets(program), _pass_stride(program)
     if not qb:
         raise ValueError(f'{program.name}: one quartet of the side passes needs {8 * stride} bytes of shared '
                          f'memory, above {PASS_SHARED_BYTES}')
-    name = f'fr_passes_{program.name}_{"cart" if program.cart else "sph"}{"_am" if acc_major else ""}'
-    if acc_major:
-        split, start = f'const int v = it / {qb}, ql = it - v * {qb};', f'acc + (long)v * nq + q, (long){nks} * nq'
-    else:
-        split, start = f'const int ql = it / {nks}, v = it - ql * {nks};', f'acc + q * {nbs * nks} + v, {nks}'
+    name = f'fr_passes_{program.name}_{"cart" if program.cart else "sph"}'
     L = [_prelude()]
     L += _side_function(program, 'bra', f'{name}_bra')
     L += _side_function(program, 'ket', f'{name}_ket')
@@ -109,9 +104,10 @@ def side_pass_source(program: ir.Program, acc_major: bool = False) -> tuple[str,
           '  extern __shared__ double fr_smem[];',
           f'  const long q0 = (long)blockIdx.x * {qb};',
           f'  for (int it = threadIdx.x; it < {qb * nks}; it += blockDim.x) {{',
-          f'    {split}',
+          f'    const int ql = it / {nks}, v = it - ql * {nks};',
           '    const long q = q0 + ql;',
-          f'    if (q < nq) {name}_bra({start}, ab[3 * q], ab[3 * q + 1], ab[3 * q + 2],',
+          f'    if (q < nq) {name}_bra(acc + q * {nbs * nks} + v, {nks}, '
+          'ab[3 * q], ab[3 * q + 1], ab[3 * q + 2],',
           f'                           fr_smem + ql * {stride} + v, {nks});',
           '  }',
           '  __syncthreads();',

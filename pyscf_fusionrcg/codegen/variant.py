@@ -58,10 +58,9 @@ class Variant:
             raise ValueError('group must divide the number of contraction tuples')
         if self.ctr not in CTR_MODES:
             raise ValueError(f'ctr must be one of {CTR_MODES}, not {self.ctr!r}')
-        if self.ctr == 'pairmap' and (self.form == 'table' or prod(self.nctr) != 1 or self.digest):
-            raise ValueError("the 'pairmap' contracted stage needs the levels form (warp or global "
-                             "tier) or the register tier, one contraction tuple and no digestion; "
-                             "use ctr='ops' here")
+        if self.ctr == 'pairmap' and (self.form != 'levels' or prod(self.nctr) != 1 or self.digest):
+            raise ValueError("ctr='pairmap' needs the warp or global tier's levels form, one "
+                             "contraction tuple and no digestion; use ctr='ops' here")
         if self.digest and (self.tier != 'register' or prod(self.nctr) != 1):
             raise ValueError('only the register tier with one contraction tuple digests its blocks '
                              'in the ERI kernel')

@@ -368,18 +368,6 @@ def test_kernels_compile_with_nvcc(ls, tier):
 
 
 @needs_nvcc
-@pytest.mark.slow
-def test_register_pairmap_kernels_spill_less_than_the_whole_program():
-    """The register tier's pairmap form keeps only the primitive stage's
-    intermediates in registers (the accumulators go to device memory), which
-    is why it exists: ptxas spills (dd|dp)'s whole program about 4x as much."""
-    prog = host.get_program(2, 2, 2, 1)
-    pm, ops = (tiers.nvcc_stats(prog, 'register', ctr=c) for c in ('pairmap', 'ops'))
-    assert (pm['ctr'], ops['ctr']) == ('pairmap', 'ops') and pm['kernel'] != ops['kernel']
-    assert 2 * pm['spill_bytes'] < ops['spill_bytes']
-
-
-@needs_nvcc
 @pytest.mark.parametrize('dims', [None, (3, 3, 3, 1), (1, 1, 1, 1), (1, 3, 3, 3)])
 def test_digest_compiles_with_nvcc(dims):
     """digest.cu without spills: fr_digest, and fr_digest_quartet for block

@@ -113,13 +113,11 @@ def test_small_budget_splits_batches(synth):
 
 
 @pytest.mark.parametrize('tier,classes', [('warp', [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]),
-                                           ('global', [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)]),
-                                           ('register', [(2, 2, 2, 0), (3, 1, 2, 0)])])
+                                           ('global', [(2, 2, 2, 0), (4, 2, 4, 0), (4, 4, 2, 2)])])
 def test_pairmap_and_interpreted_contracted_stages_agree(synth, monkeypatch, tier, classes):
-    """The levels tiers' default pairmap contracted stage (and the register
-    tier's, asked for by name) against the same kernels running the program's
-    contracted ops, and both against libcint; a budget of three quartets a
-    batch splits the pairmap buffers too."""
+    """The levels tiers' default pairmap contracted stage against the same
+    kernels running the program's contracted ops, and both against libcint;
+    a budget of three quartets a batch splits the pairmap buffers too."""
     from pyscf_fusionrcg.launch import GPUEngine
     mol = synth.mol(False)
     pairmap, interpreted = Options(tier=tier, ctr='pairmap'), Options(tier=tier, ctr='ops')

@@ -69,15 +69,17 @@ def test_products_stay_inside_the_work_buffer_they_are_given():
     assert np.allclose(ref[:, 0], one.reshape(-1), rtol=1e-13, atol=1e-13 * np.abs(one).max())
 
 
-def test_pairmap_variants_outside_the_levels_form_and_the_register_tier_are_refused():
+def test_pairmap_variants_outside_the_levels_form_are_refused():
     prog = host.get_program(2, 2, 2, 0)
-    with pytest.raises(ValueError, match="needs the levels form .* use ctr='ops'"):
-        codegen.make_variant(prog, 'shared', ctr='pairmap')
+    for tier, form in (('register', 'straight'), ('shared', 'straight'), ('shared', 'table'),
+                       ('global', 'table')):
+        with pytest.raises(ValueError, match="needs the warp or global tier's levels form.* use ctr='ops'"):
+            codegen.make_variant(prog, tier, form=form, ctr='pairmap')
     with pytest.raises(ValueError, match='one contraction tuple'):
         codegen.make_variant(prog, 'warp', nctr=(2, 1, 1, 1), ctr='pairmap')
     with pytest.raises(ValueError, match='no digestion'):
-        codegen.Variant('register', ctr='pairmap', digest=True)
-    assert codegen.make_variant(prog, 'register', ctr='pairmap').form == 'straight'
+        codegen.Variant('warp', form='levels', ctr='pairmap', digest=True)
+    assert codegen.make_variant(prog, 'global', ctr='pairmap').form == 'levels'
     with pytest.raises(ValueError, match='ctr must be one of'):
         codegen.make_variant(prog, 'warp', ctr='dense')
 
@@ -91,10 +93,10 @@ def test_a_program_without_its_graph_is_refused():
 
 
 def _pairmap_kernel(prog, var, tmp, lanes=False):
-    """The kernel of a pairmap variant (levels form, or the register tier's
-    straight form) built under the emulation (with ``lanes``, the 32 lanes of
-    a levels kernel as host threads), as a function (q, shl, env, omega) ->
-    accumulators, [quartet][accumulator], written over NaN."""
+    """The kernel of a pairmap variant (levels form) built under the emulation
+    (with ``lanes``, the 32 lanes of a warp as host threads), as a function
+    (q, shl, env, omega) -> accumulators, [quartet][accumulator], written
+    over NaN."""
     src, name = kernels.kernel_source(prog, var)
     assert name.endswith('_pm')
     targs, tpass = emit._stream_signature(var.form)
@@ -112,8 +114,6 @@ def _pairmap_kernel(prog, var, tmp, lanes=False):
         lib.run(I(grid), I(block), P(q.ctypes.data), I(len(q)), P(shl.ctypes.data), P(env.ctypes.data),
                 ctypes.c_double(omega), P(acc.ctypes.data), P(scratch.ctypes.data),
                 I(codegen.scratch_doubles(prog, var)), *stream_ctypes(prog, var))
-        if var.form == 'straight':      # the register tier writes [accumulator][quartet]
-            acc = np.ascontiguousarray(acc.reshape(prog.n_acc, len(q)).T).reshape(-1)
         return acc
     return run
 
@@ -122,19 +122,16 @@ def _pairmap_kernel(prog, var, tmp, lanes=False):
 @pytest.mark.parametrize('ls,cart,tier,omega,lanes', [((2, 2, 2, 0), False, 'warp', 0.0, False),
                                                       ((4, 2, 2, 2), True, 'global', 0.3, False),
                                                       ((4, 0, 2, 2), False, 'warp', -0.3, False),
-                                                      ((4, 2, 2, 0), False, 'warp', 0.0, True),
-                                                      ((2, 2, 2, 0), False, 'register', 0.0, False),
-                                                      ((4, 0, 2, 2), True, 'register', -0.3, False)])
+                                                      ((4, 2, 2, 0), False, 'warp', 0.0, True)])
 def test_pairmap_kernels_emulated_on_cpu(synth, ls, cart, tier, omega, lanes):
-    """The kernel writing accumulators (the levels form, or the register
-    tier's straight form), then the products, as launch.class_blocks runs
-    them, against libcint; ``lanes``: the 32 lanes of a warp as threads, as
-    on the GPU (an accumulator set by one lane and added to by another in a
-    later level or primitive quartet)."""
+    """The kernel writing accumulators (the levels form), then the products,
+    as launch.class_blocks runs them, against libcint; ``lanes``: the 32
+    lanes of a warp as threads, as on the GPU (an accumulator set by one lane
+    and added to by another in a later level or primitive quartet)."""
     mol = synth.mol(cart)
     prog = host.get_program(*ls, cart=cart)
     var = codegen.make_variant(prog, tier, omega, (1, 1, 1, 1), ctr='pairmap')
-    assert var.ctr == 'pairmap' and var.form == ('straight' if tier == 'register' else 'levels')
+    assert var.ctr == 'pairmap' and var.form == 'levels'
     with tempfile.TemporaryDirectory() as tmp:
         kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp), lanes)
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
@@ -186,15 +183,14 @@ def test_a_pairmap_stream_that_misses_an_accumulator_is_refused(monkeypatch):
 
 
 @needs_gxx
-@pytest.mark.parametrize('tier', ['warp', 'register'])
-def test_a_quartet_whose_primitives_are_all_screened_gets_zero_accumulators(synth, tier):
+def test_a_quartet_whose_primitives_are_all_screened_gets_zero_accumulators(synth):
     """Where no primitive quartet runs (the shells of the bra 100 bohr apart,
     every primitive pair past FR_EXP_CUTOFF), nothing sets the accumulators
     in out: the kernel writes them zero; the other quartets are as before."""
     ls = (4, 0, 2, 2)
     mol = synth.mol(False)
     prog = host.get_program(*ls)
-    var = codegen.make_variant(prog, tier, 0.0, (1, 1, 1, 1), ctr='pairmap')
+    var = codegen.make_variant(prog, 'warp', 0.0, (1, 1, 1, 1), ctr='pairmap')
     with tempfile.TemporaryDirectory() as tmp:
         kernel = _pairmap_kernel(prog, var, pathlib.Path(tmp))
     q = np.ascontiguousarray(synth.quartets(ls), dtype=np.int32)
@@ -218,15 +214,12 @@ PASS_CASES = [((3, 2, 3, 1), False), ((4, 2, 2, 2), True), ((2, 4, 0, 2), False)
 
 @needs_gxx
 @pytest.mark.parametrize('ls,cart', PASS_CASES)
-@pytest.mark.parametrize('acc_major', [False, True])
-def test_side_passes_emulated_on_cpu_equal_the_products(ls, cart, acc_major):
+def test_side_passes_emulated_on_cpu_equal_the_products(ls, cart):
     """codegen.side_pass_source's kernel, its blocks' threads run as host
     threads (__syncthreads), against pairmaps.PairProducts on the same
-    accumulators: three blocks, the last one short, into NaN-filled output;
-    ``acc_major``: the accumulators [accumulator][quartet], as the register
-    tier writes them."""
+    accumulators: three blocks, the last one short, into NaN-filled output."""
     prog = host.get_program(*ls, cart=cart)
-    src, name = codegen.side_pass_source(prog, acc_major)
+    src, name = codegen.side_pass_source(prog)
     entry = (f'extern "C" void run(int grid, const double* acc, const double* ab, const double* cd, '
              f'double* out, int nq) {{ fr_launch_blocks({name}, grid, {codegen.PASS_THREADS}, acc, ab, cd, '
              'out, nq); }\n')
@@ -240,8 +233,7 @@ def test_side_passes_emulated_on_cpu_equal_the_products(ls, cart, acc_major):
     ref = pairmaps.PairProducts(prog)(acc, ab, cd, np.empty((n_elem, nq)))
     out = np.full((n_elem, nq), np.nan)
     P = ctypes.c_void_p
-    given = np.ascontiguousarray(acc.reshape(nq, prog.n_acc).T) if acc_major else acc
-    lib.run(ctypes.c_int(-(-nq // qb)), P(given.ctypes.data), P(ab.ctypes.data), P(cd.ctypes.data),
+    lib.run(ctypes.c_int(-(-nq // qb)), P(acc.ctypes.data), P(ab.ctypes.data), P(cd.ctypes.data),
             P(out.ctypes.data), ctypes.c_int(nq))
     assert np.abs(out - ref).max() <= 1e-12 * np.abs(ref).max()
 
@@ -300,15 +292,3 @@ def test_side_passes_cost_less_than_the_products():
         passes, products = codegen.pass_cost(prog), pairmaps.PairProducts(prog).cost()
         assert passes['bytes'] == 8 * (prog.n_acc + int(np.prod(prog.shape))), prog.name
         assert passes['fma'] < products['fma'] and passes['bytes'] < products['bytes'], prog.name
-
-
-def test_register_pairmap_accumulators_are_left_to_the_side_passes_only(monkeypatch):
-    """The register tier writes its accumulators [accumulator][quartet],
-    which the products do not read: asked for them, contracted_stage says so
-    instead of handing them a layout they would misread."""
-    prog = host.get_program(2, 2, 2, 0)
-    monkeypatch.setattr(codegen, 'pass_quartets', lambda p: 0)
-    with pytest.raises(ValueError, match="read by the side passes only, and they do not fit this class; "
-                                         "run it with ctr='ops' or on the warp tier"):
-        launch.contracted_stage(prog, np, acc_major=True)
-    assert isinstance(launch.contracted_stage(prog, np), pairmaps.PairProducts)

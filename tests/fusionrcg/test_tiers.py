@@ -57,10 +57,7 @@ def test_contracted_stage_mode_follows_size_and_requests(monkeypatch):
     assert tiers.variant_for(big, 'shared').ctr == 'ops'
     assert tiers.variant_for(big, 'warp', nctr=(1, 2, 1, 1)).ctr == 'ops'
     assert tiers.variant_for(mid, 'warp', ctr='pairmap').ctr == 'pairmap'
-    # the register tier's pairmap stage is an experiment: only when asked for
     assert tiers.variant_for(big, 'register').ctr == 'ops'
-    assert tiers.variant_for(big, 'register', ctr='pairmap').ctr == 'pairmap'
-    assert tiers.variant_for(big, 'register', nctr=(1, 2, 1, 1), ctr='pairmap').ctr == 'ops'
     assert tiers.variant_for(big, 'warp', ctr='ops').ctr == 'ops'
     with pytest.raises(ValueError, match='contracted stage must be one of'):
         tiers.variant_for(big, 'warp', ctr='dense')
@@ -131,47 +128,47 @@ def test_decisions_saved_by_several_processes_at_once_are_all_kept(fresh_cache):
 
 
 def test_routes_asked_for_different_contracted_stages_are_kept_apart(monkeypatch, fresh_cache):
-    """A register-tier class routed with ctr='pairmap' is another kernel than
-    the one 'auto' routes (which takes the pairmap stage on the levels tiers
-    only): the two decisions do not share a cache entry."""
+    """A warp-tier class routed with ctr='pairmap' is another kernel than the
+    one 'auto' routes (where pairmap does not pay): the two decisions do not
+    share a cache entry."""
     calls = []
-    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0}, calls))
-    prog = host.get_program(4, 3, 4, 2)
-    assert tiers.pairmap_pays(prog)
-    assert tiers.route(prog, tier='register')[0].ctr == 'ops'
-    assert tiers.route(prog, tier='register', ctr='pairmap')[0].ctr == 'pairmap'
-    assert calls == ['register', 'register']
+    monkeypatch.setattr(tiers, 'measure', _fake_measure({'warp': 0}, calls))
+    prog = host.get_program(3, 3, 2, 0)
+    assert not tiers.pairmap_pays(prog)
+    assert tiers.route(prog, tier='warp')[0].ctr == 'ops'
+    assert tiers.route(prog, tier='warp', ctr='pairmap')[0].ctr == 'pairmap'
+    assert calls == ['warp', 'warp']
 
 
-def test_asked_for_pairmap_the_register_tier_is_tried_by_its_primitive_stage(monkeypatch, fresh_cache):
-    """(fd|fp) has more statements than the register tier takes, but its
-    primitive stage alone (the register tier's pairmap form) fits: asked for
-    ctr='pairmap', the route measures that form first, and moves on to the
-    warp tier when it spills too much; with several contraction tuples (no
-    pairmap form there) it starts at the warp tier as before."""
-    prog = host.get_program(3, 2, 3, 1)
-    assert tiers.n_statements(prog, True) <= tiers.REG_STATEMENTS_MAX < tiers.n_statements(prog)
-    assert tiers.choose_tier(prog) == 'warp' and tiers.choose_tier(prog, ctr='pairmap') == 'register'
+def test_asked_for_pairmap_the_register_tier_runs_the_ops(monkeypatch, fresh_cache):
+    """The register tier has no pairmap form: a Variant asking for one is
+    refused, and ctr='pairmap' (a choice where the form has one) gives that
+    tier the ops, forced or routed there by size; (fd|fp), too large for the
+    register tier, starts at the warp tier and takes the pairmap stage there."""
+    small, prog = host.get_program(2, 1, 1, 0), host.get_program(3, 2, 3, 1)
+    with pytest.raises(ValueError, match="ctr='pairmap' needs the warp or global tier's levels form"):
+        codegen.Variant('register', ctr='pairmap')
+    assert tiers.variant_for(prog, 'register', ctr='pairmap').ctr == 'ops'
     calls = []
     monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': 0, 'warp': 0}, calls))
-    assert tiers.route(prog)[0].tier == 'warp' and calls == ['warp']
-    variant = tiers.route(prog, ctr='pairmap')[0]
-    assert (variant.tier, variant.ctr) == ('register', 'pairmap') and calls == ['warp', 'register']
-    monkeypatch.setattr(tiers, 'measure', _fake_measure({'register': tiers.SPILL_BYTES_MAX + 8, 'warp': 0}, calls))
-    variant = tiers.route(prog, omega=0.3, ctr='pairmap')[0]
-    assert (variant.tier, variant.ctr) == ('warp', 'pairmap') and calls[2:] == ['register', 'warp']
-    assert tiers.route(prog, nctr=(1, 2, 1, 1), ctr='pairmap')[0].tier == 'warp' and calls[4:] == ['warp']
+    assert tiers.route(prog, tier='register', ctr='pairmap')[0].ctr == 'ops'
+    assert tiers.route(small, ctr='pairmap')[0] == tiers.variant_for(small, 'register')
+    assert tiers.route(prog, ctr='pairmap')[0].ctr == 'pairmap'
+    assert calls == ['register', 'register', 'warp']
 
 
-def test_a_register_pairmap_kernel_does_not_digest(monkeypatch):
+def test_a_pairmap_kernel_does_not_digest():
     """The digesting variant computes blocks in registers; a pairmap one
-    leaves them to the side passes, so a J/K build never asks it to digest."""
+    (levels form) leaves them to the side passes, so a J/K build never asks
+    it to digest, and no variant digests them."""
     prog = host.get_program(1, 0, 0, 0)
-    kern = type('K', (), {'variant': codegen.make_variant(prog, 'register', ctr='pairmap'), 'nelem': 3})()
+    kern = type('K', (), {'variant': codegen.make_variant(prog, 'warp', ctr='pairmap'), 'nelem': 3})()
     plain = type('K', (), {'variant': codegen.make_variant(prog, 'register'), 'nelem': 3})()
     on, off = Options(), Options(fuse_digestion=False)
     assert launch.fuses_digestion(plain, on) and not launch.fuses_digestion(kern, on)
     assert not launch.fuses_digestion(plain, off)
+    with pytest.raises(ValueError, match='no digestion'):
+        codegen.Variant('warp', form='levels', ctr='pairmap', digest=True)
 
 
 def test_override_forces_the_tier(monkeypatch, fresh_cache):
