@@ -7,7 +7,9 @@ Modules: ``model`` (the plain PyTorch reference, also the CPU path), ``neighbors
 (CSR neighbour lists with a Verlet skin), ``fused`` (the fused CUDA kernels),
 ``calculator`` (the ASE calculator), ``md`` (batched multi-replica MD: ``run_replicas``
 and its settings, ``MDConfig``), ``static_neighbors`` and ``step_status`` (the
-fixed-capacity neighbour graphs and the device-side status vector of MD), ``cli``.
+fixed-capacity neighbour graphs and the device-side status vector of MD), ``cli``,
+and ``torchsim`` (the model for TorchSim's integrators; needs the optional
+``torch-sim-atomistic``, so only ``import ase_flashschnet.torchsim`` loads it).
 """
 __version__ = "0.1.0"
 
