@@ -5,10 +5,13 @@ by Boltzmann inversion: the histogram of the observed values x gives
 ``U(x) = -kT ln(p(x) / J(x)) + const``, with ``J`` the Jacobian of the
 coordinate (``r^2`` for a distance, ``sin(theta)`` for an angle: the volume a
 value takes up in 3D, which would otherwise pass for energy), and a parabola
-``0.5 k (x - x0)^2 + c`` is fitted to it by least squares, each bin weighted by
-its count (the variance of ``ln(count)`` is about 1/count). kT is
-``ase.units.kB * temperature_K`` of the dataset, so k comes out in eV/A^2 and
-eV/rad^2.
+``0.5 k (x - x0)^2 + c`` is fitted to it. The fit is by maximum likelihood on
+the bin counts (Poisson, with the parabola in the exponent), not by least
+squares on ``ln(count)``: the log of small counts is biased low, and that of
+empty bins undefined, so least squares would underestimate k. The
+histogram reaches a quarter of the samples' span beyond them on each side, so
+the empty bins there bound the tails. kT is ``ase.units.kB * temperature_K``
+of the dataset, so k comes out in eV/A^2 and eV/rad^2.
 
 Terms are fitted per bead-TYPE class, not per position in the chain: every
 bond whose two beads have the same pair of type codes (in either order) pools
@@ -32,8 +35,8 @@ from ase.units import kB
 from ..priors import HarmonicAngles, HarmonicBonds, Repulsion
 from .dataset import CGDataset
 
-__all__ = ["fit_harmonic", "bond_lengths", "bond_angles", "fit_bonds", "fit_angles", "shortest_nonbonded",
-           "fit_repulsion", "fit_priors"]
+__all__ = ["fit_harmonic", "distance_jacobian", "angle_jacobian", "bond_lengths", "bond_angles", "fit_bonds",
+           "fit_angles", "shortest_nonbonded", "fit_repulsion", "fit_priors"]
 
 
 def bond_lengths(positions: np.ndarray) -> np.ndarray:
@@ -50,27 +53,49 @@ def bond_angles(positions: np.ndarray) -> np.ndarray:
     return np.arctan2(np.linalg.norm(np.cross(u, v), axis=2), (u * v).sum(axis=2))
 
 
+def distance_jacobian(r: np.ndarray) -> np.ndarray:
+    """Volume element of a distance in 3D: r^2, and 0 where r < 0."""
+    return np.where(r > 0, r * r, 0.0)
+
+
+def angle_jacobian(theta: np.ndarray) -> np.ndarray:
+    """Volume element of a bond angle: sin(theta) in (0, pi), 0 outside."""
+    return np.clip(np.sin(theta), 0.0, None) * ((theta > 0) & (theta < np.pi))
+
+
 def fit_harmonic(values: np.ndarray, kT: float, jacobian, bins: int = 50) -> tuple[float, float]:
     """(k, x0) of the harmonic whose Boltzmann distribution at ``kT`` fits the
     samples ``values`` best (see the module docstring); ``jacobian(x)`` is the
     coordinate's volume element. Raises ``ValueError`` when the histogram is no
-    single well (fewer than 3 filled bins, or a parabola that opens downwards)."""
+    single well (fewer than 3 filled bins, or a fit that opens downwards)."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    counts, edges = np.histogram(values, bins=bins)
-    centers = 0.5 * (edges[1:] + edges[:-1])
-    filled = counts > 0
-    if filled.sum() < 3:
-        raise ValueError(f"{values.size} samples fill {filled.sum()} histogram bin(s); a harmonic fit needs 3")
-    x, n = centers[filled], counts[filled].astype(np.float64)
-    energy = -kT * np.log(n / np.maximum(jacobian(x), 1e-12))
-    mid = values.mean()
-    design = np.stack([(x - mid) ** 2, x - mid, np.ones_like(x)], axis=1)
-    weight = np.sqrt(n)
-    (a, b, _), *_ = np.linalg.lstsq(design * weight[:, None], energy * weight, rcond=None)
-    if not a > 0:
-        raise ValueError(f"the -kT ln p of {values.size} samples is not a well (curvature {2 * a:.3g}); "
+    low, high = values.min(), values.max()
+    # empty bins beyond the samples tell the fit that the tails end there
+    counts, edges = np.histogram(values, bins=bins, range=(low - 0.25 * (high - low), high + 0.25 * (high - low)))
+    if (counts > 0).sum() < 3:
+        raise ValueError(f"{values.size} samples fill {(counts > 0).sum()} histogram bin(s); a harmonic fit needs 3")
+    mid, scale = values.mean(), values.std()
+    t = (0.5 * (edges[1:] + edges[:-1]) - mid) / scale
+    # counts ~ Poisson(J(x) exp(c0 + c1 t + c2 t^2)), by Newton's method (the
+    # log-likelihood is concave) from the Gaussian of the samples' mean and variance
+    design = np.stack([np.ones_like(t), t, t * t], axis=1)
+    log_jacobian = np.log(np.maximum(jacobian(scale * t + mid), 1e-300))
+    coef = np.array([0.0, 0.0, -0.5])
+    coef[0] = np.log(counts.sum() / np.exp(log_jacobian + design @ coef).sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(100):
+            rate = np.exp(log_jacobian + design @ coef)
+            step = np.linalg.solve(design.T @ (rate[:, None] * design), design.T @ (counts - rate))
+            coef += step
+            if not np.isfinite(coef).all() or np.abs(step).max() < 1e-10:
+                break
+    if not np.isfinite(coef).all():
+        raise ValueError(f"the fit to the histogram of {values.size} samples did not converge")
+    _, c1, c2 = coef
+    if not c2 < 0:
+        raise ValueError(f"the -kT ln p of {values.size} samples is not a well (curvature {-2 * kT * c2:.3g}); "
                          "no harmonic fits it")
-    return 2.0 * a, mid - b / (2.0 * a)
+    return -2.0 * kT * c2 / scale ** 2, mid - scale * c1 / (2.0 * c2)
 
 
 def _fit_classes(values: np.ndarray, classes: list, kT: float, jacobian, bins: int, what: str):
@@ -93,7 +118,7 @@ def fit_bonds(dataset: CGDataset, bins: int = 50) -> HarmonicBonds:
     """Harmonic bonds between consecutive beads, one fit per pair of bead types."""
     t = dataset.types.tolist()
     classes = [tuple(sorted((t[i], t[i + 1]))) for i in range(len(t) - 1)]
-    k, r0 = _fit_classes(bond_lengths(dataset.positions), classes, _kT(dataset), np.square, bins, "bonds")
+    k, r0 = _fit_classes(bond_lengths(dataset.positions), classes, _kT(dataset), distance_jacobian, bins, "bonds")
     bonds = [[i, i + 1] for i in range(len(t) - 1)]
     return HarmonicBonds(bonds, k=k, r0=r0, n_atoms=dataset.n_beads)
 
@@ -102,7 +127,7 @@ def fit_angles(dataset: CGDataset, bins: int = 50) -> HarmonicAngles:
     """Harmonic angles of consecutive triples, one fit per triple of bead types."""
     t = dataset.types.tolist()
     classes = [min((t[i], t[i + 1], t[i + 2]), (t[i + 2], t[i + 1], t[i])) for i in range(len(t) - 2)]
-    k, theta0 = _fit_classes(bond_angles(dataset.positions), classes, _kT(dataset), np.sin, bins, "angles")
+    k, theta0 = _fit_classes(bond_angles(dataset.positions), classes, _kT(dataset), angle_jacobian, bins, "angles")
     angles = [[i, i + 1, i + 2] for i in range(len(t) - 2)]
     return HarmonicAngles(angles, k=k, theta0=theta0, n_atoms=dataset.n_beads)
 

@@ -5,8 +5,8 @@ from ase.units import kB
 
 from ase_flashschnet.model import SchNet, load_model
 from ase_flashschnet.train.dataset import make_dataset
-from ase_flashschnet.train.prior_fit import (bond_angles, bond_lengths, fit_harmonic, fit_priors, fit_repulsion,
-                                             shortest_nonbonded)
+from ase_flashschnet.train.prior_fit import (angle_jacobian, bond_angles, bond_lengths, distance_jacobian, fit_harmonic,
+                                             fit_priors, fit_repulsion, shortest_nonbonded)
 
 T = 300.0
 KT = kB * T
@@ -48,10 +48,10 @@ def test_the_jacobian_is_divided_out(boltzmann_chain):
     positions = boltzmann_chain(20000, 3, 0.1, 1.0, 3.0, 2.0, KT)
     r = bond_lengths(positions)[:, 0]
     assert r.mean() > 1.2
-    k, r0 = fit_harmonic(r, KT, np.square)
+    k, r0 = fit_harmonic(r, KT, distance_jacobian)
     assert k == pytest.approx(0.1, rel=0.1) and r0 == pytest.approx(1.0, abs=0.05)
     theta = bond_angles(positions)[:, 0]
-    k, theta0 = fit_harmonic(theta, KT, np.sin)
+    k, theta0 = fit_harmonic(theta, KT, angle_jacobian)
     assert k == pytest.approx(3.0, rel=0.1) and theta0 == pytest.approx(2.0, abs=0.02)
 
 
