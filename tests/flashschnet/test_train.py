@@ -1,4 +1,10 @@
-"""Force-matching training on a synthetic chain whose forces come from a known potential."""
+"""Force-matching training on a synthetic chain whose forces come from a known potential,
+through the API and through ``flashschnet-train``."""
+import configparser
+import csv
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +14,8 @@ from ase_flashschnet.model import UnknownElementError, load_model
 from ase_flashschnet.train import trainer
 from ase_flashschnet.train.checkpoint import load_checkpoint
 from ase_flashschnet.train.config import TrainConfig
-from ase_flashschnet.train.dataset import make_dataset
+from ase_flashschnet.train.cli import main
+from ase_flashschnet.train.dataset import make_dataset, save_dataset
 from ase_flashschnet.train.metrics import FIELDS
 from ase_flashschnet.train.trainer import train
 
@@ -47,7 +54,6 @@ def tiny(out_dir, **options):
 
 
 def losses(result, key):
-    import csv
     with open(result.metrics_file) as f:
         return [float(row[key]) for row in csv.DictReader(f)]
 
@@ -136,3 +142,44 @@ def test_bad_data_and_settings_stop_before_training(chain_data, tmp_path):
     with pytest.raises(ValueError, match="repulsion_cutoff must lie in"):
         tiny(tmp_path, repulsion_cutoff=6.0)
     assert FIELDS == ("epoch", "train_loss", "val_loss", "lr", "seconds")
+
+
+def test_cli_trains_end_to_end_and_resumes(chain_data, tmp_path, capsys):
+    dataset = tmp_path / "chain.npz"
+    save_dataset(dataset, chain_data.positions, chain_data.forces, chain_data.types, chain_data.trajectory, T)
+    out = tmp_path / "run"
+    common = [str(dataset), "--out", str(out), "--device", "cpu", "--cutoff", "4", "--hidden-channels", "16",
+              "--num-filters", "16", "--num-interactions", "2", "--num-rbf", "12", "--batch-frames", "8",
+              "--val-fraction", "0.25", "--no-progress"]
+    assert main([*common, "--epochs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "epochs       : 2 on cpu" in text and f"model        : {out / 'model.pt'}" in text
+    for name in ("model.pt", "checkpoint.pt", "metrics.csv", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert load_model(out / "model.pt").config["num_filters"] == 16
+    assert main([*common, "--epochs", "3", "--resume"]) == 0
+    assert "epochs       : 3 on cpu" in capsys.readouterr().out
+    with open(out / "metrics.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_cli_errors_are_one_line_with_status_2(chain_data, tmp_path, capsys):
+    assert main([str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"flashschnet-train: error: no dataset file at {tmp_path / 'missing.npz'}"
+    dataset = tmp_path / "one.npz"
+    save_dataset(dataset, chain_data.positions, chain_data.forces, chain_data.types, np.zeros(48, dtype=int), T)
+    assert main([str(dataset), "--out", str(tmp_path / "o")]) == 2
+    assert "needs at least 2 trajectories" in capsys.readouterr().err
+    assert main([str(dataset), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
+    assert "epochs must be a positive whole number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_scripts_name_functions_that_exist():
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].split("\n") if line)
+    assert scripts["flashschnet-train"] == "ase_flashschnet.train.cli:main"
+    for target in scripts.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
