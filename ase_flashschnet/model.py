@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from .priors import prior_from_config
 
-__all__ = ["SchNet", "GaussianRBF", "Interaction", "UnknownElementError", "load_model", "shifted_softplus",
-           "FORMAT", "VERSION"]
+__all__ = ["SchNet", "GaussianRBF", "Interaction", "UnknownElementError", "load_model", "read_tagged_file",
+           "shifted_softplus", "FORMAT", "VERSION"]
 
 FORMAT = "flashschnet"
 VERSION = 1
@@ -282,25 +282,37 @@ class SchNet(nn.Module):
         torch.save({"format": FORMAT, "version": VERSION, "config": self.config, "state_dict": state}, path)
 
 
+def read_tagged_file(path, tag: str, version: int, what: str) -> dict:
+    """The dictionary that ``torch.save`` wrote at ``path``, checked to carry
+    ``format`` ``tag`` and ``version`` (as model files and training checkpoints do).
+
+    Raises ``FileNotFoundError`` if there is no file, and ``ValueError`` naming
+    the file and ``what`` it should be (e.g. 'FlashSchNet model file') for
+    anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != tag:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path}: not a {what} (format {found!r}, expected {tag!r})")
+    if blob.get("version") != version:
+        raise ValueError(f"{path}: unsupported {what} version {blob.get('version')!r} "
+                         f"(this code reads version {version})")
+    return blob
+
+
 def load_model(path, device="cpu") -> SchNet:
     """Read a model written by :meth:`SchNet.save`, in the dtype it was saved in.
 
     Raises ``ValueError`` naming the file for anything that is not a valid
     FlashSchNet model (``FileNotFoundError`` if it does not exist).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable FlashSchNet model file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{path}: not a FlashSchNet model file (format {found!r}, expected {FORMAT!r})")
-    if blob.get("version") != VERSION:
-        raise ValueError(f"{path}: unsupported FlashSchNet file version {blob.get('version')!r} "
-                         f"(this code reads version {VERSION})")
+    blob = read_tagged_file(path, FORMAT, VERSION, "FlashSchNet model file")
     config, state = blob.get("config"), blob.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise ValueError(f"{path}: the file lacks a 'config' or 'state_dict' dictionary")

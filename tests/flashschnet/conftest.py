@@ -84,3 +84,55 @@ def _capture(fn, warmup=2):
     with torch.cuda.graph(cuda_graph):
         outputs = fn()
     return cuda_graph, outputs
+
+
+def _draw(rng, n, mean, std, jacobian, top):
+    """n samples of p(x) ~ jacobian(x) exp(-(x - mean)^2 / (2 std^2)) where x > 0 and
+    jacobian(x) > 0, by rejection from the Gaussian (``top`` bounds ``jacobian``
+    where samples fall)."""
+    out = np.empty(0)
+    while out.size < n:
+        x = rng.normal(mean, std, 2 * n)
+        x = x[(x > 0) & (rng.uniform(0.0, top, x.size) < jacobian(x))]
+        out = np.concatenate([out, x])
+    return out[:n]
+
+
+def sample_chain(rng, n_frames, n_beads, k_bond, r0, k_angle, theta0, kT):
+    """Chains (n_frames, n_beads, 3) drawn from the Boltzmann distribution at ``kT``
+    of harmonic bonds (consecutive beads) and angles (consecutive triples); the
+    parameters are scalars or one value per bond / angle. A chain's volume
+    element in bond lengths, angles and dihedrals is prod r^2 sin(theta) dr
+    dtheta dphi, so drawing each r from r^2 exp(-U/kT), each theta from
+    sin(theta) exp(-U/kT) and each dihedral uniformly samples it exactly."""
+    k_bond, r0 = np.broadcast_to(k_bond, n_beads - 1), np.broadcast_to(r0, n_beads - 1)
+    k_angle, theta0 = np.broadcast_to(k_angle, n_beads - 2), np.broadcast_to(theta0, n_beads - 2)
+    pos = np.zeros((n_frames, n_beads, 3))
+    for i in range(1, n_beads):
+        std = np.sqrt(kT / k_bond[i - 1])
+        r = _draw(rng, n_frames, r0[i - 1], std, np.square, (r0[i - 1] + 8 * std) ** 2)
+        if i == 1:
+            pos[:, 1, 0] = r
+            continue
+        std = np.sqrt(kT / k_angle[i - 2])
+        theta = _draw(rng, n_frames, theta0[i - 2], std, np.sin, 1.0)  # sin < 0 rejects theta > pi
+        phi = rng.uniform(0.0, 2 * np.pi, n_frames)
+        a = pos[:, i - 3] if i >= 3 else pos[:, 0] + np.array([0.0, 1.0, 0.0])
+        b, c = pos[:, i - 2], pos[:, i - 1]
+        bc = (c - b) / np.linalg.norm(c - b, axis=1, keepdims=True)
+        n = np.cross(b - a, bc)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        m = np.cross(n, bc)
+        pos[:, i] = c + r[:, None] * (-np.cos(theta)[:, None] * bc + (np.sin(theta) * np.cos(phi))[:, None] * m
+                                      + (np.sin(theta) * np.sin(phi))[:, None] * n)
+    return pos
+
+
+@pytest.fixture
+def boltzmann_chain(rng):
+    """``boltzmann_chain(n_frames, n_beads, k_bond, r0, k_angle, theta0, kT)``: see :func:`sample_chain`."""
+
+    def make(*args, **kwargs):
+        return sample_chain(rng, *args, **kwargs)
+
+    return make

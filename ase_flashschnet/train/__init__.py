@@ -1,0 +1,22 @@
+"""Training a coarse-grained SchNet by force matching.
+
+    from ase_flashschnet.train import TrainConfig, train
+    result = train("protein.npz", TrainConfig(out_dir="run1", epochs=50))
+    model = load_model(result.model_file)
+
+Modules:
+
+* :mod:`.dataset`: the ``flashschnet-cg-v1`` dataset format (``docs/cg-dataset.md``),
+  its checks and the split by trajectory;
+* :mod:`.prior_fit`: bond, angle and repulsion priors fitted to a dataset
+  (Boltzmann inversion per bead-type class);
+* :mod:`.config`: ``TrainConfig``, the settings of a run, checked;
+* :mod:`.trainer`: ``train``, the force-matching loop;
+* :mod:`.checkpoint`: what a run is resumed from;
+* :mod:`.metrics`: the per-epoch CSV and the loss plot.
+"""
+from .config import TrainConfig
+from .dataset import CGDataset, load_dataset, save_dataset
+from .trainer import TrainResult, train
+
+__all__ = ["train", "TrainConfig", "TrainResult", "CGDataset", "load_dataset", "save_dataset"]
