@@ -91,7 +91,7 @@ def capture(model_f: fz.FusedSchNet, types, pos32, csr):
         x = F.embedding(types, model_f._embedding)
         for blk in model_f._blocks:
             h = F.linear(x, blk.lin1)
-            m = fz._CFConv.apply(h, d, kernels, blk, csr)
+            m = fz.schnet._CFConv.apply(h, d, kernels, blk, csr)
             hs.append(h.detach())
             ms.append(m)
             x = x + F.linear(model_f.act(F.linear(m, blk.lin2_w, blk.lin2_b)), blk.lin_w, blk.lin_b)
@@ -203,7 +203,7 @@ def run_precision(model, types, pos, graph, precision, variants, warmup, reps, d
     for text in variants:
         defines = dict(k.defines, **parse_variant(text))
         try:
-            kv = fz._Kernels(defines, device)
+            kv = fz.kernels.Kernels(defines, device)
         except Exception as exc:  # a variant that does not build is reported, not fatal
             rows.append(dict(part="cfconv", variant=text, note=f"build failed: {exc}"[:200]))
             continue

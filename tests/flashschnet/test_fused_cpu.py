@@ -7,7 +7,6 @@ import math
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 import gpucore
 from ase_flashschnet import fused
+from ase_flashschnet.fused import layouts
 from ase_flashschnet.model import ACTIVATIONS, SchNet
 from ase_flashschnet.neighbors import build_cpu
 
@@ -54,7 +54,7 @@ def test_cfconv_flops():
     assert fused.cfconv_flops(1000, 128, 50, "bf16") == (1000 * 49_152, 2 * 1000 * 49_152)
 
 
-_CSRC = Path(fused.__file__).resolve().parents[1] / "csrc"
+_CSRC = gpucore.csrc_root()
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
@@ -100,7 +100,7 @@ def _random_graph(seed=0, n=40):
 def test_csr_from_graph_and_from_unsorted_edges():
     pos, batch, graph = _random_graph()
     n = pos.shape[0]
-    csr = fused._Csr.from_graph(graph, n, "cpu")
+    csr = layouts.Csr.from_graph(graph, n, "cpu")
     assert csr.dst.dtype == torch.int32 and csr.n_edges == graph.num_edges
     assert torch.equal(csr.dst_ptr.long(), graph.dst_ptr) and torch.equal(csr.src_order.long(), graph.src_order)
     # Atoms of each system, in a fixed order.
@@ -108,7 +108,7 @@ def test_csr_from_graph_and_from_unsorted_edges():
         members = csr.sys_order[csr.sys_ptr[s]:csr.sys_ptr[s + 1]].long()
         assert torch.equal(members, (batch == s).nonzero().flatten())
     perm = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(1))
-    shuffled = fused._Csr.from_edges(graph.edge_src[perm], graph.edge_dst[perm], n, batch, 3, "cpu")
+    shuffled = layouts.Csr.from_edges(graph.edge_src[perm], graph.edge_dst[perm], n, batch, 3, "cpu")
     dst, src = shuffled.dst.long(), shuffled.src.long()
     assert bool((dst[1:] >= dst[:-1]).all())
     assert torch.equal(dst, graph.edge_dst[perm][shuffled.perm]) and torch.equal(src, graph.edge_src[perm][shuffled.perm])
@@ -271,8 +271,8 @@ def test_parallel_segment_sum_schedule(te, pl):
 
 
 class _TorchCFConv:
-    """cfconv_forward / cfconv_backward of fused._Kernels in plain torch (fp32 weight
-    layout of fused._Block), so the dense part of FusedSchNet runs on the CPU."""
+    """cfconv_forward / cfconv_backward of kernels.Kernels in plain torch (fp32 weight
+    layout of layouts.Block), so the dense part of FusedSchNet runs on the CPU."""
 
     def __init__(self, activation):
         self.act = ACTIVATIONS[activation]
@@ -319,7 +319,7 @@ def test_force_path_dense_part_matches_autograd(activation, out_activation):
     fs.act, fs.out_act = ACTIVATIONS[fs._act_name], ACTIVATIONS[fs._out_act_name]
     fs._load_weights(model)
     fs._kernels = _TorchCFConv(activation)
-    csr = fused._Csr.from_graph(graph, 30, "cpu")
+    csr = layouts.Csr.from_graph(graph, 30, "cpu")
     d = graph.edge_vec(pos).norm(dim=1).float()
 
     energy, grad_d = fs._energy_grad_d(types, d, csr)
@@ -336,7 +336,6 @@ def test_force_path_dense_part_matches_autograd(activation, out_activation):
 def test_bonded_prior_kernels_refuse_partial_replicas():
     """The fused priors apply one molecule's topology per replica: an atom count that
     is not a whole number of molecules says so, as the torch priors do."""
-    from ase_flashschnet.fused import _check_whole_replicas
-    assert _check_whole_replicas(538, 269, "bonded prior topologies") == 2
+    assert layouts.check_whole_replicas(538, 269, "bonded prior topologies") == 2
     with pytest.raises(ValueError, match="molecules of 269 atoms.*540 atoms.*not a whole number of replicas"):
-        _check_whole_replicas(540, 269, "bonded prior topologies")
+        layouts.check_whole_replicas(540, 269, "bonded prior topologies")

@@ -20,7 +20,6 @@ import math
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +28,7 @@ from torch import nn
 
 import gpucore
 from ase_flashschnet import fused, shipped
+from ase_flashschnet.fused import layouts
 from ase_flashschnet.model import SchNet
 from ase_flashschnet.neighbors import build_torch
 from ase_flashschnet.priors import HarmonicAngles, HarmonicBonds, Repulsion
@@ -138,7 +138,7 @@ def test_kernel_prior_layouts():
         pass
 
     priors = nn.ModuleList(_chain_priors(6, extra=[Tether(0.1), Softer(1.0)]))
-    bonded, repulsions, others = fused._kernel_priors(priors, num_types=N_TYPES)
+    bonded, repulsions, others = layouts.kernel_priors(priors, num_types=N_TYPES)
     assert [b.index.shape for b in bonded] == [(5, 2), (4, 3)]
     for term, prior in zip(bonded, priors[:2]):
         assert term.index.dtype == torch.int32 and term.n_atoms == 6
@@ -156,7 +156,7 @@ def test_kernel_prior_layouts():
     assert [type(p) for p in others] == [Tether, Softer]
 
 
-_CSRC = Path(fused.__file__).resolve().parents[1] / "csrc"
+_CSRC = gpucore.csrc_root()
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
