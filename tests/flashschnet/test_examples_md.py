@@ -1,4 +1,5 @@
-"""The MD quickstart script and the FlashSchNet notebook run as a user would run them.
+"""The MD quickstart script runs as a user would run it (the notebooks:
+tests/test_notebooks.py).
 
 One OpenMP thread: the inputs are tiny, and on a busy 2-core machine torch's
 thread pool costs far more than it saves.
@@ -29,13 +30,3 @@ def test_md_quickstart_runs(tmp_path, user_env):
     assert "ASE Langevin" in proc.stdout and "ns/day" in proc.stdout
     assert (tmp_path / "out" / "replicas.png").stat().st_size > 0
     assert len(list((tmp_path / "out").glob("replica_*.traj"))) == 8
-
-
-def test_notebook_runs(user_env):
-    path = EXAMPLES / "notebooks" / "flashschnet.ipynb"
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "max |F - F_numerical|" in outputs and "ns/day" in outputs
