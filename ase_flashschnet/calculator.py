@@ -50,8 +50,28 @@ def resolve_model(model):
                                 f"(shipped: {', '.join(shipped.names())})") from None
 
 
+def _parse_device(device) -> torch.device:
+    """``device`` (a string or a torch.device) as a torch.device of type cpu or cuda.
+
+    Anything else (``'gpu'``, ``'mps'``, a number) is a ValueError that lists what
+    is accepted, rather than PyTorch's error about device strings.
+    """
+    dev = device if isinstance(device, torch.device) else None
+    if isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            pass
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device of type cpu or cuda, "
+                         f"got {device!r}")
+    return dev
+
+
 def resolve_device(device="auto", precision="fp32") -> torch.device:
-    """'auto' is CUDA when both the CUDA core and PyTorch see a GPU, else the CPU.
+    """'auto' (or None) is CUDA when both the CUDA core and PyTorch see a GPU, else
+    the CPU; otherwise ``device`` is 'cpu', 'cuda', 'cuda:N' or a torch.device of
+    those types. A CUDA device that PyTorch does not see is a GPUUnavailableError.
 
     fp16/bf16 run only in the fused GPU kernels, so asking for them without a
     GPU is an error rather than a silent fall back to fp32.
@@ -65,10 +85,13 @@ def resolve_device(device="auto", precision="fp32") -> torch.device:
             log.info("FlashSchNet: no usable GPU (%s); running the reference model on the CPU",
                      gpucore.unavailable_reason() or "PyTorch sees no CUDA device")
     else:
-        dev = torch.device(device)
+        dev = _parse_device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise gpucore.GPUUnavailableError(f"device={str(device)!r} but PyTorch sees no CUDA GPU "
                                               f"(PyTorch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise gpucore.GPUUnavailableError(f"device={str(device)!r} but PyTorch sees "
+                                              f"{torch.cuda.device_count()} CUDA GPU(s), cuda:0 and up")
     if precision in _HALF and dev.type != "cuda":
         why = gpucore.unavailable_reason() or "no CUDA device was selected"
         raise gpucore.GPUUnavailableError(
@@ -215,7 +238,8 @@ class FlashSchNetCalculator(Calculator):
     """ASE calculator running a FlashSchNet model.
 
     ``model``: a ``SchNet`` object, a saved model file, or a shipped model name.
-    ``device``: 'auto', 'cpu', 'cuda', 'cuda:1', ... ``precision``: 'fp32',
+    ``device``: 'auto', 'cpu', 'cuda', 'cuda:1', ... or a torch.device (anything
+    else is a ValueError saying what is accepted). ``precision``: 'fp32',
     'fp16', 'bf16' (fused GPU kernels; fp32 falls back to the reference on the
     CPU) or 'fp64' (reference in float64, for checks). ``skin`` (A): the
     neighbour list holds pairs within cutoff + skin and is rebuilt only when

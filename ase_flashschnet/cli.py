@@ -6,8 +6,9 @@
 ``--model`` is a saved model file or a shipped model name; ``--structure`` any
 file ASE reads (a shipped model may bring a default structure, which is used
 when it is left out). ``--restart DIR`` continues the run checkpointed in DIR
-up to ``--steps``. Exit status: 0 done, 1 the dynamics became unstable,
-2 bad input.
+up to ``--steps``, with that run's time step, temperatures, friction and
+integrator unless the command line gives them (a change is logged as a
+warning). Exit status: 0 done, 1 the dynamics became unstable, 2 bad input.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gpucore import GPUUnavailableError
 from . import shipped
 from .calculator import PRECISIONS, resolve_model
 from .md import MDConfig, SimulationError, run_replicas
+from .md.checkpoint import load_checkpoint, recorded_dynamics
 from .model import UnknownElementError
 
 __all__ = ["main", "build_parser", "config_from_args", "default_structure", "summary"]
@@ -34,12 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", help="starting structure, any format ASE reads (default: the shipped model's)")
     p.add_argument("--replicas", type=int, help="replicas run together as one batch (default 1, or the checkpoint's)")
     p.add_argument("--steps", type=int, default=1000, help="total number of steps (default 1000)")
-    p.add_argument("--dt", type=float, default=2.0, help="time step in fs (default 2)")
-    p.add_argument("--temperature", type=float, nargs="+", default=[300.0],
-                   help="temperature in K: one value, or one per replica (default 300)")
-    p.add_argument("--friction", type=float, nargs="+", default=[0.01],
-                   help="Langevin friction in 1/fs: one value or one per replica (default 0.01)")
-    p.add_argument("--integrator", choices=("baoab", "nve"), default="baoab")
+    # The dynamics options default to None: left out, a restart takes the checkpoint's value.
+    p.add_argument("--dt", type=float, help="time step in fs (default 2, or the checkpoint's)")
+    p.add_argument("--temperature", type=float, nargs="+",
+                   help="temperature in K: one value, or one per replica (default 300, or the checkpoint's)")
+    p.add_argument("--friction", type=float, nargs="+",
+                   help="Langevin friction in 1/fs: one value or one per replica (default 0.01, or the checkpoint's)")
+    p.add_argument("--integrator", choices=("baoab", "nve"), help="default baoab, or the checkpoint's")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--skin", type=float, default=1.0, help="Verlet skin in A (default 1)")
@@ -54,11 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> MDConfig:
-    """The run's settings from parsed command-line arguments."""
+def config_from_args(args, recorded=None) -> MDConfig:
+    """The run's settings from parsed command-line arguments. A dynamics option left
+    out takes its value from ``recorded`` (a restart's checkpoint, see
+    :func:`~.md.checkpoint.recorded_dynamics`), else MDConfig's default."""
+    given = {"dt_fs": args.dt, "temperature_K": args.temperature, "friction_per_fs": args.friction,
+             "integrator": args.integrator}
+    dynamics = dict(recorded or {})
+    dynamics.update({name: value for name, value in given.items() if value is not None})
     return MDConfig(
-        dt_fs=args.dt, temperature_K=args.temperature, friction_per_fs=args.friction, integrator=args.integrator,
-        device=args.device, precision=args.precision, skin=args.skin, traj_interval=args.traj_interval,
+        **dynamics, device=args.device, precision=args.precision, skin=args.skin, traj_interval=args.traj_interval,
         out_dir=args.out, checkpoint_interval=args.checkpoint_interval if args.out else None,
         restart=args.restart, progress=not args.no_progress, seed=args.seed, cuda_graph=not args.no_cuda_graph)
 
@@ -105,7 +113,9 @@ def main(argv=None) -> int:
             atoms = default_structure(args.model)
             if atoms is None and args.restart is None:
                 raise ValueError(f"--structure is needed: model {args.model!r} brings no default structure")
-        result = run_replicas(model, atoms, replicas=args.replicas, steps=args.steps, config=config_from_args(args))
+        recorded = recorded_dynamics(load_checkpoint(args.restart)) if args.restart is not None else None
+        result = run_replicas(model, atoms, replicas=args.replicas, steps=args.steps,
+                              config=config_from_args(args, recorded))
     except SimulationError as exc:
         print(f"flashschnet-md: {exc}", file=sys.stderr)
         return 1

@@ -157,12 +157,50 @@ def _vesin_available() -> bool:
     return importlib.util.find_spec("vesin") is not None
 
 
+# vesin's CPU cell list (0.3 to 0.6.2 at least) gives each axis trunc(width /
+# cutoff) cells and, past this many cells in all, shrinks the grid keeping the
+# axes' ratios; in a long, thin box the shrunk grid has no cell along some axis
+# and the process dies of an integer division by zero (SIGFPE), e.g. two atoms
+# 1e6 A apart. See docs/known-issues.md.
+_VESIN_MAX_CELLS = 1e5
+
+
+def _vesin_grid_is_empty(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> bool:
+    """Whether vesin's cell grid for one system (positions ``(n, 3)``) would have
+    no cell along some axis, repeating its arithmetic: a periodic axis is the
+    lattice-plane spacing wide, a non-periodic one the atoms' extent plus 1% (at
+    least 1 A). A grid of one cell along an axis counts as empty too, a margin
+    for rounding differences."""
+    extent = pos.max(axis=0) - pos.min(axis=0)
+    width = np.maximum(np.where(extent < 1e-6, 1.0, extent) * 1.01, 1.0)
+    if pbc.any():
+        spacing = 1.0 / np.linalg.norm(np.linalg.inv(_complete_cell(cell, pbc)), axis=0)
+        width = np.where(pbc, spacing, width)
+    n = np.maximum(np.trunc(width / cutoff), 1.0)
+    if n.prod() <= _VESIN_MAX_CELLS:
+        return False
+    xy, yz = n[0] / n[1], n[1] / n[2]
+    nz = np.trunc(np.cbrt(_VESIN_MAX_CELLS / (xy * yz * yz)))
+    ny = np.trunc(yz * nz)
+    nx = np.trunc(xy * ny)
+    return min(nx, ny, nz) < 2
+
+
+def _torch_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """ASE's ``(i, j, S)`` for one system, from :func:`build_torch` on the CPU."""
+    graph = build_torch(torch.from_numpy(pos), cutoff, cell=torch.from_numpy(cell), pbc=torch.from_numpy(pbc))
+    return graph.edge_dst.numpy(), graph.edge_src.numpy(), graph.cell_shifts.numpy()
+
+
 def build_cpu(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_systems=None,
               library: str = "auto") -> Graph:
     """Full neighbour list computed on the CPU, one system at a time.
 
     ``library``: ``'vesin'``, ``'ase'`` (``ase.neighborlist.primitive_neighbor_list``)
     or ``'auto'`` (vesin when installed). The graph lands on ``pos.device``.
+    With vesin, a system whose box is so long and thin that vesin's cell list
+    would crash the process (see :func:`_vesin_grid_is_empty`) is listed by
+    :func:`build_torch` instead.
     """
     batch, cell, pbc, n_systems = _prepare(pos, batch, cell, pbc, n_systems)
     if library == "auto":
@@ -173,6 +211,8 @@ def build_cpu(pos: Tensor, cutoff: float, batch=None, cell=None, pbc=None, n_sys
         calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
 
         def pairs(p, c, periodic):
+            if _vesin_grid_is_empty(p, c, periodic, cutoff):
+                return _torch_pairs(p, c, periodic, float(cutoff))
             return calculator.compute(p, c, periodic.tolist(), "ijS")
     elif library == "ase":
         from ase.neighborlist import primitive_neighbor_list

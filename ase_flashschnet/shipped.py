@@ -9,6 +9,10 @@ and a short-range repulsion. SchNet's random energy is scaled down by
 memory and stability tests of the MD machinery, not for science. Its beads
 carry codes 1..5 (N, CA, CB, C, O in turn) in ``Atoms.numbers`` and real
 masses in ``Atoms.get_masses()``.
+
+``"cg-small"``: the same recipe at a size that runs on a CPU in seconds (32
+channels, 64 filters, 2 interactions, 16 Gaussians, 6 A cutoff) for a 30-bead
+chain; the examples and notebooks use it.
 """
 
 from __future__ import annotations
@@ -92,7 +96,15 @@ def _cg_demo():
     return model, chain
 
 
-_MODELS = {"cg-demo": _cg_demo}
+def _cg_small():
+    chain = compact_chain(30, seed=1)
+    model = SchNet(hidden_channels=32, num_filters=64, num_interactions=2, num_rbf=16, cutoff=6.0,
+                   type_map={k + 1: k for k in range(len(BEADS))}, energy_scale=0.01,
+                   priors=_chain_priors(chain), seed=1)
+    return model, chain
+
+
+_MODELS = {"cg-demo": _cg_demo, "cg-small": _cg_small}
 
 
 def names() -> list[str]:

@@ -1,63 +1,39 @@
 """Quickstart: FlashSchNet as an ASE calculator, then a batched multi-replica run.
 
-    python examples/md_quickstart.py [--model cg-demo|FILE] [--structure FILE] [--out DIR]
+    python examples/md_quickstart.py [--model cg-small|cg-demo|FILE] [--structure FILE] [--out DIR]
 
-Without ``--model`` it builds a small untrained coarse-grained model (with
-bond and angle priors, so the chain holds together) on a 30-bead chain: runs
-on a CPU in seconds. ``--model cg-demo`` is the CGSchNet-sized shipped model on
-its 269-bead chain (meant for a GPU). ``device='auto'`` takes the fused CUDA
-kernels when a GPU is usable and the PyTorch reference on the CPU otherwise.
+The default model, the shipped ``cg-small``, is a small untrained
+coarse-grained model (with bond, angle and repulsion priors, so the chain
+holds together) on a 30-bead chain: runs on a CPU in seconds. ``--model
+cg-demo`` is the CGSchNet-sized shipped model on its 269-bead chain (meant for
+a GPU). ``device='auto'`` takes the fused CUDA kernels when a GPU is usable and
+the PyTorch reference on the CPU otherwise. The plot is written to a file.
 """
 import argparse
 import time
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 from ase import units
 from ase.io import read
 from ase.md.langevin import Langevin
 
-from ase_flashschnet import FlashSchNetCalculator, MDConfig, SchNet, run_replicas, shipped
-from ase_flashschnet.priors import HarmonicAngles, HarmonicBonds
-
-
-def small_demo(n_beads=30, seed=1):
-    """A small untrained bead model and its chain: SchNet (64 filters, a width
-    the fused kernels support) plus harmonic priors at the chain's own bond
-    lengths and angles (energies in eV, lengths in A)."""
-    chain = shipped.compact_chain(n_beads, seed=seed)
-    pos, n = chain.positions, len(chain)
-    bonds = np.stack([np.arange(n - 1), np.arange(1, n)], axis=1)
-    angles = np.stack([np.arange(n - 2), np.arange(1, n - 1), np.arange(2, n)], axis=1)
-    u, v = pos[angles[:, 0]] - pos[angles[:, 1]], pos[angles[:, 2]] - pos[angles[:, 1]]
-    priors = [
-        HarmonicBonds(bonds, k=10.0, r0=np.linalg.norm(pos[bonds[:, 1]] - pos[bonds[:, 0]], axis=1), n_atoms=n),
-        HarmonicAngles(angles, k=3.0, theta0=np.arctan2(np.linalg.norm(np.cross(u, v), axis=1), (u * v).sum(1)),
-                       n_atoms=n),
-    ]
-    model = SchNet(hidden_channels=32, num_filters=64, num_interactions=2, num_rbf=16, cutoff=6.0,
-                   type_map={z: z - 1 for z in range(1, 6)}, energy_scale=0.01, priors=priors, seed=seed)
-    return model, chain
+from ase_flashschnet import FlashSchNetCalculator, MDConfig, run_replicas, shipped
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model file or shipped name (default: a small demo model)")
-    p.add_argument("--structure", help="structure file (default: the model's own chain)")
+    p.add_argument("--model", default="cg-small", help="model file or shipped name (default: cg-small)")
+    p.add_argument("--structure", help="structure file (default: the shipped model's chain)")
     p.add_argument("--out", default="flashschnet_quickstart", help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=200, help="steps of the replica run")
     args = p.parse_args()
 
-    if args.model is None:
-        model, atoms = small_demo()
-    else:
-        model = args.model
-        atoms = read(args.structure) if args.structure else shipped.default_structure(args.model)
+    model = args.model
+    atoms = read(args.structure) if args.structure else shipped.default_structure(args.model)
     out = Path(args.out)
 
     # 1. One structure through ASE: energy, forces, and ASE's own Langevin integrator.
@@ -97,4 +73,5 @@ def main():
 
 
 if __name__ == "__main__":
+    matplotlib.use("Agg")  # the script writes its plot to a file; importing it leaves the backend alone
     main()

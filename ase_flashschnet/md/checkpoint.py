@@ -2,11 +2,13 @@
 
 A checkpoint (``checkpoint.pt`` in the output folder, written atomically)
 holds everything the continuation depends on: positions, velocities, forces,
-energies, the step, the state of the Langevin noise generator, and the
-structures (elements, masses, cells). A run restarted from it draws the same
-noise and so repeats the original bit for bit. Trajectories are one ASE file
-per replica (``replica_NNN.traj``); on a restart the frames after the
-checkpoint's step are dropped, so the files continue where the checkpoint does.
+energies, the step, the state of the Langevin noise generator, the structures
+(elements, masses, cells) and the settings that define the dynamics
+(:data:`DYNAMICS`). A run restarted from it with those settings draws the same
+noise and so repeats the original bit for bit; a restart that changes one is
+logged as a warning. Trajectories are one ASE file per replica
+(``replica_NNN.traj``); on a restart the frames after the checkpoint's step are
+dropped, so the files continue where the checkpoint does.
 """
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import Trajectory, read
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "checkpoint_structures", "check_matches", "write_checkpoint",
-           "restore_dynamics", "TrajectoryWriters"]
+__all__ = ["CHECKPOINT_NAME", "DYNAMICS", "load_checkpoint", "checkpoint_structures", "recorded_dynamics",
+           "check_matches", "write_checkpoint", "restore_dynamics", "TrajectoryWriters"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "flashschnet-md-checkpoint"
+
+# The MDConfig fields that define the dynamics, recorded in checkpoints.
+DYNAMICS = ("dt_fs", "temperature_K", "friction_per_fs", "integrator")
 
 
 def load_checkpoint(restart) -> dict:
@@ -54,27 +59,49 @@ def checkpoint_structures(ckpt: dict, replicas) -> list[Atoms]:
     return [Atoms(numbers=numbers[r], masses=masses[r], cell=cells[r], pbc=pbc[r]) for r in range(R)]
 
 
-def check_matches(ckpt: dict, replicas: int, n_atoms: int, numbers: np.ndarray, integrator: str) -> None:
-    """Refuse a checkpoint of other replicas or elements; warn about another integrator."""
+def _plain(value):
+    """A setting as a string, a float or a list of floats (what ``torch.load`` reads back safely)."""
+    return value if isinstance(value, str) else np.asarray(value, dtype=float).tolist()
+
+
+def _same(recorded, given) -> bool:
+    """Whether two values of a setting mean the same (one value equals the same value per replica)."""
+    if isinstance(recorded, str) or isinstance(given, str):
+        return recorded == given
+    return bool(np.all(np.asarray(recorded, dtype=float) == np.asarray(given, dtype=float)))
+
+
+def recorded_dynamics(ckpt: dict) -> dict:
+    """The dynamics settings (:data:`DYNAMICS`) the checkpoint records, by MDConfig
+    field; a checkpoint of format version 1 records ``dt_fs`` and ``integrator`` only."""
+    return {name: ckpt[name] for name in DYNAMICS if name in ckpt}
+
+
+def check_matches(ckpt: dict, replicas: int, n_atoms: int, numbers: np.ndarray, config) -> None:
+    """Refuse a checkpoint of other replicas or elements; warn about each dynamics
+    setting of ``config`` (an MDConfig) that differs from the checkpointed run's."""
     if ckpt["replicas"] != replicas or ckpt["positions"].shape[0] != replicas * n_atoms:
         per_replica = ckpt["positions"].shape[0] // ckpt["replicas"]
         raise ValueError(f"checkpoint {ckpt['path']} has {ckpt['replicas']} replicas of {per_replica} atoms; "
                          f"this run has {replicas} of {n_atoms}")
     if not np.array_equal(ckpt["numbers"].numpy().reshape(replicas, n_atoms), numbers):
         raise ValueError(f"checkpoint {ckpt['path']} holds different elements than the given structures")
-    if ckpt["integrator"] != integrator:
-        log.warning("restarting a %s run with integrator %s", ckpt["integrator"], integrator)
+    for name, recorded in recorded_dynamics(ckpt).items():
+        given = getattr(config, name)
+        if not _same(recorded, given):
+            log.warning("checkpoint %s was run with %s=%s; continuing with %s=%s", ckpt["path"], name, recorded,
+                        name, _plain(given))
 
 
 def write_checkpoint(sim, path: Path) -> None:
     """Everything the continuation of the simulation ``sim`` depends on, written atomically."""
     data = {
-        "format": CHECKPOINT_FORMAT, "version": 1, "step": sim.step, "replicas": sim.R,
+        "format": CHECKPOINT_FORMAT, "version": 2, "step": sim.step, "replicas": sim.R,
         "positions": sim.x.cpu(), "velocities": sim.v.cpu(), "forces": sim.f.cpu(),
         "energies": sim.e.cpu(), "rng_state": sim.generator.get_state(), "seed": sim.seed,
         "numbers": torch.as_tensor(sim.numbers), "masses": torch.as_tensor(sim.masses_np),
         "cells": torch.as_tensor(sim.cells), "pbc": torch.as_tensor(sim.pbc_np),
-        "integrator": sim.integrator.kind, "dt_fs": sim.dt_fs, "engine": sim.engine.name,
+        "engine": sim.engine.name, **{name: _plain(getattr(sim.config, name)) for name in DYNAMICS},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(data, tmp)

@@ -35,7 +35,8 @@ class MDConfig:
     to ``out_dir`` as ``replica_NNN.traj`` when it is given, with a checkpoint
     there every ``checkpoint_interval`` steps and at the end (None or 0: no
     checkpoints); ``restart``: a checkpoint file, or the folder holding one, to
-    continue from; ``progress``: show a progress bar.
+    continue from (with this config's dynamics: a setting that differs from the
+    checkpointed run's is logged as a warning); ``progress``: show a progress bar.
 
     Checks: an atom moving more than ``max_displacement`` A in one step stops
     the run (as does a non-finite coordinate); on a GPU the status is read

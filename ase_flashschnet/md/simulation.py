@@ -102,7 +102,7 @@ class Simulation:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
         if checkpoint is not None:
-            check_matches(checkpoint, R, N, self.numbers, config.integrator)
+            check_matches(checkpoint, R, N, self.numbers, config)
         start = checkpoint["positions"] if checkpoint is not None else np.concatenate([a.positions for a in atoms_list])
         self.x = torch.as_tensor(start).to(device=device, dtype=dtype).reshape(R * N, 3).clone()
         self.noise = torch.zeros_like(self.x)

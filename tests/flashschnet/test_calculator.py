@@ -161,6 +161,32 @@ def test_half_precision_on_cpu_is_a_clear_error(model, precision):
         FlashSchNetCalculator(model, device="cpu", precision=precision)
 
 
+@pytest.mark.parametrize("device", ["gpu", "GPU", "cuda:x", "mps", 0, torch.device("meta")],
+                         ids=repr)  # an id 'gpu' would read as the gpu marker and be skipped without a GPU
+def test_unknown_device_is_a_clear_error(model, device):
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device"):
+        FlashSchNetCalculator(model, device=device)
+
+
+def test_accepted_devices(model):
+    assert FlashSchNetCalculator(model, device=torch.device("cpu")).engine.device == torch.device("cpu")
+    assert FlashSchNetCalculator(model, device=None).engine.device.type in ("cpu", "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(model):
+    for device in ("cuda", "cuda:1", torch.device("cuda")):
+        with pytest.raises(gpucore.GPUUnavailableError, match=r"PyTorch sees no CUDA GPU"):
+            FlashSchNetCalculator(model, device=device)
+
+
+def test_missing_cuda_device_is_a_clear_error(model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(gpucore.GPUUnavailableError, match=r"device='cuda:2' but PyTorch sees 2 CUDA GPU\(s\)"):
+        FlashSchNetCalculator(model, device="cuda:2")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("bf16", 5e-2), ("fp16", 2e-2)])
 def test_gpu_calculator_matches_reference(small_model, crystal, precision, tol):

@@ -1,9 +1,11 @@
 """flashschnet-md end to end with a tiny model file, and ``python -m ase_flashschnet``."""
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ase.build import molecule
@@ -43,6 +45,43 @@ def test_cli_runs_checkpoints_and_restarts(files, tmp_path, capsys):
     assert main([*common, "--steps", "30", "--restart", str(out)]) == 0
     frames = read(out / "replica_001.traj", ":")
     assert [a.info["step"] for a in frames] == [0, 10, 20, 30]
+
+
+def test_restart_keeps_the_runs_dynamics(files, tmp_path, capsys, caplog):
+    """Left out on a restart, --dt, --temperature and --friction are the checkpointed
+    run's (not the command line's defaults), so it continues that run exactly; one
+    given anew is used, with a warning; a checkpoint that records no settings
+    (format version 1) still loads, the command line filling in."""
+    model, structure = files
+    common = ["--model", str(model), "--structure", str(structure), "--replicas", "2", "--device", "cpu",
+              "--precision", "fp64", "--traj-interval", "10", "--checkpoint-interval", "10", "--seed", "4",
+              "--no-progress"]
+    dynamics = ["--dt", "0.5", "--temperature", "250", "350", "--friction", "0.05"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*common, *dynamics, "--steps", "20", "--out", str(straight)]) == 0
+    assert main([*common, *dynamics, "--steps", "10", "--out", str(split)]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--steps", "20", "--out", str(split), "--restart", str(split)]) == 0
+    assert not caplog.records
+    assert "dt 0.5 fs" in capsys.readouterr().out
+    np.testing.assert_allclose(read(split / "replica_001.traj", -1).positions,
+                               read(straight / "replica_001.traj", -1).positions, atol=1e-10)
+
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--dt", "0.25", "--steps", "30", "--out", str(split), "--restart", str(split)]) == 0
+    assert "dt 0.25 fs" in capsys.readouterr().out
+    assert "was run with dt_fs=0.5; continuing with dt_fs=0.25" in caplog.text
+    assert "temperature_K" not in caplog.text and "friction_per_fs" not in caplog.text
+
+    old = torch.load(split / "checkpoint.pt", weights_only=True)
+    for name in ("temperature_K", "friction_per_fs"):
+        del old[name]
+    old["version"] = 1
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "checkpoint.pt")
+    assert main([*common, "--steps", "40", "--restart", str(tmp_path / "old")]) == 0
+    assert "dt 0.25 fs" in capsys.readouterr().out
 
 
 def test_cli_entry_point_as_a_process(files, tmp_path):

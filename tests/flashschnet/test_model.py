@@ -227,7 +227,7 @@ def test_input_checks(small_model):
 def test_shipped_cg_demo():
     from ase_flashschnet import shipped
 
-    assert shipped.names() == ["cg-demo"]
+    assert shipped.names() == ["cg-demo", "cg-small"]
     chain = shipped.default_structure("cg-demo")
     assert len(chain) == 269 and set(chain.numbers) == {1, 2, 3, 4, 5}
     assert chain.get_masses()[:5].tolist() == [14.007, 12.011, 12.011, 12.011, 15.999]
@@ -240,3 +240,15 @@ def test_shipped_cg_demo():
     assert torch.equal(shipped.get("cg-demo").embedding.weight, model.embedding.weight)  # reproducible
     with pytest.raises(KeyError, match="cg-demo"):
         shipped.get("no-such-model")
+
+
+def test_shipped_cg_small():
+    """The examples' model: cg-demo's recipe, small enough for a CPU."""
+    from ase_flashschnet import shipped
+
+    chain = shipped.default_structure("cg-small")
+    assert len(chain) == 30 and set(chain.numbers) == {1, 2, 3, 4, 5}
+    model = shipped.get("cg-small")
+    assert (model.config["hidden_channels"], model.config["num_filters"], model.config["num_interactions"],
+            model.config["num_rbf"], model.config["cutoff"]) == (32, 64, 2, 16, 6.0)
+    assert [type(p).__name__ for p in model.priors] == ["HarmonicBonds", "HarmonicAngles", "Repulsion"]

@@ -1,4 +1,9 @@
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +11,8 @@ import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
-from ase_flashschnet.neighbors import Graph, NeighborList, VerletNeighborList, build_cpu, build_torch
+from ase_flashschnet.neighbors import (Graph, NeighborList, VerletNeighborList, _vesin_grid_is_empty, build_cpu,
+                                       build_torch)
 
 LIBRARIES = ["ase", "vesin"] if importlib.util.find_spec("vesin") else ["ase"]
 
@@ -145,6 +151,52 @@ def test_degenerate_periodic_cell_is_refused(name, build):
     cell = np.array([[2.0, 0, 0], [4.0, 0, 0], [0, 0, 3.0]])
     with pytest.raises(ValueError, match="degenerate"):
         build(torch.rand(4, 3, dtype=torch.float64), 1.5, cell=cell, pbc=True)
+
+
+# Long, thin boxes whose cell list kills the process in vesin 0.6.2 (SIGFPE, see
+# docs/known-issues.md): (positions, cell, pbc), cutoff 5 A.
+THIN_BOXES = [
+    ([[0, 0, 0], [1e6, 0, 0]], np.zeros((3, 3)), (False, False, False)),
+    ([[0, 0, 0], [1.2, 0, 0], [1e6, 3, -2]], np.zeros((3, 3)), (False, False, False)),
+    ([[0, 0, 0], [0, 0.9, 0], [0, 0, 1e6]], np.zeros((3, 3)), (False, False, False)),
+    ([[0, 0, 0], [1, 1, 1], [5e5, 2, 2], [1e6 - 1, 0, 0]], np.diag([1e6, 5.5, 5.5]), (True, True, True)),
+]
+
+
+def test_long_thin_boxes_do_not_crash_the_cpu_builders():
+    """Atoms 1e6 A apart: every CPU builder lists the right pairs, in a child
+    process, since the fault would kill the test run itself."""
+    script = (
+        "import json, sys, torch\n"
+        "from ase_flashschnet.neighbors import build_cpu\n"
+        "out = []\n"
+        "for library in json.loads(sys.argv[1]):\n"
+        "    for pos, cell, pbc in json.loads(sys.argv[2]):\n"
+        "        g = build_cpu(torch.tensor(pos, dtype=torch.float64), 5.0, cell=cell, pbc=pbc, library=library)\n"
+        "        out.append([g.edge_src.tolist(), g.edge_dst.tolist(), g.cell_shifts.tolist()])\n"
+        "print(json.dumps(out))\n")
+    cases = [(pos, cell.tolist(), pbc) for pos, cell, pbc in THIN_BOXES]
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(LIBRARIES), json.dumps(cases)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, f"status {proc.returncode}: {proc.stderr}"
+    graphs = iter(json.loads(proc.stdout))
+    for _library in LIBRARIES:
+        for pos, cell, pbc in THIN_BOXES:
+            src, dst, shifts = next(graphs)
+            assert set(zip(src, dst, map(tuple, shifts))) == ase_pairs(np.array(pos, float), cell, pbc, 5.0)
+
+
+def test_only_long_thin_boxes_leave_vesin():
+    """The guard sends to the torch builder only what vesin cannot take: a compact
+    300 A cluster (more cells than vesin keeps, in proportion) stays with vesin."""
+    no_cell, no_pbc = np.zeros((3, 3)), np.zeros(3, dtype=bool)
+    assert not _vesin_grid_is_empty(np.array([[0.0, 0, 0], [300, 300, 300]]), no_cell, no_pbc, 5.0)
+    assert not _vesin_grid_is_empty(np.array([[0.0, 0, 0], [1e5, 0, 0]]), no_cell, no_pbc, 5.0)
+    for pos, cell, pbc in THIN_BOXES:
+        assert _vesin_grid_is_empty(np.array(pos, float), cell, np.array(pbc), 5.0)
 
 
 def test_mixed_pbc_with_zero_cell_rows(rng):
