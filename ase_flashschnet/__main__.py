@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpucore import GPUUnavailableError
+
 from . import shipped
 from .calculator import resolve_device
 from .cli import summary
@@ -25,7 +27,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="default: 300 on a GPU, 10 on the CPU")
     p.add_argument("--replicas", type=int, help="default: 64 on a GPU, 1 on the CPU")
     args = p.parse_args(argv)
-    on_gpu = resolve_device(args.device, "fp32").type == "cuda"
+    try:
+        on_gpu = resolve_device(args.device, "fp32").type == "cuda"
+    except (ValueError, GPUUnavailableError) as err:
+        p.error(f"--device {args.device}: {err}")
     steps = args.steps if args.steps is not None else (300 if on_gpu else 10)
     replicas = args.replicas if args.replicas is not None else (64 if on_gpu else 1)
     chain = shipped.default_structure(MODEL)

@@ -120,3 +120,14 @@ def test_demo_main_job_runs_on_its_default():
     proc = run_module("ase_flashschnet", "--steps", "2", "--replicas", "1", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "269 atoms" in proc.stdout and "ns/day" in proc.stdout
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:7"])
+def test_demo_main_job_names_a_bad_device(device, capsys):
+    """A device the machine cannot serve is a usage error, not a traceback."""
+    from ase_flashschnet.__main__ import main as demo_main
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as stop:
+        demo_main(["--device", device])
+    assert stop.value.code == 2 and f"--device {device}:" in capsys.readouterr().err

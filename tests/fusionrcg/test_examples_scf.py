@@ -28,19 +28,6 @@ def test_quickstart_runs():
     assert res.stdout.count("dE =") == 3
 
 
-def test_notebook_runs(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    for key, value in _env().items():      # the kernel inherits this environment
-        monkeypatch.setenv(key, value)
-    nb = nbformat.read(REPO / "examples/notebooks/fusionrcg.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.outputs)
-    assert "dE =" in outputs and "FusionRCG" in outputs
-
-
 def test_main_module_runs_the_default_job():
     res = _run("-m", "pyscf_fusionrcg")
     assert res.returncode == 0, res.stdout + res.stderr
