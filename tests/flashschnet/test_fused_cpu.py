@@ -58,7 +58,7 @@ _CSRC = gpucore.csrc_root()
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32"] + [pytest.param(p, marks=pytest.mark.slow) for p in ("fp16", "bf16")])
 def test_cfconv_compiles_for_sm90_without_spills(precision, tmp_path):
     """The benchmark configuration (128 filters, 50 Gaussians, tanh) builds for sm_90
     with no register spills in the default build; the variants that

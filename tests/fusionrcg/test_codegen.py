@@ -119,7 +119,8 @@ def _case_id(case):
 
 
 @needs_gxx
-@pytest.mark.parametrize('n', range(len(CASES)), ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize('n', [pytest.param(n, marks=pytest.mark.slow) if c == ((3, 3, 3, 3), True, 'warp', 'levels', 0.0)
+                               else n for n, c in enumerate(CASES)], ids=[_case_id(c) for c in CASES])
 def test_emitted_code_matches_libcint(host_libs, synth, n):
     ls, cart, _, _, omega = CASES[n]
     mol = synth.mol(cart)
@@ -411,7 +412,7 @@ def test_digesting_kernel_compiles_with_nvcc():
     ((2, 2, 1, 0), 'global', 'levels', False, 0.3),
     ((3, 2, 1, 1), 'warp', 'levels', True, -0.3),
     ((2, 1, 2, 1), 'warp', 'levels+lanes', False, 0.0),
-    ((3, 2, 1, 1), 'global', 'levels+lanes', True, -0.3)])
+    pytest.param((3, 2, 1, 1), 'global', 'levels+lanes', True, -0.3, marks=pytest.mark.slow)])
 def test_kernel_emulated_on_cpu(synth, ls, tier, form, cart, omega):
     """``levels+lanes``: the levels form as the GPU runs it, 32 lanes splitting
     each level and fetching the next one ahead (one host thread per lane)."""
@@ -498,9 +499,16 @@ _ORDERINGS = [(0, 1, 2, 3), (1, 0, 2, 3), (0, 1, 3, 2), (1, 0, 3, 2),
               (2, 3, 0, 1), (3, 2, 0, 1), (2, 3, 1, 0), (3, 2, 1, 0)]
 
 
+#: the cases of the default run: both kernels, both hermi, runs across warps' edges and
+#: 16 in a row (the slow ones: the 32-run path and slabs)
+_DIGEST_FAST = {('element', 1, 'sto-3g', 3), ('element', 0, 'sto-3g', 3), ('routed', 0, 'sto-3g', 3),
+                ('element', 1, 'sto-3g', 16)}
+
+
 @needs_gxx
 @pytest.mark.parametrize('kernel,hermi,basis,repeat', [
-    (kernel, hermi, basis, repeat) for hermi in (1, 0)
+    pytest.param(kernel, hermi, basis, repeat, marks=() if (kernel, hermi, basis, repeat) in _DIGEST_FAST
+                 else pytest.mark.slow) for hermi in (1, 0)
     for basis, repeat in (('6-31g*', 1), ('sto-3g', 3), ('sto-3g', 16), ('sto-3g', 32))
     for kernel in ('element', 'routed')
     # the routed kernels on half of them: the emulated warps take minutes in all
@@ -589,7 +597,8 @@ def test_digest_emulated_on_cpu(kernel, hermi, basis, repeat):
 
 
 @needs_gxx
-@pytest.mark.parametrize('hermi,repeat', [(1, 1), (0, 1), (1, 16)])
+@pytest.mark.parametrize('hermi,repeat', [(1, 1), pytest.param(0, 1, marks=pytest.mark.slow),
+                                          pytest.param(1, 16, marks=pytest.mark.slow)])
 def test_digesting_kernels_emulated_on_cpu(hermi, repeat):
     """The register tier's kernels that digest their own blocks (codegen's
     digesting variant, launch.jk_kernel) against PySCF's get_jk: water in

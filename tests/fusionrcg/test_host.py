@@ -40,7 +40,7 @@ def _mirror_groups(lmax):
 GROUPS = _mirror_groups(4)
 
 
-@pytest.mark.parametrize('part', range(5))
+@pytest.mark.parametrize('part', [0] + [pytest.param(p, marks=pytest.mark.slow) for p in range(1, 5)])
 def test_every_class(synth, part):
     """int2e_sph, erf (omega > 0), erfc (omega < 0) and int2e_cart for every
     class with l <= 4 (625, in five parts)."""

@@ -52,7 +52,8 @@ def _energy(mf):
     return e
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("b3lyp", "uks-pbe0") else m
+                                    for m in METHODS])
 def test_cpu_energy_equals_pyscf(method):
     make, kw = METHODS[method]
     mol = _water(**kw)
