@@ -13,7 +13,10 @@ Modules:
 * :mod:`.config`: ``TrainConfig``, the settings of a run, checked;
 * :mod:`.trainer`: ``train``, the force-matching loop;
 * :mod:`.checkpoint`: what a run is resumed from;
-* :mod:`.metrics`: the per-epoch CSV and the loss plot.
+* :mod:`.metrics`: the per-epoch CSV and the loss plot;
+* :mod:`.validation`: a trained model's simulations against the reference
+  (RMSD to the most populated structure, folded fraction, radius of gyration,
+  end-to-end distance).
 """
 from .config import TrainConfig
 from .dataset import CGDataset, load_dataset, save_dataset

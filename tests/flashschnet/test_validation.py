@@ -1,0 +1,108 @@
+"""Validation of a CG model against its reference: structural measures,
+distributions and the comparison report, on synthetic chains."""
+import numpy as np
+import pytest
+
+from ase_flashschnet.train.validation import (end_to_end, folded_fraction, kabsch_rmsd, most_populated_structure,
+                                              radius_of_gyration)
+
+BOND = 3.8  # A between consecutive C-alpha beads
+
+
+def hairpin() -> np.ndarray:
+    """A 10-bead beta hairpin: two strands of five beads, 4.8 A apart."""
+    strand = BOND * np.arange(5.0)
+    return np.concatenate([np.column_stack([strand, np.zeros(5), np.zeros(5)]),
+                           np.column_stack([strand[::-1], np.full(5, 4.8), np.zeros(5)])])
+
+
+def extended() -> np.ndarray:
+    """A 10-bead zigzag chain, 33 A long."""
+    return np.column_stack([3.6 * np.arange(10.0), 1.2 * (np.arange(10) % 2), np.zeros(10)])
+
+
+def random_rotations(rng, n) -> np.ndarray:
+    """n proper rotation matrices, uniformly random (QR of Gaussian matrices)."""
+    q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
+    q *= np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    q[np.linalg.det(q) < 0] *= -1.0
+    return q
+
+
+def noisy_copies(rng, structure, n, noise_A) -> np.ndarray:
+    """n copies of ``structure``, each with Gaussian noise, rotated and moved at random."""
+    frames = structure + rng.normal(scale=noise_A, size=(n,) + structure.shape)
+    return np.einsum("fij,fnj->fni", random_rotations(rng, n), frames) + rng.uniform(-20, 20, (n, 1, 3))
+
+
+def two_state_mixture(rng, n, folded_share=0.7, noise_A=0.3) -> np.ndarray:
+    """n frames: ``folded_share`` noisy hairpins, then noisy extended chains."""
+    n_folded = round(folded_share * n)
+    return np.concatenate([noisy_copies(rng, hairpin(), n_folded, noise_A),
+                           noisy_copies(rng, extended(), n - n_folded, noise_A)])
+
+
+def test_kabsch_rmsd_is_zero_for_moved_copies(rng):
+    copies = noisy_copies(rng, hairpin(), 50, 0.0)
+    np.testing.assert_allclose(kabsch_rmsd(copies, hairpin()), 0.0, atol=1e-6)
+
+
+def test_kabsch_rmsd_matches_explicit_superposition(rng):
+    """Each frame superposed one at a time by its own rotation, the deviation
+    summed bead by bead; no random rotation gets closer."""
+    frames = two_state_mixture(rng, 20, noise_A=1.0)
+    reference = hairpin()
+    rmsd = kabsch_rmsd(frames, reference)
+    y = reference - reference.mean(axis=0)
+    for frame, value in zip(frames, rmsd):
+        x = frame - frame.mean(axis=0)
+        u, _, vt = np.linalg.svd(x.T @ y)
+        d = np.sign(np.linalg.det(u @ vt))
+        rotation = u @ np.diag([1.0, 1.0, d]) @ vt  # x @ rotation ~ y
+        assert value == pytest.approx(np.sqrt(np.mean(np.sum((x @ rotation - y) ** 2, axis=1))), abs=1e-9)
+        tried = np.einsum("nj,rij->rni", x, random_rotations(rng, 200))
+        assert value <= np.sqrt(np.mean(np.sum((tried - y) ** 2, axis=2), axis=1)).min() + 1e-9
+
+
+def test_kabsch_rmsd_tells_a_mirror_image_apart():
+    chiral = hairpin() + np.column_stack([np.zeros((10, 2)), np.linspace(-2.0, 2.0, 10) ** 2])
+    assert kabsch_rmsd(chiral * np.array([1.0, 1.0, -1.0]), chiral)[0] > 0.1
+
+
+def test_kabsch_rmsd_refuses_a_reference_of_another_size():
+    with pytest.raises(ValueError, match="reference has shape"):
+        kabsch_rmsd(np.zeros((3, 10, 3)), np.zeros((9, 3)))
+
+
+def test_radius_of_gyration_and_end_to_end_of_known_shapes():
+    line = np.column_stack([BOND * np.arange(10.0), np.zeros(10), np.zeros(10)])
+    assert radius_of_gyration(line)[0] == pytest.approx(BOND * np.sqrt((10 ** 2 - 1) / 12))
+    assert end_to_end(line)[0] == pytest.approx(9 * BOND)
+    angle = np.linspace(0.0, 2 * np.pi, 8, endpoint=False)
+    ring = np.column_stack([5.0 * np.cos(angle), 5.0 * np.sin(angle), np.full(8, 7.0)])
+    assert radius_of_gyration(ring)[0] == pytest.approx(5.0)
+    assert end_to_end(ring)[0] == pytest.approx(2 * 5.0 * np.sin(7 * np.pi / 8))
+    assert radius_of_gyration(np.stack([line, ring[:1].repeat(10, axis=0)])).shape == (2,)
+
+
+def test_most_populated_structure_is_the_dominant_state(rng):
+    frames = two_state_mixture(rng, 1000)
+    best = most_populated_structure(frames)
+    assert kabsch_rmsd(best, hairpin())[0] < 0.6
+    assert folded_fraction(kabsch_rmsd(frames, best)) == pytest.approx(0.7)
+
+
+def test_most_populated_structure_is_deterministic_and_subsampled(rng):
+    frames = two_state_mixture(rng, 1000)[rng.permutation(1000)]
+    first = most_populated_structure(frames, max_frames=300)
+    np.testing.assert_array_equal(first, most_populated_structure(frames, max_frames=300))
+    assert any(np.array_equal(first, frame) for frame in frames)
+    assert kabsch_rmsd(first, hairpin())[0] < 0.6
+
+
+def test_folded_fraction_counts_frames_below_the_threshold():
+    rmsd = np.array([0.5, 1.0, 1.9, 2.0, 3.0, 6.0, 0.1, 8.0])
+    assert folded_fraction(rmsd) == pytest.approx(4 / 8)
+    assert folded_fraction(rmsd, threshold_A=1.0) == pytest.approx(2 / 8)
+    with pytest.raises(ValueError, match="no frames"):
+        folded_fraction([])
