@@ -12,15 +12,23 @@ frames of long CG simulations:
 * the radius of gyration (:func:`radius_of_gyration`) and the end-to-end
   distance (:func:`end_to_end`).
 
+Their distributions are compared by the Jensen-Shannon divergence of their
+histograms (:func:`js_divergence`, :func:`js_divergence_2d`) and shown as free
+energy surfaces (:func:`free_energy_surface`).
+
 Positions are in Angstrom, as in the ``flashschnet-cg-v1`` dataset
-(``docs/cg-dataset.md``).
+(``docs/cg-dataset.md``); free energies in kcal/mol.
 """
 from __future__ import annotations
 
 import numpy as np
+from ase import units
 
 __all__ = ["FOLDED_RMSD_A", "kabsch_rmsd", "radius_of_gyration", "end_to_end", "most_populated_structure",
-           "folded_fraction"]
+           "folded_fraction", "js_divergence", "js_divergence_2d", "free_energy_surface"]
+
+#: Boltzmann's constant in kcal/mol/K (ASE's constants, as the rest of the package).
+_KB_KCAL_PER_MOL = units.kB / (units.kcal / units.mol)
 
 #: C-alpha RMSD (A) to the folded structure below which a frame counts as folded.
 #: Published definitions of chignolin's folded state differ: WESTPA's chignolin
@@ -119,3 +127,85 @@ def folded_fraction(rmsd, threshold_A: float = FOLDED_RMSD_A) -> float:
     if rmsd.size == 0:
         raise ValueError("no frames: the folded fraction of nothing is undefined")
     return float(np.mean(rmsd < threshold_A))
+
+
+def _edges(samples, bins, range) -> np.ndarray:
+    """Bin edges shared by all 1D ``samples``: ``bins`` edges, or a number of
+    bins over ``range`` (default: from the least to the largest value of all)."""
+    return np.histogram_bin_edges(np.concatenate([np.ravel(s) for s in samples]), bins=bins, range=range)
+
+
+def _edges_2d(samples, bins, range) -> list[np.ndarray]:
+    """The x and y edges shared by all (n, 2) ``samples``; ``bins`` and ``range``
+    are one for both axes or a pair."""
+    bins = (bins, bins) if np.ndim(bins) == 0 else bins
+    range = (None, None) if range is None else range
+    return [_edges([s[:, axis] for s in samples], bins[axis], range[axis]) for axis in (0, 1)]
+
+
+def _points(sample) -> np.ndarray:
+    """``sample`` as float64 (n, 2) pairs, checked."""
+    sample = np.asarray(sample, dtype=np.float64)
+    if sample.ndim != 2 or sample.shape[1] != 2:
+        raise ValueError(f"a 2D sample has shape (n, 2), got {sample.shape}")
+    return sample
+
+
+def _jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (base 2) of two histograms of the same bins."""
+    p, q = np.ravel(p).astype(np.float64), np.ravel(q).astype(np.float64)
+    if p.sum() == 0 or q.sum() == 0:
+        raise ValueError("a sample has no values inside the bins")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kullback_leibler(x):
+        seen = x > 0
+        return np.sum(x[seen] * np.log2(x[seen] / m[seen]))
+
+    return float(np.clip(0.5 * kullback_leibler(p) + 0.5 * kullback_leibler(q), 0.0, 1.0))
+
+
+def js_divergence(a, b, bins=50, range=None) -> float:
+    """Jensen-Shannon divergence of the histograms of two 1D samples, in bits
+    (base-2 logarithms): 0 for identical histograms, 1 for histograms with no
+    bin in common; symmetric in ``a`` and ``b``.
+
+    Both are histogrammed on the same bins: ``bins`` edges, or a number of bins
+    over ``range`` (default: the span of both samples together). The value
+    depends on the binning: compare values computed on the same bins.
+    """
+    edges = _edges([a, b], bins, range)
+    return _jensen_shannon(np.histogram(a, edges)[0], np.histogram(b, edges)[0])
+
+
+def js_divergence_2d(a, b, bins=50, range=None) -> float:
+    """:func:`js_divergence` of two 2D samples, (n, 2) arrays of (x, y) pairs
+    (e.g. RMSD and radius of gyration), on a common 2D binning; ``bins`` and
+    ``range`` as :func:`numpy.histogram2d` takes them (one for both axes or a
+    pair), the default range spanning both samples."""
+    a, b = _points(a), _points(b)
+    edges = _edges_2d([a, b], bins, range)
+    return _jensen_shannon(np.histogram2d(a[:, 0], a[:, 1], edges)[0], np.histogram2d(b[:, 0], b[:, 1], edges)[0])
+
+
+def free_energy_surface(x, y, temperature_K: float, bins=50, range=None):
+    """The free energy ``-kT ln p(x, y)`` on a 2D histogram, in kcal/mol, with
+    its minimum (the most populated bin) at 0 and NaN where no sample falls.
+
+    Returns ``(free_energy, x_edges, y_edges)``, ``free_energy[i, j]`` for the
+    bin of ``x_edges[i:i+2]`` and ``y_edges[j:j+2]`` (as
+    :func:`numpy.histogram2d`); ``bins`` and ``range`` as there. Two bins
+    holding n1 and n2 samples differ by ``kT ln(n1 / n2)``.
+    """
+    points = _points(np.column_stack([np.ravel(x), np.ravel(y)]))
+    if not temperature_K > 0:
+        raise ValueError(f"temperature_K must be positive, got {temperature_K}")
+    x_edges, y_edges = _edges_2d([points], bins, range)
+    counts = np.histogram2d(points[:, 0], points[:, 1], [x_edges, y_edges])[0]
+    if counts.max() == 0:
+        raise ValueError("no sample inside the bins")
+    free_energy = np.full(counts.shape, np.nan)
+    seen = counts > 0
+    free_energy[seen] = -_KB_KCAL_PER_MOL * temperature_K * np.log(counts[seen] / counts.max())
+    return free_energy, x_edges, y_edges

@@ -2,8 +2,10 @@
 distributions and the comparison report, on synthetic chains."""
 import numpy as np
 import pytest
+from ase import units
 
-from ase_flashschnet.train.validation import (end_to_end, folded_fraction, kabsch_rmsd, most_populated_structure,
+from ase_flashschnet.train.validation import (end_to_end, folded_fraction, free_energy_surface, js_divergence,
+                                              js_divergence_2d, kabsch_rmsd, most_populated_structure,
                                               radius_of_gyration)
 
 BOND = 3.8  # A between consecutive C-alpha beads
@@ -106,3 +108,44 @@ def test_folded_fraction_counts_frames_below_the_threshold():
     assert folded_fraction(rmsd, threshold_A=1.0) == pytest.approx(2 / 8)
     with pytest.raises(ValueError, match="no frames"):
         folded_fraction([])
+
+
+def test_js_divergence_is_zero_for_identical_samples(rng):
+    a = rng.normal(size=500)
+    assert js_divergence(a, a.copy()) == pytest.approx(0.0, abs=1e-12)
+    points = rng.normal(size=(500, 2))
+    assert js_divergence_2d(points, points.copy(), bins=20) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_js_divergence_is_one_for_disjoint_supports(rng):
+    a, b = rng.uniform(0.0, 1.0, 300), rng.uniform(2.0, 3.0, 200)
+    assert js_divergence(a, b, bins=30, range=(0.0, 3.0)) == pytest.approx(1.0)
+    points = np.column_stack([a[:200], b])
+    assert js_divergence_2d(points, points[:, ::-1], bins=30, range=[(0.0, 3.0), (0.0, 3.0)]) == pytest.approx(1.0)
+
+
+def test_js_divergence_is_symmetric_and_in_bits(rng):
+    a, b = rng.normal(0.0, 1.0, 400), rng.normal(0.7, 1.3, 300)
+    assert js_divergence(a, b) == pytest.approx(js_divergence(b, a))
+    assert 0.0 < js_divergence(a, b) < 1.0
+    a_xy, b_xy = rng.normal(size=(400, 2)), rng.normal(0.5, 1.0, size=(300, 2))
+    assert js_divergence_2d(a_xy, b_xy, bins=15) == pytest.approx(js_divergence_2d(b_xy, a_xy, bins=15))
+    # p = (1, 0), q = (1/2, 1/2), m = (3/4, 1/4): JSD = (KL(p|m) + KL(q|m)) / 2 with log2
+    m = np.array([0.75, 0.25])
+    expected = 0.5 * np.log2(1.0 / m[0]) + 0.5 * (0.5 * np.log2(0.5 / m[0]) + 0.5 * np.log2(0.5 / m[1]))
+    assert js_divergence([0.25] * 10, [0.25] * 5 + [0.75] * 5, bins=2, range=(0.0, 1.0)) == pytest.approx(expected)
+
+
+def test_free_energy_surface_is_zero_at_the_peak_with_kt_ln_ratios():
+    """300 samples in one bin and 100 in another: 0 and kT ln 3 kcal/mol, NaN elsewhere."""
+    x = np.concatenate([np.full(300, 0.5), np.full(100, 2.5)])
+    y = np.concatenate([np.full(300, 1.5), np.full(100, 0.5)])
+    free_energy, x_edges, y_edges = free_energy_surface(x, y, 300.0, bins=3, range=[(0.0, 3.0), (0.0, 3.0)])
+    np.testing.assert_allclose(x_edges, [0.0, 1.0, 2.0, 3.0])
+    kt = units.kB * 300.0 / (units.kcal / units.mol)
+    assert kt == pytest.approx(0.596, abs=1e-3)
+    assert free_energy[0, 1] == 0.0
+    assert free_energy[2, 0] == pytest.approx(kt * np.log(3.0))
+    assert np.isnan(free_energy).sum() == 7
+    with pytest.raises(ValueError, match="temperature_K"):
+        free_energy_surface(x, y, 0.0)
