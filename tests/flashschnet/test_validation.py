@@ -1,12 +1,14 @@
 """Validation of a CG model against its reference: structural measures,
 distributions and the comparison report, on synthetic chains."""
+import json
+
 import numpy as np
 import pytest
 from ase import units
 
-from ase_flashschnet.train.validation import (end_to_end, folded_fraction, free_energy_surface, js_divergence,
-                                              js_divergence_2d, kabsch_rmsd, most_populated_structure,
-                                              radius_of_gyration)
+from ase_flashschnet.train.validation import (compare, end_to_end, folded_fraction, free_energy_surface,
+                                              js_divergence, js_divergence_2d, kabsch_rmsd, most_populated_structure,
+                                              radius_of_gyration, sampling_note)
 
 BOND = 3.8  # A between consecutive C-alpha beads
 
@@ -42,6 +44,16 @@ def two_state_mixture(rng, n, folded_share=0.7, noise_A=0.3) -> np.ndarray:
     n_folded = round(folded_share * n)
     return np.concatenate([noisy_copies(rng, hairpin(), n_folded, noise_A),
                            noisy_copies(rng, extended(), n - n_folded, noise_A)])
+
+
+def folding_trajectory(rng, n, switch=0.02) -> np.ndarray:
+    """n frames of a chain that folds and unfolds: a two-state Markov chain
+    (leaving its state with probability ``switch`` a frame), noisy frames of
+    the hairpin or the extended chain."""
+    folded = np.cumsum(rng.random(n) < switch) % 2 == 0
+    frames = noisy_copies(rng, extended(), n, 0.3)
+    frames[folded] = noisy_copies(rng, hairpin(), int(folded.sum()), 0.3)
+    return frames
 
 
 def test_kabsch_rmsd_is_zero_for_moved_copies(rng):
@@ -149,3 +161,58 @@ def test_free_energy_surface_is_zero_at_the_peak_with_kt_ln_ratios():
     assert np.isnan(free_energy).sum() == 7
     with pytest.raises(ValueError, match="temperature_K"):
         free_energy_surface(x, y, 0.0)
+
+
+def test_sampling_note_counts_transitions_between_the_cores():
+    """Frames between the cutoffs (2 and 4 A) keep the last state; trajectories are apart."""
+    note = sampling_note([0.5, 0.5, 3.0, 5.0, 5.0, 3.0, 1.0, 5.0])
+    assert (note["transitions"], note["transitions_per_trajectory"]) == (3, [3])
+    assert sampling_note([1.9, 2.1, 1.9, 3.5, 1.9, 3.9])["transitions"] == 0
+    note = sampling_note([0.5, 5.0, 5.0, 0.5, 0.5, 5.0], trajectory=[7, 3, 7, 3, 3, 3])
+    assert note["transitions_per_trajectory"] == [2, 1]  # trajectory 3 (5 -> 0.5 -> 5), then 7 (0.5 -> 5)
+    assert note["trajectories"] == 2 and note["folded_fraction"] == pytest.approx(0.5)
+
+
+def test_sampling_note_flags_a_reference_without_transitions():
+    rmsd = np.concatenate([np.full(500, 0.8), np.full(300, 6.0)])
+    note = sampling_note(rmsd, trajectory=np.repeat([0, 1], [500, 300]))
+    assert note["transitions"] == 0 and not note["sufficient"]
+    assert "no folding or unfolding transition in 2 trajectories" in note["note"]
+    assert "cannot be estimated" in note["note"]
+
+
+def test_sampling_note_on_a_well_sampled_two_state_chain(rng):
+    folded = np.cumsum(rng.random(20000) < 0.01) % 2 == 0
+    note = sampling_note(np.where(folded, 1.0, 6.0) + rng.normal(scale=0.3, size=folded.size))
+    assert note["transitions"] == pytest.approx(200, rel=0.3) and note["sufficient"]
+    assert note["folded_fraction"] == pytest.approx(folded.mean(), abs=1e-3)
+    assert 0.0 < note["standard_error"] < 0.1
+    few = sampling_note(np.repeat([1.0, 6.0, 1.0, 6.0], 100))
+    assert few["transitions"] == 3 and not few["sufficient"]
+    assert "only 3 transitions" in few["note"] and "3.3x as much sampling" in few["note"]
+
+
+def test_compare_identical_inputs_writes_plots_and_summary(rng, tmp_path):
+    reference = folding_trajectory(rng, 2000)
+    replicas = reference.reshape(1000, 2, 10, 3)  # as run_replicas returns them: (frames, replicas, beads, 3)
+    summary = compare(reference, replicas, 300.0, tmp_path / "out", bins=30)
+    for name in ("histograms.png", "fes_rmsd_rg.png", "summary.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    assert summary["js_divergence"] == pytest.approx(dict(rmsd=0.0, rg=0.0, end_to_end=0.0, rmsd_rg=0.0), abs=1e-12)
+    assert summary["folded_fraction"]["model"] == summary["folded_fraction"]["reference"]
+    assert kabsch_rmsd(np.array(summary["reference_structure"]), hairpin())[0] < 0.6
+    assert summary["sampling"]["reference"]["sufficient"] and summary["sampling"]["model"]["trajectories"] == 2
+    assert "differ by +0.000" in summary["sampling_note"]
+
+
+def test_compare_says_when_the_reference_is_too_short(rng, tmp_path):
+    reference = two_state_mixture(rng, 600)  # one trajectory a state: no transition
+    summary = compare(reference, folding_trajectory(rng, 600), 300.0, tmp_path, labels=("AA", "CG"),
+                      reference_trajectory=np.repeat([0, 1], [420, 180]), reference_structure=hairpin())
+    assert summary["reference_structure"] == hairpin().tolist()
+    assert summary["folded_fraction"]["reference"] == pytest.approx(0.7)
+    assert not summary["sampling"]["reference"]["sufficient"]
+    assert summary["sampling_note"].startswith("AA: no folding or unfolding transition in 2 trajectories")
+    assert "reference sampling is too short" in summary["sampling_note"]
+    assert 0.0 < summary["js_divergence"]["rmsd"] < 1.0
