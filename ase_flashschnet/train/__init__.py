@@ -13,7 +13,11 @@ Modules:
 * :mod:`.config`: ``TrainConfig``, the settings of a run, checked;
 * :mod:`.trainer`: ``train``, the force-matching loop;
 * :mod:`.checkpoint`: what a run is resumed from;
-* :mod:`.metrics`: the per-epoch CSV and the loss plot.
+* :mod:`.metrics`: the per-epoch CSV and the loss plot;
+* :mod:`.validation`: a trained model's simulations against the reference:
+  RMSD to the most populated structure, folded fraction, radius of gyration
+  and end-to-end distance, their Jensen-Shannon divergences and free energy
+  surfaces, and whether the sampling suffices (``compare`` writes it all).
 """
 from .config import TrainConfig
 from .dataset import CGDataset, load_dataset, save_dataset
