@@ -3,14 +3,19 @@
 First a small untimed RHF and B3LYP with both (CuPy's and the libraries'
 first-use setup).  For each case (molecule x basis): one J+K build on the
 guess density (the "warm-up": kernel compilation included, and kept out of
-what follows); whole RHF and B3LYP SCFs with GPU4PySCF's driver, J/K from FusionRCG
-(``mf.to_gpu().apply(fusionrcg)``) against stock GPU4PySCF, with the energy
+what follows); whole SCFs (``--scf-methods``, RHF and B3LYP by default) with
+GPU4PySCF's driver, J/K from FusionRCG (``mf.to_gpu().apply(fusionrcg)``)
+against stock GPU4PySCF, with the energy
 difference; then, on the same converged RHF density, one J+K build, J alone
 and K alone (median of --repeat after a warm-up call) with the largest
 difference of the matrices (with ``--no-scf``, or for a case without SCFs,
 only our RHF runs, untimed, to make that density).  With ``--density guess`` the builds are timed on
 the guess density and no SCF runs: for systems whose SCFs outlast a time limit
-(a converged density costs far more).  Geometries come from benchmarks/molecules
+(a converged density costs far more).  ``--scf-methods`` takes RHF, B3LYP and
+PBE (a pure functional: the driver asks for J alone).  With ``--joltqc`` JoltQC
+(``jqc.pyscf.apply`` with both cutoffs at the screening threshold, so every
+quartet runs in FP64) is a third column wherever it runs: restricted methods,
+shells up to g; it must be importable (a source checkout on PYTHONPATH).  Geometries come from benchmarks/molecules
 (or ``--molecules-dir``, or $FUSION_MOLECULES).  Results go to
 benchmarks/results/ (JSON, markdown, plot) through benchmarks/_common.py.
 
@@ -28,6 +33,8 @@ The result sets in benchmarks/results, one case each:
     python benchmarks/scf_vs_gpu4pyscf.py --cases water5-cc-pv5z --builds J+K --repeat 1 --name scf_vs_gpu4pyscf_water5_cc_pv5z
     python benchmarks/scf_vs_gpu4pyscf.py --cases water20-def2-qzvp --builds J+K --density guess --name scf_vs_gpu4pyscf_water20_qzvp_guess
     python benchmarks/scf_vs_gpu4pyscf.py --cases gly30-def2-tzvp --builds J+K --density guess --name scf_vs_gpu4pyscf_gly30_tzvp_guess
+    python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp,vitc-def2-qzvp --scf-methods PBE --builds J,J+K --joltqc --name scf_vs_gpu4pyscf_pbe
+    python benchmarks/scf_vs_gpu4pyscf.py --cases water20-def2-qzvp --builds J+K,J --joltqc --name scf_vs_gpu4pyscf_water20_qzvp
 
 Needs CuPy, GPU4PySCF and pyscf_fusionrcg importable (``pip install -e .[cuda12]``).
 """
@@ -72,6 +79,9 @@ CASES = {c.name: c for c in (
 )}
 QUICK = ("vitc-def2-tzvp",)
 BUILDS = ("J+K", "J", "K")
+SCF_METHODS = ("RHF", "B3LYP", "PBE")
+#: The highest angular momentum JoltQC's kernels take.
+JOLTQC_LMAX = 4
 
 
 def parse_args(argv=None):
@@ -86,7 +96,10 @@ def parse_args(argv=None):
     p.add_argument("--no-scf", action="store_true",
                    help="builds only (on the converged density, the density of our RHF, untimed)")
     p.add_argument("--scf-methods", default="RHF,B3LYP",
-                   help="whole SCFs timed, of RHF,B3LYP (the RHF always runs: its density is the builds')")
+                   help=f"whole SCFs timed, of {','.join(SCF_METHODS)} (an RHF always runs: its density "
+                        "is the builds'; PBE is a pure functional, J only)")
+    p.add_argument("--joltqc", action="store_true",
+                   help="JoltQC (FP64) as a third column where it runs (restricted, l <= 4)")
     p.add_argument("--builds", default=",".join(BUILDS),
                    help=f"builds timed on the converged density, of {','.join(BUILDS)}")
     p.add_argument("--density", choices=("converged", "guess"), default="converged",
@@ -110,6 +123,10 @@ def parse_args(argv=None):
     unknown = [b for b in args.builds if b not in BUILDS]
     if unknown or not args.builds:
         p.error(f"unknown build(s) {unknown}; known: {', '.join(BUILDS)}")
+    args.scf_methods = [m.strip() for m in args.scf_methods.split(",") if m.strip()]
+    unknown = [m for m in args.scf_methods if m not in SCF_METHODS]
+    if unknown:
+        p.error(f"unknown SCF method(s) {unknown}; known: {', '.join(SCF_METHODS)}")
     if args.quick:
         args.repeat = 1
     return args
@@ -127,15 +144,30 @@ def dry_run(args):
         path = args.molecules_dir / case.xyz
         runs = list(args.builds)
         if case.scf and not args.no_scf and args.density == "converged":
-            runs += ["RHF"] if args.quick else [m for m in ("RHF", "B3LYP") if m in args.scf_methods.split(",")]
+            runs += ["RHF"] if args.quick else list(args.scf_methods)
         runs.append("vs GPU4PySCF" if case.baseline else "FusionRCG only")
         runs.append(f"{args.density} density")
         if not path.is_file():
             print(f"{case.name:22s} {case.basis:10s} missing {path}")
             continue
         mol = build_mol(case, args.molecules_dir)
+        if args.joltqc:
+            runs.append("and JoltQC" if joltqc_runs(mol) else "JoltQC cannot (l > 4)")
         print(f"{case.name:22s} {case.basis:10s} {mol.natm:5d} {mol.nao:5d} "
               f"{int(mol._bas[:, 1].max()):5d}  {', '.join(runs)}")
+
+
+def joltqc_runs(mol) -> bool:
+    """JoltQC's kernels take shells up to g."""
+    return int(mol._bas[:, 1].max()) <= JOLTQC_LMAX
+
+
+def joltqc(mf):
+    """``mf`` (PySCF, restricted) with JoltQC's J/K on the GPU, every quartet
+    above the screening threshold in FP64."""
+    import jqc.pyscf
+    tol = mf.direct_scf_tol
+    return jqc.pyscf.apply(mf.to_gpu(), cutoff_fp32=tol, cutoff_fp64=tol)
 
 
 def _sync():
@@ -191,10 +223,12 @@ class BuildTimes:
         return call
 
 
-def _record(common, task, ours_s, ref_s=None, **extra):
+def _record(common, task, ours_s, ref_s=None, jqc_s=None, **extra):
     rec = dict(common, task=task, fusionrcg_s=ours_s, **extra)
     if ref_s is not None:
         rec.update(gpu4pyscf_s=ref_s, speedup=ref_s / ours_s)
+    if jqc_s is not None:
+        rec.update(joltqc_s=jqc_s, speedup_joltqc=jqc_s / ours_s)
     print(_line(rec), flush=True)
     return rec
 
@@ -217,6 +251,8 @@ def warm_drivers(args):
     for make in (scf.RHF, lambda m: dft.RKS(m, xc="b3lyp")):
         make(mol).to_gpu().kernel()
         make(mol).to_gpu().apply(fusionrcg, backend="gpu", tier=args.tier).kernel()
+        if args.joltqc:
+            joltqc(make(mol)).kernel()
 
 
 def run_case(case, args, save):
@@ -237,16 +273,18 @@ def run_case(case, args, save):
 
     mine = ours(scf.RHF(mol))
     stock = scf.RHF(mol).to_gpu() if case.baseline else None
+    jolt = joltqc(scf.RHF(mol)) if args.joltqc and joltqc_runs(mol) else None
     # One build on the guess density first: kernel compilation stays out of the SCFs.
     dm0 = mine.get_init_guess()
     save(_record(common, "warm-up", _once(lambda: mine.get_jk(mol, dm0))[0],
                  None if stock is None or case.slow_baseline
                  else _once(lambda: stock.get_jk(mol, dm0))[0]))
 
+    makers = {"RHF": scf.RHF, "B3LYP": lambda m: dft.RKS(m, xc="b3lyp"),
+              "PBE": lambda m: dft.RKS(m, xc="pbe")}
     methods = [] if args.density == "guess" else [("RHF", scf.RHF)]
-    if methods and not (args.quick or args.no_scf or not case.scf) \
-            and "B3LYP" in args.scf_methods.split(","):
-        methods.append(("B3LYP", lambda m: dft.RKS(m, xc="b3lyp")))
+    if methods and not (args.quick or args.no_scf or not case.scf):
+        methods += [(m, makers[m]) for m in args.scf_methods if m != "RHF"]
     dm = dm0 if args.density == "guess" else None
     gpu_driver = gpu4pyscf_driver_works(mol)
     for label, make in methods:
@@ -256,7 +294,7 @@ def run_case(case, args, save):
         extra = dict(e_fusionrcg=float(e), cycles_fusionrcg=mf.cycles, jk_fusionrcg_s=sum(builds.seconds),
                      builds_fusionrcg_s=builds.seconds)
         t_ref, mf_ref = None, None
-        kept = case.scf and not args.no_scf
+        kept = case.scf and not args.no_scf and (label in args.scf_methods or args.quick)
         if kept and case.baseline and not case.slow_baseline:
             mf_ref = make(mol).to_gpu()
             builds = BuildTimes(mf_ref)
@@ -264,10 +302,16 @@ def run_case(case, args, save):
             extra.update(e_gpu4pyscf=float(e_ref), de=float(e - e_ref),
                          cycles_gpu4pyscf=mf_ref.cycles, jk_gpu4pyscf_s=sum(builds.seconds),
                          builds_gpu4pyscf_s=builds.seconds)
+        t_jqc = None
+        if kept and jolt is not None:
+            mf_jqc = joltqc(make(mol))
+            t_jqc, e_jqc = _once(mf_jqc.kernel)
+            extra.update(e_joltqc=float(e_jqc), de_joltqc=float(e - e_jqc), cycles_joltqc=mf_jqc.cycles)
+            del mf_jqc
         if dm is None:   # the first method is RHF: its density is the one for the builds
             dm = (mf if mf_ref is None else mf_ref).make_rdm1()
         if kept:
-            save(_record(common, label, t, t_ref, **extra))
+            save(_record(common, label, t, t_ref, t_jqc, **extra))
         del mf
         cupy.get_default_memory_pool().free_all_blocks()
 
@@ -276,15 +320,21 @@ def run_case(case, args, save):
     for task in args.builds:
         call = builds[task]
         t, out = time_build(lambda: call(mine), args.repeat)
-        t_ref, extra = None, {}
+        t_ref, t_jqc, extra = None, None, {}
+
+        def largest_difference(other):
+            pairs = zip(out, other) if task == "J+K" else [(out, other)]
+            return max(_max_diff(a, b) for a, b in pairs)
         if stock is not None:
             if case.slow_baseline:
                 t_ref, out_ref = _once(lambda: call(stock))
             else:
                 t_ref, out_ref = time_build(lambda: call(stock), args.repeat)
-            pairs = zip(out, out_ref) if task == "J+K" else [(out, out_ref)]
-            extra["max_abs_diff"] = max(_max_diff(a, b) for a, b in pairs)
-        save(_record(common, task, t, t_ref, **extra))
+            extra["max_abs_diff"] = largest_difference(out_ref)
+        if jolt is not None:
+            t_jqc, out_jqc = time_build(lambda: call(jolt), args.repeat)
+            extra["max_abs_diff_joltqc"] = largest_difference(out_jqc)
+        save(_record(common, task, t, t_ref, t_jqc, **extra))
         cupy.get_default_memory_pool().free_all_blocks()
 
 
@@ -296,6 +346,8 @@ def _line(rec):
         s += f"   dE {rec['de']:+.1e}"
     if "max_abs_diff" in rec:
         s += f"   max|dV| {rec['max_abs_diff']:.1e}"
+    if "joltqc_s" in rec:
+        s += f"   JoltQC {rec['joltqc_s']:9.3f} s   x{rec['speedup_joltqc']:.2f}"
     for engine in ("fusionrcg", "gpu4pyscf"):
         if f"jk_{engine}_s" in rec:
             s += f"   {engine} J/K {rec[f'jk_{engine}_s']:.3f} s in {len(rec[f'builds_{engine}_s'])} builds"
@@ -303,8 +355,9 @@ def _line(rec):
 
 
 COLUMNS = ["case", "nao", "max_l", "density", "task", "fusionrcg_s", "gpu4pyscf_s", "speedup", "de",
-           "max_abs_diff", "cycles_fusionrcg", "cycles_gpu4pyscf", "jk_fusionrcg_s", "jk_gpu4pyscf_s"]
-TASKS = ("J+K", "J", "K", "RHF", "B3LYP")
+           "max_abs_diff", "joltqc_s", "speedup_joltqc", "de_joltqc", "max_abs_diff_joltqc",
+           "cycles_fusionrcg", "cycles_gpu4pyscf", "jk_fusionrcg_s", "jk_gpu4pyscf_s"]
+TASKS = ("J+K", "J", "K") + SCF_METHODS
 
 
 def plot_speedups(records, path):
@@ -339,6 +392,8 @@ def main(argv=None):
     try:
         cupy = require_gpu("benchmarks/scf_vs_gpu4pyscf.py")
         import gpu4pyscf  # noqa: F401  (fail early, before any case runs)
+        if args.joltqc:
+            import jqc.pyscf  # noqa: F401
     except (GPUUnavailableError, ImportError) as exc:
         print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
         return 2
@@ -346,7 +401,7 @@ def main(argv=None):
     warm_drivers(args)
     meta = environment_meta()
     meta.setdefault("gpu", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    meta.update(repeat=args.repeat, tier=args.tier, quick=args.quick,
+    meta.update(repeat=args.repeat, tier=args.tier, quick=args.quick, joltqc=args.joltqc,
                 cases=[c.name for c in args.selected], complete=False)
     records = []
 
@@ -358,6 +413,7 @@ def main(argv=None):
         paths = write_results(
             args.name, records, meta, title="FusionRCG vs GPU4PySCF: J/K builds and SCF",
             columns=COLUMNS, notes="Times in seconds; speedup = GPU4PySCF / FusionRCG; "
+            "speedup_joltqc = JoltQC (FP64) / FusionRCG where JoltQC runs; "
             f"builds on the {'guess' if args.density == 'guess' else 'converged RHF'} density, "
             "median of --repeat after a warm-up; jk_*_s: the J/K builds inside a whole SCF "
             "(the rest of it is the driver's own work; each build in the JSON)."
