@@ -13,7 +13,12 @@ Modules:
 * :mod:`.config`: ``TrainConfig``, the settings of a run, checked;
 * :mod:`.trainer`: ``train``, the force-matching loop;
 * :mod:`.checkpoint`: what a run is resumed from;
-* :mod:`.metrics`: the per-epoch CSV and the loss plot.
+* :mod:`.metrics`: the per-epoch CSV and the loss plot;
+* :mod:`.mapping`: all-atom frames to C-alpha beads, the force maps and their
+  consistency (``docs/cg-mapping.md``);
+* :mod:`.reference`: all-atom reference data from OpenMM (optional), and
+  :mod:`.reference_cli`, its command ``flashschnet-cln025-reference``
+  (``docs/cg-reference.md``).
 """
 from .config import TrainConfig
 from .dataset import CGDataset, load_dataset, save_dataset

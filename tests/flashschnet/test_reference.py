@@ -1,8 +1,9 @@
 """All-atom reference data: CLN025 built from its sequence, tiny OpenMM runs on the CPU
-mapped to C-alpha beads, the force maps and their consistency, resumption.
+mapped to C-alpha beads, the force maps and their consistency, resumption, the command.
 The OpenMM tests skip cleanly without OpenMM or PeptideBuilder."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -161,3 +162,42 @@ def test_a_folder_of_another_run_is_refused(reference, tiny_run):
     out, _ = tiny_run
     with pytest.raises(ValueError, match="temperature_K: 350.0 there, 340.0 now"):
         reference.generate_reference(out, **{**TINY, "temperature_K": 340.0})
+
+
+def test_the_command_remaps_a_finished_run(reference, tiny_run, tmp_path, capsys, caplog):
+    from ase_flashschnet.train.reference_cli import main
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    args = [str(out), "--platform", "cpu", "--trajectories", "2", "--ns-per-trajectory", "0.00006",
+            "--save-every-ps", "0.02", "--pull-ps", "0.04", "--equilibration-ps", "0.02", "--no-progress"]
+    assert main(args + ["--force-map", "slice"]) == 0
+    assert "2 of 2 finished (all done)" in capsys.readouterr().out
+    assert "not consistent" in caplog.text  # slicing while the C-alpha's H is constrained
+    with np.load(out / "chunks" / "traj0000-00000.npz") as chunk:
+        calpha = [a.index for a in next(reference.build_peptide(reference.CLN025)[0].residues()).atoms()
+                  if a.name == "CA"][0]
+        expected = chunk["forces"][:, calpha] / KJ_PER_MOL_PER_EV / 10.0
+    np.testing.assert_allclose(load_dataset(out / "dataset.npz").forces[:3, 0], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [(["--save-every-ps", "0.003"], "whole number of 2.0 fs steps"),
+                                          (["--ns-per-trajectory", "0"], "must be positive"),
+                                          (["--trajectories", "0"], "n_trajectories")])
+def test_the_command_refuses_bad_input(tmp_path, capsys, bad, message):
+    from ase_flashschnet.train.reference_cli import main
+
+    assert main([str(tmp_path / "out"), "--platform", "cpu", *bad]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_is_installed():
+    import configparser
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].split("\n") if line)
+    assert scripts["flashschnet-cln025-reference"] == "ase_flashschnet.train.reference_cli:main"
+    assert set(cfg["options.extras_require"]["reference"].split()) == {"openmm>=8.1", "PeptideBuilder>=1.1"}
