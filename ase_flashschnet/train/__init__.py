@@ -18,6 +18,11 @@ Modules:
   RMSD to the most populated structure, folded fraction, radius of gyration
   and end-to-end distance, their Jensen-Shannon divergences and free energy
   surfaces, and whether the sampling suffices (``compare`` writes it all).
+* :mod:`.mapping`: all-atom frames to C-alpha beads, the force maps and their
+  consistency (``docs/cg-mapping.md``);
+* :mod:`.reference`: all-atom reference data from OpenMM (optional), and
+  :mod:`.reference_cli`, its command ``flashschnet-cln025-reference``
+  (``docs/cg-reference.md``).
 """
 from .config import TrainConfig
 from .dataset import CGDataset, load_dataset, save_dataset
