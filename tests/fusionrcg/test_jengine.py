@@ -1,10 +1,18 @@
 """The J engine (jengine.py): pair densities, the J programs' blocks against
-libcint's integrals contracted with a density, and the accumulator counts of
-the report."""
+libcint's integrals contracted with a density, full J against PySCF, the
+option through JKContext, and the accumulator counts of the report."""
 import numpy as np
 import pytest
+from pyscf import gto, scf
 
 from pyscf_fusionrcg import host, ir, jengine, pairmaps, schedule
+from pyscf_fusionrcg.jk import JKContext, LibcintBlocks, digest_j
+from pyscf_fusionrcg.options import Options, from_env
+from pyscf_fusionrcg.screening import build_tasks
+
+H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
+ATOL = 1e-10
+
 
 def _dms(nao, nset=2, seed=5):
     return np.random.default_rng(seed).standard_normal((nset, nao, nao))
@@ -77,6 +85,63 @@ def test_j_blocks_equal_libcint(synth, ls, cart, sides):
     want = dict(zip(('bra', 'ket'), _libcint_j(mol, q, dms)))
     for side in sides:
         assert np.abs(got[side] - want[side]).max() <= 1e-11 * np.abs(want[side]).max()
+
+
+MOLS = {
+    "h2o-631gs": (dict(atom=H2O, basis="6-31g*"), None),
+    "h2o-631gs-cart": (dict(atom=H2O, basis="6-31g*", cart=True), None),
+    "h2o-ghosts": (dict(atom=H2O + "; ghost-O 0 0 2.6; X-H 0 0.8 3.1", basis="6-31g"), None),
+    "h2o-def2svp-erf": (dict(atom=H2O, basis="def2-svp"), 0.4),
+    "h2o-def2svp-erfc": (dict(atom=H2O, basis="def2-svp"), -0.4),
+    "n2-ccpvtz": (dict(atom="N 0 0 0; N 0 0 1.1", basis="cc-pvtz"), None),     # f, nctr = 2
+}
+
+
+def _j_context(mol, omega, j_engine="on"):
+    return JKContext(mol, omega, options=Options(backend="cpu", j_engine=j_engine, progress=False))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n == "n2-ccpvtz" else ())
+                                  for n in MOLS])
+def test_j_equals_pyscf(name):
+    kw, omega = MOLS[name]
+    mol = gto.M(verbose=0, **kw)
+    dm = _dms(mol.nao)
+    vj, vk = _j_context(mol, omega).get_jk(dm, hermi=0, with_k=False)
+    assert vk is None
+    ref, _ = scf.hf.get_jk(mol, dm, hermi=0, omega=omega, with_k=False)
+    np.testing.assert_allclose(vj, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("with_k", [False, True])
+def test_the_option_changes_no_result(with_k):
+    mol = gto.M(verbose=0, atom=H2O, basis="6-31g*")
+    dm = _dms(mol.nao)
+    dm = dm + dm.transpose(0, 2, 1)
+    on = _j_context(mol, None).get_jk(dm, with_k=with_k)
+    off = _j_context(mol, None, "off").get_jk(dm, with_k=with_k)
+    for a, b in zip(on, off):
+        if with_k or b is not None:
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    assert (on[1] is None) == (not with_k)
+
+
+def test_the_option_comes_from_the_environment(monkeypatch):
+    assert Options().j_engine == "off"
+    monkeypatch.setenv("FUSIONRCG_J_ENGINE", "on")
+    assert from_env().j_engine == "on"
+    with pytest.raises(ValueError, match="j_engine must be one of"):
+        Options(j_engine="yes")
+
+
+def test_the_engine_needs_the_host_engine_and_both_sides_for_task_lists():
+    mol = gto.M(verbose=0, atom=H2O, basis="sto-3g")
+    with pytest.raises(TypeError, match="runs on the host engine"):
+        jengine.HostJEngine(LibcintBlocks(mol))
+    dms = _dms(mol.nao, 1)
+    tasks = build_tasks(mol, dms, with_k=False)
+    with pytest.raises(ValueError, match="two-sided"):
+        digest_j(mol, dms, tasks, jengine.HostJEngine(host.HostEngine(mol), jengine.SIDES[1]))
 
 
 @pytest.mark.parametrize("ls", [(1, 1, 1, 0), (2, 1, 2, 2)])
