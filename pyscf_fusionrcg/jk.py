@@ -8,7 +8,9 @@ each build to the GPU (:mod:`pyscf_fusionrcg.gpu_jk`) or to the host path;
 (``engine.quartet_blocks``), and digested for all 8 of its permutations with
 vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks, one ``bincount``
 scatter per batch); the task lists and the digestion formulas are documented
-in :mod:`pyscf_fusionrcg.screening`.  Conventions are PySCF's::
+in :mod:`pyscf_fusionrcg.screening`.  With ``Options.j_engine='on'`` the host
+path's J comes from the J engine instead (:func:`digest_j`,
+:mod:`pyscf_fusionrcg.jengine`).  Conventions are PySCF's::
 
     vj[k, l] = sum_ij (ij|kl) dm[j, i]        vk[i, l] = sum_jk (ij|kl) dm[j, k]
 """
@@ -118,8 +120,12 @@ class JKContext:
         self.fingerprint = mol_fingerprint(mol)
         self.keep_plan = keep_plan
         self._engine = engine
+        self._j_engine = None
         self._q_cond = q_cond
         self._device_basis = None
+        if backend == "gpu" and self.options.j_engine == "on":
+            logger.warn(mol, "FusionRCG: j_engine='on' is for the host path so far; GPU builds use "
+                        "their J/K kernels")
         self.plan = None            # the kept gpu_jk.JKPlan
         self.streams = False        # True once a plan proved too large: every build streams
 
@@ -140,6 +146,15 @@ class JKContext:
         if self._engine is None:
             self._engine = cpu_engine(self.mol, self.omega)
         return self._engine
+
+    @property
+    def j_engine(self):
+        """The host path's J engine on :attr:`engine`
+        (:class:`~pyscf_fusionrcg.jengine.HostJEngine`), for ``options.j_engine='on'``."""
+        if self._j_engine is None:
+            from pyscf_fusionrcg.jengine import HostJEngine
+            self._j_engine = HostJEngine(self.engine)
+        return self._j_engine
 
     @property
     def device_basis(self):
@@ -173,8 +188,18 @@ class JKContext:
             return (jr + 1j * ji if with_j else None, kr + 1j * ki if with_k else None)
         shape = dm.shape
         dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
-        tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, with_j, with_k)
-        vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k, self.options.progress)
+        progress = self.options.progress
+        if with_j and self.options.j_engine == "on":
+            # J and K from task lists screened each for the blocks it reads
+            tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, True, False)
+            vj = digest_j(self.mol, dms, tasks, self.j_engine, progress)
+            vk = None
+            if with_k:
+                tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, False, True)
+                vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, False, True, progress)[1]
+        else:
+            tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, with_j, with_k)
+            vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k, progress)
         return (None if vj is None else vj.reshape(shape),
                 None if vk is None else vk.reshape(shape))
 
@@ -298,22 +323,14 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progr
     jh = np.zeros(dms.shape) if with_j else None
     kh = np.zeros(dm_k.shape) if with_k else None
     ao_loc = mol.ao_loc
-    with tqdm(total=sum(len(t) for t in tasks), desc="FusionRCG host J/K", unit="quartet", unit_scale=True,
-              delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
-        for t in tasks:
-            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
-            step = max(1, _BATCH_DOUBLES // int(blk))
-            degeneracy = t.degeneracy
-            for i0 in range(0, len(t), step):
-                shls = t.quartets[i0:i0 + step]
-                g = engine.quartet_blocks(shls)
-                g *= degeneracy[i0:i0 + step, None, None, None, None]
-                idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
-                if with_j:
-                    _digest_j(g, idx, dm_j, jh)
-                if with_k:
-                    _digest_k(g, idx, dm_k, kh)
-                bar.update(len(shls))
+    for shls, degeneracy in _batches(tasks, ao_loc, "FusionRCG host J/K", progress):
+        g = engine.quartet_blocks(shls)
+        g *= degeneracy[:, None, None, None, None]
+        idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
+        if with_j:
+            _digest_j(g, idx, dm_j, jh)
+        if with_k:
+            _digest_k(g, idx, dm_k, kh)
     vj = jh + jh.transpose(0, 2, 1) if with_j else None
     vk = None
     if with_k:
@@ -321,6 +338,45 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progr
         vk = (kh[:nset] + kh[nset:].transpose(0, 2, 1) if hermi != 1
               else kh + kh.transpose(0, 2, 1))
     return vj, vk
+
+
+def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
+    """J (nset, nao, nao) of NumPy ``dms`` from a task list through the J
+    engine (a two-sided :class:`~pyscf_fusionrcg.jengine.HostJEngine`): each
+    unique quartet's two J blocks of the symmetrised density, scaled by the
+    quartet's degeneracy and added to both pairs' rows, as :func:`digest_tasks`
+    does with the integral blocks."""
+    if "ket" not in j_engine.sides:
+        raise ValueError("the task lists hold each quartet once: their J needs the two-sided J engine")
+    dm_j = dms + dms.transpose(0, 2, 1)
+    jh = np.zeros(dms.shape)
+    ao_loc = mol.ao_loc
+    for shls, degeneracy in _batches(tasks, ao_loc, "FusionRCG host J engine", progress):
+        blocks = j_engine.quartet_j(shls, dm_j)
+        pieces = []
+        for side, (x, y) in (("bra", (0, 1)), ("ket", (2, 3))):
+            blk = blocks[side] * degeneracy[None, :, None, None]
+            pieces.append((ao_loc[shls[:, x], None] + np.arange(blk.shape[2]),
+                           ao_loc[shls[:, y], None] + np.arange(blk.shape[3]), blk))
+        _scatter(jh, pieces)
+    return jh + jh.transpose(0, 2, 1)
+
+
+def _batches(tasks, ao_loc, desc, progress):
+    """``(quartets, degeneracies)`` of a task list, class by class in batches
+    of at most ``_BATCH_DOUBLES`` block doubles; a progress bar over the
+    quartets after :data:`~pyscf_fusionrcg.options.PROGRESS_DELAY_S` unless
+    ``progress`` is off."""
+    with tqdm(total=sum(len(t) for t in tasks), desc=desc, unit="quartet", unit_scale=True,
+              delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
+        for t in tasks:
+            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
+            step = max(1, _BATCH_DOUBLES // int(blk))
+            degeneracy = t.degeneracy
+            for i0 in range(0, len(t), step):
+                shls = t.quartets[i0:i0 + step]
+                yield shls, degeneracy[i0:i0 + step]
+                bar.update(len(shls))
 
 
 def _gather(dm, ix, iy):

@@ -12,6 +12,7 @@ only fill the defaults of what the caller did not give:
 ``FUSIONRCG_FUSE=0``       ``fuse_digestion=False``
 ``FUSIONRCG_SCRATCH_MB``   ``scratch_mb``
 ``FUSIONRCG_PROGRESS=0``   ``progress=False``
+``FUSIONRCG_J_ENGINE``     ``j_engine``
 ``FUSIONRCG_PREPARED=0``   the on-disk cache of prepared objects off
                            (:func:`prepared_cache_enabled`, per process)
 =========================  ==========================================
@@ -30,6 +31,7 @@ BACKEND_HELP = ("auto: the GPU when one is usable, else the SCF object's own PyS
                 "(with a warning); gpu: the GPU, an error without one; cpu: FusionRCG's "
                 "host path, a slow reference for checks")
 CTR_CHOICES = ("auto",) + CTR_MODES
+J_ENGINE_CHOICES = ("off", "on")
 
 #: Each option that an environment variable can set, and how its text reads.
 ENV = {
@@ -38,6 +40,7 @@ ENV = {
     "fuse_digestion": ("FUSIONRCG_FUSE", lambda v: v != "0"),
     "scratch_mb": ("FUSIONRCG_SCRATCH_MB", float),
     "progress": ("FUSIONRCG_PROGRESS", lambda v: v != "0"),
+    "j_engine": ("FUSIONRCG_J_ENGINE", str),
 }
 PREPARED_ENV = "FUSIONRCG_PREPARED"
 #: Seconds of kernel preparation or of a host-path build before its progress bar shows.
@@ -62,6 +65,10 @@ class Options:
         the free GPU memory, at most 8 GiB.
     progress: a progress bar (after a couple of seconds) while GPU kernels are
         prepared and while the host path builds J and K.
+    j_engine: 'on' builds the host path's J through the J engine
+        (:mod:`pyscf_fusionrcg.jengine`: the density folded into the class
+        programs), 'off' (default) with the integral blocks; GPU builds do
+        not have it yet.
     """
     backend: str = "auto"
     direct_scf_tol: float | None = None
@@ -70,6 +77,7 @@ class Options:
     fuse_digestion: bool = True
     scratch_mb: float | None = None
     progress: bool = True
+    j_engine: str = "off"
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -78,6 +86,8 @@ class Options:
             raise ValueError(f"tier must be one of {TIERS} or None, not {self.tier!r}")
         if self.ctr not in CTR_CHOICES:
             raise ValueError(f"contracted stage must be one of {CTR_CHOICES}, not {self.ctr!r}")
+        if self.j_engine not in J_ENGINE_CHOICES:
+            raise ValueError(f"j_engine must be one of {J_ENGINE_CHOICES}, not {self.j_engine!r}")
         if self.direct_scf_tol is not None and not float(self.direct_scf_tol) >= 0:
             raise ValueError(f"direct_scf_tol must be a number >= 0, not {self.direct_scf_tol!r}")
         if self.scratch_mb is not None and not float(self.scratch_mb) > 0:

@@ -75,7 +75,7 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     ``mf.direct_scf_tol`` at call time).  tier: force one storage tier of the
     GPU kernels (None lets the routing choose).  The other options of
     :class:`~pyscf_fusionrcg.options.Options` (``ctr``, ``fuse_digestion``,
-    ``scratch_mb``, ``progress``) go by keyword too, or whole as ``options``;
+    ``scratch_mb``, ``progress``, ``j_engine``) go by keyword too, or whole as ``options``;
     what is not given comes from the environment (``FUSIONRCG_*``), else the
     defaults.
     """
