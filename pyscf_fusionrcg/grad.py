@@ -19,6 +19,9 @@ Two consumers digest them:
   (``pyscf.grad.rhf.get_jk``: ``vj[x,i,j] = sum_kl d/dI_x (ij|kl) D[l,k]``,
   ``vk[x,i,l] = sum_jk d/dI_x (ij|kl) D[j,k]``, I the centre of i, which
   is minus libcint's int2e_ip1), scattered for the 8 orderings.
+
+:class:`_FusionRCGGrad` puts both into PySCF's Gradients objects
+(``fusionrcg(mf, backend='cpu').nuc_grad_method()``); see its docstring.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import ctypes
 
 import numpy as np
 from pyscf import gto, lib
+from pyscf.lib import logger
 from pyscf.scf import _vhf
 from tqdm import tqdm
 
@@ -190,3 +194,167 @@ def _derivative_k(da, db, dc, dd, idx, dms):
     return _pieces([(r, c, np.einsum(e, g, _gather(dms, x, y))) for r, c, e, g, x, y in terms],
                    len(dms))
 
+
+def fusionrcg_gradients(mf_grad, options):
+    """``mf_grad``, a PySCF Gradients object, with its two-electron derivative
+    integrals from FusionRCG's host path (:class:`_FusionRCGGrad`); ``options``
+    the SCF's :class:`~pyscf_fusionrcg.options.Options`."""
+    if isinstance(mf_grad, _FusionRCGGrad):
+        return mf_grad
+    return lib.set_class(_FusionRCGGrad(mf_grad, options), (_FusionRCGGrad, mf_grad.__class__))
+
+
+#: What each of PySCF's own ``get_veff`` of the gradients does with J and K:
+#: (unrestricted, Kohn-Sham), keyed by (module, class) of the Gradients class
+#: that defines it.
+_PYSCF_VEFF = {("pyscf.grad.rhf", "Gradients"): (False, False),
+               ("pyscf.grad.uhf", "Gradients"): (True, False),
+               ("pyscf.grad.rohf", "Gradients"): (True, False),
+               ("pyscf.grad.rks", "Gradients"): (False, True),
+               ("pyscf.grad.uks", "Gradients"): (True, True)}
+
+
+class _FusionRCGGrad:
+    """Derivative J/K from FusionRCG; everything else from the wrapped Gradients class.
+
+    PySCF's gradient drivers get their two-electron part from ``get_veff``,
+    which calls ``get_jk`` / ``get_j`` / ``get_k``: derivative matrices (3,
+    nao, nao) per density, that ``grad_elec`` contracts with the density atom
+    by atom; PySCF exposes no per-atom hook for that part.  So:
+
+    * ``get_jk`` / ``get_j`` / ``get_k`` give those matrices from the host
+      path's derivative blocks (:meth:`DerivativeContext.jk`), for every
+      caller (response and excited-state gradients included);
+    * ``grad_elec``, when ``get_veff`` is one of PySCF's own (RHF, UHF,
+      ROHF, RKS, UKS: :data:`_PYSCF_VEFF`, whose J/K factors
+      :meth:`_fusionrcg_terms` knows), has ``get_veff`` leave the two-electron
+      part out (its J/K calls see zeros) and hand it over as per-atom forces
+      contracted straight from the blocks (:meth:`DerivativeContext.forces`),
+      which ``extra_force`` adds: no derivative matrix is made.  Another
+      ``get_veff`` gets the matrices.
+
+    ``undo_fusionrcg()`` gives back the plain class.
+    """
+
+    __name_mixin__ = "FusionRCG"
+    _keys = {"fusionrcg_options"}
+
+    def __init__(self, mf_grad, options):
+        self.__dict__.update(mf_grad.__dict__)
+        self.fusionrcg_options = options
+        self._fusionrcg_contexts = {}
+        self._fusionrcg_mode = None     # None, 'per_atom' (in grad_elec) or 'no_jk' (in its get_veff)
+
+    def undo_fusionrcg(self):
+        """The same object with its original class and PySCF's own derivative integrals."""
+        obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGGrad))
+        for key in ("fusionrcg_options", "_fusionrcg_contexts", "_fusionrcg_mode"):
+            obj.__dict__.pop(key, None)
+        return obj
+
+    def grad_elec(self, *args, **kwargs):
+        self._fusionrcg_mode = "per_atom"
+        try:
+            return super().grad_elec(*args, **kwargs)
+        finally:
+            self._fusionrcg_mode = None
+
+    def get_veff(self, mol=None, dm=None):
+        """The wrapped ``get_veff``; in ``grad_elec`` and for PySCF's own
+        (:data:`_PYSCF_VEFF`) without the two-electron part, which comes as
+        per-atom forces tagged on the result (``fusionrcg_forces``)."""
+        terms = self._fusionrcg_terms() if self._fusionrcg_mode == "per_atom" else None
+        if terms is None:
+            return super().get_veff(mol, dm)
+        if mol is None:
+            mol = self.mol
+        if dm is None:
+            dm = self.base.make_rdm1()
+        self._fusionrcg_mode = "no_jk"
+        try:
+            vhf = super().get_veff(mol, dm)
+        finally:
+            self._fusionrcg_mode = "per_atom"
+        t0 = (logger.process_clock(), logger.perf_counter())
+        forces = sum(self._fusionrcg_context(mol, omega).forces(dm, j, k, self._fusionrcg_tol())
+                     for omega, j, k in terms)
+        logger.timer(self, "two-electron forces (FusionRCG cpu)", *t0)
+        return lib.tag_array(vhf, fusionrcg_forces=forces)
+
+    def extra_force(self, atom_id, envs):
+        forces = getattr(envs.get("vhf"), "fusionrcg_forces", None)
+        extra = super().extra_force(atom_id, envs)
+        return extra if forces is None else extra + forces[atom_id]
+
+    def _fusionrcg_terms(self):
+        """[(omega, j_factor, k_factor)] of the two-electron energy whose
+        gradient the wrapped ``get_veff`` computes (see
+        :meth:`DerivativeContext.forces`), or None when that is not one of
+        PySCF's own."""
+        mro = type(self).__mro__
+        owner = next(c for c in mro[mro.index(_FusionRCGGrad) + 1:] if "get_veff" in vars(c))
+        kind = _PYSCF_VEFF.get((owner.__module__, owner.__name__))
+        if kind is None:
+            return None
+        unrestricted, kohn_sham = kind
+        half = 1.0 if unrestricted else 0.5
+        omega0 = float(self.mol.omega)
+        if not kohn_sham:
+            return [(omega0, 1.0, half)]
+        mf = self.base
+        ni = mf._numint
+        if not ni.is_hybrid_xc(mf.xc):
+            return [(omega0, 1.0, 0.0)]
+        omega, alpha, hyb = ni.rsh_and_hybrid_coeff(mf.xc, spin=self.mol.spin)
+        terms = [(omega0, 1.0, half * hyb)]
+        if omega != 0:
+            terms.append((float(omega), 0.0, half * (alpha - hyb)))
+        return terms
+
+    def reset(self, mol=None):
+        self._fusionrcg_contexts = {}
+        return super().reset(mol)
+
+    def dump_flags(self, verbose=None):
+        super().dump_flags(verbose)
+        logger.info(self, "two-electron derivative integrals: FusionRCG host path")
+        return self
+
+    def _fusionrcg_context(self, mol, omega):
+        """The :class:`DerivativeContext` of this geometry and operator; a new
+        geometry (a scanner) drops the others."""
+        contexts = self._fusionrcg_contexts
+        context = contexts.get(omega)
+        if context is None or not context.serves(mol, omega):
+            if any(not c.serves(mol, c.omega) for c in contexts.values()):
+                contexts.clear()
+            context = contexts[omega] = DerivativeContext(mol, omega, self.fusionrcg_options)
+        return context
+
+    def _fusionrcg_jk(self, mol, dm, omega, with_j, with_k):
+        if mol is None:
+            mol = self.mol
+        if dm is None:
+            dm = self.base.make_rdm1()
+        if self._fusionrcg_mode == "no_jk":         # the forces come apart (get_veff)
+            shape = np.shape(dm)[:-2] + (3, mol.nao, mol.nao)
+            return (np.zeros(shape) if with_j else None, np.zeros(shape) if with_k else None)
+        omega = float(mol.omega if omega is None else omega)
+        t0 = (logger.process_clock(), logger.perf_counter())
+        vj, vk = self._fusionrcg_context(mol, omega).jk(dm, with_j, with_k, self._fusionrcg_tol())
+        logger.timer(self, "derivative vj and vk (FusionRCG cpu)", *t0)
+        return vj, vk
+
+    def _fusionrcg_tol(self):
+        tol = self.fusionrcg_options.direct_scf_tol
+        return self.base.direct_scf_tol if tol is None else tol
+
+    def get_jk(self, mol=None, dm=None, hermi=0, omega=None):
+        """PySCF's ``(vj, vk)`` derivative matrices (``pyscf.grad.rhf.get_jk``)."""
+        return self._fusionrcg_jk(mol, dm, omega, True, True)
+
+    def get_j(self, mol=None, dm=None, hermi=0, omega=None):
+        return self._fusionrcg_jk(mol, dm, omega, True, False)[0]
+
+    def get_k(self, mol=None, dm=None, hermi=0, omega=None):
+        return self._fusionrcg_jk(mol, dm, omega, False, True)[1]
