@@ -196,18 +196,20 @@ class _FusionRCGMixin:
 
     def _fusionrcg_gradients(self, mf_grad):
         """``mf_grad`` with FusionRCG's derivative integrals on the host path
-        (``backend='cpu'``, :mod:`pyscf_fusionrcg.grad`).  On the GPU path
-        the gradient stays the wrapped class's own, with a warning: GPU
-        gradients are not yet available, and a geometry optimisation should
-        not stop for that (its numbers are PySCF's, exact all the same).
-        The 'native' path (no GPU) keeps PySCF's gradients silently, as its J/K."""
-        if self._fusionrcg_path == "cpu":
+        (``backend='cpu'``, :mod:`pyscf_fusionrcg.grad`) for PySCF's own
+        Gradients classes.  On the GPU path, and for GPU4PySCF's Gradients, it
+        stays the wrapped class's own, with a warning: GPU gradients are not
+        yet available, and a geometry optimisation should not stop for that
+        (the numbers are PySCF's or GPU4PySCF's, exact all the same).  The
+        'native' path (no GPU) keeps PySCF's gradients silently, as its J/K."""
+        if self._fusionrcg_path == "native":
+            return mf_grad
+        if self._fusionrcg_path == "cpu" and not type(mf_grad).__module__.startswith("gpu4pyscf"):
             from pyscf_fusionrcg.grad import fusionrcg_gradients
             return fusionrcg_gradients(mf_grad, self.fusionrcg_options)
-        if self._fusionrcg_path == "gpu":
-            logger.warn(self, "FusionRCG: GPU gradients are not yet available; the two-electron part "
-                        "of these gradients comes from %s. Use backend='cpu' for FusionRCG's host "
-                        "path, or undo_fusionrcg() for PySCF alone.", type(mf_grad).__name__)
+        logger.warn(self, "FusionRCG: GPU gradients are not yet available; the two-electron part of "
+                    "these gradients comes from %s. backend='cpu' on a PySCF (CPU) object gives "
+                    "FusionRCG's host path; undo_fusionrcg() gives PySCF alone.", type(mf_grad).__name__)
         return mf_grad
 
     def density_fit(self, *args, **kwargs):

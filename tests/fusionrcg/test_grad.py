@@ -154,6 +154,19 @@ def test_gpu_path_keeps_pyscf_gradients_with_a_warning(monkeypatch):
     assert type(g) is rhf_grad.Gradients
 
 
+def test_gpu4pyscf_gradients_are_kept_with_a_warning():
+    """The host path serves PySCF's (CPU) Gradients classes only."""
+    class Gpu4pyscfGradients(rhf_grad.Gradients):
+        __module__ = "gpu4pyscf.grad.rhf"
+
+    mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
+    mf.stdout = io.StringIO()
+    mf.verbose = logger.WARN
+    g = mf._fusionrcg_gradients(Gpu4pyscfGradients(mf))
+    assert type(g) is Gpu4pyscfGradients
+    assert "GPU gradients are not yet available" in mf.stdout.getvalue()
+
+
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a usable GPU")
 def test_native_path_keeps_pyscf_gradients():
     mf = _converged(scf.RHF)
