@@ -12,7 +12,8 @@ fusion), ``tiers`` (register / shared / global storage), ``codegen`` (CUDA
 emission), ``pairmaps`` (the big classes' contracted stage as pair-matrix
 products), ``launch`` (kernel launch), ``jk`` (one molecule's J/K context and
 the host digestion), ``gpu_jk`` (the GPU digestion), ``scf`` (the plugin),
-``host`` (the CPU path) and ``report``.
+``host`` (the CPU path), ``derivative`` (nuclear-derivative programs), ``grad``
+(two-electron gradients, and the plugin's Gradients objects) and ``report``.
 """
 __version__ = "0.1.0"
 

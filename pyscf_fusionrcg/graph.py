@@ -309,12 +309,15 @@ class RCG:
                           for v, l in zip(lab, ls)] for lab in labels], dtype=np.int64)
 
 
-def build_rcg(la, lb, lc, ld, topo: Topology = Topology(), cart=False, fused=True) -> RCG:
+def build_rcg(la, lb, lc, ld, topo: Topology = Topology(), cart=False, fused=True,
+              keep='') -> RCG:
     """Contracted-stage templates for ``topo``; the VRR part is implied by
-    ``topo.vrr_side/vrr_dir`` (see :meth:`RCG.prim_graph`)."""
+    ``topo.vrr_side/vrr_dir`` (see :func:`vrr_graph`).  The indices named in
+    ``keep`` ('a'..'d') stay Cartesian (``spherical.contracted_steps``)."""
     ls = (la, lb, lc, ld)
     topo = topo.resolved(*ls)
-    steps = contracted_steps(ls, cart, topo.hrr_first, fused, (topo.bra_build, topo.ket_build))
+    steps = contracted_steps(ls, cart, topo.hrr_first, fused, (topo.bra_build, topo.ket_build),
+                             keep)
     start = {}
     hrr = {}
     for side, (l1, l2) in (('bra', (la, lb)), ('ket', (lc, ld))):

@@ -18,6 +18,12 @@ general contraction (nctr > 1) as libcint does.
 Each quartet runs the class program whose VRR builds both pairs on their
 tighter shells (:meth:`HostEngine.builds`): up to four programs per class,
 but the HRR then loses no digits to cancellation (see ``graph.Topology``).
+
+Nuclear derivatives (:meth:`HostEngine.derivative_blocks`) run the
+derivative programs of ``derivative.py`` the same way; their raised terms'
+accumulators take twice an exponent of the primitive quartet besides ``W``
+(``ir.Accumulate.weight``).  They are kept in this process only, not in the
+on-disk cache of :mod:`pyscf_fusionrcg.prepared`.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from scipy.sparse import csr_matrix
 
 from . import ir, prepared
 from .boys import boys
+from .derivative import CENTRES, derivative_program
 from .graph import Topology
 from .schedule import orchestrate
 
@@ -71,10 +78,28 @@ def get_program(la, lb, lc, ld, cart=False, builds=None) -> ir.Program:
     return prog
 
 
+def get_derivative_program(la, lb, lc, ld, cart=False, builds=None) -> ir.DerivProgram:
+    """Derivative program of a class on shells a, b and c
+    (``derivative.derivative_program``), cached as :func:`get_program`'s
+    programs (in this process only)."""
+    with _PROGRAMS_LOCK:
+        key = ('deriv',) + _key(la, lb, lc, ld, cart, builds)
+        prog = _PROGRAMS.get(key)
+        if prog is None:
+            prog = _PROGRAMS[key] = derivative_program(*key[1:5], cart=key[5], builds=key[6])
+    return prog
+
+
 def clear_cache():
     """Drop cached programs (large classes hold ~10^5 ops each)."""
     _PROGRAMS.clear()
     _COMPILED.clear()
+
+
+def _block_shape(shape, nctr):
+    """Block shape of a program's ``shape`` for shells of ``nctr`` contracted
+    functions (a derivative program's leading component axis kept)."""
+    return tuple(shape[:-4]) + tuple(n * c for n, c in zip(shape[-4:], nctr))
 
 
 @dataclass
@@ -97,6 +122,7 @@ class _Compiled:
     boys_const: float
     prim_groups: List[_Group]
     acc_src: np.ndarray             # primitive row of each accumulator 0..n_acc-1
+    acc_weight: np.ndarray          # its ir.Accumulate weight (-1: none, c: 2 * exponent of shell c)
     ctr_groups: List[_Group]
     out_src: np.ndarray
     out_flat: np.ndarray
@@ -137,6 +163,8 @@ def _compile(prog: ir.Program) -> _Compiled:
     acc_ops = np.nonzero(P.kind == ir.ACCUMULATE)[0]
     acc_src = np.empty(prog.n_acc, dtype=np.intp)
     acc_src[P.dst[acc_ops]] = prow[P.src[P.ptr[acc_ops]]]
+    acc_weight = np.full(prog.n_acc, -1, dtype=np.intp)
+    acc_weight[P.dst[acc_ops]] = P.arg[acc_ops]
     prim_groups = _groups(P, np.nonzero(P.kind == ir.LINCOMB)[0], prow)
 
     crow = np.full(prog.n_temps, -1, dtype=np.intp)
@@ -148,15 +176,17 @@ def _compile(prog: ir.Program) -> _Compiled:
     assert np.array_equal(np.sort(out_flat), np.arange(np.prod(prog.shape)))
     return _Compiled(prog, len(writes), prog.n_acc + len(lin), prog.n_acc,
                      prow[P.dst[boys_ops]], P.arg[boys_ops], prog.boys_const, prim_groups,
-                     acc_src, _groups(C, lin, crow), crow[C.src[C.ptr[outs]]], out_flat)
+                     acc_src, acc_weight, _groups(C, lin, crow), crow[C.src[C.ptr[outs]]], out_flat)
 
 
-def compiled(la, lb, lc, ld, cart=False, builds=None) -> _Compiled:
-    """Interpreter form of ``get_program(...)`` (cached alongside it)."""
+def compiled(la, lb, lc, ld, cart=False, builds=None, derivative=False) -> _Compiled:
+    """Interpreter form of ``get_program(...)`` or, with ``derivative``,
+    ``get_derivative_program(...)`` (cached alongside it)."""
     key = _key(la, lb, lc, ld, cart, builds)
-    c = _COMPILED.get(key)
+    ckey = ('deriv',) + key if derivative else key
+    c = _COMPILED.get(ckey)
     if c is None:
-        c = _COMPILED[key] = _compile(get_program(*key))
+        c = _COMPILED[ckey] = _compile((get_derivative_program if derivative else get_program)(*key))
     return c
 
 
@@ -266,33 +296,59 @@ class HostEngine:
         :meth:`builds`; ``program`` runs another program of the class (e.g. a
         naive one) for all of them instead.
         """
-        shls = np.asarray(shls, dtype=np.intp).reshape(-1, 4)
-        bas = self._bas
+        shls, ls, nctr = self._one_class(shls)
         if len(shls) == 0:
             return np.empty((0, 1, 1, 1, 1))
-        ls = bas[shls, ANG_OF]
-        nctr = bas[shls, NCTR_OF]
-        if not ((ls == ls[0]).all() and (nctr == nctr[0]).all()):
-            raise ValueError('quartet_blocks: quartets must share l and nctr per index')
-        nctr = tuple(int(v) for v in nctr[0])
         if program is not None:
-            if program.ls != tuple(ls[0]) or program.cart != self.cart:
+            if program.ls != ls or program.cart != self.cart:
                 raise ValueError('quartet_blocks: program is for another class')
             return self._blocks(_compile(program), shls, nctr)
-        out = np.empty((len(shls),) + tuple((ir.ncart if self.cart else ir.nsph)(int(l)) * c
-                                            for l, c in zip(ls[0], nctr)))
+        return self._by_builds(shls, ls, nctr, False)
+
+    def derivative_blocks(self, shls) -> np.ndarray:
+        """(n, 3, 3, di, dj, dk, dl) nuclear derivatives of the integrals of n
+        shell quartets of one class: ``[q, s, x]`` is d/dX_x of quartet q's
+        block, X the centre of its shell s (a, b, c; d's is minus their sum).
+        ``-[q, 0]`` is libcint's ``int2e_ip1``.  Quartets as for
+        :meth:`quartet_blocks`; each runs the derivative program
+        (``derivative.py``) with the build centres of :meth:`builds`."""
+        shls, ls, nctr = self._one_class(shls)
+        if len(shls) == 0:
+            return np.empty((0, 3, 3, 1, 1, 1, 1))
+        blocks = self._by_builds(shls, ls, nctr, True)
+        return blocks.reshape((len(shls), 3, 3) + blocks.shape[2:])
+
+    def _one_class(self, shls):
+        """(quartets, their class, their nctr per index), or a clear error
+        unless all quartets share l and nctr per index."""
+        shls = np.asarray(shls, dtype=np.intp).reshape(-1, 4)
+        if len(shls) == 0:
+            return shls, None, None
+        ls = self._bas[shls, ANG_OF]
+        nctr = self._bas[shls, NCTR_OF]
+        if not ((ls == ls[0]).all() and (nctr == nctr[0]).all()):
+            raise ValueError('quartet blocks: quartets must share l and nctr per index')
+        return shls, tuple(int(v) for v in ls[0]), tuple(int(v) for v in nctr[0])
+
+    def _by_builds(self, shls, ls, nctr, derivative):
+        """Blocks of one class, each quartet run with the build centres of :meth:`builds`."""
+        shape = tuple((ir.ncart if self.cart else ir.nsph)(l) for l in ls)
+        if derivative:
+            shape = (3 * len(CENTRES),) + shape
+        out = np.empty((len(shls),) + _block_shape(shape, nctr))
         on_b, on_d = self.builds(shls)
         for bb, kb in ((False, False), (True, False), (False, True), (True, True)):
             idx = np.nonzero((on_b == bb) & (on_d == kb))[0]
             if len(idx):
-                comp = compiled(*ls[0], cart=self.cart, builds=('ab'[bb], 'cd'[kb]))
+                comp = compiled(*ls, cart=self.cart, builds=('ab'[bb], 'cd'[kb]),
+                                derivative=derivative)
                 out[idx] = self._blocks(comp, shls[idx], nctr)
         return out
 
     def _blocks(self, comp: _Compiled, shls, nctr):
         bas = self._bas
         nprimq = bas[shls, NPRIM_OF].prod(axis=1)
-        out = np.empty((len(shls),) + tuple(n * c for n, c in zip(comp.program.shape, nctr)))
+        out = np.empty((len(shls),) + _block_shape(comp.program.shape, nctr))
         # chunks of whole quartets with at most MEM_DOUBLES primitive temporaries
         budget = max(1, MEM_DOUBLES // max(comp.n_prim, 1))
         ends = np.cumsum(nprimq)
@@ -362,7 +418,12 @@ class HostEngine:
         cols = quartet[:, None] * nctrq + np.arange(nctrq)
         M = csr_matrix((w.ravel(), (np.repeat(np.arange(nb), nctrq), cols.ravel())),
                        shape=(nb, nq * nctrq))
-        return np.asarray((M.T @ buf[comp.acc_src].T).T)
+        vals = buf[comp.acc_src]
+        for shell in range(4):              # derivative programs' exponent weights
+            rows = comp.acc_weight == shell
+            if rows.any():
+                vals[rows] *= 2.0 * exps[shell]
+        return np.asarray((M.T @ vals.T).T)
 
     def _contracted_stage(self, comp, shls, acc, nctr):
         nq = len(shls)
@@ -371,6 +432,7 @@ class HostEngine:
         ab = np.repeat(cen[shls[:, 0]] - cen[shls[:, 1]], nctrq, axis=0)
         cd = np.repeat(cen[shls[:, 2]] - cen[shls[:, 3]], nctrq, axis=0)
         nc = comp.program.shape
+        lead = len(nc) - 4                  # a derivative program's components
         res = np.empty((nq,) + tuple(nctr) + nc)
         step = max(1, MEM_DOUBLES // (comp.n_ctr * nctrq))
         for q0 in range(0, nq, step):
@@ -386,9 +448,10 @@ class HostEngine:
             blk = np.empty((int(np.prod(nc)), b1 - b0))
             blk[comp.out_flat] = buf[comp.out_src]
             res[q0:q1] = blk.T.reshape((q1 - q0,) + tuple(nctr) + nc)
-        # (q, u, v, w, x, i, j, k, l) -> (q, u i, v j, w k, x l)
-        res = res.transpose(0, 1, 5, 2, 6, 3, 7, 4, 8)
-        return res.reshape((nq,) + tuple(n * c for n, c in zip(nc, nctr)))
+        # (q, u, v, w, x, [n,] i, j, k, l) -> (q, [n,] u i, v j, w k, x l)
+        res = res.transpose((0,) + tuple(range(5, 5 + lead))
+                            + sum(((1 + k, 5 + lead + k) for k in range(4)), ()))
+        return res.reshape((nq,) + _block_shape(nc, nctr))
 
 
 def eri_full(mol, omega=0.0) -> np.ndarray:

@@ -34,10 +34,13 @@ Primitive stage (``Program.prim_ops``), executed once per primitive quartet
   :class:`Sym` (primitive symbols only in this stage).  The VRR builds each
   pair's angular momentum on one centre, so a program uses ``PA`` or ``PB``
   (and ``QC`` or ``QD``), never both.
-* ``Accumulate(dst, src)``: ``t[dst] += W * t[src]`` where ``W`` is the product
-  of the four contraction coefficients of the primitive quartet, exactly as
-  PySCF stores them in ``mol._env`` (i.e. including ``gto_norm``), for the
-  contracted-function tuple being computed.
+* ``Accumulate(dst, src, weight)``: ``t[dst] += W * t[src]`` where ``W`` is the
+  product of the four contraction coefficients of the primitive quartet,
+  exactly as PySCF stores them in ``mol._env`` (i.e. including ``gto_norm``),
+  for the contracted-function tuple being computed; with ``weight = c``
+  (0..3) ``W`` is further multiplied by twice the exponent of shell ``c`` of
+  the primitive quartet (the raised term of a nuclear derivative, see
+  :class:`DerivProgram`).  ``weight = -1`` (plain integrals) adds nothing.
 
 Contracted stage (``Program.ctr_ops``), once per contracted quartet:
 
@@ -53,7 +56,8 @@ Contracted stage (``Program.ctr_ops``), once per contracted quartet:
   for shells with one contracted function.  For general contraction (nctr > 1)
   the program runs once per tuple ``(u, v, w, x)`` of contracted functions and
   its block goes to ``[u*ni + i, v*nj + j, w*nk + k, x*nl + l]``.
-  Every block element is written exactly once.
+  Every block element is written exactly once.  A :class:`DerivProgram`'s
+  index has one more, leading component.
 
 Every op carries ``step`` (one of :data:`STEPS`) so reports can attribute the
 live intermediates to the recurrence stage that produces them.
@@ -136,7 +140,9 @@ PRIMITIVE_SYMS = frozenset(Sym) - CONTRACTED_SYMS | {Sym.ONE}
 
 #: Step labels, in the order the stages run.  ``sph_a`` .. ``sph_d`` transform
 #: the index of shell a .. d.
-STEPS = ('boys', 'vrr', 'contract', 'hrr_ket', 'hrr_bra',
+#: ``deriv`` combines the raised and lowered terms of a nuclear derivative
+#: (:class:`DerivProgram`).
+STEPS = ('boys', 'vrr', 'contract', 'hrr_ket', 'hrr_bra', 'deriv',
          'sph_a', 'sph_b', 'sph_c', 'sph_d', 'output')
 
 
@@ -160,6 +166,7 @@ class Accumulate:
     dst: int
     src: int
     step: str = 'contract'
+    weight: int = -1            # shell whose 2 * exponent multiplies W; -1: none
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,9 @@ class OpTable:
     * ``kind[i]``: BOYS / LINCOMB / ACCUMULATE / OUTPUT;
     * ``step[i]``: index into :data:`STEPS`;
     * ``dst[i]``: temporary written (the accumulator for ACCUMULATE; -1 for OUTPUT);
-    * ``arg[i]``: Boys order m (BOYS), flat C-order block index (OUTPUT), else -1;
+    * ``arg[i]``: Boys order m (BOYS), flat C-order block index (OUTPUT), the
+      weight (ACCUMULATE: the shell whose doubled exponent weighs it, or -1),
+      else -1;
     * ``level[i]``: wavefront level; every temporary op ``i`` reads is written
       at a smaller level (Boys values and accumulators count as level 0), so
       ops of one level are independent;
@@ -290,7 +299,7 @@ class Program:
             if k == BOYS:
                 out.append(Boys(int(t.dst[i]), int(t.arg[i]), self.boys_const))
             elif k == ACCUMULATE:
-                out.append(Accumulate(int(t.dst[i]), int(t.src[a])))
+                out.append(Accumulate(int(t.dst[i]), int(t.src[a]), weight=int(t.arg[i])))
             elif k == OUTPUT:
                 idx = tuple(int(v) for v in np.unravel_index(int(t.arg[i]), shape))
                 out.append(Output(int(t.src[a]), idx))
@@ -301,13 +310,38 @@ class Program:
         return tuple(out)
 
 
-def c_statement(op: Op, temp: str = 't{}',
-                out: str = 'out[{0}][{1}][{2}][{3}]') -> str:
+@dataclass(frozen=True, eq=False)
+class DerivProgram(Program):
+    """Nuclear derivatives of the class's block on the shells ``centres``.
+
+    Output shape ``(3 * len(centres),) + Program.shape``: component
+    ``3 n + x`` is d/dX_x of the block, X the centre of shell ``centres[n]``
+    (0..3 for a..d); PySCF's ``int2e_ip1`` is minus the component on shell a.
+    The primitive stage accumulates the raised terms with ``Accumulate``
+    weights (twice the differentiated shell's exponent) and the lowered ones
+    plain; the contracted stage combines them (step ``deriv``) before the
+    differentiated index is transformed.  ``ls`` is the differentiated class;
+    the Boys orders reach ``sum(ls) + 1``.  See ``derivative.py``.
+    """
+    centres: Tuple[int, ...] = (0, 1, 2)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return (3 * len(self.centres),) + super().shape
+
+    @property
+    def max_m(self) -> int:
+        return sum(self.ls) + 1
+
+
+def c_statement(op: Op, temp: str = 't{}', out: str = None) -> str:
     """Print one op as a C/CUDA statement (doubles).
 
-    ``temp`` formats a temporary number, ``out`` the four block indices;
-    Boys values are printed as ``pref * boys[m]``, the contraction weight as
-    ``w``.  Symbols print as their lower-case name (``pa_x``...).
+    ``temp`` formats a temporary number, ``out`` the block indices (default
+    ``out[i][j][k][l]``, one more for a derivative program); Boys values are
+    printed as ``pref * boys[m]``, the contraction weight as ``w`` and the
+    exponent of shell a..d as ``ea``..``ed``.  Symbols print as their
+    lower-case name (``pa_x``...).
     """
     def num(c):
         return repr(float(c))
@@ -315,8 +349,11 @@ def c_statement(op: Op, temp: str = 't{}',
     if isinstance(op, Boys):
         return f'{temp.format(op.dst)} = {num(op.const)} * pref * boys[{op.m}];'
     if isinstance(op, Accumulate):
-        return f'{temp.format(op.dst)} += w * {temp.format(op.src)};'
+        w = 'w' if op.weight < 0 else f'2.0 * e{"abcd"[op.weight]} * w'
+        return f'{temp.format(op.dst)} += {w} * {temp.format(op.src)};'
     if isinstance(op, Output):
+        if out is None:
+            out = 'out' + ''.join(f'[{{{k}}}]' for k in range(len(op.index)))
         return f'{out.format(*op.index)} = {temp.format(op.src)};'
     parts = []
     for c, s, src in op.terms:

@@ -4,7 +4,9 @@
 mixin convention (as ``density_fit``): the object's class becomes
 ``(_FusionRCGMixin, type(mf))``, which overrides ``get_jk``, ``get_j`` and
 ``get_k`` and nothing else, so every driver (RHF, UHF, ROHF, RKS/UKS with hybrid
-and range-separated functionals, scanners) keeps working unchanged.
+and range-separated functionals, scanners) keeps working unchanged.  Its
+``nuc_grad_method()`` / ``Gradients()`` objects take their derivative J/K from
+FusionRCG too on the host path (:mod:`pyscf_fusionrcg.grad`).
 ``mf.undo_fusionrcg()`` gives back the plain class.  The same works on
 GPU4PySCF objects (``mf.to_gpu().apply(fusionrcg)``), whose arrays are CuPy.
 """
@@ -182,6 +184,33 @@ class _FusionRCGMixin:
         obj = super().copy()
         obj._fusionrcg_forget()
         return obj
+
+    def nuc_grad_method(self):
+        """The wrapped class's Gradients, with FusionRCG's derivative J/K on
+        the host path (:func:`_fusionrcg_gradients`)."""
+        return self._fusionrcg_gradients(super().nuc_grad_method())
+
+    def Gradients(self):
+        import pyscf.grad  # noqa: F401  (attaches Gradients to PySCF's SCF classes)
+        return self._fusionrcg_gradients(super().Gradients())
+
+    def _fusionrcg_gradients(self, mf_grad):
+        """``mf_grad`` with FusionRCG's derivative integrals on the host path
+        (``backend='cpu'``, :mod:`pyscf_fusionrcg.grad`) for PySCF's own
+        Gradients classes.  On the GPU path, and for GPU4PySCF's Gradients, it
+        stays the wrapped class's own, with a warning: GPU gradients are not
+        yet available, and a geometry optimisation should not stop for that
+        (the numbers are PySCF's or GPU4PySCF's, exact all the same).  The
+        'native' path (no GPU) keeps PySCF's gradients silently, as its J/K."""
+        if self._fusionrcg_path == "native":
+            return mf_grad
+        if self._fusionrcg_path == "cpu" and not type(mf_grad).__module__.startswith("gpu4pyscf"):
+            from pyscf_fusionrcg.grad import fusionrcg_gradients
+            return fusionrcg_gradients(mf_grad, self.fusionrcg_options)
+        logger.warn(self, "FusionRCG: GPU gradients are not yet available; the two-electron part of "
+                    "these gradients comes from %s. backend='cpu' on a PySCF (CPU) object gives "
+                    "FusionRCG's host path; undo_fusionrcg() gives PySCF alone.", type(mf_grad).__name__)
+        return mf_grad
 
     def density_fit(self, *args, **kwargs):
         raise ValueError(

@@ -154,22 +154,29 @@ def peak_live(program: ir.Program) -> int:
 # ------------------------------------------------------------- primitive stage
 
 def _prim_dfs(rcg: RCG, side: str, rule: str, targets):
-    """Depth-first primitive stage; each target is accumulated when it exists
-    (and only the targets: a vertex of another target's cone is not).
-
-    Temporaries are numbered from ``n_acc`` in evaluation order.
-    """
+    """Depth-first primitive stage of ``rcg``'s accumulators (:func:`vrr_stage`)."""
     reg = vrr_registry(side, rule, rcg.topology.bra_build, rcg.topology.ket_build)
-    n_acc = rcg.n_acc
+    return vrr_stage(reg, targets, [(key, i, -1) for i, (_, key) in enumerate(rcg.acc)], rcg.n_acc)
+
+
+def vrr_stage(reg, targets, accumulators, n_acc: int):
+    """Depth-first primitive stage of VRR registry ``reg``; each target is
+    accumulated when it exists (and only the targets: a vertex of another
+    target's cone is not).
+
+    ``accumulators``: ``(target key, accumulator, weight)``, the weight the
+    ACCUMULATE op's ``arg`` (-1: the contraction weight alone, ``c``: times
+    twice the exponent of shell ``c``, see ``ir.Accumulate``); targets missing
+    from ``targets`` are skipped.  Temporaries are numbered from ``n_acc`` in
+    evaluation order.  Returns (table, number of temporaries).
+    """
     roots = [reg.node(t) for t in targets]
     own = set(roots)
     acc_of = {}
-    ket = rcg.built('ket')
-    for i, e in enumerate(rcg.built('bra')):
-        for j, f in enumerate(ket):
-            g = reg.node((e, f, 0))
-            if g in own:
-                acc_of.setdefault(g, []).append(i * len(ket) + j)
+    for key, a, weight in accumulators:
+        g = reg.node(key)
+        if g in own:
+            acc_of.setdefault(g, []).append((a, weight))
     kids_of, coefs, syms, keys = reg.kids, reg.coefs, reg.syms, reg.keys
     local = [-1] * len(kids_of)
     levels = []
@@ -194,14 +201,22 @@ def _prim_dfs(rcg: RCG, side: str, rule: str, targets):
             lv = 0
             kind(ir.BOYS), step(boys), dst(i), arg(keys[g][2]), level(0), nterm(0)
         levels.append(lv)
-        for a in acc_of.get(g, ()):
-            kind(ir.ACCUMULATE), step(contract), dst(a), arg(-1), level(lv + 1), nterm(1)
+        for a, weight in acc_of.get(g, ()):
+            kind(ir.ACCUMULATE), step(contract), dst(a), arg(weight), level(lv + 1), nterm(1)
             src_e((i,)), coef_e((1.0,)), sym_e((0,))
 
     for g in roots:
         if local[g] < 0:
             visit(g)
     return b.table(), n_acc + len(levels)
+
+
+def lower_peak(table: ir.OpTable, n_temps: int, n_acc: int) -> ir.OpTable:
+    """The better of a primitive stage's order and its level-sorted version
+    (the latter wins for one-sided VRRs such as (ss|gg))."""
+    by_level = _take(table, np.argsort(table.level, kind='stable'))
+    peaks = [_peak(t, n_temps, fixed=n_acc) for t in (table, by_level)]
+    return (table, by_level)[int(np.argmin(peaks))]
 
 
 #: Recent primitive stages by (canonical class, topology), see _prim_stage:
@@ -212,9 +227,8 @@ PRIM_CACHE_SIZE = 16
 
 
 def _prim_stage(rcg: RCG):
-    """Primitive stage of ``rcg``: the better of the depth-first order and
-    its level-sorted version (the latter wins for one-sided VRRs such as
-    (ss|gg)).
+    """Primitive stage of ``rcg``: depth first, or level-sorted when that
+    has the lower peak (:func:`lower_peak`).
 
     The VRR only sees the l of each pair's build and other shell, and the
     build centre only swaps PA for PB and QC for QD (same vertices, same
@@ -232,9 +246,7 @@ def _prim_stage(rcg: RCG):
         crcg = build_rcg(*canon_ls, canon, rcg.cart, rcg.fused)
         table, n = _prim_dfs(crcg, canon.vrr_side, canon.vrr_dir,
                              _prim_targets(crcg, canon.vrr_side))
-        by_level = _take(table, np.argsort(table.level, kind='stable'))
-        peaks = [_peak(t, n, fixed=crcg.n_acc) for t in (table, by_level)]
-        hit = _PRIM_CACHE[key] = ((table, by_level)[int(np.argmin(peaks))], n,
+        hit = _PRIM_CACHE[key] = (lower_peak(table, n, crcg.n_acc), n,
                                   (crcg.built('bra'), crcg.built('ket')))
         if len(_PRIM_CACHE) > PRIM_CACHE_SIZE:
             _PRIM_CACHE.popitem(last=False)
@@ -250,10 +262,13 @@ def _prim_stage(rcg: RCG):
 
 
 def _prim_targets(rcg: RCG, side: str):
+    return sorted_targets([(e, f, 0) for e in rcg.built('bra') for f in rcg.built('ket')], side)
+
+
+def sorted_targets(targets, side: str):
     """Targets in sorted order of the electron raised last (``(e, f)`` when
     the ket is lowered first): consecutive targets then share their cones."""
-    ts = [(e, f, 0) for e in rcg.built('bra') for f in rcg.built('ket')]
-    return sorted(ts) if side == 'ket' else sorted(ts, key=lambda k: (k[1], k[0]))
+    return sorted(targets) if side == 'ket' else sorted(targets, key=lambda k: (k[1], k[0]))
 
 
 def _naive_prim(rcg: RCG):
@@ -390,13 +405,17 @@ def _ctr_plan(rcg: RCG):
     return orders, peak
 
 
-def _ctr_table(rcg: RCG, orders, first_id: int, naive: bool):
+def ctr_phases(rcg: RCG, orders, first_id: int, naive: bool = False, acc0: int = 0):
     """Expand the phase templates over their spectators (vectorised).
 
-    ``state[i, j]`` holds the temporary of (bra label i, ket label j).
+    ``state[i, j]`` holds the temporary of (bra label i, ket label j); the
+    accumulators are ``acc0 ..`` and new temporaries are numbered from
+    ``first_id``.  Returns the ops in order (orchestrated: spectator-major;
+    naive: by step and level), the final state (``rcg.bra_final`` x
+    ``rcg.ket_final``), its level and the next free temporary.
     """
-    state = np.arange(rcg.n_acc, dtype=np.int64).reshape(len(rcg.bra_start),
-                                                           len(rcg.ket_start))
+    state = acc0 + np.arange(rcg.n_acc, dtype=np.int64).reshape(len(rcg.bra_start),
+                                                                 len(rcg.ket_start))
     state_level = np.zeros(state.shape, dtype=np.int64)
     next_id = first_id
     tables, keys = [], []
@@ -432,23 +451,33 @@ def _ctr_table(rcg: RCG, orders, first_id: int, naive: bool):
         new = ids[:, [pos[o] for o in ph.outputs]]
         state = new if ph.side == 'ket' else new.T
         state_level = np.full(state.shape, base_level + int(level.max()) if T else base_level)
-    out_ops = _outputs(rcg, state, int(state_level.max()) + 1)
     table = _concat(tables)
     if len(tables):
         phase = np.concatenate([np.full(len(k[3]), k[0]) for k in keys])
         cols = [np.concatenate([np.broadcast_to(k[c], k[3].shape) for k in keys])
                 for c in (1, 2, 3, 4)]
         table = _take(table, np.lexsort((cols[3], cols[2], cols[1], cols[0], phase)))
-    if naive or not tables:
+    return table, state, int(state_level.max()), next_id
+
+
+def _ctr_table(rcg: RCG, orders, first_id: int, naive: bool):
+    """The contracted stage of ``rcg``: :func:`ctr_phases` and the outputs."""
+    table, state, level, next_id = ctr_phases(rcg, orders, first_id, naive)
+    out_ops = _outputs(rcg, state, level + 1)
+    if naive or not len(table):
         return _concat([table, out_ops]), next_id
-    # orchestrated: each output right after the op that writes its value
-    out_src = out_ops.src
-    where = np.full(next_id, -1, dtype=np.int64)
+    return outputs_after_writers(table, out_ops, next_id), next_id
+
+
+def outputs_after_writers(table: ir.OpTable, out_ops: ir.OpTable, n_temps: int) -> ir.OpTable:
+    """``table`` with each OUTPUT op of ``out_ops`` right after the op that
+    writes its value (those of accumulators first)."""
+    where = np.full(n_temps, -1, dtype=np.int64)
     where[table.dst] = np.arange(len(table))
-    after = where[out_src]                                   # -1: an accumulator
+    after = where[out_ops.src]                               # -1: an accumulator
     order = np.argsort(np.concatenate([np.arange(len(table)) * 2 + 1, after * 2 + 2]),
                        kind='stable')
-    return _take(_concat([table, out_ops]), order), next_id
+    return _take(_concat([table, out_ops]), order)
 
 
 def _outputs(rcg: RCG, state, level: int) -> ir.OpTable:
@@ -492,13 +521,14 @@ def orchestrate(la, lb, lc, ld, cart=False, fused=True, topology: Topology = Non
     choice (evaluation orders are still orchestrated); ``builds`` sets the
     build centres (``Topology.bra_build`` / ``ket_build``) of the search.
     """
-    rcg, orders = _chosen(la, lb, lc, ld, cart, fused, topology, builds)
+    rcg, orders = chosen_rcg(la, lb, lc, ld, cart, fused, topology, builds)
     prim, n = _prim_stage(rcg)
     return _program(rcg, prim, n, orders, naive=False)
 
 
-def _chosen(la, lb, lc, ld, cart, fused, topology=None, builds=(None, None)):
-    """(RCG, contracted-stage orders) of the topology :func:`orchestrate` takes."""
+def chosen_rcg(la, lb, lc, ld, cart, fused, topology=None, builds=(None, None), keep=''):
+    """(RCG, contracted-stage orders) of the topology :func:`orchestrate` takes
+    (``keep``: indices left Cartesian, see ``graph.build_rcg``)."""
     if topology is None:
         side = vrr_side(la, lb, lc, ld)
         candidates = [Topology(side, VRR_RULE, first, rule, *builds)
@@ -507,7 +537,7 @@ def _chosen(la, lb, lc, ld, cart, fused, topology=None, builds=(None, None)):
         candidates = [topology]
     best = None
     for topo in candidates:
-        rcg = build_rcg(la, lb, lc, ld, topo, cart, fused)
+        rcg = build_rcg(la, lb, lc, ld, topo, cart, fused, keep)
         orders, p = _ctr_plan(rcg)
         if best is None or p < best[0]:
             best = (p, rcg, orders)
@@ -522,7 +552,7 @@ def split_primitive_stage(la, lb, lc, ld, pieces: int, cart=False):
     quartet's VRR over ``pieces`` threads, each in its own registers
     (``benchmarks/rcg_split_vrr.py`` counts its cost).  ``[(table, n_temps)]``,
     the accumulators numbered as the whole program's."""
-    rcg, _ = _chosen(la, lb, lc, ld, cart, True)
+    rcg, _ = chosen_rcg(la, lb, lc, ld, cart, True)
     topo = rcg.topology
     targets = _prim_targets(rcg, topo.vrr_side)
     return [_prim_dfs(rcg, topo.vrr_side, topo.vrr_dir, [targets[i] for i in part])

@@ -98,14 +98,16 @@ def transform_matrix(l: int) -> np.ndarray:
     return c
 
 
-def contracted_steps(ls, cart: bool, first: str, fused: bool, builds=('a', 'c')):
+def contracted_steps(ls, cart: bool, first: str, fused: bool, builds=('a', 'c'), keep=''):
     """Order of the contracted-stage steps as (side, step) pairs.
 
     ``first`` is the side whose HRR runs first ('ket' or 'bra').  Fused: each
     side's transforms follow its own HRR at once (ket HRR, d, c, bra HRR, b, a
     for ``first='ket'``); unfused: both HRRs, then all transforms.  Steps that
     do nothing (HRR onto an s shell, transforms of l<=1 or Cartesian output)
-    are omitted; ``builds`` names the centres the VRR builds on.
+    are omitted; ``builds`` names the centres the VRR builds on; the indices
+    named in ``keep`` stay Cartesian (a derivative term's differentiated
+    index, transformed once the terms are combined).
     """
     la, lb, lc, ld = ls
     moved = {'bra': lb if builds[0] == 'a' else la, 'ket': ld if builds[1] == 'c' else lc}
@@ -114,7 +116,8 @@ def contracted_steps(ls, cart: bool, first: str, fused: bool, builds=('a', 'c'))
         hrr = [(s, 'hrr_' + s)] if moved[s] > 0 else []
         l1, l2 = (la, lb) if s == 'bra' else (lc, ld)
         n1, n2 = ('a', 'b') if s == 'bra' else ('c', 'd')
-        sph = [] if cart else [(s, 'sph_' + n) for n, l in ((n2, l2), (n1, l1)) if l >= 2]
+        sph = [] if cart else [(s, 'sph_' + n) for n, l in ((n2, l2), (n1, l1))
+                               if l >= 2 and n not in keep]
         return hrr, sph
 
     second = 'bra' if first == 'ket' else 'ket'

@@ -1,0 +1,184 @@
+"""Nuclear gradients with FusionRCG's derivative integrals (grad.py) equal PySCF's.
+
+The SCF runs once in plain PySCF; the plugin is then applied to the converged
+object, so the two gradients differ only in their two-electron part.
+"""
+import io
+
+import numpy as np
+import pytest
+from pyscf import gto, scf
+from pyscf.grad import rhf as rhf_grad
+from pyscf.lib import logger
+
+from gpucore import gpu_available
+from pyscf_fusionrcg import grad as fgrad
+from pyscf_fusionrcg import scf as plugin
+from pyscf_fusionrcg.grad import DerivativeContext, _FusionRCGGrad, fusionrcg_gradients
+from pyscf_fusionrcg.options import Options
+from pyscf_fusionrcg.scf import fusionrcg
+from test_scf_plugin import METHODS as SCF_METHODS
+
+H2O = "O 0 0 0.117; H 0.05 0.757 -0.469; H 0 -0.757 -0.48"
+G_TOL = 1e-8
+OPTIONS = Options(backend="cpu", progress=False)
+
+
+#: test_scf_plugin's methods, all on 6-31G here
+METHODS = {name: (make, {k: v for k, v in kw.items() if k != "basis"})
+           for name, (make, kw) in SCF_METHODS.items()
+           if name in ("rhf", "uhf", "rohf", "b3lyp", "wb97x", "uks-wb97x")}
+
+
+def _converged(make, atom=H2O, basis="6-31g", **kw):
+    mf = make(gto.M(atom=atom, basis=basis, verbose=0, **kw))
+    mf.conv_tol = 1e-10
+    mf.kernel()
+    assert mf.converged
+    return mf
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How often the per-atom forces and the derivative matrices were built."""
+    count = {"forces": 0, "jk": 0}
+    for name in count:
+        original = getattr(DerivativeContext, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            count[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(DerivativeContext, name, counted)
+    return count
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gradients_equal_pyscf(method, calls):
+    make, kw = METHODS[method]
+    mf = _converged(make, **kw)
+    ref = mf.nuc_grad_method().kernel()
+    g = fusionrcg(mf, options=OPTIONS).nuc_grad_method()
+    assert isinstance(g, _FusionRCGGrad)
+    assert np.abs(g.kernel() - ref).max() < G_TOL
+    # straight to per-atom forces: one per operator, no derivative matrix
+    assert calls == {"forces": 2 if "wb97x" in method else 1, "jk": 0}
+
+
+def test_gradients_method_and_undo():
+    mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
+    g = mf.Gradients()
+    assert isinstance(g, _FusionRCGGrad)
+    assert not isinstance(g.undo_fusionrcg(), _FusionRCGGrad)
+    assert type(g.undo_fusionrcg()) is rhf_grad.Gradients
+    assert type(mf.undo_fusionrcg().nuc_grad_method()) is rhf_grad.Gradients
+    assert np.abs(g.kernel() - g.undo_fusionrcg().kernel()).max() < G_TOL
+
+
+def test_ghost_atoms():
+    """Ghost atoms carry basis functions but no charge: their rows are the
+    integrals' alone, and must agree too."""
+    mf = _converged(scf.RHF, atom=H2O + "; ghost-O 0 0 2.2; X-H 1.5 0 0")
+    ref = mf.nuc_grad_method().kernel()
+    ours = fusionrcg(mf, options=OPTIONS).nuc_grad_method().kernel()
+    assert ref.shape == (5, 3) and np.abs(ref[3:]).max() > 1e-4
+    assert np.abs(ours - ref).max() < G_TOL
+
+
+def test_other_get_veff_gets_derivative_matrices(calls):
+    """A get_veff that is not PySCF's own is served the derivative matrices."""
+    class Custom(rhf_grad.Gradients):
+        def get_veff(self, mol=None, dm=None):
+            vj, vk = self.get_jk(mol or self.mol, self.base.make_rdm1() if dm is None else dm)
+            return vj - vk * 0.5
+
+    mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
+    ours = fusionrcg_gradients(Custom(mf), OPTIONS).kernel()
+    assert np.abs(ours - mf.undo_fusionrcg().nuc_grad_method().kernel()).max() < G_TOL
+    assert calls == {"forces": 0, "jk": 1}
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.35, -0.35])
+def test_derivative_matrices_and_forces_equal_pyscf(omega):
+    """Both digestions against pyscf.grad.rhf.get_jk, for a general (not
+    symmetric) density pair and the erf / erfc operators; d shells included."""
+    mol = gto.M(atom=H2O, basis="6-31g*", verbose=0)
+    rng = np.random.default_rng(5)
+    dms = rng.standard_normal((2, mol.nao, mol.nao)) * 0.3
+    context = DerivativeContext(mol, omega, OPTIONS)
+    vj, vk = context.jk(dms)
+    with mol.with_range_coulomb(omega):
+        rj, rk = rhf_grad.get_jk(mol, dms)
+    assert vj.shape == rj.shape == (2, 3, mol.nao, mol.nao)
+    assert np.abs(vj - rj).max() < 1e-10 and np.abs(vk - rk).max() < 1e-10
+    # E = j/2 (ij|kl) Dt Dt - k/2 sum_s (ij|kl) Ds Ds, with the symmetrised densities
+    sym = (dms + dms.transpose(0, 2, 1)) / 2
+    with mol.with_range_coulomb(omega):
+        sj, sk = rhf_grad.get_jk(mol, sym)
+    j, k = 0.7, 0.4
+    vhf = j * (sj[0] + sj[1]) - k * sk
+    ref = np.array([2 * np.einsum("sxij,sij->x", vhf[:, :, p0:p1], sym[:, p0:p1])
+                    for _, _, p0, p1 in mol.aoslice_by_atom()])
+    assert np.abs(context.forces(dms, j, k) - ref).max() < 1e-10
+
+
+def test_derivative_bounds_bound_the_derivatives():
+    mol = gto.M(atom=H2O, basis="6-31g*", verbose=0)
+    q = fgrad.derivative_bounds(mol)
+    ip1 = mol.intor("int2e_ip1", aosym="s1")
+    loc = mol.ao_loc
+    for i, j, k, l in [(0, 1, 2, 3), (4, 5, 4, 5), (8, 2, 6, 0), (9, 9, 1, 7)]:
+        blk = ip1[:, loc[i]:loc[i + 1], loc[j]:loc[j + 1], loc[k]:loc[k + 1], loc[l]:loc[l + 1]]
+        assert np.abs(blk).max() <= q[i, j] * q[k, l] * (1 + 1e-12)
+
+
+def test_scanner_follows_the_geometry():
+    mol = gto.M(atom=H2O, basis="sto-3g", verbose=0)
+    ours = fusionrcg(scf.RHF(mol), options=OPTIONS).nuc_grad_method().as_scanner()
+    ref = scf.RHF(mol).nuc_grad_method().as_scanner()
+    for shift in (0.0, 0.08):
+        coords = mol.atom_coords() + np.array([[0, 0, 0], [0, shift, 0], [0, 0, -shift]])
+        new = mol.set_geom_(coords, unit="Bohr", inplace=False)
+        e, g = ours(new)
+        e_ref, g_ref = ref(new)
+        assert abs(e - e_ref) < 1e-8 and np.abs(g - g_ref).max() < 1e-6
+        assert isinstance(ours, _FusionRCGGrad)
+
+
+def test_gpu_path_keeps_pyscf_gradients_with_a_warning(monkeypatch):
+    monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "gpu")
+    mf = _converged(scf.RHF)
+    mf.stdout = io.StringIO()
+    mf.verbose = logger.WARN
+    g = fusionrcg(mf, backend="gpu").nuc_grad_method()
+    assert "GPU gradients are not yet available" in mf.stdout.getvalue()
+    assert type(g) is rhf_grad.Gradients
+
+
+def test_gpu4pyscf_gradients_are_kept_with_a_warning():
+    """The host path serves PySCF's (CPU) Gradients classes only."""
+    class Gpu4pyscfGradients(rhf_grad.Gradients):
+        __module__ = "gpu4pyscf.grad.rhf"
+
+    mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
+    mf.stdout = io.StringIO()
+    mf.verbose = logger.WARN
+    g = mf._fusionrcg_gradients(Gpu4pyscfGradients(mf))
+    assert type(g) is Gpu4pyscfGradients
+    assert "GPU gradients are not yet available" in mf.stdout.getvalue()
+
+
+@pytest.mark.skipif(gpu_available(), reason="needs a machine without a usable GPU")
+def test_native_path_keeps_pyscf_gradients():
+    mf = _converged(scf.RHF)
+    mf.verbose = 0
+    assert type(fusionrcg(mf).nuc_grad_method()) is rhf_grad.Gradients
+
+
+@pytest.mark.slow
+def test_h_functions():
+    """An h shell (the issue asks for up to h): H2 with one on the first atom."""
+    basis = {"H1": "sto-3g", "H2": gto.basis.parse("H S\n 1.2 1.0\nH H\n 1.5 1.0")}
+    mf = _converged(scf.RHF, atom="H1 0 0 0; H2 0.1 0 0.74", basis=basis)
+    ref = mf.nuc_grad_method().kernel()
+    ours = fusionrcg(mf, options=OPTIONS).nuc_grad_method().kernel()
+    assert np.abs(ours - ref).max() < G_TOL
