@@ -1,6 +1,6 @@
 """Replica MD shared by MPI ranks: the split of the replicas (without MPI), and
 2 ranks giving one process's trajectories, continued from their checkpoint on
-3 ranks (under mpiexec)."""
+3 ranks, and ``flashschnet-md --mpi`` (under mpiexec)."""
 import pathlib
 
 import numpy as np
@@ -85,3 +85,12 @@ def test_ranks_run_one_process_trajectories_and_restart_on_other_ranks(mpirun, m
         assert [a.info["step"] for a in frames] == list(range(0, 41, 5))
         np.testing.assert_allclose(frames[-1].positions, one.final_positions[r], atol=1e-10)
 
+
+def test_the_command_line_runs_on_ranks(mpirun, model_file, tmp_path):
+    structure = tmp_path / "ethanol.xyz"
+    molecule("CH3CH2OH").write(structure)
+    res = mpirun(2, "-m", "ase_flashschnet.cli", "--model", model_file, "--structure", structure,
+                 "--replicas", 3, "--steps", 10, "--traj-interval", 5, "--device", "cpu", "--seed", 1,
+                 "--out", tmp_path / "run", "--no-progress", "--mpi")
+    assert res.stdout.count("system       : 3 replica(s)") == 1      # rank 0 prints
+    assert [a.info["step"] for a in read(tmp_path / "run" / "replica_002.traj", ":")] == [0, 5, 10]
