@@ -29,13 +29,18 @@ import numpy as np
 from pyscf_fusionrcg.screening import ClassTasks
 
 #: Work per primitive quartet outside the primitive statements (its exponents,
-#: centres, prefactor and Boys values), in statements: with it the cost
-#: model follows the host path's time per class within a factor of about 2
-#: (fitted to the classes of a water dimer in cc-pVDZ).
-PRIMITIVE_OVERHEAD = 100
+#: centres, prefactor and Boys values), in statements.  With the constants
+#: below, fitted to the host path's time per class of a water dimer in five
+#: basis sets (STO-3G to cc-pVDZ), the model is within a factor of 2.5 of
+#: every class's time and within 15% for half of them.
+PRIMITIVE_OVERHEAD = 50
 #: Relative weight of a contracted-stage statement (it also gathers the
 #: accumulators and digests the block).
 CONTRACTED_WEIGHT = 2
+#: The fixed cost of one class's digestion (its programs' calls, one per
+#: build choice, and the set-up of its batches), in statements: about 2 ms,
+#: which is most of the time of a class of a few dozen quartets.
+CLASS_OVERHEAD = 300_000
 
 
 class Reducer:
@@ -99,9 +104,9 @@ def as_reducer(comm) -> Reducer:
 class HostCost:
     """Estimated host-path cost of each quartet of a class, in statements run:
     its primitive quartets times the class program's primitive statements
-    (plus :data:`PRIMITIVE_OVERHEAD`), and its contracted-function tuples
-    times the contracted statements (weighted :data:`CONTRACTED_WEIGHT`).
-    The programs come from :func:`~pyscf_fusionrcg.host.get_program`'s cache,
+    (plus :data:`PRIMITIVE_OVERHEAD`), its contracted-function tuples times
+    the contracted statements (weighted :data:`CONTRACTED_WEIGHT`), and its
+    part of the class's :data:`CLASS_OVERHEAD`.  The programs come from :func:`~pyscf_fusionrcg.host.get_program`'s cache,
     which the build needs anyway."""
 
     def __init__(self, mol):
@@ -114,11 +119,13 @@ class HostCost:
         program = get_program(*task.key, cart=self.cart)
         primitive = len(program.prim.kind) + PRIMITIVE_OVERHEAD
         contracted = CONTRACTED_WEIGHT * len(program.ctr.kind) * float(np.prod(task.nctr))
-        return self.nprim[task.quartets].prod(axis=1) * primitive + contracted
+        return self.nprim[task.quartets].prod(axis=1) * primitive + (contracted + CLASS_OVERHEAD / len(task))
 
 
 def block_cost(task: ClassTasks) -> np.ndarray:
-    """Each quartet's Cartesian block size: a cost model that needs no molecule."""
+    """Each quartet's Cartesian block size: a cost model that needs no molecule
+    (on the host path the largest of 2-4 shares takes 1.6-2.6 times the mean
+    time with it, 1.04-1.16 times with :class:`HostCost`)."""
     per_shell = [(l + 1) * (l + 2) // 2 * n for l, n in zip(task.key, task.nctr)]
     return np.full(len(task), float(np.prod(per_shell)))
 
