@@ -29,10 +29,11 @@ import numpy as np
 from pyscf_fusionrcg.screening import ClassTasks
 
 #: Work per primitive quartet outside the primitive statements (its exponents,
-#: centres, prefactor and Boys values), in statements.  With the constants
-#: below, fitted to the host path's time per class of a water dimer in five
-#: basis sets (STO-3G to cc-pVDZ), the model is within a factor of 2.5 of
-#: every class's time and within 15% for half of them.
+#: centres, prefactor and Boys values), in statements.  The constants here
+#: are rounded from fits to the host path's time per class of a water dimer
+#: in five basis sets (STO-3G to cc-pVDZ; the fits vary from run to run on a
+#: shared CPU): the model is within about a factor of 2 of each class's
+#: time, and the shares it cuts are even to 4-16% (docs/distributed.md).
 PRIMITIVE_OVERHEAD = 50
 #: Relative weight of a contracted-stage statement (it also gathers the
 #: accumulators and digests the block).
@@ -64,9 +65,9 @@ class Reducer:
 class MPIReducer(Reducer):
     """:class:`Reducer` over an mpi4py communicator, of NumPy arrays on the host.
 
-    The sum is one ``Allreduce``: MPI implementations return the same bits on
-    every rank (MPICH's and Open MPI's algorithms do), which keeps the ranks'
-    SCF iterations in step.
+    The sum is one ``Allreduce``, whose result the MPI standard asks to be
+    the same on every rank (MPICH's is, to the bit: the tests compare the
+    ranks' J, K and energies), which keeps the ranks' SCF iterations in step.
     """
 
     def __init__(self, comm):
