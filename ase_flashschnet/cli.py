@@ -8,7 +8,10 @@ file ASE reads (a shipped model may bring a default structure, which is used
 when it is left out). ``--restart DIR`` continues the run checkpointed in DIR
 up to ``--steps``, with that run's time step, temperatures, friction and
 integrator unless the command line gives them (a change is logged as a
-warning). Exit status: 0 done, 1 the dynamics became unstable, 2 bad input.
+warning). ``--mpi`` shares the replicas among the MPI ranks the command was
+started on (``mpiexec -n 4 flashschnet-md --mpi ...``); rank 0 writes the
+files and prints the summary. Exit status: 0 done, 1 the dynamics became
+unstable, 2 bad input.
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", help="checkpoint file, or the folder holding checkpoint.pt, to continue from")
     p.add_argument("--no-cuda-graph", action="store_true", help="run the steps eagerly on a GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mpi", action="store_true",
+                   help="share the replicas among the MPI ranks this runs on (start it with mpiexec; needs mpi4py)")
     return p
 
 
@@ -103,9 +108,19 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+def _world():
+    """MPI's world communicator, or a ValueError saying what to install."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ValueError(f"--mpi needs mpi4py (pip install 'fusion-chem-gpu[mpi]'): {exc}") from None
+    return MPI.COMM_WORLD
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        comm = _world() if args.mpi else None
         model = resolve_model(args.model)
         if args.structure is not None:
             atoms = read(args.structure)
@@ -115,14 +130,15 @@ def main(argv=None) -> int:
                 raise ValueError(f"--structure is needed: model {args.model!r} brings no default structure")
         recorded = recorded_dynamics(load_checkpoint(args.restart)) if args.restart is not None else None
         result = run_replicas(model, atoms, replicas=args.replicas, steps=args.steps,
-                              config=config_from_args(args, recorded))
+                              config=config_from_args(args, recorded), comm=comm)
     except SimulationError as exc:
         print(f"flashschnet-md: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError, UnknownFileTypeError, UnknownElementError, GPUUnavailableError) as exc:
         print(f"flashschnet-md: error: {exc}", file=sys.stderr)
         return 2
-    print(summary(result))
+    if comm is None or comm.Get_rank() == 0:
+        print(summary(result))
     return 0
 
 

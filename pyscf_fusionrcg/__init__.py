@@ -11,9 +11,10 @@ The pipeline has one module per stage: ``graph`` (recurrence graph), ``schedule`
 fusion), ``tiers`` (register / shared / global storage), ``codegen`` (CUDA
 emission), ``pairmaps`` (the big classes' contracted stage as pair-matrix
 products), ``launch`` (kernel launch), ``jk`` (one molecule's J/K context and
-the host digestion), ``gpu_jk`` (the GPU digestion), ``scf`` (the plugin),
-``host`` (the CPU path), ``derivative`` (nuclear-derivative programs), ``grad``
-(two-electron gradients, and the plugin's Gradients objects) and ``report``.
+the host digestion), ``distributed`` (host builds shared by MPI ranks),
+``gpu_jk`` (the GPU digestion), ``scf`` (the plugin), ``host`` (the CPU path),
+``derivative`` (nuclear-derivative programs), ``grad`` (two-electron gradients,
+and the plugin's Gradients objects) and ``report``.
 """
 __version__ = "0.1.0"
 

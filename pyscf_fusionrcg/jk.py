@@ -21,6 +21,7 @@ from pyscf import gto
 from pyscf.lib import logger
 from tqdm import tqdm
 
+from pyscf_fusionrcg.distributed import HostCost, as_reducer, split_tasks
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S, Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
@@ -90,6 +91,10 @@ def mol_fingerprint(mol) -> int:
                  mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
 
 
+#: Why a GPU build refuses a communicator.
+NOT_DISTRIBUTED = ("comm= is supported on the host path (backend='cpu'); the GPU path is not yet "
+                   "distributed")
+
 #: The share of the free GPU memory a plan may take: the rest is left to the
 #: builds' blocks and to the SCF (docs/routing.md).
 PLAN_MEMORY_SHARE = 0.6
@@ -106,13 +111,17 @@ class JKContext:
     so a kept plan always matches the builds it serves.  ``keep_plan=False``
     screens every GPU build's own density instead (one-off builds).
     ``engine`` and ``q_cond`` replace the host engine and the bounds
-    (cross-checks against libcint).
+    (cross-checks against libcint).  ``comm``: an mpi4py communicator (or a
+    :class:`~pyscf_fusionrcg.distributed.Reducer`) whose ranks share the host
+    path's builds (:mod:`pyscf_fusionrcg.distributed`).
     """
 
     def __init__(self, mol, omega=None, backend="cpu", options=None, engine=None, q_cond=None,
-                 keep_plan=True):
+                 keep_plan=True, comm=None):
         if backend not in ("cpu", "gpu"):
             raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
+        if comm is not None and backend != "cpu":
+            raise ValueError(NOT_DISTRIBUTED)
         self.mol = mol
         self.omega = float(mol.omega if omega is None else omega)
         self.backend = backend
@@ -126,6 +135,7 @@ class JKContext:
         if backend == "gpu" and self.options.j_engine == "on":
             logger.warn(mol, "FusionRCG: j_engine='on' is for the host path so far; GPU builds use "
                         "their J/K kernels")
+        self.reducer = as_reducer(comm)
         self.plan = None            # the kept gpu_jk.JKPlan
         self.streams = False        # True once a plan proved too large: every build streams
 
@@ -188,18 +198,25 @@ class JKContext:
             return (jr + 1j * ji if with_j else None, kr + 1j * ki if with_k else None)
         shape = dm.shape
         dms = dm.reshape(-1, shape[-2], shape[-1]).astype(np.float64, copy=False)
-        progress = self.options.progress
+        ranks = self.reducer
+        dms = ranks.broadcast(dms)
+        progress = self.options.progress and ranks.rank == 0
+        cost = HostCost(self.mol)
+
+        def share(j, k):
+            """This rank's share of the quartets a J and/or K build reads."""
+            tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, j, k)
+            return split_tasks(tasks, ranks.rank, ranks.size, cost)
         if with_j and self.options.j_engine == "on":
             # J and K from task lists screened each for the blocks it reads
-            tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, True, False)
-            vj = digest_j(self.mol, dms, tasks, self.j_engine, progress)
+            vj = digest_j(self.mol, dms, share(True, False), self.j_engine, progress)
             vk = None
             if with_k:
-                tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, False, True)
-                vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, False, True, progress)[1]
+                vk = digest_tasks(self.mol, dms, hermi, share(False, True), self.engine, False, True, progress)[1]
         else:
-            tasks = build_tasks(self.mol, dms, self.omega, direct_scf_tol, self.q_cond, with_j, with_k)
-            vj, vk = digest_tasks(self.mol, dms, hermi, tasks, self.engine, with_j, with_k, progress)
+            vj, vk = digest_tasks(self.mol, dms, hermi, share(with_j, with_k), self.engine, with_j, with_k,
+                                  progress)
+        vj, vk = ranks.sum(vj), ranks.sum(vk)
         return (None if vj is None else vj.reshape(shape),
                 None if vk is None else vk.reshape(shape))
 

@@ -16,6 +16,7 @@ from pyscf import gto, lib
 from pyscf.lib import logger
 
 from pyscf_fusionrcg import jk as _jk
+from pyscf_fusionrcg.distributed import as_reducer
 from pyscf_fusionrcg.ir import MAX_L
 from pyscf_fusionrcg.options import Options, from_env
 
@@ -68,7 +69,7 @@ def _resolve_backend(mf, backend):
     return "native"
 
 
-def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options = None, **more):
+def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options = None, comm=None, **more):
     """Serve ``mf``'s J and K with FusionRCG; returns the (re-classed) SCF object.
 
     backend: 'auto' (the default: GPU when available, else the object's own
@@ -79,7 +80,8 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     :class:`~pyscf_fusionrcg.options.Options` (``ctr``, ``fuse_digestion``,
     ``scratch_mb``, ``progress``, ``j_engine``) go by keyword too, or whole as ``options``;
     what is not given comes from the environment (``FUSIONRCG_*``), else the
-    defaults.
+    defaults.  comm: an mpi4py communicator whose ranks, all running this
+    SCF, share each J/K build of the host path (:mod:`pyscf_fusionrcg.distributed`).
     """
     given = dict(backend=backend, direct_scf_tol=direct_scf_tol, tier=tier, **more)
     if options is None:
@@ -89,11 +91,13 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     _check_mean_field(mf)
     _check_mol(mf.mol)
     path = _resolve_backend(mf, options.backend)
+    if comm is not None and path != "cpu":
+        raise ValueError(_jk.NOT_DISTRIBUTED)
     if isinstance(mf, _FusionRCGMixin):
         mf = mf.copy()
-        mf._fusionrcg_configure(options, path)
+        mf._fusionrcg_configure(options, path, comm)
         return mf
-    obj = _FusionRCGMixin(mf, options, path)
+    obj = _FusionRCGMixin(mf, options, path, comm)
     return lib.set_class(obj, (_FusionRCGMixin, mf.__class__))
 
 
@@ -152,14 +156,15 @@ class _FusionRCGMixin:
     __name_mixin__ = "FusionRCG"
     _keys = {"fusionrcg_options"}
 
-    def __init__(self, mf, options, path):
+    def __init__(self, mf, options, path, comm=None):
         self.__dict__.update(mf.__dict__)
         self._eri = None    # with an in-core ERI, get_veff would not build incrementally
-        self._fusionrcg_configure(options, path)
+        self._fusionrcg_configure(options, path, comm)
 
-    def _fusionrcg_configure(self, options, path):
+    def _fusionrcg_configure(self, options, path, comm=None):
         self.fusionrcg_options = options
         self._fusionrcg_path = path
+        self._fusionrcg_comm = comm
         self._fusionrcg_forget()
 
     def _fusionrcg_forget(self):
@@ -171,7 +176,8 @@ class _FusionRCGMixin:
     def undo_fusionrcg(self):
         """The same object with its original class and PySCF's own J/K."""
         obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGMixin))
-        for key in ("fusionrcg_options", "_fusionrcg_path", "_fusionrcg_contexts", "_fusionrcg_paired"):
+        for key in ("fusionrcg_options", "_fusionrcg_path", "_fusionrcg_comm", "_fusionrcg_contexts",
+                    "_fusionrcg_paired"):
             obj.__dict__.pop(key, None)
         return obj
 
@@ -220,7 +226,8 @@ class _FusionRCGMixin:
 
     def to_gpu(self):
         """GPU4PySCF twin, with the plugin re-applied with the same settings."""
-        return fusionrcg(self.undo_fusionrcg().to_gpu(), options=self.fusionrcg_options)
+        return fusionrcg(self.undo_fusionrcg().to_gpu(), options=self.fusionrcg_options,
+                         comm=self._fusionrcg_comm)
 
     def dump_flags(self, verbose=None):
         super().dump_flags(verbose)
@@ -231,6 +238,8 @@ class _FusionRCGMixin:
         log.info("direct_scf_tol = %g", self._fusionrcg_tol())
         log.info("tier = %s", opts.tier or "automatic")
         log.info("contracted stage = %s, fused digestion = %s", opts.ctr, opts.fuse_digestion)
+        if self._fusionrcg_comm is not None:
+            log.info("J/K builds shared by %d ranks", as_reducer(self._fusionrcg_comm).size)
         if self.mol.has_ecp():
             log.info("ECP: enters the one-electron Hamiltonian only; J/K are unaffected")
         return self
@@ -249,7 +258,7 @@ class _FusionRCGMixin:
             if any(not c.serves(mol, c.omega) for c in contexts.values()):
                 contexts.clear()
             context = contexts[omega] = _jk.JKContext(mol, omega, self._fusionrcg_path,
-                                                     self.fusionrcg_options)
+                                                     self.fusionrcg_options, comm=self._fusionrcg_comm)
         return context
 
     def _fusionrcg_jk(self, mol, dm, hermi, with_j, with_k, omega):

@@ -1,7 +1,12 @@
 """Shared test configuration: the `gpu` marker skips cleanly on machines without a GPU,
-and the whole session keeps its caches in a temporary folder, not the user's."""
+the whole session keeps its caches in a temporary folder, not the user's, and
+``mpirun`` starts scripts on several MPI ranks."""
+import importlib.util
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +31,28 @@ def session_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_ENV, str(root / "kernels"))
         yield root
+
+
+@pytest.fixture
+def mpirun():
+    """``mpirun(ranks, script, *args)``: the finished ``mpiexec -n ranks python
+    script args`` (one thread per rank, this checkout first on the path);
+    skips the test cleanly where mpi4py or ``mpiexec`` is missing. ``mpiexec``
+    is the one beside this Python (the ``mpich`` wheel's), else the PATH's."""
+    beside = pathlib.Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if importlib.util.find_spec("mpi4py") is None or mpiexec is None:
+        pytest.skip("needs mpi4py and mpiexec (pip install '.[mpi]')")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+
+    def run(ranks, script, *args, timeout=300):
+        res = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, str(script), *map(str, args)],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert res.returncode == 0, f"{ranks} ranks: {res.stdout}\n{res.stderr}"
+        return res
+
+    return run
 
 
 def pytest_collection_modifyitems(config, items):

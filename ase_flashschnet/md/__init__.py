@@ -18,6 +18,7 @@ Modules:
   roll-back of a block whose rebuild did not fit;
 * :mod:`.graphs`: CUDA-graph capture of the pieces of a step;
 * :mod:`.checkpoint`: checkpoints and trajectory files;
+* :mod:`.distributed`: the replicas shared by MPI ranks (``run_replicas(..., comm=)``);
 * :mod:`.results`: the result and the error;
 * :mod:`.profiling`: the time of each piece of a step.
 

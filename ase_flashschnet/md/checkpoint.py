@@ -23,7 +23,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import Trajectory, read
 
 __all__ = ["CHECKPOINT_NAME", "DYNAMICS", "load_checkpoint", "checkpoint_structures", "recorded_dynamics",
-           "check_matches", "write_checkpoint", "restore_dynamics", "TrajectoryWriters"]
+           "check_matches", "dynamics_settings", "checkpoint_data", "save_checkpoint", "restore_dynamics",
+           "trajectory_paths", "TrajectoryWriters"]
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,25 @@ def check_matches(ckpt: dict, replicas: int, n_atoms: int, numbers: np.ndarray, 
                         name, _plain(given))
 
 
-def write_checkpoint(sim, path: Path) -> None:
-    """Everything the continuation of the simulation ``sim`` depends on, written atomically."""
-    data = {
+def dynamics_settings(config) -> dict:
+    """The dynamics settings (:data:`DYNAMICS`) of ``config`` (an MDConfig) as a checkpoint records them."""
+    return {name: _plain(getattr(config, name)) for name in DYNAMICS}
+
+
+def checkpoint_data(sim) -> dict:
+    """Everything the continuation of the simulation ``sim`` depends on, as a checkpoint holds it."""
+    return {
         "format": CHECKPOINT_FORMAT, "version": 2, "step": sim.step, "replicas": sim.R,
         "positions": sim.x.cpu(), "velocities": sim.v.cpu(), "forces": sim.f.cpu(),
         "energies": sim.e.cpu(), "rng_state": sim.generator.get_state(), "seed": sim.seed,
         "numbers": torch.as_tensor(sim.numbers), "masses": torch.as_tensor(sim.masses_np),
         "cells": torch.as_tensor(sim.cells), "pbc": torch.as_tensor(sim.pbc_np),
-        "engine": sim.engine.name, **{name: _plain(getattr(sim.config, name)) for name in DYNAMICS},
+        "engine": sim.engine.name, **dynamics_settings(sim.config),
     }
+
+
+def save_checkpoint(data: dict, path: Path) -> None:
+    """Write a checkpoint (:func:`checkpoint_data`) atomically."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(data, tmp)
     os.replace(tmp, path)
@@ -124,13 +134,18 @@ def restore_dynamics(ckpt: dict, generator: torch.Generator, device, dtype):
     return v, f, e, seed
 
 
+def trajectory_paths(out_dir, replicas: int) -> list[str]:
+    """The trajectory file of each replica in ``out_dir``."""
+    return [str(Path(out_dir) / f"replica_{r:03d}.traj") for r in range(replicas)]
+
+
 class TrajectoryWriters:
     """One ASE trajectory per replica in ``out_dir``; with ``restart_step``, frames
     after it are dropped and the files appended to."""
 
     def __init__(self, out_dir, atoms_list, restart_step):
         self.templates = atoms_list
-        self.paths = [str(Path(out_dir) / f"replica_{r:03d}.traj") for r in range(len(atoms_list))]
+        self.paths = trajectory_paths(out_dir, len(atoms_list))
         self.files = []
         for path in self.paths:
             if restart_step is not None and os.path.exists(path):

@@ -5,9 +5,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .integrators import INTEGRATORS
 
-__all__ = ["MDConfig"]
+__all__ = ["MDConfig", "fresh_seed"]
+
+
+def fresh_seed() -> int:
+    """A seed from fresh entropy, for a run given none (the result reports it)."""
+    return int(np.random.SeedSequence().entropy % (1 << 63))
 
 
 @dataclass(frozen=True)

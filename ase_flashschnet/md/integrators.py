@@ -57,9 +57,11 @@ class Integrator:
         """Whether each step needs a fresh normal draw in the noise tensor."""
         return self.kind == "baoab"
 
-    def thermal_velocities(self, shape, generator, dtype, device) -> torch.Tensor:
-        """Maxwell-Boltzmann velocities at each replica's temperature."""
-        v = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    def thermal_velocities(self, shape, generator, dtype, device, rows=slice(None)) -> torch.Tensor:
+        """Maxwell-Boltzmann velocities at each replica's temperature, from the
+        ``rows`` of a normal draw of ``shape`` (a batch of which these replicas
+        are a part draws for all of it)."""
+        v = torch.randn(shape, generator=generator, dtype=dtype, device=device)[rows].clone()
         return v.mul_(torch.sqrt(self.kT * self.inv_m))
 
     def kick_and_drift(self, x, v, f, noise) -> None:

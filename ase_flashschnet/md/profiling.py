@@ -36,7 +36,7 @@ def profile_steps(sim, repeats: int = 20) -> dict:
 
     out = {"neighbor_mode": sim.neighbor_mode, "edge_capacity": sim.nl.capacity,
            "edges": int(sim.graph.dst_ptr[-1])}
-    out["noise_ms"] = timed(lambda: sim.noise.normal_(generator=sim.generator))
+    out["noise_ms"] = timed(lambda: sim.noise_all.normal_(generator=sim.generator))
     out["first_half_ms"] = timed(sim.first_half)
     out["force_call_ms"] = timed(sim.second_half)
     out["force_call_wall_ms"] = wall(sim.second_half)

@@ -3,6 +3,8 @@
 Sets up the force engine and the :class:`~.simulation.Simulation`, advances it
 in blocks that end at frame, checkpoint and status-check steps, saves frames
 and checkpoints, and turns a replica gone bad into a :class:`SimulationError`.
+Over MPI ranks (``comm``) each rank runs its share of the replicas
+(:mod:`.distributed`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from ase import Atoms
 from tqdm import tqdm
 
 from ..calculator import ForceEngine
-from .checkpoint import CHECKPOINT_NAME, TrajectoryWriters, checkpoint_structures, load_checkpoint, write_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, TrajectoryWriters, checkpoint_data, checkpoint_structures, load_checkpoint,
+                         save_checkpoint, trajectory_paths)
 from .config import MDConfig
+from .distributed import ReplicaShare
 from .results import ReplicaResult, instability_error
 from .simulation import Simulation
 
@@ -49,7 +53,7 @@ def _next_multiple(step: int, interval: int) -> int:
 
 
 def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config: MDConfig | None = None,
-                 **options) -> ReplicaResult:
+                 comm=None, **options) -> ReplicaResult:
     """Run ``replicas`` copies of a structure (or one run per structure in a list)
     as one batch on one device, until step ``steps``, as ``config`` says.
 
@@ -68,32 +72,45 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
     single host synchronisation per block (blocks also end at frame and
     checkpoint steps): instabilities are noticed at the end of the block but
     reported with the step they happened in, and no frame after it is saved.
+
+    ``comm``: an mpi4py communicator whose ranks all make this call and share
+    the replicas (:mod:`.distributed`): the trajectories are one process's,
+    rank 0 writes the files, and every rank returns the whole run's result
+    (neighbour-list builds and their time summed over the ranks, the wall
+    time the longest rank's, the other statistics this rank's).
     """
     config = MDConfig.from_options(config, options)
     traj_interval, checkpoint_interval, out_dir = config.traj_interval, config.checkpoint_interval, config.out_dir
     ckpt = load_checkpoint(config.restart) if config.restart is not None else None
     atoms_list = _replica_list(atoms_or_list, replicas, ckpt)
-    engine = ForceEngine(model, device=config.device, precision=config.precision, backend=config.backend)
-    sim = Simulation(engine, atoms_list, config, checkpoint=ckpt)
+    share = ReplicaShare.of(len(atoms_list), comm)
+    engine = ForceEngine(model, device=share.device(config.device, config.precision), precision=config.precision,
+                         backend=config.backend)
+    sim = Simulation(engine, share.mine(atoms_list), share.config(config), checkpoint=share.checkpoint(ckpt),
+                     share=share)
     start_step, steps = sim.step, int(steps)
     if steps < start_step:
         raise ValueError(f"steps={steps} is before the checkpoint's step {start_step}")
     ckpt_path = None
     writers = None
+    paths = []
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         ckpt_path = Path(out_dir) / CHECKPOINT_NAME
-        writers = TrajectoryWriters(out_dir, atoms_list, start_step if ckpt is not None else None)
+        paths = trajectory_paths(out_dir, len(atoms_list))
+        if share.rank == 0:
+            writers = TrajectoryWriters(out_dir, atoms_list, start_step if ckpt is not None else None)
     frames = []
 
     def save_frame():
-        snap = sim.snapshot()
+        snap = share.gather(sim.snapshot())
         frames.append(snap)
         if writers is not None:
             writers.write(snap)
         return snap
 
-    bar = tqdm(total=steps, initial=start_step, disable=not config.progress, unit="step", desc="MD", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, disable=not config.progress or share.rank != 0, unit="step", desc="MD",
+               dynamic_ncols=True)
     on_gpu = engine.device.type == "cuda"
     try:
         # the current device decides where CUDA graphs and their streams live
@@ -106,16 +123,17 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
                 stops = [steps, _next_multiple(before, traj_interval), _next_multiple(before, sim.check_interval)]
                 if ckpt_path is not None and checkpoint_interval:
                     stops.append(_next_multiple(before, int(checkpoint_interval)))
-                bad = sim.advance(min(stops) - before)
+                bad = share.first_bad(sim.advance(min(stops) - before))
                 if bad is not None:
-                    paths = writers.paths if writers is not None else []
                     raise instability_error(bad, frames, paths, config.max_displacement)
                 if sim.step % traj_interval == 0:
                     snap = save_frame()
                     bar.set_postfix(T=f"{snap['temperature'].mean():.0f}K", refresh=False)
                 if ckpt_path is not None and checkpoint_interval and (
                         sim.step % checkpoint_interval == 0 or sim.step == steps):
-                    write_checkpoint(sim, ckpt_path)
+                    data = share.joined(checkpoint_data(sim), config)
+                    if data is not None:
+                        save_checkpoint(data, ckpt_path)
                 bar.update(sim.step - before)
             if on_gpu:
                 torch.cuda.synchronize(engine.device)
@@ -125,7 +143,8 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
         if writers is not None:
             writers.close()
 
-    final = sim.snapshot()
+    final = share.gather(sim.snapshot())
+    R, N = len(atoms_list), sim.N
 
     def stack(key, shape):
         return np.stack([f[key] for f in frames]) if frames else np.zeros(shape)
@@ -133,17 +152,19 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
     return ReplicaResult(
         steps=np.array([f["step"] for f in frames], dtype=int),
         times_ps=np.array([f["step"] for f in frames], dtype=float) * sim.dt_fs * 1e-3,
-        positions=stack("positions", (0, sim.R, sim.N, 3)),
-        energies=stack("energy", (0, sim.R)),
-        kinetic_energies=stack("kinetic", (0, sim.R)),
-        temperatures=stack("temperature", (0, sim.R)),
-        final_positions=final["positions"], final_velocities=final["velocities"], numbers=sim.numbers,
+        positions=stack("positions", (0, R, N, 3)),
+        energies=stack("energy", (0, R)),
+        kinetic_energies=stack("kinetic", (0, R)),
+        temperatures=stack("temperature", (0, R)),
+        final_positions=final["positions"], final_velocities=final["velocities"],
+        numbers=np.stack([a.numbers for a in atoms_list]),
         dt_fs=sim.dt_fs, integrator=config.integrator, engine=engine.name, seed=sim.seed,
-        steps_run=steps - start_step, wall_time_s=wall, neighbor_builds=sim.neighbors.builds,
-        neighbor_time_s=sim.neighbors.build_time,
+        steps_run=steps - start_step, wall_time_s=max(share.everyone(wall)),
+        neighbor_builds=sum(share.everyone(sim.neighbors.builds)),
+        neighbor_time_s=sum(share.everyone(sim.neighbors.build_time)),
         cuda_graph=sim.control.enabled and sim.control.captured, neighbor_mode=sim.neighbor_mode,
         host_syncs=sim.host_syncs, edge_capacity=sim.nl.capacity, mean_edge_padding=sim.neighbors.mean_edge_padding,
         neighbor_overflows=sim.neighbors.overflows, neighbor_build_ms=1e3 * sim.neighbors.build_seconds,
-        traj_files=list(writers.paths) if writers is not None else [],
+        traj_files=paths,
         checkpoint_file=str(ckpt_path) if ckpt_path is not None and checkpoint_interval else None,
     )

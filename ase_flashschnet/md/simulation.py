@@ -18,7 +18,9 @@ Two ways to drive it, for both force engines (fused and reference):
 
 Langevin noise is drawn outside the graphs, one draw per step from a
 generator whose state goes into checkpoints (and is restored on a roll-back),
-so graph, eager and restarted runs draw the same numbers.
+so graph, eager and restarted runs draw the same numbers; a simulation that
+is one rank's part of a run draws for the whole run and keeps its rows
+(:mod:`.distributed`), so the ranks draw the numbers one process would.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from ..step_status import STAT_BUILDS, STAT_ERROR, STAT_MAX_TOTAL, STAT_OVERFLOW
 from ..step_status import first_bad_step, new_md_status
 from .checkpoint import check_matches, restore_dynamics
 from .graphs import GraphControl, GraphedCall
-from .config import MDConfig
+from .config import MDConfig, fresh_seed
+from .distributed import ReplicaShare
 from .integrators import Integrator
 from .neighbor_capacity import BlockStart, NeighborManager
 from .profiling import profile_steps
@@ -60,10 +63,13 @@ class Simulation:
     Uses the dynamics, neighbour-list, graph and check settings of ``config``
     (an :class:`MDConfig`, whose fields ``options`` may replace); starts from
     ``checkpoint`` (a loaded one, see :func:`.checkpoint.load_checkpoint`) if given.
+    ``share``: where these replicas lie in a run split over MPI ranks
+    (:class:`~.distributed.ReplicaShare`; default: the whole run), whose noise
+    is drawn for the whole run's batch, of which this one takes its rows.
     """
 
     def __init__(self, engine: ForceEngine, atoms_list, config: MDConfig | None = None, *, checkpoint=None,
-                 **options):
+                 share: ReplicaShare | None = None, **options):
         self.config = config = MDConfig.from_options(config, options)
         self.engine = engine
         self.dt_fs = float(config.dt_fs)
@@ -98,14 +104,19 @@ class Simulation:
                                      config.friction_per_fs, R, N, config.max_displacement, tensor)
 
         seed = config.seed
-        self.seed = int(np.random.SeedSequence().entropy % (1 << 63)) if seed is None else int(seed)
+        self.seed = fresh_seed() if seed is None else int(seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
         if checkpoint is not None:
             check_matches(checkpoint, R, N, self.numbers, config)
         start = checkpoint["positions"] if checkpoint is not None else np.concatenate([a.positions for a in atoms_list])
         self.x = torch.as_tensor(start).to(device=device, dtype=dtype).reshape(R * N, 3).clone()
-        self.noise = torch.zeros_like(self.x)
+        share = share or ReplicaShare.of(R)
+        if share.count != R:
+            raise ValueError(f"the share holds {share.count} replicas, but {R} structures were given")
+        rows = share.atom_rows(N)
+        self.noise_all = torch.zeros((share.replicas * N, 3), dtype=dtype, device=device)
+        self.noise = self.noise_all[rows]
         self.stat = new_md_status(device, R)
         self.gate = torch.zeros(1, dtype=torch.int32, device=device)  # rebuild the neighbour list in this step
         self.nl = StaticNeighborList(engine.cutoff, config.skin, self.batch, R, cell=self.cell, pbc=self.pbc,
@@ -119,10 +130,11 @@ class Simulation:
             self.step = 0
             self._build_now()
             velocities = np.concatenate([a.get_velocities() for a in atoms_list])
-            if np.any(velocities):
+            if share.anywhere(np.any(velocities)):  # one choice for the whole run, as in one process
                 self.v = tensor(velocities)
             else:  # Maxwell-Boltzmann at each replica's temperature
-                self.v = self.integrator.thermal_velocities(self.x.shape, self.generator, dtype, device)
+                self.v = self.integrator.thermal_velocities(self.noise_all.shape, self.generator, dtype, device,
+                                                            rows)
             energy, forces = engine.energy_and_forces(self.types, self.x, self.graph)
             self.e, self.f = energy.detach().clone(), forces.detach().clone()
         else:
@@ -173,7 +185,7 @@ class Simulation:
 
     def _draw_noise(self):
         if self.integrator.uses_noise:
-            self.noise.normal_(generator=self.generator)
+            self.noise_all.normal_(generator=self.generator)
 
     # -- neighbour-list buffers and the graphs that read them --
     def _build_now(self) -> bool:

@@ -1,0 +1,44 @@
+"""Run under ``mpiexec`` by test_distributed.py: J/K builds and an RHF of water
+whose builds the ranks share; rank 0 writes what every rank got to OUT (.npz).
+
+    mpiexec -n 3 python mpi_jk_job.py OUT
+"""
+import sys
+
+import numpy as np
+from mpi4py import MPI
+from pyscf import gto, scf
+
+from pyscf_fusionrcg import fusionrcg
+from pyscf_fusionrcg.jk import JKContext
+
+
+def water():
+    return gto.M(atom="O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469", basis="6-31g", verbose=0)
+
+
+def densities(mol):
+    """A symmetric density and a general pair (hermi=0), the same on every rank."""
+    rng = np.random.default_rng(3)
+    d = rng.standard_normal((3, mol.nao, mol.nao)) * 0.3
+    return d[0] + d[0].T, d[1:]
+
+
+def main(out):
+    comm = MPI.COMM_WORLD
+    mol = water()
+    sym, pair = densities(mol)
+    context = JKContext(mol, comm=comm)
+    vj, vk = context.get_jk(sym, hermi=1)
+    vj2, vk2 = context.get_jk(pair, hermi=0)
+    mf = fusionrcg(scf.RHF(mol), backend="cpu", comm=comm, progress=False)
+    energy = mf.kernel()
+    mine = np.concatenate([v.ravel() for v in (vj, vk, vj2, vk2)] + [[energy, mf.cycles]])
+    every = comm.gather(mine)
+    if comm.rank == 0:
+        np.savez(out, vj=vj, vk=vk, vj2=vj2, vk2=vk2, energy=energy, converged=mf.converged,
+                 same_on_every_rank=all(np.array_equal(every[0], m) for m in every))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
