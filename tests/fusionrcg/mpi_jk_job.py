@@ -11,6 +11,7 @@ from pyscf import gto, scf
 
 from pyscf_fusionrcg import fusionrcg
 from pyscf_fusionrcg.jk import JKContext
+from pyscf_fusionrcg.options import from_env
 
 
 def water():
@@ -31,12 +32,13 @@ def main(out):
     context = JKContext(mol, comm=comm)
     vj, vk = context.get_jk(sym, hermi=1)
     vj2, vk2 = context.get_jk(pair, hermi=0)
+    vj_engine = JKContext(mol, options=from_env(j_engine="on"), comm=comm).get_jk(sym, with_k=False)[0]
     mf = fusionrcg(scf.RHF(mol), backend="cpu", comm=comm, progress=False)
     energy = mf.kernel()
-    mine = np.concatenate([v.ravel() for v in (vj, vk, vj2, vk2)] + [[energy, mf.cycles]])
+    mine = np.concatenate([v.ravel() for v in (vj, vk, vj2, vk2, vj_engine)] + [[energy, mf.cycles]])
     every = comm.gather(mine)
     if comm.rank == 0:
-        np.savez(out, vj=vj, vk=vk, vj2=vj2, vk2=vk2, energy=energy, converged=mf.converged,
+        np.savez(out, vj=vj, vk=vk, vj2=vj2, vk2=vk2, vj_engine=vj_engine, energy=energy, converged=mf.converged,
                  same_on_every_rank=all(np.array_equal(every[0], m) for m in every))
 
 

@@ -103,5 +103,7 @@ def test_ranks_give_one_process_jk_and_energy(mpirun, ranks, tmp_path):
     for (vj, vk), key in ((context.get_jk(sym, hermi=1), ""), (context.get_jk(pair, hermi=0), "2")):
         np.testing.assert_allclose(got["vj" + key], vj, atol=1e-12, rtol=0)
         np.testing.assert_allclose(got["vk" + key], vk, atol=1e-12, rtol=0)
+    # the J engine's builds take the same shares
+    np.testing.assert_allclose(got["vj_engine"], context.get_jk(sym, hermi=1)[0], atol=1e-12, rtol=0)
     energy = fusionrcg(scf.RHF(mol), backend="cpu", progress=False).kernel()
     assert abs(float(got["energy"]) - energy) < 1e-10
