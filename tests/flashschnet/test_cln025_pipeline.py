@@ -3,8 +3,10 @@ that goes on after the reference stage or after a time limit, and the errors for
 inputs that are not there yet. The runs skip cleanly without OpenMM or
 PeptideBuilder (the reference stage needs them)."""
 import configparser
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from ase_flashschnet.train.cln025_cli import main
 from ase_flashschnet.train.cln025_validate import ValidationMD, starting_frames
 
 QUICK = ["--quick", "--platform", "cpu", "--no-progress"]
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 CLN025_TYPES = {20, 3, 13, 4, 17, 6, 19}
 
 
@@ -35,6 +38,14 @@ def run(after_reference, tmp_path):
     return Path(shutil.copytree(after_reference, tmp_path / "run"))
 
 
+def _benchmark_script():
+    """benchmarks/cln025_validation.py as a module (it puts benchmarks/ on the path for _common)."""
+    spec = importlib.util.spec_from_file_location("cln025_validation", BENCHMARKS / "cln025_validation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _manifest(out):
     return json.loads((out / "pipeline.json").read_text())
 
@@ -43,7 +54,7 @@ def _mtimes(folder):
     return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
 
 
-def test_all_stages_go_on_after_the_reference_stage(run, capsys):
+def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch):
     chunks = _mtimes(run / "reference" / "chunks")
     assert _manifest(run)["stages"]["reference"]["status"] == "done"
     assert main([str(run), *QUICK]) == 0
@@ -76,6 +87,15 @@ def test_all_stages_go_on_after_the_reference_stage(run, capsys):
     assert main([str(run), *QUICK]) == 0
     assert capsys.readouterr().out.count("done earlier") == 3
     assert _manifest(run)["stages"] == manifest["stages"]
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
+    bench = _benchmark_script()
+    results = sorted((BENCHMARKS / "results").iterdir())
+    assert bench.main([str(run), "--quick", "--platform", "cpu"]) == 0
+    assert "no results written" in capsys.readouterr().out and sorted((BENCHMARKS / "results").iterdir()) == results
+    row, = bench.records(summary)
+    assert row["run"] == "reference-fp32" and row["folded_model"] == result["folded_fraction"]["model"]
+    assert "Stage times: reference" in bench.notes(manifest, summary)
 
 
 def test_a_stage_stopped_at_its_time_limit_goes_on_in_the_next_call(run, capsys):
