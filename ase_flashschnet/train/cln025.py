@@ -130,21 +130,26 @@ def _validate(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bo
 
 
 _RUN = {"reference": _reference, "train": _train, "validate": _validate}
+#: The file each stage leaves for the next (or for people): a stage recorded as done runs again without it.
+_PRODUCT = {"reference": f"{REFERENCE_DIR}/{DATASET_NAME}", "train": f"{TRAIN_DIR}/{MODEL_NAME}",
+            "validate": f"{VALIDATION_DIR}/{SUMMARY_NAME}"}
+
+
+def _done(manifest: Manifest, out: Path, stage: str) -> bool:
+    return manifest.status(stage) == DONE and (out / _PRODUCT[stage]).is_file()
 
 
 def _check_inputs(manifest: Manifest, out: Path, stage: str) -> None:
     """``FileNotFoundError`` saying which stage to run when what ``stage`` reads is not there yet."""
-    needs = {"train": ["reference"], "validate": ["reference", "train"]}.get(stage, [])
-    files = {"reference": out / REFERENCE_DIR / DATASET_NAME, "train": out / TRAIN_DIR / MODEL_NAME}
-    for before in needs:
-        status = manifest.status(before)
-        if status == DONE and files[before].is_file():
+    for before in STAGES[:STAGES.index(stage)]:
+        if _done(manifest, out, before):
             continue
+        status = manifest.status(before)
         if status in (PARTIAL, FAILED):
             raise FileNotFoundError(f"stage {stage} needs the {before} stage, which is {status} in {out} "
                                     f"({manifest.stage(before)['note']}): run --stage {before} again to finish it")
-        raise FileNotFoundError(f"stage {stage} needs {files[before]}, which is not there: run --stage {before} "
-                                f"first")
+        raise FileNotFoundError(f"stage {stage} needs {out / _PRODUCT[before]}, which is not there: run --stage "
+                                f"{before} first")
 
 
 def run_stages(out_dir, stage: str = "all", *, platform: str = "auto", quick: bool = False,
@@ -152,10 +157,12 @@ def run_stages(out_dir, stage: str = "all", *, platform: str = "auto", quick: bo
     """Run ``stage`` ('reference', 'train', 'validate', or 'all' of them in turn)
     of the run in ``out_dir``, at :data:`QUICK` or :data:`FULL` sizes.
 
-    Stages that are done are skipped; a partial one goes on. 'all' stops after
-    a stage that ends partial. ``platform`` ('auto', 'cuda', 'cpu') chooses
-    where everything runs: OpenMM's platform, and the device of training and
-    MD. ``time_limit_minutes`` bounds each stage of this call (None: no bound).
+    Stages that are done are skipped, unless the file they leave for the next
+    stage is gone (deleting a stage's folder redoes it); a partial one goes
+    on. 'all' stops after a stage that ends partial. ``platform`` ('auto',
+    'cuda', 'cpu') chooses where everything runs: OpenMM's platform, and the
+    device of training and MD. ``time_limit_minutes`` bounds each stage of
+    this call (None: no bound).
 
     Raises ``FileNotFoundError`` when a stage's inputs are missing (naming the
     stage to run first), ``ValueError`` for bad settings or a folder of another
@@ -174,7 +181,7 @@ def run_stages(out_dir, stage: str = "all", *, platform: str = "auto", quick: bo
     time_limit_s = None if time_limit_minutes is None else 60.0 * time_limit_minutes
     results = []
     for name in STAGES if stage == "all" else (stage,):
-        if manifest.status(name) == DONE:
+        if _done(manifest, out, name):
             results.append(StageResult(name, "skipped", 0.0, manifest.stage(name)))
             continue
         _check_inputs(manifest, out, name)

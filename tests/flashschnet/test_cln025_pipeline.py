@@ -88,6 +88,11 @@ def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch):
     assert capsys.readouterr().out.count("done earlier") == 3
     assert _manifest(run)["stages"] == manifest["stages"]
 
+    shutil.rmtree(run / "validation")  # a stage done whose folder is gone runs again
+    assert main([str(run), "--stage", "validate", *QUICK]) == 0
+    assert capsys.readouterr().out.startswith("validate  : done in")
+    assert _manifest(run)["stages"]["validate"]["calls"] == 2
+
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
     bench = _benchmark_script()
     results = sorted((BENCHMARKS / "results").iterdir())
