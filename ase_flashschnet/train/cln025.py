@@ -16,7 +16,7 @@ Each stage reads what the one before left in the run's folder:
   both basins, compared with the reference (:mod:`.cln025_validate`) in
   ``validation/``.
 
-Each stage stops itself at ``time_limit_s`` at a point it can go on from (a
+Each stage stops itself at its time limit at a point it can go on from (a
 chunk of reference frames, an epoch, a segment of MD) and is then 'partial';
 the next call goes on with it. ``pipeline.json`` (:mod:`.pipeline`) records
 what each stage did, so a call skips the stages that are done. :data:`FULL`
@@ -88,6 +88,7 @@ class StageResult:
 
 
 def _reference(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool):
+    """Simulate, or go on simulating, the all-atom reference and map it to beads."""
     result = generate_reference(out / REFERENCE_DIR, platform=platform, time_limit_s=time_limit_s, progress=progress,
                                 **sizes.reference)
     note = "" if result.complete else (f"{result.finished_trajectories} of {result.n_trajectories} trajectories "
@@ -99,6 +100,7 @@ def _reference(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: b
 
 
 def _train(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool):
+    """Fit the priors and train, or go on from the checkpoint of an earlier call."""
     folder = out / TRAIN_DIR
     config = TrainConfig(out_dir=folder, device=platform, resume=(folder / CHECKPOINT_NAME).is_file(),
                          max_minutes=None if time_limit_s is None else time_limit_s / 60.0, progress=progress,
@@ -114,6 +116,7 @@ def _train(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool)
 
 
 def _validate(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool):
+    """Run, or go on running, the validation MD; compare it with the reference once complete."""
     dataset = load_dataset(out / REFERENCE_DIR / DATASET_NAME)
     status, summary = validate(out / VALIDATION_DIR, out / TRAIN_DIR / MODEL_NAME, dataset, sizes.md, platform,
                                time_limit_s, progress)
@@ -129,6 +132,7 @@ def _validate(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bo
     return status, settings, outputs, ""
 
 
+#: The stages, each returning (status, settings, outputs, note) for its manifest record.
 _RUN = {"reference": _reference, "train": _train, "validate": _validate}
 #: The file each stage leaves for the next (or for people): a stage recorded as done runs again without it.
 _PRODUCT = {"reference": f"{REFERENCE_DIR}/{DATASET_NAME}", "train": f"{TRAIN_DIR}/{MODEL_NAME}",
