@@ -163,6 +163,9 @@ BENCHMARKS = {
                                 "python benchmarks/schnet_kernel_breakdown.py"),
     "md_throughput": ("batched replica MD and ASE steps per second, fused against the reference driven "
                       "the same way", "python benchmarks/md_throughput.py"),
+    "cln025_validation": ("the coarse-grained CLN025 model end to end: all-atom reference, force matching, and "
+                          "64 replicas in the fused kernels (bf16, fp32) against the reference",
+                          "python benchmarks/cln025_validation.py OUT_DIR   # again after each stop, 9 min a stage"),
     "compare_trees": ("one change before and after: the J+K builds of Vitamin C def2-TZVP/QZVP and the "
                       "SchNet throughput from two source trees on one GPU (compare_trees.sh)",
                       "benchmarks/compare_trees.sh BEFORE_TREE"),

@@ -22,7 +22,12 @@ Modules:
   consistency (``docs/cg-mapping.md``);
 * :mod:`.reference`: all-atom reference data from OpenMM (optional), and
   :mod:`.reference_cli`, its command ``flashschnet-cln025-reference``
-  (``docs/cg-reference.md``).
+  (``docs/cg-reference.md``);
+* :mod:`.cln025`: the CLN025 model from reference data through training to
+  validation, in stages of at most 9 minutes of one GPU that resume
+  (:mod:`.cln025_validate`, the validation stage; :mod:`.pipeline`, the
+  manifest of what each stage did; :mod:`.cln025_cli`, the command
+  ``flashschnet-cln025``; ``docs/cln025.md``).
 """
 from .config import TrainConfig
 from .dataset import CGDataset, load_dataset, save_dataset

@@ -6,8 +6,10 @@
 ``DATASET`` is a ``flashschnet-cg-v1`` file (``docs/cg-dataset.md``). The
 output folder receives ``model.pt`` (the best model, for ``flashschnet-md
 --model`` and ``load_model``), ``checkpoint.pt``, ``metrics.csv`` and
-``loss.png``; ``--resume`` continues the run checkpointed there. Exit status:
-0 done, 1 the training diverged, 2 bad input.
+``loss.png``; ``--resume`` continues the run checkpointed there.
+``--max-minutes`` ends a call at an epoch boundary, checkpointed, to fit a
+time slot; ``--resume`` goes on. Exit status: 0 done (or stopped at
+``--max-minutes``), 1 the training diverged, 2 bad input.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DATASET", help="the .npz dataset (see docs/cg-dataset.md)")
     p.add_argument("--out", required=True, help="output folder: model.pt, checkpoint.pt, metrics.csv, loss.png")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--max-minutes", type=float, help="stop at the last epoch boundary within this many minutes "
+                   "(continue with --resume)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="train up to this epoch")
     p.add_argument("--batch-frames", type=int, default=d.batch_frames, help="frames per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
@@ -59,12 +63,14 @@ def config_from_args(args) -> TrainConfig:
         val_fraction=args.val_fraction, seed=args.seed, device=args.device, cutoff=args.cutoff,
         hidden_channels=args.hidden_channels, num_filters=args.num_filters, num_interactions=args.num_interactions,
         num_rbf=args.num_rbf, activation=args.activation, repulsion_cutoff=args.repulsion_cutoff,
-        resume=args.resume, progress=not args.no_progress)
+        resume=args.resume, max_minutes=args.max_minutes, progress=not args.no_progress)
 
 
 def summary(result: TrainResult) -> str:
     """What a run did and where its files are, for people."""
     ending = " (stopped early: the validation loss stopped improving)" if result.stopped_early else ""
+    if result.time_limited:
+        ending = " (stopped at --max-minutes: continue with --resume)"
     lines = [
         f"epochs       : {result.epochs_run} on {result.device}{ending}",
         f"best         : validation force MSE {result.best_val_loss:.4g} (eV/A)^2 at epoch {result.best_epoch}",

@@ -39,6 +39,12 @@ class TrainConfig:
     fitted to the data (``prior_fit``), with histograms of ``prior_bins`` bins
     and a repulsion cut off at ``repulsion_cutoff`` (None: the model cutoff).
 
+    Time: ``max_minutes`` bounds the wall-clock time of one call (None: no
+    bound), so that a run fits a fixed slot on a shared machine: no epoch
+    starts that would end past it, judged by the longest epoch of the call so
+    far, and at least one epoch runs. The run stops at an epoch boundary with
+    its checkpoint written; ``resume`` continues it.
+
     ``device``: 'auto' (CUDA when PyTorch sees a GPU), 'cpu', 'cuda', 'cuda:N'.
     ``progress``: show a progress bar.
     """
@@ -63,6 +69,7 @@ class TrainConfig:
     repulsion_cutoff: float | None = None
     prior_bins: int = 50
     resume: bool = False
+    max_minutes: float | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -74,6 +81,8 @@ class TrainConfig:
         for name in ("lr", "cutoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive (None: no limit), got {self.max_minutes!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.schedule not in SCHEDULES:

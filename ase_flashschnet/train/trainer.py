@@ -40,7 +40,8 @@ MODEL_NAME = "model.pt"
 class TrainResult:
     """Where a run's files are and how it went: ``epochs_run`` counts all epochs
     finished (a resumed run's included), ``stopped_early`` says the validation
-    loss stopped improving before ``epochs``."""
+    loss stopped improving before ``epochs``, ``time_limited`` that this call
+    stopped at ``max_minutes`` before either (resume to go on)."""
 
     model_file: Path
     checkpoint_file: Path
@@ -50,6 +51,7 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     stopped_early: bool
+    time_limited: bool
     device: str
 
 
@@ -166,6 +168,7 @@ def train(dataset, config: TrainConfig) -> TrainResult:
     Raises ``ValueError`` for bad data or settings before any training, and
     ``FloatingPointError`` if the training loss becomes non-finite.
     """
+    started = time.perf_counter()
     if isinstance(dataset, (str, os.PathLike)):
         dataset = load_dataset(dataset)
     out = Path(config.out_dir)
@@ -190,11 +193,17 @@ def train(dataset, config: TrainConfig) -> TrainResult:
     neighbor_list = NeighborList(model.cutoff)
     train_batches = _Batches(dataset, train_frames, config.batch_frames, device)
     val_batches = _Batches(dataset, val_frames, config.batch_frames, device)
+    budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
+    longest_epoch_s, time_limited = 0.0, False
     bar = tqdm(total=config.epochs, initial=progress.epoch, disable=not config.progress, unit="epoch",
                desc="training", dynamic_ncols=True)
     with bar:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             if progress.epochs_since_best >= config.patience:
+                break
+            if budget_s is not None and longest_epoch_s and \
+                    time.perf_counter() - started + longest_epoch_s > budget_s:
+                time_limited = True
                 break
             start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
             train_loss = _train_epoch(model, types, train_batches, neighbor_list, optimizer, generator)
@@ -216,6 +225,7 @@ def train(dataset, config: TrainConfig) -> TrainResult:
                            seconds=round(time.perf_counter() - start, 3))
             write_checkpoint(out / CHECKPOINT_NAME, model, optimizer, scheduler, generator, progress,
                              val_trajectories)
+            longest_epoch_s = max(longest_epoch_s, time.perf_counter() - start)
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
     plot_file = plot_losses(metrics.rows(), out / PLOT_NAME)
@@ -223,4 +233,4 @@ def train(dataset, config: TrainConfig) -> TrainResult:
                        metrics_file=metrics.path, plot_file=plot_file, epochs_run=progress.epoch,
                        best_epoch=progress.best_epoch, best_val_loss=progress.best_val_loss,
                        stopped_early=progress.epoch < config.epochs and progress.epochs_since_best >= config.patience,
-                       device=str(device))
+                       time_limited=time_limited, device=str(device))

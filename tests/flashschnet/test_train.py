@@ -14,7 +14,7 @@ from ase_flashschnet.model import UnknownElementError, load_model
 from ase_flashschnet.train import trainer
 from ase_flashschnet.train.checkpoint import load_checkpoint
 from ase_flashschnet.train.config import TrainConfig
-from ase_flashschnet.train.cli import main
+from ase_flashschnet.train.cli import main, summary
 from ase_flashschnet.train.dataset import make_dataset, save_dataset
 from ase_flashschnet.train.metrics import FIELDS
 from ase_flashschnet.train.trainer import train
@@ -111,6 +111,18 @@ def test_an_interrupted_run_resumes_to_the_same_model(chain_data, tmp_path, monk
     for name, weights in first["model_state"].items():
         assert torch.equal(weights, second["model_state"][name]), name
     assert first["scheduler"] == second["scheduler"]
+
+
+def test_a_time_limit_stops_at_an_epoch_boundary_and_resume_goes_on(chain_data, tmp_path, capsys):
+    limited = train(chain_data, tiny(tmp_path, epochs=3, max_minutes=1e-9))
+    assert limited.time_limited and not limited.stopped_early and limited.epochs_run == 1
+    assert load_checkpoint(tmp_path)["progress"].epoch == 1 and limited.model_file.is_file()
+    resumed = train(chain_data, tiny(tmp_path, epochs=3, resume=True, max_minutes=60.0))
+    assert not resumed.time_limited and resumed.epochs_run == 3
+    assert [int(e) for e in losses(resumed, "epoch")] == [1, 2, 3]
+    assert "stopped at --max-minutes" in summary(limited) and "stopped at" not in summary(resumed)
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        tiny(tmp_path, max_minutes=0)
 
 
 def test_early_stopping_and_what_resume_refuses(chain_data, tmp_path, monkeypatch):
