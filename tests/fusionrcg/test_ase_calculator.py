@@ -171,7 +171,6 @@ def test_bfgs_through_the_plugin_finds_pyscfs_minimum():
     gradients ends where PySCF's own optimisation (PyBerny, PySCF's J/K) does,
     within the optimisers' thresholds."""
     berny_solver = pytest.importorskip("pyscf.geomopt.berny_solver")
-    pytest.importorskip("berny")
     ref = _mf(atom=NH3, plugin=False)
     mol_eq = berny_solver.optimize(ref, maxsteps=50)
     e_eq = scf.RHF(mol_eq).kernel()
