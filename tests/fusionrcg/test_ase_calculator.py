@@ -26,8 +26,8 @@ METHODS = {"rhf": scf.RHF, "b3lyp": _ks("b3lyp"), "uhf": scf.UHF}
 
 
 def _mf(method="rhf", plugin=True, atom=H2O, **kw):
-    """A water/STO-3G SCF converged tightly (finite differences), with the
-    plugin's host path or without."""
+    """An STO-3G SCF of ``atom`` (water by default) converged tightly, for
+    the finite differences, with the plugin's host path or without."""
     mf = METHODS[method](gto.M(atom=atom, basis="sto-3g", verbose=0, **kw))
     mf.conv_tol = 1e-11
     mf.conv_tol_grad = 1e-7
@@ -121,7 +121,7 @@ def test_dipole_is_pyscfs_in_e_angstrom():
 
 def test_other_atoms_rebuild_the_molecule():
     """Other atomic numbers, or another count, rebuild mf.mol with its basis
-    and settings, from PySCF's default guess."""
+    and settings."""
     calc = SCFCalculator(_mf(atom="H 0 0 0; H 0 0 0.74"))
     for atom in ("Li 0 0 0; H 0 0 1.6", H2O):
         ref = _mf(atom=atom, plugin=False)
