@@ -14,7 +14,8 @@ products), ``launch`` (kernel launch), ``jk`` (one molecule's J/K context and
 the host digestion), ``distributed`` (host builds shared by MPI ranks),
 ``gpu_jk`` (the GPU digestion), ``scf`` (the plugin), ``host`` (the CPU path),
 ``derivative`` (nuclear-derivative programs), ``grad`` (two-electron gradients,
-and the plugin's Gradients objects) and ``report``.
+and the plugin's Gradients objects) and ``report``; ``ase`` is an ASE
+calculator around any SCF object, the plugin's or not.
 """
 __version__ = "0.1.0"
 

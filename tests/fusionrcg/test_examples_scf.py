@@ -1,14 +1,18 @@
-"""Runnable surfaces: quickstart, notebook, ``python -m pyscf_fusionrcg``, benchmark dry run."""
+"""Runnable surfaces: quickstart, geometry optimisations, notebook, ``python -m pyscf_fusionrcg``,
+benchmark dry run."""
 import ast
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+#: RHF/STO-3G water at its minimum, Hartree
+E_WATER_STO3G_MIN = -74.9659012
 
 
 def _env(**extra):
@@ -34,7 +38,26 @@ def test_main_module_runs_the_default_job():
     assert "PySCF     E =" in res.stdout and "OK" in res.stdout
 
 
-@pytest.mark.parametrize("script", [("-m", "pyscf_fusionrcg"), ("examples/scf_quickstart.py",)])
+@pytest.mark.parametrize("solver,package", [("geometric", "geometric"), ("berny", "berny")])
+def test_geometry_optimisation_runs(solver, package):
+    """PySCF's optimiser through the plugin's host path finds water's RHF/STO-3G minimum."""
+    pytest.importorskip(package)
+    res = _run("examples/geometry_optimisation.py", "--backend", "cpu", "--basis", "sto-3g",
+               "--solver", solver)
+    assert res.returncode == 0, res.stderr
+    energy = float(re.search(r"converged in \d+ gradient evaluations: E = (\S+)", res.stdout).group(1))
+    assert abs(energy - E_WATER_STO3G_MIN) < 1e-6, res.stdout
+
+
+def test_ase_optimisation_runs():
+    res = _run("examples/ase_optimisation.py", "--backend", "cpu", "--basis", "sto-3g", "--fmax", "0.05")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^converged in \d+ BFGS steps", res.stdout, re.M), res.stdout
+
+
+@pytest.mark.parametrize("script", [("-m", "pyscf_fusionrcg"), ("examples/scf_quickstart.py",),
+                                    ("examples/geometry_optimisation.py",),
+                                    ("examples/ase_optimisation.py",)])
 def test_backend_help_says_what_the_plugin_does(script):
     """--help says what fusionrcg(backend=...) does (scf._resolve_backend):
     'auto' is the GPU, else the SCF object's own PySCF J/K; 'cpu' the host
