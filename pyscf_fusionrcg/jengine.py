@@ -19,9 +19,11 @@ of ``n_e * n_f``.
 
 :class:`JProgram` is that program, made from the class program's tables
 (:func:`j_program`): the same primitive stage with each accumulation
-retargeted, and the contracted stages of ``(ab|ss)`` and ``(ss|cd)`` (with an
-s pair on the other side there is one start label there, so the orchestrated
-contracted stage of such a class runs the pair's own steps once).
+retargeted (or, where the VRR lowering the other electron first peaks lower,
+that one: :func:`vrr_program`), and the contracted stages of ``(ab|ss)`` and
+``(ss|cd)`` (with an s pair on the other side there is one start label there,
+so the orchestrated contracted stage of such a class runs the pair's own steps
+once).
 
 Bra-ket symmetry (:data:`SIDES`): the two-sided program serves the task lists
 of :mod:`pyscf_fusionrcg.screening` as they are, every unique quartet once with
@@ -32,8 +34,8 @@ symmetry reduces each bra pair's row without a scatter (on a GPU one block per
 bra pair, no atomics) and holds ``n_e`` accumulators, but runs the primitive
 stage of every quartet with distinct pairs twice.
 
-On the host (:class:`HostJEngine`) the primitive stage is the class
-program's, interpreted by :class:`~pyscf_fusionrcg.host.HostEngine`; the
+On the host (:class:`HostJEngine`) the primitive stage is that of
+``JProgram.eri``, interpreted by :class:`~pyscf_fusionrcg.host.HostEngine`; the
 density-weighted accumulations run on its contracted sums, which equals
 running them per primitive quartet because they are linear in the weights
 ``W`` (the other pair's contraction coefficients then sit in the pair density
@@ -52,7 +54,7 @@ from scipy.sparse import csr_matrix
 
 from . import host, ir, pairmaps
 from .host import ANG_OF, MEM_DOUBLES, NCTR_OF, NPRIM_OF
-from .schedule import _concat, _frozen, _take, peak_live
+from .schedule import _concat, _frozen, _peak, _prim_stage, _take, peak_live, stage_peaks
 
 #: The accumulator sides of a J program: both (8-fold bra-ket symmetry, the
 #: screened task lists as they are) or the bra alone (ordered pair pairs).
@@ -71,8 +73,8 @@ class JProgram:
     (:func:`pair_densities`) of the *other* pair, ``D~(cd)`` for the bra's
     accumulators and ``D~(ab)`` for the ket's (:meth:`rho_range`).
 
-    ``prim``: the class program's primitive stage (:attr:`eri`), the same
-    Boys and LinComb ops; an ``ACCUMULATE`` op here means
+    ``prim``: the primitive stage of :attr:`eri` (:func:`vrr_program`), the
+    same Boys and LinComb ops; an ``ACCUMULATE`` op here means
     ``t[dst] += W * rho[density[i]] * t[src]``, one per side for each of the
     class program's accumulations (:attr:`target` names the one it replaces,
     ``bra start * n_ket_start + ket start``; -1 for other ops), with ``arg``
@@ -81,7 +83,10 @@ class JProgram:
     accumulators; an ``OUTPUT``'s ``arg`` is the flat C-order index into that
     side's ``(n1, n2)`` J block.  With general contraction the program runs
     once per contracted-function pair of each side, ``rho`` holding the other
-    pair's contraction folded in.
+    pair's contraction folded in.  ``eri`` is the class program of
+    ``host.get_program``, or that program with the other electron's VRR when
+    that lowers the peak (:func:`vrr_program`); its contracted stage is the
+    class program's either way (it gives the pair maps).
     """
     ls: Tuple[int, int, int, int]
     cart: bool
@@ -170,10 +175,41 @@ def j_program(la, lb, lc, ld, cart=False, builds=None, sides=SIDES[0]) -> JProgr
     with _PROGRAMS_LOCK:
         prog = _PROGRAMS.get(key)
     if prog is None:
-        prog = _build(eri, sides)
+        prog = _build(vrr_program(eri), sides)
         with _PROGRAMS_LOCK:
             _PROGRAMS[key] = prog
     return prog
+
+
+def vrr_program(eri: ir.Program) -> ir.Program:
+    """The class program ``eri``, or the same program with the VRR lowering
+    the other electron first (``Topology.vrr_side``) when that primitive
+    stage has the lower live-set peak.
+
+    The J programs' primitive stage is the class program's, each accumulation
+    retargeted, so it keeps its temporaries' live ranges: the depth-first VRR
+    already accumulates every target as soon as it exists (a target outlives
+    that only where another target's recurrence reads it), and what peaks is
+    the recurrence's shared intermediates, not the targets.  Only the VRR's
+    own choices move that peak; the measured one that does is the side
+    (``schedule.vrr_side`` is a rule; e.g. (fs|dd) 96 -> 92 temporaries,
+    (gp|gs) 201 -> 195, (gs|fd) 224 -> 195; the direction rules lower one
+    class up to g, (fs|fs) 57 -> 55, for eight times the search: not tried).
+    The class program keeps its choice: there the accumulators dominate.
+    """
+    rcg = eri.rcg
+    topo = rcg.topology
+    other = replace(rcg, topology=replace(topo, vrr_side=_OTHER[topo.vrr_side]))
+    prim, n = _prim_stage(other)
+    if _peak(prim, n, fixed=eri.n_acc) >= stage_peaks(eri)[0]:
+        return eri
+    # the contracted stage's temporaries follow the new primitive stage's
+    first = eri.n_acc + int((eri.prim.kind != ir.ACCUMULATE).sum())
+    lut = np.concatenate([np.arange(eri.n_acc), np.full(first - eri.n_acc, -1),
+                          n + np.arange(eri.n_temps - first)])
+    return replace(eri, n_temps=n + eri.n_temps - first, prim=_frozen(prim),
+                   ctr=_frozen(_relabelled(eri.ctr, lut)),
+                   topology=eri.topology.replace(str(topo), str(other.topology)), rcg=other)
 
 
 def _build(eri: ir.Program, sides) -> JProgram:
@@ -259,6 +295,24 @@ def _side_compiled(prog: JProgram, side: str) -> _SideStage:
     return _SideStage(host._groups(t, lin, row), len(accs) + len(lin), row[t.src[t.ptr[outs]]], t.arg[outs])
 
 
+_COMPILED: dict = {}
+
+
+def _compiled(prog: JProgram):
+    """Interpreter form of ``prog.eri``: ``host.compiled``'s when it is the
+    class program, else compiled here once (the program's primitive stage is
+    what the host runs)."""
+    ls, cart, builds = prog.ls, prog.cart, prog.builds
+    if prog.eri is host.get_program(*ls, cart, builds):
+        return host.compiled(*ls, cart=cart, builds=builds)
+    key = (ls, cart, builds)
+    with _PROGRAMS_LOCK:
+        comp = _COMPILED.get(key)
+        if comp is None:
+            comp = _COMPILED[key] = host._compile(prog.eri)
+    return comp
+
+
 class HostJEngine:
     """J blocks of shell quartets on the CPU through :class:`JProgram`\\ s.
 
@@ -299,7 +353,7 @@ class HostJEngine:
                 continue
             builds = ('ab'[bb], 'cd'[kb])
             prog = j_program(*ls, self.mol.cart, builds, self.sides)
-            comp = host.compiled(*ls, cart=self.mol.cart, builds=builds)
+            comp = _compiled(prog)
             for part in self._chunks(comp, shls[idx]):
                 got = self._blocks(prog, comp, shls[idx[part]], dms, nctr)
                 for side in self.sides:
@@ -386,11 +440,21 @@ def canonical_classes(lmax: int):
 def reduction_row(ls, cart=False) -> dict:
     """Accumulators and peak live intermediates per quartet
     (``schedule.peak_live``) of a class program and of its J programs,
-    two-sided and bra-only, default build centres."""
+    two-sided and bra-only, default build centres: ``peak_j*`` with the class
+    program's primitive stage retargeted, ``peak_j*_ordered`` with the J
+    programs' own (:func:`vrr_program`)."""
     eri = host.get_program(*ls, cart)
     two, one = (j_program(*ls, cart, sides=s) for s in SIDES)
     return {'class': ir.class_name(ls), 'acc': eri.n_acc, 'acc_j': two.n_acc, 'acc_j_bra': one.n_acc,
-            'peak': peak_live(eri), 'peak_j': peak_live(two), 'peak_j_bra': peak_live(one)}
+            'peak': peak_live(eri), 'peak_j': _class_order_peak(two, eri),
+            'peak_j_ordered': peak_live(two), 'peak_j_bra': _class_order_peak(one, eri),
+            'peak_j_bra_ordered': peak_live(one)}
+
+
+def _class_order_peak(prog: JProgram, eri: ir.Program) -> int:
+    """``peak_live`` of ``prog`` were its primitive stage the class program
+    ``eri``'s retargeted: the same temporaries live, other accumulators."""
+    return max(stage_peaks(eri)[0] - eri.n_acc + prog.n_acc, stage_peaks(prog)[1])
 
 
 def reduction_report(lmax=4, cart=False):
