@@ -1,6 +1,8 @@
 """Shared test configuration: the `gpu` marker skips cleanly on machines without a GPU,
-the whole session keeps its caches in a temporary folder, not the user's, and
-``mpirun`` starts scripts on several MPI ranks."""
+the whole session keeps its caches in a temporary folder, not the user's,
+``mpirun`` starts scripts on several MPI ranks, and ``setup_cfg`` /
+``console_scripts`` read the package metadata."""
+import configparser
 import importlib.util
 import os
 import pathlib
@@ -31,6 +33,21 @@ def session_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_ENV, str(root / "kernels"))
         yield root
+
+
+@pytest.fixture(scope="session")
+def setup_cfg() -> configparser.ConfigParser:
+    """The repository's setup.cfg, parsed."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def console_scripts(setup_cfg) -> dict:
+    """{command: 'module:function'} of setup.cfg's console scripts."""
+    lines = setup_cfg["options.entry_points"]["console_scripts"].split("\n")
+    return dict(line.split(" = ") for line in lines if line)
 
 
 @pytest.fixture

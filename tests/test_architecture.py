@@ -107,13 +107,10 @@ def test_the_engine_reads_the_environment_in_one_module():
     assert readers == ["pyscf_fusionrcg/options.py"]
 
 
-def test_every_subpackage_is_installed():
+def test_every_subpackage_is_installed(setup_cfg):
     """setup.cfg lists packages by name: a subpackage missing there is missing
     from the wheel, and only a non-editable install would show it."""
-    import configparser
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    listed = set(cfg["options"]["packages"].split())
+    listed = set(setup_cfg["options"]["packages"].split())
     found = {".".join(p.parent.relative_to(REPO).parts) for pkg in PACKAGES
              for p in (REPO / pkg).rglob("__init__.py")}
     assert found <= listed, f"not in setup.cfg's packages: {sorted(found - listed)}"

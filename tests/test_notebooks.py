@@ -3,7 +3,6 @@ whose working folder is not theirs, every cell runs and every figure shows; the
 saved notebooks carry no outputs; no example module picks a matplotlib backend
 when imported; the ``notebooks`` extra brings what running them takes."""
 import ast
-import configparser
 import json
 import os
 import pathlib
@@ -64,11 +63,9 @@ def test_only_running_an_example_picks_the_matplotlib_backend(path):
     assert not picks
 
 
-def test_notebooks_extra_brings_what_running_them_takes():
+def test_notebooks_extra_brings_what_running_them_takes(setup_cfg):
     """``pip install ".[notebooks]"``: Jupyter to open them, nbconvert, nbclient and
     ipykernel for ``jupyter nbconvert --execute``, matplotlib for the figures."""
-    setup = configparser.ConfigParser()
-    setup.read(REPO / "setup.cfg")
-    requirements = setup["options.extras_require"]["notebooks"].split()
+    requirements = setup_cfg["options.extras_require"]["notebooks"].split()
     names = {re.match(r"[A-Za-z0-9_.-]+", requirement).group().lower() for requirement in requirements}
     assert {"jupyter", "nbconvert", "nbclient", "ipykernel", "matplotlib"} <= names

@@ -192,12 +192,6 @@ def test_the_command_refuses_bad_input(tmp_path, capsys, bad, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_command_is_installed():
-    import configparser
-    from pathlib import Path
-
-    cfg = configparser.ConfigParser()
-    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
-    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].split("\n") if line)
-    assert scripts["flashschnet-cln025-reference"] == "ase_flashschnet.train.reference_cli:main"
-    assert set(cfg["options.extras_require"]["reference"].split()) == {"openmm>=8.1", "PeptideBuilder>=1.1"}
+def test_the_command_is_installed(setup_cfg, console_scripts):
+    assert console_scripts["flashschnet-cln025-reference"] == "ase_flashschnet.train.reference_cli:main"
+    assert set(setup_cfg["options.extras_require"]["reference"].split()) == {"openmm>=8.1", "PeptideBuilder>=1.1"}

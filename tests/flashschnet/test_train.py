@@ -1,9 +1,7 @@
 """Force-matching training on a synthetic chain whose forces come from a known potential,
 through the API and through ``flashschnet-train``."""
-import configparser
 import csv
 import importlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,11 +185,8 @@ def test_cli_errors_are_one_line_with_status_2(chain_data, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_console_scripts_name_functions_that_exist():
-    cfg = configparser.ConfigParser()
-    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
-    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].split("\n") if line)
-    assert scripts["flashschnet-train"] == "ase_flashschnet.train.cli:main"
-    for target in scripts.values():
+def test_console_scripts_name_functions_that_exist(console_scripts):
+    assert console_scripts["flashschnet-train"] == "ase_flashschnet.train.cli:main"
+    for target in console_scripts.values():
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name)), target
