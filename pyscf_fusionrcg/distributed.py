@@ -29,18 +29,13 @@ import numpy as np
 from pyscf_fusionrcg.screening import ClassTasks
 
 #: Work per primitive quartet outside the primitive statements (its exponents,
-#: centres, prefactor and Boys values), in statements.  The constants here
-#: are rounded from fits to the host path's time per class of a water dimer
-#: in five basis sets (STO-3G to cc-pVDZ; the fits vary from run to run on a
-#: shared CPU): the model is within about a factor of 2 of each class's
-#: time, and the shares it cuts are even to 4-16% (docs/distributed.md).
+#: centres, prefactor and Boys values), in statements (docs/distributed.md).
 PRIMITIVE_OVERHEAD = 50
 #: Relative weight of a contracted-stage statement (it also gathers the
 #: accumulators and digests the block).
 CONTRACTED_WEIGHT = 2
 #: The fixed cost of one class's digestion (its programs' calls, one per
-#: build choice, and the set-up of its batches), in statements: about 2 ms,
-#: which is most of the time of a class of a few dozen quartets.
+#: build choice, and the set-up of its batches), in statements.
 CLASS_OVERHEAD = 300_000
 
 
@@ -124,9 +119,8 @@ class HostCost:
 
 
 def block_cost(task: ClassTasks) -> np.ndarray:
-    """Each quartet's Cartesian block size: a cost model that needs no molecule
-    (on the host path the largest of 2-4 shares takes 1.6-2.6 times the mean
-    time with it, 1.04-1.16 times with :class:`HostCost`)."""
+    """Each quartet's Cartesian block size: a cost model that needs no molecule,
+    coarser than :class:`HostCost` (docs/distributed.md compares the two)."""
     per_shell = [(l + 1) * (l + 2) // 2 * n for l, n in zip(task.key, task.nctr)]
     return np.full(len(task), float(np.prod(per_shell)))
 

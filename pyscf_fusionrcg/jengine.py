@@ -191,11 +191,9 @@ def vrr_program(eri: ir.Program) -> ir.Program:
     already accumulates every target as soon as it exists (a target outlives
     that only where another target's recurrence reads it), and what peaks is
     the recurrence's shared intermediates, not the targets.  Only the VRR's
-    own choices move that peak; the measured one that does is the side
-    (``schedule.vrr_side`` is a rule; e.g. (fs|dd) 96 -> 92 temporaries,
-    (gp|gs) 201 -> 195, (gs|fd) 224 -> 195; the direction rules lower one
-    class up to g, (fs|fs) 57 -> 55, for eight times the search: not tried).
-    The class program keeps its choice: there the accumulators dominate.
+    own choices move that peak, and the side (``schedule.vrr_side`` is a
+    rule) is the one searched here (docs/history.md has the counts).  The
+    class program keeps its choice: there the accumulators dominate.
     """
     rcg = eri.rcg
     topo = rcg.topology
