@@ -85,6 +85,22 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
     return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(program, form, nctr, ctr))
 
 
+def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
+    """The variant of a derivative program: the straight form, in registers
+    unless ``tier`` asks for the shared or global tier's slots.  The op
+    streams of the table and levels forms have no exponent-weighted
+    accumulate yet, so the warp tier (levels only) is refused; nothing
+    routes by measurement (no gradient runs on the GPU yet)."""
+    tier = tier or 'register'
+    if tier == 'warp':
+        raise ValueError(f'{program.name}: derivative kernels run in the straight form, which the warp '
+                         'tier does not have; use the register, shared or global tier')
+    variant = codegen.make_variant(program, tier, omega, nctr, 'straight')
+    if not _fits(program, variant):
+        raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
+    return variant
+
+
 def requested_ctr(ctr=None) -> str:
     """The contracted-stage mode asked for (``Options.ctr``; None: 'auto');
     'pairmap' and 'ops' force one where the form allows a choice (the levels

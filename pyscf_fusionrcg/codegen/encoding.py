@@ -68,6 +68,13 @@ class Table:
                 self.ctr_levels, len(self.ctr_levels) // 2) + pairs + (self.coef, self.n_acc)
 
 
+def weighted_accumulates(program: ir.Program) -> list:
+    """The shells whose doubled exponent weighs some accumulate (a derivative
+    program's raised terms, ``ir.Accumulate.weight``), ascending."""
+    P = program.prim
+    return sorted(set(P.arg[(P.kind == ir.ACCUMULATE) & (P.arg >= 0)].tolist()))
+
+
 def _pair_slot0(program: ir.Program, group: int) -> int:
     """First of the PAIR_SLOTS slots of the table and levels forms."""
     return _SYM_SLOTS + group + program.max_m + 1
@@ -88,6 +95,9 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     which the products read): its slots are the primitive temporaries only,
     where the accumulators took most of them (4600 of 5536 for (gf|fd)) and
     held the warps an SM can fit to 1-7 for the largest classes."""
+    if weighted_accumulates(program):
+        raise NotImplementedError(f'{program.name}: the op stream has no exponent-weighted accumulate '
+                                  '(derivative programs run in the straight form)')
     G = variant.group
     base = _reserved(program, G)
     acc_out = variant.ctr == 'pairmap'
@@ -219,5 +229,9 @@ def level_rows(levels: np.ndarray):
 
 
 def _block_strides(program: ir.Program, nctr):
-    full = [n * c for n, c in zip(program.shape, nctr)]
-    return [prod(full[i + 1:]) for i in range(4)]
+    """C-order strides of the full block's axes: a derivative program's
+    leading component axis, then the four indices times their contracted
+    functions."""
+    lead = len(program.shape) - 4
+    full = list(program.shape[:lead]) + [n * c for n, c in zip(program.shape[lead:], nctr)]
+    return [prod(full[i + 1:]) for i in range(len(full))]

@@ -105,6 +105,8 @@ def kernel_name(program: ir.Program, variant: Variant) -> str:
         wide = f'_w{words}' if words != LEVEL_OP_WORDS else ''
         return (f'fr_eri_{variant.form}_m{program.max_m}{wide}'
                 f'{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}')
+    if isinstance(program, ir.DerivProgram):    # its class's name, other outputs: name the centres
+        return f'fr_deriv_{"".join("abcd"[c] for c in program.centres)}_{cls}_{tail}'
     return f'fr_eri_{cls}_{tail}'
 
 
