@@ -1,21 +1,135 @@
-"""Derivative-block kernels (``ir.DerivProgram`` in the straight form): their
-text is deterministic and named apart from the ERI kernels', the forms
-without weighted accumulates refuse them, and the kernel compiles for sm_90
-where nvcc is installed."""
+"""Derivative-block kernels (``ir.DerivProgram`` in the straight form),
+checked on the CPU: the emitted ``__global__`` kernel, built with g++ under
+the emulation of emulation.py and launched as ``launch.DerivativeKernel``
+launches it (oriented quartets, [element][quartet] output, put back by
+``launch.unorient_derivatives``), gives the host's derivative blocks; its
+text is deterministic; the forms without weighted accumulates refuse it.
+The kernel compiles for sm_90 where nvcc is installed; the GPU engine
+itself is checked against libcint where there is a GPU."""
+import ctypes
 import hashlib
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pytest
 
-from pyscf_fusionrcg import codegen, host, kernels, tiers
+from pyscf_fusionrcg import codegen, host, kernels, launch, tiers
 from pyscf_fusionrcg.derivative import derivative_program
 
-from emulation import needs_nvcc
+from emulation import GXX, emulated_many, needs_nvcc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+TOL = 1e-12
+
+# (class, cart, tier, omega): s to f at every position, the synthetic
+# molecule's p and f shells generally contracted (nctr = 2; (ps|ss) groups two
+# tuples a thread), both range-separated operators, and the straight form's
+# memory tiers.
+CASES = [((0, 0, 0, 0), False, 'register', 0.0),
+         ((1, 0, 0, 0), False, 'register', 0.0),
+         ((0, 1, 1, 0), True, 'register', 0.0),
+         ((1, 1, 1, 1), False, 'register', 0.0),
+         ((2, 0, 1, 0), True, 'register', 0.0),
+         ((3, 0, 0, 0), False, 'register', 0.0),
+         ((0, 3, 1, 0), True, 'register', 0.0),
+         ((1, 2, 3, 0), False, 'register', 0.0),
+         ((2, 2, 0, 1), True, 'register', 0.0),
+         ((2, 1, 2, 1), False, 'register', 0.0),
+         ((3, 1, 0, 2), True, 'register', 0.0),
+         ((1, 1, 1, 0), False, 'register', 0.35),
+         ((2, 1, 1, 0), True, 'register', -0.35),
+         ((1, 1, 0, 0), True, 'shared', 0.3),
+         ((2, 1, 1, 0), False, 'global', -0.3)]
+
+
+def _case_id(case):
+    ls, cart, tier, omega = case
+    return f'{"".join("spdf"[l] for l in ls)}-{"cart" if cart else "sph"}-{tier}-w{omega:g}'
+
+
+class Emulated:
+    """Every case's kernel built under the emulation, a library each (their
+    Boys tables would clash), two builds at a time."""
+
+    def __init__(self, synth, tmp):
+        self.synth = synth
+        self.entries, sources = {}, []
+        for n, (ls, cart, tier, omega) in enumerate(CASES):
+            mol = synth.mol(cart)
+            prog = host.get_derivative_program(*ls, cart=cart)
+            nctr = tuple(int(mol._bas[2 * l, 3]) for l in ls)
+            var = tiers.derivative_variant(prog, tier, omega, nctr)
+            src, name = kernels.kernel_source(prog, var)
+            sources.append([src, (
+                f'extern "C" void run{n}(int grid, int block, const int* q, int nq, const int* shl, '
+                f'const double* env, double omega, double* out, double* scratch, int ns) '
+                f'{{ fr_launch({name}, grid, block, q, nq, shl, env, omega, out, scratch, ns); }}\n')])
+            self.entries[n] = (prog, var)
+        self.libs = []
+        for k in range(0, len(sources), 2):
+            (tmp / str(k)).mkdir()
+            self.libs += emulated_many(sources[k:k + 2], tmp / str(k))
+
+    def blocks(self, n):
+        """(16, 3, 3, di, dj, dk, dl) of case ``n``'s class, quartet by quartet."""
+        ls, cart, tier, omega = CASES[n]
+        prog, var = self.entries[n]
+        mol = self.synth.mol(cart)
+        quartets, swap_bra, swap_ket = launch.orient(launch.ShellKeys(mol), self.synth.quartets(ls))
+        quartets = np.ascontiguousarray(quartets, dtype=np.int32)
+        shl = launch.shell_table(mol)
+        env = np.ascontiguousarray(mol._env)
+        # the register tier runs fewer threads than work items, so that the grid strides;
+        # the memory tiers address their slots with the compiled block size
+        block = 8 if tier == 'register' else codegen.block_size(prog, var)
+        grid = 2
+        dims = [3, 3] + [n * c for n, c in zip(prog.shape[1:], var.nctr)]
+        out = np.full((int(np.prod(dims)), len(quartets)), np.nan)
+        scratch = np.zeros(max(1, grid * codegen.scratch_per_block(prog, var)))
+        P = ctypes.c_void_p
+        getattr(self.libs[n], f'run{n}')(
+            ctypes.c_int(grid), ctypes.c_int(block), P(quartets.ctypes.data), ctypes.c_int(len(quartets)),
+            P(shl.ctypes.data), P(env.ctypes.data), ctypes.c_double(omega), P(out.ctypes.data),
+            P(scratch.ctypes.data), ctypes.c_int(codegen.scratch_doubles(prog, var)))
+        return launch.unorient_derivatives(out.T.reshape([len(quartets)] + dims), swap_bra, swap_ket)
+
+
+@pytest.fixture(scope='module')
+def emulated(synth):
+    if GXX is None:
+        pytest.skip('g++ is not installed')
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Emulated(synth, pathlib.Path(tmp))
+
+
+@pytest.mark.parametrize('n', range(len(CASES)), ids=[_case_id(c) for c in CASES])
+def test_emulated_kernel_gives_the_host_blocks(emulated, synth, n):
+    ls, cart, _, omega = CASES[n]
+    got = emulated.blocks(n)
+    ref = host.HostEngine(synth.mol(cart), omega).derivative_blocks(synth.quartets(ls))
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() / np.abs(ref).max() < TOL
+
+
+def test_unorient_derivatives_undoes_each_swap(synth):
+    """Blocks of the swapped quartets, put back, are the quartets' own: a ket
+    swap's d/dC comes from translational invariance."""
+    mol = synth.mol(False)
+    eng = host.HostEngine(mol)
+    quartets = np.array([[2, 3, 2, 3], [3, 2, 2, 3], [2, 3, 3, 2], [3, 2, 3, 2]])
+    swapped = quartets[:, [1, 0, 3, 2]]
+    swap = np.ones(4, dtype=bool)
+    none = np.zeros(4, dtype=bool)
+    ref = eng.derivative_blocks(quartets)
+    both = launch.unorient_derivatives(eng.derivative_blocks(swapped), swap, swap)
+    bra = launch.unorient_derivatives(eng.derivative_blocks(quartets[:, [1, 0, 2, 3]]), swap, none)
+    ket = launch.unorient_derivatives(eng.derivative_blocks(quartets[:, [0, 1, 3, 2]]), none, swap)
+    for got in (both, bra, ket):
+        assert np.abs(got - ref).max() / np.abs(ref).max() < TOL
 
 
 _HASH_SCRIPT = '''
@@ -73,3 +187,22 @@ def test_derivative_kernel_compiles_with_nvcc():
     prog = host.get_derivative_program(1, 0, 1, 0)
     stats = tiers._nvcc_stats(*kernels.kernel_source(prog, tiers.derivative_variant(prog, None, 0.3, (2, 1, 2, 1))))
     assert 0 < stats['registers'] <= 255
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('cart', [False, True])
+def test_gpu_derivative_blocks_match_int2e_ip1(synth, cart):
+    """GPUEngine.derivative_blocks: d/dA is minus libcint's int2e_ip1, and all
+    three centres are the host's."""
+    mol = synth.mol(cart)
+    intor = 'int2e_ip1_cart' if cart else 'int2e_ip1_sph'
+    for omega in (0.0, 0.3, -0.3):
+        eng = launch.GPUEngine(mol, omega)
+        for ls, _, _, _ in CASES:
+            shls = synth.quartets(ls)
+            got = eng.derivative_blocks(shls)
+            with mol.with_range_coulomb(omega):
+                ip1 = -np.array([mol.intor_by_shell(intor, tuple(int(s) for s in q)) for q in shls])
+            assert np.abs(got[:, 0] - ip1).max() / np.abs(ip1).max() < 1e-11, (ls, omega)
+            ref = host.HostEngine(mol, omega).derivative_blocks(shls)
+            assert np.abs(got - ref).max() / np.abs(ref).max() < TOL, (ls, omega)
