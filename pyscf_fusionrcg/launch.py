@@ -20,8 +20,8 @@
   register-tier blocks the variant that digests them itself.
 * :class:`GPUEngine`: ``quartet_blocks(shls)`` and ``derivative_blocks(shls)``
   like ``host.HostEngine``; the latter runs :func:`get_derivative_kernel`'s
-  kernels (derivative programs in the straight form), which nothing routes
-  gradients to yet.
+  kernels (derivative programs, :func:`tiers.derivative_variant`), which
+  nothing routes gradients to yet.
 * :func:`precompile`: what ``fusion-warmup`` calls.
 """
 from __future__ import annotations
@@ -171,9 +171,10 @@ class SidePasses:
 
 class DerivativeKernel(ClassKernel):
     """The kernel of a class's nuclear-derivative blocks
-    (``host.get_derivative_program``: d/dA, d/dB, d/dC), in the straight form
-    of :func:`tiers.derivative_variant`; launched as a :class:`ClassKernel`,
-    its elements ``(centre, direction, i, j, k, l)``, C order."""
+    (``host.get_derivative_program``: d/dA, d/dB, d/dC), in the tier and
+    form of :func:`tiers.derivative_variant`; launched as a
+    :class:`ClassKernel`, its elements ``(centre, direction, i, j, k, l)``,
+    C order."""
 
     def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
         self.program = host.get_derivative_program(*ls, cart=cart)
@@ -210,9 +211,10 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
 
 
 def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel:
-    """Cached :class:`DerivativeKernel` (omega enters through its sign only)."""
+    """Cached :class:`DerivativeKernel` (omega enters through its sign only;
+    ``tier`` as :func:`tiers.derivative_variant` takes it)."""
     key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
-           tuple(int(n) for n in nctr), tier or 'register')
+           tuple(int(n) for n in nctr), tier or None)
     with _lock:
         k = _kernels.get(key)
     if k is None:

@@ -86,16 +86,14 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
 
 
 def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
-    """The variant of a derivative program: the straight form, in registers
-    unless ``tier`` asks for the shared or global tier's slots.  The op
-    streams of the table and levels forms have no exponent-weighted
-    accumulate yet, so the warp tier (levels only) is refused; nothing
-    routes by measurement (no gradient runs on the GPU yet)."""
-    tier = tier or 'register'
-    if tier == 'warp':
-        raise ValueError(f'{program.name}: derivative kernels run in the straight form, which the warp '
-                         'tier does not have; use the register, shared or global tier')
-    variant = codegen.make_variant(program, tier, omega, nctr, 'straight')
+    """The variant of a derivative program in ``tier`` (default: the static
+    :func:`choose_tier`; nothing measures derivative kernels yet, as no
+    gradient runs on the GPU): the straight form in the register and shared
+    tiers, the levels form in the warp and global tiers, its contracted
+    stage always the program's ops (a derivative has no pair matrices)."""
+    tier = tier or choose_tier(program)
+    form = 'levels' if tier in ('warp', 'global') else 'straight'
+    variant = codegen.make_variant(program, tier, omega, nctr, form)
     if not _fits(program, variant):
         raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
     return variant

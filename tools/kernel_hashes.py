@@ -8,9 +8,9 @@ several contraction tuples) it generates, without any disk cache, the kernel
 source of each tier and form the class can take, the digesting variant, the
 op-stream tables of the table and levels forms, the side passes and the g++
 host source, and writes ``{name: sha256}``; likewise the derivative kernels
-(straight form, each tier that has it) of the smaller classes.  ``--compare``
-lists what differs from an earlier run (missing, new, changed) and exits 1 if
-anything changed.
+(each tier, its form as tiers.derivative_variant picks it) of the smaller
+classes.  ``--compare`` lists what differs from an earlier run (missing, new,
+changed) and exits 1 if anything changed.
 """
 from __future__ import annotations
 
@@ -116,14 +116,16 @@ def derivative_hashes() -> dict:
             program = host.get_derivative_program(*ls, cart=cart)
             tag = f"{''.join(map(str, ls))}{'c' if cart else 's'}|deriv"
             for nctr, omega in _shapes():
-                for tier in ("register", "shared", "global"):
+                for tier in codegen.TIERS:
                     try:
                         v = tiers.derivative_variant(program, tier, omega, nctr)
                     except ValueError:
                         continue
-                    key = f"{tag}|{''.join(map(str, nctr))}|{omega}|{tier}/straight"
+                    key = f"{tag}|{''.join(map(str, nctr))}|{omega}|{tier}/{v.form}"
                     src, name = codegen.emit_kernel_source(program, v)
                     res[key] = _digest(name + "\n" + src)
+                    if v.form == "levels":
+                        res[key + "|table"] = _digest(codegen.encode_table(program, v).stream_args())
                     res[key + "|host"] = _digest(codegen.host_source([(program, v)]))
     return res
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import boys as boys_values, ir
 from .encoding import (_SYM_SLOTS, LEVEL_ROW_BITS, Table, _block_strides, _pair_slot0, _reserved,
-                       weighted_accumulates)
+                       _weight_slot0, weighted_accumulates)
 from .geometry import block_size, min_blocks
 from .statements import _ACC, _BOYS, _OUTPUT, _ZERO, LEVEL_OPS_PER_LANE, assign_slots, sequence
 from .variant import Variant, kernel_name, level_op_words
@@ -275,6 +275,9 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
                 add(f'{ind}sp[{int(s) * stride}] = {s.c_name};')
         for g in range(G):
             add(f'{ind}sp[{(_SYM_SLOTS + g) * stride}] = wt{g};')
+        for n, c in enumerate(weighted_accumulates(program)):
+            for g in range(G):
+                add(f'{ind}sp[{(_weight_slot0(program, G) + n * G + g) * stride}] = w{"abcd"[c]}{g};')
         add(f'{ind}for (int m = 0; m <= {mmax}; ++m) sp[({boys0} + m) * {stride}] = cpref * boys[m];')
         if lev:
             add(f'{ind}}}')

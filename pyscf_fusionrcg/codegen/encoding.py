@@ -26,8 +26,9 @@ LEVEL_ROW_BITS = 5
 
 # Table form: reserved slots.  Slot 0 holds 1.0, slots 1.. the ir.Sym values
 # (slot = enum value), then the contraction weights of the group, then the
-# Boys values (times the prefactor), then PAIR_SLOTS products coefficient x
-# symbol; temporaries follow.
+# Boys values (times the prefactor), then (derivative programs) the weights
+# times twice the exponent of each weighted shell, then PAIR_SLOTS products
+# coefficient x symbol; temporaries follow.
 _SYM_SLOTS = len(ir.Sym)
 #: Slots for the distinct products coefficient x symbol (or weight) that the
 #: terms of one stage read: the kernel computes them once per primitive (and
@@ -75,9 +76,16 @@ def weighted_accumulates(program: ir.Program) -> list:
     return sorted(set(P.arg[(P.kind == ir.ACCUMULATE) & (P.arg >= 0)].tolist()))
 
 
+def _weight_slot0(program: ir.Program, group: int) -> int:
+    """First slot of the exponent-weighted contraction weights: tuple ``g``'s
+    weight times twice the exponent of shell ``weighted_accumulates()[n]``
+    at ``_weight_slot0 + n * group + g``."""
+    return _SYM_SLOTS + group + program.max_m + 1
+
+
 def _pair_slot0(program: ir.Program, group: int) -> int:
     """First of the PAIR_SLOTS slots of the table and levels forms."""
-    return _SYM_SLOTS + group + program.max_m + 1
+    return _weight_slot0(program, group) + len(weighted_accumulates(program)) * group
 
 
 def _reserved(program: ir.Program, group: int) -> int:
@@ -95,9 +103,6 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     which the products read): its slots are the primitive temporaries only,
     where the accumulators took most of them (4600 of 5536 for (gf|fd)) and
     held the warps an SM can fit to 1-7 for the largest classes."""
-    if weighted_accumulates(program):
-        raise NotImplementedError(f'{program.name}: the op stream has no exponent-weighted accumulate '
-                                  '(derivative programs run in the straight form)')
     G = variant.group
     base = _reserved(program, G)
     acc_out = variant.ctr == 'pairmap'
@@ -131,6 +136,11 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         return np.searchsorted(coef_values, c).astype(np.int64)
 
     pair0 = _pair_slot0(program, G)
+    # an accumulate's weight slot, past the plain weight's by wshift[1 + its ir.Accumulate.weight]
+    weighted = weighted_accumulates(program)
+    wshift = np.zeros(5, dtype=np.int64)
+    wshift[1 + np.array(weighted, dtype=np.int64)] = _weight_slot0(program, G) - _SYM_SLOTS + np.arange(
+        len(weighted)) * G
 
     def encode(lo, hi):
         """(words, word offset of each op, words of each op, pairs) of seq[lo:hi]."""
@@ -160,7 +170,8 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
                               np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))])
         src = np.concatenate([_SYM_SLOTS + G + seq.arg[lo:hi][boys], src1[acc], slots[seq.src[tj]]])
         pair = np.concatenate([cidx(np.full(len(boys), program.boys_const)) | int(ir.Sym.ONE) << 16,
-                               cidx(np.ones(len(acc))) | (_SYM_SLOTS + g[acc]) << 16,
+                               cidx(np.ones(len(acc))) | (_SYM_SLOTS + g[acc]
+                                                          + wshift[1 + seq.arg[lo:hi][acc]]) << 16,
                                cidx(seq.coef[tj]) | seq.sym[tj].astype(np.int64) << 16])
         pairs, which = np.unique(pair, return_inverse=True)
         if len(pairs) > PAIR_SLOTS:
