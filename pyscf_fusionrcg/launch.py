@@ -18,7 +18,10 @@
   says how much one quartet needs when even that does not fit.
 * :func:`jk_kernel`: the kernel a J/K build runs for a class: for small
   register-tier blocks the variant that digests them itself.
-* :class:`GPUEngine`: ``quartet_blocks(shls)`` like ``host.HostEngine``.
+* :class:`GPUEngine`: ``quartet_blocks(shls)`` and ``derivative_blocks(shls)``
+  like ``host.HostEngine``; the latter runs :func:`get_derivative_kernel`'s
+  kernels (derivative programs, :func:`tiers.derivative_variant`), which
+  nothing routes gradients to yet.
 * :func:`precompile`: what ``fusion-warmup`` calls.
 """
 from __future__ import annotations
@@ -63,17 +66,21 @@ class ClassKernel:
     """One compiled class kernel with its launch geometry (and op stream)."""
 
     def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='auto', digest=False):
-        cp = _cupy()
         self.program = host.get_program(*ls, cart=cart)
         self.variant, self.stats = tiers.route(self.program, omega, nctr, tier, ctr)
         if digest:
             self.variant = dataclasses.replace(self.variant, digest=True)
+        self._load()
+        if digest:      # the route measured the plain variant; the digesting one holds more
+            self.stats = dict(self.stats, **tiers.kernel_stats(self.kernel, self.program, self.variant),
+                              kernel=self.name)
+
+    def _load(self):
+        """Compile ``self.variant`` of ``self.program`` and size its launches."""
+        cp = _cupy()
         self.kernel, self.from_cache = kernels.compile_variant(self.program, self.variant)
         p, v = self.program, self.variant
         table = kernels.variant_table(p, v)
-        if digest:      # the route measured the plain variant; the digesting one holds more
-            self.stats = dict(self.stats, **tiers.kernel_stats(self.kernel, p, v),
-                              kernel=codegen.kernel_name(p, v))
         self.block = codegen.block_size(p, v, table)
         self.shared = codegen.shared_bytes(p, v, table)
         limit = cp.cuda.Device().attributes['MaxSharedMemoryPerBlockOptin']
@@ -162,6 +169,22 @@ class SidePasses:
         return out
 
 
+class DerivativeKernel(ClassKernel):
+    """The kernel of a class's nuclear-derivative blocks
+    (``host.get_derivative_program``: d/dA, d/dB, d/dC), in the tier and
+    form of :func:`tiers.derivative_variant`; launched as a
+    :class:`ClassKernel`, its elements ``(centre, direction, i, j, k, l)``,
+    C order."""
+
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None):
+        self.program = host.get_derivative_program(*ls, cart=cart)
+        self.variant = tiers.derivative_variant(self.program, tier, omega, nctr)
+        self._load()
+        v = self.variant
+        self.stats = dict(tiers.kernel_stats(self.kernel, self.program, v), tier=v.tier, form=v.form,
+                          ctr=v.ctr, kernel=self.name)
+
+
 def contracted_stage(program, cp):
     """The pairmap contracted stage of a class: the side passes where a block
     of quartets fits their shared memory, else :class:`pairmaps.PairProducts`."""
@@ -182,6 +205,20 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
         k = _kernels.get(key)
     if k is None:
         k = ClassKernel(key[0], key[1], omega, key[3], tier, ctr, key[6])
+        with _lock:
+            _kernels[key] = k
+    return k
+
+
+def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel:
+    """Cached :class:`DerivativeKernel` (omega enters through its sign only;
+    ``tier`` as :func:`tiers.derivative_variant` takes it)."""
+    key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
+           tuple(int(n) for n in nctr), tier or None)
+    with _lock:
+        k = _kernels.get(key)
+    if k is None:
+        k = DerivativeKernel(key[1], key[2], omega, key[4], key[5])
         with _lock:
             _kernels[key] = k
     return k
@@ -360,6 +397,22 @@ def class_blocks(kern: ClassKernel, basis: DeviceBasis, quartets, omega, budget=
         yield lo, hi, buf
 
 
+def unorient_derivatives(blocks, swap_bra, swap_ket):
+    """Derivative blocks ``(n, 3, 3, di, dj, dk, dl)`` of quartets that
+    :func:`orient` swapped, put back in the quartets' own order (NumPy or
+    CuPy, a new array).  A bra swap exchanges the a and b components and
+    indices; a ket swap computed d/dD in place of d/dC, which translational
+    invariance turns back: d/dC = -(d/dA + d/dB + d/dD)."""
+    xp = np if isinstance(blocks, np.ndarray) else _cupy()
+    out = blocks.copy()
+    if bool(swap_ket.any()):
+        b = out[swap_ket]
+        out[swap_ket] = xp.concatenate([b[:, :2], -b.sum(axis=1, keepdims=True)], axis=1).swapaxes(5, 6)
+    if bool(swap_bra.any()):
+        out[swap_bra] = out[swap_bra][:, [1, 0, 2]].swapaxes(3, 4)
+    return out
+
+
 def _class_of(mol, shls):
     bas = mol._bas
     ls = bas[shls, ANG_OF]
@@ -388,25 +441,46 @@ class GPUEngine:
 
     def quartet_blocks(self, shls, as_cupy=False, budget=None):
         """(n, di, dj, dk, dl) integrals of n shell quartets of one class."""
-        cp = _cupy()
-        shls = np.asarray(shls.get() if hasattr(shls, 'get') else shls, dtype=np.int32).reshape(-1, 4)
-        if len(shls) == 0:
-            raise ValueError('quartet_blocks needs at least one quartet')
-        ls, nctr = _class_of(self.mol, shls)
-        kern = get_kernel(ls, self.cart, self.omega, nctr, self.options.tier, self.options.ctr)
-        dims = tuple(n * c for n, c in zip(kern.program.shape, nctr))
-        oriented, swap_bra, swap_ket = orient(self.basis, shls)
-        pos = primitive_order(self.basis, oriented)
-        res = cp.empty((len(shls),) + dims)
-        for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget,
-                                        self.options.scratch_mb):
-            res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
+        res, swap_bra, swap_ket = self._run(shls, 'quartet_blocks', budget, lambda ls, nctr: get_kernel(
+            ls, self.cart, self.omega, nctr, self.options.tier, self.options.ctr))
         # equal (l, nctr) pairs are square in their two indices
         if bool(swap_bra.any()):
             res[swap_bra] = res[swap_bra].transpose(0, 2, 1, 3, 4)
         if bool(swap_ket.any()):
             res[swap_ket] = res[swap_ket].transpose(0, 1, 2, 4, 3)
         return res if as_cupy else res.get()
+
+    def derivative_blocks(self, shls, as_cupy=False, budget=None):
+        """(n, 3, 3, di, dj, dk, dl) nuclear derivatives of n shell quartets
+        of one class, as ``host.HostEngine.derivative_blocks``: ``[q, s, x]``
+        is d/dX_x of quartet q's block, X the centre of its shell s (a, b, c).
+        Quartets are oriented as :meth:`quartet_blocks`' (the tighter shell
+        of an equal pair first) and put back (:func:`unorient_derivatives`).
+        Nothing routes gradients here yet."""
+        res, swap_bra, swap_ket = self._run(shls, 'derivative_blocks', budget, lambda ls, nctr: (
+            get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier)))
+        res = unorient_derivatives(res.reshape((len(res), 3, 3) + res.shape[2:]), swap_bra, swap_ket)
+        return res if as_cupy else res.get()
+
+    def _run(self, shls, caller, budget, kernel_of):
+        """(CuPy blocks of the oriented quartets, swap_bra, swap_ket) of
+        quartets ``shls`` of one class (:func:`orient`), run in primitive
+        order by ``kernel_of(ls, nctr)``'s kernel; ``caller`` names the
+        method in errors."""
+        cp = _cupy()
+        shls = np.asarray(shls.get() if hasattr(shls, 'get') else shls, dtype=np.int32).reshape(-1, 4)
+        if len(shls) == 0:
+            raise ValueError(f'{caller} needs at least one quartet')
+        ls, nctr = _class_of(self.mol, shls)
+        kern = kernel_of(ls, nctr)
+        dims = host._block_shape(kern.program.shape, nctr)
+        oriented, swap_bra, swap_ket = orient(self.basis, shls)
+        pos = primitive_order(self.basis, oriented)
+        res = cp.empty((len(shls),) + dims)
+        for lo, hi, buf in class_blocks(kern, self.basis, oriented[pos], self.omega, budget,
+                                        self.options.scratch_mb):
+            res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
+        return res, swap_bra, swap_ket
 
 
 def precompile(lmax: int = 4, cart: bool = False, options: Options = None) -> list[str]:

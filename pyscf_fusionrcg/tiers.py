@@ -85,6 +85,20 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
     return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(program, form, nctr, ctr))
 
 
+def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
+    """The variant of a derivative program in ``tier`` (default: the static
+    :func:`choose_tier`; nothing measures derivative kernels yet, as no
+    gradient runs on the GPU): the straight form in the register and shared
+    tiers, the levels form in the warp and global tiers, its contracted
+    stage always the program's ops (a derivative has no pair matrices)."""
+    tier = tier or choose_tier(program)
+    form = 'levels' if tier in ('warp', 'global') else 'straight'
+    variant = codegen.make_variant(program, tier, omega, nctr, form)
+    if not _fits(program, variant):
+        raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
+    return variant
+
+
 def requested_ctr(ctr=None) -> str:
     """The contracted-stage mode asked for (``Options.ctr``; None: 'auto');
     'pairmap' and 'ops' force one where the form allows a choice (the levels

@@ -7,8 +7,10 @@ For every class below (spherical and Cartesian, the three operators, one and
 several contraction tuples) it generates, without any disk cache, the kernel
 source of each tier and form the class can take, the digesting variant, the
 op-stream tables of the table and levels forms, the side passes and the g++
-host source, and writes ``{name: sha256}``.  ``--compare`` lists what differs
-from an earlier run (missing, new, changed) and exits 1 if anything changed.
+host source, and writes ``{name: sha256}``; likewise the derivative kernels
+(each tier, its form as tiers.derivative_variant picks it) of the smaller
+classes.  ``--compare`` lists what differs from an earlier run (missing, new,
+changed) and exits 1 if anything changed.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from pyscf_fusionrcg import codegen, host, tiers  # noqa: E402
 CLASSES = [(0, 0, 0, 0), (1, 0, 1, 0), (1, 1, 1, 1), (2, 1, 1, 0), (2, 2, 1, 1), (2, 2, 2, 0),
            (3, 1, 2, 0), (3, 2, 1, 1), (2, 2, 2, 2), (3, 3, 1, 0), (4, 0, 2, 2), (3, 3, 2, 1)]
 NCTRS = [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2)]
+#: Classes whose derivative kernels are hashed (their programs are ~7x larger).
+DERIV_CLASSES = [ls for ls in CLASSES if sum(ls) <= 6]
 
 
 def _digest(obj) -> str:
@@ -40,6 +44,15 @@ def _digest(obj) -> str:
             else:
                 h.update(repr(a).encode())
     return h.hexdigest()
+
+
+def _shapes():
+    """(nctr, omega) pairs: every contraction shape with 1/r, one tuple with each
+    range-separated operator."""
+    for nctr in NCTRS:
+        for omega in (0.0, 0.3, -0.3):
+            if not omega or nctr == NCTRS[0]:
+                yield nctr, omega
 
 
 def _variants(program, nctr, omega):
@@ -68,32 +81,52 @@ def hashes() -> dict:
         for cart in (False, True):
             program = host.get_program(*ls, cart=cart)
             tag = f"{''.join(map(str, ls))}{'c' if cart else 's'}"
-            for nctr in NCTRS:
-                for omega in (0.0, 0.3, -0.3):
-                    if omega and nctr != NCTRS[0]:
+            for nctr, omega in _shapes():
+                for label, v in _variants(program, nctr, omega):
+                    key = f"{tag}|{''.join(map(str, nctr))}|{omega}|{label}"
+                    if label != "static" and v.tier in ("shared", "warp") and v.form != "straight":
+                        if (codegen.shared_block(program, v) if v.tier == "shared"
+                                else codegen.warp_block(program, v)) < 32:
+                            continue
+                    if v.tier == "shared" and v.form == "straight" and codegen.shared_block(program, v) < 32:
                         continue
-                    for label, v in _variants(program, nctr, omega):
-                        key = f"{tag}|{''.join(map(str, nctr))}|{omega}|{label}"
-                        if label != "static" and v.tier in ("shared", "warp") and v.form != "straight":
-                            if (codegen.shared_block(program, v) if v.tier == "shared"
-                                    else codegen.warp_block(program, v)) < 32:
-                                continue
-                        if v.tier == "shared" and v.form == "straight" and codegen.shared_block(program, v) < 32:
-                            continue
-                        try:
-                            src, name = codegen.emit_kernel_source(program, v)
-                        except ValueError as exc:
-                            res[key] = f"refused: {exc}"
-                            continue
-                        res[key] = _digest(name + "\n" + src)
-                        if v.form in ("table", "levels"):
-                            res[key + "|table"] = _digest(codegen.encode_table(program, v).stream_args())
-                        res[key + "|host"] = _digest(codegen.host_source([(program, v)]))
+                    try:
+                        src, name = codegen.emit_kernel_source(program, v)
+                    except ValueError as exc:
+                        res[key] = f"refused: {exc}"
+                        continue
+                    res[key] = _digest(name + "\n" + src)
+                    if v.form in ("table", "levels"):
+                        res[key + "|table"] = _digest(codegen.encode_table(program, v).stream_args())
+                    res[key + "|host"] = _digest(codegen.host_source([(program, v)]))
             try:
                 src, name = codegen.side_pass_source(program)
                 res[f"{tag}|passes"] = _digest(name + "\n" + src)
             except ValueError as exc:
                 res[f"{tag}|passes"] = f"refused: {exc}"
+    res.update(derivative_hashes())
+    return res
+
+
+def derivative_hashes() -> dict:
+    """The derivative kernels' texts and host sources (tiers.derivative_variant)."""
+    res = {}
+    for ls in DERIV_CLASSES:
+        for cart in (False, True):
+            program = host.get_derivative_program(*ls, cart=cart)
+            tag = f"{''.join(map(str, ls))}{'c' if cart else 's'}|deriv"
+            for nctr, omega in _shapes():
+                for tier in codegen.TIERS:
+                    try:
+                        v = tiers.derivative_variant(program, tier, omega, nctr)
+                    except ValueError:
+                        continue
+                    key = f"{tag}|{''.join(map(str, nctr))}|{omega}|{tier}/{v.form}"
+                    src, name = codegen.emit_kernel_source(program, v)
+                    res[key] = _digest(name + "\n" + src)
+                    if v.form == "levels":
+                        res[key + "|table"] = _digest(codegen.encode_table(program, v).stream_args())
+                    res[key + "|host"] = _digest(codegen.host_source([(program, v)]))
     return res
 
 

@@ -60,7 +60,12 @@ Output layout (the kernel's ``out``): ``out[e * nq + q]`` for element ``e`` of
 the block of quartet ``q`` of the launch, ``e`` the C-order flat index of the
 full block ``(na*ni, nb*nj, nc*nk, nd*nl)`` (``na`` .. ``nd`` contracted
 functions per shell), i.e. ``[component][quartet]``: consecutive threads write
-consecutive addresses.
+consecutive addresses.  A derivative program (``ir.DerivProgram``) has one
+more, leading axis, the (centre, direction) component: its block is
+``(3 * centres, na*ni, nb*nj, nc*nk, nd*nl)``; its raised terms' accumulates
+take the weight times twice an exponent (straight form: a local of the
+primitive loop; op streams: reserved slots of their own, see encoding.py),
+and its kernels a name of their own (``fr_deriv_<centres>_...``).
 """
 from .emit import emit_kernel_source, host_source, quartet_function
 from .encoding import LEVEL_ROW_BITS, PAIR_SLOTS, Table, encode_table, level_records, level_rows

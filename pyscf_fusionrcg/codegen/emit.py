@@ -12,7 +12,8 @@ from math import prod
 import numpy as np
 
 from .. import boys as boys_values, ir
-from .encoding import _SYM_SLOTS, LEVEL_ROW_BITS, Table, _block_strides, _pair_slot0, _reserved
+from .encoding import (_SYM_SLOTS, LEVEL_ROW_BITS, Table, _block_strides, _pair_slot0, _reserved,
+                       _weight_slot0, weighted_accumulates)
 from .geometry import block_size, min_blocks
 from .statements import _ACC, _BOYS, _OUTPUT, _ZERO, LEVEL_OPS_PER_LANE, assign_slots, sequence
 from .variant import Variant, kernel_name, level_op_words
@@ -134,7 +135,8 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
                 out.append(f'{ind}{ref(d)} = 0.0;' if memory else f'{ind}double {ref(d)} = 0.0;')
                 continue
             if kind == _ACC:
-                out.append(f'{ind}{ref(d)} += wt{gs[k]} * {ref(srcs[a])};')
+                w = f'wt{gs[k]}' if args[k] < 0 else f'w{"abcd"[args[k]]}{gs[k]}'
+                out.append(f'{ind}{ref(d)} += {w} * {ref(srcs[a])};')
                 continue
             if kind == _OUTPUT:
                 e = int(flat_to_block[args[k]])
@@ -177,9 +179,10 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         add('  (void)t0;')
     bstr = _block_strides(program, nctr)
     flat_to_block = np.array(np.unravel_index(np.arange(prod(program.shape)), program.shape)).T @ bstr
+    lead = len(program.shape) - 4       # a derivative program's component axis
     offs = []
     for g in range(G):
-        terms = [f'{idx[g, k]} * {program.shape[k] * bstr[k]}' for k in range(4) if idx[g, k]]
+        terms = [f'{idx[g, k]} * {program.shape[lead + k] * bstr[lead + k]}' for k in range(4) if idx[g, k]]
         offs.append(' + '.join(terms) if terms else '0')
     if tab:
         add(f'  const long ooff[{G}] = {{{", ".join(offs)}}};')
@@ -258,6 +261,10 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         add('          const double inv_2zeta_eta = 0.5 * ize;')
     for g in range(G):
         add(f'          const double wt{g} = cab{g} * {coef(2, g, "ic")} * {coef(3, g, "id")};')
+    # a derivative's raised terms: the weight times twice the differentiated shell's exponent
+    for c in weighted_accumulates(program):
+        for g in range(G):
+            add(f'          const double w{"abcd"[c]}{g} = 2.0 * {"abcd"[c]}i * wt{g};')
     ind = '          '
     if tab:
         if lev:
@@ -268,6 +275,9 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
                 add(f'{ind}sp[{int(s) * stride}] = {s.c_name};')
         for g in range(G):
             add(f'{ind}sp[{(_SYM_SLOTS + g) * stride}] = wt{g};')
+        for n, c in enumerate(weighted_accumulates(program)):
+            for g in range(G):
+                add(f'{ind}sp[{(_weight_slot0(program, G) + n * G + g) * stride}] = w{"abcd"[c]}{g};')
         add(f'{ind}for (int m = 0; m <= {mmax}; ++m) sp[({boys0} + m) * {stride}] = cpref * boys[m];')
         if lev:
             add(f'{ind}}}')
@@ -368,6 +378,8 @@ def emit_kernel_source(program: ir.Program, variant: Variant, table: Table = Non
     L = [_prelude([program.max_m]), quartet_function(program, variant, fn, 1 if warp else block)]
     head = f'extern "C" __global__ void __launch_bounds__({block}, {min_blocks(program, variant, table)}) {name}('
     if variant.digest:
+        if isinstance(program, ir.DerivProgram):
+            raise ValueError(f'{program.name}: derivative blocks are not digested into J and K')
         L += _digesting_kernel(program, head, fn)
         return '\n'.join(L) + '\n', name
     L.append(head)

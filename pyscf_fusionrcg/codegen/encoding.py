@@ -26,8 +26,9 @@ LEVEL_ROW_BITS = 5
 
 # Table form: reserved slots.  Slot 0 holds 1.0, slots 1.. the ir.Sym values
 # (slot = enum value), then the contraction weights of the group, then the
-# Boys values (times the prefactor), then PAIR_SLOTS products coefficient x
-# symbol; temporaries follow.
+# Boys values (times the prefactor), then (derivative programs) the weights
+# times twice the exponent of each weighted shell, then PAIR_SLOTS products
+# coefficient x symbol; temporaries follow.
 _SYM_SLOTS = len(ir.Sym)
 #: Slots for the distinct products coefficient x symbol (or weight) that the
 #: terms of one stage read: the kernel computes them once per primitive (and
@@ -68,9 +69,23 @@ class Table:
                 self.ctr_levels, len(self.ctr_levels) // 2) + pairs + (self.coef, self.n_acc)
 
 
+def weighted_accumulates(program: ir.Program) -> list:
+    """The shells whose doubled exponent weighs some accumulate (a derivative
+    program's raised terms, ``ir.Accumulate.weight``), ascending."""
+    P = program.prim
+    return sorted(set(P.arg[(P.kind == ir.ACCUMULATE) & (P.arg >= 0)].tolist()))
+
+
+def _weight_slot0(program: ir.Program, group: int) -> int:
+    """First slot of the exponent-weighted contraction weights: tuple ``g``'s
+    weight times twice the exponent of shell ``weighted_accumulates()[n]``
+    at ``_weight_slot0 + n * group + g``."""
+    return _SYM_SLOTS + group + program.max_m + 1
+
+
 def _pair_slot0(program: ir.Program, group: int) -> int:
     """First of the PAIR_SLOTS slots of the table and levels forms."""
-    return _SYM_SLOTS + group + program.max_m + 1
+    return _weight_slot0(program, group) + len(weighted_accumulates(program)) * group
 
 
 def _reserved(program: ir.Program, group: int) -> int:
@@ -121,6 +136,11 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         return np.searchsorted(coef_values, c).astype(np.int64)
 
     pair0 = _pair_slot0(program, G)
+    # an accumulate's weight slot, past the plain weight's by wshift[1 + its ir.Accumulate.weight]
+    weighted = weighted_accumulates(program)
+    wshift = np.zeros(5, dtype=np.int64)
+    wshift[1 + np.array(weighted, dtype=np.int64)] = _weight_slot0(program, G) - _SYM_SLOTS + np.arange(
+        len(weighted)) * G
 
     def encode(lo, hi):
         """(words, word offset of each op, words of each op, pairs) of seq[lo:hi]."""
@@ -150,7 +170,8 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
                               np.repeat(start[lin] + 1, cnt) + (tj - np.repeat(t0[lin], cnt))])
         src = np.concatenate([_SYM_SLOTS + G + seq.arg[lo:hi][boys], src1[acc], slots[seq.src[tj]]])
         pair = np.concatenate([cidx(np.full(len(boys), program.boys_const)) | int(ir.Sym.ONE) << 16,
-                               cidx(np.ones(len(acc))) | (_SYM_SLOTS + g[acc]) << 16,
+                               cidx(np.ones(len(acc))) | (_SYM_SLOTS + g[acc]
+                                                          + wshift[1 + seq.arg[lo:hi][acc]]) << 16,
                                cidx(seq.coef[tj]) | seq.sym[tj].astype(np.int64) << 16])
         pairs, which = np.unique(pair, return_inverse=True)
         if len(pairs) > PAIR_SLOTS:
@@ -219,5 +240,9 @@ def level_rows(levels: np.ndarray):
 
 
 def _block_strides(program: ir.Program, nctr):
-    full = [n * c for n, c in zip(program.shape, nctr)]
-    return [prod(full[i + 1:]) for i in range(4)]
+    """C-order strides of the full block's axes: a derivative program's
+    leading component axis, then the four indices times their contracted
+    functions."""
+    lead = len(program.shape) - 4
+    full = list(program.shape[:lead]) + [n * c for n, c in zip(program.shape[lead:], nctr)]
+    return [prod(full[i + 1:]) for i in range(len(full))]

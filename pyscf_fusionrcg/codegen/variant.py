@@ -98,14 +98,18 @@ def kernel_name(program: ir.Program, variant: Variant) -> str:
     tail = (f'{variant.tier}_{w}_n{n}_g{variant.group}{"_pm" if variant.ctr == "pairmap" else ""}'
             f'{"_dg" if variant.digest else ""}')
     cls = f'{program.name}_{"cart" if program.cart else "sph"}'
+    # a derivative program: its class's name, other outputs (and, in the op-stream
+    # forms, the exponent-weighted weights of the centres)
+    kind = (f'deriv_{"".join("abcd"[c] for c in program.centres)}' if isinstance(program, ir.DerivProgram)
+            else 'eri')
     if variant.form in ('table', 'levels'):
         # the text depends on the class only through block offsets of tuples
         # (and, for levels, through words per op beyond the usual 7)
         words = level_op_words(program) if variant.form == 'levels' else LEVEL_OP_WORDS
         wide = f'_w{words}' if words != LEVEL_OP_WORDS else ''
-        return (f'fr_eri_{variant.form}_m{program.max_m}{wide}'
+        return (f'fr_{kind}_{variant.form}_m{program.max_m}{wide}'
                 f'{"_" + cls if prod(variant.nctr) > 1 else ""}_{tail}')
-    return f'fr_eri_{cls}_{tail}'
+    return f'fr_{kind}_{cls}_{tail}'
 
 
 def level_op_words(program: ir.Program) -> int:
