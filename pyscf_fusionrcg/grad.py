@@ -26,6 +26,7 @@ Two consumers digest them:
 from __future__ import annotations
 
 import ctypes
+from functools import partial
 
 import numpy as np
 from pyscf import gto, lib
@@ -35,7 +36,19 @@ from tqdm import tqdm
 
 from pyscf_fusionrcg.jk import _BATCH_DOUBLES, JKContext, _density_array, _gather, _scatter
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S
-from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds
+from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds, to_host
+
+#: Doubles of derivative blocks per GPU batch (256 MiB): large launches, and
+#: the digestion's temporaries stay a fraction of a GPU's memory.
+_DEVICE_BATCH_DOUBLES = 1 << 25
+
+
+def _array_module(backend):
+    """NumPy for the host path, CuPy for the GPU's."""
+    if backend == "gpu":
+        import cupy
+        return cupy
+    return np
 
 
 def derivative_bounds(mol, omega=0.0):
@@ -60,12 +73,14 @@ def derivative_bounds(mol, omega=0.0):
 
 
 class DerivativeContext(JKContext):
-    """What the derivative builds of one geometry and operator keep: the host
+    """What the derivative builds of one geometry and operator keep: the
     engine and :func:`derivative_bounds` (a :class:`~pyscf_fusionrcg.jk.JKContext`
-    of the host path whose bounds hold for derivative integrals)."""
+    whose bounds hold for derivative integrals).  ``backend='gpu'`` takes the
+    blocks from :class:`~pyscf_fusionrcg.launch.GPUEngine` and digests them
+    into forces with CuPy on the device; :meth:`jk` brings them to the host."""
 
-    def __init__(self, mol, omega=None, options=None, engine=None):
-        super().__init__(mol, omega, "cpu", options, engine)
+    def __init__(self, mol, omega=None, options=None, engine=None, backend="cpu"):
+        super().__init__(mol, omega, backend, options, engine)
 
     @property
     def q_cond(self):
@@ -73,14 +88,29 @@ class DerivativeContext(JKContext):
             self._q_cond = derivative_bounds(self.mol, self.omega)
         return self._q_cond
 
-    def _batches(self, dms, tol, with_j, with_k, what, one_centre=True):
+    @property
+    def engine(self):
+        """The block provider: the host engine, or on the GPU path a
+        :class:`~pyscf_fusionrcg.launch.GPUEngine` of this operator."""
+        if self._engine is None and self.backend == "gpu":
+            from pyscf_fusionrcg.launch import GPUEngine
+            with self.mol.with_range_coulomb(self.omega):    # GPUEngine reads 0 as mol.omega
+                self._engine = GPUEngine(self.mol, self.omega, self.options)
+        return super().engine
+
+    def _batches(self, dms, tol, with_j, with_k, what, one_centre=True, on_device=False):
         """(quartets, their degeneracy, derivative blocks) of the unique
         quartets that screening for the densities ``dms`` keeps, in batches
-        of at most ``_BATCH_DOUBLES`` doubles; without ``one_centre``, none
-        whose four shells sit on one atom."""
+        of at most ``_BATCH_DOUBLES`` doubles (``_DEVICE_BATCH_DOUBLES`` on
+        the GPU); without ``one_centre``, none whose four shells sit on one
+        atom.  ``on_device``: the GPU engine's blocks stay CuPy arrays."""
         tasks = build_tasks(self.mol, dms, self.omega, tol, self.q_cond, with_j, with_k)
         ao_loc, atom = self.mol.ao_loc, self.mol._bas[:, gto.ATOM_OF]
-        with tqdm(total=sum(len(t) for t in tasks), desc=f"FusionRCG host {what}", unit="quartet",
+        gpu = self.backend == "gpu"
+        blocks = (partial(self.engine.derivative_blocks, as_cupy=on_device) if gpu
+                  else self.engine.derivative_blocks)
+        batch = _DEVICE_BATCH_DOUBLES if gpu else _BATCH_DOUBLES
+        with tqdm(total=sum(len(t) for t in tasks), desc=f"FusionRCG {self.backend} {what}", unit="quartet",
                   unit_scale=True, delay=PROGRESS_DELAY_S, leave=False,
                   disable=not self.options.progress) as bar:
             for t in tasks:
@@ -92,20 +122,21 @@ class DerivativeContext(JKContext):
                 if not len(quartets):
                     continue
                 blk = 9 * np.prod([ao_loc[s + 1] - ao_loc[s] for s in quartets[0]])
-                step = max(1, _BATCH_DOUBLES // int(blk))
+                step = max(1, batch // int(blk))
                 for i0 in range(0, len(quartets), step):
                     shls = quartets[i0:i0 + step]
-                    yield shls, degeneracy[i0:i0 + step], self.engine.derivative_blocks(shls)
+                    yield shls, degeneracy[i0:i0 + step], blocks(shls)
                     bar.update(len(shls))
 
     def forces(self, dms, j_factor=1.0, k_factor=1.0, tol=1e-13):
         """(natm, 3) gradient of the two-electron energy of the module
         docstring for the densities ``dms`` ((nao, nao) or (nset, nao, nao),
-        symmetrised here): ``j_factor = 1, k_factor = 1/2`` for RHF's total
-        density, ``1, 1`` for UHF's alpha and beta, ``0, k`` for a K term
-        alone (a range-separated functional's long-range exchange)."""
+        NumPy or CuPy, symmetrised here): ``j_factor = 1, k_factor = 1/2`` for
+        RHF's total density, ``1, 1`` for UHF's alpha and beta, ``0, k`` for a
+        K term alone (a range-separated functional's long-range exchange).
+        On the GPU path the contraction runs on the device."""
         mol = self.mol
-        dms = np.asarray(_density_array(mol, dms), dtype=np.float64).reshape(-1, mol.nao, mol.nao)
+        dms = to_host(_density_array(mol, dms)).astype(np.float64).reshape(-1, mol.nao, mol.nao)
         dms = (dms + dms.transpose(0, 2, 1)) * 0.5
         de = np.zeros((mol.natm, 3))
         with_j, with_k = j_factor != 0, k_factor != 0
@@ -114,23 +145,25 @@ class DerivativeContext(JKContext):
         dt = dms.sum(axis=0, keepdims=True)
         atom = mol._bas[:, gto.ATOM_OF]
         ao_loc = mol.ao_loc
+        xp = _array_module(self.backend)
+        dms_x, dt_x = xp.asarray(dms), xp.asarray(dt)
         # screened for the spin densities and their sum (which J reads); a
         # quartet on one atom moves rigidly with it: its derivatives cancel
         batches = self._batches(np.concatenate([dms, dt]), tol, with_j, with_k, "forces",
-                                one_centre=False)
+                                one_centre=False, on_device=True)
         for shls, deg, g in batches:
             n = len(shls)
-            ia, ib, ic, id_ = (ao_loc[shls[:, x], None] + np.arange(g.shape[3 + x]) for x in range(4))
-            gam = np.zeros((n,) + g.shape[3:])
+            ia, ib, ic, id_ = (xp.asarray(ao_loc[shls[:, x], None] + np.arange(g.shape[3 + x])) for x in range(4))
+            gam = xp.zeros((n,) + g.shape[3:])
             if with_j:
-                gam += (4 * j_factor) * np.einsum('nab,ncd->nabcd', _gather(dt, ia, ib)[0],
-                                                  _gather(dt, ic, id_)[0])
+                gam += (4 * j_factor) * xp.einsum('nab,ncd->nabcd', _gather(dt_x, ia, ib)[0],
+                                                  _gather(dt_x, ic, id_)[0])
             if with_k:
                 gam -= (2 * k_factor) * (
-                    np.einsum('snac,snbd->nabcd', _gather(dms, ia, ic), _gather(dms, ib, id_))
-                    + np.einsum('snad,snbc->nabcd', _gather(dms, ia, id_), _gather(dms, ib, ic)))
-            gam *= deg[:, None, None, None, None]
-            f = np.einsum('nkb,nb->nk', g.reshape(n, 9, -1), gam.reshape(n, -1)).reshape(n, 3, 3)
+                    xp.einsum('snac,snbd->nabcd', _gather(dms_x, ia, ic), _gather(dms_x, ib, id_))
+                    + xp.einsum('snad,snbc->nabcd', _gather(dms_x, ia, id_), _gather(dms_x, ib, ic)))
+            gam *= xp.asarray(deg, dtype=np.float64)[:, None, None, None, None]
+            f = to_host(xp.einsum('nkb,nb->nk', g.reshape(n, 9, -1), gam.reshape(n, -1))).reshape(n, 3, 3)
             f = np.concatenate([f, -f.sum(axis=1, keepdims=True)], axis=1)   # d/dD
             np.add.at(de, atom[shls], f)
         return de
@@ -144,7 +177,7 @@ class DerivativeContext(JKContext):
         mol = self.mol
         dm = _density_array(mol, dm)
         shape = dm.shape[:-2] + (3, mol.nao, mol.nao)
-        dms = np.asarray(dm, dtype=np.float64).reshape(-1, mol.nao, mol.nao)
+        dms = to_host(dm).astype(np.float64).reshape(-1, mol.nao, mol.nao)
         nset = len(dms)
         vj = np.zeros((nset * 3, mol.nao, mol.nao)) if with_j else None
         vk = np.zeros((nset * 3, mol.nao, mol.nao)) if with_k else None
@@ -195,13 +228,16 @@ def _derivative_k(da, db, dc, dd, idx, dms):
                    len(dms))
 
 
-def fusionrcg_gradients(mf_grad, options):
+def fusionrcg_gradients(mf_grad, options, backend="cpu"):
     """``mf_grad``, a PySCF Gradients object, with its two-electron derivative
-    integrals from FusionRCG's host path (:class:`_FusionRCGGrad`); ``options``
-    the SCF's :class:`~pyscf_fusionrcg.options.Options`."""
+    integrals from FusionRCG (:class:`_FusionRCGGrad`) on ``backend``, 'cpu'
+    (the host path) or 'gpu'; ``options`` the SCF's
+    :class:`~pyscf_fusionrcg.options.Options`."""
+    if backend not in ("cpu", "gpu"):
+        raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
     if isinstance(mf_grad, _FusionRCGGrad):
         return mf_grad
-    return lib.set_class(_FusionRCGGrad(mf_grad, options), (_FusionRCGGrad, mf_grad.__class__))
+    return lib.set_class(_FusionRCGGrad(mf_grad, options, backend), (_FusionRCGGrad, mf_grad.__class__))
 
 
 #: What each of PySCF's own ``get_veff`` of the gradients does with J and K:
@@ -237,18 +273,19 @@ class _FusionRCGGrad:
     """
 
     __name_mixin__ = "FusionRCG"
-    _keys = {"fusionrcg_options"}
+    _keys = {"fusionrcg_options", "fusionrcg_backend"}
 
-    def __init__(self, mf_grad, options):
+    def __init__(self, mf_grad, options, backend="cpu"):
         self.__dict__.update(mf_grad.__dict__)
         self.fusionrcg_options = options
+        self.fusionrcg_backend = backend
         self._fusionrcg_contexts = {}
         self._fusionrcg_mode = None     # None, 'per_atom' (in grad_elec) or 'no_jk' (in its get_veff)
 
     def undo_fusionrcg(self):
         """The same object with its original class and PySCF's own derivative integrals."""
         obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGGrad))
-        for key in ("fusionrcg_options", "_fusionrcg_contexts", "_fusionrcg_mode"):
+        for key in ("fusionrcg_options", "fusionrcg_backend", "_fusionrcg_contexts", "_fusionrcg_mode"):
             obj.__dict__.pop(key, None)
         return obj
 
@@ -278,7 +315,7 @@ class _FusionRCGGrad:
         t0 = (logger.process_clock(), logger.perf_counter())
         forces = sum(self._fusionrcg_context(mol, omega).forces(dm, j, k, self._fusionrcg_tol())
                      for omega, j, k in terms)
-        logger.timer(self, "two-electron forces (FusionRCG cpu)", *t0)
+        logger.timer(self, f"two-electron forces (FusionRCG {self.fusionrcg_backend})", *t0)
         return lib.tag_array(vhf, fusionrcg_forces=forces)
 
     def extra_force(self, atom_id, envs):
@@ -317,7 +354,8 @@ class _FusionRCGGrad:
 
     def dump_flags(self, verbose=None):
         super().dump_flags(verbose)
-        logger.info(self, "two-electron derivative integrals: FusionRCG host path")
+        logger.info(self, "two-electron derivative integrals: FusionRCG %s",
+                    "on the GPU" if self.fusionrcg_backend == "gpu" else "host path")
         return self
 
     def _fusionrcg_context(self, mol, omega):
@@ -328,7 +366,8 @@ class _FusionRCGGrad:
         if context is None or not context.serves(mol, omega):
             if any(not c.serves(mol, c.omega) for c in contexts.values()):
                 contexts.clear()
-            context = contexts[omega] = DerivativeContext(mol, omega, self.fusionrcg_options)
+            context = contexts[omega] = DerivativeContext(mol, omega, self.fusionrcg_options,
+                                                          backend=self.fusionrcg_backend)
         return context
 
     def _fusionrcg_jk(self, mol, dm, omega, with_j, with_k):
@@ -342,7 +381,7 @@ class _FusionRCGGrad:
         omega = float(mol.omega if omega is None else omega)
         t0 = (logger.process_clock(), logger.perf_counter())
         vj, vk = self._fusionrcg_context(mol, omega).jk(dm, with_j, with_k, self._fusionrcg_tol())
-        logger.timer(self, "derivative vj and vk (FusionRCG cpu)", *t0)
+        logger.timer(self, f"derivative vj and vk (FusionRCG {self.fusionrcg_backend})", *t0)
         return vj, vk
 
     def _fusionrcg_tol(self):

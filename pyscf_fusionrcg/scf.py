@@ -192,8 +192,8 @@ class _FusionRCGMixin:
         return obj
 
     def nuc_grad_method(self):
-        """The wrapped class's Gradients, with FusionRCG's derivative J/K on
-        the host path (:func:`_fusionrcg_gradients`)."""
+        """The wrapped class's Gradients, with FusionRCG's derivative J/K
+        (:func:`_fusionrcg_gradients`)."""
         return self._fusionrcg_gradients(super().nuc_grad_method())
 
     def Gradients(self):
@@ -201,21 +201,22 @@ class _FusionRCGMixin:
         return self._fusionrcg_gradients(super().Gradients())
 
     def _fusionrcg_gradients(self, mf_grad):
-        """``mf_grad`` with FusionRCG's derivative integrals on the host path
-        (``backend='cpu'``, :mod:`pyscf_fusionrcg.grad`) for PySCF's own
-        Gradients classes.  On the GPU path, and for GPU4PySCF's Gradients, it
-        stays the wrapped class's own, with a warning: GPU gradients are not
-        yet available, and a geometry optimisation should not stop for that
-        (the numbers are PySCF's or GPU4PySCF's, exact all the same).  The
-        'native' path (no GPU) keeps PySCF's gradients silently, as its J/K."""
+        """``mf_grad`` with FusionRCG's derivative integrals
+        (:mod:`pyscf_fusionrcg.grad`) for PySCF's own Gradients classes, on
+        the path of the J/K builds: the host's (``backend='cpu'``) or the
+        GPU's.  GPU4PySCF's Gradients stay their own, with a warning: a
+        geometry optimisation should not stop for that (the numbers are
+        GPU4PySCF's, exact all the same).  The 'native' path (no GPU) keeps
+        PySCF's gradients silently, as its J/K."""
         if self._fusionrcg_path == "native":
             return mf_grad
-        if self._fusionrcg_path == "cpu" and not type(mf_grad).__module__.startswith("gpu4pyscf"):
+        if not type(mf_grad).__module__.startswith("gpu4pyscf"):
             from pyscf_fusionrcg.grad import fusionrcg_gradients
-            return fusionrcg_gradients(mf_grad, self.fusionrcg_options)
-        logger.warn(self, "FusionRCG: GPU gradients are not yet available; the two-electron part of "
-                    "these gradients comes from %s. backend='cpu' on a PySCF (CPU) object gives "
-                    "FusionRCG's host path; undo_fusionrcg() gives PySCF alone.", type(mf_grad).__name__)
+            return fusionrcg_gradients(mf_grad, self.fusionrcg_options, self._fusionrcg_path)
+        logger.warn(self, "FusionRCG: gradients of GPU4PySCF objects are not yet FusionRCG's; the "
+                    "two-electron part of these gradients comes from %s. The same method on a PySCF "
+                    "object gives FusionRCG's; undo_fusionrcg() gives GPU4PySCF alone.",
+                    type(mf_grad).__name__)
         return mf_grad
 
     def density_fit(self, *args, **kwargs):

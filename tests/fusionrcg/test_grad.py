@@ -144,18 +144,29 @@ def test_scanner_follows_the_geometry():
         assert isinstance(ours, _FusionRCGGrad)
 
 
-def test_gpu_path_keeps_pyscf_gradients_with_a_warning(monkeypatch):
+def test_gpu_path_gradients_are_fusionrcg_on_the_gpu(monkeypatch):
+    """On the GPU path the Gradients object takes its derivative integrals
+    from the GPU (checked on one by the gpu tests below)."""
     monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "gpu")
     mf = _converged(scf.RHF)
-    mf.stdout = io.StringIO()
-    mf.verbose = logger.WARN
     g = fusionrcg(mf, backend="gpu").nuc_grad_method()
-    assert "GPU gradients are not yet available" in mf.stdout.getvalue()
-    assert type(g) is rhf_grad.Gradients
+    assert isinstance(g, _FusionRCGGrad) and isinstance(g, rhf_grad.Gradients)
+    assert g.fusionrcg_backend == "gpu"
+    g.stdout = io.StringIO()
+    g.verbose = logger.INFO
+    g.dump_flags()
+    assert "FusionRCG on the GPU" in g.stdout.getvalue()
+    plain = g.undo_fusionrcg()
+    assert type(plain) is rhf_grad.Gradients and "fusionrcg_backend" not in plain.__dict__
+
+
+def test_gradients_backend_is_checked():
+    with pytest.raises(ValueError, match="backend must be 'cpu' or 'gpu'"):
+        fusionrcg_gradients(_converged(scf.RHF).nuc_grad_method(), OPTIONS, "auto")
 
 
 def test_gpu4pyscf_gradients_are_kept_with_a_warning():
-    """The host path serves PySCF's (CPU) Gradients classes only."""
+    """FusionRCG serves PySCF's (CPU) Gradients classes only, so far."""
     class Gpu4pyscfGradients(rhf_grad.Gradients):
         __module__ = "gpu4pyscf.grad.rhf"
 
@@ -164,7 +175,7 @@ def test_gpu4pyscf_gradients_are_kept_with_a_warning():
     mf.verbose = logger.WARN
     g = mf._fusionrcg_gradients(Gpu4pyscfGradients(mf))
     assert type(g) is Gpu4pyscfGradients
-    assert "GPU gradients are not yet available" in mf.stdout.getvalue()
+    assert "gradients of GPU4PySCF objects are not yet FusionRCG's" in mf.stdout.getvalue()
 
 
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a usable GPU")
@@ -182,3 +193,30 @@ def test_h_functions():
     ref = mf.nuc_grad_method().kernel()
     ours = fusionrcg(mf, options=OPTIONS).nuc_grad_method().kernel()
     assert np.abs(ours - ref).max() < G_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("omega", [0.0, 0.35, -0.35])
+def test_gpu_forces_and_derivative_matrices_equal_the_host_path(omega):
+    """DerivativeContext on the GPU against the host path, with d, f and g
+    shells (cc-pVQZ on oxygen) and a density pair that is not symmetric."""
+    mol = gto.M(atom=H2O, basis={"O": "cc-pvqz", "H": "6-31g*"}, verbose=0)
+    rng = np.random.default_rng(7)
+    dms = rng.standard_normal((2, mol.nao, mol.nao)) * 0.1
+    host = DerivativeContext(mol, omega, OPTIONS)
+    gpu = DerivativeContext(mol, omega, Options(progress=False), backend="gpu")
+    ref, got = host.forces(dms, 0.7, 0.4), gpu.forces(dms, 0.7, 0.4)
+    assert np.abs(got - ref).max() < 1e-10 * max(1.0, np.abs(ref).max())
+    for r, g in zip(host.jk(dms), gpu.jk(dms)):
+        assert np.abs(g - r).max() < 1e-10 * max(1.0, np.abs(r).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gpu_gradients_equal_pyscf(method):
+    make, kw = METHODS[method]
+    mf = _converged(make, basis="def2-tzvp", **kw)
+    ref = mf.nuc_grad_method().kernel()
+    g = fusionrcg(mf, options=Options(backend="gpu", progress=False)).nuc_grad_method()
+    assert isinstance(g, _FusionRCGGrad) and g.fusionrcg_backend == "gpu"
+    assert np.abs(g.kernel() - ref).max() < G_TOL
