@@ -153,6 +153,8 @@ def write_results(name: str, records: list[dict], meta: dict | None = None, *, t
 BENCHMARKS = {
     "scf_vs_gpu4pyscf": ("J/K builds and whole SCFs, FusionRCG against GPU4PySCF on the same GPU and "
                          "density", "python benchmarks/scf_vs_gpu4pyscf.py --cases vitc-def2-tzvp"),
+    "grad_vs_gpu4pyscf": ("nuclear gradients, FusionRCG's derivative integrals on the GPU against GPU4PySCF's "
+                          "on the same converged RHF", "python benchmarks/grad_vs_gpu4pyscf.py"),
     "rcg_jk_breakdown": ("one FusionRCG J+K build split into plan, ERI and digestion time per class, "
                          "next to GPU4PySCF's build", "python benchmarks/rcg_jk_breakdown.py"),
     "rcg_report_gpu": ("per integral class: live intermediates, tier, registers and spills from the "
