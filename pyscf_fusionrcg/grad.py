@@ -229,15 +229,85 @@ def _derivative_k(da, db, dc, dd, idx, dms):
 
 
 def fusionrcg_gradients(mf_grad, options, backend="cpu"):
-    """``mf_grad``, a PySCF Gradients object, with its two-electron derivative
-    integrals from FusionRCG (:class:`_FusionRCGGrad`) on ``backend``, 'cpu'
-    (the host path) or 'gpu'; ``options`` the SCF's
-    :class:`~pyscf_fusionrcg.options.Options`."""
+    """``mf_grad``, a PySCF or GPU4PySCF Gradients object, with its
+    two-electron derivative integrals from FusionRCG on ``backend``, 'cpu'
+    (the host path) or 'gpu' (:class:`_FusionRCGGrad` for PySCF's classes,
+    :class:`_FusionRCGGpu4pyscfGrad` for GPU4PySCF's); ``options`` the SCF's
+    :class:`~pyscf_fusionrcg.options.Options`.  ``ValueError`` for a
+    GPU4PySCF class without GPU4PySCF's per-atom hook."""
     if backend not in ("cpu", "gpu"):
         raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
-    if isinstance(mf_grad, _FusionRCGGrad):
+    if isinstance(mf_grad, _FusionRCGGradBase):
         return mf_grad
-    return lib.set_class(_FusionRCGGrad(mf_grad, options, backend), (_FusionRCGGrad, mf_grad.__class__))
+    mixin = _FusionRCGGrad
+    if is_gpu4pyscf(mf_grad):
+        if not callable(getattr(mf_grad, "jk_energy_per_atom", None)):
+            raise ValueError(f"FusionRCG serves GPU4PySCF's gradients through jk_energy_per_atom, which "
+                             f"{type(mf_grad).__name__} lacks")
+        mixin = _FusionRCGGpu4pyscfGrad
+    return lib.set_class(mixin(mf_grad, options, backend), (mixin, mf_grad.__class__))
+
+
+def is_gpu4pyscf(obj) -> bool:
+    """True for GPU4PySCF's objects (their classes live in its modules)."""
+    return type(obj).__module__.startswith("gpu4pyscf")
+
+
+class _FusionRCGGradBase:
+    """What both gradient mixins share: the options and backend, one
+    :class:`DerivativeContext` per operator of the current geometry, and
+    ``undo_fusionrcg()``."""
+
+    __name_mixin__ = "FusionRCG"
+    _keys = {"fusionrcg_options", "fusionrcg_backend"}
+
+    def __init__(self, mf_grad, options, backend="cpu"):
+        self.__dict__.update(mf_grad.__dict__)
+        self.fusionrcg_options = options
+        self.fusionrcg_backend = backend
+        self._fusionrcg_contexts = {}
+
+    def undo_fusionrcg(self):
+        """The same object with its original class and its own derivative integrals."""
+        obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGGradBase))
+        for key in ("fusionrcg_options", "fusionrcg_backend", "_fusionrcg_contexts", "_fusionrcg_mode"):
+            obj.__dict__.pop(key, None)
+        return obj
+
+    def reset(self, mol=None):
+        self._fusionrcg_contexts = {}
+        return super().reset(mol)
+
+    def dump_flags(self, verbose=None):
+        super().dump_flags(verbose)
+        logger.info(self, "two-electron derivative integrals: FusionRCG %s",
+                    "on the GPU" if self.fusionrcg_backend == "gpu" else "host path")
+        return self
+
+    def _fusionrcg_context(self, mol, omega):
+        """The :class:`DerivativeContext` of this geometry and operator; a new
+        geometry (a scanner) drops the others."""
+        contexts = self._fusionrcg_contexts
+        context = contexts.get(omega)
+        if context is None or not context.serves(mol, omega):
+            if any(not c.serves(mol, c.omega) for c in contexts.values()):
+                contexts.clear()
+            context = contexts[omega] = DerivativeContext(mol, omega, self.fusionrcg_options,
+                                                          backend=self.fusionrcg_backend)
+        return context
+
+    def _fusionrcg_tol(self):
+        tol = self.fusionrcg_options.direct_scf_tol
+        return self.base.direct_scf_tol if tol is None else tol
+
+    def _fusionrcg_forces(self, mol, dm, terms):
+        """Sum of :meth:`DerivativeContext.forces` over ``terms``, [(omega,
+        j_factor, k_factor)], logged with its time."""
+        t0 = (logger.process_clock(), logger.perf_counter())
+        forces = sum(self._fusionrcg_context(mol, omega).forces(dm, j, k, self._fusionrcg_tol())
+                     for omega, j, k in terms)
+        logger.timer(self, f"two-electron forces (FusionRCG {self.fusionrcg_backend})", *t0)
+        return forces
 
 
 #: What each of PySCF's own ``get_veff`` of the gradients does with J and K:
@@ -250,17 +320,17 @@ _PYSCF_VEFF = {("pyscf.grad.rhf", "Gradients"): (False, False),
                ("pyscf.grad.uks", "Gradients"): (True, True)}
 
 
-class _FusionRCGGrad:
-    """Derivative J/K from FusionRCG; everything else from the wrapped Gradients class.
+class _FusionRCGGrad(_FusionRCGGradBase):
+    """Derivative J/K from FusionRCG; everything else from the wrapped (PySCF) Gradients class.
 
     PySCF's gradient drivers get their two-electron part from ``get_veff``,
     which calls ``get_jk`` / ``get_j`` / ``get_k``: derivative matrices (3,
     nao, nao) per density, that ``grad_elec`` contracts with the density atom
     by atom; PySCF exposes no per-atom hook for that part.  So:
 
-    * ``get_jk`` / ``get_j`` / ``get_k`` give those matrices from the host
-      path's derivative blocks (:meth:`DerivativeContext.jk`), for every
-      caller (response and excited-state gradients included);
+    * ``get_jk`` / ``get_j`` / ``get_k`` give those matrices from FusionRCG's
+      derivative blocks (:meth:`DerivativeContext.jk`), for every caller
+      (response and excited-state gradients included);
     * ``grad_elec``, when ``get_veff`` is one of PySCF's own (RHF, UHF,
       ROHF, RKS, UKS: :data:`_PYSCF_VEFF`, whose J/K factors
       :meth:`_fusionrcg_terms` knows), has ``get_veff`` leave the two-electron
@@ -268,26 +338,11 @@ class _FusionRCGGrad:
       contracted straight from the blocks (:meth:`DerivativeContext.forces`),
       which ``extra_force`` adds: no derivative matrix is made.  Another
       ``get_veff`` gets the matrices.
-
-    ``undo_fusionrcg()`` gives back the plain class.
     """
 
-    __name_mixin__ = "FusionRCG"
-    _keys = {"fusionrcg_options", "fusionrcg_backend"}
-
     def __init__(self, mf_grad, options, backend="cpu"):
-        self.__dict__.update(mf_grad.__dict__)
-        self.fusionrcg_options = options
-        self.fusionrcg_backend = backend
-        self._fusionrcg_contexts = {}
+        super().__init__(mf_grad, options, backend)
         self._fusionrcg_mode = None     # None, 'per_atom' (in grad_elec) or 'no_jk' (in its get_veff)
-
-    def undo_fusionrcg(self):
-        """The same object with its original class and PySCF's own derivative integrals."""
-        obj = lib.view(self, lib.drop_class(self.__class__, _FusionRCGGrad))
-        for key in ("fusionrcg_options", "fusionrcg_backend", "_fusionrcg_contexts", "_fusionrcg_mode"):
-            obj.__dict__.pop(key, None)
-        return obj
 
     def grad_elec(self, *args, **kwargs):
         self._fusionrcg_mode = "per_atom"
@@ -312,11 +367,7 @@ class _FusionRCGGrad:
             vhf = super().get_veff(mol, dm)
         finally:
             self._fusionrcg_mode = "per_atom"
-        t0 = (logger.process_clock(), logger.perf_counter())
-        forces = sum(self._fusionrcg_context(mol, omega).forces(dm, j, k, self._fusionrcg_tol())
-                     for omega, j, k in terms)
-        logger.timer(self, f"two-electron forces (FusionRCG {self.fusionrcg_backend})", *t0)
-        return lib.tag_array(vhf, fusionrcg_forces=forces)
+        return lib.tag_array(vhf, fusionrcg_forces=self._fusionrcg_forces(mol, dm, terms))
 
     def extra_force(self, atom_id, envs):
         forces = getattr(envs.get("vhf"), "fusionrcg_forces", None)
@@ -348,28 +399,6 @@ class _FusionRCGGrad:
             terms.append((float(omega), 0.0, half * (alpha - hyb)))
         return terms
 
-    def reset(self, mol=None):
-        self._fusionrcg_contexts = {}
-        return super().reset(mol)
-
-    def dump_flags(self, verbose=None):
-        super().dump_flags(verbose)
-        logger.info(self, "two-electron derivative integrals: FusionRCG %s",
-                    "on the GPU" if self.fusionrcg_backend == "gpu" else "host path")
-        return self
-
-    def _fusionrcg_context(self, mol, omega):
-        """The :class:`DerivativeContext` of this geometry and operator; a new
-        geometry (a scanner) drops the others."""
-        contexts = self._fusionrcg_contexts
-        context = contexts.get(omega)
-        if context is None or not context.serves(mol, omega):
-            if any(not c.serves(mol, c.omega) for c in contexts.values()):
-                contexts.clear()
-            context = contexts[omega] = DerivativeContext(mol, omega, self.fusionrcg_options,
-                                                          backend=self.fusionrcg_backend)
-        return context
-
     def _fusionrcg_jk(self, mol, dm, omega, with_j, with_k):
         if mol is None:
             mol = self.mol
@@ -384,10 +413,6 @@ class _FusionRCGGrad:
         logger.timer(self, f"derivative vj and vk (FusionRCG {self.fusionrcg_backend})", *t0)
         return vj, vk
 
-    def _fusionrcg_tol(self):
-        tol = self.fusionrcg_options.direct_scf_tol
-        return self.base.direct_scf_tol if tol is None else tol
-
     def get_jk(self, mol=None, dm=None, hermi=0, omega=None):
         """PySCF's ``(vj, vk)`` derivative matrices (``pyscf.grad.rhf.get_jk``)."""
         return self._fusionrcg_jk(mol, dm, omega, True, True)
@@ -397,3 +422,33 @@ class _FusionRCGGrad:
 
     def get_k(self, mol=None, dm=None, hermi=0, omega=None):
         return self._fusionrcg_jk(mol, dm, omega, False, True)[1]
+
+
+class _FusionRCGGpu4pyscfGrad(_FusionRCGGradBase):
+    """GPU4PySCF's Gradients with their two-electron part from FusionRCG.
+
+    GPU4PySCF's ground-state gradients (RHF, UHF, RKS, UKS, range-separated
+    functionals included) take that part per atom from one hook,
+    ``jk_energy_per_atom(dm, j_factor, k_factor, omega)``: ``j_factor``
+    times the gradient of the Coulomb energy minus ``k_factor`` times that of
+    exchange, for one total density (exchange ``1/4 (ij|kl) D_ik D_jl``) or
+    an alpha and beta pair (``1/2 sum_s``).  It maps onto
+    :meth:`DerivativeContext.forces` with the exchange factor halved for one
+    density.  Attenuated operators given as ``lr_factor``/``sr_factor`` stay
+    GPU4PySCF's (its own kernel refuses them too).
+    """
+
+    def jk_energy_per_atom(self, dm=None, j_factor=1, k_factor=1, omega=None, lr_factor=None,
+                           sr_factor=None, hermi=0, verbose=None):
+        if lr_factor is not None or sr_factor is not None:
+            return super().jk_energy_per_atom(dm, j_factor, k_factor, omega, lr_factor, sr_factor, hermi,
+                                              verbose)
+        if dm is None:
+            dm = self.base.make_rdm1()
+        mol = self.mol
+        dms = _density_array(mol, dm).reshape(-1, mol.nao, mol.nao)
+        if len(dms) > 2:
+            raise ValueError(f"jk_energy_per_atom takes one density or an alpha and beta pair, not {len(dms)}")
+        scale = 0.5 if len(dms) == 1 else 1.0
+        omega = float(mol.omega if omega is None else omega)
+        return self._fusionrcg_forces(mol, dms, [(omega, float(j_factor), float(k_factor) * scale)])

@@ -202,22 +202,21 @@ class _FusionRCGMixin:
 
     def _fusionrcg_gradients(self, mf_grad):
         """``mf_grad`` with FusionRCG's derivative integrals
-        (:mod:`pyscf_fusionrcg.grad`) for PySCF's own Gradients classes, on
-        the path of the J/K builds: the host's (``backend='cpu'``) or the
-        GPU's.  GPU4PySCF's Gradients stay their own, with a warning: a
-        geometry optimisation should not stop for that (the numbers are
-        GPU4PySCF's, exact all the same).  The 'native' path (no GPU) keeps
-        PySCF's gradients silently, as its J/K."""
+        (:mod:`pyscf_fusionrcg.grad`), PySCF's Gradients classes and
+        GPU4PySCF's alike, on the path of the J/K builds: the host's
+        (``backend='cpu'``) or the GPU's.  The 'native' path (no GPU) keeps
+        PySCF's gradients, as its J/K.  A GPU4PySCF class without its per-atom
+        hook keeps its own, with a warning: a geometry optimisation should
+        not stop for that (the numbers are GPU4PySCF's, exact all the same)."""
         if self._fusionrcg_path == "native":
             return mf_grad
-        if not type(mf_grad).__module__.startswith("gpu4pyscf"):
-            from pyscf_fusionrcg.grad import fusionrcg_gradients
+        from pyscf_fusionrcg.grad import fusionrcg_gradients
+        try:
             return fusionrcg_gradients(mf_grad, self.fusionrcg_options, self._fusionrcg_path)
-        logger.warn(self, "FusionRCG: gradients of GPU4PySCF objects are not yet FusionRCG's; the "
-                    "two-electron part of these gradients comes from %s. The same method on a PySCF "
-                    "object gives FusionRCG's; undo_fusionrcg() gives GPU4PySCF alone.",
-                    type(mf_grad).__name__)
-        return mf_grad
+        except ValueError as exc:
+            logger.warn(self, "FusionRCG: %s; the two-electron part of these gradients comes from %s "
+                        "itself.", exc, type(mf_grad).__name__)
+            return mf_grad
 
     def density_fit(self, *args, **kwargs):
         raise ValueError(

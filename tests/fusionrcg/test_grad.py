@@ -165,8 +165,46 @@ def test_gradients_backend_is_checked():
         fusionrcg_gradients(_converged(scf.RHF).nuc_grad_method(), OPTIONS, "auto")
 
 
-def test_gpu4pyscf_gradients_are_kept_with_a_warning():
-    """FusionRCG serves PySCF's (CPU) Gradients classes only, so far."""
+def _gpu4pyscf_like(mf):
+    """A stand-in for one of GPU4PySCF's Gradients classes (its module name
+    and its per-atom hook), on a PySCF object: the hook gives PySCF's
+    two-electron gradient, for one total density or an alpha/beta pair."""
+    class Gpu4pyscfGradients(type(mf.nuc_grad_method())):
+        __module__ = "gpu4pyscf.grad.rhf"
+
+        def jk_energy_per_atom(self, dm=None, j_factor=1, k_factor=1, omega=None, lr_factor=None,
+                               sr_factor=None, hermi=0, verbose=None):
+            dms = np.asarray(dm).reshape(-1, self.mol.nao, self.mol.nao)
+            with self.mol.with_range_coulomb(self.mol.omega if omega is None else omega):
+                vj, vk = rhf_grad.get_jk(self.mol, dms)
+            # E = j/2 (ij|kl) Dt Dt - k c (ij|kl) D D, c = 1/4 (one total density) or 1/2 (a pair)
+            vhf = j_factor * vj.sum(axis=0) - k_factor * (0.5 if len(dms) == 1 else 1.0) * vk
+            return np.array([2 * np.einsum("sxij,sij->x", vhf[:, :, p0:p1], dms[:, p0:p1])
+                             for _, _, p0, p1 in self.mol.aoslice_by_atom()])
+
+    return Gpu4pyscfGradients(mf)
+
+
+@pytest.mark.parametrize("omega", [0.0, -0.3])
+def test_gpu4pyscf_hook_is_fusionrcg(omega):
+    """GPU4PySCF's per-atom hook, once wrapped, gives the same numbers from
+    FusionRCG's derivative integrals: RHF's one density, UHF's pair, and an
+    exchange-only term on the short-range operator."""
+    rhf = _converged(scf.RHF, basis="6-31g*")
+    uhf = _converged(scf.UHF, basis="6-31g*", spin=2)
+    for mf in (rhf, uhf):
+        stock = _gpu4pyscf_like(mf)
+        ours = fusionrcg(mf, options=OPTIONS)._fusionrcg_gradients(_gpu4pyscf_like(mf))
+        assert isinstance(ours, fgrad._FusionRCGGpu4pyscfGrad) and ours.fusionrcg_backend == "cpu"
+        dm = mf.make_rdm1()
+        for j, k in ((1.0, 1.0), (0.0, 0.4)):
+            ref = stock.jk_energy_per_atom(dm, j, k, omega=omega)
+            assert np.abs(ours.jk_energy_per_atom(dm, j, k, omega=omega) - ref).max() < 1e-10
+        plain = ours.undo_fusionrcg()
+        assert type(plain).__name__ == "Gpu4pyscfGradients" and not isinstance(plain, fgrad._FusionRCGGradBase)
+
+
+def test_gpu4pyscf_class_without_the_hook_is_kept_with_a_warning():
     class Gpu4pyscfGradients(rhf_grad.Gradients):
         __module__ = "gpu4pyscf.grad.rhf"
 
@@ -175,7 +213,7 @@ def test_gpu4pyscf_gradients_are_kept_with_a_warning():
     mf.verbose = logger.WARN
     g = mf._fusionrcg_gradients(Gpu4pyscfGradients(mf))
     assert type(g) is Gpu4pyscfGradients
-    assert "gradients of GPU4PySCF objects are not yet FusionRCG's" in mf.stdout.getvalue()
+    assert "jk_energy_per_atom, which Gpu4pyscfGradients lacks" in mf.stdout.getvalue()
 
 
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a usable GPU")
@@ -219,4 +257,22 @@ def test_gpu_gradients_equal_pyscf(method):
     ref = mf.nuc_grad_method().kernel()
     g = fusionrcg(mf, options=Options(backend="gpu", progress=False)).nuc_grad_method()
     assert isinstance(g, _FusionRCGGrad) and g.fusionrcg_backend == "gpu"
+    assert np.abs(g.kernel() - ref).max() < G_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gpu_gradients_equal_gpu4pyscf_on_its_objects(method):
+    """GPU4PySCF objects with the plugin: their gradients with FusionRCG's
+    two-electron part against GPU4PySCF's own (ROHF has none there)."""
+    pytest.importorskip("gpu4pyscf")
+    make, kw = METHODS[method]
+    if method == "rohf":
+        pytest.skip("GPU4PySCF has no ROHF gradients")
+    mf = make(gto.M(atom=H2O, basis="def2-tzvp", verbose=0, **kw)).to_gpu()
+    mf.conv_tol = 1e-10
+    mf.kernel()
+    ref = mf.nuc_grad_method().kernel()
+    g = mf.apply(fusionrcg, backend="gpu", progress=False).nuc_grad_method()
+    assert isinstance(g, fgrad._FusionRCGGpu4pyscfGrad)
     assert np.abs(g.kernel() - ref).max() < G_TOL
