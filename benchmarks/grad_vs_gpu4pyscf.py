@@ -6,10 +6,11 @@ or PySCF's with FusionRCG's GPU J/K where GPU4PySCF cannot: beyond g). Then,
 each after one untimed call (kernel compilation), the gradient
 (``nuc_grad_method().kernel()``) of
 
-* FusionRCG: the PySCF object of that SCF (``mf.to_cpu()``) with the plugin
-  on the GPU path (``fusionrcg(mf, backend='gpu')``): the two-electron part
-  from the GPU's derivative blocks, the rest PySCF's on the CPU; its
-  two-electron part alone is timed too (``two_electron_s``);
+* FusionRCG: the same SCF object with the plugin on the GPU path
+  (``fusionrcg(mf, backend='gpu')``): GPU4PySCF's gradient driver with the
+  two-electron part from FusionRCG's derivative kernels (only that part
+  differs), or PySCF's driver where GPU4PySCF cannot run; the two-electron
+  part alone is timed too (``two_electron_s``);
 * GPU4PySCF 1.9: the GPU4PySCF object's own gradient, where it runs;
 
 with the largest difference of the two (Eh/Bohr). Results go to
@@ -91,7 +92,8 @@ def _timed(fn):
 
 
 def converged_rhf(mol):
-    """(seconds, the converged RHF as a PySCF object, the GPU4PySCF object or None)."""
+    """(seconds, the converged RHF: a GPU4PySCF object where its driver runs,
+    else a PySCF one whose SCF ran with FusionRCG's J/K)."""
     from pyscf import scf
 
     from pyscf_fusionrcg import fusionrcg
@@ -99,30 +101,31 @@ def converged_rhf(mol):
         mf = scf.RHF(mol).to_gpu()
         mf.conv_tol = 1e-10
         t, _ = _timed(mf.kernel)
-        return t, mf.to_cpu(), mf
+        return t, mf
     mf = fusionrcg(scf.RHF(mol), backend="gpu")
     mf.conv_tol = 1e-10
     t, _ = _timed(mf.kernel)
-    return t, mf.undo_fusionrcg(), None
+    return t, mf.undo_fusionrcg()
 
 
 def run_case(case, args):
     import numpy as np
 
     from pyscf_fusionrcg import fusionrcg
-    from pyscf_fusionrcg.grad import DerivativeContext
+    from pyscf_fusionrcg.grad import DerivativeContext, is_gpu4pyscf
 
     mol = build_mol(case, args.molecules_dir)
-    t_scf, mf, stock = converged_rhf(mol)
+    t_scf, mf = converged_rhf(mol)
+    stock = mf if is_gpu4pyscf(mf) else None
     if not mf.converged:
         raise RuntimeError(f"{case.name}: the RHF did not converge")
     rec = dict(case=case.name, molecule=pathlib.Path(case.xyz).stem, basis=case.basis, natm=mol.natm,
                nao=mol.nao, max_l=int(mol._bas[:, 1].max()), scf_s=t_scf, e_tot=float(mf.e_tot))
-    ours = fusionrcg(mf, backend="gpu").nuc_grad_method()
+    ours = fusionrcg(mf.copy(), backend="gpu").nuc_grad_method()
     ours.verbose = 0
     ours.kernel()                                   # compiles the derivative kernels
     rec["fusionrcg_s"], g = _timed(ours.kernel)
-    dm = mf.make_rdm1()
+    dm = mf.make_rdm1()      # NumPy or CuPy: forces() takes either
     context = DerivativeContext(mol, float(mol.omega), ours.fusionrcg_options, backend="gpu")
     rec["two_electron_s"], _ = _timed(lambda: context.forces(dm, 1.0, 0.5, mf.direct_scf_tol))
     if stock is not None and case.baseline:
