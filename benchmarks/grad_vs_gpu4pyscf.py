@@ -7,7 +7,7 @@ each after one untimed call (kernel compilation), the gradient
 (``nuc_grad_method().kernel()``) of
 
 * FusionRCG: the same SCF object with the plugin on the GPU path
-  (``fusionrcg(mf, backend='gpu')``): GPU4PySCF's gradient driver with the
+  (``fusionrcg(mf, backend='gpu', gpu_gradients=True)``): GPU4PySCF's gradient driver with the
   two-electron part from FusionRCG's derivative kernels (only that part
   differs), or PySCF's driver where GPU4PySCF cannot run; the two-electron
   part alone is timed too (``two_electron_s``);
@@ -121,7 +121,7 @@ def run_case(case, args):
         raise RuntimeError(f"{case.name}: the RHF did not converge")
     rec = dict(case=case.name, molecule=pathlib.Path(case.xyz).stem, basis=case.basis, natm=mol.natm,
                nao=mol.nao, max_l=int(mol._bas[:, 1].max()), scf_s=t_scf, e_tot=float(mf.e_tot))
-    ours = fusionrcg(mf.copy(), backend="gpu").nuc_grad_method()
+    ours = fusionrcg(mf.copy(), backend="gpu", gpu_gradients=True).nuc_grad_method()
     ours.verbose = 0
     ours.kernel()                                   # compiles the derivative kernels
     rec["fusionrcg_s"], g = _timed(ours.kernel)

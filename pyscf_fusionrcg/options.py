@@ -13,6 +13,7 @@ only fill the defaults of what the caller did not give:
 ``FUSIONRCG_SCRATCH_MB``   ``scratch_mb``
 ``FUSIONRCG_PROGRESS=0``   ``progress=False``
 ``FUSIONRCG_J_ENGINE``     ``j_engine``
+``FUSIONRCG_GPU_GRADIENTS=1``  ``gpu_gradients=True``
 ``FUSIONRCG_PREPARED=0``   the on-disk cache of prepared objects off
                            (:func:`prepared_cache_enabled`, per process)
 =========================  ==========================================
@@ -41,6 +42,7 @@ ENV = {
     "scratch_mb": ("FUSIONRCG_SCRATCH_MB", float),
     "progress": ("FUSIONRCG_PROGRESS", lambda v: v != "0"),
     "j_engine": ("FUSIONRCG_J_ENGINE", str),
+    "gpu_gradients": ("FUSIONRCG_GPU_GRADIENTS", lambda v: v not in ("0", "")),
 }
 PREPARED_ENV = "FUSIONRCG_PREPARED"
 #: Seconds of kernel preparation or of a host-path build before its progress bar shows.
@@ -69,6 +71,11 @@ class Options:
         (:mod:`pyscf_fusionrcg.jengine`: the density folded into the class
         programs), 'off' (default) with the integral blocks; GPU builds do
         not have it yet.
+    gpu_gradients: nuclear gradients on the GPU path, and those of GPU4PySCF
+        objects, take their two-electron part from FusionRCG's derivative
+        kernels; off by default until they have run on a GPU (the gradients
+        are then PySCF's or GPU4PySCF's own, with a warning).  The host path
+        (``backend='cpu'``) always serves PySCF objects' gradients.
     """
     backend: str = "auto"
     direct_scf_tol: float | None = None
@@ -78,6 +85,7 @@ class Options:
     scratch_mb: float | None = None
     progress: bool = True
     j_engine: str = "off"
+    gpu_gradients: bool = False
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

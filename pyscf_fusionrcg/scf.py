@@ -78,7 +78,8 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     ``mf.direct_scf_tol`` at call time).  tier: force one storage tier of the
     GPU kernels (None lets the routing choose).  The other options of
     :class:`~pyscf_fusionrcg.options.Options` (``ctr``, ``fuse_digestion``,
-    ``scratch_mb``, ``progress``, ``j_engine``) go by keyword too, or whole as ``options``;
+    ``scratch_mb``, ``progress``, ``j_engine``, ``gpu_gradients``) go by keyword
+    too, or whole as ``options``;
     what is not given comes from the environment (``FUSIONRCG_*``), else the
     defaults.  comm: an mpi4py communicator whose ranks, all running this
     SCF, share each J/K build of the host path (:mod:`pyscf_fusionrcg.distributed`).
@@ -205,12 +206,21 @@ class _FusionRCGMixin:
         (:mod:`pyscf_fusionrcg.grad`), PySCF's Gradients classes and
         GPU4PySCF's alike, on the path of the J/K builds: the host's
         (``backend='cpu'``) or the GPU's.  The 'native' path (no GPU) keeps
-        PySCF's gradients, as its J/K.  A GPU4PySCF class without its per-atom
-        hook keeps its own, with a warning: a geometry optimisation should
-        not stop for that (the numbers are GPU4PySCF's, exact all the same)."""
+        PySCF's gradients, as its J/K.  On the GPU path and for GPU4PySCF's
+        classes that needs ``gpu_gradients=True`` (off by default until the
+        derivative kernels have run on a GPU); otherwise, and for a GPU4PySCF
+        class without its per-atom hook, the gradients stay the wrapped
+        class's own, with a warning: a geometry optimisation should not stop
+        for that (the numbers are PySCF's or GPU4PySCF's, exact all the same)."""
         if self._fusionrcg_path == "native":
             return mf_grad
-        from pyscf_fusionrcg.grad import fusionrcg_gradients
+        from pyscf_fusionrcg.grad import fusionrcg_gradients, is_gpu4pyscf
+        if (self._fusionrcg_path == "gpu" or is_gpu4pyscf(mf_grad)) and not self.fusionrcg_options.gpu_gradients:
+            logger.warn(self, "FusionRCG: the two-electron part of these gradients comes from %s; "
+                        "gpu_gradients=True (FUSIONRCG_GPU_GRADIENTS=1) takes it from FusionRCG's "
+                        "derivative kernels, off by default until they have run on a GPU.",
+                        type(mf_grad).__name__)
+            return mf_grad
         try:
             return fusionrcg_gradients(mf_grad, self.fusionrcg_options, self._fusionrcg_path)
         except ValueError as exc:

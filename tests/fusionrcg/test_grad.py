@@ -15,13 +15,14 @@ from gpucore import gpu_available
 from pyscf_fusionrcg import grad as fgrad
 from pyscf_fusionrcg import scf as plugin
 from pyscf_fusionrcg.grad import DerivativeContext, _FusionRCGGrad, fusionrcg_gradients
-from pyscf_fusionrcg.options import Options
+from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.scf import fusionrcg
 from test_scf_plugin import METHODS as SCF_METHODS
 
 H2O = "O 0 0 0.117; H 0.05 0.757 -0.469; H 0 -0.757 -0.48"
 G_TOL = 1e-8
 OPTIONS = Options(backend="cpu", progress=False)
+GPU_GRADIENTS = OPTIONS.replace(gpu_gradients=True)
 
 
 #: test_scf_plugin's methods, all on 6-31G here
@@ -144,12 +145,29 @@ def test_scanner_follows_the_geometry():
         assert isinstance(ours, _FusionRCGGrad)
 
 
-def test_gpu_path_gradients_are_fusionrcg_on_the_gpu(monkeypatch):
-    """On the GPU path the Gradients object takes its derivative integrals
-    from the GPU (checked on one by the gpu tests below)."""
+def test_gpu_path_gradients_stay_pyscf_by_default(monkeypatch):
     monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "gpu")
     mf = _converged(scf.RHF)
+    mf.stdout = io.StringIO()
+    mf.verbose = logger.WARN
     g = fusionrcg(mf, backend="gpu").nuc_grad_method()
+    assert type(g) is rhf_grad.Gradients
+    assert "gpu_gradients=True (FUSIONRCG_GPU_GRADIENTS=1)" in mf.stdout.getvalue()
+
+
+def test_gpu_gradients_option(monkeypatch):
+    monkeypatch.delenv("FUSIONRCG_GPU_GRADIENTS", raising=False)
+    assert not from_env().gpu_gradients and from_env(gpu_gradients=True).gpu_gradients
+    monkeypatch.setenv("FUSIONRCG_GPU_GRADIENTS", "1")
+    assert from_env().gpu_gradients
+
+
+def test_gpu_path_gradients_are_fusionrcg_on_the_gpu(monkeypatch):
+    """With gpu_gradients the Gradients object on the GPU path takes its
+    derivative integrals from the GPU (checked on one by the gpu tests below)."""
+    monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "gpu")
+    mf = _converged(scf.RHF)
+    g = fusionrcg(mf, backend="gpu", gpu_gradients=True).nuc_grad_method()
     assert isinstance(g, _FusionRCGGrad) and isinstance(g, rhf_grad.Gradients)
     assert g.fusionrcg_backend == "gpu"
     g.stdout = io.StringIO()
@@ -194,7 +212,7 @@ def test_gpu4pyscf_hook_is_fusionrcg(omega):
     uhf = _converged(scf.UHF, basis="6-31g*", spin=2)
     for mf in (rhf, uhf):
         stock = _gpu4pyscf_like(mf)
-        ours = fusionrcg(mf, options=OPTIONS)._fusionrcg_gradients(_gpu4pyscf_like(mf))
+        ours = fusionrcg(mf, options=GPU_GRADIENTS)._fusionrcg_gradients(_gpu4pyscf_like(mf))
         assert isinstance(ours, fgrad._FusionRCGGpu4pyscfGrad) and ours.fusionrcg_backend == "cpu"
         dm = mf.make_rdm1()
         for j, k in ((1.0, 1.0), (0.0, 0.4)):
@@ -208,7 +226,7 @@ def test_gpu4pyscf_class_without_the_hook_is_kept_with_a_warning():
     class Gpu4pyscfGradients(rhf_grad.Gradients):
         __module__ = "gpu4pyscf.grad.rhf"
 
-    mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
+    mf = fusionrcg(_converged(scf.RHF), options=GPU_GRADIENTS)
     mf.stdout = io.StringIO()
     mf.verbose = logger.WARN
     g = mf._fusionrcg_gradients(Gpu4pyscfGradients(mf))
@@ -255,7 +273,7 @@ def test_gpu_gradients_equal_pyscf(method):
     make, kw = METHODS[method]
     mf = _converged(make, basis="def2-tzvp", **kw)
     ref = mf.nuc_grad_method().kernel()
-    g = fusionrcg(mf, options=Options(backend="gpu", progress=False)).nuc_grad_method()
+    g = fusionrcg(mf, options=Options(backend="gpu", progress=False, gpu_gradients=True)).nuc_grad_method()
     assert isinstance(g, _FusionRCGGrad) and g.fusionrcg_backend == "gpu"
     assert np.abs(g.kernel() - ref).max() < G_TOL
 
@@ -273,6 +291,6 @@ def test_gpu_gradients_equal_gpu4pyscf_on_its_objects(method):
     mf.conv_tol = 1e-10
     mf.kernel()
     ref = mf.nuc_grad_method().kernel()
-    g = mf.apply(fusionrcg, backend="gpu", progress=False).nuc_grad_method()
+    g = mf.apply(fusionrcg, backend="gpu", progress=False, gpu_gradients=True).nuc_grad_method()
     assert isinstance(g, fgrad._FusionRCGGpu4pyscfGrad)
     assert np.abs(g.kernel() - ref).max() < G_TOL
