@@ -41,6 +41,11 @@ running them per primitive quartet because they are linear in the weights
 ``W`` (the other pair's contraction coefficients then sit in the pair density
 instead: ``D^_f(c_p, d_q) = sum_{w, x} c_{p w} d_{q x} D~_f(c_w, d_x)`` is what
 a per-primitive kernel reads).  The contracted stages run op by op.
+
+On the GPU (not routed to yet, docs/jengine-gpu.md), ``codegen.jkernel``
+emits the two-sided program as a kernel that reads those per-primitive pair
+densities, :func:`quartet_densities` makes them on the host, and
+``launch.GPUJEngine`` runs it behind :class:`HostJEngine`'s interface.
 """
 from __future__ import annotations
 
@@ -271,6 +276,69 @@ def pair_densities(mol, pairs, dms, smap: pairmaps.SideMap) -> np.ndarray:
     cen = host.shell_centres(mol)
     m = pairmaps.monomials(smap.powers, cen[x] - cen[y]) @ smap.coef.reshape(len(smap.powers), -1)
     return np.einsum('npr,snuvr->snuvp', m.reshape(n, smap.n_start, smap.n_rows), blk)
+
+
+def primitive_pair_densities(mol, pairs, dms, smap: pairmaps.SideMap) -> np.ndarray:
+    """``D^`` of shell pairs ``(x, y)`` of one (l, nctr, nprim) per index:
+    ``(nset, n, np_x * np_y * n_start)``, ``[s, p, (i * np_y + j) * n_start + f]
+    = sum_{u, v} c_x[u, i] c_y[v, j] D~[s, p, u, v, f]`` (:func:`pair_densities`,
+    ``c`` the shells' ``[nctr][nprim]`` coefficients in ``mol._env``): the
+    pair's contraction folded into its density, what a J kernel's
+    accumulations of the other side read per primitive pair
+    (:mod:`pyscf_fusionrcg.codegen.jkernel`)."""
+    pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 2)
+    bas, env = mol._bas, mol._env
+
+    def coefficients(shells):
+        nprim, nctr = int(bas[shells[0], NPRIM_OF]), int(bas[shells[0], NCTR_OF])
+        ptr = bas[shells, host.PTR_COEFF][:, None] + np.arange(nprim * nctr)
+        return env[ptr].reshape(len(shells), nctr, nprim)
+
+    dt = pair_densities(mol, pairs, dms, smap)
+    cx, cy = coefficients(pairs[:, 0]), coefficients(pairs[:, 1])
+    d = np.einsum('pui,pvj,spuvf->spijf', cx, cy, dt, optimize=True)
+    return d.reshape(len(dms), len(pairs), -1)
+
+
+def quartet_densities(mol, prog: JProgram, quartets, dms, swaps=(None, None)):
+    """The pair-density step of the J kernels, on the host (NumPy): ``(rho,
+    rho_off)`` for quartets of one class and contraction shape with ``dms``
+    (nset, nao, nao): ``rho`` (nset, m) the :func:`primitive_pair_densities`
+    rows of the quartets' distinct bra pairs (``rab``, read by the ket's
+    accumulators) and ket pairs (``rcd``, read by the bra's), on the side
+    maps of ``prog.eri``; ``rho_off`` (nq, 2) int64 each quartet's two rows.
+    ``swaps`` (bra, ket masks, :func:`launch.orient`'s): a swapped pair's
+    density is taken from ``dms`` transposed, so that the J blocks are those
+    of the quartets before the swap (transposed where the bra was swapped)."""
+    quartets = np.asarray(quartets, dtype=np.intp).reshape(-1, 4)
+    nq, nset = len(quartets), len(dms)
+    off = np.zeros((nq, 2), dtype=np.int64)
+    tables, size = [], 0
+    for k, (pair_side, reader) in enumerate((('bra', 'ket'), ('ket', 'bra'))):
+        if reader not in prog.sides:
+            continue
+        pairs = quartets[:, 2 * k:2 * k + 2]
+        swapped = np.zeros(nq, dtype=bool) if swaps[k] is None else np.asarray(swaps[k], dtype=bool)
+        smap = pairmaps.side_map(prog.eri, pair_side)
+        keys, inv = np.unique(np.column_stack([pairs, swapped]), axis=0, return_inverse=True)
+        inv = inv.ravel()
+        nprim = mol._bas[keys[:, :2], NPRIM_OF]
+        _, group = np.unique(nprim, axis=0, return_inverse=True)
+        row_off = np.zeros(len(keys), dtype=np.int64)
+        for g in np.unique(group):
+            rows = np.nonzero(group == g)[0]
+            block = np.empty((nset, len(rows), int(nprim[rows[0]].prod()) * smap.n_start))
+            for flag in (False, True):
+                sel = keys[rows, 2] == flag
+                if sel.any():
+                    dm = dms.transpose(0, 2, 1) if flag else dms
+                    block[:, sel] = primitive_pair_densities(mol, keys[rows[sel], :2], dm, smap)
+            row_off[rows] = size + np.arange(len(rows)) * block.shape[2]
+            tables.append(block.reshape(nset, -1))
+            size += block[0].size
+        off[:, k] = row_off[inv]
+    rho = np.concatenate(tables, axis=1) if tables else np.zeros((nset, 1))
+    return np.ascontiguousarray(rho), off
 
 
 @dataclass

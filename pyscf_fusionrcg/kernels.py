@@ -47,3 +47,11 @@ def compile_side_passes(program: ir.Program):
     from gpucore import compile_source
     source, name = codegen.side_pass_source(program)
     return compile_source(source, name=name).get_kernel(name)
+
+
+def compile_j(program, omega_kind: int, nctr):
+    """Compile the J kernel of a :class:`~pyscf_fusionrcg.jengine.JProgram`
+    (:func:`codegen.j_kernel_source`) with NVRTC (gpucore)."""
+    from gpucore import compile_source
+    source, name = codegen.j_kernel_source(program, omega_kind, nctr)
+    return compile_source(source, name=name).get_kernel(name)

@@ -22,6 +22,9 @@
   like ``host.HostEngine``; the latter runs :func:`get_derivative_kernel`'s
   kernels (derivative programs, :func:`tiers.derivative_variant`), which
   nothing routes gradients to yet.
+* :class:`GPUJEngine`: the J engine's kernels (:func:`get_j_kernel`,
+  ``codegen.jkernel``) behind ``jengine.HostJEngine``'s interface; nothing
+  routes builds to it yet (docs/jengine-gpu.md).
 * :func:`precompile`: what ``fusion-warmup`` calls.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from math import prod
 
 import numpy as np
 
-from . import codegen, host, ir, kernels, pairmaps, tiers
+from . import codegen, host, ir, jengine, kernels, pairmaps, tiers
 from .options import Options, from_env
 
 ATOM_OF, ANG_OF, NPRIM_OF, NCTR_OF, PTR_EXP, PTR_COEFF = 0, 1, 2, 3, 5, 6
@@ -219,6 +222,32 @@ def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=Non
         k = _kernels.get(key)
     if k is None:
         k = DerivativeKernel(key[1], key[2], omega, key[4], key[5])
+        with _lock:
+            _kernels[key] = k
+    return k
+
+
+class JKernel:
+    """The compiled J kernel of a class's two-sided J program (default build
+    centres; ``codegen.j_kernel_source``): :meth:`launch` runs it on ``nq``
+    quartets with the kernel's arguments."""
+
+    def __init__(self, ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1)):
+        self.program = jengine.j_program(*ls, cart)
+        self.nctr = tuple(int(n) for n in nctr)
+        self.kernel = kernels.compile_j(self.program, codegen.omega_kind(omega), self.nctr)
+
+    def launch(self, nq, args):
+        self.kernel((-(-nq // codegen.BLOCK),), (codegen.BLOCK,), args)
+
+
+def get_j_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1)) -> JKernel:
+    """Cached :class:`JKernel` (omega enters through its sign only)."""
+    key = ('j', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega), tuple(int(n) for n in nctr))
+    with _lock:
+        k = _kernels.get(key)
+    if k is None:
+        k = JKernel(key[1], key[2], omega, key[4])
         with _lock:
             _kernels[key] = k
     return k
@@ -481,6 +510,66 @@ class GPUEngine:
                                         self.options.scratch_mb):
             res[pos[lo:hi]] = buf.T.reshape((hi - lo,) + dims)
         return res, swap_bra, swap_ket
+
+
+class GPUJEngine:
+    """J blocks of shell quartets through the J kernels: ``sides`` and
+    ``quartet_j(shls, dms)`` as :class:`jengine.HostJEngine`'s, so that
+    ``jk.digest_j(mol, dms, tasks, GPUJEngine(mol, omega))`` adds them into
+    J with the task lists' 8-fold degeneracy (on the host, NumPy).
+
+    Per class: the quartets oriented and put in primitive order as the J/K
+    kernels' (:func:`orient`, :func:`primitive_order`), their pair densities
+    made on the host (:func:`jengine.quartet_densities`), one launch per
+    density set, the ``[element][quartet]`` output split into the sides'
+    blocks and put back in the quartets' order.  :meth:`_device` and
+    :meth:`kernel` are where a CPU emulation stands in for the GPU."""
+
+    sides = jengine.SIDES[0]
+
+    def __init__(self, mol, omega=0.0):
+        self.mol = mol
+        self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
+        self.keys = ShellKeys(mol)
+        self._device()
+
+    def _device(self):
+        """The array module and the basis arguments (``shl``, ``env``) on the device."""
+        self.xp = _cupy()
+        self.shl = self.xp.asarray(shell_table(self.mol))
+        self.env = self.xp.asarray(np.asarray(self.mol._env, dtype=np.float64))
+
+    def kernel(self, ls, nctr) -> JKernel:
+        return get_j_kernel(ls, bool(self.mol.cart), self.omega, nctr)
+
+    def quartet_j(self, shls, dms) -> dict:
+        """``{'bra': (nset, n, da, db), 'ket': (nset, n, dc, dd)}`` NumPy J
+        blocks of ``n`` quartets of one class for NumPy ``dms`` (nset, nao, nao)."""
+        xp = self.xp
+        shls = np.asarray(shls, dtype=np.int32).reshape(-1, 4)
+        ls, nctr = _class_of(self.mol, shls)
+        kern = self.kernel(ls, nctr)
+        oriented, swap_bra, swap_ket = orient(self.keys, shls)
+        pos = primitive_order(self.keys, oriented)
+        rho, off = jengine.quartet_densities(self.mol, kern.program, oriented[pos], dms,
+                                             (swap_bra[pos], swap_ket[pos]))
+        sizes = codegen.j_block_sizes(kern.program, nctr)
+        nelem, nq = sum(sizes.values()), len(shls)
+        args = (xp.asarray(oriented[pos]), np.int32(nq), self.shl, self.env, np.float64(self.omega))
+        off = xp.asarray(off)
+        res = np.empty((len(dms), nelem, nq))
+        for s in range(len(dms)):
+            out = xp.empty(nelem * nq)
+            kern.launch(nq, args + (xp.asarray(rho[s]), off, out))
+            res[s][:, pos] = (out if xp is np else out.get()).reshape(nelem, nq)
+        blocks, e0 = {}, 0
+        for side, swap in zip(self.sides, (swap_bra, swap_ket)):
+            dims = codegen.j_block_dims(kern.program, side, nctr)
+            blk = res[:, e0:e0 + sizes[side]].reshape((len(dms),) + dims + (nq,)).transpose(0, 3, 1, 2)
+            if swap.any():      # equal (l, nctr): square
+                blk[:, swap] = blk[:, swap].transpose(0, 1, 3, 2)
+            blocks[side], e0 = blk, e0 + sizes[side]
+        return blocks
 
 
 def precompile(lmax: int = 4, cart: bool = False, options: Options = None) -> list[str]:

@@ -15,7 +15,8 @@ The phases, one module each, in the order data flows through them:
 * :mod:`.encoding`: the op stream of the table and levels forms;
 * :mod:`.geometry`: threads per block, shared memory and scratch of a launch;
 * :mod:`.emit`: the per-quartet function, the class kernels, the g++ source;
-* :mod:`.side_passes`: the pairmap contracted stage's bra and ket passes.
+* :mod:`.side_passes`: the pairmap contracted stage's bra and ket passes;
+* :mod:`.jkernel`: the J engine's kernels (:class:`~pyscf_fusionrcg.jengine.JProgram`).
 
 Nothing here caches on disk or compiles: :mod:`pyscf_fusionrcg.kernels` does.
 
@@ -74,6 +75,7 @@ from .geometry import (BLOCK, GLOBAL_BLOCK, LEVELS_THREADS_PER_SM, SHARED_BYTES_
                        shared_block, shared_bytes, warp_block)
 from .statements import (LEVEL_OPS_PER_LANE, LEVEL_WIDTH, Sequence, assign_slots, level_schedule,
                        level_sequence, sequence)
+from .jkernel import J_ACC_MAX, j_block_dims, j_block_sizes, j_kernel_name, j_kernel_source
 from .side_passes import (PASS_SHARED_BYTES, PASS_THREADS, pass_cost, pass_dims, pass_quartets,
                           pass_shared_bytes, side_pass_source)
 from .variant import (CTR_MODES, FORMS, LEVEL_OP_WORDS, TIERS, Variant, kernel_name, level_op_words,
@@ -87,4 +89,4 @@ __all__ = ['emit_kernel_source', 'host_source', 'quartet_function', 'LEVEL_ROW_B
            'level_sequence', 'sequence', 'PASS_SHARED_BYTES', 'PASS_THREADS', 'pass_cost', 'pass_dims',
            'pass_quartets', 'pass_shared_bytes', 'side_pass_source', 'CTR_MODES', 'FORMS', 'LEVEL_OP_WORDS',
            'TIERS', 'Variant', 'kernel_name', 'level_op_words', 'make_variant', 'omega_kind',
-           'tuples_per_thread']
+           'tuples_per_thread', 'J_ACC_MAX', 'j_block_dims', 'j_block_sizes', 'j_kernel_name', 'j_kernel_source']

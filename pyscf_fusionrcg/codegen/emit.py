@@ -92,6 +92,75 @@ def _stream_signature(form: str) -> tuple[str, str]:
             'levels': (_LEVELS_SIGNATURE, _LEVELS_ARGS)}.get(form, ('', ''))
 
 
+#: The pair vectors and squared distances every per-quartet function starts with.
+PAIR_VECTORS = [
+    '  const double abx = ra[0] - rb[0], aby = ra[1] - rb[1], abz = ra[2] - rb[2];',
+    '  const double cdx = rc[0] - rd[0], cdy = rc[1] - rd[1], cdz = rc[2] - rd[2];',
+    '  const double rab2 = abx * abx + aby * aby + abz * abz;',
+    '  const double rcd2 = cdx * cdx + cdy * cdy + cdz * cdz;']
+#: Closes the four primitive loops that :func:`primitive_loops` opens.
+CLOSE_LOOPS = ['        }', '      }', '    }', '  }']
+
+
+def primitive_loops(syms, omega_kind: int, mmax: int, boys_const: float, ab_lines=()) -> list:
+    """The lines that open the four primitive loops (ia, ib, ic, id) and
+    compute, per primitive quartet, the Boys values ``boys[0..mmax]`` of the
+    operator, ``cpref = boys_const * pref`` and the symbols ``syms`` of
+    ``ir.Sym`` (the loop body follows; :data:`CLOSE_LOOPS` ends it);
+    ``ab_lines`` go into the bra pair's loop, after P."""
+    L = ['  for (int ia = 0; ia < npa; ++ia) {',
+         '    const double ai = ea[ia];',
+         '    for (int ib = 0; ib < npb; ++ib) {',
+         '      const double bi = eb[ib];',
+         '      const double zeta = ai + bi, izeta = 1.0 / zeta;',
+         '      const double kab_arg = ai * bi * izeta * rab2;',
+         '      if (kab_arg > FR_EXP_CUTOFF) continue;',
+         '      const double kab = exp(-kab_arg);',
+         '      const double px = (ai * ra[0] + bi * rb[0]) * izeta;',
+         '      const double py = (ai * ra[1] + bi * rb[1]) * izeta;',
+         '      const double pz = (ai * ra[2] + bi * rb[2]) * izeta;',
+         *ab_lines,
+         '      for (int ic = 0; ic < npc; ++ic) {',
+         '        const double ci = ec[ic];',
+         '        for (int id = 0; id < npd; ++id) {',
+         '          const double di = ed[id];',
+         '          const double eta = ci + di, ieta = 1.0 / eta;',
+         '          const double kcd_arg = ci * di * ieta * rcd2;',
+         '          if (kcd_arg > FR_EXP_CUTOFF) continue;',
+         '          const double qx = (ci * rc[0] + di * rd[0]) * ieta;',
+         '          const double qy = (ci * rc[1] + di * rd[1]) * ieta;',
+         '          const double qz = (ci * rc[2] + di * rd[2]) * ieta;',
+         '          const double rze = fr_rsqrt(zeta + eta), ize = fr_recip_from_rsqrt(zeta + eta, rze);',
+         '          const double rho = zeta * eta * ize;',
+         '          const double pqx = px - qx, pqy = py - qy, pqz = pz - qz;',
+         '          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);',
+         '          const double pref = kTwoPi52 * izeta * ieta * rze * kab * exp(-kcd_arg);',
+         f'          double boys[{mmax + 1}];',
+         f'          boys_operator<{omega_kind}, {mmax}>(T, rho, omega, boys);',
+         f'          const double cpref = {_num(boys_const)} * pref;']
+    add = L.append
+    S = ir.Sym
+    for d, ax in enumerate('xyz'):
+        if ir.WP[d] in syms or ir.WQ[d] in syms:
+            add(f'          const double w{ax} = (zeta * p{ax} + eta * q{ax}) * ize;')
+        for trip, expr in ((ir.PA, f'p{ax} - ra[{d}]'), (ir.PB, f'p{ax} - rb[{d}]'),
+                           (ir.QC, f'q{ax} - rc[{d}]'), (ir.QD, f'q{ax} - rd[{d}]'),
+                           (ir.WP, f'w{ax} - p{ax}'), (ir.WQ, f'w{ax} - q{ax}')):
+            if trip[d] in syms:
+                add(f'          const double {trip[d].c_name} = {expr};')
+    if S.INV_2ZETA in syms or S.RHO_INV_2ZETA2 in syms:
+        add('          const double inv_2zeta = 0.5 * izeta;')
+    if S.INV_2ETA in syms or S.RHO_INV_2ETA2 in syms:
+        add('          const double inv_2eta = 0.5 * ieta;')
+    if S.RHO_INV_2ZETA2 in syms:
+        add('          const double rho_inv_2zeta2 = rho * izeta * inv_2zeta;')
+    if S.RHO_INV_2ETA2 in syms:
+        add('          const double rho_inv_2eta2 = rho * ieta * inv_2eta;')
+    if S.INV_2ZETA_ETA in syms:
+        add('          const double inv_2zeta_eta = 0.5 * ize;')
+    return L
+
+
 def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: int) -> str:
     """The ``__host__ __device__`` per-quartet function (see the module docstring).
 
@@ -160,10 +229,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
     add(_SIGNATURE + _stream_signature(form)[0] + (', int lane' if lev else '') + ') {')
     add('  using namespace fusionrcg;')
     add('  (void)omega; (void)sp;')
-    add('  const double abx = ra[0] - rb[0], aby = ra[1] - rb[1], abz = ra[2] - rb[2];')
-    add('  const double cdx = rc[0] - rd[0], cdy = rc[1] - rd[1], cdz = rc[2] - rd[2];')
-    add('  const double rab2 = abx * abx + aby * aby + abz * abz;')
-    add('  const double rcd2 = cdx * cdx + cdy * cdy + cdz * cdz;')
+    L.extend(PAIR_VECTORS)
     # contraction tuple (u, v, w, x) of each tuple of the group, block offsets
     tstride = (nctr[1] * nctr[2] * nctr[3], nctr[2] * nctr[3], nctr[3], 1)
     idx = {}
@@ -208,57 +274,9 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         add('  sp[0] = 1.0;')
     if not tab:
         L.extend(statements(0, n_zero, '  '))
-    add('  for (int ia = 0; ia < npa; ++ia) {')
-    add('    const double ai = ea[ia];')
-    add('    for (int ib = 0; ib < npb; ++ib) {')
-    add('      const double bi = eb[ib];')
-    add('      const double zeta = ai + bi, izeta = 1.0 / zeta;')
-    add('      const double kab_arg = ai * bi * izeta * rab2;')
-    add('      if (kab_arg > FR_EXP_CUTOFF) continue;')
-    add('      const double kab = exp(-kab_arg);')
-    add('      const double px = (ai * ra[0] + bi * rb[0]) * izeta;')
-    add('      const double py = (ai * ra[1] + bi * rb[1]) * izeta;')
-    add('      const double pz = (ai * ra[2] + bi * rb[2]) * izeta;')
-    for g in range(G):
-        add(f'      const double cab{g} = {coef(0, g, "ia")} * {coef(1, g, "ib")};')
-    add('      for (int ic = 0; ic < npc; ++ic) {')
-    add('        const double ci = ec[ic];')
-    add('        for (int id = 0; id < npd; ++id) {')
-    add('          const double di = ed[id];')
-    add('          const double eta = ci + di, ieta = 1.0 / eta;')
-    add('          const double kcd_arg = ci * di * ieta * rcd2;')
-    add('          if (kcd_arg > FR_EXP_CUTOFF) continue;')
-    add('          const double qx = (ci * rc[0] + di * rd[0]) * ieta;')
-    add('          const double qy = (ci * rc[1] + di * rd[1]) * ieta;')
-    add('          const double qz = (ci * rc[2] + di * rd[2]) * ieta;')
-    add('          const double rze = fr_rsqrt(zeta + eta), ize = fr_recip_from_rsqrt(zeta + eta, rze);')
-    add('          const double rho = zeta * eta * ize;')
-    add('          const double pqx = px - qx, pqy = py - qy, pqz = pz - qz;')
-    add('          const double T = rho * (pqx * pqx + pqy * pqy + pqz * pqz);')
-    add('          const double pref = kTwoPi52 * izeta * ieta * rze * kab * exp(-kcd_arg);')
-    add(f'          double boys[{mmax + 1}];')
-    add(f'          boys_operator<{variant.omega_kind}, {mmax}>(T, rho, omega, boys);')
-    # the table form carries the constant in the op stream
-    add(f'          const double cpref = {_num(1.0 if tab else program.boys_const)} * pref;')
-    S = ir.Sym
-    for d, ax in enumerate('xyz'):
-        if ir.WP[d] in syms or ir.WQ[d] in syms:
-            add(f'          const double w{ax} = (zeta * p{ax} + eta * q{ax}) * ize;')
-        for trip, expr in ((ir.PA, f'p{ax} - ra[{d}]'), (ir.PB, f'p{ax} - rb[{d}]'),
-                           (ir.QC, f'q{ax} - rc[{d}]'), (ir.QD, f'q{ax} - rd[{d}]'),
-                           (ir.WP, f'w{ax} - p{ax}'), (ir.WQ, f'w{ax} - q{ax}')):
-            if trip[d] in syms:
-                add(f'          const double {trip[d].c_name} = {expr};')
-    if S.INV_2ZETA in syms or S.RHO_INV_2ZETA2 in syms:
-        add('          const double inv_2zeta = 0.5 * izeta;')
-    if S.INV_2ETA in syms or S.RHO_INV_2ETA2 in syms:
-        add('          const double inv_2eta = 0.5 * ieta;')
-    if S.RHO_INV_2ZETA2 in syms:
-        add('          const double rho_inv_2zeta2 = rho * izeta * inv_2zeta;')
-    if S.RHO_INV_2ETA2 in syms:
-        add('          const double rho_inv_2eta2 = rho * ieta * inv_2eta;')
-    if S.INV_2ZETA_ETA in syms:
-        add('          const double inv_2zeta_eta = 0.5 * ize;')
+    L.extend(primitive_loops(syms, variant.omega_kind, mmax, 1.0 if tab else program.boys_const,
+                             [f'      const double cab{g} = {coef(0, g, "ia")} * {coef(1, g, "ib")};'
+                              for g in range(G)]))
     for g in range(G):
         add(f'          const double wt{g} = cab{g} * {coef(2, g, "ic")} * {coef(3, g, "id")};')
     # a derivative's raised terms: the weight times twice the differentiated shell's exponent
@@ -294,10 +312,7 @@ def quartet_function(program: ir.Program, variant: Variant, fname: str, stride: 
         L.extend(statements(n_zero, seq.end_body + 1, ind))
     if acc_out:
         add(f'{ind}acc_add = true;')
-    add('        }')
-    add('      }')
-    add('    }')
-    add('  }')
+    L.extend(CLOSE_LOOPS)
     if acc_out:
         # the accumulators are in out; the side passes (or pairmaps.py's products) run the
         # contracted stage

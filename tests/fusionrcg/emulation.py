@@ -3,9 +3,11 @@ check it with nvcc): the toolchain markers, a parallel build into shared
 libraries, the op-stream arguments as ctypes, and the emulation that runs
 ``__global__`` kernels on the CPU."""
 import ctypes
+import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,6 +38,17 @@ def build_many(sources, tmp):
         assert p.returncode == 0, err[-4000:]
         libs.append(ctypes.CDLL(str(so)))
     return libs
+
+
+def printed_by_other_processes(script, seeds=('1', '2')):
+    """What ``script`` prints (stripped) in fresh interpreters of each string
+    hashing seed: generated texts must not depend on it."""
+    out = []
+    for seed in seeds:
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(CSRC.parent))
+        out.append(subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                                  check=True).stdout.strip())
+    return out
 
 
 def stream_ctypes(prog, var):
