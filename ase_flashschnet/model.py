@@ -282,9 +282,10 @@ class SchNet(nn.Module):
         torch.save({"format": FORMAT, "version": VERSION, "config": self.config, "state_dict": state}, path)
 
 
-def read_tagged_file(path, tag: str, version: int, what: str) -> dict:
+def read_tagged_file(path, tag: str, version: int | tuple[int, ...], what: str) -> dict:
     """The dictionary that ``torch.save`` wrote at ``path``, checked to carry
-    ``format`` ``tag`` and ``version`` (as model files and training checkpoints do).
+    ``format`` ``tag`` and ``version`` (one, or a tuple of those this code reads),
+    as model files, training and MD checkpoints do.
 
     Raises ``FileNotFoundError`` if there is no file, and ``ValueError`` naming
     the file and ``what`` it should be (e.g. 'FlashSchNet model file') for
@@ -300,9 +301,10 @@ def read_tagged_file(path, tag: str, version: int, what: str) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != tag:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: not a {what} (format {found!r}, expected {tag!r})")
-    if blob.get("version") != version:
+    versions = (version,) if isinstance(version, int) else tuple(version)
+    if blob.get("version") not in versions:
         raise ValueError(f"{path}: unsupported {what} version {blob.get('version')!r} "
-                         f"(this code reads version {version})")
+                         f"(this code reads version {' or '.join(map(str, versions))})")
     return blob
 
 

@@ -22,6 +22,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import Trajectory, read
 
+from ..model import read_tagged_file
+
 __all__ = ["CHECKPOINT_NAME", "DYNAMICS", "load_checkpoint", "checkpoint_structures", "recorded_dynamics",
            "check_matches", "dynamics_settings", "checkpoint_data", "save_checkpoint", "restore_dynamics",
            "trajectory_paths", "TrajectoryWriters"]
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "flashschnet-md-checkpoint"
+#: The versions this code reads; it writes the last.  Version 1 records no
+#: temperature or friction (:func:`recorded_dynamics`).
+CHECKPOINT_VERSIONS = (1, 2)
 
 # The MDConfig fields that define the dynamics, recorded in checkpoints.
 DYNAMICS = ("dt_fs", "temperature_K", "friction_per_fs", "integrator")
@@ -40,11 +45,7 @@ def load_checkpoint(restart) -> dict:
     path = Path(restart)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a FlashSchNet MD checkpoint")
+    data = read_tagged_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSIONS, "FlashSchNet MD checkpoint")
     data["path"] = str(path)
     return data
 
@@ -102,7 +103,7 @@ def dynamics_settings(config) -> dict:
 def checkpoint_data(sim) -> dict:
     """Everything the continuation of the simulation ``sim`` depends on, as a checkpoint holds it."""
     return {
-        "format": CHECKPOINT_FORMAT, "version": 2, "step": sim.step, "replicas": sim.R,
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSIONS[-1], "step": sim.step, "replicas": sim.R,
         "positions": sim.x.cpu(), "velocities": sim.v.cpu(), "forces": sim.f.cpu(),
         "energies": sim.e.cpu(), "rng_state": sim.generator.get_state(), "seed": sim.seed,
         "numbers": torch.as_tensor(sim.numbers), "masses": torch.as_tensor(sim.masses_np),

@@ -351,3 +351,22 @@ def test_gpu_in_graph_steps_follow_host_steps(model, ethanol, periodic):
     assert graphed.cuda_graph and graphed.neighbor_builds > 3
     assert graphed.host_syncs == 6 and host.host_syncs == 60
     np.testing.assert_allclose(graphed.positions, host.positions, atol=1e-8)
+
+
+def test_load_checkpoint_names_what_is_wrong(tmp_path):
+    """A missing file, another kind of file, and a version this code does not
+    read each get an error naming the file; versions 1 and 2 load."""
+    from ase_flashschnet.md.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+    with pytest.raises(FileNotFoundError, match="no FlashSchNet MD checkpoint at"):
+        load_checkpoint(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "flashschnet-model", "version": 2}, path)
+    with pytest.raises(ValueError, match="not a FlashSchNet MD checkpoint .format 'flashschnet-model'"):
+        load_checkpoint(path)
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 3}, path)
+    with pytest.raises(ValueError, match="unsupported FlashSchNet MD checkpoint version 3 .this code reads version 1 or 2"):
+        load_checkpoint(tmp_path)
+    for version in (1, 2):
+        torch.save({"format": CHECKPOINT_FORMAT, "version": version, "step": 7}, path)
+        data = load_checkpoint(tmp_path)
+        assert data["step"] == 7 and data["path"] == str(path)
