@@ -17,7 +17,7 @@ from pyscf import gto, scf
 
 from pyscf_fusionrcg import codegen, host, jengine, launch
 from pyscf_fusionrcg.jk import digest_j
-from pyscf_fusionrcg.screening import build_tasks
+from pyscf_fusionrcg.screening import build_tasks, to_host
 
 from emulation import GXX, emulated_many, printed_by_other_processes
 
@@ -190,12 +190,12 @@ def test_primitive_pair_densities_fold_the_contraction(synth):
 
 @pytest.mark.gpu
 def test_gpu_j_equals_pyscf():
-    """The J kernels on the GPU, digested by jk.digest_j, against PySCF's get_j."""
+    """The J kernels on the GPU, digested by digest_j on the GPU, against PySCF's get_j."""
     for basis, omega in (('6-31g*', 0.0), ('cc-pvtz', 0.3)):
         mol = gto.M(verbose=0, atom='O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469', basis=basis)
         dm = _dms(mol.nao, 1)
         dm = dm + dm.transpose(0, 2, 1)
         tasks = build_tasks(mol, dm, omega, with_k=False)
-        vj = digest_j(mol, dm, tasks, launch.GPUJEngine(mol, omega), progress=False)
+        vj = to_host(digest_j(mol, dm, tasks, launch.GPUJEngine(mol, omega), progress=False))
         ref, _ = scf.hf.get_jk(mol, dm, hermi=1, omega=omega or None, with_k=False)
         assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max(), (basis, omega)
