@@ -1,4 +1,4 @@
-"""The J engine's digestion, in the engine's array module.
+"""The J engine's digestion, in the engine's array module, and J-only builds through it.
 
 :func:`digest_j` adds each unique quartet's two J blocks (a J engine's
 ``quartet_j``: :class:`~pyscf_fusionrcg.jengine.HostJEngine` on the host,
@@ -6,9 +6,12 @@
 lists of :func:`~pyscf_fusionrcg.screening.build_tasks`.  Its arithmetic (the
 symmetrised density, the degeneracy, the scatter into the rows of both pairs)
 runs in the engine's array module ``xp`` (NumPy for the host engine, CuPy for
-the GPU's), one implementation for both paths.  :func:`batches` and
-:func:`scatter` also serve the host path's J/K digestion
-(:func:`pyscf_fusionrcg.jk.digest_tasks`).
+the GPU's), one implementation for both paths.  :func:`engine_j` is a whole
+J-only build through a J engine, as ``JKContext`` routes the GPU path's builds
+with ``Options.j_engine='on'``: the density screened on the host as the host
+path screens it, J digested in the engine's module and returned NumPy or CuPy
+as the density came.  :func:`batches` and :func:`scatter` also serve the host
+path's J/K digestion (:func:`pyscf_fusionrcg.jk.digest_tasks`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S, Options
-from pyscf_fusionrcg.screening import on_gpu
+from pyscf_fusionrcg.screening import build_tasks, on_gpu, to_host
 
 #: Doubles of integral blocks digested per batch (bounds the scratch memory).
 BATCH_DOUBLES = 1 << 21
@@ -86,3 +89,20 @@ def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
         scatter(jh, pieces)
     return jh + jh.transpose(0, 2, 1)
 
+
+def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, progress=Options.progress):
+    """J of ``dm`` ((nao, nao) or (n, nao, nao), NumPy or CuPy) through a J
+    engine, shaped as ``dm`` and NumPy or CuPy as ``dm``: the task lists of
+    the density screened for J on the host (:func:`build_tasks`, as the host
+    path screens), digested by :func:`digest_j` in the engine's array module.
+    A complex density is built as its real and imaginary parts."""
+    xp = getattr(j_engine, "xp", np)
+    if dm.dtype.kind == "c":
+        args = (j_engine, omega, direct_scf_tol, q_cond, progress)
+        return engine_j(mol, dm.real, *args) + 1j * engine_j(mol, dm.imag, *args)
+    host_in = not on_gpu(dm)
+    shape = dm.shape
+    dms = xp.asarray(dm, dtype=np.float64).reshape(-1, shape[-2], shape[-1])
+    tasks = build_tasks(mol, to_host(dms), omega, direct_scf_tol, q_cond, True, False)
+    vj = digest_j(mol, dms, tasks, j_engine, progress).reshape(shape)
+    return to_host(vj) if host_in else vj

@@ -9,8 +9,9 @@ each build to the GPU (:mod:`pyscf_fusionrcg.gpu_jk`) or to the host path;
 vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks, one ``bincount``
 scatter per batch); the task lists and the digestion formulas are documented
 in :mod:`pyscf_fusionrcg.screening`.  With ``Options.j_engine='on'`` the host
-path's J comes from the J engine instead (:func:`~pyscf_fusionrcg.jdigest.digest_j`,
-:mod:`pyscf_fusionrcg.jengine`).  Conventions are PySCF's::
+path's J, and the GPU path's J-only builds, come from the J engine instead
+(:mod:`pyscf_fusionrcg.jdigest`, :mod:`pyscf_fusionrcg.jengine`).
+Conventions are PySCF's::
 
     vj[k, l] = sum_ij (ij|kl) dm[j, i]        vk[i, l] = sum_jk (ij|kl) dm[j, k]
 """
@@ -21,7 +22,7 @@ from pyscf import gto
 from pyscf.lib import logger
 
 from pyscf_fusionrcg.distributed import HostCost, as_reducer, split_tasks
-from pyscf_fusionrcg.jdigest import batches, digest_j, scatter
+from pyscf_fusionrcg.jdigest import batches, digest_j, engine_j, scatter
 from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
@@ -130,9 +131,10 @@ class JKContext:
         self._j_engine = None
         self._q_cond = q_cond
         self._device_basis = None
+        self._gpu_j_engine = None
         if backend == "gpu" and self.options.j_engine == "on":
-            logger.warn(mol, "FusionRCG: j_engine='on' is for the host path so far; GPU builds use "
-                        "their J/K kernels")
+            logger.info(mol, "FusionRCG: j_engine='on' serves the GPU path's J-only builds; its J+K "
+                        "builds use the J/K kernels")
         self.reducer = as_reducer(comm)
         self.plan = None            # the kept gpu_jk.JKPlan
         self.streams = False        # True once a plan proved too large: every build streams
@@ -165,6 +167,17 @@ class JKContext:
         return self._j_engine
 
     @property
+    def gpu_j_engine(self):
+        """The GPU path's J engine (``launch.GPUJEngine``), for its J-only
+        builds with ``options.j_engine='on'``."""
+        if self._gpu_j_engine is None:
+            from pyscf_fusionrcg import launch
+            # GPUJEngine reads omega = 0 as "mol.omega": make that the operator asked for.
+            with self.mol.with_range_coulomb(self.omega):
+                self._gpu_j_engine = launch.GPUJEngine(self.mol, self.omega)
+        return self._gpu_j_engine
+
+    @property
     def device_basis(self):
         """The molecule's basis on the GPU (:class:`~pyscf_fusionrcg.launch.DeviceBasis`)."""
         if self._device_basis is None:
@@ -180,6 +193,9 @@ class JKContext:
         if not (with_j or with_k):
             return None, None
         if self.backend == "gpu":
+            if with_j and not with_k and self.options.j_engine == "on":
+                return engine_j(self.mol, dm, self.gpu_j_engine, self.omega, direct_scf_tol, self.q_cond,
+                                self.options.progress), None
             return self._gpu_jk(dm, hermi, with_j, with_k, direct_scf_tol)
         return self._host_jk(dm, hermi, with_j, with_k, direct_scf_tol)
 
