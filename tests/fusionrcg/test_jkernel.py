@@ -176,7 +176,7 @@ def test_j_only_gpu_builds_route_through_the_j_engine(emulated_gpu, basis, cart,
     """With j_engine='on' a J-only build on the GPU path (jk.get_jk with
     backend='gpu') runs the J engine's kernels (emulated, NumPy for CuPy):
     PySCF's J, a NumPy density giving NumPy J of its shape, (nao, nao) or
-    stacked; its J+K builds still take the J/K kernels."""
+    stacked, or complex; its J+K builds still take the J/K kernels."""
     mol = gto.M(verbose=0, atom=H2O, basis=basis, cart=cart)
     dm = _dms(mol.nao, max(nset, 1))
     dm = dm + dm.transpose(0, 2, 1)
@@ -187,6 +187,9 @@ def test_j_only_gpu_builds_route_through_the_j_engine(emulated_gpu, basis, cart,
     assert vk is None and isinstance(vj, np.ndarray) and vj.shape == dm.shape
     assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max()
     assert len(emulated_gpu) == 1 and emulated_gpu[0].omega == omega
+    if not nset:    # a complex density: J of its real and imaginary parts
+        vc, _ = jk.get_jk(mol, (1 + 0.5j) * dm, with_k=False, omega=omega, backend='gpu', options=ROUTED)
+        assert np.abs(vc - (1 + 0.5j) * vj).max() <= TOL * np.abs(ref).max()
     with pytest.raises(JKKernelsReached):
         jk.get_jk(mol, dm, omega=omega, backend='gpu', options=ROUTED)
 
