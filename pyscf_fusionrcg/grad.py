@@ -34,7 +34,8 @@ from pyscf.lib import logger
 from pyscf.scf import _vhf
 from tqdm import tqdm
 
-from pyscf_fusionrcg.jk import _BATCH_DOUBLES, JKContext, _density_array, _gather, _scatter
+from pyscf_fusionrcg.jdigest import BATCH_DOUBLES, scatter
+from pyscf_fusionrcg.jk import JKContext, _density_array, _gather
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S
 from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds, to_host
 
@@ -101,7 +102,7 @@ class DerivativeContext(JKContext):
     def _batches(self, dms, tol, with_j, with_k, what, one_centre=True, on_device=False):
         """(quartets, their degeneracy, derivative blocks) of the unique
         quartets that screening for the densities ``dms`` keeps, in batches
-        of at most ``_BATCH_DOUBLES`` doubles (``_DEVICE_BATCH_DOUBLES`` on
+        of at most ``BATCH_DOUBLES`` doubles (``_DEVICE_BATCH_DOUBLES`` on
         the GPU); without ``one_centre``, none whose four shells sit on one
         atom.  ``on_device``: the GPU engine's blocks stay CuPy arrays."""
         tasks = build_tasks(self.mol, dms, self.omega, tol, self.q_cond, with_j, with_k)
@@ -109,7 +110,7 @@ class DerivativeContext(JKContext):
         gpu = self.backend == "gpu"
         blocks = (partial(self.engine.derivative_blocks, as_cupy=on_device) if gpu
                   else self.engine.derivative_blocks)
-        batch = _DEVICE_BATCH_DOUBLES if gpu else _BATCH_DOUBLES
+        batch = _DEVICE_BATCH_DOUBLES if gpu else BATCH_DOUBLES
         with tqdm(total=sum(len(t) for t in tasks), desc=f"FusionRCG {self.backend} {what}", unit="quartet",
                   unit_scale=True, delay=PROGRESS_DELAY_S, leave=False,
                   disable=not self.options.progress) as bar:
@@ -189,15 +190,15 @@ class DerivativeContext(JKContext):
             da, db, dc = g[:, 0], g[:, 1], g[:, 2]
             idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[3 + x]) for x in range(4)]
             if with_j:
-                _scatter(vj, _derivative_j(da, db, dc, dd, idx, dsym))
+                scatter(vj, _derivative_j(da, db, dc, dd, idx, dsym))
             if with_k:
-                _scatter(vk, _derivative_k(da, db, dc, dd, idx, dms))
+                scatter(vk, _derivative_k(da, db, dc, dd, idx, dms))
         return (None if vj is None else vj.reshape(shape),
                 None if vk is None else vk.reshape(shape))
 
 
 def _pieces(terms, nset):
-    """``_scatter`` pieces of (row AOs, column AOs, (nset, n, 3, dx, dy)) terms,
+    """``scatter`` pieces of (row AOs, column AOs, (nset, n, 3, dx, dy)) terms,
     the 3 directions folded into the sets."""
     out = []
     for ix, iy, v in terms:

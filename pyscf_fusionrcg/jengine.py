@@ -42,10 +42,12 @@ running them per primitive quartet because they are linear in the weights
 instead: ``D^_f(c_p, d_q) = sum_{w, x} c_{p w} d_{q x} D~_f(c_w, d_x)`` is what
 a per-primitive kernel reads).  The contracted stages run op by op.
 
-On the GPU (not routed to yet, docs/jengine-gpu.md), ``codegen.jkernel``
-emits the two-sided program as a kernel that reads those per-primitive pair
-densities, :func:`quartet_densities` makes them on the host, and
-``launch.GPUJEngine`` runs it behind :class:`HostJEngine`'s interface.
+On the GPU (docs/jengine-gpu.md), ``codegen.jkernel`` emits the two-sided
+program as a kernel that reads those per-primitive pair densities,
+:func:`quartet_densities` makes them on the host, and ``launch.GPUJEngine``
+runs it behind :class:`HostJEngine`'s interface; ``jdigest`` digests its
+blocks on the device and serves the GPU path's J-only builds with
+``Options.j_engine='on'``.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ each build to the GPU (:mod:`pyscf_fusionrcg.gpu_jk`) or to the host path;
 vectorised NumPy (einsum on ``(n, di, dj, dk, dl)`` blocks, one ``bincount``
 scatter per batch); the task lists and the digestion formulas are documented
 in :mod:`pyscf_fusionrcg.screening`.  With ``Options.j_engine='on'`` the host
-path's J comes from the J engine instead (:func:`digest_j`,
-:mod:`pyscf_fusionrcg.jengine`).  Conventions are PySCF's::
+path's J, and the GPU path's J-only builds, come from the J engine instead
+(:mod:`pyscf_fusionrcg.jdigest`, :mod:`pyscf_fusionrcg.jengine`).
+Conventions are PySCF's::
 
     vj[k, l] = sum_ij (ij|kl) dm[j, i]        vk[i, l] = sum_jk (ij|kl) dm[j, k]
 """
@@ -19,15 +20,13 @@ from __future__ import annotations
 import numpy as np
 from pyscf import gto
 from pyscf.lib import logger
-from tqdm import tqdm
 
 from pyscf_fusionrcg.distributed import HostCost, as_reducer, split_tasks
-from pyscf_fusionrcg.options import PROGRESS_DELAY_S, Options, from_env
+from pyscf_fusionrcg.jdigest import batches, digest_j, engine_j, scatter
+from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
 
-#: Doubles of integral blocks digested per batch (bounds the scratch memory).
-_BATCH_DOUBLES = 1 << 21
 #: Whether this process has said what the host path is for (:func:`cpu_engine`).
 _host_path_noted = False
 
@@ -132,9 +131,10 @@ class JKContext:
         self._j_engine = None
         self._q_cond = q_cond
         self._device_basis = None
+        self._gpu_j_engine = None
         if backend == "gpu" and self.options.j_engine == "on":
-            logger.warn(mol, "FusionRCG: j_engine='on' is for the host path so far; GPU builds use "
-                        "their J/K kernels")
+            logger.info(mol, "FusionRCG: j_engine='on' serves the GPU path's J-only builds; its J+K "
+                        "builds use the J/K kernels")
         self.reducer = as_reducer(comm)
         self.plan = None            # the kept gpu_jk.JKPlan
         self.streams = False        # True once a plan proved too large: every build streams
@@ -167,6 +167,17 @@ class JKContext:
         return self._j_engine
 
     @property
+    def gpu_j_engine(self):
+        """The GPU path's J engine (``launch.GPUJEngine``), for its J-only
+        builds with ``options.j_engine='on'``."""
+        if self._gpu_j_engine is None:
+            from pyscf_fusionrcg import launch
+            # GPUJEngine reads omega = 0 as "mol.omega": make that the operator asked for.
+            with self.mol.with_range_coulomb(self.omega):
+                self._gpu_j_engine = launch.GPUJEngine(self.mol, self.omega)
+        return self._gpu_j_engine
+
+    @property
     def device_basis(self):
         """The molecule's basis on the GPU (:class:`~pyscf_fusionrcg.launch.DeviceBasis`)."""
         if self._device_basis is None:
@@ -182,6 +193,9 @@ class JKContext:
         if not (with_j or with_k):
             return None, None
         if self.backend == "gpu":
+            if with_j and not with_k and self.options.j_engine == "on":
+                return engine_j(self.mol, dm, self.gpu_j_engine, self.omega, direct_scf_tol, self.q_cond,
+                                self.options.progress), None
             return self._gpu_jk(dm, hermi, with_j, with_k, direct_scf_tol)
         return self._host_jk(dm, hermi, with_j, with_k, direct_scf_tol)
 
@@ -327,7 +341,8 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progr
 
     The reference consumer of :func:`~pyscf_fusionrcg.screening.build_tasks`:
     blocks of one class are scaled by their degeneracy and scattered for all
-    8 permutations, in batches of at most ``_BATCH_DOUBLES``.  A build that
+    8 permutations, in batches of at most
+    :data:`~pyscf_fusionrcg.jdigest.BATCH_DOUBLES` block doubles.  A build that
     takes longer than :data:`~pyscf_fusionrcg.options.PROGRESS_DELAY_S` shows a progress bar over the
     quartets on stderr, unless ``progress`` is off (the host path takes
     minutes where PySCF takes seconds).
@@ -340,7 +355,7 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progr
     jh = np.zeros(dms.shape) if with_j else None
     kh = np.zeros(dm_k.shape) if with_k else None
     ao_loc = mol.ao_loc
-    for shls, degeneracy in _batches(tasks, ao_loc, "FusionRCG host J/K", progress):
+    for shls, degeneracy in batches(tasks, ao_loc, "FusionRCG host J/K", progress):
         g = engine.quartet_blocks(shls)
         g *= degeneracy[:, None, None, None, None]
         idx = [ao_loc[shls[:, x], None] + np.arange(g.shape[x + 1]) for x in range(4)]
@@ -357,59 +372,9 @@ def digest_tasks(mol, dms, hermi, tasks, engine, with_j=True, with_k=True, progr
     return vj, vk
 
 
-def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
-    """J (nset, nao, nao) of NumPy ``dms`` from a task list through the J
-    engine (a two-sided :class:`~pyscf_fusionrcg.jengine.HostJEngine`): each
-    unique quartet's two J blocks of the symmetrised density, scaled by the
-    quartet's degeneracy and added to both pairs' rows, as :func:`digest_tasks`
-    does with the integral blocks."""
-    if "ket" not in j_engine.sides:
-        raise ValueError("the task lists hold each quartet once: their J needs the two-sided J engine")
-    dm_j = dms + dms.transpose(0, 2, 1)
-    jh = np.zeros(dms.shape)
-    ao_loc = mol.ao_loc
-    for shls, degeneracy in _batches(tasks, ao_loc, "FusionRCG host J engine", progress):
-        blocks = j_engine.quartet_j(shls, dm_j)
-        pieces = []
-        for side, (x, y) in (("bra", (0, 1)), ("ket", (2, 3))):
-            blk = blocks[side] * degeneracy[None, :, None, None]
-            pieces.append((ao_loc[shls[:, x], None] + np.arange(blk.shape[2]),
-                           ao_loc[shls[:, y], None] + np.arange(blk.shape[3]), blk))
-        _scatter(jh, pieces)
-    return jh + jh.transpose(0, 2, 1)
-
-
-def _batches(tasks, ao_loc, desc, progress):
-    """``(quartets, degeneracies)`` of a task list, class by class in batches
-    of at most ``_BATCH_DOUBLES`` block doubles; a progress bar over the
-    quartets after :data:`~pyscf_fusionrcg.options.PROGRESS_DELAY_S` unless
-    ``progress`` is off."""
-    with tqdm(total=sum(len(t) for t in tasks), desc=desc, unit="quartet", unit_scale=True,
-              delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
-        for t in tasks:
-            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
-            step = max(1, _BATCH_DOUBLES // int(blk))
-            degeneracy = t.degeneracy
-            for i0 in range(0, len(t), step):
-                shls = t.quartets[i0:i0 + step]
-                yield shls, degeneracy[i0:i0 + step]
-                bar.update(len(shls))
-
-
 def _gather(dm, ix, iy):
     """Shell blocks ``dm[s, ix[n], iy[n]]`` -> (nset, n, dx, dy)."""
     return dm[:, ix[:, :, None], iy[:, None, :]]
-
-
-def _scatter(out, pieces):
-    """``out[s, ix, iy] += v`` for every ``(ix, iy, v)``, v shaped (nset, n, dx, dy)."""
-    nset, nao, _ = out.shape
-    size = nao * nao
-    flat = np.concatenate([(ix[:, :, None] * nao + iy[:, None, :]).ravel() for ix, iy, _ in pieces])
-    sets = np.arange(nset)[:, None] * size
-    w = np.concatenate([v.reshape(nset, -1) for _, _, v in pieces], axis=1)
-    out += np.bincount((flat[None, :] + sets).ravel(), weights=w.ravel(),
-                       minlength=nset * size).reshape(out.shape)
 
 
 def _digest_j(g, idx, dm_sym, jh):
@@ -422,7 +387,7 @@ def _digest_j(g, idx, dm_sym, jh):
     d_cd = _gather(dm_sym, ic, id_).reshape(nset, n, dc * dd)
     j_ab = np.einsum("npq,snq->snp", gm, d_cd).reshape(nset, n, da, db)
     j_cd = np.einsum("npq,snp->snq", gm, d_ab).reshape(nset, n, dc, dd)
-    _scatter(jh, [(ia, ib, j_ab), (ic, id_, j_cd)])
+    scatter(jh, [(ia, ib, j_ab), (ic, id_, j_cd)])
 
 
 def _digest_k(g, idx, dm, kh):
@@ -432,4 +397,4 @@ def _digest_k(g, idx, dm, kh):
     k_bd = np.einsum("nabcd,snac->snbd", g, _gather(dm, ia, ic))
     k_ac = np.einsum("nabcd,snbd->snac", g, _gather(dm, ib, id_))
     k_bc = np.einsum("nabcd,snad->snbc", g, _gather(dm, ia, id_))
-    _scatter(kh, [(ia, id_, k_ad), (ib, id_, k_bd), (ia, ic, k_ac), (ib, ic, k_bc)])
+    scatter(kh, [(ia, id_, k_ad), (ib, id_, k_bd), (ia, ic, k_ac), (ib, ic, k_bc)])

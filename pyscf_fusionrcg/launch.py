@@ -515,15 +515,17 @@ class GPUEngine:
 class GPUJEngine:
     """J blocks of shell quartets through the J kernels: ``sides`` and
     ``quartet_j(shls, dms)`` as :class:`jengine.HostJEngine`'s, so that
-    ``jk.digest_j(mol, dms, tasks, GPUJEngine(mol, omega))`` adds them into
-    J with the task lists' 8-fold degeneracy (on the host, NumPy).
+    ``jdigest.digest_j(mol, dms, tasks, GPUJEngine(mol, omega))`` adds them
+    into J with the task lists' 8-fold degeneracy, in :attr:`xp` (CuPy).
 
     Per class: the quartets oriented and put in primitive order as the J/K
     kernels' (:func:`orient`, :func:`primitive_order`), their pair densities
-    made on the host (:func:`jengine.quartet_densities`), one launch per
+    made on the host (:func:`jengine.quartet_densities`, from a host copy of
+    the densities kept while the same array comes again), one launch per
     density set, the ``[element][quartet]`` output split into the sides'
-    blocks and put back in the quartets' order.  :meth:`_device` and
-    :meth:`kernel` are where a CPU emulation stands in for the GPU."""
+    blocks and put back in the quartets' order on the device.
+    :meth:`_device` and :meth:`kernel` are where a CPU emulation stands in
+    for the GPU."""
 
     sides = jengine.SIDES[0]
 
@@ -531,6 +533,7 @@ class GPUJEngine:
         self.mol = mol
         self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
         self.keys = ShellKeys(mol)
+        self._host_dms = (None, None)
         self._device()
 
     def _device(self):
@@ -542,31 +545,40 @@ class GPUJEngine:
     def kernel(self, ls, nctr) -> JKernel:
         return get_j_kernel(ls, bool(self.mol.cart), self.omega, nctr)
 
+    def _on_host(self, dms):
+        """A NumPy copy of ``dms``, kept while the same array comes again."""
+        if self._host_dms[0] is not dms:
+            self._host_dms = (dms, dms if isinstance(dms, np.ndarray) else dms.get())
+        return self._host_dms[1]
+
     def quartet_j(self, shls, dms) -> dict:
-        """``{'bra': (nset, n, da, db), 'ket': (nset, n, dc, dd)}`` NumPy J
-        blocks of ``n`` quartets of one class for NumPy ``dms`` (nset, nao, nao)."""
+        """``{'bra': (nset, n, da, db), 'ket': (nset, n, dc, dd)}`` J blocks,
+        in :attr:`xp`, of ``n`` quartets of one class for ``dms`` (nset, nao,
+        nao), NumPy or in :attr:`xp`."""
         xp = self.xp
         shls = np.asarray(shls, dtype=np.int32).reshape(-1, 4)
         ls, nctr = _class_of(self.mol, shls)
         kern = self.kernel(ls, nctr)
         oriented, swap_bra, swap_ket = orient(self.keys, shls)
         pos = primitive_order(self.keys, oriented)
-        rho, off = jengine.quartet_densities(self.mol, kern.program, oriented[pos], dms,
+        rho, off = jengine.quartet_densities(self.mol, kern.program, oriented[pos], self._on_host(dms),
                                              (swap_bra[pos], swap_ket[pos]))
         sizes = codegen.j_block_sizes(kern.program, nctr)
-        nelem, nq = sum(sizes.values()), len(shls)
+        nset, nelem, nq = len(dms), sum(sizes.values()), len(shls)
         args = (xp.asarray(oriented[pos]), np.int32(nq), self.shl, self.env, np.float64(self.omega))
         off = xp.asarray(off)
-        res = np.empty((len(dms), nelem, nq))
-        for s in range(len(dms)):
+        res = xp.empty((nset, nelem, nq))
+        put = xp.asarray(pos)
+        for s in range(nset):
             out = xp.empty(nelem * nq)
             kern.launch(nq, args + (xp.asarray(rho[s]), off, out))
-            res[s][:, pos] = (out if xp is np else out.get()).reshape(nelem, nq)
+            res[s][:, put] = out.reshape(nelem, nq)
         blocks, e0 = {}, 0
         for side, swap in zip(self.sides, (swap_bra, swap_ket)):
             dims = codegen.j_block_dims(kern.program, side, nctr)
-            blk = res[:, e0:e0 + sizes[side]].reshape((len(dms),) + dims + (nq,)).transpose(0, 3, 1, 2)
+            blk = res[:, e0:e0 + sizes[side]].reshape((nset,) + dims + (nq,)).transpose(0, 3, 1, 2)
             if swap.any():      # equal (l, nctr): square
+                swap = xp.asarray(swap)
                 blk[:, swap] = blk[:, swap].transpose(0, 1, 3, 2)
             blocks[side], e0 = blk, e0 + sizes[side]
         return blocks

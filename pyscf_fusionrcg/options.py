@@ -67,10 +67,12 @@ class Options:
         the free GPU memory, at most 8 GiB.
     progress: a progress bar (after a couple of seconds) while GPU kernels are
         prepared and while the host path builds J and K.
-    j_engine: 'on' builds the host path's J through the J engine
+    j_engine: 'on' builds J through the J engine
         (:mod:`pyscf_fusionrcg.jengine`: the density folded into the class
-        programs), 'off' (default) with the integral blocks; GPU builds do
-        not have it yet.
+        programs): on the host path every J (with K from the integral blocks
+        alongside), on the GPU path the J-only builds (``with_k=False``, pure
+        functionals) through its J kernels; the GPU's J+K builds keep the
+        J/K kernels.  'off' (default): J from the integral blocks everywhere.
     gpu_gradients: nuclear gradients on the GPU path, and those of GPU4PySCF
         objects, take their two-electron part from FusionRCG's derivative
         kernels; off by default until they have run on a GPU (the gradients

@@ -213,9 +213,9 @@ def test_host_build_shows_progress_unless_turned_off(monkeypatch, capsys, progre
     """The host path's digestion shows a progress bar over the quartets (stderr)
     once a build takes PROGRESS_DELAY_S, off with Options(progress=False),
     also for a complex density (built from two real ones)."""
-    from pyscf_fusionrcg import jk
+    from pyscf_fusionrcg import jdigest
     from pyscf_fusionrcg.options import Options
-    monkeypatch.setattr(jk, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(jdigest, "PROGRESS_DELAY_S", 0.0)
     mol = _mol("h2o-sto3g")
     dm = _dms(mol, 1, 1)
     for d in (dm, dm + 0.1j * dm):

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from pyscf import gto, scf
 
-from pyscf_fusionrcg import codegen, host, jengine, launch
+from pyscf_fusionrcg import codegen, host, jengine, jk, launch
 from pyscf_fusionrcg.jk import digest_j
-from pyscf_fusionrcg.screening import build_tasks
+from pyscf_fusionrcg.options import Options, from_env
+from pyscf_fusionrcg.screening import build_tasks, to_host
 
 from emulation import GXX, emulated_many, printed_by_other_processes
 
@@ -67,11 +68,15 @@ def _sources(items):
 
 
 class EmulatedJEngine(launch.GPUJEngine):
-    """``launch.GPUJEngine`` with NumPy for the device and the emulated kernels."""
+    """``launch.GPUJEngine`` with NumPy for the device and the emulated kernels
+    (built once a process for each class, operator kind and nctr)."""
+
+    built = {}      # (cart, omega kind, ls, nctr) -> EmulatedJKernel
 
     def __init__(self, mol, omega, tmp):
-        self.tmp, self.kernels = tmp, {}
+        self.tmp = tmp
         super().__init__(mol, omega)
+        self.head = (bool(mol.cart), codegen.omega_kind(self.omega))
 
     def _device(self):
         self.xp = np
@@ -80,8 +85,8 @@ class EmulatedJEngine(launch.GPUJEngine):
 
     def build(self, classes):
         """Build the kernels of ``classes`` ((ls, nctr) pairs), two libraries at a time."""
-        kind = codegen.omega_kind(self.omega)
-        todo = [(ls, nctr) for ls, nctr in classes if (ls, nctr) not in self.kernels]
+        kind = self.head[1]
+        todo = list(dict.fromkeys(c for c in classes if self.head + c not in self.built))
         progs = [jengine.j_program(*ls, bool(self.mol.cart)) for ls, _ in todo]
         srcs = _sources([(p, kind, nctr) for p, (_, nctr) in zip(progs, todo)])
         for k in range(0, len(todo), 2):
@@ -89,12 +94,12 @@ class EmulatedJEngine(launch.GPUJEngine):
             folder.mkdir()
             libs = emulated_many([s for _, s in srcs[k:k + 2]], folder)
             for (key, prog, (name, _)), lib in zip(zip(todo[k:k + 2], progs[k:k + 2], srcs[k:k + 2]), libs):
-                self.kernels[key] = EmulatedJKernel(lib, name, prog)
+                self.built[self.head + key] = EmulatedJKernel(lib, name, prog)
 
     def kernel(self, ls, nctr):
         key = (tuple(ls), tuple(nctr))
         self.build([key])
-        return self.kernels[key]
+        return self.built[self.head + key]
 
 
 @pytest.fixture(scope='module')
@@ -138,6 +143,91 @@ def test_emulated_j_equals_pyscf(tmp_dir, cart, omega):
     vj = digest_j(mol, dm, tasks, eng, progress=False)
     ref, _ = scf.hf.get_jk(mol, dm, hermi=1, omega=omega or None, with_k=False)
     assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max()
+
+
+H2O = 'O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469'
+ROUTED = Options(j_engine='on', progress=False)
+
+
+class JKKernelsReached(Exception):
+    """Raised where a build would reach the GPU's J/K kernels."""
+
+
+def _no_jk_kernels():
+    raise JKKernelsReached
+
+
+@pytest.fixture
+def emulated_gpu(monkeypatch, tmp_dir):
+    """The GPU path with the emulated J engine as ``launch.GPUJEngine`` and
+    the J/K kernels refusing (:class:`JKKernelsReached`); the engines made."""
+    made = []
+
+    def engine(mol, omega):
+        made.append(EmulatedJEngine(mol, omega, tmp_dir))
+        return made[-1]
+    monkeypatch.setattr(launch, 'GPUJEngine', engine)
+    monkeypatch.setattr(jk, '_gpu_get_jk', _no_jk_kernels)
+    return made
+
+
+@pytest.mark.parametrize('basis,cart,omega,nset', [('6-31g*', False, 0.0, 0), ('6-31g', True, -0.3, 2)])
+def test_j_only_gpu_builds_route_through_the_j_engine(emulated_gpu, basis, cart, omega, nset):
+    """With j_engine='on' a J-only build on the GPU path (jk.get_jk with
+    backend='gpu') runs the J engine's kernels (emulated, NumPy for CuPy):
+    PySCF's J, a NumPy density giving NumPy J of its shape, (nao, nao) or
+    stacked, or complex; its J+K builds still take the J/K kernels."""
+    mol = gto.M(verbose=0, atom=H2O, basis=basis, cart=cart)
+    dm = _dms(mol.nao, max(nset, 1))
+    dm = dm + dm.transpose(0, 2, 1)
+    if not nset:
+        dm = dm[0]
+    vj, vk = jk.get_jk(mol, dm, with_k=False, omega=omega, backend='gpu', options=ROUTED)
+    ref, _ = scf.hf.get_jk(mol, dm, hermi=1, omega=omega or None, with_k=False)
+    assert vk is None and isinstance(vj, np.ndarray) and vj.shape == dm.shape
+    assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max()
+    assert len(emulated_gpu) == 1 and emulated_gpu[0].omega == omega
+    if not nset:    # a complex density: J of its real and imaginary parts
+        vc, _ = jk.get_jk(mol, (1 + 0.5j) * dm, with_k=False, omega=omega, backend='gpu', options=ROUTED)
+        assert np.abs(vc - (1 + 0.5j) * vj).max() <= TOL * np.abs(ref).max()
+    with pytest.raises(JKKernelsReached):
+        jk.get_jk(mol, dm, omega=omega, backend='gpu', options=ROUTED)
+
+
+def test_emulated_pure_functional_scf_routes_its_j(emulated_gpu, monkeypatch):
+    """A PBE SCF wrapped by fusionrcg(backend='gpu', j_engine='on') asks only
+    J-only builds, all served by one J engine: PySCF's energy."""
+    from pyscf import dft
+
+    from pyscf_fusionrcg import fusionrcg, scf as fscf
+    monkeypatch.setattr(fscf, '_resolve_backend', lambda mf, backend: 'gpu')
+    mol = gto.M(verbose=0, atom=H2O, basis='6-31g')
+    ref = dft.RKS(mol, xc='pbe').run(conv_tol=1e-11).e_tot
+    mf = fusionrcg(scf.RKS(mol, xc='pbe'), backend='gpu', j_engine='on', progress=False).run(conv_tol=1e-11)
+    assert mf.converged and len(emulated_gpu) == 1
+    assert abs(mf.e_tot - ref) < 1e-9
+
+
+def test_j_engine_off_never_makes_a_gpu_j_engine(monkeypatch):
+    """j_engine='off' (the default) leaves every build where it was: GPU
+    builds, J-only included, go to the J/K kernels, the host path's J to the
+    integral blocks; j_engine='on' on the host path keeps the host J engine."""
+    def refuse(mol, omega):
+        raise AssertionError('GPUJEngine made')
+    monkeypatch.setattr(launch, 'GPUJEngine', refuse)
+    monkeypatch.setattr(jk, '_gpu_get_jk', _no_jk_kernels)
+    monkeypatch.delenv('FUSIONRCG_J_ENGINE', raising=False)
+    mol = gto.M(verbose=0, atom=H2O, basis='sto-3g')
+    dm = _dms(mol.nao, 1)[0]
+    dm = dm + dm.T
+    for opts in (Options(progress=False), from_env(progress=False)):
+        for with_k in (False, True):
+            with pytest.raises(JKKernelsReached):
+                jk.get_jk(mol, dm, with_k=with_k, backend='gpu', options=opts)
+    ref, _ = scf.hf.get_jk(mol, dm, hermi=1, with_k=False)
+    for j_engine in ('off', 'on'):
+        vj, _ = jk.get_jk(mol, dm, with_k=False, options=Options(j_engine=j_engine, progress=False))
+        assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max(), j_engine
 
 
 _HASH_SCRIPT = '''
@@ -190,12 +280,33 @@ def test_primitive_pair_densities_fold_the_contraction(synth):
 
 @pytest.mark.gpu
 def test_gpu_j_equals_pyscf():
-    """The J kernels on the GPU, digested by jk.digest_j, against PySCF's get_j."""
+    """The J kernels on the GPU, digested by digest_j on the GPU, against PySCF's get_j."""
     for basis, omega in (('6-31g*', 0.0), ('cc-pvtz', 0.3)):
         mol = gto.M(verbose=0, atom='O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469', basis=basis)
         dm = _dms(mol.nao, 1)
         dm = dm + dm.transpose(0, 2, 1)
         tasks = build_tasks(mol, dm, omega, with_k=False)
-        vj = digest_j(mol, dm, tasks, launch.GPUJEngine(mol, omega), progress=False)
+        vj = to_host(digest_j(mol, dm, tasks, launch.GPUJEngine(mol, omega), progress=False))
         ref, _ = scf.hf.get_jk(mol, dm, hermi=1, omega=omega or None, with_k=False)
         assert np.abs(vj - ref).max() <= TOL * np.abs(ref).max(), (basis, omega)
+
+
+@pytest.mark.gpu
+def test_gpu_pure_functional_scf_through_the_j_engine(monkeypatch):
+    """A PBE SCF on the GPU path with j_engine='on' builds its J (J-only
+    builds) through the J kernels and has PySCF's energy."""
+    from pyscf import dft
+
+    from pyscf_fusionrcg import fusionrcg
+    used = []
+
+    class Counted(launch.GPUJEngine):
+        def quartet_j(self, shls, dms):
+            used.append(len(shls))
+            return super().quartet_j(shls, dms)
+    monkeypatch.setattr(launch, 'GPUJEngine', Counted)
+    mol = gto.M(verbose=0, atom=H2O, basis='6-31g*')
+    ref = dft.RKS(mol, xc='pbe').run(conv_tol=1e-11).e_tot
+    mf = fusionrcg(scf.RKS(mol, xc='pbe'), backend='gpu', j_engine='on').run(conv_tol=1e-11)
+    assert mf.converged and used
+    assert abs(mf.e_tot - ref) < 1e-9
