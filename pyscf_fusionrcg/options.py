@@ -71,8 +71,9 @@ class Options:
         (:mod:`pyscf_fusionrcg.jengine`: the density folded into the class
         programs): on the host path every J (with K from the integral blocks
         alongside), on the GPU path the J-only builds (``with_k=False``, pure
-        functionals) through its J kernels; the GPU's J+K builds keep the
-        J/K kernels.  'off' (default): J from the integral blocks everywhere.
+        functionals) through its J kernels (not yet run on a GPU: an
+        experiment); the GPU's J+K builds keep the J/K kernels.  'off'
+        (default): J from the integral blocks everywhere.
     gpu_gradients: nuclear gradients on the GPU path, and those of GPU4PySCF
         objects, take their two-electron part from FusionRCG's derivative
         kernels; off by default until they have run on a GPU (the gradients
