@@ -35,6 +35,7 @@ if [ $bench -eq 1 ]; then
   step bench-md 900 python3 benchmarks/md_throughput.py $quick
   step bench-rcg-report 900 python3 benchmarks/rcg_report_gpu.py $quick
   step bench-scf 1500 python3 benchmarks/scf_vs_gpu4pyscf.py $quick
+  step bench-grad 1500 python3 benchmarks/grad_vs_gpu4pyscf.py $quick
   step bench-jk-breakdown 300 python3 benchmarks/rcg_jk_breakdown.py
 fi
 exit $status
