@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -36,6 +38,49 @@ def print_record(record: dict) -> None:
 
 _PACKAGES = ("numpy", "scipy", "torch", "cupy-cuda12x", "cupy-cuda13x", "pyscf", "gpu4pyscf-cuda12x",
              "gpu4pyscf-cuda13x", "ase", "fusion-chem-gpu")
+
+
+def select_cases(parser, text: str, quick: bool, cases: dict, quick_names) -> list:
+    """The cases named in ``text`` (comma-separated, or 'all': every case, or
+    ``quick_names`` with ``quick``); an unknown name is ``parser.error``."""
+    if text == "all":
+        names = list(quick_names) if quick else list(cases)
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in cases]
+        if unknown:
+            parser.error(f"unknown case(s) {unknown}; known: {', '.join(cases)}")
+    return [cases[n] for n in names]
+
+
+def gpu_or_none(script: str, *modules: str):
+    """CuPy with a usable GPU and ``modules`` importable (checked before any
+    case runs); else None, having said why on stderr."""
+    import importlib
+
+    from gpucore import GPUUnavailableError, require_gpu
+    try:
+        cupy = require_gpu(script)
+        for name in modules:
+            importlib.import_module(name)
+    except (GPUUnavailableError, ImportError) as exc:
+        print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
+        return None
+    return cupy
+
+
+def sync_gpu() -> None:
+    import cupy
+    cupy.cuda.Device().synchronize()
+
+
+def timed_once(fn):
+    """(seconds, result) of one call, the GPU drained before and after."""
+    sync_gpu()
+    t0 = time.perf_counter()
+    out = fn()
+    sync_gpu()
+    return time.perf_counter() - t0, out
 
 
 def gpu4pyscf_driver_works(mol) -> bool:

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = "grad_vs_gpu4pyscf"
 sys.path.insert(0, str(REPO / "benchmarks"))   # _common, scf_vs_gpu4pyscf
 
-from _common import environment_meta, gpu4pyscf_driver_works, molecules_dir, write_results  # noqa: E402
+from _common import (environment_meta, gpu4pyscf_driver_works, gpu_or_none, molecules_dir,  # noqa: E402
+                     select_cases, timed_once, write_results)
 from scf_vs_gpu4pyscf import CASES as SCF_CASES  # noqa: E402
 from scf_vs_gpu4pyscf import Case, build_mol  # noqa: E402
 
@@ -54,14 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
     p.add_argument("--name", default=NAME, help=f"results file stem under benchmarks/results (default {NAME})")
     args = p.parse_args(argv)
-    if args.cases == "all":
-        names = list(QUICK) if args.quick else list(CASES)
-    else:
-        names = [n.strip() for n in args.cases.split(",") if n.strip()]
-        unknown = [n for n in names if n not in CASES]
-        if unknown:
-            p.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    args.selected = [CASES[n] for n in names]
+    args.selected = select_cases(p, args.cases, args.quick, CASES, QUICK)
     return args
 
 
@@ -77,20 +70,6 @@ def dry_run(args):
               f"{int(mol._bas[:, 1].max())}, {'vs GPU4PySCF' if case.baseline else 'FusionRCG only'}")
 
 
-def _sync():
-    import cupy
-    cupy.cuda.Device().synchronize()
-
-
-def _timed(fn):
-    """(seconds, result) of one call, the GPU drained before and after."""
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t0, out
-
-
 def converged_rhf(mol):
     """(seconds, the converged RHF: a GPU4PySCF object where its driver runs,
     else a PySCF one whose SCF ran with FusionRCG's J/K)."""
@@ -100,11 +79,11 @@ def converged_rhf(mol):
     if gpu4pyscf_driver_works(mol):
         mf = scf.RHF(mol).to_gpu()
         mf.conv_tol = 1e-10
-        t, _ = _timed(mf.kernel)
+        t, _ = timed_once(mf.kernel)
         return t, mf
     mf = fusionrcg(scf.RHF(mol), backend="gpu")
     mf.conv_tol = 1e-10
-    t, _ = _timed(mf.kernel)
+    t, _ = timed_once(mf.kernel)
     return t, mf.undo_fusionrcg()
 
 
@@ -124,15 +103,15 @@ def run_case(case, args):
     ours = fusionrcg(mf.copy(), backend="gpu", gpu_gradients=True).nuc_grad_method()
     ours.verbose = 0
     ours.kernel()                                   # compiles the derivative kernels
-    rec["fusionrcg_s"], g = _timed(ours.kernel)
+    rec["fusionrcg_s"], g = timed_once(ours.kernel)
     dm = mf.make_rdm1()      # NumPy or CuPy: forces() takes either
     context = DerivativeContext(mol, float(mol.omega), ours.fusionrcg_options, backend="gpu")
-    rec["two_electron_s"], _ = _timed(lambda: context.forces(dm, 1.0, 0.5, mf.direct_scf_tol))
+    rec["two_electron_s"], _ = timed_once(lambda: context.forces(dm, 1.0, 0.5, mf.direct_scf_tol))
     if stock is not None and case.baseline:
         ref = stock.nuc_grad_method()
         ref.verbose = 0
         ref.kernel()
-        rec["gpu4pyscf_s"], g_ref = _timed(ref.kernel)
+        rec["gpu4pyscf_s"], g_ref = timed_once(ref.kernel)
         rec["speedup"] = rec["gpu4pyscf_s"] / rec["fusionrcg_s"]
         rec["max_abs_diff"] = float(np.abs(np.asarray(g) - np.asarray(g_ref.get() if hasattr(g_ref, "get")
                                                                       else g_ref)).max())
@@ -171,12 +150,8 @@ def main(argv=None):
     if args.dry_run:
         dry_run(args)
         return 0
-    from gpucore import GPUUnavailableError, require_gpu
-    try:
-        cupy = require_gpu("benchmarks/grad_vs_gpu4pyscf.py")
-        import gpu4pyscf  # noqa: F401  (fail early, before any case runs)
-    except (GPUUnavailableError, ImportError) as exc:
-        print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
+    cupy = gpu_or_none("benchmarks/grad_vs_gpu4pyscf.py", "gpu4pyscf")
+    if cupy is None:
         return 2
     meta = environment_meta()
     meta.setdefault("gpu", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())

@@ -51,8 +51,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = "scf_vs_gpu4pyscf"
 sys.path.insert(0, str(REPO / "benchmarks"))   # _common
 
-from _common import (environment_meta, gpu4pyscf_driver_works, molecules_dir,  # noqa: E402
-                     write_results)
+from _common import (environment_meta, gpu4pyscf_driver_works, gpu_or_none, molecules_dir,  # noqa: E402
+                     select_cases, sync_gpu, timed_once, write_results)
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,7 @@ def parse_args(argv=None):
                    help=f"results file stem under benchmarks/results (default {NAME}); "
                         "cases run in separate processes go to separate files")
     args = p.parse_args(argv)
-    if args.cases == "all":
-        names = list(QUICK) if args.quick else list(CASES)
-    else:
-        names = [n.strip() for n in args.cases.split(",") if n.strip()]
-        unknown = [n for n in names if n not in CASES]
-        if unknown:
-            p.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    args.selected = [CASES[n] for n in names]
+    args.selected = select_cases(p, args.cases, args.quick, CASES, QUICK)
     args.builds = [b.strip() for b in args.builds.split(",") if b.strip()]
     unknown = [b for b in args.builds if b not in BUILDS]
     if unknown or not args.builds:
@@ -170,26 +163,12 @@ def joltqc(mf):
     return jqc.pyscf.apply(mf.to_gpu(), cutoff_fp32=tol, cutoff_fp64=tol)
 
 
-def _sync():
-    import cupy
-    cupy.cuda.Device().synchronize()
-
-
-def _once(fn):
-    """(seconds, result) of one call, the GPU drained before and after."""
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t0, out
-
-
 def time_build(fn, repeat):
     """Median seconds of `repeat` calls after one warm-up call, and the last result."""
-    _once(fn)
+    timed_once(fn)
     times, out = [], None
     for _ in range(repeat):
-        t, out = _once(fn)
+        t, out = timed_once(fn)
         times.append(t)
     return statistics.median(times), out
 
@@ -202,7 +181,7 @@ class BuildTimes:
     diagonalisation), which is the same code for both engines."""
 
     def __init__(self, mf, sync=None):
-        self.seconds, self._depth, self._sync = [], 0, sync or _sync
+        self.seconds, self._depth, self._sync = [], 0, sync or sync_gpu
         for name in ("get_jk", "get_j", "get_k"):
             setattr(mf, name, self._timed(getattr(mf, name)))
 
@@ -276,9 +255,9 @@ def run_case(case, args, save):
     jolt = joltqc(scf.RHF(mol)) if args.joltqc and joltqc_runs(mol) else None
     # One build on the guess density first: kernel compilation stays out of the SCFs.
     dm0 = mine.get_init_guess()
-    save(_record(common, "warm-up", _once(lambda: mine.get_jk(mol, dm0))[0],
+    save(_record(common, "warm-up", timed_once(lambda: mine.get_jk(mol, dm0))[0],
                  None if stock is None or case.slow_baseline
-                 else _once(lambda: stock.get_jk(mol, dm0))[0]))
+                 else timed_once(lambda: stock.get_jk(mol, dm0))[0]))
 
     makers = {"RHF": scf.RHF, "B3LYP": lambda m: dft.RKS(m, xc="b3lyp"),
               "PBE": lambda m: dft.RKS(m, xc="pbe")}
@@ -290,7 +269,7 @@ def run_case(case, args, save):
     for label, make in methods:
         mf = ours(make(mol)) if gpu_driver else make(mol).apply(fusionrcg, backend="gpu", tier=args.tier)
         builds = BuildTimes(mf)
-        t, e = _once(mf.kernel)
+        t, e = timed_once(mf.kernel)
         extra = dict(e_fusionrcg=float(e), cycles_fusionrcg=mf.cycles, jk_fusionrcg_s=sum(builds.seconds),
                      builds_fusionrcg_s=builds.seconds)
         t_ref, mf_ref = None, None
@@ -298,14 +277,14 @@ def run_case(case, args, save):
         if kept and case.baseline and not case.slow_baseline:
             mf_ref = make(mol).to_gpu()
             builds = BuildTimes(mf_ref)
-            t_ref, e_ref = _once(mf_ref.kernel)
+            t_ref, e_ref = timed_once(mf_ref.kernel)
             extra.update(e_gpu4pyscf=float(e_ref), de=float(e - e_ref),
                          cycles_gpu4pyscf=mf_ref.cycles, jk_gpu4pyscf_s=sum(builds.seconds),
                          builds_gpu4pyscf_s=builds.seconds)
         t_jqc = None
         if kept and jolt is not None:
             mf_jqc = joltqc(make(mol))
-            t_jqc, e_jqc = _once(mf_jqc.kernel)
+            t_jqc, e_jqc = timed_once(mf_jqc.kernel)
             extra.update(e_joltqc=float(e_jqc), de_joltqc=float(e - e_jqc), cycles_joltqc=mf_jqc.cycles)
             del mf_jqc
         if dm is None:   # the first method is RHF: its density is the one for the builds
@@ -327,7 +306,7 @@ def run_case(case, args, save):
             return max(_max_diff(a, b) for a, b in pairs)
         if stock is not None:
             if case.slow_baseline:
-                t_ref, out_ref = _once(lambda: call(stock))
+                t_ref, out_ref = timed_once(lambda: call(stock))
             else:
                 t_ref, out_ref = time_build(lambda: call(stock), args.repeat)
             extra["max_abs_diff"] = largest_difference(out_ref)
@@ -388,14 +367,8 @@ def main(argv=None):
     if args.dry_run:
         dry_run(args)
         return 0
-    from gpucore import GPUUnavailableError, require_gpu
-    try:
-        cupy = require_gpu("benchmarks/scf_vs_gpu4pyscf.py")
-        import gpu4pyscf  # noqa: F401  (fail early, before any case runs)
-        if args.joltqc:
-            import jqc.pyscf  # noqa: F401
-    except (GPUUnavailableError, ImportError) as exc:
-        print(f"error: {exc} (--dry-run lists the cases without a GPU)", file=sys.stderr)
+    cupy = gpu_or_none("benchmarks/scf_vs_gpu4pyscf.py", "gpu4pyscf", *(["jqc.pyscf"] if args.joltqc else []))
+    if cupy is None:
         return 2
 
     warm_drivers(args)
