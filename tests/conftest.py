@@ -1,7 +1,8 @@
 """Shared test configuration: the `gpu` marker skips cleanly on machines without a GPU,
 the whole session keeps its caches in a temporary folder, not the user's,
-``mpirun`` starts scripts on several MPI ranks, and ``setup_cfg`` /
-``console_scripts`` read the package metadata."""
+``mpirun`` starts scripts on several MPI ranks, ``setup_cfg`` /
+``console_scripts`` read the package metadata, and ``benchmark_script``
+loads a script of benchmarks/ as a module."""
 import configparser
 import importlib.util
 import os
@@ -48,6 +49,20 @@ def console_scripts(setup_cfg) -> dict:
     """{command: 'module:function'} of setup.cfg's console scripts."""
     lines = setup_cfg["options.entry_points"]["console_scripts"].split("\n")
     return dict(line.split(" = ") for line in lines if line)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: benchmarks/<name>.py as a module, registered in
+    ``sys.modules`` (dataclasses look their module up).  The scripts put
+    benchmarks/ on ``sys.path`` themselves, for ``_common``."""
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture

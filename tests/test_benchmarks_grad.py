@@ -1,8 +1,6 @@
 """benchmarks/grad_vs_gpu4pyscf.py without a GPU: its options, the dry run and
 the refusal to run."""
-import importlib.util
 import pathlib
-import sys
 
 import pytest
 
@@ -12,16 +10,8 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("grad_vs_gpu4pyscf", BENCH / "grad_vs_gpu4pyscf.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["grad_vs_gpu4pyscf"] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def bench(benchmark_script):
+    return benchmark_script("grad_vs_gpu4pyscf")
 
 
 def test_cases_and_unknown_ones(bench):

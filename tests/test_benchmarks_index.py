@@ -1,9 +1,7 @@
 """benchmarks/: every result set comes from a script here, the index shows them all,
 and every geometry the benchmarks and tests name ships in the repository."""
-import importlib.util
 import pathlib
 import re
-import sys
 
 import pytest
 
@@ -14,21 +12,9 @@ MOLECULES = BENCH / "molecules"
 XYZ = re.compile(r"[\w-]+/[\w.-]+\.xyz")
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def common():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield _module("_common")
-    finally:
-        sys.path.remove(str(BENCH))
+def common(benchmark_script):
+    return benchmark_script("_common")
 
 
 def _scripts():
@@ -56,13 +42,13 @@ def test_index_is_current(common):
         "benchmarks/README.md is stale: run python -c 'import _common; _common.update_index()' in benchmarks/"
 
 
-def test_molecules_ship_in_the_repository(common, monkeypatch):
+def test_molecules_ship_in_the_repository(common, benchmark_script, monkeypatch):
     monkeypatch.delenv(common.MOLECULES_ENV, raising=False)
     assert common.molecules_dir() == MOLECULES
     named = {"organic/020_Vitamin_C.xyz"}      # tests/fusionrcg/test_gpu_jk.py
     for path in BENCH.glob("*.py"):
         named |= set(XYZ.findall(path.read_text()))
-    named |= {case.xyz for case in _module("scf_vs_gpu4pyscf").CASES.values()}
+    named |= {case.xyz for case in benchmark_script("scf_vs_gpu4pyscf").CASES.values()}
     assert "gly/gly30.xyz" in named
     missing = sorted(name for name in named if not (MOLECULES / name).is_file())
     assert not missing, f"not in benchmarks/molecules: {missing}"

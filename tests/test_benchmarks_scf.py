@@ -1,7 +1,5 @@
 """benchmarks/scf_vs_gpu4pyscf.py without a GPU: its options and the dry run."""
-import importlib.util
 import pathlib
-import sys
 
 import pytest
 
@@ -9,16 +7,8 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("scf_vs_gpu4pyscf", BENCH / "scf_vs_gpu4pyscf.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["scf_vs_gpu4pyscf"] = module     # dataclasses look their module up
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def bench(benchmark_script):
+    return benchmark_script("scf_vs_gpu4pyscf")
 
 
 def test_pure_functional_and_unknown_methods(bench):

@@ -2,7 +2,6 @@
 that goes on after the reference stage or after a time limit, and the errors for
 inputs that are not there yet. The runs skip cleanly without OpenMM or
 PeptideBuilder (the reference stage needs them)."""
-import importlib.util
 import json
 import shutil
 import sys
@@ -37,14 +36,6 @@ def run(after_reference, tmp_path):
     return Path(shutil.copytree(after_reference, tmp_path / "run"))
 
 
-def _benchmark_script():
-    """benchmarks/cln025_validation.py as a module (it puts benchmarks/ on the path for _common)."""
-    spec = importlib.util.spec_from_file_location("cln025_validation", BENCHMARKS / "cln025_validation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _manifest(out):
     return json.loads((out / "pipeline.json").read_text())
 
@@ -53,7 +44,7 @@ def _mtimes(folder):
     return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
 
 
-def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch):
+def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch, benchmark_script):
     chunks = _mtimes(run / "reference" / "chunks")
     assert _manifest(run)["stages"]["reference"]["status"] == "done"
     assert main([str(run), *QUICK]) == 0
@@ -93,7 +84,7 @@ def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch):
     assert _manifest(run)["stages"]["validate"]["calls"] == 2
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
-    bench = _benchmark_script()
+    bench = benchmark_script("cln025_validation")
     results = sorted((BENCHMARKS / "results").iterdir())
     assert bench.main([str(run), "--quick", "--platform", "cpu"]) == 0
     assert "no results written" in capsys.readouterr().out and sorted((BENCHMARKS / "results").iterdir()) == results

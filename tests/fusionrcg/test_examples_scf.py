@@ -1,7 +1,6 @@
 """Runnable surfaces: quickstart, geometry optimisations, notebook, ``python -m pyscf_fusionrcg``,
 benchmark dry run."""
 import ast
-import importlib.util
 import os
 import pathlib
 import re
@@ -142,12 +141,8 @@ def test_benchmark_dry_run_lists_cases(tmp_path):
     assert bad.returncode != 0 and "unknown build(s) ['J+X']" in bad.stderr
 
 
-def test_benchmark_plot_from_records(tmp_path):
-    spec = importlib.util.spec_from_file_location("scf_vs_gpu4pyscf",
-                                                  REPO / "benchmarks/scf_vs_gpu4pyscf.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench      # dataclasses look their module up
-    spec.loader.exec_module(bench)
+def test_benchmark_plot_from_records(tmp_path, benchmark_script):
+    bench = benchmark_script("scf_vs_gpu4pyscf")
     records = [dict(case=c, task=t, fusionrcg_s=1.0, gpu4pyscf_s=s, speedup=s)
                for c, s in (("a", 2.0), ("b", 0.5)) for t in ("J+K", "J", "K", "RHF")]
     records.append(dict(case="c", task="J+K", fusionrcg_s=1.0))     # no baseline
@@ -155,13 +150,10 @@ def test_benchmark_plot_from_records(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-def test_breakdown_sums_the_classes_per_highest_l():
+def test_breakdown_sums_the_classes_per_highest_l(benchmark_script):
     """rcg_jk_breakdown's summary rows: every class counted once, under its
     highest angular momentum, the shares of the build's total."""
-    spec = importlib.util.spec_from_file_location("rcg_jk_breakdown",
-                                                  REPO / "benchmarks/rcg_jk_breakdown.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("rcg_jk_breakdown")
     profile = {"hfgf": dict(quartets=10, eri_ms=7.0, digest_ms=1.0, fused_ms=0.0),
                "hsss": dict(quartets=5, eri_ms=0.0, digest_ms=0.0, fused_ms=2.0),
                "psss": dict(quartets=100, eri_ms=3.0, digest_ms=1.0, fused_ms=0.0),
