@@ -1,4 +1,6 @@
-"""Shared fixtures: a synthetic molecule that holds every class l <= LMAX.
+"""Shared fixtures: a synthetic molecule that holds every class l <= LMAX,
+and ``emulation_dir``, a module's folder for kernels built with g++ under
+the emulation (skipped without g++).
 
 Helpers are exposed through the ``synth`` fixture (conftest modules of
 other test folders share the module name, so they are not imported).
@@ -10,10 +12,14 @@ shells of an l (1 and 2: the host batches mixed counts) except for l = 1
 and 3, whose shells are generally contracted (2 primitives, nctr = 2).
 """
 import os
+import pathlib
+import tempfile
 
 import numpy as np
 import pytest
 from pyscf import gto
+
+from emulation import GXX
 
 # The tests exercise the generators, so they build every program, table and
 # source instead of loading them from the user's cache (nor do they fill it);
@@ -83,3 +89,13 @@ class Synth:
 @pytest.fixture(scope='session')
 def synth():
     return Synth()
+
+
+@pytest.fixture(scope='module')
+def emulation_dir():
+    """A temporary folder for one test module's kernels built under the
+    emulation (tests/fusionrcg/emulation.py); the module is skipped without g++."""
+    if GXX is None:
+        pytest.skip('g++ is not installed')
+    with tempfile.TemporaryDirectory() as tmp:
+        yield pathlib.Path(tmp)

@@ -105,11 +105,8 @@ class HostLibs:
 
 
 @pytest.fixture(scope='module')
-def host_libs(synth):
-    if GXX is None:
-        pytest.skip('g++ is not installed')
-    with tempfile.TemporaryDirectory() as tmp:
-        yield HostLibs(synth, pathlib.Path(tmp))
+def host_libs(synth, emulation_dir):
+    return HostLibs(synth, emulation_dir)
 
 
 def _case_id(case):

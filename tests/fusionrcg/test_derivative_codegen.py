@@ -8,8 +8,6 @@ The kernel compiles for sm_90 where nvcc is installed; the GPU engine
 itself is checked against libcint where there is a GPU."""
 import ctypes
 import hashlib
-import pathlib
-import tempfile
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from pyscf_fusionrcg import codegen, host, kernels, launch, tiers
 from pyscf_fusionrcg.codegen import emit, encoding
 from pyscf_fusionrcg.derivative import derivative_program
 
-from emulation import GXX, emulated_many, needs_nvcc, printed_by_other_processes, stream_ctypes
+from emulation import emulated_many, needs_nvcc, printed_by_other_processes, stream_ctypes
 
 TOL = 1e-12
 
@@ -111,11 +109,8 @@ class Emulated:
 
 
 @pytest.fixture(scope='module')
-def emulated(synth):
-    if GXX is None:
-        pytest.skip('g++ is not installed')
-    with tempfile.TemporaryDirectory() as tmp:
-        yield Emulated(synth, pathlib.Path(tmp))
+def emulated(synth, emulation_dir):
+    return Emulated(synth, emulation_dir)
 
 
 @pytest.mark.parametrize('n', range(len(CASES)), ids=[_case_id(c) for c in CASES])

@@ -8,8 +8,6 @@ The GPU engine itself is checked against PySCF where there is a GPU."""
 import ctypes
 import hashlib
 import os
-import pathlib
-import tempfile
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from pyscf_fusionrcg.jk import digest_j
 from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.screening import build_tasks, to_host
 
-from emulation import GXX, emulated_many, printed_by_other_processes
+from emulation import emulated_many, printed_by_other_processes
 
 TOL = 1e-11
 
@@ -102,27 +100,19 @@ class EmulatedJEngine(launch.GPUJEngine):
         return self.built[self.head + key]
 
 
-@pytest.fixture(scope='module')
-def tmp_dir():
-    if GXX is None:
-        pytest.skip('g++ is not installed')
-    with tempfile.TemporaryDirectory() as tmp:
-        yield pathlib.Path(tmp)
-
-
 def _dms(nao, nset=2, seed=3):
     return np.random.default_rng(seed).standard_normal((nset, nao, nao))
 
 
 @pytest.mark.parametrize('case', CASES, ids=[_case_id(c) for c in CASES])
-def test_emulated_kernel_gives_the_host_j_blocks(synth, tmp_dir, case):
+def test_emulated_kernel_gives_the_host_j_blocks(synth, emulation_dir, case):
     """Both sides' blocks of every quartet of the class, for two general
     (non-symmetric) densities, as the host J engine's."""
     ls, cart, omega = case
     mol = synth.mol(cart)
     q = synth.quartets(ls)
     dms = _dms(mol.nao)
-    got = EmulatedJEngine(mol, omega, tmp_dir).quartet_j(q, dms)
+    got = EmulatedJEngine(mol, omega, emulation_dir).quartet_j(q, dms)
     with mol.with_range_coulomb(omega):
         ref = jengine.HostJEngine(host.HostEngine(mol, omega)).quartet_j(q, dms)
     for side in ('bra', 'ket'):
@@ -131,14 +121,14 @@ def test_emulated_kernel_gives_the_host_j_blocks(synth, tmp_dir, case):
 
 
 @pytest.mark.parametrize('cart,omega', [(False, 0.0), (True, -0.3)])
-def test_emulated_j_equals_pyscf(tmp_dir, cart, omega):
+def test_emulated_j_equals_pyscf(emulation_dir, cart, omega):
     """Every class of H2O/6-31G through the emulated kernels, digested with the
     task lists' degeneracy (``jk.digest_j``), is PySCF's J."""
     mol = gto.M(verbose=0, atom='O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469', basis='6-31g', cart=cart)
     dm = _dms(mol.nao, 1)
     dm = dm + dm.transpose(0, 2, 1)
     tasks = build_tasks(mol, dm, omega, with_k=False)
-    eng = EmulatedJEngine(mol, omega, tmp_dir)
+    eng = EmulatedJEngine(mol, omega, emulation_dir)
     eng.build([(tuple(t.key), tuple(t.nctr)) for t in tasks])
     vj = digest_j(mol, dm, tasks, eng, progress=False)
     ref, _ = scf.hf.get_jk(mol, dm, hermi=1, omega=omega or None, with_k=False)
@@ -158,13 +148,13 @@ def _no_jk_kernels():
 
 
 @pytest.fixture
-def emulated_gpu(monkeypatch, tmp_dir):
+def emulated_gpu(monkeypatch, emulation_dir):
     """The GPU path with the emulated J engine as ``launch.GPUJEngine`` and
     the J/K kernels refusing (:class:`JKKernelsReached`); the engines made."""
     made = []
 
     def engine(mol, omega):
-        made.append(EmulatedJEngine(mol, omega, tmp_dir))
+        made.append(EmulatedJEngine(mol, omega, emulation_dir))
         return made[-1]
     monkeypatch.setattr(launch, 'GPUJEngine', engine)
     monkeypatch.setattr(jk, '_gpu_get_jk', _no_jk_kernels)
