@@ -35,7 +35,7 @@ from pyscf.scf import _vhf
 from tqdm import tqdm
 
 from pyscf_fusionrcg.jdigest import BATCH_DOUBLES, scatter
-from pyscf_fusionrcg.jk import JKContext, _density_array, _gather
+from pyscf_fusionrcg.jk import JKContext, _density_array, _gather, engine_for_operator
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S
 from pyscf_fusionrcg.screening import build_tasks, schwarz_bounds, to_host
 
@@ -95,8 +95,7 @@ class DerivativeContext(JKContext):
         :class:`~pyscf_fusionrcg.launch.GPUEngine` of this operator."""
         if self._engine is None and self.backend == "gpu":
             from pyscf_fusionrcg.launch import GPUEngine
-            with self.mol.with_range_coulomb(self.omega):    # GPUEngine reads 0 as mol.omega
-                self._engine = GPUEngine(self.mol, self.omega, self.options)
+            self._engine = engine_for_operator(GPUEngine, self.mol, self.omega, self.options)
         return super().engine
 
     def _batches(self, dms, tol, with_j, with_k, what, one_centre=True, on_device=False):

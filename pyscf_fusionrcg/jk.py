@@ -52,6 +52,15 @@ class LibcintBlocks:
                              for s in shls])
 
 
+def engine_for_operator(make, mol, omega, *args):
+    """``make(mol, omega, *args)``: an engine of the operator ``omega`` itself.
+    The engines (``HostEngine``, ``GPUEngine``, ``GPUJEngine``) read omega = 0
+    as ``mol.omega``; made while ``mol.omega`` is ``omega``, 0 means the full
+    Coulomb operator even for a molecule with a range-separated default."""
+    with mol.with_range_coulomb(omega):
+        return make(mol, omega, *args)
+
+
 def cpu_engine(mol, omega=0.0):
     """The host path of FusionRCG (the orchestrated recurrence programs on the CPU).
 
@@ -65,9 +74,7 @@ def cpu_engine(mol, omega=0.0):
         logger.warn(mol, "FusionRCG's host path (backend='cpu') is a reference for checks, far slower "
                     "than PySCF's own J/K; backend='auto' uses the GPU when there is one, else PySCF's J/K.")
         _host_path_noted = True
-    # HostEngine reads omega = 0 as "mol.omega": make that the operator asked for.
-    with mol.with_range_coulomb(omega):
-        return HostEngine(mol, omega=omega)
+    return engine_for_operator(HostEngine, mol, omega)
 
 
 def _gpu_get_jk():
@@ -171,10 +178,8 @@ class JKContext:
         """The GPU path's J engine (``launch.GPUJEngine``), for its J-only
         builds with ``options.j_engine='on'``."""
         if self._gpu_j_engine is None:
-            from pyscf_fusionrcg import launch
-            # GPUJEngine reads omega = 0 as "mol.omega": make that the operator asked for.
-            with self.mol.with_range_coulomb(self.omega):
-                self._gpu_j_engine = launch.GPUJEngine(self.mol, self.omega)
+            from pyscf_fusionrcg.launch import GPUJEngine
+            self._gpu_j_engine = engine_for_operator(GPUJEngine, self.mol, self.omega)
         return self._gpu_j_engine
 
     @property
