@@ -91,7 +91,7 @@ def run_case(case, args):
     import numpy as np
 
     from pyscf_fusionrcg import fusionrcg
-    from pyscf_fusionrcg.grad import DerivativeContext, is_gpu4pyscf
+    from pyscf_fusionrcg.grad import is_gpu4pyscf
 
     mol = build_mol(case, args.molecules_dir)
     t_scf, mf = converged_rhf(mol)
@@ -105,8 +105,9 @@ def run_case(case, args):
     ours.kernel()                                   # compiles the derivative kernels
     rec["fusionrcg_s"], g = timed_once(ours.kernel)
     dm = mf.make_rdm1()      # NumPy or CuPy: forces() takes either
-    context = DerivativeContext(mol, float(mol.omega), ours.fusionrcg_options, backend="gpu")
-    rec["two_electron_s"], _ = timed_once(lambda: context.forces(dm, 1.0, 0.5, mf.direct_scf_tol))
+    # the gradient's own context: its bounds and engine are made, as in the timed gradient
+    context = ours._fusionrcg_context(mol, float(mol.omega))
+    rec["two_electron_s"], _ = timed_once(lambda: context.forces(dm, 1.0, 0.5, ours._fusionrcg_tol()))
     if stock is not None and case.baseline:
         ref = stock.nuc_grad_method()
         ref.verbose = 0
