@@ -222,6 +222,14 @@ def test_gpu4pyscf_hook_is_fusionrcg(omega):
         assert type(plain).__name__ == "Gpu4pyscfGradients" and not isinstance(plain, fgrad._FusionRCGGradBase)
 
 
+def test_gpu4pyscf_hook_refuses_more_than_a_spin_pair():
+    mf = _converged(scf.RHF)
+    ours = fusionrcg(mf, options=GPU_GRADIENTS)._fusionrcg_gradients(_gpu4pyscf_like(mf))
+    dm = mf.make_rdm1()
+    with pytest.raises(ValueError, match="one density or an alpha and beta pair, not 3"):
+        ours.jk_energy_per_atom(np.stack([dm, dm, dm]))
+
+
 def test_gpu4pyscf_class_without_the_hook_is_kept_with_a_warning():
     class Gpu4pyscfGradients(rhf_grad.Gradients):
         __module__ = "gpu4pyscf.grad.rhf"
