@@ -8,8 +8,8 @@ symmetrised density, the degeneracy, the scatter into the rows of both pairs)
 runs in the engine's array module ``xp`` (NumPy for the host engine, CuPy for
 the GPU's), one implementation for both paths.  :func:`engine_j` is a whole
 J-only build through a J engine, as ``JKContext`` routes the GPU path's builds
-with ``Options.j_engine='on'``: the density screened on the host as the host
-path screens it, J digested in the engine's module and returned NumPy or CuPy
+with ``Options.j_engine='on'``: the density screened and J digested in the
+engine's module (on the device for the GPU's engine), J returned NumPy or CuPy
 as the density came.  :func:`batches` and :func:`scatter` also serve the host
 path's J/K digestion (:func:`pyscf_fusionrcg.jk.digest_tasks`).
 """
@@ -19,18 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pyscf_fusionrcg.options import PROGRESS_DELAY_S, Options
-from pyscf_fusionrcg.screening import build_tasks, on_gpu, to_host
+from pyscf_fusionrcg.screening import array_module, build_tasks, on_gpu, to_host
 
 #: Doubles of integral blocks digested per batch (bounds the scratch memory).
 BATCH_DOUBLES = 1 << 21
-
-
-def array_module(a):
-    """CuPy for a CuPy array, else NumPy."""
-    if on_gpu(a):
-        import cupy
-        return cupy
-    return np
 
 
 def batches(tasks, ao_loc, desc, progress):
@@ -41,7 +33,7 @@ def batches(tasks, ao_loc, desc, progress):
     with tqdm(total=sum(len(t) for t in tasks), desc=desc, unit="quartet", unit_scale=True,
               delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
         for t in tasks:
-            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in t.quartets[0]])
+            blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in to_host(t.quartets[:1])[0]])
             step = max(1, BATCH_DOUBLES // int(blk))
             degeneracy = t.degeneracy
             for i0 in range(0, len(t), step):
@@ -79,6 +71,7 @@ def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
     jh = xp.zeros(dms.shape)
     ao_loc = mol.ao_loc
     for shls, degeneracy in batches(tasks, ao_loc, "FusionRCG J engine", progress):
+        shls = to_host(shls)    # the AO offsets and the kernels' orientation are made on the host
         blocks = j_engine.quartet_j(shls, dm_j)
         degeneracy = xp.asarray(degeneracy)[None, :, None, None]
         pieces = []
@@ -93,9 +86,10 @@ def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
 def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, progress=Options.progress):
     """J of ``dm`` ((nao, nao) or (n, nao, nao), NumPy or CuPy) through a J
     engine, shaped as ``dm`` and NumPy or CuPy as ``dm``: the task lists of
-    the density screened for J on the host (:func:`build_tasks`, as the host
-    path screens), digested by :func:`digest_j` in the engine's array module.
-    A complex density is built as its real and imaginary parts."""
+    the density screened for J in the engine's array module (:func:`build_tasks`
+    with its ``xp``: on the device for the GPU's engine, in the same order as
+    the host path's), digested by :func:`digest_j` there.  A complex density
+    is built as its real and imaginary parts."""
     xp = getattr(j_engine, "xp", np)
     if dm.dtype.kind == "c":
         args = (j_engine, omega, direct_scf_tol, q_cond, progress)
@@ -103,6 +97,6 @@ def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, pr
     host_in = not on_gpu(dm)
     shape = dm.shape
     dms = xp.asarray(dm, dtype=np.float64).reshape(-1, shape[-2], shape[-1])
-    tasks = build_tasks(mol, to_host(dms), omega, direct_scf_tol, q_cond, True, False)
+    tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, True, False, xp=xp)
     vj = digest_j(mol, dms, tasks, j_engine, progress).reshape(shape)
     return to_host(vj) if host_in else vj

@@ -44,7 +44,7 @@ a per-primitive kernel reads).  The contracted stages run op by op.
 
 On the GPU (docs/jengine-gpu.md), ``codegen.jkernel`` emits the two-sided
 program as a kernel that reads those per-primitive pair densities,
-:func:`quartet_densities` makes them on the host, and ``launch.GPUJEngine``
+:func:`quartet_densities` makes them where the density is (the device), and ``launch.GPUJEngine``
 runs it behind :class:`HostJEngine`'s interface; ``jdigest`` digests its
 blocks on the device and serves the GPU path's J-only builds with
 ``Options.j_engine='on'``.
@@ -62,6 +62,7 @@ from scipy.sparse import csr_matrix
 from . import host, ir, pairmaps
 from .host import ANG_OF, MEM_DOUBLES, NCTR_OF, NPRIM_OF
 from .schedule import _concat, _frozen, _peak, _prim_stage, _take, peak_live, stage_peaks
+from .screening import array_module
 
 #: The accumulator sides of a J program: both (8-fold bra-ket symmetry, the
 #: screened task lists as they are) or the bra alone (ordered pair pairs).
@@ -256,62 +257,69 @@ def _build(eri: ir.Program, sides) -> JProgram:
                     _frozen(_concat(tables)), tuple(ctr_starts), eri)
 
 
-def pair_densities(mol, pairs, dms, smap: pairmaps.SideMap) -> np.ndarray:
+def pair_densities(mol, pairs, dms, smap: pairmaps.SideMap):
     """``D~`` of shell pairs ``(x, y)`` (rows of ``pairs``, one (l, nctr) per
     index): ``(nset, n, n_x, n_y, n_start)`` with ``n_x, n_y`` the shells'
     contracted functions, ``D~[s, p, u, v, f] = sum_{i, j} M(X - Y)[(i, j), f]
     dms[s, x_u i, y_v j]``, where ``M`` is the pair's contracted-stage matrix
     ``smap`` (:func:`pairmaps.side_map` of the side the pair is on, bra or
     ket: one polynomial either way) and ``x_u i`` the AO of component ``i`` of
-    function ``u`` of shell ``x``."""
+    function ``u`` of shell ``x``.  In the array module of ``dms`` (NumPy or
+    CuPy): the small per-pair matrices are made on the host and moved, the
+    gathers and contractions run where the density is."""
+    xp = array_module(dms)
     pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 2)
     x, y = pairs[:, 0], pairs[:, 1]
     bas, ao_loc = mol._bas, mol.ao_loc
     ncomp = ir.ncart if mol.cart else ir.nsph
     (l1, l2), (n1, n2) = bas[pairs[0], ANG_OF], bas[pairs[0], NCTR_OF]
     d1, d2 = ncomp(int(l1)), ncomp(int(l2))
-    ix = ao_loc[x][:, None] + np.arange(n1 * d1)
-    iy = ao_loc[y][:, None] + np.arange(n2 * d2)
+    ix = xp.asarray(ao_loc[x][:, None] + np.arange(n1 * d1))
+    iy = xp.asarray(ao_loc[y][:, None] + np.arange(n2 * d2))
     nset, n = len(dms), len(pairs)
     blk = dms[:, ix[:, :, None], iy[:, None, :]].reshape(nset, n, n1, d1, n2, d2)
     blk = blk.transpose(0, 1, 2, 4, 3, 5).reshape(nset, n, n1, n2, d1 * d2)
     cen = host.shell_centres(mol)
     m = pairmaps.monomials(smap.powers, cen[x] - cen[y]) @ smap.coef.reshape(len(smap.powers), -1)
-    return np.einsum('npr,snuvr->snuvp', m.reshape(n, smap.n_start, smap.n_rows), blk)
+    return xp.einsum('npr,snuvr->snuvp', xp.asarray(m.reshape(n, smap.n_start, smap.n_rows)), blk)
 
 
-def primitive_pair_densities(mol, pairs, dms, smap: pairmaps.SideMap) -> np.ndarray:
+def primitive_pair_densities(mol, pairs, dms, smap: pairmaps.SideMap):
     """``D^`` of shell pairs ``(x, y)`` of one (l, nctr, nprim) per index:
     ``(nset, n, np_x * np_y * n_start)``, ``[s, p, (i * np_y + j) * n_start + f]
     = sum_{u, v} c_x[u, i] c_y[v, j] D~[s, p, u, v, f]`` (:func:`pair_densities`,
     ``c`` the shells' ``[nctr][nprim]`` coefficients in ``mol._env``): the
     pair's contraction folded into its density, what a J kernel's
     accumulations of the other side read per primitive pair
-    (:mod:`pyscf_fusionrcg.codegen.jkernel`)."""
+    (:mod:`pyscf_fusionrcg.codegen.jkernel`).  In the array module of ``dms``."""
+    xp = array_module(dms)
     pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 2)
     bas, env = mol._bas, mol._env
 
     def coefficients(shells):
         nprim, nctr = int(bas[shells[0], NPRIM_OF]), int(bas[shells[0], NCTR_OF])
         ptr = bas[shells, host.PTR_COEFF][:, None] + np.arange(nprim * nctr)
-        return env[ptr].reshape(len(shells), nctr, nprim)
+        return xp.asarray(env[ptr].reshape(len(shells), nctr, nprim))
 
     dt = pair_densities(mol, pairs, dms, smap)
     cx, cy = coefficients(pairs[:, 0]), coefficients(pairs[:, 1])
-    d = np.einsum('pui,pvj,spuvf->spijf', cx, cy, dt, optimize=True)
+    d = xp.einsum('pui,pvj,spuvf->spijf', cx, cy, dt, optimize=True)
     return d.reshape(len(dms), len(pairs), -1)
 
 
 def quartet_densities(mol, prog: JProgram, quartets, dms, swaps=(None, None)):
-    """The pair-density step of the J kernels, on the host (NumPy): ``(rho,
-    rho_off)`` for quartets of one class and contraction shape with ``dms``
-    (nset, nao, nao): ``rho`` (nset, m) the :func:`primitive_pair_densities`
-    rows of the quartets' distinct bra pairs (``rab``, read by the ket's
-    accumulators) and ket pairs (``rcd``, read by the bra's), on the side
-    maps of ``prog.eri``; ``rho_off`` (nq, 2) int64 each quartet's two rows.
-    ``swaps`` (bra, ket masks, :func:`launch.orient`'s): a swapped pair's
-    density is taken from ``dms`` transposed, so that the J blocks are those
-    of the quartets before the swap (transposed where the bra was swapped)."""
+    """The pair-density step of the J kernels: ``(rho, rho_off)`` for
+    quartets of one class and contraction shape with ``dms`` (nset, nao, nao):
+    ``rho`` (nset, m), in the array module of ``dms`` (the device's for a
+    CuPy density), the :func:`primitive_pair_densities` rows of the quartets'
+    distinct bra pairs (``rab``, read by the ket's accumulators) and ket pairs
+    (``rcd``, read by the bra's), on the side maps of ``prog.eri``;
+    ``rho_off`` (nq, 2) int64 on the host, each quartet's two rows.  The
+    bookkeeping of distinct pairs runs on the host quartets.  ``swaps`` (bra,
+    ket masks, :func:`launch.orient`'s): a swapped pair's density is taken
+    from ``dms`` transposed, so that the J blocks are those of the quartets
+    before the swap (transposed where the bra was swapped)."""
+    xp = array_module(dms)
     quartets = np.asarray(quartets, dtype=np.intp).reshape(-1, 4)
     nq, nset = len(quartets), len(dms)
     off = np.zeros((nq, 2), dtype=np.int64)
@@ -329,18 +337,18 @@ def quartet_densities(mol, prog: JProgram, quartets, dms, swaps=(None, None)):
         row_off = np.zeros(len(keys), dtype=np.int64)
         for g in np.unique(group):
             rows = np.nonzero(group == g)[0]
-            block = np.empty((nset, len(rows), int(nprim[rows[0]].prod()) * smap.n_start))
+            block = xp.empty((nset, len(rows), int(nprim[rows[0]].prod()) * smap.n_start))
             for flag in (False, True):
-                sel = keys[rows, 2] == flag
-                if sel.any():
+                sel = np.nonzero(keys[rows, 2] == flag)[0]
+                if len(sel):
                     dm = dms.transpose(0, 2, 1) if flag else dms
-                    block[:, sel] = primitive_pair_densities(mol, keys[rows[sel], :2], dm, smap)
+                    block[:, xp.asarray(sel)] = primitive_pair_densities(mol, keys[rows[sel], :2], dm, smap)
             row_off[rows] = size + np.arange(len(rows)) * block.shape[2]
             tables.append(block.reshape(nset, -1))
             size += block[0].size
         off[:, k] = row_off[inv]
-    rho = np.concatenate(tables, axis=1) if tables else np.zeros((nset, 1))
-    return np.ascontiguousarray(rho), off
+    rho = xp.concatenate(tables, axis=1) if tables else xp.zeros((nset, 1))
+    return xp.ascontiguousarray(rho), off
 
 
 @dataclass

@@ -520,8 +520,7 @@ class GPUJEngine:
 
     Per class: the quartets oriented and put in primitive order as the J/K
     kernels' (:func:`orient`, :func:`primitive_order`), their pair densities
-    made on the host (:func:`jengine.quartet_densities`, from a host copy of
-    the densities kept while the same array comes again), one launch per
+    made in :attr:`xp` (:func:`jengine.quartet_densities`), one launch per
     density set, the ``[element][quartet]`` output split into the sides'
     blocks and put back in the quartets' order on the device.
     :meth:`_device` and :meth:`kernel` are where a CPU emulation stands in
@@ -533,7 +532,6 @@ class GPUJEngine:
         self.mol = mol
         self.omega = float(omega) if omega else float(getattr(mol, 'omega', 0.0) or 0.0)
         self.keys = ShellKeys(mol)
-        self._host_dms = (None, None)
         self._device()
 
     def _device(self):
@@ -545,12 +543,6 @@ class GPUJEngine:
     def kernel(self, ls, nctr) -> JKernel:
         return get_j_kernel(ls, bool(self.mol.cart), self.omega, nctr)
 
-    def _on_host(self, dms):
-        """A NumPy copy of ``dms``, kept while the same array comes again."""
-        if self._host_dms[0] is not dms:
-            self._host_dms = (dms, dms if isinstance(dms, np.ndarray) else dms.get())
-        return self._host_dms[1]
-
     def quartet_j(self, shls, dms) -> dict:
         """``{'bra': (nset, n, da, db), 'ket': (nset, n, dc, dd)}`` J blocks,
         in :attr:`xp`, of ``n`` quartets of one class for ``dms`` (nset, nao,
@@ -561,7 +553,7 @@ class GPUJEngine:
         kern = self.kernel(ls, nctr)
         oriented, swap_bra, swap_ket = orient(self.keys, shls)
         pos = primitive_order(self.keys, oriented)
-        rho, off = jengine.quartet_densities(self.mol, kern.program, oriented[pos], self._on_host(dms),
+        rho, off = jengine.quartet_densities(self.mol, kern.program, oriented[pos], xp.asarray(dms),
                                              (swap_bra[pos], swap_ket[pos]))
         sizes = codegen.j_block_sizes(kern.program, nctr)
         nset, nelem, nq = len(dms), sum(sizes.values()), len(shls)
@@ -571,7 +563,7 @@ class GPUJEngine:
         put = xp.asarray(pos)
         for s in range(nset):
             out = xp.empty(nelem * nq)
-            kern.launch(nq, args + (xp.asarray(rho[s]), off, out))
+            kern.launch(nq, args + (xp.ascontiguousarray(rho[s]), off, out))
             res[s][:, put] = out.reshape(nelem, nq)
         blocks, e0 = {}, 0
         for side, swap in zip(self.sides, (swap_bra, swap_ket)):

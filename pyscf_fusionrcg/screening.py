@@ -111,6 +111,14 @@ def on_gpu(a):
     return hasattr(a, "__cuda_array_interface__")
 
 
+def array_module(a):
+    """CuPy for a CuPy array, else NumPy."""
+    if on_gpu(a):
+        import cupy
+        return cupy
+    return np
+
+
 def to_host(a):
     """The NumPy array of a NumPy or CuPy array."""
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
