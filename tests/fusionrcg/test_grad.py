@@ -249,14 +249,27 @@ def test_native_path_keeps_pyscf_gradients():
     assert type(fusionrcg(mf).nuc_grad_method()) is rhf_grad.Gradients
 
 
+def _with_h_shell():
+    """H2 with an h shell on the second atom (the issue asks for up to h), converged."""
+    basis = {"H1": "sto-3g", "H2": gto.basis.parse("H S\n 1.2 1.0\nH H\n 1.5 1.0")}
+    return _converged(scf.RHF, atom="H1 0 0 0; H2 0.1 0 0.74", basis=basis)
+
+
 @pytest.mark.slow
 def test_h_functions():
-    """An h shell (the issue asks for up to h): H2 with one on the first atom."""
-    basis = {"H1": "sto-3g", "H2": gto.basis.parse("H S\n 1.2 1.0\nH H\n 1.5 1.0")}
-    mf = _converged(scf.RHF, atom="H1 0 0 0; H2 0.1 0 0.74", basis=basis)
+    mf = _with_h_shell()
     ref = mf.nuc_grad_method().kernel()
     ours = fusionrcg(mf, options=OPTIONS).nuc_grad_method().kernel()
     assert np.abs(ours - ref).max() < G_TOL
+
+
+@pytest.mark.gpu
+def test_gpu_gradients_with_h_functions():
+    """Derivative kernels of classes with an h shell (an i shell once raised)."""
+    mf = _with_h_shell()
+    ref = mf.nuc_grad_method().kernel()
+    g = fusionrcg(mf, options=Options(backend="gpu", progress=False, gpu_gradients=True)).nuc_grad_method()
+    assert np.abs(g.kernel() - ref).max() < G_TOL
 
 
 @pytest.mark.gpu
