@@ -10,8 +10,9 @@ up to ``--steps``, with that run's time step, temperatures, friction and
 integrator unless the command line gives them (a change is logged as a
 warning). ``--mpi`` shares the replicas among the MPI ranks the command was
 started on (``mpiexec -n 4 flashschnet-md --mpi ...``); rank 0 writes the
-files and prints the summary. Exit status: 0 done, 1 the dynamics became
-unstable, 2 bad input.
+files and prints the summary. ``--devices all`` (or a list, ``cuda:0,cuda:1``)
+shares them among several GPUs of this one process instead. Exit status: 0
+done, 1 the dynamics became unstable, 2 bad input.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Langevin friction in 1/fs: one value or one per replica (default 0.01, or the checkpoint's)")
     p.add_argument("--integrator", choices=("baoab", "nve"), help="default baoab, or the checkpoint's")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--devices", metavar="all|LIST",
+                   help="share the replicas among several devices of this process, each running its block at once: "
+                        "'all' (every CUDA GPU) or a comma-separated list, e.g. cuda:0,cuda:1 (or 0,1); "
+                        "instead of --device, not with --mpi")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--skin", type=float, default=1.0, help="Verlet skin in A (default 1)")
     p.add_argument("--seed", type=int, help="random seed (default: fresh entropy, printed)")
@@ -71,9 +76,10 @@ def config_from_args(args, recorded=None) -> MDConfig:
     dynamics = dict(recorded or {})
     dynamics.update({name: value for name, value in given.items() if value is not None})
     return MDConfig(
-        **dynamics, device=args.device, precision=args.precision, skin=args.skin, traj_interval=args.traj_interval,
-        out_dir=args.out, checkpoint_interval=args.checkpoint_interval if args.out else None,
-        restart=args.restart, progress=not args.no_progress, seed=args.seed, cuda_graph=not args.no_cuda_graph)
+        **dynamics, device=args.device, devices=args.devices, precision=args.precision, skin=args.skin,
+        traj_interval=args.traj_interval, out_dir=args.out,
+        checkpoint_interval=args.checkpoint_interval if args.out else None, restart=args.restart,
+        progress=not args.no_progress, seed=args.seed, cuda_graph=not args.no_cuda_graph)
 
 
 def default_structure(model_name: str):

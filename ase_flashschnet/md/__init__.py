@@ -1,4 +1,4 @@
-"""Batched multi-replica molecular dynamics on one device.
+"""Batched multi-replica molecular dynamics on one device, or a batch on each of several.
 
 All replicas form one disconnected graph (consecutive blocks of atoms, the
 layout the bonded priors expect) and advance together: one force call per
@@ -19,6 +19,8 @@ Modules:
 * :mod:`.graphs`: CUDA-graph capture of the pieces of a step;
 * :mod:`.checkpoint`: checkpoints and trajectory files;
 * :mod:`.distributed`: the replicas shared by MPI ranks (``run_replicas(..., comm=)``);
+* :mod:`.devices`: the replicas shared by several devices of one process
+  (``run_replicas(..., devices=)``), as by ranks;
 * :mod:`.results`: the result and the error;
 * :mod:`.profiling`: the time of each piece of a step.
 

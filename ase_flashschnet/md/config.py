@@ -9,12 +9,29 @@ import numpy as np
 
 from .integrators import INTEGRATORS
 
-__all__ = ["MDConfig", "fresh_seed"]
+__all__ = ["MDConfig", "fresh_seed", "device_entries"]
 
 
 def fresh_seed() -> int:
     """A seed from fresh entropy, for a run given none (the result reports it)."""
     return int(np.random.SeedSequence().entropy % (1 << 63))
+
+
+def device_entries(devices) -> list:
+    """The devices of ``MDConfig.devices`` other than 'all', as given: a list (or
+    tuple) as it is, a comma-separated string split up; a GPU index (a number,
+    or digits in a string) stands for that CUDA device. Whether they exist is
+    the force engine's to check."""
+    if isinstance(devices, str):
+        devices = [name.strip() for name in devices.split(",") if name.strip()]
+    elif not isinstance(devices, (list, tuple)):
+        raise ValueError(f"devices must be 'all', a list of devices or a comma-separated string, got {devices!r}")
+    return [f"cuda:{d}" if _gpu_index(d) else d for d in devices]
+
+
+def _gpu_index(device) -> bool:
+    """Whether a device is given as a GPU index: a number, or a string of digits."""
+    return isinstance(device, int) and not isinstance(device, bool) or isinstance(device, str) and device.isdigit()
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,11 @@ class MDConfig:
     Force engine: ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'), ``precision``
     and ``backend``, as :class:`~ase_flashschnet.calculator.ForceEngine` takes
     them; ``cuda_graph``: replay the steps as captured CUDA graphs on a GPU.
+    ``devices``: run on several devices of this process at once, each with a
+    contiguous block of the replicas (:mod:`.devices`; ``device`` then stays
+    'auto'): 'all' (every CUDA GPU PyTorch sees), or a list of devices ('cpu',
+    'cuda:N', torch devices, GPU indices), also as a comma-separated string
+    ('cuda:0,cuda:1'); None (default): one device, ``device``.
 
     Neighbour list: pairs within cutoff + ``skin`` (A), rebuilt when an atom has
     moved more than skin/2, in buffers with ``edge_margin`` spare slots;
@@ -73,6 +95,7 @@ class MDConfig:
     check_interval: int = 20
     edge_margin: float = 0.05
     neighbor_backend: str = "auto"
+    devices: Any = None
 
     def __post_init__(self):
         if self.integrator not in INTEGRATORS:
@@ -90,6 +113,12 @@ class MDConfig:
             raise ValueError("checkpoint_interval needs out_dir, the folder the checkpoint is written to")
         if not self.max_displacement > 0:
             raise ValueError(f"max_displacement must be a positive distance in A, got {self.max_displacement!r}")
+        if self.devices is not None:
+            if str(self.devices) != "all" and not device_entries(self.devices):
+                raise ValueError(f"devices must name at least one device (or be 'all'), got {self.devices!r}")
+            if str(self.device) != "auto":
+                raise ValueError(f"give device (one) or devices (several), not both: device={self.device!r}, "
+                                 f"devices={self.devices!r}")
 
     @classmethod
     def from_options(cls, config: MDConfig | None, options: dict) -> MDConfig:

@@ -16,6 +16,9 @@ ranks meet only where the run is saved:
 * an unstable replica stops every rank at the same point, with the same error.
 
 With ``comm`` None a run is one rank of one, and nothing here communicates.
+The devices of one process (``run_replicas(..., devices=)``) share the
+replicas the same way, each a thread that is a rank of a
+:class:`~.devices.ThreadGroup`.
 """
 from __future__ import annotations
 
@@ -59,11 +62,12 @@ class ReplicaShare:
     comm: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, replicas: int, comm=None) -> ReplicaShare:
-        """This rank's share of ``replicas`` (all of them without ``comm``)."""
+    def of(cls, replicas: int, comm=None, ranks: str = "MPI ranks") -> ReplicaShare:
+        """This rank's share of ``replicas`` (all of them without ``comm``);
+        ``ranks``: what the ranks are, for the error when there are too many."""
         rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
         if size > replicas:
-            raise ValueError(f"{size} MPI ranks for {replicas} replica(s): every rank needs one replica at least")
+            raise ValueError(f"{size} {ranks} for {replicas} replica(s): each needs one replica at least")
         return cls(replicas, *replica_bounds(replicas, rank, size), rank, size, comm)
 
     @property

@@ -4,10 +4,18 @@ A piece (a whole step, or one half of it) only updates pre-allocated tensors
 in place, so it can be captured once and replayed. Capture executes nothing:
 a capture that fails leaves the state untouched, the piece simply runs
 eagerly, and CUDA graphs stay off for the rest of the run.
+
+Several devices may run in threads of one process (:mod:`.devices`): each
+run captures on a stream of its own device, one capture at a time in the
+process (a capture's set-up synchronises its device and empties PyTorch's
+memory cache, which must not happen under another's capture), and in CUDA's
+thread-local capture mode, in which what the other threads do meanwhile
+(launches, copies, allocations) is no concern of this capture.
 """
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
@@ -20,10 +28,14 @@ log = logging.getLogger(__name__)
 # capture forbids.
 WARMUP_CALLS = 1
 
+# One capture at a time in this process (see the module docstring).
+_CAPTURE_LOCK = threading.Lock()
+
 
 class GraphControl:
     """Whether CUDA graphs are in use, shared by all graphed pieces of a run;
-    turned off for good (with a warning) the first time a capture fails."""
+    turned off for good (with a warning) the first time a capture fails. The
+    pieces warm up and are captured on ``side_stream``, on the run's device."""
 
     def __init__(self, enabled: bool, device: torch.device):
         self.enabled = enabled and device.type == "cuda"
@@ -76,7 +88,8 @@ class GraphedCall:
         else:
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=control.side_stream,
+                                                     capture_error_mode="thread_local"):
                     self.fn()
             except Exception as exc:  # anything not capturable: fall back, never fail the run
                 control.disable(exc)

@@ -4,7 +4,8 @@ Sets up the force engine and the :class:`~.simulation.Simulation`, advances it
 in blocks that end at frame, checkpoint and status-check steps, saves frames
 and checkpoints, and turns a replica gone bad into a :class:`SimulationError`.
 Over MPI ranks (``comm``) each rank runs its share of the replicas
-(:mod:`.distributed`).
+(:mod:`.distributed`), and so does each of several devices of this process
+(``devices``, :mod:`.devices`).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import torch
 from ase import Atoms
 from tqdm import tqdm
 
-from ..calculator import ForceEngine
+from ..calculator import ForceEngine, resolve_model
 from .checkpoint import (CHECKPOINT_NAME, TrajectoryWriters, checkpoint_data, checkpoint_structures, load_checkpoint,
                          save_checkpoint, trajectory_paths)
 from .config import MDConfig
+from .devices import on_devices, resolve_devices
 from .distributed import ReplicaShare
 from .results import ReplicaResult, instability_error
 from .simulation import Simulation
@@ -77,18 +79,41 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
     the replicas (:mod:`.distributed`): the trajectories are one process's,
     rank 0 writes the files, and every rank returns the whole run's result
     (neighbour-list builds and their time summed over the ranks, the wall
-    time the longest rank's, the other statistics this rank's).
+    time the longest rank's, the engines of all, the other statistics this
+    rank's). ``config.devices`` shares them the same way among several devices
+    of this process, one thread each (:mod:`.devices`; the other statistics
+    are then the first device's); it does not combine with ``comm`` (under
+    MPI, run one rank per GPU).
     """
     config = MDConfig.from_options(config, options)
-    traj_interval, checkpoint_interval, out_dir = config.traj_interval, config.checkpoint_interval, config.out_dir
     ckpt = load_checkpoint(config.restart) if config.restart is not None else None
     atoms_list = _replica_list(atoms_or_list, replicas, ckpt)
-    share = ReplicaShare.of(len(atoms_list), comm)
-    engine = ForceEngine(model, device=share.device(config.device, config.precision), precision=config.precision,
-                         backend=config.backend)
+    steps = int(steps)
+    if config.devices is None:
+        share = ReplicaShare.of(len(atoms_list), comm)
+        return _run_share(model, atoms_list, steps, config, ckpt, share,
+                          share.device(config.device, config.precision))
+    if comm is not None:
+        raise ValueError("several devices in one process (devices) do not combine with MPI ranks (comm): "
+                         "under MPI, run one rank per GPU (device 'auto' gives each rank a GPU of its node)")
+    devices = resolve_devices(config.devices, config.precision)
+    model = resolve_model(model)  # read once, copied to each device by its engine
+
+    def run_on(member, device):
+        share = ReplicaShare.of(len(atoms_list), member, "devices")
+        return _run_share(model, atoms_list, steps, config, ckpt, share, device)
+
+    return on_devices(run_on, devices)
+
+
+def _run_share(model, atoms_list: list[Atoms], steps: int, config: MDConfig, ckpt: dict | None,
+               share: ReplicaShare, device) -> ReplicaResult:
+    """The part of ``run_replicas`` that ``share`` (this rank's replicas) runs on ``device``."""
+    traj_interval, checkpoint_interval, out_dir = config.traj_interval, config.checkpoint_interval, config.out_dir
+    engine = ForceEngine(model, device=device, precision=config.precision, backend=config.backend)
     sim = Simulation(engine, share.mine(atoms_list), share.config(config), checkpoint=share.checkpoint(ckpt),
                      share=share)
-    start_step, steps = sim.step, int(steps)
+    start_step = sim.step
     if steps < start_step:
         raise ValueError(f"steps={steps} is before the checkpoint's step {start_step}")
     ckpt_path = None
@@ -158,7 +183,8 @@ def run_replicas(model, atoms_or_list=None, replicas=None, steps=1000, *, config
         temperatures=stack("temperature", (0, R)),
         final_positions=final["positions"], final_velocities=final["velocities"],
         numbers=np.stack([a.numbers for a in atoms_list]),
-        dt_fs=sim.dt_fs, integrator=config.integrator, engine=engine.name, seed=sim.seed,
+        dt_fs=sim.dt_fs, integrator=config.integrator, seed=sim.seed,
+        engine=", ".join(dict.fromkeys(share.everyone(engine.name))),
         steps_run=steps - start_step, wall_time_s=max(share.everyone(wall)),
         neighbor_builds=sum(share.everyone(sim.neighbors.builds)),
         neighbor_time_s=sum(share.everyone(sim.neighbors.build_time)),

@@ -63,7 +63,7 @@ class Simulation:
     Uses the dynamics, neighbour-list, graph and check settings of ``config``
     (an :class:`MDConfig`, whose fields ``options`` may replace); starts from
     ``checkpoint`` (a loaded one, see :func:`.checkpoint.load_checkpoint`) if given.
-    ``share``: where these replicas lie in a run split over MPI ranks
+    ``share``: where these replicas lie in a run split over MPI ranks or devices
     (:class:`~.distributed.ReplicaShare`; default: the whole run), whose noise
     is drawn for the whole run's batch, of which this one takes its rows.
     """

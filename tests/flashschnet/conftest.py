@@ -14,6 +14,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def cg_demo():
+    """The shipped CGSchNet-sized model (with priors) and its 269-bead chain."""
+    from ase_flashschnet import shipped
+
+    return shipped.get("cg-demo"), shipped.default_structure("cg-demo")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

@@ -12,7 +12,7 @@ from ase.build import molecule
 from ase.io import read
 
 import gpucore
-from ase_flashschnet.cli import main
+from ase_flashschnet.cli import build_parser, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,6 +107,27 @@ def test_cli_errors_are_one_line_with_status_2(files, tmp_path, capsys, small_mo
     if not (gpucore.gpu_available() and torch.cuda.is_available()):
         assert main(["--model", str(model), "--structure", str(structure), "--precision", "bf16"]) == 2
         assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_devices_share_the_replicas_in_one_process(files, tmp_path, capsys):
+    """--devices LIST runs what --device runs, the replicas split among the devices
+    of the list; with --device too it is a usage error."""
+    model, structure = files
+    common = ["--model", str(model), "--structure", str(structure), "--replicas", "3", "--steps", "10",
+              "--traj-interval", "5", "--precision", "fp64", "--seed", "2", "--no-progress"]
+    assert main([*common, "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--devices", "cpu,cpu", "--out", str(tmp_path / "two")]) == 0
+    assert capsys.readouterr().out.count("3 replica(s) x 9 atoms") == 2
+    for r in range(3):
+        one, two = (read(tmp_path / out / f"replica_{r:03d}.traj", ":") for out in ("one", "two"))
+        assert [a.info["step"] for a in two] == [0, 5, 10]
+        np.testing.assert_allclose(two[-1].positions, one[-1].positions, rtol=0, atol=1e-10)
+    assert main([*common, "--devices", "cpu,cpu", "--device", "cpu"]) == 2
+    assert "give device (one) or devices (several), not both" in capsys.readouterr().err
+    for flag in ("all", "cuda:0,cuda:1", "0,1"):
+        assert config_from_args(build_parser().parse_args(["--model", "m", "--devices", flag])).devices == flag
+    assert config_from_args(build_parser().parse_args(["--model", "m"])).devices is None
+    assert "--devices all|LIST" in build_parser().format_help()
 
 
 def test_shipped_model_brings_its_structure(capsys):

@@ -208,14 +208,6 @@ def test_check_interval_must_be_positive(model, ethanol):
 # ---------------------------------------------------------------- GPU only
 
 
-@pytest.fixture(scope="module")
-def cg_demo():
-    """The shipped CGSchNet-sized model (with priors) and its 269-bead chain."""
-    from ase_flashschnet import shipped
-
-    return shipped.get("cg-demo"), shipped.default_structure("cg-demo")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,tol", [("fp32", 2e-4), ("bf16", 3e-2), ("fp16", 1e-2)])
 def test_gpu_batched_forces_equal_the_reference(cg_demo, precision, tol):

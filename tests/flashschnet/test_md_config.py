@@ -28,6 +28,10 @@ def model_and_ethanol(small_model):
     (dict(checkpoint_interval=-5, out_dir="run"), "checkpoint_interval must be a number of steps"),
     (dict(checkpoint_interval=10), "checkpoint_interval needs out_dir"),
     (dict(max_displacement=0.0), "max_displacement must be a positive distance in A, got 0.0"),
+    (dict(devices=[]), "devices must name at least one device (or be 'all'), got"),
+    (dict(devices=" , "), "devices must name at least one device (or be 'all'), got ' , '"),
+    (dict(devices=2), "devices must be 'all', a list of devices or a comma-separated string, got 2"),
+    (dict(device="cpu", devices=["cpu", "cpu"]), "give device (one) or devices (several), not both"),
 ])
 def test_bad_settings_are_clear_value_errors(settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -17,7 +17,6 @@ from ase import Atoms
 from ase.build import bulk
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from ase_flashschnet import shipped
 from ase_flashschnet.calculator import FlashSchNetCalculator
 from ase_flashschnet.model import UnknownElementError
 
@@ -56,11 +55,6 @@ def crystals():
     for seed, atoms in enumerate((triclinic, copper, nickel)):
         atoms.rattle(0.05, seed=seed)
     return [triclinic, copper, nickel]
-
-
-@pytest.fixture(scope="module")
-def cg_demo():
-    return shipped.get("cg-demo"), shipped.default_structure("cg-demo")
 
 
 def _per_system(state, tensor, system):
