@@ -78,7 +78,7 @@ class ClassTasks:
         """float64 (n,), see the module docstring; CuPy for CuPy quartets.  Made
         on demand: the GPU digestion derives it from the shells instead of
         reading 8 more bytes per quartet."""
-        xp = np if isinstance(self.quartets, np.ndarray) else _cupy()
+        xp = array_module(self.quartets)
         a, b, c, d = self.quartets.T
         k = (a == b).astype(np.int32) + (c == d) + ((a == c) & (b == d))
         return xp.ldexp(xp.ones(len(self.quartets)), -k)
