@@ -8,7 +8,7 @@ every rank; only the J/K builds are shared.  In each build every rank
    (:func:`~pyscf_fusionrcg.screening.build_tasks`);
 2. keeps its share of the quartets (:func:`split_tasks`): the task list in
    its own order, cut into ``size`` runs of equal estimated cost
-   (:class:`HostCost`), a computation every rank makes identically, so every
+   (:class:`ProgramCost`), a computation every rank makes identically, so every
    quartet is computed by exactly one rank;
 3. digests its share into partial J and K and sums them over the ranks once
    (:meth:`Reducer.sum`, an ``Allreduce``).
@@ -24,9 +24,11 @@ device arrays (NCCL) with the same two calls.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from pyscf_fusionrcg.screening import ClassTasks
+from pyscf_fusionrcg.screening import array_module, on_gpu, to_host
 
 #: Work per primitive quartet outside the primitive statements (its exponents,
 #: centres, prefactor and Boys values), in statements (docs/distributed.md).
@@ -34,8 +36,8 @@ PRIMITIVE_OVERHEAD = 50
 #: Relative weight of a contracted-stage statement (it also gathers the
 #: accumulators and digests the block).
 CONTRACTED_WEIGHT = 2
-#: The fixed cost of one class's digestion (its programs' calls, one per
-#: build choice, and the set-up of its batches), in statements.
+#: The fixed cost of one class's digestion on the host (its programs' calls,
+#: one per build choice, and the set-up of its batches), in statements.
 CLASS_OVERHEAD = 300_000
 
 
@@ -97,65 +99,108 @@ def as_reducer(comm) -> Reducer:
     return MPIReducer(comm)
 
 
-class HostCost:
-    """Estimated host-path cost of each quartet of a class, in statements run:
-    its primitive quartets times the class program's primitive statements
-    (plus :data:`PRIMITIVE_OVERHEAD`), its contracted-function tuples times
-    the contracted statements (weighted :data:`CONTRACTED_WEIGHT`), and its
-    part of the class's :data:`CLASS_OVERHEAD`.  The programs come from :func:`~pyscf_fusionrcg.host.get_program`'s cache,
-    which the build needs anyway."""
+class ProgramCost:
+    """Estimated cost of each quartet of a class, in statements run: its
+    primitive quartets times the class program's primitive statements (plus
+    :data:`PRIMITIVE_OVERHEAD`), its contracted-function tuples times the
+    contracted statements (weighted :data:`CONTRACTED_WEIGHT`), and its part
+    of ``class_overhead`` (default :data:`CLASS_OVERHEAD`, the host path's).
+    The GPU kernels run the same programs (:func:`~pyscf_fusionrcg.host.get_program`'s
+    cache).  Computed where the quartets are (NumPy or CuPy); without a class
+    overhead the costs are exact integers (int64), so that their running sums
+    are the same on every rank and GPU, whatever order a GPU adds them in."""
 
-    def __init__(self, mol):
+    def __init__(self, mol, class_overhead=CLASS_OVERHEAD):
         from pyscf_fusionrcg.host import NPRIM_OF
-        self.nprim = mol._bas[:, NPRIM_OF].astype(np.float64)
+        self.nprim = mol._bas[:, NPRIM_OF].astype(np.int64)
         self.cart = bool(mol.cart)
+        self.class_overhead = class_overhead
+        self._on_gpu = {}       # device id -> nprim there
 
-    def __call__(self, task: ClassTasks) -> np.ndarray:
+    def _nprim(self, quartets):
+        """The shells' primitive counts where ``quartets`` are."""
+        if not on_gpu(quartets):
+            return self.nprim
+        device = quartets.device
+        if device.id not in self._on_gpu:
+            with device:
+                self._on_gpu[device.id] = array_module(quartets).asarray(self.nprim)
+        return self._on_gpu[device.id]
+
+    def __call__(self, task):
         from pyscf_fusionrcg.host import get_program
         program = get_program(*task.key, cart=self.cart)
-        primitive = len(program.prim.kind) + PRIMITIVE_OVERHEAD
-        contracted = CONTRACTED_WEIGHT * len(program.ctr.kind) * float(np.prod(task.nctr))
-        return self.nprim[task.quartets].prod(axis=1) * primitive + (contracted + CLASS_OVERHEAD / len(task))
+        nprim, q = self._nprim(task.quartets), task.quartets
+        cost = nprim[q[:, 0]]
+        for i in (1, 2, 3):
+            cost *= nprim[q[:, i]]      # in place: a GPU chunk holds up to 2**26 quartets
+        cost *= len(program.prim.kind) + PRIMITIVE_OVERHEAD
+        cost += CONTRACTED_WEIGHT * len(program.ctr.kind) * int(np.prod(task.nctr))
+        if self.class_overhead:
+            return cost + self.class_overhead / len(task)
+        return cost
 
 
-def block_cost(task: ClassTasks) -> np.ndarray:
+def block_cost(task) -> np.ndarray:
     """Each quartet's Cartesian block size: a cost model that needs no molecule,
-    coarser than :class:`HostCost` (docs/distributed.md compares the two)."""
+    coarser than :class:`ProgramCost` (docs/distributed.md compares the two)."""
     per_shell = [(l + 1) * (l + 2) // 2 * n for l, n in zip(task.key, task.nctr)]
     return np.full(len(task), float(np.prod(per_shell)))
 
 
-def task_owners(tasks, size, cost=block_cost) -> list:
-    """For each ClassTasks of ``tasks``, the rank (0 .. size-1) of each of its
-    quartets: the task list in order, cut where the running estimated cost
-    (``cost(task)``: per quartet) passes a multiple of total / size, each
-    quartet going to the rank its cost midpoint falls in.  Each rank's
-    estimated cost is then within one quartet's of total / size."""
-    costs = [np.broadcast_to(np.asarray(cost(t), dtype=np.float64), (len(t),)) for t in tasks]
-    flat = np.concatenate(costs) if costs else np.zeros(0)
-    total = float(flat.sum())
+def _midpoints(tasks, size, cost):
+    """``(xp, mid, starts)``: twice each quartet's cost midpoint along the
+    list, and twice the cost where each of the ranks 1 .. size-1 starts
+    (``r * total / size``), in the costs' array module; exact for integer
+    costs.  With no cost to weigh, the quartets are counted instead."""
+    costs = [cost(t) for t in tasks]
+    xp = array_module(costs[0]) if costs else np
+    flat = xp.concatenate(costs) if costs else np.zeros(0)
+    total = flat.sum().item()
     if total <= 0:
-        # no work to weigh (or none at all): cut by count instead
-        flat, total = np.ones(len(flat)), float(len(flat)) or 1.0
-    mid = np.cumsum(flat) - 0.5 * flat
-    owner = np.minimum((mid * (size / total)).astype(np.int64), size - 1)
-    return np.split(owner, np.cumsum([len(t) for t in tasks])[:-1])
+        flat, total = xp.ones(len(flat), dtype=np.int64), len(flat)
+    mid = xp.cumsum(flat)
+    mid *= 2
+    mid -= flat
+    if flat.dtype.kind in "iu":
+        starts = [-(-2 * r * total // size) for r in range(1, size)]    # Python integers: exact
+    else:
+        starts = [2 * r * total / size for r in range(1, size)]
+    return xp, mid, xp.asarray(starts, dtype=mid.dtype)
+
+
+def task_owners(tasks, size, cost=block_cost) -> list:
+    """For each task of ``tasks`` (:class:`~pyscf_fusionrcg.screening.ClassTasks`,
+    or anything with a ``key``, ``nctr`` and ``quartets``, NumPy or CuPy) the
+    rank (0 .. size-1) of each of its quartets: the task list in order, cut
+    where the running estimated cost (``cost(task)``: one number per quartet)
+    passes a multiple of total / size, each quartet going to the rank its
+    cost midpoint falls in.  Each rank's estimated cost is then within one
+    quartet's of total / size.  In the costs' array module."""
+    xp, mid, starts = _midpoints(tasks, size, cost)
+    owner = xp.searchsorted(starts, mid, side="right")
+    return xp.split(owner, np.cumsum([len(t) for t in tasks])[:-1].tolist())
 
 
 def split_tasks(tasks, rank, size, cost=block_cost) -> list:
-    """Rank ``rank``'s share of ``tasks`` (ClassTasks of NumPy quartets) out of
-    ``size`` ranks, as ClassTasks (the runs of each class it owns, in order):
-    see :func:`task_owners`.  Every rank that calls this with the same tasks
-    gets its own part, and the parts of ranks 0 .. size-1 partition the list."""
+    """Rank ``rank``'s share of ``tasks`` out of ``size`` ranks
+    (:func:`task_owners`): the run of each task it owns, in order, as the task
+    with those quartets (``dataclasses.replace``).  Every rank that calls this
+    with the same tasks gets its own part, and the parts of ranks 0 .. size-1
+    partition the list.  CuPy quartets are cut with one read by the host."""
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not one of {size} ranks")
     tasks = list(tasks)
     if size == 1:
         return tasks
-    mine = []
-    for task, owner in zip(tasks, task_owners(tasks, size, cost)):
-        rows = np.flatnonzero(owner == rank)
-        if len(rows):
-            # the owners rise along the list: a rank's rows of a class are one run
-            mine.append(ClassTasks(task.key, task.nctr, task.quartets[rows[0]:rows[-1] + 1]))
+    xp, mid, starts = _midpoints(tasks, size, cost)
+    # the owners rise along the list: each rank's quartets are one run of it
+    edges = [0] + to_host(xp.searchsorted(mid, starts, side="left")).tolist() + [len(mid)]
+    lo, hi = edges[rank], edges[rank + 1]
+    mine, offset = [], 0
+    for task in tasks:
+        a, b = max(lo - offset, 0), min(hi - offset, len(task))
+        if a < b:
+            mine.append(dataclasses.replace(task, quartets=task.quartets[a:b]))
+        offset += len(task)
     return mine

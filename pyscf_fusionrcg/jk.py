@@ -21,7 +21,7 @@ import numpy as np
 from pyscf import gto
 from pyscf.lib import logger
 
-from pyscf_fusionrcg.distributed import HostCost, as_reducer, split_tasks
+from pyscf_fusionrcg.distributed import ProgramCost, as_reducer, split_tasks
 from pyscf_fusionrcg.jdigest import batches, digest_j, engine_j, scatter
 from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
@@ -220,7 +220,7 @@ class JKContext:
         ranks = self.reducer
         dms = ranks.broadcast(dms)
         progress = self.options.progress and ranks.rank == 0
-        cost = HostCost(self.mol)
+        cost = ProgramCost(self.mol)
 
         def share(j, k):
             """This rank's share of the quartets a J and/or K build reads."""

@@ -1,5 +1,6 @@
 """J/K builds shared by MPI ranks: the split of the task list (without MPI),
 and 2 and 3 ranks giving one process's J, K and RHF energy (under mpiexec)."""
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import fusionrcg
-from pyscf_fusionrcg.distributed import HostCost, Reducer, as_reducer, block_cost, split_tasks, task_owners
+from pyscf_fusionrcg.distributed import ProgramCost, Reducer, as_reducer, block_cost, split_tasks, task_owners
 from pyscf_fusionrcg.jk import NOT_DISTRIBUTED, JKContext
 from pyscf_fusionrcg.screening import build_tasks
 
@@ -29,7 +30,7 @@ def _rows(tasks):
 @pytest.mark.parametrize("size", [2, 3, 7])
 def test_the_shares_partition_the_task_list(dimer, size):
     tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
-    shares = [split_tasks(tasks, rank, size, HostCost(dimer)) for rank in range(size)]
+    shares = [split_tasks(tasks, rank, size, ProgramCost(dimer)) for rank in range(size)]
     # each rank's runs in order, ranks one after the other: the list itself, each quartet once
     assert sum((_rows(s) for s in shares), []) == _rows(tasks)
     assert all(len(t) for s in shares for t in s)
@@ -38,7 +39,7 @@ def test_the_shares_partition_the_task_list(dimer, size):
 @pytest.mark.parametrize("cost", [block_cost, "host"])
 def test_the_shares_have_equal_estimated_costs(dimer, cost):
     """Each rank's estimated cost is within one quartet's of the mean."""
-    cost = HostCost(dimer) if cost == "host" else cost
+    cost = ProgramCost(dimer) if cost == "host" else cost
     tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
     size = 3
     owners = np.concatenate(task_owners(tasks, size, cost))
@@ -46,6 +47,59 @@ def test_the_shares_have_equal_estimated_costs(dimer, cost):
     per_rank = np.bincount(owners, weights=costs, minlength=size)
     assert np.abs(per_rank - costs.sum() / size).max() <= costs.max()
     assert per_rank.min() > 0.9 * per_rank.max()
+
+
+@dataclasses.dataclass
+class _DeviceChunk:
+    """A stand-in of the GPU path's chunks (gpu_jk's class plans): a task with
+    more fields than ClassTasks (NumPy quartets for CuPy's)."""
+    key: tuple
+    nctr: tuple
+    kern: str
+    quartets: np.ndarray
+
+    def __len__(self):
+        return len(self.quartets)
+
+
+def test_device_style_chunks_are_split_with_their_other_fields(dimer):
+    """split_tasks cuts any task with a key, nctr and quartets, keeping its
+    other fields; the runs of the ranks partition each chunk in order."""
+    chunks = [_DeviceChunk(t.key, t.nctr, f"kernel {n}", t.quartets.astype(np.uint16))
+              for n, t in enumerate(build_tasks(dimer, np.eye(dimer.nao)[None]))]
+    cost = ProgramCost(dimer, class_overhead=0)
+    shares = [split_tasks(chunks, rank, 3, cost) for rank in range(3)]
+    assert sum((_rows(s) for s in shares), []) == _rows(chunks)
+    kernels = {c.key + c.nctr: c.kern for c in chunks}
+    assert all(type(c) is _DeviceChunk and kernels[c.key + c.nctr] == c.kern for s in shares for c in s)
+
+
+def test_program_costs_without_class_overhead_are_exact_integers(dimer):
+    """ProgramCost without a class overhead counts statements in int64 (the
+    same running sums wherever they are added); with it, the host path's
+    model adds each quartet's part of CLASS_OVERHEAD."""
+    from pyscf_fusionrcg.distributed import CLASS_OVERHEAD
+    tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
+    exact, host = ProgramCost(dimer, class_overhead=0), ProgramCost(dimer)
+    for t in tasks:
+        assert exact(t).dtype == np.int64
+        np.testing.assert_allclose(host(t), exact(t) + CLASS_OVERHEAD / len(t), rtol=1e-15)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_integer_costs_are_cut_exactly(dimer, size):
+    """With integer costs each quartet goes to the rank its midpoint falls in,
+    decided in exact arithmetic (Python fractions for reference)."""
+    from fractions import Fraction
+    tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
+    cost = ProgramCost(dimer, class_overhead=0)
+    costs = [int(c) for t in tasks for c in cost(t)]
+    total, running, want = sum(costs), 0, []
+    for c in costs:
+        mid = Fraction(2 * running + c, 2)
+        want.append(min(int(mid * size / total), size - 1))
+        running += c
+    assert np.concatenate(task_owners(tasks, size, cost)).tolist() == want
 
 
 def test_split_edge_cases(dimer):
