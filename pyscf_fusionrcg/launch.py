@@ -2,7 +2,7 @@
 
 * :func:`get_kernel`: the kernel of one (class, Cartesian, operator kind,
   contraction shape, tier), routed by :mod:`pyscf_fusionrcg.tiers` and
-  compiled by gpucore (NVRTC, disk cache), kept per process.
+  compiled by gpucore (NVRTC, disk cache), kept per process and GPU.
 * :class:`DeviceBasis`: ``mol._env`` and a per-shell table
   ``[nprim, ptr_exp, ptr_coeff, ptr_coord]`` on the device, made once per
   molecule; the kernels read exponents, PySCF's normalised contraction
@@ -196,6 +196,21 @@ def contracted_stage(program, cp):
     return pairmaps.PairProducts(program, cp)
 
 
+def _cached(key, make):
+    """The kernel object of ``key`` on the current GPU, ``make()`` the first
+    time: each GPU keeps its own, as they hold device arrays (op-stream
+    tables, pair maps) and launch settings (dynamic shared memory) of the GPU
+    they were made on (a build shared by GPUs runs on several)."""
+    key = (_cupy().cuda.runtime.getDevice(),) + key
+    with _lock:
+        k = _kernels.get(key)
+    if k is None:
+        k = make()
+        with _lock:
+            k = _kernels.setdefault(key, k)
+    return k
+
+
 def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='auto',
                digest=False) -> ClassKernel:
     """Cached :class:`ClassKernel` (the kernel depends on omega only through its
@@ -204,13 +219,7 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
     contraction tuple, see :func:`jk_kernel`)."""
     key = (tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier, tiers.requested_ctr(ctr), bool(digest))
-    with _lock:
-        k = _kernels.get(key)
-    if k is None:
-        k = ClassKernel(key[0], key[1], omega, key[3], tier, ctr, key[6])
-        with _lock:
-            _kernels[key] = k
-    return k
+    return _cached(key, lambda: ClassKernel(key[0], key[1], omega, key[3], tier, ctr, key[6]))
 
 
 def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel:
@@ -218,13 +227,7 @@ def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=Non
     ``tier`` as :func:`tiers.derivative_variant` takes it)."""
     key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or None)
-    with _lock:
-        k = _kernels.get(key)
-    if k is None:
-        k = DerivativeKernel(key[1], key[2], omega, key[4], key[5])
-        with _lock:
-            _kernels[key] = k
-    return k
+    return _cached(key, lambda: DerivativeKernel(key[1], key[2], omega, key[4], key[5]))
 
 
 class JKernel:
@@ -244,13 +247,7 @@ class JKernel:
 def get_j_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1)) -> JKernel:
     """Cached :class:`JKernel` (omega enters through its sign only)."""
     key = ('j', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega), tuple(int(n) for n in nctr))
-    with _lock:
-        k = _kernels.get(key)
-    if k is None:
-        k = JKernel(key[1], key[2], omega, key[4])
-        with _lock:
-            _kernels[key] = k
-    return k
+    return _cached(key, lambda: JKernel(key[1], key[2], omega, key[4]))
 
 
 def fuses_digestion(kern: ClassKernel, options: Options) -> bool:
