@@ -25,6 +25,8 @@ device arrays (NCCL) with the same two calls.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -104,8 +106,9 @@ class ProgramCost:
     primitive quartets times the class program's primitive statements (plus
     :data:`PRIMITIVE_OVERHEAD`), its contracted-function tuples times the
     contracted statements (weighted :data:`CONTRACTED_WEIGHT`), and its part
-    of ``class_overhead`` (default :data:`CLASS_OVERHEAD`, the host path's).
-    The GPU kernels run the same programs (:func:`~pyscf_fusionrcg.host.get_program`'s
+    of ``class_overhead`` (the host path's :data:`CLASS_OVERHEAD`; the GPU
+    path's split, chunk by chunk, has none: see :class:`Share`).  The GPU
+    kernels run the same programs (:func:`~pyscf_fusionrcg.host.get_program`'s
     cache).  Computed where the quartets are (NumPy or CuPy); without a class
     overhead the costs are exact integers (int64), so that their running sums
     are the same on every rank and GPU, whatever order a GPU adds them in."""
@@ -204,3 +207,27 @@ def split_tasks(tasks, rank, size, cost=block_cost) -> list:
             mine.append(dataclasses.replace(task, quartets=task.quartets[a:b]))
         offset += len(task)
     return mine
+
+
+@dataclass(frozen=True)
+class Share:
+    """Part ``part`` of ``parts`` of a GPU build: called on the build's
+    chunks (:class:`~pyscf_fusionrcg.screening.ClassTasks` or the GPU's
+    class plans, any iterable), it gives this part's run of each chunk in
+    turn, cut by ``cost`` as :func:`split_tasks` cuts a list.  A chunk's cut
+    needs no other chunk, so a build that screens or restricts its classes
+    as it reaches them is cut as it goes, never held whole; every class is
+    shared, so a fixed cost per class falls on every part alike and the
+    cost model needs none.  The parts' runs partition the chunks where every
+    part sees the same chunks in the same order (a
+    :class:`~pyscf_fusionrcg.jk.JKContext` chooses them for all its parts).
+    One part of one: the chunks themselves."""
+
+    part: int = 0
+    parts: int = 1
+    cost: Callable = block_cost
+
+    def __call__(self, chunks):
+        if self.parts == 1:
+            return chunks
+        return (mine for chunk in chunks for mine in split_tasks([chunk], self.part, self.parts, self.cost))

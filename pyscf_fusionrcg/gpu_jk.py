@@ -28,7 +28,10 @@ Entry point (called by :func:`pyscf_fusionrcg.jk.get_jk` with ``backend='gpu'``)
   that does both (``eri_ms``, ``digest_ms``, ``fused_ms``; CUDA events; the
   call synchronises once at the end), for ``benchmarks/rcg_jk_breakdown.py``;
   ``basis``: the molecule's :class:`~pyscf_fusionrcg.launch.DeviceBasis`
-  (a :class:`~pyscf_fusionrcg.jk.JKContext` keeps one), else uploaded anew.
+  (a :class:`~pyscf_fusionrcg.jk.JKContext` keeps one), else uploaded anew;
+  ``share``: a :class:`~pyscf_fusionrcg.distributed.Share`: only its part
+  of each class is computed, J and K are then that part's, to be summed
+  with the other parts' (a build shared by ranks or GPUs).
 
 Returns ``(vj, vk)`` shaped (nset, nao, nao), None for the one not asked;
 CuPy arrays when ``dms`` is a CuPy array, NumPy otherwise.
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import prod
 
@@ -171,12 +174,17 @@ def _prepare_digestions(kernels: dict) -> None:
 
 @dataclass
 class _ClassPlan:
+    key: tuple              # (la, lb, lc, ld) and the contracted functions per
+    nctr: tuple             # shell, as a ClassTasks' (a Share cuts either)
     kern: launch.ClassKernel
     quartets: object        # CuPy (n, 4) shell indices: oriented, in primitive order
                             # (the digestion derives each one's degeneracy); int32
                             # for the kernels, uint16 where a JKPlan keeps them
     digestion: _Digestion   # for the AO block dims of the class and contraction shape;
                             # None where the kernel digests its blocks itself
+
+    def __len__(self):
+        return len(self.quartets)
 
     def rows(self):
         """Views of at most ``_RESTRICT_ROWS`` of the quartets each, in order."""
@@ -185,8 +193,7 @@ class _ClassPlan:
 
     def with_quartets(self, quartets):
         """The class with other quartets, as int32 for the kernels."""
-        return _ClassPlan(self.kern, launch._cupy().ascontiguousarray(quartets, dtype=np.int32),
-                          self.digestion)
+        return replace(self, quartets=launch._cupy().ascontiguousarray(quartets, dtype=np.int32))
 
 
 def _class_kernels(shapes, cart, omega, options: Options) -> dict:
@@ -259,7 +266,7 @@ class JKPlan:
             ordered.append((t.key, t.nctr, q))
         kernels = _class_kernels({(k, n) for k, n, _ in ordered}, self._cart, omega, options)
         _prepare_digestions(kernels)
-        self.classes = [self._class_plan(kernels[k, n], n, q) for k, n, q in ordered]
+        self.classes = [self._class_plan(kernels[k, n], k, n, q) for k, n, q in ordered]
 
     @classmethod
     def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, options=None,
@@ -289,8 +296,9 @@ class JKPlan:
         return self._ordered(t).astype(PLAN_INDEX_DTYPE)
 
     @staticmethod
-    def _class_plan(kern, nctr, quartets):
-        return _ClassPlan(kern, quartets, None if kern.variant.digest else _digestion(_block_dims(kern, nctr)))
+    def _class_plan(kern, key, nctr, quartets):
+        digestion = None if kern.variant.digest else _digestion(_block_dims(kern, nctr))
+        return _ClassPlan(key, nctr, kern, quartets, digestion)
 
     def __iter__(self):
         """Every class, all its quartets (unfiltered), a few million at a time."""
@@ -400,7 +408,7 @@ class StreamedPlan(JKPlan):
 
     def __iter__(self):
         for t in self._stream:
-            yield self._class_plan(self._kernels[t.key, t.nctr], t.nctr, self._ordered(t))
+            yield self._class_plan(self._kernels[t.key, t.nctr], t.key, t.nctr, self._ordered(t))
 
 
 def digest_grid(n_elem: int, nq: int, block: int = _DIGEST_BLOCK, limit: int = 65535) -> tuple:
@@ -439,7 +447,7 @@ class _ClassTimer:
 
 
 def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
-               options: Options = None, budget=None, profile=None, basis=None):
+               options: Options = None, budget=None, profile=None, basis=None, share=None):
     """J/K of ``dms`` from the screened ``tasks`` (see the module docstring)."""
     cp = launch._cupy()
     on_device = isinstance(dms, cp.ndarray)
@@ -450,7 +458,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         # parts go as sets of one build: a plan or stream is iterable once.
         n = len(d)
         parts = cp.concatenate((d.real, d.imag))
-        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, options, budget, profile, basis)
+        vj, vk = get_jk_gpu(mol, parts, 0, with_j, with_k, omega, tasks, options, budget, profile, basis, share)
         vj = vj[:n] + 1j * vj[n:] if with_j else None
         vk = vk[:n] + 1j * vk[n:] if with_k else None
         return _out(vj, on_device), _out(vk, on_device)
@@ -480,7 +488,7 @@ def get_jk_gpu(mol, dms, hermi=1, with_j=True, with_k=True, omega=0.0, tasks=(),
         nset_k = len(dm_k) if with_k else 0
         sets = (dm_j if with_j else null, jh if with_j else null, nset_j,
                 dm_k if with_k else null, kh if with_k else null, nset_k)
-        for c in plan:
+        for c in plan if share is None else share(plan):
             kern, qdev = c.kern, c.quartets
             if c.digestion is None:
                 t0 = timer.mark()

@@ -83,20 +83,25 @@ def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
     return jh + jh.transpose(0, 2, 1)
 
 
-def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, progress=Options.progress):
+def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, progress=Options.progress,
+             share=None):
     """J of ``dm`` ((nao, nao) or (n, nao, nao), NumPy or CuPy) through a J
     engine, shaped as ``dm`` and NumPy or CuPy as ``dm``: the task lists of
     the density screened for J in the engine's array module (:func:`build_tasks`
     with its ``xp``: on the device for the GPU's engine, in the same order as
     the host path's), digested by :func:`digest_j` there.  A complex density
-    is built as its real and imaginary parts."""
+    is built as its real and imaginary parts.  ``share``: a
+    :class:`~pyscf_fusionrcg.distributed.Share`, whose part of each class
+    alone is digested (J of a build shared by ranks or GPUs)."""
     xp = getattr(j_engine, "xp", np)
     if dm.dtype.kind == "c":
-        args = (j_engine, omega, direct_scf_tol, q_cond, progress)
+        args = (j_engine, omega, direct_scf_tol, q_cond, progress, share)
         return engine_j(mol, dm.real, *args) + 1j * engine_j(mol, dm.imag, *args)
     host_in = not on_gpu(dm)
     shape = dm.shape
     dms = xp.asarray(dm, dtype=np.float64).reshape(-1, shape[-2], shape[-1])
     tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, True, False, xp=xp)
+    if share is not None:
+        tasks = list(share(tasks))
     vj = digest_j(mol, dms, tasks, j_engine, progress).reshape(shape)
     return to_host(vj) if host_in else vj

@@ -8,9 +8,10 @@ import pytest
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import fusionrcg
-from pyscf_fusionrcg.distributed import ProgramCost, Reducer, as_reducer, block_cost, split_tasks, task_owners
+from pyscf_fusionrcg.distributed import (ProgramCost, Reducer, Share, as_reducer, block_cost, split_tasks,
+                                         task_owners)
 from pyscf_fusionrcg.jk import NOT_DISTRIBUTED, JKContext
-from pyscf_fusionrcg.screening import build_tasks
+from pyscf_fusionrcg.screening import build_tasks, iter_tasks
 
 HERE = pathlib.Path(__file__).resolve().parent
 H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
@@ -102,6 +103,27 @@ def test_integer_costs_are_cut_exactly(dimer, size):
     assert np.concatenate(task_owners(tasks, size, cost)).tolist() == want
 
 
+def test_a_share_cuts_every_chunk_of_a_stream(dimer):
+    """Share(part, parts) takes its run of each chunk of a build in turn
+    (iter_tasks, several chunks per class): the parts' runs of a chunk are
+    the chunk in order, each of its estimated cost within one quartet's of
+    an equal part; one part of one passes the chunks on untouched."""
+    dm = np.eye(dimer.nao)[None]
+    cost = ProgramCost(dimer, class_overhead=0)
+    chunks = list(iter_tasks(dimer, dm, chunk=700))
+    assert len(chunks) > len({(c.key, c.nctr) for c in chunks})     # classes in several chunks
+    parts = 3
+    shares = [Share(part, parts, cost) for part in range(parts)]
+    for chunk in chunks:
+        runs = [list(share([chunk])) for share in shares]
+        assert sum((_rows(r) for r in runs), []) == _rows([chunk])
+        costs = [sum(int(cost(t).sum()) for t in r) for r in runs]
+        assert max(abs(c - sum(costs) / parts) for c in costs) <= cost(chunk).max()
+    whole = [r for share in shares for r in share(iter(chunks))]
+    assert sorted(_rows(whole)) == sorted(_rows(chunks))
+    assert Share(0, 1, cost)(chunks) is chunks
+
+
 def test_split_edge_cases(dimer):
     tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
     assert split_tasks(tasks, 0, 1) == tasks
@@ -128,6 +150,29 @@ def test_the_parts_of_the_ranks_add_up_to_one_build(hermi):
     parts = [JKContext(mol, comm=_OneRank(rank, 3)).get_jk(dm, hermi) for rank in range(3)]
     for n, v in enumerate(whole):
         np.testing.assert_allclose(sum(p[n] for p in parts), v, atol=1e-12, rtol=0)
+
+
+def test_the_parts_of_a_shared_j_engine_build_add_up(monkeypatch):
+    """engine_j with a Share digests that part of each class only (as the GPU
+    path's J engine builds on several ranks or GPUs): the parts add up to
+    the whole J (the host J engine standing in for the GPU's)."""
+    from pyscf_fusionrcg import jengine
+    from pyscf_fusionrcg.jdigest import engine_j
+    from pyscf_fusionrcg.jengine import HostJEngine
+    from pyscf_fusionrcg.jk import cpu_engine
+    # this test's J programs are its own: host.clear_cache() (test_host.py)
+    # would leave them holding class programs the host no longer keeps
+    monkeypatch.setattr(jengine, "_PROGRAMS", {})
+    monkeypatch.setattr(jengine, "_COMPILED", {})
+    mol = gto.M(atom=H2O, basis="6-31g", verbose=0)
+    rng = np.random.default_rng(9)
+    dm = rng.standard_normal((2, mol.nao, mol.nao))
+    dm = dm + dm.transpose(0, 2, 1)
+    engine = HostJEngine(cpu_engine(mol))
+    whole = engine_j(mol, dm, engine)
+    cost = ProgramCost(mol, class_overhead=0)
+    parts = [engine_j(mol, dm, engine, share=Share(part, 3, cost)) for part in range(3)]
+    np.testing.assert_allclose(sum(parts), whole, atol=1e-12, rtol=0)
 
 
 def test_a_communicator_needs_the_host_path():
