@@ -1,30 +1,49 @@
-"""J/K builds shared by MPI ranks: which quartets each rank computes, and the reduction.
+"""J/K builds shared by MPI ranks and by the GPUs of a process: who computes which quartets, and the sums.
 
-``fusionrcg(mf, backend='cpu', comm=MPI.COMM_WORLD)`` runs the same SCF on
-every rank; only the J/K builds are shared.  In each build every rank
+``fusionrcg(mf, comm=MPI.COMM_WORLD)`` runs the same SCF on every rank;
+only the J/K builds are shared, on the host path (``backend='cpu'``) and on
+the GPU path alike.  ``fusionrcg(mf, devices=[0, 1])`` shares the GPU path's
+builds of one process over its GPUs.  In each build
 
-1. takes rank 0's density (:meth:`Reducer.broadcast`), so that all ranks
-   screen the same density into the same task list
-   (:func:`~pyscf_fusionrcg.screening.build_tasks`);
-2. keeps its share of the quartets (:func:`split_tasks`): the task list in
-   its own order, cut into ``size`` runs of equal estimated cost
-   (:class:`ProgramCost`), a computation every rank makes identically, so every
-   quartet is computed by exactly one rank;
-3. digests its share into partial J and K and sums them over the ranks once
-   (:meth:`Reducer.sum`, an ``Allreduce``).
+1. every rank takes rank 0's density (:meth:`Reducer.broadcast`), so that
+   all ranks screen the same density into the same tasks;
+2. each part (a rank; on the GPU path, a GPU of a rank) keeps its share of
+   the quartets, cut by estimated cost (:class:`ProgramCost`) in a way every
+   part computes identically, so every quartet is computed by exactly one:
 
-Every rank then holds the same J and K, so PySCF's drivers (and their
-convergence tests) take the same path on every rank.  The screening and the
-digestion's O(nao^2) set-up are repeated on every rank; the integrals, which
-are the cost, are not.
+   * on the host, the task list (:func:`~pyscf_fusionrcg.screening.build_tasks`)
+     in its own order, cut into ``size`` runs of equal cost (:func:`split_tasks`);
+   * on the GPU, every chunk of a class the build reaches (the kept plan's
+     quartets of the density, or a class screened as the build streams),
+     cut the same way chunk by chunk (:class:`Share`): a GPU build never
+     holds its whole task list at once, and a chunk's cut needs no other;
+     each part runs its piece of every class;
 
-The ranks meet through a :class:`Reducer`.  :class:`MPIReducer` sums NumPy
-arrays on the host through mpi4py; a GPU path would plug in a reducer of
-device arrays (NCCL) with the same two calls.
+3. the parts' J and K are summed: over the GPUs of a process onto the
+   caller's (:func:`summed`), over the ranks once (:meth:`Reducer.sum`, an
+   ``Allreduce``).
+
+Every rank then holds the same J and K, so PySCF's and GPU4PySCF's drivers
+(and their convergence tests) take the same path on every rank.  The
+screening and the O(nao^2) set-up are repeated by every part (on the GPU
+also the restriction of the kept plan to the density and the cost of each
+chunk); the integrals, which are the cost, are not.  The GPU parts must see
+the same chunks in the same order, so a context takes its decisions for
+all of them (a plan or streamed classes, one memory limit for the plans:
+:meth:`Reducer.minimum`).
+
+The ranks meet through a :class:`Reducer`.  :class:`MPIReducer` sums and
+broadcasts through mpi4py on the host: a CuPy array goes through a host copy
+(two copies of nao^2 numbers per build), which needs no CUDA-aware MPI and
+works where ranks share a GPU.  Each rank takes one GPU
+(:func:`rank_device`); the GPUs of a process are :func:`part_devices`,
+each part's work run on its own thread (:func:`on_parts`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,9 +64,9 @@ CLASS_OVERHEAD = 300_000
 
 class Reducer:
     """What the ranks of one J/K build share: ``rank`` and ``size``, a
-    broadcast from rank 0 and a sum over all ranks.  This base class is one
-    process alone (both calls give their argument back); :class:`MPIReducer`
-    is the host's over MPI."""
+    broadcast from rank 0, a sum and a minimum over all ranks.  This base
+    class is one process alone (each call gives its argument back);
+    :class:`MPIReducer` is the ranks of an MPI communicator."""
 
     rank = 0
     size = 1
@@ -60,9 +79,19 @@ class Reducer:
         """The sum of ``a`` over the ranks, on every rank; None stays None."""
         return a
 
+    def minimum(self, x):
+        """The least of the numbers ``x`` of the ranks, on every rank."""
+        return x
+
+    def local_rank(self) -> int:
+        """This rank's place among the ranks of its host; every rank must
+        ask at the same time (a collective call)."""
+        return self.rank
+
 
 class MPIReducer(Reducer):
-    """:class:`Reducer` over an mpi4py communicator, of NumPy arrays on the host.
+    """:class:`Reducer` over an mpi4py communicator, on the host: NumPy arrays
+    directly, CuPy arrays through a host copy, back on their GPU.
 
     The sum is one ``Allreduce``, whose result the MPI standard asks to be
     the same on every rank (MPICH's is, to the bit: the tests compare the
@@ -75,6 +104,8 @@ class MPIReducer(Reducer):
         self.size = comm.Get_size()
 
     def broadcast(self, a):
+        if on_gpu(a):
+            return _through_host(a, self.broadcast)
         a = np.array(a, order="C")     # a copy: the caller's array stays as it was
         self.comm.Bcast(a, root=0)
         return a
@@ -82,10 +113,31 @@ class MPIReducer(Reducer):
     def sum(self, a):
         if a is None:
             return None
+        if on_gpu(a):
+            return _through_host(a, self.sum)
         from mpi4py import MPI
         a = np.ascontiguousarray(a)
         self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
         return a
+
+    def minimum(self, x):
+        from mpi4py import MPI
+        return self.comm.allreduce(x, op=MPI.MIN)
+
+    def local_rank(self) -> int:
+        from mpi4py import MPI
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_rank()
+        finally:
+            node.Free()
+
+
+def _through_host(a, op):
+    """``op`` of a host copy of the CuPy array ``a``, copied back to ``a``'s GPU."""
+    import cupy
+    with a.device:
+        return cupy.asarray(op(to_host(a)))
 
 
 def as_reducer(comm) -> Reducer:
@@ -158,7 +210,7 @@ def _midpoints(tasks, size, cost):
     costs.  With no cost to weigh, the quartets are counted instead."""
     costs = [cost(t) for t in tasks]
     xp = array_module(costs[0]) if costs else np
-    flat = xp.concatenate(costs) if costs else np.zeros(0)
+    flat = costs[0] if len(costs) == 1 else xp.concatenate(costs) if costs else np.zeros(0)
     total = flat.sum().item()
     if total <= 0:
         flat, total = xp.ones(len(flat), dtype=np.int64), len(flat)
@@ -231,3 +283,102 @@ class Share:
         if self.parts == 1:
             return chunks
         return (mine for chunk in chunks for mine in split_tasks([chunk], self.part, self.parts, self.cost))
+
+
+def device_count() -> int:
+    """How many GPUs this process sees."""
+    import cupy
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+def resolve_devices(devices, count: int = None) -> tuple:
+    """The GPU ids of ``Options.devices`` ('all' or ids, checked there) on a
+    machine of ``count`` GPUs (None: :func:`device_count`); a ValueError
+    names one it does not have."""
+    if count is None:
+        count = device_count()
+    if devices == "all":
+        devices = tuple(range(count))
+        if not devices:
+            raise ValueError("devices='all': this process sees no GPU")
+    missing = [d for d in devices if d >= count]
+    if missing:
+        raise ValueError(f"devices={list(devices)}: there is no GPU {missing[0]}; this process sees "
+                         f"{count} (ids 0 .. {count - 1})")
+    return tuple(devices)
+
+
+def current_device() -> int:
+    """The id of this thread's current GPU."""
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+def rank_device(local_rank: int, current: int, count: int) -> int:
+    """The GPU of a rank of the GPU path: ``current`` where the program made
+    a device other than 0 current (``cupy.cuda.Device(n).use()``), else the
+    rank's place on its host (``local_rank``) modulo the host's GPU count
+    ``count``: one GPU per rank, ranks beyond the count sharing them round robin."""
+    return current if current != 0 else local_rank % count
+
+
+def part_devices(devices, reducer: Reducer) -> list:
+    """The GPU of each part of a context's GPU builds: ``devices``
+    (``Options.devices``) resolved; else, with several ranks, this rank's
+    (:func:`rank_device`); else ``[None]``, the device current at each
+    build, as one process alone always took."""
+    if devices is not None:
+        return list(resolve_devices(devices))
+    if reducer.size == 1:
+        return [None]
+    local = reducer.local_rank()    # collective: every rank asks, whatever it then takes
+    return [rank_device(local, current_device(), device_count())]
+
+
+def device_scope(device):
+    """A context in which GPU ``device`` is current (None: the current one stays)."""
+    if device is None:
+        return contextlib.nullcontext()
+    import cupy
+    return cupy.cuda.Device(device)
+
+
+def on_device(a, device):
+    """``a`` on GPU ``device``: itself where it is there already, NumPy or
+    ``device`` is None; else a copy there."""
+    if device is None or not on_gpu(a) or a.device.id == device:
+        return a
+    with device_scope(device):
+        return a.copy()     # CuPy copies onto the current device
+
+
+def _in_scope(build, part):
+    with device_scope(part.device):
+        return build(part)
+
+
+def on_parts(parts, build) -> list:
+    """``[build(part) for part in parts]``, each with its GPU (``part.device``)
+    current; several parts at once, one thread each (the launches are
+    asynchronous, and CuPy lets go of the GIL while it waits).  An exception
+    of a part is raised once every part has ended."""
+    if len(parts) == 1:
+        return [_in_scope(build, parts[0])]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        futures = [pool.submit(_in_scope, build, part) for part in parts]
+    return [f.result() for f in futures]
+
+
+def summed(values, device=None):
+    """The sum of the parts' arrays ``values``: NumPy, or CuPy on any GPU
+    summed onto GPU ``device``; None where they are None."""
+    first = values[0]
+    if first is None:
+        return None
+    if not on_gpu(first):
+        return sum(values[1:], first)
+    total = on_device(first, device)
+    with device_scope(device):
+        for v in values[1:]:
+            total = total + on_device(v, device)
+    return total

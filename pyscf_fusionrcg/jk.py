@@ -17,13 +17,16 @@ Conventions are PySCF's::
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from pyscf import gto
 from pyscf.lib import logger
 
-from pyscf_fusionrcg.distributed import ProgramCost, as_reducer, split_tasks
+from pyscf_fusionrcg.distributed import (ProgramCost, Share, as_reducer, device_scope, on_device, on_parts,
+                                         part_devices, split_tasks, summed)
 from pyscf_fusionrcg.jdigest import batches, digest_j, engine_j, scatter
-from pyscf_fusionrcg.options import Options, from_env
+from pyscf_fusionrcg.options import DEVICES_NEED_GPU, Options, from_env
 from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
                                        shell_density_max, to_host)
 
@@ -97,13 +100,80 @@ def mol_fingerprint(mol) -> int:
                  mol._env[gto.PTR_ENV_START:].tobytes(), bool(mol.cart)))
 
 
-#: Why a GPU build refuses a communicator.
-NOT_DISTRIBUTED = ("comm= is supported on the host path (backend='cpu'); the GPU path is not yet "
-                   "distributed")
+#: Why a communicator and ``Options.devices`` do not go together.
+COMM_OR_DEVICES = ("devices= shares the GPU path's builds over the GPUs of one process; with comm= each "
+                   "rank takes one GPU (docs/distributed.md): give one or the other")
+#: Why builds with PySCF's own J/K (no usable GPU with backend='auto') refuse a communicator.
+NATIVE_NOT_SHARED = ("comm= shares FusionRCG's J/K builds; with no usable GPU backend='auto' falls back "
+                     "to PySCF's own J/K, which it cannot share: use backend='cpu' (the host path) or 'gpu'")
+
+
+def check_sharing(path, options, comm):
+    """Refuse what the builds of ``path`` ('cpu', 'gpu', or 'native': PySCF's
+    own J/K) cannot share: GPUs (``options.devices``) on the host path, GPUs
+    and a communicator at once, a communicator for PySCF's own J/K."""
+    if options.devices is not None and path == "cpu":
+        raise ValueError(DEVICES_NEED_GPU)
+    if comm is not None and options.devices is not None:
+        raise ValueError(COMM_OR_DEVICES)
+    if comm is not None and path == "native":
+        raise ValueError(NATIVE_NOT_SHARED)
 
 #: The share of the free GPU memory a plan may take: the rest is left to the
 #: builds' blocks and to the SCF (docs/routing.md).
 PLAN_MEMORY_SHARE = 0.6
+
+
+class GPUPart:
+    """One GPU's part of a context's GPU builds: its ``device`` (None: the
+    GPU current at each build), its :class:`~pyscf_fusionrcg.distributed.Share`
+    of every class, its ``options`` (progress bars on the first part of rank
+    0 alone), and what it keeps on its GPU between builds: the basis, the J
+    engine and the screened plan (each part keeps the whole plan and
+    computes its share of every build from it)."""
+
+    def __init__(self, mol, omega, device, share, options):
+        self.mol, self.omega = mol, omega
+        self.device, self.share, self.options = device, share, options
+        self.plan = None            # a gpu_jk.JKPlan
+        self._basis = self._j_engine = None
+
+    @property
+    def basis(self):
+        """The molecule's basis on this part's GPU (:class:`~pyscf_fusionrcg.launch.DeviceBasis`)."""
+        if self._basis is None:
+            from pyscf_fusionrcg.launch import DeviceBasis
+            self._basis = DeviceBasis(self.mol)
+        return self._basis
+
+    def j_engine(self):
+        """The GPU path's J engine on this part's GPU (``launch.GPUJEngine``),
+        for its J-only builds with ``options.j_engine='on'``; made the first
+        time, with the part's GPU current."""
+        if self._j_engine is None:
+            from pyscf_fusionrcg.launch import GPUJEngine
+            self._j_engine = engine_for_operator(GPUJEngine, self.mol, self.omega)
+        return self._j_engine
+
+
+def _plan_memory(parts) -> int:
+    """What each part's plan may take: ``PLAN_MEMORY_SHARE`` of the free
+    memory of its GPU, shared by the parts on that GPU; the least of the parts'."""
+    import cupy
+    limits = []
+    for device, n in Counter(part.device for part in parts).items():
+        with device_scope(device):
+            free = cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
+        limits.append(int(PLAN_MEMORY_SHARE * free / n))
+    return min(limits)
+
+
+def _free_pools(parts):
+    """Give the free blocks of CuPy's memory pool back on the parts' GPUs."""
+    import cupy
+    for device in {part.device for part in parts}:
+        with device_scope(device):
+            cupy.get_default_memory_pool().free_all_blocks()
 
 
 class JKContext:
@@ -118,32 +188,31 @@ class JKContext:
     screens every GPU build's own density instead (one-off builds).
     ``engine`` and ``q_cond`` replace the host engine and the bounds
     (cross-checks against libcint).  ``comm``: an mpi4py communicator (or a
-    :class:`~pyscf_fusionrcg.distributed.Reducer`) whose ranks share the host
-    path's builds (:mod:`pyscf_fusionrcg.distributed`).
+    :class:`~pyscf_fusionrcg.distributed.Reducer`) whose ranks share the
+    builds, each rank's GPU builds on one GPU; ``options.devices``: the GPUs
+    of this process that share the GPU builds (:meth:`gpu_parts`,
+    :mod:`pyscf_fusionrcg.distributed`).
     """
 
     def __init__(self, mol, omega=None, backend="cpu", options=None, engine=None, q_cond=None,
                  keep_plan=True, comm=None):
         if backend not in ("cpu", "gpu"):
             raise ValueError(f"backend must be 'cpu' or 'gpu', not {backend!r}")
-        if comm is not None and backend != "cpu":
-            raise ValueError(NOT_DISTRIBUTED)
+        self.options = options or from_env()
+        check_sharing(backend, self.options, comm)
         self.mol = mol
         self.omega = float(mol.omega if omega is None else omega)
         self.backend = backend
-        self.options = options or from_env()
         self.fingerprint = mol_fingerprint(mol)
         self.keep_plan = keep_plan
         self._engine = engine
         self._j_engine = None
         self._q_cond = q_cond
-        self._device_basis = None
-        self._gpu_j_engine = None
         if backend == "gpu" and self.options.j_engine == "on":
             logger.info(mol, "FusionRCG: j_engine='on' serves the GPU path's J-only builds; its J+K "
                         "builds use the J/K kernels")
         self.reducer = as_reducer(comm)
-        self.plan = None            # the kept gpu_jk.JKPlan
+        self._parts = None          # the GPU parts, made by the first GPU build
         self.streams = False        # True once a plan proved too large: every build streams
 
     def serves(self, mol, omega) -> bool:
@@ -174,21 +243,28 @@ class JKContext:
         return self._j_engine
 
     @property
-    def gpu_j_engine(self):
-        """The GPU path's J engine (``launch.GPUJEngine``), for its J-only
-        builds with ``options.j_engine='on'``."""
-        if self._gpu_j_engine is None:
-            from pyscf_fusionrcg.launch import GPUJEngine
-            self._gpu_j_engine = engine_for_operator(GPUJEngine, self.mol, self.omega)
-        return self._gpu_j_engine
+    def plan(self):
+        """The kept ``gpu_jk.JKPlan`` (the first GPU part's: every part keeps
+        the same quartets); None before a GPU build, or when the builds stream."""
+        return self._parts[0].plan if self._parts else None
 
-    @property
-    def device_basis(self):
-        """The molecule's basis on the GPU (:class:`~pyscf_fusionrcg.launch.DeviceBasis`)."""
-        if self._device_basis is None:
-            from pyscf_fusionrcg.launch import DeviceBasis
-            self._device_basis = DeviceBasis(self.mol)
-        return self._device_basis
+    def gpu_parts(self) -> list:
+        """The :class:`GPUPart` of each GPU that shares the GPU builds, made at
+        the first one (:func:`~pyscf_fusionrcg.distributed.part_devices`): one
+        per GPU of ``options.devices``; else one, on this rank's GPU where
+        ranks share the builds, or on the GPU current at each build.  Part
+        ``i`` of ``n`` on rank ``r`` of ``size`` takes part ``r n + i`` of
+        ``size n`` of every class, by :class:`~pyscf_fusionrcg.distributed.ProgramCost`."""
+        if self._parts is None:
+            ranks = self.reducer
+            devices = part_devices(self.options.devices, ranks)
+            n = len(devices)
+            quiet = self.options.replace(progress=False)
+            self._parts = [GPUPart(self.mol, self.omega, device,
+                                   Share(ranks.rank * n + i, ranks.size * n, ProgramCost(self.mol, class_overhead=0)),
+                                   self.options if ranks.rank == 0 and i == 0 else quiet)
+                           for i, device in enumerate(devices)]
+        return self._parts
 
     def get_jk(self, dm, hermi=1, with_j=True, with_k=True, direct_scf_tol=1e-13):
         """``(vj, vk)`` of ``dm``, (nao, nao) or stacked (n, nao, nao) (a list of
@@ -198,9 +274,6 @@ class JKContext:
         if not (with_j or with_k):
             return None, None
         if self.backend == "gpu":
-            if with_j and not with_k and self.options.j_engine == "on":
-                return engine_j(self.mol, dm, self.gpu_j_engine, self.omega, direct_scf_tol, self.q_cond,
-                                self.options.progress), None
             return self._gpu_jk(dm, hermi, with_j, with_k, direct_scf_tol)
         return self._host_jk(dm, hermi, with_j, with_k, direct_scf_tol)
 
@@ -240,68 +313,96 @@ class JKContext:
                 None if vk is None else vk.reshape(shape))
 
     def _gpu_jk(self, dm, hermi, with_j, with_k, direct_scf_tol):
-        """``gpu_jk.get_jk_gpu`` on the kept plan kept to the density's own
-        blocks when there is one (:meth:`_plan_tasks`), else on the classes
+        """Each GPU part's build of its share (:meth:`gpu_parts`), of rank 0's
+        density (every part screens the same), summed over the parts onto the
+        density's GPU and over the ranks.  J-only builds with
+        ``options.j_engine='on'`` go through the J engine
+        (:func:`~pyscf_fusionrcg.jdigest.engine_j`), the parts one after the
+        other (``jengine.j_program`` makes its programs with schedule's
+        caches, which the host's lock does not cover); the others through
+        ``gpu_jk.get_jk_gpu``, on the kept plan restricted to the density's own
+        blocks when there is one (:meth:`_keep_plans`), else on the classes
         screened on the GPU as the build reaches them."""
+        mol, omega, ranks = self.mol, self.omega, self.reducer
+        if with_j and not with_k and self.options.j_engine == "on":
+            dm, vj = ranks.broadcast(dm), []
+            for part in self.gpu_parts():   # one after the other: J programs are not made on two threads at once
+                with device_scope(part.device):
+                    vj.append(engine_j(mol, on_device(dm, part.device), part.j_engine(), omega, direct_scf_tol,
+                                       self.q_cond, part.options.progress, part.share))
+            return ranks.sum(summed(vj, dm.device.id if on_gpu(dm) else None)), None
         get_jk_gpu = _gpu_get_jk()
         import cupy
-        mol, omega = self.mol, self.omega
+        parts, q_cond = self.gpu_parts(), self.q_cond      # made before the parts' threads
         host_in = not on_gpu(dm)
-        dms = cupy.asarray(dm)
+        dms = cupy.asarray(ranks.broadcast(dm))
         shape = dms.shape
         dms = dms.reshape(-1, shape[-2], shape[-1])
         dcond = shell_density_max(mol, dms)     # on the GPU, once per build
-        tasks = self._plan_tasks(dcond, direct_scf_tol, with_j, with_k) if self.keep_plan else None
-        if tasks is None:
-            tasks = iter_tasks(mol, dms, omega, direct_scf_tol, self.q_cond, with_j, with_k, xp=cupy,
-                               block_max=dcond)
-        vj, vk = get_jk_gpu(mol, dms, hermi, with_j, with_k, omega, tasks, self.options,
-                            basis=self.device_basis)
-        out = [None if v is None else v.reshape(shape) for v in (vj, vk)]
+        planned = self.keep_plan and self._keep_plans(parts, dcond, direct_scf_tol)
+
+        def build(part):
+            d, block_max = on_device(dms, part.device), on_device(dcond, part.device)
+            if planned:
+                tasks = part.plan.restricted(block_max, with_j, with_k)
+            else:
+                tasks = iter_tasks(mol, d, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy,
+                                   block_max=block_max)
+            return get_jk_gpu(mol, d, hermi, with_j, with_k, omega, tasks, part.options, basis=part.basis,
+                              share=part.share)
+        built = on_parts(parts, build)
+        out = [ranks.sum(summed([b[n] for b in built], dms.device.id)) for n in (0, 1)]
+        out = [None if v is None else v.reshape(shape) for v in out]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
 
-    def _plan_tasks(self, dcond, direct_scf_tol, with_j=True, with_k=True):
-        """The kept plan restricted to the quartets of a density's own shell
-        blocks, whose maxima are ``dcond`` (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`:
-        the quartets screening them would keep, in the plan's order), while the
-        plan covers the density; for a density far smaller than the plan's
-        bound (an SCF's density change) the same when screening it anew would
-        look at ``PLAN_RESTRICT_SHARE`` of the plan's count or more, else None.
-        None for every build once a plan did not fit in ``PLAN_MEMORY_SHARE``
-        of the free GPU memory or the molecule has more shells than a plan
-        indexes (such builds stream their classes).  A new plan is screened
-        for the density's largest element when there is none, the threshold
-        changed or the density outgrew it."""
-        import cupy
+    def _keep_plans(self, parts, dcond, direct_scf_tol) -> bool:
+        """Whether a build runs on the parts' kept plans (the same quartets on
+        every part), each restricted to the quartets of the density's own shell
+        blocks, whose maxima are ``dcond``
+        (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`: the quartets
+        screening them would keep, in the plan's order): while the plan covers
+        the density, and for a density far smaller than the plan's bound (an
+        SCF's density change) when screening it anew would look at
+        ``PLAN_RESTRICT_SHARE`` of the plan's count or more.  False for every
+        build once a plan did not fit in ``PLAN_MEMORY_SHARE`` of the free
+        memory of a GPU (shared by its parts; the least over the ranks) or
+        the molecule has more shells than a plan indexes (such builds stream
+        their classes).  New plans are screened for the density's largest
+        element when there are none, the threshold changed or the density
+        outgrew them.  One decision for every part and rank: all cut the
+        same chunks."""
         from pyscf_fusionrcg.gpu_jk import PLAN_MAX_SHELLS, PLAN_RESTRICT_SHARE, JKPlan, PlanTooLarge
         mol = self.mol
         if self.streams:
-            return None
+            return False
         if mol.nbas > PLAN_MAX_SHELLS:
             logger.info(mol, "FusionRCG: %d shells are more than a plan indexes (%d); this geometry's "
                         "builds stream their classes", mol.nbas, PLAN_MAX_SHELLS)
             self.streams = True
-            return None
+            return False
         dmax = float(dcond.max()) if dcond.size else 0.0
-        plan = self.plan
+        plan = parts[0].plan
         if plan is None or plan.tol != direct_scf_tol or dmax > plan.bound:
-            self.plan = None    # free the old plan's arrays before screening again
-            pool = cupy.get_default_memory_pool()
-            free = cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes()
+            for part in parts:
+                part.plan = None    # free the old plans' arrays before screening again
+            max_bytes = self.reducer.minimum(_plan_memory(parts))
+            q_cond = self.q_cond
+
+            def screen(part):
+                part.plan = JKPlan.screen(mol, dmax, self.omega, direct_scf_tol, q_cond, part.options, max_bytes,
+                                          part.basis)
             try:
-                plan = self.plan = JKPlan.screen(mol, dmax, self.omega, direct_scf_tol, self.q_cond,
-                                                 self.options, int(PLAN_MEMORY_SHARE * free),
-                                                 self.device_basis)
+                on_parts(parts, screen)
             except PlanTooLarge as err:
-                pool.free_all_blocks()
+                for part in parts:
+                    part.plan = None
+                _free_pools(parts)
                 logger.info(mol, "FusionRCG: %s; this geometry's builds stream their classes instead", err)
                 self.streams = True
-                return None
-        if (not plan.covers(dmax)
-                and schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol)
-                < PLAN_RESTRICT_SHARE * plan.quartets):
-            return None
-        return plan.restricted(dcond, with_j, with_k)
+                return False
+            plan = parts[0].plan
+        return (plan.covers(dmax)
+                or schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) >= PLAN_RESTRICT_SHARE * plan.quartets)
 
 
 def _density_array(mol, dm):

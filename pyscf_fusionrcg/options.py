@@ -21,6 +21,7 @@ only fill the defaults of what the caller did not give:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ ENV = {
     "gpu_gradients": ("FUSIONRCG_GPU_GRADIENTS", lambda v: v not in ("0", "")),
 }
 PREPARED_ENV = "FUSIONRCG_PREPARED"
+#: Why GPUs (``Options.devices``) and the host path do not go together.
+DEVICES_NEED_GPU = "devices= shares the GPU path's builds over GPUs; backend='cpu' is the host path"
 #: Seconds of kernel preparation or of a host-path build before its progress bar shows.
 PROGRESS_DELAY_S = 2.0
 
@@ -79,6 +82,12 @@ class Options:
         kernels; off by default until they have run on a GPU (the gradients
         are then PySCF's or GPU4PySCF's own, with a warning).  The host path
         (``backend='cpu'``) always serves PySCF objects' gradients.
+    devices: the GPU path's builds shared by several GPUs of this process
+        (:mod:`pyscf_fusionrcg.distributed`): 'all', or a list of device
+        ids (one id twice runs two parts on one GPU, which tests the
+        sharing on one); None (default): the current GPU alone.  Not with
+        ``backend='cpu'``, nor with ``comm=`` (over MPI each rank takes one
+        GPU).
     """
     backend: str = "auto"
     direct_scf_tol: float | None = None
@@ -89,6 +98,7 @@ class Options:
     progress: bool = True
     j_engine: str = "off"
     gpu_gradients: bool = False
+    devices: tuple | str | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -103,9 +113,24 @@ class Options:
             raise ValueError(f"direct_scf_tol must be a number >= 0, not {self.direct_scf_tol!r}")
         if self.scratch_mb is not None and not float(self.scratch_mb) > 0:
             raise ValueError(f"scratch_mb must be a positive number of MiB, not {self.scratch_mb!r}")
+        if self.devices is not None:
+            object.__setattr__(self, "devices", _device_ids(self.devices))   # frozen: set once, here
+            if self.backend == "cpu":
+                raise ValueError(DEVICES_NEED_GPU)
 
     def replace(self, **changes) -> "Options":
         return dataclasses.replace(self, **changes)
+
+
+def _device_ids(devices):
+    """``devices`` as Options keeps it: 'all', or a tuple of GPU ids."""
+    if isinstance(devices, str) and devices == "all":
+        return devices
+    ids = () if isinstance(devices, str) or not hasattr(devices, "__iter__") else tuple(devices)
+    if not ids or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in ids):
+        raise ValueError(f"devices must be 'all' or a non-empty list of GPU ids (integers >= 0), "
+                         f"not {devices!r}")
+    return tuple(int(d) for d in ids)
 
 
 def from_env(**given) -> Options:

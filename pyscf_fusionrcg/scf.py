@@ -16,7 +16,7 @@ from pyscf import gto, lib
 from pyscf.lib import logger
 
 from pyscf_fusionrcg import jk as _jk
-from pyscf_fusionrcg.distributed import as_reducer
+from pyscf_fusionrcg.distributed import as_reducer, resolve_devices
 from pyscf_fusionrcg.ir import MAX_L
 from pyscf_fusionrcg.options import Options, from_env
 
@@ -78,11 +78,13 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     ``mf.direct_scf_tol`` at call time).  tier: force one storage tier of the
     GPU kernels (None lets the routing choose).  The other options of
     :class:`~pyscf_fusionrcg.options.Options` (``ctr``, ``fuse_digestion``,
-    ``scratch_mb``, ``progress``, ``j_engine``, ``gpu_gradients``) go by keyword
-    too, or whole as ``options``;
+    ``scratch_mb``, ``progress``, ``j_engine``, ``gpu_gradients``,
+    ``devices``) go by keyword too, or whole as ``options``;
     what is not given comes from the environment (``FUSIONRCG_*``), else the
     defaults.  comm: an mpi4py communicator whose ranks, all running this
-    SCF, share each J/K build of the host path (:mod:`pyscf_fusionrcg.distributed`).
+    SCF, share each J/K build, on the GPU path one GPU per rank; devices
+    ('all' or GPU ids): the GPUs of this process that share each build of
+    the GPU path (:mod:`pyscf_fusionrcg.distributed`).
     """
     given = dict(backend=backend, direct_scf_tol=direct_scf_tol, tier=tier, **more)
     if options is None:
@@ -92,8 +94,9 @@ def fusionrcg(mf, backend=None, direct_scf_tol=None, tier=None, options: Options
     _check_mean_field(mf)
     _check_mol(mf.mol)
     path = _resolve_backend(mf, options.backend)
-    if comm is not None and path != "cpu":
-        raise ValueError(_jk.NOT_DISTRIBUTED)
+    _jk.check_sharing(path, options, comm)
+    if path == "gpu" and options.devices is not None:
+        resolve_devices(options.devices)    # a GPU this machine lacks refused now, not at the first build
     if isinstance(mf, _FusionRCGMixin):
         mf = mf.copy()
         mf._fusionrcg_configure(options, path, comm)
@@ -250,6 +253,8 @@ class _FusionRCGMixin:
         log.info("contracted stage = %s, fused digestion = %s", opts.ctr, opts.fuse_digestion)
         if self._fusionrcg_comm is not None:
             log.info("J/K builds shared by %d ranks", as_reducer(self._fusionrcg_comm).size)
+        if opts.devices is not None and self._fusionrcg_path == "gpu":
+            log.info("GPU builds shared by the GPUs %s", opts.devices)
         if self.mol.has_ecp():
             log.info("ECP: enters the one-electron Hamiltonian only; J/K are unaffected")
         return self

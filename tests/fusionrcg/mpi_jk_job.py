@@ -10,6 +10,7 @@ from mpi4py import MPI
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import fusionrcg
+from pyscf_fusionrcg.distributed import MPIReducer
 from pyscf_fusionrcg.jk import JKContext
 from pyscf_fusionrcg.options import from_env
 
@@ -37,9 +38,12 @@ def main(out):
     energy = mf.kernel()
     mine = np.concatenate([v.ravel() for v in (vj, vk, vj2, vk2, vj_engine)] + [[energy, mf.cycles]])
     every = comm.gather(mine)
+    ranks = MPIReducer(comm)
+    least, local_ranks = ranks.minimum(comm.rank + 5), comm.gather(ranks.local_rank())
     if comm.rank == 0:
         np.savez(out, vj=vj, vk=vk, vj2=vj2, vk2=vk2, vj_engine=vj_engine, energy=energy, converged=mf.converged,
-                 same_on_every_rank=all(np.array_equal(every[0], m) for m in every))
+                 same_on_every_rank=all(np.array_equal(every[0], m) for m in every),
+                 least=least, local_ranks=local_ranks)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pyscf import gto, scf
 from pyscf_fusionrcg import fusionrcg
 from pyscf_fusionrcg.distributed import (ProgramCost, Reducer, Share, as_reducer, block_cost, split_tasks,
                                          task_owners)
-from pyscf_fusionrcg.jk import NOT_DISTRIBUTED, JKContext
+from pyscf_fusionrcg.jk import JKContext
 from pyscf_fusionrcg.screening import build_tasks, iter_tasks
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -175,15 +175,16 @@ def test_the_parts_of_a_shared_j_engine_build_add_up(monkeypatch):
     np.testing.assert_allclose(sum(parts), whole, atol=1e-12, rtol=0)
 
 
-def test_a_communicator_needs_the_host_path():
+def test_a_communicator_is_refused_where_nothing_can_share_it(monkeypatch):
+    """comm= goes with the host path and the GPU path (test_distributed_gpu.py),
+    not with PySCF's own J/K, which 'auto' falls back to without a GPU."""
+    from pyscf_fusionrcg import scf as plugin
     mol = gto.M(atom=H2O, basis="sto-3g", verbose=0)
-    with pytest.raises(ValueError, match="GPU path is not yet distributed"):
-        JKContext(mol, backend="gpu", comm=Reducer())
-    assert "backend='cpu'" in NOT_DISTRIBUTED
     with pytest.raises(TypeError, match="mpi4py communicator"):
         as_reducer(object())
-    with pytest.raises(ValueError, match="GPU path is not yet distributed"):
-        fusionrcg(scf.RHF(mol), backend="auto", comm=Reducer())   # the GPU, or PySCF's own J/K
+    monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "cpu" if backend == "cpu" else "native")
+    with pytest.raises(ValueError, match="cannot share: use backend='cpu'"):
+        fusionrcg(scf.RHF(mol), backend="auto", comm=Reducer())
     mf = fusionrcg(scf.RHF(mol), backend="cpu", comm=Reducer())
     assert mf._fusionrcg_comm is not None
     assert "_fusionrcg_comm" not in mf.undo_fusionrcg().__dict__
@@ -195,6 +196,8 @@ def test_ranks_give_one_process_jk_and_energy(mpirun, ranks, tmp_path):
     mpirun(ranks, HERE / "mpi_jk_job.py", out)
     got = np.load(out)
     assert got["same_on_every_rank"] and got["converged"]
+    # the reducer's minimum over the ranks, and each rank's place on this one host
+    assert got["least"] == 5 and got["local_ranks"].tolist() == list(range(ranks))
     from mpi_jk_job import densities, water
     mol = water()
     sym, pair = densities(mol)

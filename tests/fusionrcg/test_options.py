@@ -52,3 +52,18 @@ def test_the_plugin_holds_one_options_object(clean_env):
     assert scf.RHF(mol).apply(fusionrcg, options=given, tier="warp").fusionrcg_options.tier == "warp"
     with pytest.raises(TypeError, match="unknown FusionRCG option"):
         scf.RHF(mol).apply(fusionrcg, backend="cpu", tierr="warp")
+
+
+def test_devices_are_kept_as_ids_or_all(clean_env):
+    """Options.devices: a list of GPU ids (kept as a tuple, one id possibly
+    twice) or 'all'; anything else, and GPUs for the host path, refused."""
+    assert Options().devices is None
+    assert Options(devices=[0, 0]).devices == (0, 0)
+    assert from_env(devices=range(2)).devices == (0, 1)
+    assert Options(devices="all").devices == "all"
+    assert Options(devices=[1]).replace(tier="warp").devices == (1,)
+    for bad in ([], "gpu", "0,1", 1, [-1], [0.5], [True], [None]):
+        with pytest.raises(ValueError, match="devices must be 'all' or a non-empty list of GPU ids"):
+            Options(devices=bad)
+    with pytest.raises(ValueError, match="backend='cpu' is the host path"):
+        Options(backend="cpu", devices=[0])

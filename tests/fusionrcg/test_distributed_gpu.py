@@ -1,0 +1,115 @@
+"""The GPU path's builds shared by GPUs and ranks: the choices and refusals of
+``fusionrcg(..., comm=, devices=)`` and of ``JKContext`` (on any machine,
+with the GPU path named but not run)."""
+import pytest
+from pyscf import gto, scf
+
+from pyscf_fusionrcg import distributed, fusionrcg
+from pyscf_fusionrcg import scf as plugin
+from pyscf_fusionrcg.distributed import Reducer, Share, part_devices, rank_device, resolve_devices
+from pyscf_fusionrcg.jk import JKContext
+from pyscf_fusionrcg.options import Options
+
+H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
+
+
+class _Rank(Reducer):
+    """Rank ``rank`` of ``size`` on its own (nothing to meet), its host's rank ``rank``."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """``gpus(count, current=0)``: this process seeing ``count`` GPUs, GPU
+    ``current`` current, for the device choices (no GPU needed)."""
+    def see(count, current=0):
+        monkeypatch.setattr(distributed, "device_count", lambda: count)
+        monkeypatch.setattr(distributed, "current_device", lambda: current)
+    return see
+
+
+@pytest.fixture
+def gpu_path(monkeypatch):
+    """fusionrcg resolving every backend but 'cpu' to the GPU path, GPU or not."""
+    monkeypatch.setattr(plugin, "_resolve_backend", lambda mf, backend: "cpu" if backend == "cpu" else "gpu")
+
+
+def water(basis="sto-3g"):
+    return gto.M(atom=H2O, basis=basis, verbose=0)
+
+
+def test_device_ids_are_checked_against_the_machine():
+    assert resolve_devices((0, 0), 1) == (0, 0)
+    assert resolve_devices("all", 3) == (0, 1, 2)
+    with pytest.raises(ValueError, match=r"there is no GPU 2; this process sees 2 \(ids 0 .. 1\)"):
+        resolve_devices((0, 2), 2)
+    with pytest.raises(ValueError, match="sees no GPU"):
+        resolve_devices("all", 0)
+
+
+def test_each_rank_takes_a_gpu_of_its_host():
+    """Round robin over the host's GPUs by the rank's place on its host,
+    unless the program made another GPU than 0 current."""
+    assert [rank_device(local, 0, 4) for local in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert rank_device(5, 2, 4) == 2
+    assert rank_device(0, 0, 1) == 0
+
+
+def test_the_parts_of_a_context_follow_its_devices_and_ranks(gpus):
+    """One process alone: one part on the current GPU, taking every class
+    whole (as before GPUs were shared); devices=[1, 1]: two parts on GPU 1,
+    halves of every class; rank 1 of 3: one part on its GPU, a third."""
+    gpus(2)
+    mol = water()
+    alone = JKContext(mol, backend="gpu").gpu_parts()
+    assert [(p.device, p.share.part, p.share.parts) for p in alone] == [(None, 0, 1)]
+    chunks = [object()]
+    assert alone[0].share(chunks) is chunks
+    two = JKContext(mol, backend="gpu", options=Options(devices=[1, 1])).gpu_parts()
+    assert [(p.device, p.share.part, p.share.parts) for p in two] == [(1, 0, 2), (1, 1, 2)]
+    assert [p.options.progress for p in two] == [Options().progress, False]
+    assert all(p.options.devices == (1, 1) for p in two)
+    rank = JKContext(mol, backend="gpu", comm=_Rank(1, 3)).gpu_parts()
+    assert [(p.device, p.share.part, p.share.parts, p.options.progress) for p in rank] == [(1, 1, 3, False)]
+    gpus(2, current=1)
+    assert part_devices(None, _Rank(2, 3)) == [1]     # the GPU the program chose
+    assert part_devices(None, _Rank(0, 1)) == [None]
+
+
+def test_a_communicator_configures_the_gpu_path(gpu_path):
+    """fusionrcg(comm=) with the GPU path no longer refuses: the contexts of
+    the builds hold the ranks, and to_gpu keeps them."""
+    ranks = _Rank(0, 2)
+    mf = fusionrcg(scf.RHF(water()), backend="gpu", comm=ranks)
+    assert mf._fusionrcg_path == "gpu" and mf._fusionrcg_comm is ranks
+    context = mf._fusionrcg_context(mf.mol, 0.0)
+    assert context.backend == "gpu" and context.reducer is ranks
+    mf.dump_flags()
+
+
+def test_devices_reach_the_context(gpu_path, gpus):
+    gpus(1)
+    mf = fusionrcg(scf.UHF(water()), backend="gpu", devices=[0, 0])
+    assert mf.fusionrcg_options.devices == (0, 0)
+    context = mf._fusionrcg_context(mf.mol, 0.0)
+    assert context.options.devices == (0, 0) and [p.device for p in context.gpu_parts()] == [0, 0]
+    assert fusionrcg(scf.RHF(water()), options=Options(devices="all")).fusionrcg_options.devices == "all"
+
+
+def test_what_cannot_be_shared_is_refused(gpu_path, gpus):
+    gpus(1)
+    mol = water()
+    with pytest.raises(ValueError, match="there is no GPU 1"):
+        fusionrcg(scf.RHF(mol), backend="gpu", devices=[0, 1])
+    with pytest.raises(ValueError, match="give one or the other"):
+        fusionrcg(scf.RHF(mol), backend="gpu", devices=[0], comm=_Rank(0, 2))
+    with pytest.raises(ValueError, match="give one or the other"):
+        JKContext(mol, backend="gpu", options=Options(devices=[0]), comm=_Rank(0, 2))
+    with pytest.raises(ValueError, match="backend='cpu' is the host path"):
+        fusionrcg(scf.RHF(mol), backend="cpu", devices=[0])
+    with pytest.raises(ValueError, match="backend='cpu' is the host path"):
+        JKContext(mol, backend="cpu", options=Options(devices=[0]))
+    with pytest.raises(ValueError, match="devices must be 'all' or a non-empty list"):
+        fusionrcg(scf.RHF(mol), backend="gpu", devices=[])
