@@ -1,15 +1,24 @@
 """The GPU path's builds shared by GPUs and ranks: the choices and refusals of
 ``fusionrcg(..., comm=, devices=)`` and of ``JKContext`` (on any machine,
-with the GPU path named but not run)."""
+with the GPU path named but not run), then, on a GPU (the ``gpu`` marker),
+``devices=[0, 0]`` and two MPI ranks sharing one GPU giving one build's J/K
+and one process's energies.
+
+    pytest tests/fusionrcg/test_distributed_gpu.py       # the gpu tests skip without a GPU
+"""
+import pathlib
+
+import numpy as np
 import pytest
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import distributed, fusionrcg
 from pyscf_fusionrcg import scf as plugin
-from pyscf_fusionrcg.distributed import Reducer, Share, part_devices, rank_device, resolve_devices
+from pyscf_fusionrcg.distributed import Reducer, part_devices, rank_device, resolve_devices
 from pyscf_fusionrcg.jk import JKContext
-from pyscf_fusionrcg.options import Options
+from pyscf_fusionrcg.options import Options, from_env
 
+HERE = pathlib.Path(__file__).resolve().parent
 H2O = "O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469"
 
 
@@ -113,3 +122,93 @@ def test_what_cannot_be_shared_is_refused(gpu_path, gpus):
         JKContext(mol, backend="cpu", options=Options(devices=[0]))
     with pytest.raises(ValueError, match="devices must be 'all' or a non-empty list"):
         fusionrcg(scf.RHF(mol), backend="gpu", devices=[])
+
+
+# ------------------------------------------------------------------ on a GPU
+
+def _densities(mol):
+    """A minao density, an unrestricted pair near it, and a general pair."""
+    dm = scf.RHF(mol).get_init_guess(key="minao")
+    rng = np.random.default_rng(11)
+    noise = rng.normal(scale=1e-2, size=dm.shape)
+    return dm, np.stack([0.5 * dm, 0.5 * dm + noise + noise.T]), np.stack([dm + noise, dm - noise.T])
+
+
+def _spy_parts(monkeypatch):
+    """Each get_jk_gpu call's share and result, recorded."""
+    from pyscf_fusionrcg import gpu_jk
+    calls = []
+    plain = gpu_jk.get_jk_gpu
+
+    def spy(*args, share=None, **kwargs):
+        out = plain(*args, share=share, **kwargs)
+        calls.append((share, out))
+        return out
+    monkeypatch.setattr(gpu_jk, "get_jk_gpu", spy)
+    return calls
+
+
+@pytest.mark.gpu
+def test_two_parts_on_one_gpu_give_one_builds_jk(monkeypatch):
+    """devices=[0, 0]: two parts on one GPU, each computing a real share
+    (its J/K far from the whole), give one GPU's J and K to 1e-12, for a
+    closed-shell density, an unrestricted pair and a general pair, from the
+    kept plans (screened, then restricted to a density change) and
+    streamed (a one-off build)."""
+    import cupy as cp
+    from pyscf_fusionrcg.jk import get_jk
+    mol = water("cc-pvtz")
+    one = JKContext(mol, backend="gpu")
+    two = JKContext(mol, backend="gpu", options=from_env(devices=[0, 0]))     # else the same options
+    calls = _spy_parts(monkeypatch)
+    dm, uhf, general = _densities(mol)
+    builds = [(dm, 1), (uhf, 1), (general, 0), (1e-4 * dm, 1), (cp.asarray(uhf), 1)]
+    for density, hermi in builds:
+        want = one.get_jk(density, hermi)
+        del calls[:]
+        got = two.get_jk(density, hermi)
+        assert sorted((share.part, share.parts) for share, _ in calls) == [(0, 2), (1, 2)]    # one thread each
+        for n in (0, 1):
+            assert type(got[n]) is type(want[n]) and got[n].shape == want[n].shape
+            whole = cp.asarray(want[n]).reshape(-1, mol.nao, mol.nao)
+            assert float(abs(cp.asarray(got[n]) - cp.asarray(want[n])).max()) < 1e-12
+            for _, part in calls:
+                assert float(abs(part[n] - whole).max()) > 1e-3 * float(abs(whole).max())
+    assert one.plan is not None and all(p.plan is not None for p in two.gpu_parts())
+    assert two.gpu_parts()[0].plan is not two.gpu_parts()[1].plan
+    options = from_env(devices=[0, 0])
+    for density, hermi in builds[:3]:
+        want = get_jk(mol, density, hermi, backend="gpu")
+        got = get_jk(mol, density, hermi, backend="gpu", options=options)
+        for a, b in zip(got, want):
+            assert np.abs(a - b).max() < 1e-12
+
+
+@pytest.mark.gpu
+def test_two_parts_on_one_gpu_give_one_gpus_uhf_energy():
+    mol = gto.M(atom=H2O, basis="cc-pvtz", charge=1, spin=1, verbose=0)
+    want = fusionrcg(scf.UHF(mol), backend="gpu", progress=False).run(conv_tol=1e-10)
+    got = fusionrcg(scf.UHF(mol), backend="gpu", devices=[0, 0], progress=False).run(conv_tol=1e-10)
+    assert want.converged and got.converged
+    assert abs(got.e_tot - want.e_tot) < 1e-10
+
+
+@pytest.mark.gpu
+def test_two_ranks_sharing_one_gpu_give_one_process_jk_and_energy(mpirun, tmp_path):
+    """mpiexec -n 2 with one GPU (or two ranks on the first two GPUs): every
+    rank gets one process's J and K (1e-12) and RHF energy (1e-10 Eh), the
+    same on both."""
+    from mpi_jk_job import densities, water as job_water
+    mol = job_water("gpu")
+    sym, pair = densities(mol)
+    context = JKContext(mol, backend="gpu")
+    want = {"": context.get_jk(sym, hermi=1), "2": context.get_jk(pair, hermi=0)}
+    energy = fusionrcg(scf.RHF(mol), backend="gpu", progress=False).kernel()    # kernels compiled once, here
+    out = tmp_path / "out.npz"
+    mpirun(2, HERE / "mpi_jk_job.py", out, "gpu", timeout=600)
+    got = np.load(out)
+    assert got["same_on_every_rank"] and got["converged"]
+    for key, (vj, vk) in want.items():
+        np.testing.assert_allclose(got["vj" + key], vj, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(got["vk" + key], vk, atol=1e-12, rtol=0)
+    assert abs(float(got["energy"]) - energy) < 1e-10
