@@ -3,6 +3,8 @@
 :class:`JKContext` owns what the builds of one molecule with one operator
 share (Schwarz bounds, the host engine, the GPU's screened plan) and sends
 each build to the GPU (:mod:`pyscf_fusionrcg.gpu_jk`) or to the host path;
+MPI ranks can share either path's builds, and several GPUs of one process
+the GPU path's (a :class:`GPUPart` each; :mod:`pyscf_fusionrcg.distributed`).
 :func:`get_jk` is a one-off build.  On the host, each unique quartet
 ``(ij|kl)`` is computed once, as a whole angular-momentum class at a time
 (``engine.quartet_blocks``), and digested for all 8 of its permutations with
@@ -119,6 +121,7 @@ def check_sharing(path, options, comm):
     if comm is not None and path == "native":
         raise ValueError(NATIVE_NOT_SHARED)
 
+
 #: The share of the free GPU memory a plan may take: the rest is left to the
 #: builds' blocks and to the SCF (docs/routing.md).
 PLAN_MEMORY_SHARE = 0.6
@@ -181,8 +184,9 @@ class JKContext:
 
     One context per (geometry and basis, ``omega``), as GPU4PySCF keeps one
     ``_VHFOpt`` per molecule: the Schwarz bounds, the host engine
-    (``backend='cpu'``) and, on the GPU, the basis on the device and the plan
-    of screened quartets that the builds of an SCF reuse (:meth:`get_jk`).  ``options`` (default
+    (``backend='cpu'``) and, on each GPU that serves it (:meth:`gpu_parts`),
+    the basis on the device and the plan of screened quartets that the
+    builds of an SCF reuse (:meth:`get_jk`).  ``options`` (default
     :func:`~pyscf_fusionrcg.options.from_env`) is fixed for the context's life,
     so a kept plan always matches the builds it serves.  ``keep_plan=False``
     screens every GPU build's own density instead (one-off builds).
