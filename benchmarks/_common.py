@@ -213,6 +213,9 @@ BENCHMARKS = {
     "cln025_validation": ("the coarse-grained CLN025 model end to end: all-atom reference, force matching, and "
                           "64 replicas in the fused kernels (bf16, fp32) against the reference",
                           "python benchmarks/cln025_validation.py OUT_DIR   # again after each stop, 9 min a stage"),
+    "scaling": ("J/K builds and SCF over several GPUs (strong scaling), replica MD over several GPUs (weak "
+                "scaling), and the J+K build's efficiency projected to 64 GPUs from one GPU's breakdown",
+                "python benchmarks/scaling.py --project   # measured: python benchmarks/scaling.py (2+ GPUs)"),
     "compare_trees": ("one change before and after: the J+K builds of Vitamin C def2-TZVP/QZVP and the "
                       "SchNet throughput from two source trees on one GPU (compare_trees.sh)",
                       "benchmarks/compare_trees.sh BEFORE_TREE"),
