@@ -1,8 +1,9 @@
 """Shared test configuration: the `gpu` marker skips cleanly on machines without a GPU,
 the whole session keeps its caches in a temporary folder, not the user's,
 ``mpirun`` starts scripts on several MPI ranks, ``setup_cfg`` /
-``console_scripts`` read the package metadata, and ``benchmark_script``
-loads a script of benchmarks/ as a module."""
+``console_scripts`` read the package metadata, ``benchmark_script``
+loads a script of benchmarks/ as a module, and ``refuses_without_gpu``
+checks a benchmark's refusal on a machine without a GPU."""
 import configparser
 import importlib.util
 import os
@@ -49,6 +50,20 @@ def console_scripts(setup_cfg) -> dict:
     """{command: 'module:function'} of setup.cfg's console scripts."""
     lines = setup_cfg["options.entry_points"]["console_scripts"].split("\n")
     return dict(line.split(" = ") for line in lines if line)
+
+
+@pytest.fixture
+def refuses_without_gpu(capsys):
+    """``check(main, argv)``: a benchmark's ``main(argv)`` on a machine without
+    a usable GPU returns 2, says on stderr that it needs one, and writes no
+    result file."""
+    def check(main, argv):
+        results = REPO / "benchmarks" / "results"
+        before = sorted(results.iterdir())
+        assert main(argv) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+        assert sorted(results.iterdir()) == before
+    return check
 
 
 @pytest.fixture(scope="session")
