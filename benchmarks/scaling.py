@@ -20,11 +20,12 @@ Projected (``--project``, any machine): a build of n parts costs
 (``benchmarks/rcg_jk_breakdown.py``'s results): ``K`` the kernels' time (ERI,
 digestion and digesting kernels, shared by cost: each part takes an equal
 estimated share of every class), ``R`` the host work and plan filtering
-between the launches, which every part repeats as built (``R_n = R``; the
-'host work split' rows show ``R_n = R / n``, what splitting the plan itself
-would give), and ``C_n`` the sums of the parts' J and K: within a node of
-``--gpus-per-node`` the parts' copies onto one GPU in turn at ``--peer-gbs``
-(as built; the 'ring sum' rows: a ring all-reduce), across nodes a host copy
+between the launches, which every part repeats (``R_n = R``) or splits
+(``R_n = R / n``; the GPU path splits the plan's filtering, a part of ``R``,
+and repeats the launches' host work), and ``C_n`` the sums of the parts' J
+and K: within a node of ``--gpus-per-node`` the parts' copies onto one GPU in
+turn at ``--peer-gbs`` (as the GPU path sums; the 'ring sum' rows: a ring
+all-reduce), across nodes a host copy
 each way at ``--host-gbs`` and a ring all-reduce at ``--network-gbs`` with
 ``--network-latency-us`` a step. The link speeds are
 assumptions (flags), not measurements; the model leaves out any imbalance of
@@ -65,7 +66,7 @@ GPU_COUNTS = (1, 2, 4, 8)
 BREAKDOWNS = ("rcg_jk_breakdown_qzvp", "rcg_jk_breakdown_water20_qzvp_guess", "rcg_jk_breakdown")
 PROJECTED_PARTS = (1, 2, 4, 8, 16, 32, 64)
 #: The designs projected: (name, host work split among the parts, ring all-reduce within a node).
-DESIGNS = (("as built", False, False), ("host work split", True, False),
+DESIGNS = (("host work repeated", False, False), ("host work split", True, False),
            ("host work split, ring sum", True, True))
 #: The parts of a breakdown that the kernels of a build take, and the host work between them.
 KERNEL_PARTS = ("ERI kernels, all classes", "digestion kernels, all classes",
@@ -178,8 +179,8 @@ def run_projection(args) -> int:
                 host_gbs=args.host_gbs, network_gbs=args.network_gbs,
                 network_latency_us=args.network_latency_us)
     notes = ("A model, not a measurement: t_n = K/n + R_n + C_n from one GPU's breakdown (K: the kernels, "
-             "R: host work and plan filtering between launches, which every part repeats 'as built'; "
-             "'host work split' divides it by n), C_n the sums of J and K ('as built': each GPU's copied "
+             "R: host work and plan filtering between launches, which every part repeats or, 'host work "
+             "split', does 1/n of), C_n the sums of J and K (each GPU's copied onto one in turn, or "
              "onto one in turn; 'ring sum': a ring all-reduce in the node) at the assumed link "
              f"speeds (peer {args.peer_gbs} GB/s, host {args.host_gbs} GB/s, network {args.network_gbs} GB/s, "
              f"{args.network_latency_us} us a message, {args.gpus_per_node} GPUs a node). "

@@ -57,8 +57,8 @@ from tqdm import tqdm
 
 from . import launch
 from .options import PROGRESS_DELAY_S, Options, from_env
-from .screening import (CHUNK_QUARTETS, PLAN_BLOCK, PLAN_ROUNDS, TaskStream, iter_tasks, joined_rows,
-                        plan_kernel, schwarz_bounds, sorted_pair_bounds)
+from .screening import (CHUNK_QUARTETS, PLAN_BLOCK, PLAN_ROUNDS, ClassTasks, TaskStream, iter_tasks,
+                        joined_rows, plan_kernel, schwarz_bounds, sorted_pair_bounds)
 
 _DIGEST_BLOCK = 128
 #: Blocks of at most this many elements are digested one quartet per thread
@@ -245,11 +245,15 @@ class JKPlan:
     (``build_tasks(density_bound=)``), None for tasks screened for one
     particular density; ``max_bytes``: raise :class:`PlanTooLarge` as soon as
     the ordered quartets pass it; ``basis``: the molecule's
-    :class:`~pyscf_fusionrcg.launch.DeviceBasis` when the caller keeps one.
+    :class:`~pyscf_fusionrcg.launch.DeviceBasis` when the caller keeps one;
+    ``share``: a :class:`~pyscf_fusionrcg.distributed.Share`, whose part of
+    each ordered class alone the plan keeps (the plan of one GPU of a build
+    shared by several: each keeps and filters its own part, and
+    :attr:`screened` counts every part's quartets).
     """
 
     def __init__(self, mol, tasks, omega=0.0, options: Options = None, bound=None, max_bytes=None,
-                 basis=None):
+                 basis=None, share=None):
         self.options = options = options or from_env()
         self.omega, self.bound = float(omega), bound
         self.tol = self.q32 = self.pair_bounds = None    # the screening of a plan made by screen()
@@ -257,9 +261,15 @@ class JKPlan:
         self.basis = launch.DeviceBasis(mol) if basis is None else basis
         self.ao_loc = self.basis.ao_loc
         self._cart = bool(mol.cart)
-        ordered, nbytes = [], 0
+        ordered, nbytes, self.screened = [], 0, 0
         for t in tasks:
             q = self._stored(t)
+            self.screened += len(q)
+            if share is not None:
+                mine = list(share([ClassTasks(t.key, t.nctr, q)]))
+                if not mine:
+                    continue
+                q = mine[0].quartets
             nbytes += q.nbytes
             if max_bytes is not None and nbytes > max_bytes:
                 raise PlanTooLarge(nbytes, max_bytes)
@@ -270,15 +280,15 @@ class JKPlan:
 
     @classmethod
     def screen(cls, mol, density_max, omega=0.0, direct_scf_tol=1e-13, q_cond=None, options=None,
-               max_bytes=None, basis=None):
+               max_bytes=None, basis=None, share=None):
         """A plan for every density with ``max |D| <= density_max`` (Schwarz
-        screening with that bound on every block)."""
+        screening with that bound on every block); ``share``: keep one part's (see the class)."""
         import cupy
         if q_cond is None:
             q_cond = schwarz_bounds(mol, omega)
         tasks = iter_tasks(mol, None, omega, direct_scf_tol, q_cond, xp=cupy,
                            density_bound=density_max)
-        plan = cls(mol, tasks, omega, options, float(density_max), max_bytes, basis)
+        plan = cls(mol, tasks, omega, options, float(density_max), max_bytes, basis, share)
         plan.tol, plan.q32 = float(direct_scf_tol), cupy.asarray(np.asarray(q_cond, dtype=np.float32))
         plan.pair_bounds = sorted_pair_bounds(q_cond)   # for the candidate counts of density changes
         return plan
@@ -323,6 +333,7 @@ class JKPlan:
 
     @property
     def quartets(self) -> int:
+        """The quartets this plan keeps (its part's, for a plan of one part)."""
         return sum(len(c.quartets) for c in self.classes)
 
     @property

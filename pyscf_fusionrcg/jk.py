@@ -132,8 +132,8 @@ class GPUPart:
     GPU current at each build), its :class:`~pyscf_fusionrcg.distributed.Share`
     of every class, its ``options`` (progress bars on the first part of rank
     0 alone), and what it keeps on its GPU between builds: the basis, the J
-    engine and the screened plan (each part keeps the whole plan and
-    computes its share of every build from it)."""
+    engine and its share of the screened plan (screened whole by every part,
+    which keeps and filters its own share of each class)."""
 
     def __init__(self, mol, omega, device, share, options):
         self.mol, self.omega = mol, omega
@@ -352,22 +352,23 @@ class JKContext:
             else:
                 tasks = iter_tasks(mol, d, omega, direct_scf_tol, q_cond, with_j, with_k, xp=cupy,
                                    block_max=block_max)
+            # a part's plan holds its share already; streamed classes are cut as they come
             return get_jk_gpu(mol, d, hermi, with_j, with_k, omega, tasks, part.options, basis=part.basis,
-                              share=part.share)
+                              share=None if planned else part.share)
         built = on_parts(parts, build)
         out = [ranks.sum(summed([b[n] for b in built], dms.device.id)) for n in (0, 1)]
         out = [None if v is None else v.reshape(shape) for v in out]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
 
     def _keep_plans(self, parts, dcond, direct_scf_tol) -> bool:
-        """Whether a build runs on the parts' kept plans (the same quartets on
-        every part), each restricted to the quartets of the density's own shell
+        """Whether a build runs on the parts' kept plans (each part's share of
+        the same screened quartets), each restricted to the quartets of the density's own shell
         blocks, whose maxima are ``dcond``
         (:meth:`~pyscf_fusionrcg.gpu_jk.JKPlan.restricted`: the quartets
         screening them would keep, in the plan's order): while the plan covers
         the density, and for a density far smaller than the plan's bound (an
         SCF's density change) when screening it anew would look at
-        ``PLAN_RESTRICT_SHARE`` of the plan's count or more.  False for every
+        ``PLAN_RESTRICT_SHARE`` of the screened count or more.  False for every
         build once a plan did not fit in ``PLAN_MEMORY_SHARE`` of the free
         memory of a GPU (shared by its parts; the least over the ranks) or
         the molecule has more shells than a plan indexes (such builds stream
@@ -394,7 +395,7 @@ class JKContext:
 
             def screen(part):
                 part.plan = JKPlan.screen(mol, dmax, self.omega, direct_scf_tol, q_cond, part.options, max_bytes,
-                                          part.basis)
+                                          part.basis, part.share)
             try:
                 on_parts(parts, screen)
             except PlanTooLarge as err:
@@ -406,7 +407,7 @@ class JKContext:
                 return False
             plan = parts[0].plan
         return (plan.covers(dmax)
-                or schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) >= PLAN_RESTRICT_SHARE * plan.quartets)
+                or schwarz_candidates(plan.pair_bounds, dmax, direct_scf_tol) >= PLAN_RESTRICT_SHARE * plan.screened)
 
 
 def _density_array(mol, dm):
