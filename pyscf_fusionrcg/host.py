@@ -49,7 +49,9 @@ PTR_COORD = 1
 MEM_DOUBLES = 1 << 24
 
 _PROGRAMS: dict = {}
-_PROGRAMS_LOCK = threading.Lock()
+#: Held while a class program is built: the graph builders (graph, schedule) share memoised
+#: tables that one thread at a time may change.  Reentrant, for builders made of other programs.
+GRAPH_LOCK = threading.RLock()
 _COMPILED: dict = {}
 
 
@@ -69,7 +71,7 @@ def get_program(la, lb, lc, ld, cart=False, builds=None) -> ir.Program:
     pair, as libcint.  The host picks them per quartet (``HostEngine.builds``).
     A new process finds it in :mod:`pyscf_fusionrcg.prepared`'s disk cache.
     """
-    with _PROGRAMS_LOCK:    # the graph builders share memoised tables: one build at a time
+    with GRAPH_LOCK:    # the graph builders share memoised tables: one build at a time
         key = _key(la, lb, lc, ld, cart, builds)
         prog = _PROGRAMS.get(key)
         if prog is None:
@@ -82,7 +84,7 @@ def get_derivative_program(la, lb, lc, ld, cart=False, builds=None) -> ir.DerivP
     """Derivative program of a class on shells a, b and c
     (``derivative.derivative_program``), cached as :func:`get_program`'s
     programs (in this process only)."""
-    with _PROGRAMS_LOCK:
+    with GRAPH_LOCK:
         key = ('deriv',) + _key(la, lb, lc, ld, cart, builds)
         prog = _PROGRAMS.get(key)
         if prog is None:

@@ -52,7 +52,6 @@ blocks on the device and serves the GPU path's J-only builds with
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import dataclass, replace
 from typing import Tuple
 
@@ -168,7 +167,6 @@ def _side_stage(ls, cart, side, build, first_acc, first_temp):
 
 
 _PROGRAMS: dict = {}
-_PROGRAMS_LOCK = threading.Lock()
 
 
 def j_program(la, lb, lc, ld, cart=False, builds=None, sides=SIDES[0]) -> JProgram:
@@ -180,12 +178,10 @@ def j_program(la, lb, lc, ld, cart=False, builds=None, sides=SIDES[0]) -> JProgr
         raise ValueError(f'sides must be one of {SIDES}, not {sides!r}')
     eri = host.get_program(la, lb, lc, ld, cart, builds)
     key = (eri.ls, eri.cart, (eri.rcg.topology.bra_build, eri.rcg.topology.ket_build), sides)
-    with _PROGRAMS_LOCK:
+    with host.GRAPH_LOCK:   # _build runs the schedule's memoised stages
         prog = _PROGRAMS.get(key)
-    if prog is None:
-        prog = _build(vrr_program(eri), sides)
-        with _PROGRAMS_LOCK:
-            _PROGRAMS[key] = prog
+        if prog is None:
+            prog = _PROGRAMS[key] = _build(vrr_program(eri), sides)
     return prog
 
 
@@ -382,7 +378,7 @@ def _compiled(prog: JProgram):
     if prog.eri is host.get_program(*ls, cart, builds):
         return host.compiled(*ls, cart=cart, builds=builds)
     key = (ls, cart, builds)
-    with _PROGRAMS_LOCK:
+    with host.GRAPH_LOCK:
         comp = _COMPILED.get(key)
         if comp is None:
             comp = _COMPILED[key] = host._compile(prog.eri)

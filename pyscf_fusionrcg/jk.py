@@ -321,19 +321,18 @@ class JKContext:
         density (every part screens the same), summed over the parts onto the
         density's GPU and over the ranks.  J-only builds with
         ``options.j_engine='on'`` go through the J engine
-        (:func:`~pyscf_fusionrcg.jdigest.engine_j`), the parts one after the
-        other (``jengine.j_program`` makes its programs with schedule's
-        caches, which the host's lock does not cover); the others through
+        (:func:`~pyscf_fusionrcg.jdigest.engine_j`); the others through
         ``gpu_jk.get_jk_gpu``, on the kept plan restricted to the density's own
         blocks when there is one (:meth:`_keep_plans`), else on the classes
         screened on the GPU as the build reaches them."""
         mol, omega, ranks = self.mol, self.omega, self.reducer
         if with_j and not with_k and self.options.j_engine == "on":
-            dm, vj = ranks.broadcast(dm), []
-            for part in self.gpu_parts():   # one after the other: J programs are not made on two threads at once
-                with device_scope(part.device):
-                    vj.append(engine_j(mol, on_device(dm, part.device), part.j_engine(), omega, direct_scf_tol,
-                                       self.q_cond, part.options.progress, part.share))
+            dm, parts, q_cond = ranks.broadcast(dm), self.gpu_parts(), self.q_cond
+
+            def build_j(part):
+                return engine_j(mol, on_device(dm, part.device), part.j_engine(), omega, direct_scf_tol, q_cond,
+                                part.options.progress, part.share)
+            vj = on_parts(parts, build_j)
             return ranks.sum(summed(vj, dm.device.id if on_gpu(dm) else None)), None
         get_jk_gpu = _gpu_get_jk()
         import cupy

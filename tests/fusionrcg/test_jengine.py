@@ -205,3 +205,23 @@ def test_the_j_order_never_raises_the_peak():
     assert lower == ['fsdd']
     row = jengine.reduction_row((3, 0, 2, 2))
     assert (row['peak_j'] - row['peak_j_ordered'], row['peak_j_bra'] - row['peak_j_bra_ordered']) == (4, 4)
+
+
+def test_j_programs_made_on_threads_at_once_are_those_of_one(monkeypatch):
+    """The parts of a J build shared by GPUs make their J programs on threads
+    of their own: made at once, they are the programs one thread makes."""
+    from concurrent.futures import ThreadPoolExecutor
+    from collections import OrderedDict
+    classes = [(2, 1, 2, 1), (2, 2, 1, 0), (3, 1, 1, 0), (2, 2, 2, 0), (3, 2, 1, 1), (3, 3, 1, 0)] * 2
+    monkeypatch.setattr(jengine, "_PROGRAMS", {})
+    monkeypatch.setattr(schedule, "_PRIM_CACHE", OrderedDict())     # built anew, on the threads
+    monkeypatch.setattr(schedule, "PRIM_CACHE_SIZE", 2)             # and evicted as they go
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda ls: jengine.j_program(*ls, cart=True), classes))
+    monkeypatch.setattr(jengine, "_PROGRAMS", {})
+    for ls, prog in zip(classes, got):
+        want = jengine.j_program(*ls, cart=True)
+        assert (prog.n_temps, prog.n_acc, prog.ctr_starts) == (want.n_temps, want.n_acc, want.ctr_starts)
+        for a, b in ((prog.prim, want.prim), (prog.ctr, want.ctr)):
+            assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("kind", "dst", "src", "coef"))
+        assert np.array_equal(prog.density, want.density) and np.array_equal(prog.target, want.target)
