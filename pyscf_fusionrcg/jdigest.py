@@ -30,7 +30,8 @@ def batches(tasks, ao_loc, desc, progress):
     of at most :data:`BATCH_DOUBLES` block doubles; a progress bar over the
     quartets after :data:`~pyscf_fusionrcg.options.PROGRESS_DELAY_S` unless
     ``progress`` is off."""
-    with tqdm(total=sum(len(t) for t in tasks), desc=desc, unit="quartet", unit_scale=True,
+    total = sum(len(t) for t in tasks) if isinstance(tasks, (list, tuple)) else None    # else read once
+    with tqdm(total=total, desc=desc, unit="quartet", unit_scale=True,
               delay=PROGRESS_DELAY_S, leave=False, disable=not progress) as bar:
         for t in tasks:
             blk = np.prod([ao_loc[s + 1] - ao_loc[s] for s in to_host(t.quartets[:1])[0]])
@@ -84,7 +85,7 @@ def digest_j(mol, dms, tasks, j_engine, progress=Options.progress):
 
 
 def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, progress=Options.progress,
-             share=None):
+             share=None, tasks=None):
     """J of ``dm`` ((nao, nao) or (n, nao, nao), NumPy or CuPy) through a J
     engine, shaped as ``dm`` and NumPy or CuPy as ``dm``: the task lists of
     the density screened for J in the engine's array module (:func:`build_tasks`
@@ -92,15 +93,20 @@ def engine_j(mol, dm, j_engine, omega=0.0, direct_scf_tol=1e-13, q_cond=None, pr
     the host path's), digested by :func:`digest_j` there.  A complex density
     is built as its real and imaginary parts.  ``share``: a
     :class:`~pyscf_fusionrcg.distributed.Share`, whose part of each class
-    alone is digested (J of a build shared by ranks or GPUs)."""
+    alone is digested (J of a build shared by ranks or GPUs).  ``tasks``: the
+    screened quartets (ClassTasks, any iterable, read once) instead of
+    screening here, for a real density (a kept plan restricted to it)."""
     xp = getattr(j_engine, "xp", np)
     if dm.dtype.kind == "c":
+        if tasks is not None:
+            raise ValueError("a complex density is built as two real ones: screen it here (tasks=None)")
         args = (j_engine, omega, direct_scf_tol, q_cond, progress, share)
         return engine_j(mol, dm.real, *args) + 1j * engine_j(mol, dm.imag, *args)
     host_in = not on_gpu(dm)
     shape = dm.shape
     dms = xp.asarray(dm, dtype=np.float64).reshape(-1, shape[-2], shape[-1])
-    tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, True, False, xp=xp)
+    if tasks is None:
+        tasks = build_tasks(mol, dms, omega, direct_scf_tol, q_cond, True, False, xp=xp)
     if share is not None:
         tasks = list(share(tasks))
     vj = digest_j(mol, dms, tasks, j_engine, progress).reshape(shape)

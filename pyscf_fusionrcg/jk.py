@@ -29,8 +29,8 @@ from pyscf_fusionrcg.distributed import (ProgramCost, Share, as_reducer, device_
                                          part_devices, split_tasks, summed)
 from pyscf_fusionrcg.jdigest import batches, digest_j, engine_j, scatter
 from pyscf_fusionrcg.options import DEVICES_NEED_GPU, Options, from_env
-from pyscf_fusionrcg.screening import (build_tasks, iter_tasks, on_gpu, schwarz_bounds, schwarz_candidates,
-                                       shell_density_max, to_host)
+from pyscf_fusionrcg.screening import (ClassTasks, build_tasks, iter_tasks, on_gpu, schwarz_bounds,
+                                       schwarz_candidates, shell_density_max, to_host)
 
 #: Whether this process has said what the host path is for (:func:`cpu_engine`).
 _host_path_noted = False
@@ -327,13 +327,7 @@ class JKContext:
         screened on the GPU as the build reaches them."""
         mol, omega, ranks = self.mol, self.omega, self.reducer
         if with_j and not with_k and self.options.j_engine == "on":
-            dm, parts, q_cond = ranks.broadcast(dm), self.gpu_parts(), self.q_cond
-
-            def build_j(part):
-                return engine_j(mol, on_device(dm, part.device), part.j_engine(), omega, direct_scf_tol, q_cond,
-                                part.options.progress, part.share)
-            vj = on_parts(parts, build_j)
-            return ranks.sum(summed(vj, dm.device.id if on_gpu(dm) else None)), None
+            return self._engine_j(ranks.broadcast(dm), direct_scf_tol), None
         get_jk_gpu = _gpu_get_jk()
         import cupy
         parts, q_cond = self.gpu_parts(), self.q_cond      # made before the parts' threads
@@ -358,6 +352,33 @@ class JKContext:
         out = [ranks.sum(summed([b[n] for b in built], dms.device.id)) for n in (0, 1)]
         out = [None if v is None else v.reshape(shape) for v in out]
         return tuple(to_host(v) if host_in and v is not None else v for v in out)
+
+    def _engine_j(self, dm, direct_scf_tol):
+        """J alone through each GPU part's J engine
+        (:func:`~pyscf_fusionrcg.jdigest.engine_j`), summed as :meth:`_gpu_jk`
+        sums: from the part's kept plan restricted to the blocks J reads where
+        the engine runs on the GPU, plans are kept (:meth:`_keep_plans`) and
+        the density is real (its plan is read once a build), else from the
+        density screened for J anew and cut by the part's share."""
+        mol, omega, parts, q_cond = self.mol, self.omega, self.gpu_parts(), self.q_cond
+        with device_scope(parts[0].device):
+            on_the_gpu = getattr(parts[0].j_engine(), "xp", np) is not np    # NumPy: an emulated engine
+        planned, dcond = False, None
+        if on_the_gpu and self.keep_plan and dm.dtype.kind != "c":
+            import cupy
+            dms = cupy.asarray(dm)
+            dcond = shell_density_max(mol, dms.reshape(-1, dms.shape[-2], dms.shape[-1]))
+            planned = self._keep_plans(parts, dcond, direct_scf_tol)
+
+        def build_j(part):
+            tasks = None
+            if planned:
+                kept = part.plan.restricted(on_device(dcond, part.device), True, False)
+                tasks = (ClassTasks(c.key, c.nctr, c.quartets) for c in kept)
+            return engine_j(mol, on_device(dm, part.device), part.j_engine(), omega, direct_scf_tol, q_cond,
+                            part.options.progress, None if planned else part.share, tasks)
+        vj = on_parts(parts, build_j)
+        return self.reducer.sum(summed(vj, dm.device.id if on_gpu(dm) else None))
 
     def _keep_plans(self, parts, dcond, direct_scf_tol) -> bool:
         """Whether a build runs on the parts' kept plans (each part's share of
