@@ -37,5 +37,11 @@ if [ $bench -eq 1 ]; then
   step bench-scf 1500 python3 benchmarks/scf_vs_gpu4pyscf.py $quick
   step bench-grad 1500 python3 benchmarks/grad_vs_gpu4pyscf.py $quick
   step bench-jk-breakdown 300 python3 benchmarks/rcg_jk_breakdown.py
+  step bench-scaling-projection 120 python3 benchmarks/scaling.py --project
+  if [ "$(python3 -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>/dev/null || echo 0)" -ge 2 ]; then
+    step bench-scaling 1800 python3 benchmarks/scaling.py $quick
+  else
+    echo "=== bench-scaling: skipped (needs 2 GPUs or more)"
+  fi
 fi
 exit $status
