@@ -17,6 +17,7 @@ from pyscf_fusionrcg import scf as plugin
 from pyscf_fusionrcg.grad import DerivativeContext, _FusionRCGGrad, fusionrcg_gradients
 from pyscf_fusionrcg.options import Options, from_env
 from pyscf_fusionrcg.scf import fusionrcg
+from test_gpu_jk import vitamin_c
 from test_scf_plugin import METHODS as SCF_METHODS
 
 H2O = "O 0 0 0.117; H 0.05 0.757 -0.469; H 0 -0.757 -0.48"
@@ -314,4 +315,35 @@ def test_gpu_gradients_equal_gpu4pyscf_on_its_objects(method):
     ref = mf.nuc_grad_method().kernel()
     g = mf.apply(fusionrcg, backend="gpu", progress=False, gpu_gradients=True).nuc_grad_method()
     assert isinstance(g, fgrad._FusionRCGGpu4pyscfGrad)
+    assert np.abs(g.kernel() - ref).max() < G_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("basis", ["def2-TZVP", "def2-QZVP"])
+def test_gpu_gradients_of_vitamin_c_equal_gpu4pyscf(basis):
+    """The issue's molecule: GPU4PySCF's converged RHF, its gradient with
+    FusionRCG's two-electron part against GPU4PySCF's own."""
+    pytest.importorskip("gpu4pyscf")
+    mf = scf.RHF(vitamin_c(basis)).to_gpu()
+    mf.conv_tol = 1e-10
+    mf.kernel()
+    assert mf.converged
+    ref = mf.nuc_grad_method().kernel()
+    g = mf.apply(fusionrcg, backend="gpu", progress=False, gpu_gradients=True).nuc_grad_method().kernel()
+    ref, g = (x.get() if hasattr(x, "get") else np.asarray(x) for x in (ref, g))
+    assert np.abs(g - ref).max() < G_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_gradients_with_cc_pv5z_equal_pyscf():
+    """h shells on the GPU, where GPU4PySCF's gradients refuse: water cc-pV5Z,
+    converged with FusionRCG's GPU J/K, against PySCF's own gradient."""
+    mf = fusionrcg(scf.RHF(gto.M(atom=H2O, basis="cc-pV5Z", verbose=0)), backend="gpu", progress=False)
+    mf.conv_tol = 1e-10
+    mf.kernel()
+    assert mf.converged
+    ref = mf.undo_fusionrcg().nuc_grad_method().kernel()
+    g = fusionrcg(mf.undo_fusionrcg(), backend="gpu", progress=False, gpu_gradients=True).nuc_grad_method()
     assert np.abs(g.kernel() - ref).max() < G_TOL
