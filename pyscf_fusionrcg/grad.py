@@ -103,9 +103,12 @@ class DerivativeContext(JKContext):
         quartets that screening for the densities ``dms`` keeps, in batches
         of at most ``BATCH_DOUBLES`` doubles (``_DEVICE_BATCH_DOUBLES`` on
         the GPU); without ``one_centre``, none whose four shells sit on one
-        atom.  ``on_device``: the GPU engine's blocks stay CuPy arrays."""
-        tasks = build_tasks(self.mol, dms, self.omega, tol, self.q_cond, with_j, with_k)
-        ao_loc, atom = self.mol.ao_loc, self.mol._bas[:, gto.ATOM_OF]
+        atom.  ``on_device`` (GPU path): the densities are screened, and
+        the quartets, degeneracies and blocks kept, on the device (CuPy);
+        else all three are NumPy."""
+        xp = _array_module(self.backend) if on_device else np
+        tasks = build_tasks(self.mol, xp.asarray(dms), self.omega, tol, self.q_cond, with_j, with_k, xp=xp)
+        ao_loc, atom = self.mol.ao_loc, xp.asarray(self.mol._bas[:, gto.ATOM_OF])
         gpu = self.backend == "gpu"
         blocks = (partial(self.engine.derivative_blocks, as_cupy=on_device) if gpu
                   else self.engine.derivative_blocks)
@@ -117,11 +120,11 @@ class DerivativeContext(JKContext):
                 quartets, degeneracy = t.quartets.astype(np.intp), t.degeneracy
                 if not one_centre:
                     keep = (atom[quartets] != atom[quartets[:, :1]]).any(axis=1)
-                    bar.update(len(t) - int(keep.sum()))
                     quartets, degeneracy = quartets[keep], degeneracy[keep]
+                    bar.update(len(t) - len(quartets))
                 if not len(quartets):
                     continue
-                blk = 9 * np.prod([ao_loc[s + 1] - ao_loc[s] for s in quartets[0]])
+                blk = 9 * np.prod([ao_loc[s + 1] - ao_loc[s] for s in to_host(quartets[:1])[0]])
                 step = max(1, batch // int(blk))
                 for i0 in range(0, len(quartets), step):
                     shls = quartets[i0:i0 + step]
@@ -134,26 +137,26 @@ class DerivativeContext(JKContext):
         NumPy or CuPy, symmetrised here): ``j_factor = 1, k_factor = 1/2`` for
         RHF's total density, ``1, 1`` for UHF's alpha and beta, ``0, k`` for a
         K term alone (a range-separated functional's long-range exchange).
-        On the GPU path the contraction runs on the device."""
+        On the GPU path the screening, the contraction and the sums per atom
+        run on the device, and the forces come to the host once."""
         mol = self.mol
         dms = to_host(_density_array(mol, dms)).astype(np.float64).reshape(-1, mol.nao, mol.nao)
         dms = (dms + dms.transpose(0, 2, 1)) * 0.5
-        de = np.zeros((mol.natm, 3))
         with_j, with_k = j_factor != 0, k_factor != 0
         if not (with_j or with_k):
-            return de
+            return np.zeros((mol.natm, 3))
         dt = dms.sum(axis=0, keepdims=True)
-        atom = mol._bas[:, gto.ATOM_OF]
-        ao_loc = mol.ao_loc
         xp = _array_module(self.backend)
+        atom, ao_loc = xp.asarray(mol._bas[:, gto.ATOM_OF]), xp.asarray(mol.ao_loc)
         dms_x, dt_x = xp.asarray(dms), xp.asarray(dt)
+        de = xp.zeros(mol.natm * 3)
         # screened for the spin densities and their sum (which J reads); a
         # quartet on one atom moves rigidly with it: its derivatives cancel
         batches = self._batches(np.concatenate([dms, dt]), tol, with_j, with_k, "forces",
                                 one_centre=False, on_device=True)
         for shls, deg, g in batches:
             n = len(shls)
-            ia, ib, ic, id_ = (xp.asarray(ao_loc[shls[:, x], None] + np.arange(g.shape[3 + x])) for x in range(4))
+            ia, ib, ic, id_ = (ao_loc[shls[:, x], None] + xp.arange(g.shape[3 + x]) for x in range(4))
             gam = xp.zeros((n,) + g.shape[3:])
             if with_j:
                 gam += (4 * j_factor) * xp.einsum('nab,ncd->nabcd', _gather(dt_x, ia, ib)[0],
@@ -163,10 +166,11 @@ class DerivativeContext(JKContext):
                     xp.einsum('snac,snbd->nabcd', _gather(dms_x, ia, ic), _gather(dms_x, ib, id_))
                     + xp.einsum('snad,snbc->nabcd', _gather(dms_x, ia, id_), _gather(dms_x, ib, ic)))
             gam *= xp.asarray(deg, dtype=np.float64)[:, None, None, None, None]
-            f = to_host(xp.einsum('nkb,nb->nk', g.reshape(n, 9, -1), gam.reshape(n, -1))).reshape(n, 3, 3)
-            f = np.concatenate([f, -f.sum(axis=1, keepdims=True)], axis=1)   # d/dD
-            np.add.at(de, atom[shls], f)
-        return de
+            f = xp.einsum('nkb,nb->nk', g.reshape(n, 9, -1), gam.reshape(n, -1)).reshape(n, 3, 3)
+            f = xp.concatenate([f, -f.sum(axis=1, keepdims=True)], axis=1)   # d/dD
+            rows = (atom[shls][:, :, None] * 3 + xp.arange(3)).ravel()
+            de += xp.bincount(rows, weights=f.ravel(), minlength=mol.natm * 3)
+        return to_host(de).reshape(mol.natm, 3)
 
     def jk(self, dm, with_j=True, with_k=True, tol=1e-13):
         """PySCF's derivative matrices (see the module docstring) of ``dm``
