@@ -494,10 +494,13 @@ class GPUEngine:
         order by ``kernel_of(ls, nctr)``'s kernel; ``caller`` names the
         method in errors."""
         cp = _cupy()
-        shls = np.asarray(shls.get() if hasattr(shls, 'get') else shls, dtype=np.int32).reshape(-1, 4)
+        shls = cp.asarray(shls, dtype=cp.int32).reshape(-1, 4)    # quartets on the device stay there
         if len(shls) == 0:
             raise ValueError(f'{caller} needs at least one quartet')
-        ls, nctr = _class_of(self.mol, shls)
+        keys = self.basis.l_nctr[shls]
+        if not bool((keys == keys[:1]).all()):
+            _class_of(self.mol, shls.get())     # says which differs
+        ls, nctr = _class_of(self.mol, shls[:1].get())
         kern = kernel_of(ls, nctr)
         dims = host._block_shape(kern.program.shape, nctr)
         oriented, swap_bra, swap_ket = orient(self.basis, shls)
