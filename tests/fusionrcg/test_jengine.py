@@ -225,3 +225,23 @@ def test_j_programs_made_on_threads_at_once_are_those_of_one(monkeypatch):
         for a, b in ((prog.prim, want.prim), (prog.ctr, want.ctr)):
             assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("kind", "dst", "src", "coef"))
         assert np.array_equal(prog.density, want.density) and np.array_equal(prog.target, want.target)
+
+
+def test_engine_j_takes_screened_tasks_read_once():
+    """engine_j with ``tasks`` (as a kept plan hands them, an iterable read
+    once) gives the J of screening the density itself; a complex density,
+    built as two real ones, refuses them."""
+    from pyscf_fusionrcg.jdigest import engine_j
+    from pyscf_fusionrcg.jk import cpu_engine
+    mol = gto.M(verbose=0, atom=H2O, basis="6-31g*")
+    dm = _dms(mol.nao, nset=1)[0]
+    dm = dm + dm.T
+    engine = jengine.HostJEngine(cpu_engine(mol, 0.0))
+    screened = engine_j(mol, dm, engine, progress=False)
+    tasks = build_tasks(mol, dm, 0.0, 1e-13, None, True, False)
+    given = engine_j(mol, dm, engine, progress=False, tasks=(t for t in tasks))
+    np.testing.assert_allclose(given, screened, atol=1e-14, rtol=0)
+    ref, _ = scf.hf.get_jk(mol, dm, with_k=False)
+    np.testing.assert_allclose(given, ref, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="complex"):
+        engine_j(mol, dm + 0.5j * dm, engine, progress=False, tasks=iter(tasks))
