@@ -9,8 +9,9 @@ Measured, in one process on the GPUs of one machine (``Options.devices``,
   ``--density converged`` the RHF converged on every GPU) with the GPU path's
   builds shared by the first n GPUs, n = 1, 2, 4, 8 up to what the machine
   has: median wall of ``--repeat`` builds after an untimed one, the largest
-  difference of J and K from one GPU's, and the parallel efficiency
-  ``t_1 / (n t_n)``;
+  difference of J and K from one GPU's, the parallel efficiency
+  ``t_1 / (n t_n)``, and the load imbalance of one more build (each GPU's
+  own time: the slowest over the mean, less one);
 * ``scf`` (``--scf``): the whole RHF from the guess on n GPUs;
 * ``md``: ``--replicas-per-gpu`` replicas of the shipped ``cg-demo`` model on
   each of n GPUs (fused kernels), steps per second and ``rate_n / (n rate_1)``.
@@ -209,6 +210,28 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return sorted(times)[len(times) // 2], out
 
 
+def part_seconds(context, dm) -> list:
+    """Each GPU part's own seconds in one build of ``context``: its
+    ``get_jk_gpu`` call until its GPU is done (the parts run on threads)."""
+    import cupy
+
+    from pyscf_fusionrcg import gpu_jk
+    plain, seconds = gpu_jk.get_jk_gpu, []
+
+    def timed_part(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = plain(*args, **kwargs)
+        cupy.cuda.Device().synchronize()
+        seconds.append(time.perf_counter() - t0)
+        return out
+    gpu_jk.get_jk_gpu = timed_part
+    try:
+        context.get_jk(dm)
+    finally:
+        gpu_jk.get_jk_gpu = plain
+    return seconds
+
+
 def density(case, mol, args, gpus):
     """The case's density on the GPU: the minao guess, or the RHF converged with every GPU."""
     import cupy
@@ -244,8 +267,10 @@ def build_rows(case, args, gpus) -> list[dict]:
         vj, vk = cupy.asnumpy(vj), cupy.asnumpy(vk)
         if ref is None:
             ref = (vj, vk)
+        parts = part_seconds(context, dm)
         row = dict(case=case.name, nao=mol.nao, task="J+K", gpus=n, seconds=t,
-                   max_abs_diff=float(max(np.abs(vj - ref[0]).max(), np.abs(vk - ref[1]).max())))
+                   max_abs_diff=float(max(np.abs(vj - ref[0]).max(), np.abs(vk - ref[1]).max())),
+                   slowest_part_s=max(parts), imbalance=max(parts) / (sum(parts) / len(parts)) - 1)
         rows.append(row)
         if args.scf:
             mf = fusionrcg(scf.RHF(mol), backend="gpu", progress=False, devices=list(range(n)))
@@ -316,11 +341,13 @@ def main(argv=None):
 
     def save():
         return write_results(args.name or NAME, records, meta, title="J/K, SCF and replica MD over GPUs",
-                             columns=["case", "nao", "task", "gpus", "seconds", "efficiency", "max_abs_diff",
-                                      "replica_steps_per_s", "e_tot", "converged"],
+                             columns=["case", "nao", "task", "gpus", "seconds", "efficiency", "slowest_part_s",
+                                      "imbalance", "max_abs_diff", "replica_steps_per_s", "e_tot", "converged"],
                              notes="Strong scaling of J+K builds (median wall) and RHF, weak scaling of "
-                             "replica MD; efficiency against the first GPU alone; max_abs_diff of J and K "
-                             "from one GPU's." + ("" if meta["complete"] else " Incomplete run."),
+                             "replica MD; efficiency against the first GPU alone; slowest_part_s and "
+                             "imbalance (slowest / mean - 1) from each GPU's own time in one more build; "
+                             "max_abs_diff of J and K from one GPU's."
+                             + ("" if meta["complete"] else " Incomplete run."),
                              directory=args.results_dir)
     for case in args.selected:
         for row in build_rows(case, args, gpus):
