@@ -165,15 +165,23 @@ def markdown_table(records: list[dict], columns: list[str] | None = None) -> str
     return "\n".join(lines)
 
 
+#: What the notes of a run stopped part way (``meta["complete"]`` False) end with.
+INCOMPLETE = "Incomplete run: the cases stop part way."
+
+
 def write_results(name: str, records: list[dict], meta: dict | None = None, *, title: str | None = None,
                   columns: list[str] | None = None, notes: str | None = None,
                   directory: Path | None = None) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` under ``benchmarks/results/`` (or ``directory``).
 
     ``records``: one dict per row (numbers, strings, None). ``meta``: defaults to
-    :func:`environment_meta`. Returns the two paths.
+    :func:`environment_meta`; a run that rewrites its results after each case
+    sets ``meta["complete"]`` False until its last, and the notes then say the
+    run is incomplete. Returns the two paths.
     """
     meta = environment_meta() if meta is None else meta
+    if meta.get("complete") is False:
+        notes = f"{notes} {INCOMPLETE}" if notes else INCOMPLETE
     directory = RESULTS_DIR if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"

