@@ -224,25 +224,17 @@ def _midpoints(tasks, size, cost):
     return xp, mid, xp.asarray(starts, dtype=mid.dtype)
 
 
-def task_owners(tasks, size, cost=block_cost) -> list:
-    """For each task of ``tasks`` (:class:`~pyscf_fusionrcg.screening.ClassTasks`,
-    or anything with a ``key``, ``nctr`` and ``quartets``, NumPy or CuPy) the
-    rank (0 .. size-1) of each of its quartets: the task list in order, cut
-    where the running estimated cost (``cost(task)``: one number per quartet)
-    passes a multiple of total / size, each quartet going to the rank its
-    cost midpoint falls in.  Each rank's estimated cost is then within one
-    quartet's of total / size.  In the costs' array module."""
-    xp, mid, starts = _midpoints(tasks, size, cost)
-    owner = xp.searchsorted(starts, mid, side="right")
-    return xp.split(owner, np.cumsum([len(t) for t in tasks])[:-1].tolist())
-
-
 def split_tasks(tasks, rank, size, cost=block_cost) -> list:
-    """Rank ``rank``'s share of ``tasks`` out of ``size`` ranks
-    (:func:`task_owners`): the run of each task it owns, in order, as the task
-    with those quartets (``dataclasses.replace``).  Every rank that calls this
-    with the same tasks gets its own part, and the parts of ranks 0 .. size-1
-    partition the list.  CuPy quartets are cut with one read by the host."""
+    """Rank ``rank``'s share of ``tasks`` (:class:`~pyscf_fusionrcg.screening.ClassTasks`,
+    or anything with a ``key``, ``nctr`` and ``quartets``, NumPy or CuPy) out
+    of ``size`` ranks: the task list in order, cut where the running
+    estimated cost (``cost(task)``: one number per quartet) passes a multiple
+    of total / size, each quartet going to the rank its cost midpoint falls
+    in, so that each rank's estimated cost is within one quartet's of total /
+    size.  Returned as the run of each task the rank owns, in order, as the
+    task with those quartets (``dataclasses.replace``).  Every rank that calls
+    this with the same tasks gets its own part, and the parts of ranks 0 ..
+    size-1 partition the list.  CuPy quartets are cut with one read by the host."""
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not one of {size} ranks")
     tasks = list(tasks)

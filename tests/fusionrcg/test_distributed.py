@@ -8,8 +8,7 @@ import pytest
 from pyscf import gto, scf
 
 from pyscf_fusionrcg import fusionrcg
-from pyscf_fusionrcg.distributed import (ProgramCost, Reducer, Share, as_reducer, block_cost, split_tasks,
-                                         task_owners)
+from pyscf_fusionrcg.distributed import ProgramCost, Reducer, Share, as_reducer, block_cost, split_tasks
 from pyscf_fusionrcg.jk import JKContext
 from pyscf_fusionrcg.screening import build_tasks, iter_tasks
 
@@ -28,6 +27,14 @@ def _rows(tasks):
     return [(t.key, t.nctr, *map(int, q)) for t in tasks for q in t.quartets]
 
 
+def _owners(tasks, size, cost):
+    """The rank of each quartet of the task list, from split_tasks' shares
+    (which, rank after rank, are the list in order)."""
+    shares = [split_tasks(tasks, rank, size, cost) for rank in range(size)]
+    assert sum((_rows(s) for s in shares), []) == _rows(tasks)
+    return np.concatenate([np.full(sum(len(t) for t in s), rank, dtype=np.int64) for rank, s in enumerate(shares)])
+
+
 @pytest.mark.parametrize("size", [2, 3, 7])
 def test_the_shares_partition_the_task_list(dimer, size):
     tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
@@ -43,7 +50,7 @@ def test_the_shares_have_equal_estimated_costs(dimer, cost):
     cost = ProgramCost(dimer) if cost == "host" else cost
     tasks = build_tasks(dimer, np.eye(dimer.nao)[None])
     size = 3
-    owners = np.concatenate(task_owners(tasks, size, cost))
+    owners = _owners(tasks, size, cost)
     costs = np.concatenate([cost(t) for t in tasks])
     per_rank = np.bincount(owners, weights=costs, minlength=size)
     assert np.abs(per_rank - costs.sum() / size).max() <= costs.max()
@@ -100,7 +107,7 @@ def test_integer_costs_are_cut_exactly(dimer, size):
         mid = Fraction(2 * running + c, 2)
         want.append(min(int(mid * size / total), size - 1))
         running += c
-    assert np.concatenate(task_owners(tasks, size, cost)).tolist() == want
+    assert _owners(tasks, size, cost).tolist() == want
 
 
 def test_a_share_cuts_every_chunk_of_a_stream(dimer):
