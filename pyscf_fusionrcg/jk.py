@@ -248,8 +248,9 @@ class JKContext:
 
     @property
     def plan(self):
-        """The kept ``gpu_jk.JKPlan`` (the first GPU part's: every part keeps
-        the same quartets); None before a GPU build, or when the builds stream."""
+        """The first GPU part's kept ``gpu_jk.JKPlan`` (its share of the
+        screened quartets; the whole plan when one part serves the builds);
+        None before a GPU build, or when the builds stream."""
         return self._parts[0].plan if self._parts else None
 
     def gpu_parts(self) -> list:
@@ -335,8 +336,7 @@ class JKContext:
         dms = cupy.asarray(ranks.broadcast(dm))
         shape = dms.shape
         dms = dms.reshape(-1, shape[-2], shape[-1])
-        dcond = shell_density_max(mol, dms)     # on the GPU, once per build
-        planned = self.keep_plan and self._keep_plans(parts, dcond, direct_scf_tol)
+        dcond, planned = self._plan_for(parts, dms, direct_scf_tol)
 
         def build(part):
             d, block_max = on_device(dms, part.device), on_device(dcond, part.device)
@@ -364,11 +364,10 @@ class JKContext:
         with device_scope(parts[0].device):
             on_the_gpu = getattr(parts[0].j_engine(), "xp", np) is not np    # NumPy: an emulated engine
         planned, dcond = False, None
-        if on_the_gpu and self.keep_plan and dm.dtype.kind != "c":
+        if on_the_gpu and self.keep_plan and dm.dtype.kind != "c":     # else no plan to read
             import cupy
             dms = cupy.asarray(dm)
-            dcond = shell_density_max(mol, dms.reshape(-1, dms.shape[-2], dms.shape[-1]))
-            planned = self._keep_plans(parts, dcond, direct_scf_tol)
+            dcond, planned = self._plan_for(parts, dms.reshape(-1, dms.shape[-2], dms.shape[-1]), direct_scf_tol)
 
         def build_j(part):
             tasks = None
@@ -379,6 +378,14 @@ class JKContext:
                             part.options.progress, None if planned else part.share, tasks)
         vj = on_parts(parts, build_j)
         return self.reducer.sum(summed(vj, dm.device.id if on_gpu(dm) else None))
+
+    def _plan_for(self, parts, dms, direct_scf_tol):
+        """``(dcond, planned)`` of a build of the CuPy densities ``dms`` (nset,
+        nao, nao): their shell blocks' maxima, on the GPU once per build, and
+        whether the build runs on the parts' kept plans (never for a context
+        made with ``keep_plan=False``; else :meth:`_keep_plans`)."""
+        dcond = shell_density_max(self.mol, dms)
+        return dcond, self.keep_plan and self._keep_plans(parts, dcond, direct_scf_tol)
 
     def _keep_plans(self, parts, dcond, direct_scf_tol) -> bool:
         """Whether a build runs on the parts' kept plans (each part's share of
