@@ -54,9 +54,9 @@ _HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # _common, and the package when not installed
 
 from _common import (RESULTS_DIR, environment_meta, gpu_or_none, molecules_dir, select_cases,  # noqa: E402
-                     sync_gpu, write_results)
+                     timed_once, write_results)
 from scf_vs_gpu4pyscf import CASES as SCF_CASES  # noqa: E402
-from scf_vs_gpu4pyscf import build_mol  # noqa: E402
+from scf_vs_gpu4pyscf import build_mol, time_build  # noqa: E402
 
 NAME = "scaling"
 CASES = {name: SCF_CASES[name] for name in ("vitc-def2-tzvp", "vitc-def2-qzvp", "water20-def2-qzvp",
@@ -197,19 +197,6 @@ def run_projection(args) -> int:
 
 # ---------------------------------------------------------------- measurement
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    """Median wall seconds of ``repeat`` calls after an untimed one, and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        sync_gpu()
-        t0 = time.perf_counter()
-        out = fn()
-        sync_gpu()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], out
-
-
 def part_seconds(context, dm) -> list:
     """Each GPU part's own seconds in one build of ``context``: its
     ``get_jk_gpu`` call until its GPU is done (the parts run on threads)."""
@@ -263,7 +250,7 @@ def build_rows(case, args, gpus) -> list[dict]:
     rows, ref, base = [], None, {}
     for n in [c for c in GPU_COUNTS if c <= gpus]:
         context = JKContext(mol, backend="gpu", options=Options(progress=False, devices=tuple(range(n))))
-        t, (vj, vk) = timed(partial(context.get_jk, dm), args.repeat)
+        t, (vj, vk) = time_build(partial(context.get_jk, dm), args.repeat)
         vj, vk = cupy.asnumpy(vj), cupy.asnumpy(vk)
         if ref is None:
             ref = (vj, vk)
@@ -275,7 +262,7 @@ def build_rows(case, args, gpus) -> list[dict]:
         if args.scf:
             mf = fusionrcg(scf.RHF(mol), backend="gpu", progress=False, devices=list(range(n)))
             mf.verbose = 0
-            t_scf, _ = timed(mf.kernel, 0)
+            t_scf, _ = timed_once(mf.kernel)     # its kernels compiled by the builds above
             rows.append(dict(case=case.name, nao=mol.nao, task="RHF", gpus=n, seconds=t_scf,
                              e_tot=float(mf.e_tot), converged=bool(mf.converged)))
         del context
@@ -298,11 +285,7 @@ def md_rows(args, gpus) -> list[dict]:
         kw = dict(steps=args.md_steps, devices=[f"cuda:{i}" for i in range(n)], backend="fused", seed=1,
                   progress=False)
         run_replicas(model, atoms, replicas, **{**kw, "steps": 10})     # compile and capture, untimed
-        sync_gpu()
-        t0 = time.perf_counter()
-        run_replicas(model, atoms, replicas, **kw)
-        sync_gpu()
-        seconds = time.perf_counter() - t0
+        seconds, _ = timed_once(partial(run_replicas, model, atoms, replicas, **kw))
         rate = replicas * args.md_steps / seconds
         base = rate if base is None else base
         rows.append(dict(case="cg-demo replica MD", task=f"{args.replicas_per_gpu} replicas/GPU", gpus=n,
