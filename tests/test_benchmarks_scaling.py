@@ -93,3 +93,20 @@ def test_dry_run(bench, capsys):
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a usable GPU")
 def test_without_a_gpu_it_says_so(bench, refuses_without_gpu):
     refuses_without_gpu(bench.main, ["--quick"])
+
+
+def test_one_gpu_is_refused_with_the_way_out(bench, monkeypatch, capsys):
+    """Scaling needs two GPUs; with one the measured mode says so, points to
+    --project, and writes nothing."""
+    class OneGPU:
+        class cuda:
+            class runtime:
+                @staticmethod
+                def getDeviceCount():
+                    return 1
+    monkeypatch.setattr(bench, "gpu_or_none", lambda *names: OneGPU)
+    results = sorted((BENCH / "results").iterdir())
+    assert bench.main(["--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "has 1 GPU" in err and "needs 2 or more" in err and "--project" in err
+    assert sorted((BENCH / "results").iterdir()) == results
