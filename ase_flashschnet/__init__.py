@@ -3,6 +3,9 @@
     from ase_flashschnet import SchNet, load_model, FlashSchNetCalculator
     atoms.calc = FlashSchNetCalculator(model="path/or/name", device="auto", precision="fp32")
 
+``load_model`` reads a model file or a shipped model by name (``"cln025"``,
+the trained coarse-grained CLN025; ``ase_flashschnet.shipped``).
+
 Modules: ``model`` (the plain PyTorch reference, also the CPU path), ``neighbors``
 (CSR neighbour lists with a Verlet skin), ``fused`` (the fused CUDA kernels),
 ``calculator`` (the ASE calculator), ``md`` (batched multi-replica MD: ``run_replicas``
@@ -15,7 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SchNet": "ase_flashschnet.model",
-    "load_model": "ase_flashschnet.model",
+    "load_model": "ase_flashschnet.shipped",
     "FlashSchNetCalculator": "ase_flashschnet.calculator",
     "run_replicas": "ase_flashschnet.md",
     "MDConfig": "ase_flashschnet.md",

@@ -24,7 +24,6 @@ from ase.stress import full_3x3_to_voigt_6_stress
 import gpucore
 
 from . import shipped
-from .model import load_model
 from .neighbors import VerletNeighborList
 
 __all__ = ["FlashSchNetCalculator", "ForceEngine", "resolve_model", "resolve_device",
@@ -41,13 +40,7 @@ def resolve_model(model):
     of a shipped model (``ase_flashschnet.shipped``)."""
     if not isinstance(model, (str, os.PathLike)):
         return model
-    if os.path.exists(model):
-        return load_model(model)
-    try:
-        return shipped.get(str(model))
-    except KeyError:
-        raise FileNotFoundError(f"model {str(model)!r} is neither a model file nor a shipped model name "
-                                f"(shipped: {', '.join(shipped.names())})") from None
+    return shipped.load_model(model)
 
 
 def _parse_device(device) -> torch.device:

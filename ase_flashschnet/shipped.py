@@ -1,4 +1,13 @@
-"""Models that come with the package, built by code from a seed (no weight files).
+"""Models that come with the package: two built by code from a seed (no weight
+files) for speed and stability tests, and one trained model.
+
+``"cln025"``: the coarse-grained model of the miniprotein CLN025
+(``YYDPETGTWY``, one bead per residue at the C-alpha, bead codes by residue as
+in :data:`~ase_flashschnet.train.mapping.RESIDUE_TYPES`), trained by force
+matching on all-atom data by ``flashschnet-cln025`` and validated against it
+(model card: ``docs/cln025.md``). Its files are ``data/cln025.pt`` and
+``data/cln025.npz`` (the reference's most populated structure, beads of
+110 Da); :func:`~ase_flashschnet.train.cln025.export_model` writes them.
 
 ``"cg-demo"``: an UNTRAINED model of CGSchNet size (128 channels, 128
 filters, 3 interactions, 50 Gaussians, 10 A cutoff, tanh) for the 269-bead
@@ -17,13 +26,20 @@ chain; the examples and notebooks use it.
 
 from __future__ import annotations
 
+import os
+from importlib import resources
+
 import numpy as np
 from ase import Atoms
 
+from . import model as model_files
 from .model import SchNet
 from .priors import HarmonicAngles, HarmonicBonds, Repulsion
 
-__all__ = ["names", "get", "default_structure", "compact_chain"]
+__all__ = ["names", "get", "default_structure", "compact_chain", "load_model"]
+
+#: The folder of the trained models: NAME.pt (the model) and NAME.npz (the structure it is for).
+_DATA = resources.files(__package__) / "data"
 
 BEADS = ("N", "CA", "CB", "C", "O")
 BEAD_MASSES = (14.007, 12.011, 12.011, 12.011, 15.999)
@@ -104,17 +120,33 @@ def _cg_small():
     return model, chain
 
 
-_MODELS = {"cg-demo": _cg_demo, "cg-small": _cg_small}
+def _trained(name: str):
+    """A trained model and its structure from the package's data files."""
+    with resources.as_file(_DATA / f"{name}.pt") as path:
+        model = model_files.load_model(path).float()
+    with resources.as_file(_DATA / f"{name}.npz") as path, np.load(path) as arrays:
+        structure = Atoms(numbers=arrays["types"], positions=arrays["positions"], masses=arrays["masses"])
+    return model, structure
+
+
+_BUILT = {"cg-demo": _cg_demo, "cg-small": _cg_small}
+
+
+def _trained_names() -> list[str]:
+    entries = _DATA.iterdir() if _DATA.is_dir() else ()
+    return [entry.name[:-3] for entry in entries if entry.name.endswith(".pt")]
 
 
 def names() -> list[str]:
-    return sorted(_MODELS)
+    return sorted([*_BUILT, *_trained_names()])
 
 
 def _lookup(name: str):
-    if name not in _MODELS:
-        raise KeyError(f"no shipped model {name!r}; shipped models: {', '.join(names())}")
-    return _MODELS[name]()
+    if name in _BUILT:
+        return _BUILT[name]()
+    if name in _trained_names():
+        return _trained(name)
+    raise KeyError(f"no shipped model {name!r}; shipped models: {', '.join(names())}")
 
 
 def get(name: str) -> SchNet:
@@ -125,3 +157,18 @@ def get(name: str) -> SchNet:
 def default_structure(name: str) -> Atoms:
     """The structure a shipped model is made for (``KeyError`` if unknown)."""
     return _lookup(name)[1]
+
+
+def load_model(model, device="cpu") -> SchNet:
+    """A model from a file written by :meth:`SchNet.save` (in the dtype it was
+    saved in) or by the name of a shipped model (float32), on ``device``.
+
+    ``FileNotFoundError`` when ``model`` is neither an existing file nor a
+    shipped name; ``ValueError`` for a file that is not a valid model.
+    """
+    if os.path.exists(model):
+        return model_files.load_model(model, device)
+    if str(model) in names():
+        return get(str(model)).to(device)
+    raise FileNotFoundError(f"model {str(model)!r} is neither a model file nor a shipped model name "
+                            f"(shipped: {', '.join(names())})")

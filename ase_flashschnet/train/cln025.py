@@ -25,20 +25,24 @@ checks).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .checkpoint import CHECKPOINT_NAME
-from .cln025_validate import SUMMARY_NAME, ValidationMD, validate
+from .cln025_validate import BEAD_MASS_AMU, SUMMARY_NAME, ValidationMD, validate
 from .config import TrainConfig
 from .dataset import load_dataset
 from .pipeline import DONE, FAILED, PARTIAL, Manifest
 from .reference import DATASET_NAME, PLATFORMS, generate_reference
 from .trainer import MODEL_NAME, train
+from .validation import most_populated_structure
 
 __all__ = ["STAGES", "Sizes", "FULL", "QUICK", "StageResult", "run_stages", "REFERENCE_DIR", "TRAIN_DIR",
-           "VALIDATION_DIR"]
+           "VALIDATION_DIR", "export_model"]
 
 STAGES = ("reference", "train", "validate")
 REFERENCE_DIR, TRAIN_DIR, VALIDATION_DIR = "reference", "train", "validation"
@@ -203,3 +207,30 @@ def run_stages(out_dir, stage: str = "all", *, platform: str = "auto", quick: bo
         if status != DONE:
             break
     return results
+
+
+def export_model(out_dir, dest_dir, name: str = "cln025") -> tuple[Path, Path]:
+    """Copy a finished run's model to ``dest_dir/NAME.pt`` and write the structure
+    it starts from to ``dest_dir/NAME.npz``: how the package's shipped ``cln025``
+    (``ase_flashschnet/data/``) is made from a run of this pipeline.
+
+    The structure is the reference's most populated one
+    (:func:`~.validation.most_populated_structure`), with its bead ``types``
+    and ``bead_names``, every bead at :data:`~.cln025_validate.BEAD_MASS_AMU`,
+    and the reference's ``temperature_K``. Only a run whose three stages are
+    done is exported (``ValueError`` otherwise): a shipped model comes with its
+    validation.
+    """
+    out, dest = Path(out_dir), Path(dest_dir)
+    manifest = Manifest(out, None)
+    missing = [stage for stage in STAGES if not _done(manifest, out, stage)]
+    if missing:
+        raise ValueError(f"{out}: stage(s) {', '.join(missing)} not done; a model is exported after its validation")
+    dataset = load_dataset(out / REFERENCE_DIR / DATASET_NAME)
+    dest.mkdir(parents=True, exist_ok=True)
+    model_file, structure_file = dest / f"{name}.pt", dest / f"{name}.npz"
+    shutil.copyfile(out / TRAIN_DIR / MODEL_NAME, model_file)
+    np.savez(structure_file, positions=most_populated_structure(dataset.positions).astype(np.float64),
+             types=dataset.types, bead_names=dataset.bead_names,
+             masses=np.full(dataset.n_beads, BEAD_MASS_AMU), temperature_K=np.float64(dataset.temperature_K))
+    return model_file, structure_file

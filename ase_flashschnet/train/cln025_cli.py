@@ -4,6 +4,7 @@ its validation, on one GPU, in stages of at most 9 minutes each.
     flashschnet-cln025 cln025                      # every stage not done yet
     flashschnet-cln025 cln025 --stage reference    # one stage
     flashschnet-cln025 /tmp/smoke --quick --platform cpu
+    flashschnet-cln025 cln025 --export ase_flashschnet/data   # ship a validated run's model
 
 Stages (:mod:`.cln025`, ``docs/cln025.md``): ``reference`` (OpenMM all-atom
 runs mapped to C-alpha beads), ``train`` (priors and force matching),
@@ -24,7 +25,7 @@ from gpucore import GPUUnavailableError
 
 from ..md import SimulationError
 from ..model import UnknownElementError
-from .cln025 import STAGES, TIME_LIMIT_MINUTES, StageResult, run_stages
+from .cln025 import STAGES, TIME_LIMIT_MINUTES, StageResult, export_model, run_stages
 from .pipeline import MANIFEST_NAME
 from .reference import PLATFORMS
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT_MINUTES, metavar="MINUTES",
                    help="stop each stage at a point it can go on from once this much time has passed (0: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--export", metavar="DIR", help="run no stage: copy the finished run's model and the structure it "
+                   "starts from into DIR as cln025.pt and cln025.npz (the package's data folder ships them)")
     return p
 
 
@@ -70,6 +73,10 @@ def summary(results: list[StageResult], out_dir) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.export:
+            for path in export_model(args.out_dir, args.export):
+                print(f"wrote {path}")
+            return 0
         if args.time_limit < 0:
             raise ValueError(f"--time-limit must be >= 0 minutes (0: no limit), got {args.time_limit}")
         results = run_stages(args.out_dir, args.stage, platform=args.platform, quick=args.quick,

@@ -31,9 +31,10 @@ _FORMAT = "flashschnet-pipeline-v1"
 
 class Manifest:
     """``pipeline.json`` in ``out_dir``: read when it exists (checked against
-    ``sizes``), else empty; nothing is written before the first :meth:`record`."""
+    ``sizes`` unless that is None), else empty; nothing is written before the
+    first :meth:`record`."""
 
-    def __init__(self, out_dir, sizes: str):
+    def __init__(self, out_dir, sizes: str | None):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / MANIFEST_NAME
         if not self.path.is_file():
@@ -42,7 +43,7 @@ class Manifest:
         self.data = json.loads(self.path.read_text())
         if self.data.get("format") != _FORMAT:
             raise ValueError(f"{self.path} is not a stage manifest (format {self.data.get('format')!r})")
-        if self.data["sizes"] != sizes:
+        if sizes is not None and self.data["sizes"] != sizes:
             raise ValueError(f"{self.out_dir} holds a run of {self.data['sizes']} sizes, this call asks for "
                              f"{sizes} sizes: repeat the options the run started with, or use another folder")
 

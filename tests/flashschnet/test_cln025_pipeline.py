@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ase_flashschnet.model import load_model
 from ase_flashschnet.train.cln025 import STAGES
@@ -92,6 +93,34 @@ def test_all_stages_go_on_after_the_reference_stage(run, capsys, monkeypatch, be
     assert row["run"] == "reference-fp32" and row["folded_model"] == result["folded_fraction"]["model"]
     assert "Stage times: reference" in bench.notes(manifest, summary)
 
+    _export_ships_the_model(run, run.parent / "data", monkeypatch, capsys)
+
+
+def _export_ships_the_model(run, data, monkeypatch, capsys):
+    """--export writes what the package ships; shipped.load_model reads it by name."""
+    from ase_flashschnet import shipped
+    from ase_flashschnet.calculator import FlashSchNetCalculator
+    from ase_flashschnet.train.dataset import load_dataset
+    from ase_flashschnet.train.validation import most_populated_structure
+
+    assert main([str(run), "--export", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {data / 'cln025.pt'}", f"wrote {data / 'cln025.npz'}"]
+    monkeypatch.setattr(shipped, "_DATA", data)
+    assert "cln025" in shipped.names()
+    model, trained = shipped.load_model("cln025"), load_model(run / "train" / "model.pt")
+    structure = shipped.default_structure("cln025")
+    dataset = load_dataset(run / "reference" / "dataset.npz")
+    assert list(structure.numbers) == list(dataset.types) and set(structure.get_masses()) == {110.0}
+    assert np.allclose(structure.positions, most_populated_structure(dataset.positions))
+    for ours, theirs in zip(model.state_dict().values(), trained.state_dict().values()):
+        assert torch.equal(ours, theirs.float())
+    by_name, by_object = structure.copy(), structure.copy()
+    by_name.calc = FlashSchNetCalculator(model="cln025", device="cpu")
+    by_object.calc = FlashSchNetCalculator(model=trained.float(), device="cpu")
+    assert np.isfinite(by_name.get_forces()).all()
+    assert np.array_equal(by_name.get_forces(), by_object.get_forces())
+    assert by_name.get_potential_energy() == by_object.get_potential_energy()
+
 
 def test_a_stage_stopped_at_its_time_limit_goes_on_in_the_next_call(run, capsys):
     assert main([str(run), "--stage", "train", "--time-limit", "1e-9", *QUICK]) == 1
@@ -114,6 +143,12 @@ def test_a_stage_stopped_at_its_time_limit_goes_on_in_the_next_call(run, capsys)
     assert validate["status"] == "done" and validate["calls"] == 2
     summary = json.loads((run / "validation" / "summary.json").read_text())
     assert summary["runs"]["reference-fp32"]["frames_compared"] == 2 * 5
+
+
+def test_export_refuses_a_run_not_validated(run, tmp_path, capsys):
+    assert main([str(run), "--export", str(tmp_path / "data")]) == 2
+    assert "stage(s) train, validate not done; a model is exported after its validation" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
 def test_missing_inputs_name_the_stage_to_run_first(run, tmp_path, capsys):
