@@ -217,7 +217,9 @@ def export_model(out_dir, dest_dir, name: str = "cln025") -> tuple[Path, Path]:
     The structure is the reference's most populated one
     (:func:`~.validation.most_populated_structure`), with its bead ``types``
     and ``bead_names``, every bead at :data:`~.cln025_validate.BEAD_MASS_AMU`,
-    and the reference's ``temperature_K``. Only a run whose three stages are
+    and the reference's ``temperature_K``; ``reference_positions`` and
+    ``reference_trajectory`` are the reference's bead frames, for comparing a
+    model's runs with them (:func:`~.validation.compare`). Only a run whose three stages are
     done is exported (``ValueError`` otherwise): a shipped model comes with its
     validation.
     """
@@ -230,7 +232,10 @@ def export_model(out_dir, dest_dir, name: str = "cln025") -> tuple[Path, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     model_file, structure_file = dest / f"{name}.pt", dest / f"{name}.npz"
     shutil.copyfile(out / TRAIN_DIR / MODEL_NAME, model_file)
-    np.savez(structure_file, positions=most_populated_structure(dataset.positions).astype(np.float64),
-             types=dataset.types, bead_names=dataset.bead_names,
-             masses=np.full(dataset.n_beads, BEAD_MASS_AMU), temperature_K=np.float64(dataset.temperature_K))
+    np.savez_compressed(structure_file, positions=most_populated_structure(dataset.positions).astype(np.float64),
+                        types=dataset.types, bead_names=dataset.bead_names,
+                        masses=np.full(dataset.n_beads, BEAD_MASS_AMU),
+                        temperature_K=np.float64(dataset.temperature_K),
+                        reference_positions=dataset.positions.astype(np.float32),
+                        reference_trajectory=dataset.trajectory)
     return model_file, structure_file

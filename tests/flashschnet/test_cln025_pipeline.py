@@ -112,6 +112,10 @@ def _export_ships_the_model(run, data, monkeypatch, capsys):
     dataset = load_dataset(run / "reference" / "dataset.npz")
     assert list(structure.numbers) == list(dataset.types) and set(structure.get_masses()) == {110.0}
     assert np.allclose(structure.positions, most_populated_structure(dataset.positions))
+    with np.load(data / "cln025.npz") as shipped_arrays:
+        assert np.array_equal(shipped_arrays["reference_positions"], dataset.positions)
+        assert np.array_equal(shipped_arrays["reference_trajectory"], dataset.trajectory)
+        assert float(shipped_arrays["temperature_K"]) == dataset.temperature_K
     for ours, theirs in zip(model.state_dict().values(), trained.state_dict().values()):
         assert torch.equal(ours, theirs.float())
     by_name, by_object = structure.copy(), structure.copy()
