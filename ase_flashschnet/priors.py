@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HarmonicBonds", "HarmonicAngles", "Repulsion", "prior_from_config"]
+__all__ = ["HarmonicBonds", "HarmonicAngles", "Dihedrals", "Repulsion", "dihedral_angles", "prior_from_config"]
 
 
 def _per_item(value, n: int, name: str) -> Tensor:
@@ -104,6 +104,52 @@ class HarmonicAngles(_Bonded):
                 "theta0": self.theta0.tolist(), "n_atoms": self.n_atoms}
 
 
+def dihedral_angles(pos: Tensor, index: Tensor) -> Tensor:
+    """Dihedral angles (rad, in (-pi, pi]) of the quadruples ``index`` (T, 4) of
+    ``pos``: the angle between the planes (i, j, k) and (j, k, l), by atan2 of
+    its sine and cosine (IUPAC sign convention, as ASE's ``get_dihedral``; a
+    trans chain gives pi)."""
+    b1 = pos[index[:, 1]] - pos[index[:, 0]]
+    b2 = pos[index[:, 2]] - pos[index[:, 1]]
+    b3 = pos[index[:, 3]] - pos[index[:, 2]]
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    return torch.atan2(b2.norm(dim=1) * (b1 * n2).sum(dim=1), (n1 * n2).sum(dim=1))
+
+
+class Dihedrals(_Bonded):
+    """E = sum_n a_n cos(n phi) + b_n sin(n phi), n = 1..H, for each dihedral
+    ``(i, j, k, l)``: a periodic energy of H harmonics per term (``cos_terms``
+    and ``sin_terms`` of shape (terms, H), or one row for all), such as a
+    Boltzmann inversion of a dihedral's distribution gives. Needs bond angles
+    away from 0 and pi (where the dihedral is undefined), which the angle
+    prior provides."""
+
+    def __init__(self, dihedrals, cos_terms, sin_terms, n_atoms: int):
+        super().__init__(dihedrals, n_atoms, 4)
+        n = self.index.shape[0]
+        cos_terms = torch.as_tensor(cos_terms, dtype=torch.float64)
+        sin_terms = torch.as_tensor(sin_terms, dtype=torch.float64)
+        if cos_terms.ndim != 2 or cos_terms.shape != sin_terms.shape or cos_terms.shape[0] not in (1, n):
+            raise ValueError(f"cos_terms and sin_terms must both have shape (1 or {n}, harmonics), got "
+                             f"{tuple(cos_terms.shape)} and {tuple(sin_terms.shape)}")
+        self.register_buffer("cos_terms", cos_terms.expand(n, -1).clone(), persistent=False)
+        self.register_buffer("sin_terms", sin_terms.expand(n, -1).clone(), persistent=False)
+
+    def forward(self, types: Tensor, pos: Tensor, edge_src: Tensor, edge_dst: Tensor, edge_vec: Tensor) -> Tensor:
+        idx = _replicate(self.index, self.n_atoms, pos.shape[0])
+        reps = idx.shape[0] // max(self.index.shape[0], 1)
+        phi = dihedral_angles(pos, idx)
+        harmonics = torch.arange(1, self.cos_terms.shape[1] + 1, dtype=pos.dtype, device=pos.device)
+        angle = phi[:, None] * harmonics
+        energy = (self.cos_terms.to(pos.dtype).repeat(reps, 1) * torch.cos(angle)
+                  + self.sin_terms.to(pos.dtype).repeat(reps, 1) * torch.sin(angle)).sum(dim=1)
+        return _scatter_atoms(energy, idx, pos.shape[0])
+
+    def config(self) -> dict:
+        return {"kind": "Dihedrals", "dihedrals": self.index.tolist(), "cos_terms": self.cos_terms.tolist(),
+                "sin_terms": self.sin_terms.tolist(), "n_atoms": self.n_atoms}
+
+
 class Repulsion(nn.Module):
     """Non-bonded repulsion E = (sigma/r)^n - (sigma/rc)^n for pairs closer than rc.
 
@@ -160,7 +206,7 @@ class Repulsion(nn.Module):
                 "exclusions": self.exclusions.tolist(), "n_atoms": self.n_atoms}
 
 
-_KINDS = {cls.__name__: cls for cls in (HarmonicBonds, HarmonicAngles, Repulsion)}
+_KINDS = {cls.__name__: cls for cls in (HarmonicBonds, HarmonicAngles, Dihedrals, Repulsion)}
 
 
 def prior_from_config(config: dict) -> nn.Module:

@@ -28,7 +28,7 @@ import torch
 
 from .calculator import ForceEngine, check_periodic_cell
 from .neighbors import VerletNeighborList
-from .priors import HarmonicAngles, HarmonicBonds
+from .priors import Dihedrals, HarmonicAngles, HarmonicBonds
 
 try:
     from torch_sim.models.interface import ModelInterface
@@ -97,8 +97,8 @@ class FlashSchNetModel(ModelInterface):
         types = self.engine.types(numbers.cpu())
         priors = self.engine.reference.priors
         if bool(pbc.any()):
-            if any(isinstance(p, (HarmonicBonds, HarmonicAngles)) for p in priors):
-                raise ValueError("this model's bond/angle priors need unwrapped molecules, but TorchSim wraps "
+            if any(isinstance(p, (HarmonicBonds, HarmonicAngles, Dihedrals)) for p in priors):
+                raise ValueError("this model's bonded priors need unwrapped molecules, but TorchSim wraps "
                                  "periodic positions into the cell; use a non-periodic state (pbc=False)")
             pbc_np = pbc.cpu().numpy()
             for system, system_cell in enumerate(cell.detach().cpu().double().numpy()):

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-rbf", type=int, default=d.num_rbf, help="Gaussians of the distance expansion")
     p.add_argument("--activation", default=d.activation, help="tanh, ssp or silu")
     p.add_argument("--repulsion-cutoff", type=float, help="cutoff of the fitted repulsion, A (default: --cutoff)")
+    p.add_argument("--dihedral-harmonics", type=int, default=d.dihedral_harmonics,
+                   help="harmonics of a fitted periodic dihedral prior (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -63,7 +65,8 @@ def config_from_args(args) -> TrainConfig:
         val_fraction=args.val_fraction, seed=args.seed, device=args.device, cutoff=args.cutoff,
         hidden_channels=args.hidden_channels, num_filters=args.num_filters, num_interactions=args.num_interactions,
         num_rbf=args.num_rbf, activation=args.activation, repulsion_cutoff=args.repulsion_cutoff,
-        resume=args.resume, max_minutes=args.max_minutes, progress=not args.no_progress)
+        dihedral_harmonics=args.dihedral_harmonics, resume=args.resume, max_minutes=args.max_minutes,
+        progress=not args.no_progress)
 
 
 def summary(result: TrainResult) -> str:

@@ -36,8 +36,10 @@ class TrainConfig:
     Model: SchNet's ``cutoff`` (A), ``hidden_channels``, ``num_filters``,
     ``num_interactions``, ``num_rbf``, ``activation``; ``type_map`` (bead code
     -> embedding row; None: the dataset's codes in increasing order). Priors are
-    fitted to the data (``prior_fit``), with histograms of ``prior_bins`` bins
-    and a repulsion cut off at ``repulsion_cutoff`` (None: the model cutoff).
+    fitted to the data (``prior_fit``), with histograms of ``prior_bins`` bins,
+    a repulsion cut off at ``repulsion_cutoff`` (None: the model cutoff) and,
+    unless ``dihedral_harmonics`` is 0, periodic dihedrals of that many
+    harmonics.
 
     Time: ``max_minutes`` bounds the wall-clock time of one call (None: no
     bound), so that a run fits a fixed slot on a shared machine: no epoch
@@ -68,6 +70,7 @@ class TrainConfig:
     type_map: dict | None = None
     repulsion_cutoff: float | None = None
     prior_bins: int = 50
+    dihedral_harmonics: int = 0
     resume: bool = False
     max_minutes: float | None = None
     progress: bool = True
@@ -83,6 +86,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive (None: no limit), got {self.max_minutes!r}")
+        if int(self.dihedral_harmonics) < 0:
+            raise ValueError(f"dihedral_harmonics must be >= 0 (0: no dihedral prior), got {self.dihedral_harmonics!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.schedule not in SCHEDULES:

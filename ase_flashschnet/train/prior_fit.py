@@ -19,6 +19,14 @@ its samples, and so does every angle with the same type triple (read either
 way). Pooling gives each class many more samples than one position has, and
 the network is there to learn what position-specific corrections remain.
 
+Dihedrals of consecutive quadruples (optional) get a periodic energy of a few
+harmonics, ``U(phi) = sum_n a_n cos(n phi) + b_n sin(n phi)``, by the same
+Poisson maximum likelihood on the histogram over (-pi, pi] (a dihedral's
+volume element is uniform). Unlike a mean force, a distribution of positions
+is not buried in noise, so with little data this prior carries much of what
+tells a folded chain from an extended one; pooling is by type quadruple, read
+either way (a dihedral does not change when its beads are read backwards).
+
 The repulsion (:class:`~ase_flashschnet.priors.Repulsion`) acts between beads
 not bonded and not the ends of an angle. For each pair of bead types, sigma is
 set so that the shifted energy ``(sigma/r)^n - (sigma/rc)^n`` reaches
@@ -32,11 +40,14 @@ from __future__ import annotations
 import numpy as np
 from ase.units import kB
 
-from ..priors import HarmonicAngles, HarmonicBonds, Repulsion
+import torch
+
+from ..priors import Dihedrals, HarmonicAngles, HarmonicBonds, Repulsion, dihedral_angles
 from .dataset import CGDataset
 
-__all__ = ["fit_harmonic", "distance_jacobian", "angle_jacobian", "bond_lengths", "bond_angles", "fit_bonds",
-           "fit_angles", "shortest_nonbonded", "fit_repulsion", "fit_priors"]
+__all__ = ["fit_harmonic", "fit_periodic", "distance_jacobian", "angle_jacobian", "bond_lengths", "bond_angles",
+           "chain_dihedrals", "fit_bonds", "fit_angles", "fit_dihedrals", "shortest_nonbonded", "fit_repulsion",
+           "fit_priors"]
 
 
 def bond_lengths(positions: np.ndarray) -> np.ndarray:
@@ -51,6 +62,16 @@ def bond_angles(positions: np.ndarray) -> np.ndarray:
     pos = np.asarray(positions, dtype=np.float64)
     u, v = pos[:, :-2] - pos[:, 1:-1], pos[:, 2:] - pos[:, 1:-1]
     return np.arctan2(np.linalg.norm(np.cross(u, v), axis=2), (u * v).sum(axis=2))
+
+
+def chain_dihedrals(positions: np.ndarray) -> np.ndarray:
+    """Dihedrals (rad) of consecutive quadruples, (n_frames, n_beads - 3), as
+    :class:`~ase_flashschnet.priors.Dihedrals` computes them."""
+    pos = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+    n_frames, n_beads = pos.shape[:2]
+    quads = torch.arange(n_beads - 3)[:, None] + torch.arange(4)
+    index = (quads[None] + n_beads * torch.arange(n_frames)[:, None, None]).reshape(-1, 4)
+    return dihedral_angles(pos.reshape(-1, 3), index).reshape(n_frames, n_beads - 3).numpy()
 
 
 def distance_jacobian(r: np.ndarray) -> np.ndarray:
@@ -98,16 +119,57 @@ def fit_harmonic(values: np.ndarray, kT: float, jacobian, bins: int = 50) -> tup
     return -2.0 * kT * c2 / scale ** 2, mid - scale * c1 / (2.0 * c2)
 
 
-def _fit_classes(values: np.ndarray, classes: list, kT: float, jacobian, bins: int, what: str):
-    """Per-term (k, x0) arrays, each term given the fit of its class's pooled samples."""
-    k, x0 = np.zeros(len(classes)), np.zeros(len(classes))
+def fit_periodic(values: np.ndarray, kT: float, harmonics: int = 3, bins: int = 36) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), each of length ``harmonics``: the periodic energy
+    ``sum_n a_n cos(n x) + b_n sin(n x)`` whose Boltzmann distribution at ``kT``
+    fits the angles ``values`` (rad) best, by Poisson maximum likelihood on a
+    histogram of ``bins`` bins over (-pi, pi] (Newton's method with step
+    halving; the log-likelihood is concave). Raises ``ValueError`` when it
+    does not converge (too few samples for the harmonics asked)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    counts, edges = np.histogram(values, bins=bins, range=(-np.pi, np.pi))
+    x = 0.5 * (edges[1:] + edges[:-1])
+    n = np.arange(1, harmonics + 1)
+    design = np.concatenate([np.ones((bins, 1)), np.cos(np.outer(x, n)), np.sin(np.outer(x, n))], axis=1)
+    coef = np.zeros(design.shape[1])
+    coef[0] = np.log(max(counts.sum(), 1) / bins)
+
+    def log_likelihood(c):
+        eta = design @ c
+        return float(counts @ eta - np.exp(eta).sum())
+
+    current = log_likelihood(coef)
+    for _ in range(200):
+        rate = np.exp(design @ coef)
+        hessian = design.T @ (rate[:, None] * design) + 1e-9 * np.eye(design.shape[1])
+        step = np.linalg.solve(hessian, design.T @ (counts - rate))
+        scale = 1.0
+        while scale > 1e-6 and not log_likelihood(coef + scale * step) >= current:
+            scale *= 0.5
+        coef += scale * step
+        current = log_likelihood(coef)
+        if np.abs(scale * step).max() < 1e-10:
+            break
+    else:
+        raise ValueError(f"the periodic fit of {harmonics} harmonic(s) to {values.size} samples did not converge")
+    return -kT * coef[1:harmonics + 1], -kT * coef[harmonics + 1:]
+
+
+def _fit_classes(values: np.ndarray, classes: list, fit, what: str) -> list:
+    """Per-term parameter arrays, each term given ``fit`` (samples -> a tuple of
+    parameters) of its class's pooled samples."""
+    parameters = None
     for key in sorted(set(classes)):
         members = [i for i, c in enumerate(classes) if c == key]
         try:
-            k[members], x0[members] = fit_harmonic(values[:, members], kT, jacobian, bins)
+            fitted = fit(values[:, members])
         except ValueError as exc:
             raise ValueError(f"{what} of bead types {key}: {exc}") from exc
-    return k, x0
+        if parameters is None:
+            parameters = [np.zeros((len(classes), *np.shape(p))) for p in fitted]
+        for array, p in zip(parameters, fitted):
+            array[members] = p
+    return parameters
 
 
 def _kT(dataset: CGDataset) -> float:
@@ -118,7 +180,8 @@ def fit_bonds(dataset: CGDataset, bins: int = 50) -> HarmonicBonds:
     """Harmonic bonds between consecutive beads, one fit per pair of bead types."""
     t = dataset.types.tolist()
     classes = [tuple(sorted((t[i], t[i + 1]))) for i in range(len(t) - 1)]
-    k, r0 = _fit_classes(bond_lengths(dataset.positions), classes, _kT(dataset), distance_jacobian, bins, "bonds")
+    k, r0 = _fit_classes(bond_lengths(dataset.positions), classes,
+                         lambda x: fit_harmonic(x, _kT(dataset), distance_jacobian, bins), "bonds")
     bonds = [[i, i + 1] for i in range(len(t) - 1)]
     return HarmonicBonds(bonds, k=k, r0=r0, n_atoms=dataset.n_beads)
 
@@ -127,9 +190,21 @@ def fit_angles(dataset: CGDataset, bins: int = 50) -> HarmonicAngles:
     """Harmonic angles of consecutive triples, one fit per triple of bead types."""
     t = dataset.types.tolist()
     classes = [min((t[i], t[i + 1], t[i + 2]), (t[i + 2], t[i + 1], t[i])) for i in range(len(t) - 2)]
-    k, theta0 = _fit_classes(bond_angles(dataset.positions), classes, _kT(dataset), angle_jacobian, bins, "angles")
+    k, theta0 = _fit_classes(bond_angles(dataset.positions), classes,
+                             lambda x: fit_harmonic(x, _kT(dataset), angle_jacobian, bins), "angles")
     angles = [[i, i + 1, i + 2] for i in range(len(t) - 2)]
     return HarmonicAngles(angles, k=k, theta0=theta0, n_atoms=dataset.n_beads)
+
+
+def fit_dihedrals(dataset: CGDataset, harmonics: int = 3, bins: int = 36) -> Dihedrals:
+    """Periodic dihedrals of consecutive quadruples, one fit per type quadruple
+    (read either way), of ``harmonics`` harmonics each."""
+    t = dataset.types.tolist()
+    classes = [min(tuple(t[i:i + 4]), tuple(t[i:i + 4][::-1])) for i in range(len(t) - 3)]
+    cos_terms, sin_terms = _fit_classes(chain_dihedrals(dataset.positions), classes,
+                                        lambda x: fit_periodic(x, _kT(dataset), harmonics, bins), "dihedrals")
+    dihedrals = [[i, i + 1, i + 2, i + 3] for i in range(len(t) - 3)]
+    return Dihedrals(dihedrals, cos_terms, sin_terms, n_atoms=dataset.n_beads)
 
 
 def _excluded_pairs(n_beads: int) -> list:
@@ -174,14 +249,19 @@ def fit_repulsion(dataset: CGDataset, type_map: dict, cutoff: float, exponent: i
                      n_atoms=dataset.n_beads)
 
 
-def fit_priors(dataset: CGDataset, type_map: dict, repulsion_cutoff: float, bins: int = 50) -> list:
+def fit_priors(dataset: CGDataset, type_map: dict, repulsion_cutoff: float, bins: int = 50,
+               dihedral_harmonics: int = 0) -> list:
     """The bonds, angles and repulsion a chain of ``dataset.n_beads`` beads has
-    (no bonds for one bead, no angles for two, no repulsion below four)."""
+    (no bonds for one bead, no angles for two, no repulsion below four), and
+    dihedrals of ``dihedral_harmonics`` harmonics when that is not 0 (from
+    four beads)."""
     priors = []
     if dataset.n_beads >= 2:
         priors.append(fit_bonds(dataset, bins))
     if dataset.n_beads >= 3:
         priors.append(fit_angles(dataset, bins))
+    if dataset.n_beads >= 4 and dihedral_harmonics:
+        priors.append(fit_dihedrals(dataset, dihedral_harmonics))
     if dataset.n_beads >= 4:
         priors.append(fit_repulsion(dataset, type_map, repulsion_cutoff))
     return priors

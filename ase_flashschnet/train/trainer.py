@@ -84,7 +84,8 @@ def _new_model(dataset: CGDataset, config: TrainConfig) -> SchNet:
     type_map = config.type_map if config.type_map is not None else {code: i for i, code in enumerate(codes)}
     check_types(dataset, type_map)
     repulsion_cutoff = config.cutoff if config.repulsion_cutoff is None else config.repulsion_cutoff
-    priors = fit_priors(dataset, type_map, repulsion_cutoff, bins=config.prior_bins)
+    priors = fit_priors(dataset, type_map, repulsion_cutoff, bins=config.prior_bins,
+                        dihedral_harmonics=config.dihedral_harmonics)
     return SchNet(hidden_channels=config.hidden_channels, num_filters=config.num_filters,
                   num_interactions=config.num_interactions, num_rbf=config.num_rbf, cutoff=config.cutoff,
                   activation=config.activation, type_map=type_map, priors=priors, seed=config.seed)

@@ -5,8 +5,9 @@ from ase.units import kB
 
 from ase_flashschnet.model import SchNet, load_model
 from ase_flashschnet.train.dataset import make_dataset
-from ase_flashschnet.train.prior_fit import (angle_jacobian, bond_angles, bond_lengths, distance_jacobian, fit_harmonic,
-                                             fit_priors, fit_repulsion, shortest_nonbonded)
+from ase_flashschnet.train.prior_fit import (angle_jacobian, bond_angles, bond_lengths, chain_dihedrals,
+                                             distance_jacobian, fit_dihedrals, fit_harmonic, fit_periodic, fit_priors,
+                                             fit_repulsion, shortest_nonbonded)
 
 T = 300.0
 KT = kB * T
@@ -102,3 +103,52 @@ def test_a_fit_that_cannot_be_made_names_the_class():
     positions[:, 1, 0], positions[:, 2] = 1.0, [1.0, 1.0, 0.0]  # every bond 1 A long
     with pytest.raises(ValueError, match=r"bonds of bead types \(1, 2\): 20 samples fill 1 histogram bin"):
         fit_priors(dataset_of(positions, [1, 2, 1]), {1: 0, 2: 1}, repulsion_cutoff=3.0)
+
+
+def periodic_samples(rng, cos_terms, sin_terms, kT, size):
+    """Angles drawn from exp(-U/kT), U the periodic series of ``cos_terms``/``sin_terms``."""
+    grid = np.linspace(-np.pi, np.pi, 20001)[:-1] + np.pi / 20000
+    n = np.arange(1, len(cos_terms) + 1)
+    energy = np.cos(np.outer(grid, n)) @ cos_terms + np.sin(np.outer(grid, n)) @ sin_terms
+    p = np.exp(-(energy - energy.min()) / kT)
+    return rng.choice(grid, size=size, p=p / p.sum())
+
+
+def chain_from_dihedrals(phis, bond=3.8, angle=1.9):
+    """Positions of a chain with the given bond, angle and dihedrals (rad), built bead by bead."""
+    pos = np.zeros((len(phis) + 3, 3))
+    pos[1] = [bond, 0.0, 0.0]
+    pos[2] = pos[1] + bond * np.array([-np.cos(angle), np.sin(angle), 0.0])
+    for i, phi in enumerate(phis, start=3):
+        a, b, c = pos[i - 3:i]
+        axis = (c - b) / np.linalg.norm(c - b)
+        normal = np.cross(b - a, axis)
+        normal /= np.linalg.norm(normal)
+        local = bond * np.array([-np.cos(angle), np.sin(angle) * np.cos(phi), np.sin(angle) * np.sin(phi)])
+        pos[i] = c + local[0] * axis + local[1] * np.cross(normal, axis) + local[2] * normal
+    return pos
+
+
+def test_a_periodic_energy_comes_back_from_its_samples(rng):
+    cos_terms, sin_terms = np.array([0.02, -0.01, 0.005]), np.array([-0.015, 0.0, 0.01])
+    a, b = fit_periodic(periodic_samples(rng, cos_terms, sin_terms, KT, 100_000), KT, harmonics=3, bins=72)
+    np.testing.assert_allclose(a, cos_terms, atol=1.5e-3)
+    np.testing.assert_allclose(b, sin_terms, atol=1.5e-3)
+
+
+def test_dihedrals_come_back_per_type_quadruple_read_either_way(rng):
+    # types 1 1 2 2 1 1: quadruples (1,1,2,2), (1,2,2,1), (2,2,1,1) = (1,1,2,2) read backwards
+    truth = {(1, 1, 2, 2): (np.array([0.03, 0.0]), np.array([0.02, -0.01])),
+             (1, 2, 2, 1): (np.array([-0.02, 0.01]), np.array([0.0, 0.0]))}
+    classes = [(1, 1, 2, 2), (1, 2, 2, 1), (1, 1, 2, 2)]
+    phis = np.stack([periodic_samples(rng, *truth[c], KT, 3000) for c in classes], axis=1)
+    positions = np.stack([chain_from_dihedrals(p) for p in phis])
+    np.testing.assert_allclose(chain_dihedrals(positions), phis, atol=1e-9)
+    prior = fit_dihedrals(dataset_of(positions), harmonics=2)
+    assert prior.index.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]]
+    assert np.array_equal(prior.cos_terms[0].numpy(), prior.cos_terms[2].numpy())  # pooled
+    for row, key in enumerate(classes):
+        np.testing.assert_allclose(prior.cos_terms[row].numpy(), truth[key][0], atol=4e-3)
+    assert fit_priors(dataset_of(positions), {1: 0, 2: 1}, repulsion_cutoff=4.0)[-1].__class__.__name__ == "Repulsion"
+    assert type(fit_priors(dataset_of(positions), {1: 0, 2: 1}, repulsion_cutoff=4.0,
+                           dihedral_harmonics=2)[2]).__name__ == "Dihedrals"

@@ -5,7 +5,8 @@ import torch
 
 from ase_flashschnet.model import SchNet, load_model
 from ase_flashschnet.neighbors import build_torch
-from ase_flashschnet.priors import HarmonicAngles, HarmonicBonds, Repulsion, prior_from_config
+from ase_flashschnet.priors import (Dihedrals, HarmonicAngles, HarmonicBonds, Repulsion, dihedral_angles,
+                                    prior_from_config)
 
 F64 = torch.float64
 
@@ -16,13 +17,18 @@ def evaluate(prior, pos, cutoff=3.0, types=None):
     return prior(types, pos, g.edge_src, g.edge_dst, g.edge_vec(pos))
 
 
-def chain_model(n_atoms=5, **overrides):
-    """A CG-like model: SchNet plus bonds, angles and repulsion along a chain."""
+def chain_model(n_atoms=5, dihedrals=False, **overrides):
+    """A CG-like model: SchNet plus bonds, angles and repulsion along a chain (and
+    periodic dihedrals of two harmonics with ``dihedrals``)."""
     bonds = [[i, i + 1] for i in range(n_atoms - 1)]
     angles = [[i, i + 1, i + 2] for i in range(n_atoms - 2)]
     priors = [HarmonicBonds(bonds, k=20.0, r0=1.5, n_atoms=n_atoms),
               HarmonicAngles(angles, k=[4.0 + i for i in range(n_atoms - 2)], theta0=1.9, n_atoms=n_atoms),
               Repulsion(sigma=1.2, exponent=6, cutoff=3.0, exclusions=bonds, n_atoms=n_atoms)]
+    if dihedrals:
+        quads = [[i, i + 1, i + 2, i + 3] for i in range(n_atoms - 3)]
+        priors.append(Dihedrals(quads, [[0.3 + 0.1 * i, -0.2] for i in range(n_atoms - 3)],
+                                [[0.1, 0.05 * i] for i in range(n_atoms - 3)], n_atoms=n_atoms))
     kwargs = dict(hidden_channels=12, num_filters=8, num_interactions=2, num_rbf=8, cutoff=3.0, seed=2,
                   type_map={1: 0, 2: 1}, priors=priors)
     kwargs.update(overrides)
@@ -79,9 +85,30 @@ def test_priors_tile_over_replicas():
         model.energy(types[:7], pos[:7], g.edge_src[:0], g.edge_dst[:0])
 
 
-def test_forces_with_priors_equal_finite_differences(fd_forces):
+def test_dihedral_angles_follow_ase_and_the_energy_is_their_series():
+    from ase import Atoms
+
+    gen = torch.Generator().manual_seed(3)
+    pos = chain_positions(7, gen)
+    quads = torch.tensor([[i, i + 1, i + 2, i + 3] for i in range(4)])
+    atoms = Atoms(f"H{len(pos)}", positions=pos.numpy())
+    expected = torch.tensor([math.radians(atoms.get_dihedral(*q)) for q in quads.tolist()], dtype=F64)
+    assert torch.allclose(torch.remainder(dihedral_angles(pos, quads), 2 * math.pi), expected, atol=1e-12)
+    cos_terms, sin_terms = torch.rand(4, 3, dtype=F64, generator=gen), torch.rand(4, 3, dtype=F64, generator=gen)
+    prior = Dihedrals(quads, cos_terms, sin_terms, n_atoms=7)
+    phi = dihedral_angles(pos, quads)[:, None] * torch.arange(1, 4, dtype=F64)
+    terms = (cos_terms * torch.cos(phi) + sin_terms * torch.sin(phi)).sum(1)
+    per_atom = evaluate(prior, pos)
+    assert torch.allclose(per_atom.sum(), terms.sum(), rtol=1e-13)
+    assert torch.allclose(per_atom[0], terms[0] / 4, rtol=1e-13)  # atom 0 is in the first dihedral only
+    with pytest.raises(ValueError, match="must both have shape"):
+        Dihedrals(quads, cos_terms, sin_terms[:, :2], n_atoms=7)
+
+
+@pytest.mark.parametrize("dihedrals", [False, True], ids=["no-dihedrals", "dihedrals"])
+def test_forces_with_priors_equal_finite_differences(fd_forces, dihedrals):
     gen = torch.Generator().manual_seed(5)
-    model = chain_model(6)
+    model = chain_model(6, dihedrals=dihedrals)
     pos = torch.cat([chain_positions(6, gen), chain_positions(6, gen) + 15.0])
     types = model.types_from_numbers([1, 2, 2, 1, 1, 2] * 2)
     batch = torch.arange(2).repeat_interleave(6)
@@ -109,11 +136,11 @@ def test_priors_survive_save_and_load(tmp_path):
 
 
 def test_prior_config_round_trip_and_errors():
-    for prior in chain_model(4).priors:
+    for prior in chain_model(5, dihedrals=True).priors:
         again = prior_from_config(prior.config())
         assert again.config() == prior.config()
     with pytest.raises(ValueError, match="unknown prior kind"):
-        prior_from_config({"kind": "Dihedrals"})
+        prior_from_config({"kind": "Impropers"})
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         HarmonicBonds([[0, 3]], k=1.0, r0=1.0, n_atoms=3)
     with pytest.raises(ValueError, match="needs 1 or 2 values"):

@@ -182,6 +182,8 @@ def test_cli_errors_are_one_line_with_status_2(chain_data, tmp_path, capsys):
     assert "needs at least 2 trajectories" in capsys.readouterr().err
     assert main([str(dataset), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
     assert "epochs must be a positive whole number" in capsys.readouterr().err
+    assert main([str(dataset), "--out", str(tmp_path / "o"), "--dihedral-harmonics", "-1"]) == 2
+    assert "dihedral_harmonics must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
