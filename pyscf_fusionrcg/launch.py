@@ -222,12 +222,25 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
     return _cached(key, lambda: ClassKernel(key[0], key[1], omega, key[3], tier, ctr, key[6]))
 
 
-def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel:
+def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel | None:
     """Cached :class:`DerivativeKernel` (omega enters through its sign only;
-    ``tier`` as :func:`tiers.derivative_variant` takes it)."""
+    ``tier`` as :func:`tiers.derivative_variant` takes it), or None for a
+    class no kernel can encode (:class:`tiers.KernelTooLarge`, remembered)."""
     key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or None)
-    return _cached(key, lambda: DerivativeKernel(key[1], key[2], omega, key[4], key[5]))
+
+    def make():
+        try:
+            return DerivativeKernel(key[1], key[2], omega, key[4], key[5])
+        except tiers.KernelTooLarge:
+            return _NO_KERNEL
+
+    kernel = _cached(key, make)
+    return None if kernel is _NO_KERNEL else kernel
+
+
+#: What the kernel cache holds for a class no kernel can encode.
+_NO_KERNEL = object()
 
 
 class JKernel:
@@ -482,7 +495,13 @@ class GPUEngine:
         is d/dX_x of quartet q's block, X the centre of its shell s (a, b, c).
         Quartets are oriented as :meth:`quartet_blocks`' (the tighter shell
         of an equal pair first) and put back (:func:`unorient_derivatives`).
-        Nothing routes gradients here yet."""
+        A class no kernel can encode (``get_derivative_kernel`` gives None)
+        is computed by the host engine and copied over."""
+        cp = _cupy()
+        ls, nctr = _class_of(self.mol, cp.asnumpy(shls).reshape(-1, 4)[:1])
+        if get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier) is None:
+            blocks = host.HostEngine(self.mol, self.omega).derivative_blocks(cp.asnumpy(shls).reshape(-1, 4))
+            return cp.asarray(blocks) if as_cupy else blocks
         res, swap_bra, swap_ket = self._run(shls, 'derivative_blocks', budget, lambda ls, nctr: (
             get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier)))
         res = unorient_derivatives(res.reshape((len(res), 3, 3) + res.shape[2:]), swap_bra, swap_ket)

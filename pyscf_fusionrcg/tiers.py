@@ -85,15 +85,25 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
     return codegen.make_variant(program, tier, omega, nctr, form, ctr_mode(program, form, nctr, ctr))
 
 
+class KernelTooLarge(ValueError):
+    """A program no kernel form can encode (its op stream's fields overflow)."""
+
+
 def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
     """The variant of a derivative program in ``tier`` (default: the static
-    :func:`choose_tier`; nothing measures derivative kernels yet, as no
-    gradient runs on the GPU): the straight form in the register and shared
-    tiers, the levels form in the warp and global tiers, its contracted
-    stage always the program's ops (a derivative has no pair matrices)."""
-    tier = tier or choose_tier(program)
-    form = 'levels' if tier in ('warp', 'global') else 'straight'
-    variant = codegen.make_variant(program, tier, omega, nctr, form)
+    :func:`choose_tier`; nothing measures derivative kernels yet): the
+    straight form in the register and shared tiers, the levels form in the
+    warp and global tiers, its contracted stage always the program's ops (a
+    derivative has no pair matrices). :class:`KernelTooLarge` when the levels
+    form's op stream cannot encode the program (the derivatives of (gg|gg)
+    and larger classes)."""
+    try:
+        tier = tier or choose_tier(program)
+        form = 'levels' if tier in ('warp', 'global') else 'straight'
+        variant = codegen.make_variant(program, tier, omega, nctr, form)
+        kernels.variant_table(program, variant)
+    except ValueError as exc:
+        raise KernelTooLarge(f'{program.name}: no derivative kernel can encode it ({exc})') from exc
     if not _fits(program, variant):
         raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')
     return variant

@@ -191,6 +191,16 @@ def test_weighted_accumulates_read_slots_of_their_own():
     assert encoding._pair_slot0(prog, 1) == slot0 + 3
 
 
+@pytest.mark.slow
+def test_a_derivative_no_op_stream_can_encode_is_too_large():
+    """(gg|gg)'s derivative overflows the levels form's fields: a
+    KernelTooLarge, which the GPU engine answers with the host's blocks,
+    while (gg|gf)'s still gets a kernel."""
+    with pytest.raises(tiers.KernelTooLarge, match='gggg: no derivative kernel can encode it'):
+        tiers.derivative_variant(host.get_derivative_program(4, 4, 4, 4))
+    assert tiers.derivative_variant(host.get_derivative_program(4, 4, 4, 3)).tier == 'global'
+
+
 @needs_nvcc
 @pytest.mark.parametrize('ls,tier', [((1, 0, 1, 0), 'register'), ((2, 2, 2, 1), 'warp'),
                                      ((2, 2, 2, 1), 'global')])
