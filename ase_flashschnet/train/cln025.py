@@ -67,7 +67,7 @@ class Sizes:
 FULL = Sizes("full",
              reference=dict(n_trajectories=12, n_frames=300, save_every_steps=500, temperature_K=350.0,
                             pull_steps=5_000, equilibration_steps=10_000),
-             training=dict(epochs=100, batch_frames=32),
+             training=dict(epochs=100, batch_frames=32, dihedral_harmonics=3),
              md=ValidationMD(replicas=64, steps=500_000, segments=10, traj_interval=1_000,
                              equilibration_steps=50_000))
 #: For tests and a smoke check on a CPU: 2 trajectories x 5 frames, a small model for 2 epochs, 2 replicas x 20 steps.
@@ -75,7 +75,7 @@ QUICK = Sizes("quick",
               reference=dict(n_trajectories=2, n_frames=5, save_every_steps=10, temperature_K=350.0, pull_steps=20,
                              equilibration_steps=10),
               training=dict(epochs=2, batch_frames=4, hidden_channels=16, num_filters=16, num_interactions=1,
-                            num_rbf=10),
+                            num_rbf=10, dihedral_harmonics=1),
               md=ValidationMD(replicas=2, steps=20, segments=2, traj_interval=5, equilibration_steps=0))
 
 

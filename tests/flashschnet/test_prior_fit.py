@@ -136,6 +136,13 @@ def test_a_periodic_energy_comes_back_from_its_samples(rng):
     np.testing.assert_allclose(b, sin_terms, atol=1.5e-3)
 
 
+def test_a_few_crowded_samples_give_a_finite_periodic_energy():
+    a, b = fit_periodic(np.full(10, 0.5), KT, harmonics=2)
+    grid = np.outer(np.linspace(-np.pi, np.pi, 73), np.arange(1, 3))
+    barrier = np.ptp(np.cos(grid) @ a + np.sin(grid) @ b)
+    assert np.isfinite(a).all() and np.isfinite(b).all() and 0.5 * KT < barrier < 20 * KT
+
+
 def test_dihedrals_come_back_per_type_quadruple_read_either_way(rng):
     # types 1 1 2 2 1 1: quadruples (1,1,2,2), (1,2,2,1), (2,2,1,1) = (1,1,2,2) read backwards
     truth = {(1, 1, 2, 2): (np.array([0.03, 0.0]), np.array([0.02, -0.01])),
