@@ -36,7 +36,7 @@ from . import model as model_files
 from .model import SchNet
 from .priors import HarmonicAngles, HarmonicBonds, Repulsion
 
-__all__ = ["names", "get", "default_structure", "compact_chain", "load_model"]
+__all__ = ["names", "get", "default_structure", "reference_frames", "compact_chain", "load_model"]
 
 #: The folder of the trained models: NAME.pt (the model) and NAME.npz (the structure it is for).
 _DATA = resources.files(__package__) / "data"
@@ -157,6 +157,19 @@ def get(name: str) -> SchNet:
 def default_structure(name: str) -> Atoms:
     """The structure a shipped model is made for (``KeyError`` if unknown)."""
     return _lookup(name)[1]
+
+
+def reference_frames(name: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The data a trained shipped model was trained and validated on, as bead
+    frames: ``(positions (F, N, 3) A, trajectory (F,) of each frame,
+    temperature_K)``, for comparing a run of the model with them
+    (:func:`ase_flashschnet.train.validation.compare`). ``KeyError`` for a
+    name that is not a trained shipped model."""
+    if name not in _trained_names():
+        raise KeyError(f"no trained shipped model {name!r}; trained: {', '.join(_trained_names()) or 'none'}")
+    with resources.as_file(_DATA / f"{name}.npz") as path, np.load(path) as arrays:
+        return (arrays["reference_positions"].astype(np.float64), arrays["reference_trajectory"].copy(),
+                float(arrays["temperature_K"]))
 
 
 def load_model(model, device="cpu") -> SchNet:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME
-from .cln025_validate import BEAD_MASS_AMU, SUMMARY_NAME, ValidationMD, validate
+from .cln025_validate import BEAD_MASS_AMU, SUMMARY_NAME, ValidationMD, md_engines, validate
 from .config import TrainConfig
 from .dataset import load_dataset
 from .pipeline import DONE, FAILED, PARTIAL, Manifest
@@ -55,28 +55,39 @@ class Sizes:
     """How much each stage does: the keyword arguments of
     :func:`~.reference.generate_reference` (``reference``) and the
     :class:`~.config.TrainConfig` fields (``training``) that differ from their
-    defaults, and the validation MD (``md``)."""
+    defaults, and the validation MD on a GPU (``md``) and on a CPU
+    (``cpu_md``: the PyTorch reference on a CPU runs some 200 times slower
+    than the fused kernels, so a GPU's validation would take it days)."""
 
     name: str
     reference: dict
     training: dict
     md: ValidationMD
+    cpu_md: ValidationMD
+
+    def validation_md(self, platform: str) -> ValidationMD:
+        """The validation MD where ``platform`` runs it."""
+        return self.md if md_engines(platform)[0].type == "cuda" else self.cpu_md
 
 
-#: For one GPU: 12 x 0.3 ns of reference, 100 epochs, 64 replicas x 1 ns in bf16 and fp32.
+#: For one GPU: 12 x 0.3 ns of reference, 100 epochs, 64 replicas x 1 ns in bf16 and fp32
+#: (on a CPU: 16 replicas x 0.1 ns in fp32).
 FULL = Sizes("full",
              reference=dict(n_trajectories=12, n_frames=300, save_every_steps=500, temperature_K=350.0,
                             pull_steps=5_000, equilibration_steps=10_000),
              training=dict(epochs=100, batch_frames=32, dihedral_harmonics=3),
              md=ValidationMD(replicas=64, steps=500_000, segments=10, traj_interval=1_000,
-                             equilibration_steps=50_000))
+                             equilibration_steps=50_000),
+             cpu_md=ValidationMD(replicas=16, steps=50_000, segments=5, traj_interval=500,
+                                 equilibration_steps=10_000))
 #: For tests and a smoke check on a CPU: 2 trajectories x 5 frames, a small model for 2 epochs, 2 replicas x 20 steps.
 QUICK = Sizes("quick",
               reference=dict(n_trajectories=2, n_frames=5, save_every_steps=10, temperature_K=350.0, pull_steps=20,
                              equilibration_steps=10),
               training=dict(epochs=2, batch_frames=4, hidden_channels=16, num_filters=16, num_interactions=1,
                             num_rbf=10, dihedral_harmonics=1),
-              md=ValidationMD(replicas=2, steps=20, segments=2, traj_interval=5, equilibration_steps=0))
+              md=ValidationMD(replicas=2, steps=20, segments=2, traj_interval=5, equilibration_steps=0),
+              cpu_md=ValidationMD(replicas=2, steps=20, segments=2, traj_interval=5, equilibration_steps=0))
 
 
 @dataclass
@@ -122,9 +133,10 @@ def _train(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool)
 def _validate(out: Path, sizes: Sizes, platform: str, time_limit_s, progress: bool):
     """Run, or go on running, the validation MD; compare it with the reference once complete."""
     dataset = load_dataset(out / REFERENCE_DIR / DATASET_NAME)
-    status, summary = validate(out / VALIDATION_DIR, out / TRAIN_DIR / MODEL_NAME, dataset, sizes.md, platform,
+    md = sizes.validation_md(platform)
+    status, summary = validate(out / VALIDATION_DIR, out / TRAIN_DIR / MODEL_NAME, dataset, md, platform,
                                time_limit_s, progress)
-    settings = {**asdict(sizes.md), "platform": platform}
+    settings = {**asdict(md), "platform": platform}
     if status == PARTIAL:
         return status, settings, summary, "stopped at the time limit; segments so far: " + ", ".join(
             f"{label} {done}" for label, done in summary["segments"].items())

@@ -112,10 +112,11 @@ def _export_ships_the_model(run, data, monkeypatch, capsys):
     dataset = load_dataset(run / "reference" / "dataset.npz")
     assert list(structure.numbers) == list(dataset.types) and set(structure.get_masses()) == {110.0}
     assert np.allclose(structure.positions, most_populated_structure(dataset.positions))
-    with np.load(data / "cln025.npz") as shipped_arrays:
-        assert np.array_equal(shipped_arrays["reference_positions"], dataset.positions)
-        assert np.array_equal(shipped_arrays["reference_trajectory"], dataset.trajectory)
-        assert float(shipped_arrays["temperature_K"]) == dataset.temperature_K
+    positions, trajectory, temperature_K = shipped.reference_frames("cln025")
+    assert np.array_equal(positions, dataset.positions) and np.array_equal(trajectory, dataset.trajectory)
+    assert temperature_K == dataset.temperature_K
+    with pytest.raises(KeyError, match="no trained shipped model 'cg-demo'"):
+        shipped.reference_frames("cg-demo")
     for ours, theirs in zip(model.state_dict().values(), trained.state_dict().values()):
         assert torch.equal(ours, theirs.float())
     by_name, by_object = structure.copy(), structure.copy()
@@ -192,3 +193,11 @@ def test_validation_md_segments_end_on_frames():
 
 def test_the_command_is_installed(console_scripts):
     assert console_scripts["flashschnet-cln025"] == "ase_flashschnet.train.cln025_cli:main"
+
+
+def test_a_cpu_validates_with_fewer_replicas_for_less_time():
+    from ase_flashschnet.train.cln025 import FULL
+
+    md = FULL.validation_md("cpu")
+    assert md is FULL.cpu_md and (md.replicas, md.steps) == (16, 50_000)
+    assert md.replicas * md.steps * 10 < FULL.md.replicas * FULL.md.steps
