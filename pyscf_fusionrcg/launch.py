@@ -19,12 +19,10 @@
 * :func:`jk_kernel`: the kernel a J/K build runs for a class: for small
   register-tier blocks the variant that digests them itself.
 * :class:`GPUEngine`: ``quartet_blocks(shls)`` and ``derivative_blocks(shls)``
-  like ``host.HostEngine``; the latter runs :func:`get_derivative_kernel`'s
-  kernels (derivative programs, :func:`tiers.derivative_variant`), which
-  nothing routes gradients to yet.
-* :class:`GPUJEngine`: the J engine's kernels (:func:`get_j_kernel`,
-  ``codegen.jkernel``) behind ``jengine.HostJEngine``'s interface; nothing
-  routes builds to it yet (docs/jengine-gpu.md).
+  like ``host.HostEngine``, the latter through :func:`get_derivative_kernel`
+  (``Options.gpu_gradients``).
+* :class:`GPUJEngine`: the J engine's kernels (:func:`get_j_kernel`) behind
+  ``jengine.HostJEngine``'s interface (``Options.j_engine``, docs/jengine-gpu.md).
 * :func:`precompile`: what ``fusion-warmup`` calls.
 """
 from __future__ import annotations
@@ -225,22 +223,17 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
 def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel | None:
     """Cached :class:`DerivativeKernel` (omega enters through its sign only;
     ``tier`` as :func:`tiers.derivative_variant` takes it), or None for a
-    class no kernel can encode (:class:`tiers.KernelTooLarge`, remembered)."""
+    class no kernel can encode (:class:`tiers.KernelTooLarge`, remembered as False)."""
     key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or None)
-
-    def make():
-        try:
-            return DerivativeKernel(key[1], key[2], omega, key[4], key[5])
-        except tiers.KernelTooLarge:
-            return _NO_KERNEL
-
-    kernel = _cached(key, make)
-    return None if kernel is _NO_KERNEL else kernel
+    return _cached(key, lambda: _derivative_kernel_or_false(key[1], key[2], omega, key[4], key[5])) or None
 
 
-#: What the kernel cache holds for a class no kernel can encode.
-_NO_KERNEL = object()
+def _derivative_kernel_or_false(*args):
+    try:
+        return DerivativeKernel(*args)
+    except tiers.KernelTooLarge:
+        return False
 
 
 class JKernel:
@@ -453,14 +446,11 @@ def unorient_derivatives(blocks, swap_bra, swap_ket):
 
 
 def _class_of(mol, shls):
-    bas = mol._bas
-    ls = bas[shls, ANG_OF]
-    if not (ls == ls[0]).all():
-        raise ValueError('quartet_blocks: all quartets must share one class')
-    nctr = bas[shls, NCTR_OF]
-    if not (nctr == nctr[0]).all():
-        raise ValueError('quartet_blocks: shells of one index differ in nctr')
-    return tuple(int(x) for x in ls[0]), tuple(int(x) for x in nctr[0])
+    """(ls, nctr) of quartets ``shls`` (n, 4), which must share them index by index."""
+    keys = mol._bas[np.asarray(shls)][..., [ANG_OF, NCTR_OF]]
+    if not (keys == keys[:1]).all():
+        raise ValueError('quartet_blocks: all quartets must share one class (l and nctr at each index)')
+    return tuple(int(x) for x in keys[0, :, 0]), tuple(int(x) for x in keys[0, :, 1])
 
 
 class GPUEngine:
@@ -495,8 +485,7 @@ class GPUEngine:
         is d/dX_x of quartet q's block, X the centre of its shell s (a, b, c).
         Quartets are oriented as :meth:`quartet_blocks`' (the tighter shell
         of an equal pair first) and put back (:func:`unorient_derivatives`).
-        A class no kernel can encode (``get_derivative_kernel`` gives None)
-        is computed by the host engine and copied over."""
+        A class no kernel can encode comes from the host engine."""
         cp = _cupy()
         ls, nctr = _class_of(self.mol, cp.asnumpy(shls).reshape(-1, 4)[:1])
         if get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier) is None:
