@@ -3,8 +3,8 @@
     from ase_flashschnet import SchNet, load_model, FlashSchNetCalculator
     atoms.calc = FlashSchNetCalculator(model="path/or/name", device="auto", precision="fp32")
 
-``load_model`` reads a model file or a shipped model by name (``"cln025"``,
-the trained coarse-grained CLN025; ``ase_flashschnet.shipped``).
+``load_model`` reads a model file or a shipped model by name
+(``ase_flashschnet.shipped``).
 
 Modules: ``model`` (the plain PyTorch reference, also the CPU path), ``neighbors``
 (CSR neighbour lists with a Verlet skin), ``fused`` (the fused CUDA kernels),

@@ -1,13 +1,11 @@
 """Models that come with the package: two built by code from a seed (no weight
-files) for speed and stability tests, and one trained model.
+files) for speed and stability tests, and trained ones found as files.
 
-``"cln025"``: the coarse-grained model of the miniprotein CLN025
-(``YYDPETGTWY``, one bead per residue at the C-alpha, bead codes by residue as
-in :data:`~ase_flashschnet.train.mapping.RESIDUE_TYPES`), trained by force
-matching on all-atom data by ``flashschnet-cln025`` and validated against it
-(model card: ``docs/cln025.md``). Its files are ``data/cln025.pt`` and
-``data/cln025.npz`` (the reference's most populated structure, beads of
-110 Da); :func:`~ase_flashschnet.train.cln025.export_model` writes them.
+A trained model ``NAME`` is ``data/NAME.pt`` (the model) with
+``data/NAME.npz`` (the structure it is for, and the reference frames it was
+trained on); :func:`~ase_flashschnet.train.cln025.export_model` writes them
+from a validated run of ``flashschnet-cln025``, and :func:`load_model`,
+:func:`get` and :func:`default_structure` then take the name.
 
 ``"cg-demo"``: an UNTRAINED model of CGSchNet size (128 channels, 128
 filters, 3 interactions, 50 Gaussians, 10 A cutoff, tanh) for the 269-bead
