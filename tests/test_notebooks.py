@@ -14,7 +14,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 NOTEBOOKS = sorted((EXAMPLES / "notebooks").glob("*.ipynb"))
 #: What each notebook prints when its checks pass.
-PRINTS = {"flashschnet.ipynb": ("max |F - F_numerical|", "ns/day"), "fusionrcg.ipynb": ("dE =", "FusionRCG")}
+PRINTS = {"flashschnet.ipynb": ("max |F - F_numerical|", "ns/day"), "fusionrcg.ipynb": ("dE =", "FusionRCG"),
+          "cln025.ipynb": ("folded fraction", "Jensen-Shannon divergence of RMSD")}
 BACKEND_CALLS = {"matplotlib.use", "plt.switch_backend", "matplotlib.pyplot.switch_backend"}
 
 
