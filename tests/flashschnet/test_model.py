@@ -227,7 +227,7 @@ def test_input_checks(small_model):
 def test_shipped_cg_demo():
     from ase_flashschnet import shipped
 
-    assert shipped.names() == ["cg-demo", "cg-small"]
+    assert shipped.names() == ["cg-demo", "cg-small", "cln025"]
     chain = shipped.default_structure("cg-demo")
     assert len(chain) == 269 and set(chain.numbers) == {1, 2, 3, 4, 5}
     assert chain.get_masses()[:5].tolist() == [14.007, 12.011, 12.011, 12.011, 15.999]
