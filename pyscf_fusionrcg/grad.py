@@ -395,7 +395,7 @@ class _FusionRCGGrad(_FusionRCGGradBase):
             return [(omega0, 1.0, half)]
         mf = self.base
         ni = mf._numint
-        if not ni.is_hybrid_xc(mf.xc):
+        if not ni.libxc.is_hybrid_xc(mf.xc):    # NumInt.is_hybrid_xc is new in PySCF 2.15
             return [(omega0, 1.0, 0.0)]
         omega, alpha, hyb = ni.rsh_and_hybrid_coeff(mf.xc, spin=self.mol.spin)
         terms = [(omega0, 1.0, half * hyb)]

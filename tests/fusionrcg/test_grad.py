@@ -66,6 +66,22 @@ def test_gradients_equal_pyscf(method, calls):
     assert calls == {"forces": 2 if "wb97x" in method else 1, "jk": 0}
 
 
+@pytest.mark.parametrize("method", ["b3lyp", "wb97x"])
+def test_kohn_sham_terms_with_numint_of_pyscf_before_2_15(method, monkeypatch):
+    """PySCF before 2.15 has no NumInt.is_hybrid_xc (only NumInt.libxc's):
+    the exchange terms of a hybrid gradient must not need it."""
+    from pyscf.dft import numint
+    make, kw = METHODS[method]
+    mf = _converged(make, **kw)
+    g = fusionrcg(mf, options=OPTIONS).nuc_grad_method()
+    omega, alpha, hyb = mf._numint.rsh_and_hybrid_coeff(mf.xc)
+    want = [(0.0, 1.0, 0.5 * hyb)] + ([(omega, 0.0, 0.5 * (alpha - hyb))] if omega else [])
+    for cls in numint.NumInt.__mro__:
+        if "is_hybrid_xc" in vars(cls):
+            monkeypatch.delattr(cls, "is_hybrid_xc")
+    assert np.allclose(g._fusionrcg_terms(), want, rtol=1e-14, atol=0)
+
+
 def test_gradients_method_and_undo():
     mf = fusionrcg(_converged(scf.RHF), options=OPTIONS)
     g = mf.Gradients()
