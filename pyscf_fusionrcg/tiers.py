@@ -86,7 +86,7 @@ def variant_for(program: ir.Program, tier: str, omega=0.0, nctr=(1, 1, 1, 1), ct
 
 
 class KernelTooLarge(ValueError):
-    """A program no kernel form can encode (its op stream's fields overflow)."""
+    """A program no kernel form can encode (``codegen.EncodingOverflow``)."""
 
 
 def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 1, 1, 1)) -> codegen.Variant:
@@ -102,7 +102,7 @@ def derivative_variant(program: ir.DerivProgram, tier=None, omega=0.0, nctr=(1, 
         form = 'levels' if tier in ('warp', 'global') else 'straight'
         variant = codegen.make_variant(program, tier, omega, nctr, form)
         kernels.variant_table(program, variant)
-    except ValueError as exc:
+    except codegen.EncodingOverflow as exc:
         raise KernelTooLarge(f'{program.name}: no derivative kernel can encode it ({exc})') from exc
     if not _fits(program, variant):
         raise ValueError(f'{program.name}: tier {tier!r} cannot fit one warp')

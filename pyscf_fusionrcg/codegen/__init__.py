@@ -69,7 +69,8 @@ primitive loop; op streams: reserved slots of their own, see encoding.py),
 and its kernels a name of their own (``fr_deriv_<centres>_...``).
 """
 from .emit import emit_kernel_source, host_source, quartet_function
-from .encoding import LEVEL_ROW_BITS, PAIR_SLOTS, Table, encode_table, level_records, level_rows
+from .encoding import (LEVEL_ROW_BITS, PAIR_SLOTS, EncodingOverflow, Table, encode_table, level_records,
+                       level_rows)
 from .geometry import (BLOCK, GLOBAL_BLOCK, LEVELS_THREADS_PER_SM, SHARED_BYTES_MAX, WARP_BLOCK_WARPS,
                        block_size, items_per_block, min_blocks, scratch_doubles, scratch_per_block,
                        shared_block, shared_bytes, warp_block)
@@ -81,8 +82,9 @@ from .side_passes import (PASS_SHARED_BYTES, PASS_THREADS, pass_cost, pass_dims,
 from .variant import (CTR_MODES, FORMS, LEVEL_OP_WORDS, TIERS, Variant, kernel_name, level_op_words,
                       make_variant, omega_kind, tuples_per_thread)
 
-__all__ = ['emit_kernel_source', 'host_source', 'quartet_function', 'LEVEL_ROW_BITS', 'PAIR_SLOTS', 'Table',
-           'encode_table', 'level_records', 'level_rows', 'BLOCK', 'GLOBAL_BLOCK', 'LEVELS_THREADS_PER_SM',
+__all__ = ['emit_kernel_source', 'host_source', 'quartet_function', 'LEVEL_ROW_BITS', 'PAIR_SLOTS',
+           'EncodingOverflow', 'Table', 'encode_table', 'level_records', 'level_rows', 'BLOCK', 'GLOBAL_BLOCK',
+           'LEVELS_THREADS_PER_SM',
            'SHARED_BYTES_MAX', 'WARP_BLOCK_WARPS', 'block_size', 'items_per_block', 'min_blocks',
            'scratch_doubles', 'scratch_per_block', 'shared_block', 'shared_bytes', 'warp_block',
            'LEVEL_OPS_PER_LANE', 'LEVEL_WIDTH', 'Sequence', 'assign_slots', 'level_schedule',

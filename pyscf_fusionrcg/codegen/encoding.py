@@ -43,6 +43,11 @@ _SET, _ADD, _OUT, _ACC_OUT = 0, 1, 2, 3
 _SRC_BITS, _COEF_BITS = 17, 16
 
 
+class EncodingOverflow(ValueError):
+    """A program whose op stream does not fit the fields of the table and
+    levels forms (slots, coefficients, terms of an op, pairs of a stage)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Table:
     """Op stream of one class for the table and levels forms (device arrays are
@@ -127,10 +132,10 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
     flat_to_block = np.array(np.unravel_index(np.arange(prod(program.shape)), program.shape)).T @ strides
     coef_values = np.unique(np.concatenate([seq.coef, [1.0, program.boys_const]]))
     if len(coef_values) > 1 << _COEF_BITS:
-        raise ValueError(f'{program.name}: {len(coef_values)} distinct coefficients')
+        raise EncodingOverflow(f'{program.name}: {len(coef_values)} distinct coefficients')
     if (n_slots > 1 << _SRC_BITS or prod(program.shape) * prod(variant.nctr) >= 1 << 26
             or _reserved(program, G) > 1 << (32 - _SRC_BITS)):
-        raise ValueError(f'{program.name}: op stream field overflow')
+        raise EncodingOverflow(f'{program.name}: op stream field overflow')
 
     def cidx(c):
         return np.searchsorted(coef_values, c).astype(np.int64)
@@ -147,7 +152,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
         k = seq.kind[lo:hi]
         nt = np.diff(seq.ptr[lo:hi + 1])
         if (nt > 15).any():
-            raise ValueError(f'{program.name}: an op with more than 15 terms')
+            raise EncodingOverflow(f'{program.name}: an op with more than 15 terms')
         nw = _op_words(seq, lo, hi)
         start = np.cumsum(nw) - nw
         words = np.zeros(int(nw.sum()), dtype=np.int64)
@@ -175,7 +180,7 @@ def encode_table(program: ir.Program, variant: Variant) -> Table:
                                cidx(seq.coef[tj]) | seq.sym[tj].astype(np.int64) << 16])
         pairs, which = np.unique(pair, return_inverse=True)
         if len(pairs) > PAIR_SLOTS:
-            raise ValueError(f'{program.name}: {len(pairs)} coefficient-symbol pairs in a stage')
+            raise EncodingOverflow(f'{program.name}: {len(pairs)} coefficient-symbol pairs in a stage')
         words[pos] = src | (pair0 + which.reshape(-1)) << _SRC_BITS
         out = np.nonzero(k == _OUTPUT)[0]
         words[start[out] + 1] = src1[out]

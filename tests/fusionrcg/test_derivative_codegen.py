@@ -191,6 +191,14 @@ def test_weighted_accumulates_read_slots_of_their_own():
     assert encoding._pair_slot0(prog, 1) == slot0 + 3
 
 
+def test_a_bad_tier_is_no_kernel_too_large():
+    """Only an op stream's overflow reads as KernelTooLarge (which the GPU
+    engine answers with the host's blocks); a wrong tier stays an error."""
+    with pytest.raises(ValueError, match='tier must be one of') as err:
+        tiers.derivative_variant(host.get_derivative_program(1, 0, 1, 0), 'bogus')
+    assert not isinstance(err.value, tiers.KernelTooLarge)
+
+
 @pytest.mark.slow
 def test_a_derivative_no_op_stream_can_encode_is_too_large():
     """(gg|gg)'s derivative overflows the levels form's fields: a
