@@ -221,9 +221,8 @@ def get_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None, ctr='aut
 
 
 def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=None) -> DerivativeKernel | None:
-    """Cached :class:`DerivativeKernel` (omega enters through its sign only;
-    ``tier`` as :func:`tiers.derivative_variant` takes it), or None for a
-    class no kernel can encode (:class:`tiers.KernelTooLarge`, remembered as False)."""
+    """Cached :class:`DerivativeKernel` (omega enters through its sign only; ``tier`` as
+    :func:`tiers.derivative_variant` takes it), or None for a class no kernel can encode."""
     key = ('deriv', tuple(int(l) for l in ls), bool(cart), codegen.omega_kind(omega),
            tuple(int(n) for n in nctr), tier or None)
     return _cached(key, lambda: _derivative_kernel_or_false(key[1], key[2], omega, key[4], key[5])) or None
@@ -232,7 +231,7 @@ def get_derivative_kernel(ls, cart=False, omega=0.0, nctr=(1, 1, 1, 1), tier=Non
 def _derivative_kernel_or_false(*args):
     try:
         return DerivativeKernel(*args)
-    except tiers.KernelTooLarge:
+    except tiers.KernelTooLarge:    # cached as False: finding it out takes seconds
         return False
 
 
@@ -483,24 +482,23 @@ class GPUEngine:
         """(n, 3, 3, di, dj, dk, dl) nuclear derivatives of n shell quartets
         of one class, as ``host.HostEngine.derivative_blocks``: ``[q, s, x]``
         is d/dX_x of quartet q's block, X the centre of its shell s (a, b, c).
-        Quartets are oriented as :meth:`quartet_blocks`' (the tighter shell
-        of an equal pair first) and put back (:func:`unorient_derivatives`).
-        A class no kernel can encode comes from the host engine."""
+        Quartets are oriented as :meth:`quartet_blocks`' (the tighter shell of an
+        equal pair first) and put back (:func:`unorient_derivatives`); a class no
+        kernel can encode comes from the host engine."""
         cp = _cupy()
-        ls, nctr = _class_of(self.mol, cp.asnumpy(shls).reshape(-1, 4)[:1])
-        if get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier) is None:
+        run = self._run(shls, 'derivative_blocks', budget, lambda ls, nctr: (
+            get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier)))
+        if run is None:
             blocks = host.HostEngine(self.mol, self.omega).derivative_blocks(cp.asnumpy(shls).reshape(-1, 4))
             return cp.asarray(blocks) if as_cupy else blocks
-        res, swap_bra, swap_ket = self._run(shls, 'derivative_blocks', budget, lambda ls, nctr: (
-            get_derivative_kernel(ls, self.cart, self.omega, nctr, self.options.tier)))
+        res, swap_bra, swap_ket = run
         res = unorient_derivatives(res.reshape((len(res), 3, 3) + res.shape[2:]), swap_bra, swap_ket)
         return res if as_cupy else res.get()
 
     def _run(self, shls, caller, budget, kernel_of):
-        """(CuPy blocks of the oriented quartets, swap_bra, swap_ket) of
-        quartets ``shls`` of one class (:func:`orient`), run in primitive
-        order by ``kernel_of(ls, nctr)``'s kernel; ``caller`` names the
-        method in errors."""
+        """(CuPy blocks of the oriented quartets, swap_bra, swap_ket) of quartets ``shls`` of one class
+        (:func:`orient`), run in primitive order by ``kernel_of(ls, nctr)``'s kernel (None where that
+        is None); ``caller`` names the method in errors."""
         cp = _cupy()
         shls = cp.asarray(shls, dtype=cp.int32).reshape(-1, 4)    # quartets on the device stay there
         if len(shls) == 0:
@@ -510,6 +508,8 @@ class GPUEngine:
             _class_of(self.mol, shls.get())     # says which differs
         ls, nctr = _class_of(self.mol, shls[:1].get())
         kern = kernel_of(ls, nctr)
+        if kern is None:
+            return None
         dims = host._block_shape(kern.program.shape, nctr)
         oriented, swap_bra, swap_ket = orient(self.basis, shls)
         pos = primitive_order(self.basis, oriented)
