@@ -61,10 +61,12 @@ class _Bonded(nn.Module):
             self.register_buffer(name, _per_item(value, index.shape[0], name), persistent=False)
 
     def _terms(self, pos: Tensor, *names: str):
-        """Replicated topology and parameters (in the positions' dtype)."""
+        """Replicated topology and parameters (in the positions' dtype; a
+        parameter's first dimension is its term's)."""
         idx = _replicate(self.index, self.n_atoms, pos.shape[0])
         reps = idx.shape[0] // max(self.index.shape[0], 1)
-        return (idx, *(getattr(self, n).to(pos.dtype).repeat(reps) for n in names))
+        params = (getattr(self, n).to(pos.dtype) for n in names)
+        return (idx, *(p.repeat(reps, *[1] * (p.ndim - 1)) for p in params))
 
 
 class HarmonicBonds(_Bonded):
@@ -136,13 +138,10 @@ class Dihedrals(_Bonded):
         self.register_buffer("sin_terms", sin_terms.expand(n, -1).clone(), persistent=False)
 
     def forward(self, types: Tensor, pos: Tensor, edge_src: Tensor, edge_dst: Tensor, edge_vec: Tensor) -> Tensor:
-        idx = _replicate(self.index, self.n_atoms, pos.shape[0])
-        reps = idx.shape[0] // max(self.index.shape[0], 1)
-        phi = dihedral_angles(pos, idx)
-        harmonics = torch.arange(1, self.cos_terms.shape[1] + 1, dtype=pos.dtype, device=pos.device)
-        angle = phi[:, None] * harmonics
-        energy = (self.cos_terms.to(pos.dtype).repeat(reps, 1) * torch.cos(angle)
-                  + self.sin_terms.to(pos.dtype).repeat(reps, 1) * torch.sin(angle)).sum(dim=1)
+        idx, cos_terms, sin_terms = self._terms(pos, "cos_terms", "sin_terms")
+        harmonics = torch.arange(1, cos_terms.shape[1] + 1, dtype=pos.dtype, device=pos.device)
+        angle = dihedral_angles(pos, idx)[:, None] * harmonics
+        energy = (cos_terms * torch.cos(angle) + sin_terms * torch.sin(angle)).sum(dim=1)
         return _scatter_atoms(energy, idx, pos.shape[0])
 
     def config(self) -> dict:
