@@ -177,7 +177,7 @@ def load_model(model, device="cpu") -> SchNet:
     ``FileNotFoundError`` when ``model`` is neither an existing file nor a
     shipped name; ``ValueError`` for a file that is not a valid model.
     """
-    if os.path.exists(model):
+    if os.path.isfile(model):   # a folder of that name (a flashschnet-cln025 run) is no model file
         return model_files.load_model(model, device)
     if str(model) in names():
         return get(str(model)).to(device)

@@ -37,6 +37,15 @@ def test_cln025_loads_with_its_priors_structure_and_reference():
     assert positions.shape == (3600, 10, 3) and len(np.unique(trajectory)) == 12 and temperature_K == 350.0
 
 
+def test_a_folder_named_cln025_does_not_hide_the_shipped_model(tmp_path, monkeypatch):
+    """``flashschnet-cln025 cln025`` makes a run folder of that name in the working folder."""
+    (tmp_path / "cln025").mkdir()
+    monkeypatch.chdir(tmp_path)
+    model = load_model("cln025")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                shipped.get("cln025").state_dict().values()))
+
+
 def test_cln025_calculator_forces_are_the_models_gradient():
     model = load_model("cln025").double()
     for atoms in frames(3):
