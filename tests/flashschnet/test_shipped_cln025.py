@@ -41,9 +41,8 @@ def test_a_folder_named_cln025_does_not_hide_the_shipped_model(tmp_path, monkeyp
     """``flashschnet-cln025 cln025`` makes a run folder of that name in the working folder."""
     (tmp_path / "cln025").mkdir()
     monkeypatch.chdir(tmp_path)
-    model = load_model("cln025")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                shipped.get("cln025").state_dict().values()))
+    loaded, shipped_model = load_model("cln025").state_dict(), shipped.get("cln025").state_dict()
+    assert all(torch.equal(loaded[name], shipped_model[name]) for name in shipped_model)
 
 
 def test_cln025_calculator_forces_are_the_models_gradient():
